@@ -1,0 +1,1 @@
+"""Clinical records: clinics, patients, cases, lesions, images, predictions and reviews."""

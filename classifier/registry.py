@@ -1,0 +1,120 @@
+"""Plain functions over the model registry: register artifacts, find the active version."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from classifier.models import ModelVersion
+
+CARD_NAME = "model_card.json"
+MODEL_FILE = "model.keras"
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    """The artifact's model card; raises FileNotFoundError or ValueError with the path in the message."""
+    path = Path(model_dir) / CARD_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model card not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"model card is not valid JSON: {path}: {exc}") from None
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _card_fields(card: dict[str, Any]) -> dict[str, Any]:
+    thresholds = card.get("thresholds", {})
+    return {
+        "data_fingerprint": str(card.get("data_fingerprint", ""))[:128],
+        "data_sources": card.get("data_sources", card.get("training_config", {}).get("sources", [])),
+        "metrics": card.get("metrics", {}),
+        "temperature": card.get("temperature"),
+        "melanoma_threshold": _threshold(thresholds.get("melanoma")),
+        "malignancy_threshold": _threshold(thresholds.get("malignancy")),
+        "target_sensitivity": thresholds.get("target_sensitivity"),
+    }
+
+
+def _threshold(entry: Any) -> float | None:
+    if isinstance(entry, dict):
+        entry = entry.get("threshold")
+    return None if entry is None else float(entry)
+
+
+def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READY, notes: str = "") -> ModelVersion:
+    """Create or refresh the registry row for an exported artifact directory."""
+    model_dir = Path(model_dir).resolve()
+    card = read_card(model_dir)
+    sha = card.get("model_sha256") or file_sha256(model_dir / MODEL_FILE)
+    fields = _card_fields(card) | {"artifact_path": str(model_dir), "sha256": sha}
+    version, created = ModelVersion.objects.get_or_create(
+        version=card["version"], defaults=fields | {"status": status, "notes": notes}
+    )
+    if not created:
+        for name, value in fields.items():
+            setattr(version, name, value)
+        version.save()
+    return version
+
+
+@transaction.atomic
+def activate(version: ModelVersion) -> ModelVersion:
+    """Make ``version`` the one active model; the previous active one becomes ready again."""
+    ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).update(
+        status=ModelVersion.Status.READY
+    )
+    version.status = ModelVersion.Status.ACTIVE
+    version.activated_at = timezone.now()
+    version.save(update_fields=["status", "activated_at"])
+    return version
+
+
+def ensure_default_registered() -> ModelVersion:
+    """Register the configured default model and activate it when no version is active yet."""
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+    if active is not None:
+        return active
+    version = register_artifact(settings.SECONDLOOK_MODEL_DIR, notes="Shipped default model, registered on first start.")
+    return activate(version)
+
+
+def active_version() -> ModelVersion:
+    """The active version, registering the shipped default on first use."""
+    return ensure_default_registered()
+
+
+def active_model_status() -> dict[str, Any]:
+    """Health summary of the active model: its version and whether its file is intact."""
+    version = active_version()
+    model_file = Path(version.artifact_path) / MODEL_FILE
+    if not model_file.exists():
+        return {"ok": False, "version": version.version, "error": f"model file missing: {model_file}"}
+    if version.sha256 and _cached_sha256(model_file) != version.sha256:
+        return {"ok": False, "version": version.version, "error": f"model file corrupt (sha256 mismatch): {model_file}"}
+    return {"ok": True, "version": version.version}
+
+
+_sha_cache: dict[tuple[str, float, int], str] = {}
+
+
+def _cached_sha256(path: Path) -> str:
+    """sha256 keyed by path, mtime and size, so health checks don't re-hash an unchanged file."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key not in _sha_cache:
+        _sha_cache[key] = file_sha256(path)
+    return _sha_cache[key]

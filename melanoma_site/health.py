@@ -1,0 +1,92 @@
+"""Health checks (plain functions) and the ``/health/`` view that reports them as JSON."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.contrib.auth.decorators import login_not_required
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from melanoma_site.celery import app as celery_app
+
+QUEUES = ("inference", "training")
+
+
+def check_database() -> dict[str, Any]:
+    """Run a trivial query on the default database."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return {"ok": True, "vendor": connection.vendor}
+    except Exception as exc:  # any failure means "down"; report it, don't raise
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def check_redis(url: str | None = None) -> dict[str, Any]:
+    """PING the broker."""
+    try:
+        client = redis.Redis.from_url(url or settings.CELERY_BROKER_URL, socket_timeout=1, socket_connect_timeout=1)
+        client.ping()
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def check_workers(timeout: float = 1.0) -> dict[str, Any]:
+    """Ask live workers which queues they consume; each queue needs at least one."""
+    try:
+        replies = celery_app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception as exc:
+        return {queue: {"ok": False, "workers": [], "error": f"{type(exc).__name__}: {exc}"} for queue in QUEUES}
+    result: dict[str, Any] = {}
+    for queue in QUEUES:
+        workers = sorted(name for name, queues in replies.items() if any(q.get("name") == queue for q in queues))
+        result[queue] = {"ok": bool(workers), "workers": workers}
+    return result
+
+
+def check_model() -> dict[str, Any]:
+    """The active model version, read from the registry or the model card (no TensorFlow import)."""
+    try:
+        from classifier.registry import active_model_status
+
+        return active_model_status()
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def health_report() -> dict[str, Any]:
+    """All checks; ``status`` is "ok" only when every one passes."""
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "database": check_database(),
+        "redis": check_redis(),
+    }
+    report["workers"] = check_workers() if report["redis"]["ok"] else {
+        queue: {"ok": False, "workers": [], "error": "broker unreachable"} for queue in QUEUES
+    }
+    report["model"] = check_model()
+    healthy = (
+        report["database"]["ok"]
+        and report["redis"]["ok"]
+        and all(entry["ok"] for entry in report["workers"].values())
+        and report["model"]["ok"]
+    )
+    report["status"] = "ok" if healthy else "degraded"
+    report["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return report
+
+
+@login_not_required
+@never_cache
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    """``GET /health/``: 200 when everything is up, 503 otherwise."""
+    report = health_report()
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

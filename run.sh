@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run SecondLook: web server, Celery workers and beat, and (unless REDIS_URL is set) an embedded Redis.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/bootstrap.sh
+exec .venv/bin/python -m melanoma_site.devserver "$@"

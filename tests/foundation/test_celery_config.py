@@ -1,0 +1,45 @@
+"""Celery is configured the way production needs it."""
+from django.conf import settings
+
+from melanoma_site.celery import app
+
+
+def test_queues_and_routing():
+    assert {q.name for q in app.conf.task_queues} == {"inference", "training"}
+    assert app.conf.task_default_queue == "inference"
+    assert app.amqp.router.route({}, "classifier.tasks.train_model")["queue"].name == "training"
+    assert app.amqp.router.route({}, "classifier.tasks.score_image")["queue"].name == "inference"
+
+
+def test_reliability_options():
+    assert app.conf.task_acks_late is True
+    assert app.conf.task_reject_on_worker_lost is True
+    assert app.conf.worker_prefetch_multiplier == 1
+    assert app.conf.task_soft_time_limit < app.conf.task_time_limit
+    # Redis must not redeliver a task that is still running, even the longest training run.
+    assert app.conf.broker_transport_options["visibility_timeout"] > settings.TRAINING_TIME_LIMIT
+
+
+def test_every_registered_task_has_time_limits():
+    app.loader.import_default_modules()
+    ours = {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
+    assert ours, "no project tasks were autodiscovered"
+    for name, task in ours.items():
+        soft = task.soft_time_limit or app.conf.task_soft_time_limit
+        hard = task.time_limit or app.conf.task_time_limit
+        assert soft and hard and soft < hard, name
+
+
+def test_tensorflow_not_imported_by_worker_parent():
+    """Importing the Celery app and all task modules must not import TensorFlow (workers fork)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE','melanoma_site.settings');"
+        "django.setup(); from melanoma_site.celery import app; app.loader.import_default_modules();"
+        "print('tensorflow' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"

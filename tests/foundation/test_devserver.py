@@ -1,0 +1,53 @@
+"""``python -m melanoma_site.devserver`` starts everything, serves pages and stops cleanly on Ctrl-C."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from melanoma_site.embedded_redis import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_devserver_starts_everything_and_stops_on_ctrl_c(tmp_path, tiny_model_dir):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
+    env.update(PORT=str(port), EMBEDDED_REDIS_PORT=str(free_port()), SECONDLOOK_VAR_DIR=str(tmp_path / "var"),
+               SECONDLOOK_MODEL_DIR=str(tiny_model_dir), WEB_CONCURRENCY="1")
+    log = open(tmp_path / "devserver.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "melanoma_site.devserver"], cwd=ROOT, env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline:
+            try:
+                response = requests.get(f"http://127.0.0.1:{port}/health/", timeout=3)
+                body = response.json()
+                if response.status_code == 200:
+                    break
+            except (requests.ConnectionError, ValueError):
+                pass
+            time.sleep(1)
+        assert body and body["status"] == "ok", (body, (tmp_path / "devserver.log").read_text()[-4000:])
+        login = requests.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=5)
+        assert login.status_code == 200 and "Log in" in login.text
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert len(children) >= 5  # redis, web, two workers, beat
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        time.sleep(0.5)
+        assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = (tmp_path / "devserver.log").read_text()
+    assert "password:" in output  # demo credentials printed on first run

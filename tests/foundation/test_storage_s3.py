@@ -1,0 +1,57 @@
+"""Uploaded files can live on S3-compatible storage (tested against moto's server mode)."""
+import os
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+import requests
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+
+from melanoma_site.embedded_redis import free_port
+
+
+@pytest.fixture
+def s3_endpoint():
+    port = free_port()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=0.5)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_media_storage_on_s3(settings, s3_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="secondlook-test")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {"bucket_name": "secondlook-test", "endpoint_url": s3_endpoint, "region_name": "us-east-1",
+                        "default_acl": "private", "file_overwrite": False, "location": "media"},
+        },
+    }
+    storage = storages["default"]
+    name = storage.save("images/a.png", ContentFile(b"\x89PNG fake bytes"))
+    assert storage.exists(name)
+    with storage.open(name) as handle:
+        assert handle.read() == b"\x89PNG fake bytes"
+    # Objects are private: an unsigned request is refused.
+    listed = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").list_objects_v2(
+        Bucket="secondlook-test")
+    assert [o["Key"] for o in listed["Contents"]] == [f"media/{name}"]
+    storage.delete(name)
+    assert not storage.exists(name)
