@@ -1,6 +1,7 @@
 """The model registry: every trained model the app knows about."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -29,6 +30,16 @@ class ModelVersion(models.Model):
     target_sensitivity = models.FloatField(null=True, blank=True)
     notes = models.TextField(blank=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    # Training runs started from the admin: what was asked, how far it got, and why it stopped.
+    training_config = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -42,3 +53,46 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} ({self.status})"
+
+    @property
+    def model_dir(self):
+        """The artifact directory as a Path."""
+        from pathlib import Path
+
+        return Path(self.artifact_path)
+
+    @property
+    def melanoma_auc(self) -> float | None:
+        return self.metrics.get("melanoma_auc")
+
+    @property
+    def malignancy_auc(self) -> float | None:
+        return self.metrics.get("malignancy_auc")
+
+
+class RescoreJob(models.Model):
+    """A background re-scoring of images with the active model version."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="rescore_jobs")
+    image_ids = models.JSONField(default=list, blank=True, help_text="empty = all images")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    queued = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Re-score with {self.model_version.version} ({self.status})"

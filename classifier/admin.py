@@ -1,0 +1,170 @@
+"""Django admin for the model registry: metrics, plots, model card, training, promotion."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib import admin, messages
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from classifier import lifecycle
+from classifier.forms import TrainingForm
+from classifier.models import ModelVersion, RescoreJob
+
+PLOTS = ("roc", "confusion_matrix", "reliability", "training_curves")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ("version", "status_badge", "mel_auc", "mal_auc", "bacc7", "mel_sens_spec", "created_at",
+                    "activated_at")
+    list_filter = ("status",)
+    search_fields = ("version", "notes")
+    ordering = ("-created_at",)
+    readonly_fields = ("version", "status", "artifact_path", "sha256", "created_at", "activated_at", "started_at",
+                       "finished_at", "data_fingerprint", "data_sources", "temperature", "melanoma_threshold",
+                       "malignancy_threshold", "target_sensitivity", "training_config", "progress", "error",
+                       "cancel_requested", "created_by", "metrics")
+    fields = ("version", "status", "notes", "created_at", "activated_at", "artifact_path", "sha256",
+              "data_sources", "data_fingerprint", "temperature", "melanoma_threshold", "malignancy_threshold",
+              "target_sensitivity", "training_config", "started_at", "finished_at", "error", "created_by")
+    change_form_template = "admin/classifier/modelversion/change_form.html"
+    change_list_template = "admin/classifier/modelversion/change_list.html"
+
+    def has_add_permission(self, request):  # versions come from training runs or artifacts
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # predictions reference versions
+        return False
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: ModelVersion):
+        return format_html('<span class="model-status model-status-{}">{}</span>', obj.status, obj.get_status_display())
+
+    @admin.display(description="Melanoma AUC")
+    def mel_auc(self, obj):
+        return _fmt(obj.metrics.get("melanoma_auc"))
+
+    @admin.display(description="Malignancy AUC")
+    def mal_auc(self, obj):
+        return _fmt(obj.metrics.get("malignancy_auc"))
+
+    @admin.display(description="Bal. acc. (7)")
+    def bacc7(self, obj):
+        return _fmt(obj.metrics.get("balanced_accuracy_7"))
+
+    @admin.display(description="Melanoma sens / spec")
+    def mel_sens_spec(self, obj):
+        point = (obj.metrics.get("operating_points") or {}).get("melanoma") or {}
+        return f"{_fmt(point.get('sensitivity'))} / {_fmt(point.get('specificity'))}"
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("train/", wrap(self.train_view), name="classifier_modelversion_train"),
+            path("rollback/", wrap(self.rollback_view), name="classifier_modelversion_rollback"),
+            path("rescore/", wrap(self.rescore_view), name="classifier_modelversion_rescore"),
+            path("<int:pk>/activate/", wrap(self.activate_view), name="classifier_modelversion_activate"),
+            path("<int:pk>/cancel/", wrap(self.cancel_view), name="classifier_modelversion_cancel"),
+            path("<int:pk>/progress/", wrap(self.progress_view), name="classifier_modelversion_progress"),
+            path("<int:pk>/plot/<str:name>.png", wrap(self.plot_view), name="classifier_modelversion_plot"),
+        ] + super().get_urls()
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = (extra_context or {}) | {
+            "active": ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first(),
+            "rescore_jobs": RescoreJob.objects.select_related("model_version")[:5],
+        }
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = get_object_or_404(ModelVersion, pk=object_id)
+        card_md = Path(version.artifact_path, "model_card.md") if version.artifact_path else None
+        extra_context = (extra_context or {}) | {
+            "version": version,
+            "plots": [name for name in PLOTS if version.artifact_path and Path(version.artifact_path, "plots",
+                                                                                 f"{name}.png").exists()],
+            "model_card": card_md.read_text() if card_md and card_md.exists() else "",
+            "gate": lifecycle.gate_for(version) if version.status in ("ready", "retired") else None,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def train_view(self, request: HttpRequest) -> HttpResponse:
+        form = TrainingForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                version = lifecycle.start_training(user=request.user, **form.cleaned_data)
+            except lifecycle.LifecycleError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Training {version.version} queued; progress shows below.")
+                return redirect("admin:classifier_modelversion_change", version.pk)
+        context = self.admin_site.each_context(request) | {"form": form, "title": "Train a new version",
+                                                           "opts": self.model._meta}
+        return render(request, "admin/classifier/modelversion/train_form.html", context)
+
+    def _post_action(self, request, action, success: str, pk: int | None = None):
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        try:
+            version = action()
+        except lifecycle.LifecycleError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, success.format(version=version.version))
+        if pk is not None:
+            return redirect("admin:classifier_modelversion_change", pk)
+        return redirect("admin:classifier_modelversion_changelist")
+
+    def activate_view(self, request, pk: int):
+        version = get_object_or_404(ModelVersion, pk=pk)
+        return self._post_action(request, lambda: lifecycle.activate_version(version=version, user=request.user),
+                                 "{version} is now active; workers use it for the next image.", pk)
+
+    def cancel_view(self, request, pk: int):
+        version = get_object_or_404(ModelVersion, pk=pk)
+        return self._post_action(request, lambda: lifecycle.request_cancel(version=version, user=request.user),
+                                 "Cancellation of {version} requested.", pk)
+
+    def rollback_view(self, request):
+        return self._post_action(request, lambda: lifecycle.rollback(user=request.user),
+                                 "Rolled back: {version} is active again.")
+
+    def rescore_view(self, request):
+        from classifier.rescoring import start_rescore
+
+        return self._post_action(request, lambda: start_rescore(user=request.user).model_version,
+                                 "Re-scoring all images with {version} in the background.")
+
+    def progress_view(self, request, pk: int) -> JsonResponse:
+        version = get_object_or_404(ModelVersion, pk=pk)
+        return JsonResponse({"status": version.status, "progress": version.progress, "error": version.error,
+                             "cancel_requested": version.cancel_requested})
+
+    def plot_view(self, request, pk: int, name: str) -> FileResponse:
+        version = get_object_or_404(ModelVersion, pk=pk)
+        if name not in PLOTS or not version.artifact_path:
+            raise Http404("no such plot")
+        plot = Path(version.artifact_path, "plots", f"{name}.png")
+        if not plot.is_file():
+            raise Http404("plot not found")
+        return FileResponse(open(plot, "rb"), content_type="image/png")
+
+
+@admin.register(RescoreJob)
+class RescoreJobAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "model_version", "status", "queued", "total", "created_by")
+    list_filter = ("status",)
+    readonly_fields = [f.name for f in RescoreJob._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,16 @@
+"""Admin forms for the model registry."""
+from django import forms
+
+from classifier.lifecycle import DATA_SOURCES
+
+
+class TrainingForm(forms.Form):
+    """"Train a new version": data sources, epochs, seed and the target sensitivity."""
+
+    sources = forms.MultipleChoiceField(
+        choices=list(DATA_SOURCES.items()), widget=forms.CheckboxSelectMultiple,
+        initial=["isic-9class", "ham10000", "reviews"],
+    )
+    epochs = forms.IntegerField(min_value=1, max_value=200, initial=40)
+    seed = forms.IntegerField(initial=1234)
+    target_sensitivity = forms.FloatField(min_value=0.5, max_value=0.99, initial=0.90, label="Target sensitivity")

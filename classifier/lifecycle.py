@@ -1,0 +1,138 @@
+"""Model-version lifecycle services: start a training run, cancel it, activate, roll back.
+
+Plain functions with keyword-only arguments; they validate, write in a transaction and dispatch
+Celery tasks only after the transaction commits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from classifier.models import ModelVersion
+from classifier.promotion import GateResult, evaluate_gate
+
+DATA_SOURCES = {
+    "isic-9class": "ISIC 9-class set (shared data)",
+    "ham10000": "HAM10000 (shared data)",
+    "reviews": "Dermatologist-reviewed cases in this app",
+}
+
+
+class LifecycleError(ValueError):
+    """A request the current state of the registry does not allow; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    sources: tuple[str, ...]
+    epochs: int
+    seed: int
+    target_sensitivity: float
+
+
+def validate_training_request(*, sources, epochs: int, seed: int, target_sensitivity: float) -> TrainingRequest:
+    """Check a training request and normalise it."""
+    sources = tuple(sorted(set(sources)))
+    unknown = set(sources) - set(DATA_SOURCES)
+    if not sources:
+        raise LifecycleError("Choose at least one data source.")
+    if unknown:
+        raise LifecycleError(f"Unknown data source(s): {', '.join(sorted(unknown))}.")
+    if sources == ("reviews",):
+        raise LifecycleError("Reviewed cases alone are too few to train on; add a shared dataset.")
+    if not 1 <= int(epochs) <= 200:
+        raise LifecycleError("Epochs must be between 1 and 200.")
+    if not 0.5 <= float(target_sensitivity) < 1.0:
+        raise LifecycleError("Target sensitivity must be at least 0.5 and below 1.0.")
+    return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity))
+
+
+def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None) -> ModelVersion:
+    """Create a version in status "training" and enqueue its run on the training queue."""
+    from classifier.tasks import train_model
+
+    request = validate_training_request(sources=sources, epochs=epochs, seed=seed, target_sensitivity=target_sensitivity)
+    with transaction.atomic():
+        if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING, finished_at__isnull=True).exists():
+            raise LifecycleError("A training run is already in progress; wait for it or cancel it.")
+        version = ModelVersion.objects.create(
+            version=f"train-{timezone.now():%Y%m%d-%H%M%S}",
+            status=ModelVersion.Status.TRAINING,
+            data_sources=list(request.sources),
+            target_sensitivity=request.target_sensitivity,
+            training_config={"epochs": request.epochs, "seed": request.seed,
+                             "target_sensitivity": request.target_sensitivity},
+            progress={"phase": "queued"},
+            created_by=user,
+        )
+        _audit(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
+                                           "seed": request.seed})
+        train_model.delay_on_commit(version.pk)
+    return version
+
+
+def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
+    """Ask a running training to stop after the current step."""
+    updated = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
+        cancel_requested=True
+    )
+    if not updated:
+        raise LifecycleError(f"{version.version} is not training.")
+    _audit(user, "cancel", version)
+    version.refresh_from_db()
+    return version
+
+
+def gate_for(version: ModelVersion) -> GateResult:
+    """The promotion gate for ``version`` against the model active now."""
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+    target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
+    return evaluate_gate(
+        version.metrics.get("gate"), active_version=active.version if active else None, target_sensitivity=target
+    )
+
+
+def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
+    """Make a ready version active if it passes the promotion gate."""
+    from classifier.registry import activate
+
+    if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED):
+        raise LifecycleError(f"{version.version} is {version.status}; only a ready version can be activated.")
+    gate = gate_for(version)
+    if not gate.allowed:
+        raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
+    with transaction.atomic():
+        previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        activate(version)
+        _audit(user, "activate", version, old={"active": previous.version if previous else None},
+               new={"active": version.version})
+    return version
+
+
+def rollback(*, user=None) -> ModelVersion:
+    """Re-activate the version that was active before the current one (it passed the gate then)."""
+    from classifier.registry import activate
+
+    current = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+    previous = (
+        ModelVersion.objects.exclude(pk=getattr(current, "pk", None))
+        .filter(activated_at__isnull=False, status__in=[ModelVersion.Status.READY, ModelVersion.Status.RETIRED])
+        .order_by("-activated_at")
+        .first()
+    )
+    if previous is None:
+        raise LifecycleError("There is no earlier active version to roll back to.")
+    with transaction.atomic():
+        activate(previous)
+        _audit(user, "rollback", previous, old={"active": current.version if current else None},
+               new={"active": previous.version})
+    return previous
+
+
+def _audit(user, action: str, version: ModelVersion, *, old: dict | None = None, new: dict | None = None) -> None:
+    """Record a registry change in the append-only audit log."""
+    from cases.audit import record_event
+
+    record_event(actor=user, action=action, obj=version, old=old, new=new)
