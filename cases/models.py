@@ -1,1 +1,383 @@
-"""Clinical records: clinics, patients, cases, lesions, images, predictions and reviews."""
+"""Clinical records: clinics, patients, cases, lesions, images, predictions, reviews and the audit log.
+
+Invariants live in the database (check and unique constraints) so that every writer — views,
+Celery workers, the admin, a shell — is held to them, not only the forms.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from training.labels import CLASSES
+
+BIRTH_YEAR_MIN = 1900
+BIRTH_YEAR_MAX = 2100  # the form also refuses years in the future; the database keeps a fixed bound
+
+
+
+
+
+
+class Clinic(models.Model):
+    """A practice whose clinicians share patients; the unit of data separation."""
+
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ClinicMembership(models.Model):
+    """A user's clinic. One clinic per user keeps scoping unambiguous."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="clinic_membership")
+    clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, related_name="memberships")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["clinic__name", "user__username"]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.clinic}"
+
+
+class Patient(models.Model):
+    """A pseudonymised patient: no names, only the clinic's own identifier."""
+
+    class Sex(models.TextChoices):
+        FEMALE = "female", "Female"
+        MALE = "male", "Male"
+        OTHER = "other", "Other"
+        UNKNOWN = "unknown", "Unknown"
+
+    class Fitzpatrick(models.IntegerChoices):
+        I = 1, "I"
+        II = 2, "II"
+        III = 3, "III"
+        IV = 4, "IV"
+        V = 5, "V"
+        VI = 6, "VI"
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.PROTECT, related_name="patients")
+    identifier = models.CharField(
+        "pseudonymous identifier",
+        max_length=64,
+        validators=[RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", "Use letters, digits, '.', '_' or '-' only.")],
+        help_text="The clinic's own pseudonymous ID. Never a name or a national ID number.",
+    )
+    birth_year = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(BIRTH_YEAR_MIN), MaxValueValidator(BIRTH_YEAR_MAX)]
+    )
+    sex = models.CharField(max_length=8, choices=Sex.choices, default=Sex.UNKNOWN)
+    fitzpatrick_type = models.PositiveSmallIntegerField(
+        "Fitzpatrick skin type", choices=Fitzpatrick.choices, null=True, blank=True
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["clinic__name", "identifier"]
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "identifier"], name="patient_identifier_unique_per_clinic"),
+            models.CheckConstraint(
+                condition=Q(birth_year__gte=BIRTH_YEAR_MIN, birth_year__lte=BIRTH_YEAR_MAX),
+                name="patient_birth_year_range",
+            ),
+            models.CheckConstraint(condition=Q(sex__in=["female", "male", "other", "unknown"]), name="patient_sex_valid"),
+            models.CheckConstraint(
+                condition=Q(fitzpatrick_type__isnull=True) | Q(fitzpatrick_type__gte=1, fitzpatrick_type__lte=6),
+                name="patient_fitzpatrick_range",
+            ),
+            models.CheckConstraint(condition=~Q(identifier=""), name="patient_identifier_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.identifier
+
+
+class Case(models.Model):
+    """One referral: a clinical question about some of a patient's lesions."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        IN_REVIEW = "in_review", "In review"
+        REVIEWED = "reviewed", "Reviewed"
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
+    referring_clinician = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="referred_cases")
+    clinical_question = models.TextField(max_length=2000)
+    notes = models.TextField(max_length=5000, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="claimed_cases"
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["open", "in_review", "reviewed"]), name="case_status_valid"),
+            models.CheckConstraint(
+                condition=Q(claimed_by__isnull=True, claimed_at__isnull=True)
+                | Q(claimed_by__isnull=False, claimed_at__isnull=False),
+                name="case_claim_complete",
+            ),
+            models.CheckConstraint(condition=~Q(clinical_question=""), name="case_question_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Case {self.pk} ({self.patient})"
+
+
+class Lesion(models.Model):
+    """A skin lesion of the case's patient, at an ISIC anatomic site."""
+
+    class Site(models.TextChoices):
+        ANTERIOR_TORSO = "anterior torso", "Anterior torso"
+        HEAD_NECK = "head/neck", "Head/neck"
+        LATERAL_TORSO = "lateral torso", "Lateral torso"
+        LOWER_EXTREMITY = "lower extremity", "Lower extremity"
+        ORAL_GENITAL = "oral/genital", "Oral/genital"
+        PALMS_SOLES = "palms/soles", "Palms/soles"
+        POSTERIOR_TORSO = "posterior torso", "Posterior torso"
+        UPPER_EXTREMITY = "upper extremity", "Upper extremity"
+        UNKNOWN = "unknown", "Unknown"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="lesions")
+    anatomic_site = models.CharField(max_length=32, choices=Site.choices)
+    description = models.CharField(max_length=500, blank=True)
+    # Set by scoring when any image of the lesion is flagged; cleared by a dermatologist's review.
+    flagged = models.BooleanField(default=False)
+    awaiting_review = models.BooleanField(default=False, db_index=True)
+    flagged_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(anatomic_site__in=[
+                    "anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital",
+                    "palms/soles", "posterior torso", "upper extremity", "unknown",
+                ]),
+                name="lesion_site_valid",
+            ),
+            models.CheckConstraint(condition=Q(awaiting_review=False) | Q(flagged=True), name="lesion_review_needs_flag"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Lesion {self.pk} ({self.get_anatomic_site_display()})"
+
+
+class LesionImage(models.Model):
+    """An uploaded image, stored re-encoded from pixels (no client metadata, generated name)."""
+
+    class Kind(models.TextChoices):
+        DERMOSCOPIC = "dermoscopic", "Dermoscopic"
+        CLINICAL = "clinical", "Clinical (close-up)"
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.CASCADE, related_name="images")
+    file = models.FileField(max_length=255)
+    sha256 = models.CharField(max_length=64, help_text="sha256 of the decoded RGB pixels, to detect re-uploads.")
+    size_bytes = models.PositiveBigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DERMOSCOPIC)
+    original_name = models.CharField(max_length=255, blank=True, help_text="Sanitised client file name (metadata only).")
+    original_format = models.CharField(max_length=8, blank=True)
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["uploaded_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["lesion", "sha256"], name="lesion_image_unique_pixels"),
+            models.CheckConstraint(condition=Q(width__gt=0, height__gt=0, size_bytes__gt=0), name="lesion_image_positive_size"),
+            models.CheckConstraint(condition=Q(kind__in=["dermoscopic", "clinical"]), name="lesion_image_kind_valid"),
+            models.CheckConstraint(condition=~Q(file=""), name="lesion_image_has_file"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Image {self.pk} of lesion {self.lesion_id}"
+
+
+class Prediction(models.Model):
+    """One model version's scores for one image. Unique per (image, version): scoring is idempotent."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to be scored"
+        RUNNING = "running", "Scoring…"
+        DONE = "done", "Scored"
+        FAILED = "failed", "Failed"
+
+    image = models.ForeignKey(LesionImage, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey("classifier.ModelVersion", on_delete=models.PROTECT, related_name="predictions")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
+    class_probabilities = models.JSONField(default=dict, blank=True)
+    melanoma_probability = models.FloatField(null=True, blank=True)
+    malignancy_score = models.FloatField(null=True, blank=True)
+    flagged = models.BooleanField(default=False)
+    flag_reasons = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    inference_ms = models.FloatField(null=True, blank=True)
+    heatmap = models.FileField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "model_version"], name="prediction_unique_per_version"),
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "running", "done", "failed"]), name="prediction_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(melanoma_probability__isnull=True)
+                | Q(melanoma_probability__gte=0.0, melanoma_probability__lte=1.0),
+                name="prediction_melanoma_probability_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(malignancy_score__isnull=True) | Q(malignancy_score__gte=0.0, malignancy_score__lte=1.0),
+                name="prediction_malignancy_score_range",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="done")
+                | Q(melanoma_probability__isnull=False, malignancy_score__isnull=False, finished_at__isnull=False),
+                name="prediction_done_has_scores",
+            ),
+            models.CheckConstraint(condition=~Q(status="running") | Q(started_at__isnull=False), name="prediction_running_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Prediction {self.pk} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        """Still waiting for a worker (the case page keeps polling)."""
+        return self.status in (self.Status.PENDING, self.Status.RUNNING)
+
+
+DIAGNOSIS_CHOICES = [(c, c.capitalize()) for c in CLASSES] + [("other", "Other")]
+
+
+class Review(models.Model):
+    """A dermatologist's review of a flagged lesion."""
+
+    class Agreement(models.TextChoices):
+        AGREE = "agree", "Agree with the AI flag"
+        DISAGREE = "disagree", "Disagree with the AI flag"
+        UNCERTAIN = "uncertain", "Uncertain"
+
+    class Management(models.TextChoices):
+        REASSURE = "reassure", "Reassure"
+        FOLLOW_UP = "follow_up", "Follow-up"
+        EXCISION = "excision", "Excision"
+        BIOPSY = "biopsy", "Biopsy"
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
+    agreement = models.CharField("agreement with the AI", max_length=10, choices=Agreement.choices)
+    final_diagnosis = models.CharField(max_length=40, choices=DIAGNOSIS_CHOICES)
+    management = models.CharField(max_length=10, choices=Management.choices)
+    notes = models.TextField(max_length=5000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(agreement__in=["agree", "disagree", "uncertain"]), name="review_agreement_valid"),
+            models.CheckConstraint(
+                condition=Q(final_diagnosis__in=[*CLASSES, "other"]), name="review_diagnosis_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(management__in=["reassure", "follow_up", "excision", "biopsy"]), name="review_management_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Review of lesion {self.lesion_id} by {self.reviewer}"
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Bulk updates and deletes are refused too, not only per-object ones."""
+
+    def update(self, **kwargs):
+        raise ValidationError("Audit events are append-only.")
+
+    def delete(self):
+        raise ValidationError("Audit events are append-only.")
+
+
+class AuditEvent(models.Model):
+    """Who did what to which record, when, from where. Append-only."""
+
+    class Action(models.TextChoices):
+        VIEW = "view", "View"
+        CREATE = "create", "Create"
+        UPDATE = "update", "Update"
+        DELETE = "delete", "Delete"
+        UPLOAD = "upload", "Upload"
+        SCORE = "score", "Score"
+        RETRY = "retry", "Retry"
+        CLAIM = "claim", "Claim"
+        RELEASE = "release", "Release"
+        REVIEW = "review", "Review"
+        # Model registry events (classifier.lifecycle)
+        TRAIN = "train", "Train model"
+        CANCEL = "cancel", "Cancel training"
+        ACTIVATE = "activate", "Activate model"
+        ROLLBACK = "rollback", "Roll back model"
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # Kept as text so the trail survives the user's deletion.
+    actor_username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    object_type = models.CharField(max_length=40)
+    object_id = models.CharField(max_length=40)
+    # No database constraint: audit rows must outlive the records they describe.
+    patient = models.ForeignKey(
+        Patient, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
+    )
+    old_values = models.JSONField(default=dict, blank=True)
+    new_values = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(action__in=["view", "create", "update", "delete", "upload", "score", "retry", "claim",
+                                        "release", "review", "train", "cancel", "activate", "rollback"]),
+                name="audit_action_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_username or 'system'} {self.action} {self.object_type} {self.object_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValidationError("Audit events are append-only: an existing event cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("Audit events are append-only: an event cannot be deleted.")

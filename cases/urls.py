@@ -4,4 +4,20 @@ from cases import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("patients/", views.patient_list, name="patient_list"),
+    path("patients/new/", views.patient_create, name="patient_create"),
+    path("patients/<int:pk>/", views.patient_detail, name="patient_detail"),
+    path("patients/<int:patient_pk>/cases/new/", views.case_create, name="case_create"),
+    path("cases/<int:pk>/", views.case_detail, name="case_detail"),
+    path("cases/<int:pk>/status.json", views.case_status, name="case_status"),
+    path("cases/<int:case_pk>/lesions/new/", views.lesion_create, name="lesion_create"),
+    path("cases/<int:pk>/claim/", views.case_claim, name="case_claim"),
+    path("cases/<int:pk>/release/", views.case_release, name="case_release"),
+    path("cases/<int:pk>/review/", views.case_review, name="case_review"),
+    path("lesions/<int:pk>/", views.lesion_detail, name="lesion_detail"),
+    path("images/<int:pk>/", views.image_detail, name="image_detail"),
+    path("images/<int:pk>/file/", views.image_file, name="image_file"),
+    path("predictions/<int:pk>/heatmap/", views.heatmap_file, name="heatmap_file"),
+    path("predictions/<int:pk>/retry/", views.prediction_retry, name="prediction_retry"),
+    path("queue/", views.review_queue, name="review_queue"),
 ]

@@ -1,8 +1,317 @@
-"""Web views for clinicians and dermatologists."""
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+"""Web views for clinicians and dermatologists: thin glue between forms, scoping and services.
+
+Every object is fetched through cases.access, so ids outside the user's scope are 404.
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.db.models import Count, Prefetch
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from cases import access, audit, queue, services
+from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
+from cases.models import Case, LesionImage, Prediction
+from cases.presentation import prediction_context
+
+PRIVATE = "private, no-store"
+
+
+def _no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = PRIVATE
+    return response
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    """Landing page after login."""
-    return render(request, "cases/home.html")
+    """Landing page: recent cases, and the queue for reviewers."""
+    cases = access.visible_cases(request.user).annotate(lesion_count=Count("lesions"))[:15]
+    return render(request, "cases/home.html", {
+        "cases": cases,
+        "is_clinician": access.is_clinician(request.user),
+        "is_reviewer": access.is_reviewer(request.user),
+    })
+
+
+# --- Patients --------------------------------------------------------------------------------
+
+@require_GET
+def patient_list(request: HttpRequest) -> HttpResponse:
+    """Patients the user may see, searchable by identifier."""
+    patients = access.visible_patients(request.user).annotate(case_count=Count("cases"))
+    query = request.GET.get("q", "").strip()
+    if query:
+        patients = patients.filter(identifier__icontains=query)
+    return render(request, "cases/patient_list.html", {
+        "patients": patients[:200], "q": query, "can_create": access.is_clinician(request.user),
+    })
+
+
+def patient_create(request: HttpRequest) -> HttpResponse:
+    """New patient in the clinician's clinic."""
+    clinic = access.clinic_of(request.user)
+    if not access.is_clinician(request.user):
+        raise PermissionDenied("Only clinicians who belong to a clinic can add patients.")
+    form = PatientForm(request.POST or None, clinic=clinic)
+    if request.method == "POST" and form.is_valid():
+        patient = services.create_patient(user=request.user, request=request, **form.cleaned_data)
+        messages.success(request, f"Patient {patient.identifier} added.")
+        return redirect("patient_detail", patient.pk)
+    return render(request, "cases/patient_form.html", {"form": form, "clinic": clinic})
+
+
+@require_GET
+def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A patient and the cases the user may see."""
+    patient = get_object_or_404(access.visible_patients(request.user), pk=pk)
+    cases = access.visible_cases(request.user).filter(patient=patient).annotate(lesion_count=Count("lesions"))
+    audit.record(action="view", obj=patient, request=request)
+    return render(request, "cases/patient_detail.html", {
+        "patient": patient, "cases": cases,
+        "can_create_case": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic,
+    })
+
+
+def case_create(request: HttpRequest, patient_pk: int) -> HttpResponse:
+    """New case for a patient of the clinician's clinic."""
+    patient = get_object_or_404(access.visible_patients(request.user), pk=patient_pk)
+    if not (access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic):
+        raise PermissionDenied("Only clinicians of the patient's clinic can open a case.")
+    form = CaseForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        case = services.create_case(user=request.user, patient=patient, request=request, **form.cleaned_data)
+        messages.success(request, "Case opened. Add a lesion, then upload its images.")
+        return redirect("case_detail", case.pk)
+    return render(request, "cases/case_form.html", {"form": form, "patient": patient})
+
+
+# --- Cases, lesions, uploads -------------------------------------------------------------------
+
+def _case_page_context(request: HttpRequest, case: Case) -> dict:
+    predictions = Prediction.objects.select_related("model_version").order_by("-created_at")
+    lesions = case.lesions.prefetch_related(
+        Prefetch("images", queryset=LesionImage.objects.prefetch_related(Prefetch("predictions", queryset=predictions))),
+        "reviews__reviewer",
+    )
+    can_edit = access.can_edit_case(request.user, case)
+    return {
+        "case": case,
+        "lesions": lesions,
+        "can_edit": can_edit,
+        "is_reviewer": access.is_reviewer(request.user),
+        "lesion_form": LesionForm(),
+        "upload_form": UploadForm(),
+        "any_active": Prediction.objects.filter(
+            image__lesion__case=case, status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
+        ).exists(),
+    }
+
+
+@require_GET
+def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The case: lesions, their images and live scoring status, upload and lesion forms."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
+    audit.record(action="view", obj=case, request=request)
+    return _no_store(render(request, "cases/case_detail.html", _case_page_context(request, case)))
+
+
+@require_POST
+def lesion_create(request: HttpRequest, case_pk: int) -> HttpResponse:
+    """Add a lesion to the case."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=case_pk)
+    if not access.can_edit_case(request.user, case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can add lesions.")
+    form = LesionForm(request.POST)
+    if not form.is_valid():
+        context = _case_page_context(request, case) | {"lesion_form": form}
+        return render(request, "cases/case_detail.html", context, status=400)
+    lesion = services.add_lesion(user=request.user, case=case, request=request, **form.cleaned_data)
+    messages.success(request, f"{lesion} added. Upload its images below.")
+    return redirect(f"{reverse('case_detail', args=[case.pk])}#lesion-{lesion.pk}")
+
+
+def lesion_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A lesion's images and results, with the upload form (GET shows it, POST uploads)."""
+    lesion = get_object_or_404(access.visible_lesions(request.user), pk=pk)
+    can_edit = access.can_edit_case(request.user, lesion.case)
+    form = UploadForm()
+    status = 200
+    if request.method == "POST":
+        if not can_edit:
+            raise PermissionDenied("Only clinicians of the patient's clinic can upload images.")
+        form = UploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            outcome = services.upload_images(user=request.user, lesion=lesion, files=form.cleaned_data["images"],
+                                             kind=form.cleaned_data["kind"], request=request)
+            _report_upload(request, outcome)
+            if outcome.accepted or not outcome.rejected:
+                return redirect(f"{reverse('case_detail', args=[lesion.case_id])}#lesion-{lesion.pk}")
+            status = 400
+        else:
+            status = 400
+    images = lesion.images.prefetch_related("predictions__model_version")
+    return render(request, "cases/lesion_detail.html", {
+        "lesion": lesion, "case": lesion.case, "images": images, "form": form, "can_edit": can_edit,
+    }, status=status)
+
+
+def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> None:
+    """One message per file, so the user knows exactly what happened to each."""
+    if outcome.accepted:
+        messages.success(request, f"{len(outcome.accepted)} image(s) uploaded; scoring has started.")
+    for name, existing in outcome.duplicates:
+        where = f" (already stored as image {existing.pk})" if existing else " (twice in this upload)"
+        messages.warning(request, f"“{name}”: this image was already uploaded for this lesion{where}; not stored again.")
+    for name, reason in outcome.rejected:
+        messages.error(request, f"“{name}” was rejected: {reason}")
+    if outcome.scoring_unavailable:
+        messages.warning(request, outcome.scoring_unavailable)
+
+
+@require_GET
+def case_status(request: HttpRequest, pk: int) -> JsonResponse:
+    """JSON for the case page's polling: each prediction's status and rendered summary."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
+    predictions = access.visible_predictions(request.user).filter(image__lesion__case=case).order_by("pk")
+    can_edit = access.can_edit_case(request.user, case)
+    items = [
+        {
+            "id": p.pk,
+            "image": p.image_id,
+            "status": p.status,
+            "melanoma_probability": p.melanoma_probability,
+            "malignancy_score": p.malignancy_score,
+            "flagged": p.flagged,
+            "html": render_to_string("cases/partials/prediction_summary.html",
+                                     {"prediction": p, "can_edit": can_edit}, request=request),
+        }
+        for p in predictions
+    ]
+    flagged = list(case.lesions.filter(flagged=True).values_list("pk", flat=True))
+    payload = {"active": any(p.is_active for p in predictions), "predictions": items, "flagged_lesions": flagged}
+    return _no_store(JsonResponse(payload))
+
+
+@require_POST
+def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Retry a failed prediction (resets it to pending and re-sends the task)."""
+    prediction = get_object_or_404(access.visible_predictions(request.user), pk=pk)
+    if not access.can_edit_case(request.user, prediction.image.lesion.case):
+        raise Http404
+    if services.retry_prediction(user=request.user, prediction=prediction, request=request):
+        messages.success(request, "Scoring was restarted for this image.")
+    else:
+        messages.info(request, "This image is not in a failed state; nothing to retry.")
+    return redirect(f"{reverse('case_detail', args=[prediction.image.lesion.case_id])}#image-{prediction.image_id}")
+
+
+# --- Results and files --------------------------------------------------------------------------
+
+@require_GET
+def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """The result view of one image: class bars, thresholds, flag, heatmap toggle, model version."""
+    image = get_object_or_404(access.visible_images(request.user), pk=pk)
+    prediction = image.predictions.select_related("model_version").order_by("-created_at").first()
+    audit.record(action="view", obj=image, request=request)
+    context = {"image": image, "lesion": image.lesion, "case": image.lesion.case, "prediction": prediction,
+               "can_edit": access.can_edit_case(request.user, image.lesion.case)}
+    if prediction is not None:
+        context |= prediction_context(prediction)
+    return _no_store(render(request, "cases/image_detail.html", context))
+
+
+def _stream(name: str, filename: str) -> FileResponse:
+    if not name:
+        raise Http404
+    try:
+        handle = default_storage.open(name, "rb")
+    except FileNotFoundError:
+        raise Http404 from None
+    response = FileResponse(handle, content_type="image/png", filename=filename)
+    response["Content-Disposition"] = f'inline; filename="{filename}"'
+    return _no_store(response)
+
+
+@require_GET
+def image_file(request: HttpRequest, pk: int) -> FileResponse:
+    """The stored (normalised) image, streamed from storage to an authorised user."""
+    image = get_object_or_404(access.visible_images(request.user), pk=pk)
+    return _stream(image.file.name, f"image-{image.pk}.png")
+
+
+@require_GET
+def heatmap_file(request: HttpRequest, pk: int) -> FileResponse:
+    """The Grad-CAM overlay of one prediction."""
+    prediction = get_object_or_404(access.visible_predictions(request.user), pk=pk)
+    return _stream(prediction.heatmap.name if prediction.heatmap else "", f"heatmap-{prediction.pk}.png")
+
+
+# --- Review queue -----------------------------------------------------------------------------
+
+def _require_reviewer(request: HttpRequest) -> None:
+    if not access.is_reviewer(request.user):
+        raise PermissionDenied("The review queue is for dermatologists.")
+
+
+@require_GET
+def review_queue(request: HttpRequest) -> HttpResponse:
+    """Flagged cases waiting for a dermatologist, most suspicious first."""
+    _require_reviewer(request)
+    return render(request, "cases/queue.html", {"cases": queue.review_queue()[:200]})
+
+
+@require_POST
+def case_claim(request: HttpRequest, pk: int) -> HttpResponse:
+    """Claim a queued case for review (atomic: a second reviewer is told who has it)."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
+    _require_reviewer_or_404(request)
+    try:
+        queue.claim_case(case=case, reviewer=request.user, request=request)
+    except queue.ClaimError as exc:
+        messages.error(request, str(exc))
+        return redirect("review_queue")
+    messages.success(request, "Case claimed. Review each flagged lesion.")
+    return redirect("case_review", case.pk)
+
+
+@require_POST
+def case_release(request: HttpRequest, pk: int) -> HttpResponse:
+    """Give a claimed case back to the queue."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
+    _require_reviewer_or_404(request)
+    if queue.release_case(case=case, reviewer=request.user, request=request):
+        messages.info(request, "Case released back to the queue.")
+    return redirect("review_queue")
+
+
+def _require_reviewer_or_404(request: HttpRequest) -> None:
+    # Clinicians can see their own cases but must not learn the review endpoints exist for them.
+    if not access.is_reviewer(request.user):
+        raise Http404
+
+
+def case_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """One review form per flagged lesion of a case claimed by this reviewer."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
+    _require_reviewer_or_404(request)
+    if case.claimed_by_id != request.user.pk:
+        messages.error(request, "Claim this case from the queue before reviewing it.")
+        return redirect("case_detail", case.pk)
+    lesions = list(queue.lesions_to_review(case).prefetch_related("images__predictions__model_version"))
+    forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}") for lesion in lesions]
+    if request.method == "POST" and forms and all(form.is_valid() for form in forms):
+        entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data) for lesion, form in zip(lesions, forms)]
+        try:
+            queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, request=request)
+        except queue.ClaimError as exc:
+            messages.error(request, str(exc))
+            return redirect("case_detail", case.pk)
+        messages.success(request, "Review saved. The case has left the queue.")
+        return redirect("review_queue")
+    return _no_store(render(request, "cases/review.html", {
+        "case": case, "items": list(zip(lesions, forms)),
+    }, status=400 if request.method == "POST" else 200))

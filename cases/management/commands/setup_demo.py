@@ -10,6 +10,7 @@ from django.db import transaction
 
 from cases.roles import CLINICIAN, DERMATOLOGIST, ROLE_GROUPS
 
+DEMO_CLINIC = "Demo Clinic"
 DEMO_USERS = (
     # username, full name, role group (None = admin)
     ("clinician", "Dr Clara Clinician", CLINICIAN),
@@ -52,4 +53,13 @@ class Command(BaseCommand):
             self.stdout.write("Demo accounts already exist; run `manage.py setup_demo --reset-passwords` for new passwords.")
 
     def _after_user(self, user, role) -> None:
-        """Hook for the clinic membership of demo users (extended by the clinic records)."""
+        """Demo clinicians (and the admin, so they can try the clinician pages) join the demo clinic.
+
+        Dermatologists need no clinic: they review the queue of every clinic.
+        """
+        from cases.models import Clinic, ClinicMembership
+
+        if role == DERMATOLOGIST:
+            return
+        clinic, _ = Clinic.objects.get_or_create(name=DEMO_CLINIC)
+        ClinicMembership.objects.get_or_create(user=user, defaults={"clinic": clinic})

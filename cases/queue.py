@@ -1,0 +1,126 @@
+"""The dermatologists' review queue: flagged, unreviewed cases; atomic claims; reviews."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.http import HttpRequest
+from django.utils import timezone
+
+from cases import audit
+from cases.access import is_reviewer
+from cases.models import Case, Lesion, Prediction, Review
+
+
+class ClaimError(Exception):
+    """The case can't be claimed (or reviewed) by this reviewer; the message says why."""
+
+
+def _awaiting(case_ref=OuterRef("pk")) -> Exists:
+    return Exists(Lesion.objects.filter(case=case_ref, awaiting_review=True))
+
+
+def review_queue() -> QuerySet[Case]:
+    """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest."""
+    top_melanoma = (
+        Prediction.objects.filter(
+            image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True, status=Prediction.Status.DONE
+        )
+        .order_by("-melanoma_probability")
+        .values("melanoma_probability")[:1]
+    )
+    return (
+        Case.objects.filter(_awaiting())
+        .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
+        .annotate(top_melanoma=Coalesce(Subquery(top_melanoma), 0.0))
+        .order_by("-top_melanoma", "created_at", "pk")
+    )
+
+
+def queue_size_for(user) -> int | None:
+    """Queue length for the navigation badge; None for users who don't review."""
+    if not user.is_authenticated or not is_reviewer(user):
+        return None
+    return Case.objects.filter(_awaiting()).count()
+
+
+def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> None:
+    """Claim a queued case with one conditional UPDATE; raises ClaimError if someone else has it."""
+    if not is_reviewer(reviewer):
+        raise ClaimError("Only dermatologists can claim cases.")
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = Case.objects.filter(_awaiting(), pk=case.pk, claimed_by__isnull=True).update(
+            claimed_by=reviewer, claimed_at=now, status=Case.Status.IN_REVIEW
+        )
+        if claimed:
+            audit.record(action="claim", obj=case, actor=reviewer, request=request,
+                         old={"claimed_by": None}, new={"claimed_by": reviewer.pk, "claimed_at": now.isoformat()})
+            return
+    current = Case.objects.select_related("claimed_by").get(pk=case.pk)
+    if current.claimed_by_id == reviewer.pk:
+        return  # already ours: claiming twice is harmless
+    if current.claimed_by_id is not None:
+        who = current.claimed_by.get_full_name() or current.claimed_by.username
+        raise ClaimError(f"This case was already claimed by {who} at {timezone.localtime(current.claimed_at):%H:%M}.")
+    raise ClaimError("This case is no longer waiting for review.")
+
+
+def release_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> bool:
+    """Give a claimed case back to the queue; only the claimer can."""
+    with transaction.atomic():
+        released = Case.objects.filter(pk=case.pk, claimed_by=reviewer).update(
+            claimed_by=None, claimed_at=None, status=Case.Status.OPEN
+        )
+        if released:
+            audit.record(action="release", obj=case, actor=reviewer, request=request,
+                         old={"claimed_by": reviewer.pk}, new={"claimed_by": None})
+    return bool(released)
+
+
+@dataclass(frozen=True)
+class LesionReview:
+    """One lesion's review as entered in the form."""
+
+    lesion: Lesion
+    agreement: str
+    final_diagnosis: str
+    management: str
+    notes: str = ""
+
+
+def lesions_to_review(case: Case) -> QuerySet[Lesion]:
+    """The flagged lesions of the case that still wait for a review."""
+    return case.lesions.filter(awaiting_review=True).order_by("pk")
+
+
+def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request: HttpRequest | None = None) -> list[Review]:
+    """Record the reviews of all flagged lesions of a claimed case; the case leaves the queue."""
+    with transaction.atomic():
+        locked = Case.objects.select_for_update().get(pk=case.pk)
+        if locked.claimed_by_id != reviewer.pk:
+            raise ClaimError("Claim the case before reviewing it (or it was released).")
+        pending = {lesion.pk for lesion in lesions_to_review(locked)}
+        given = {entry.lesion.pk for entry in reviews}
+        if not pending:
+            raise ClaimError("This case has no flagged lesions waiting for review.")
+        if given != pending:
+            raise ClaimError("Every flagged lesion of the case needs a review.")
+        saved = []
+        for entry in reviews:
+            review = Review(lesion=entry.lesion, reviewer=reviewer, agreement=entry.agreement,
+                            final_diagnosis=entry.final_diagnosis, management=entry.management, notes=entry.notes)
+            review.full_clean()
+            review.save()
+            audit.record(action="review", obj=review, actor=reviewer, request=request, new=audit.snapshot(
+                review, ("lesion", "agreement", "final_diagnosis", "management", "notes")))
+            saved.append(review)
+        Lesion.objects.filter(pk__in=pending).update(awaiting_review=False)
+        old_status = locked.status
+        Case.objects.filter(pk=locked.pk).update(status=Case.Status.REVIEWED, claimed_by=None, claimed_at=None)
+        audit.record(action="update", obj=locked, actor=reviewer, request=request,
+                     old={"status": old_status, "claimed_by": reviewer.pk},
+                     new={"status": Case.Status.REVIEWED, "claimed_by": None})
+    return saved

@@ -1,0 +1,282 @@
+"""The scoring lifecycle of a Prediction: dispatch, sweep, and the worker-side run.
+
+State machine: pending → running → done | failed; failed → pending (Retry button).
+Every transition is ONE conditional UPDATE, so two workers, a redelivered message or two sweeps
+racing each other cannot score an image twice or lose a result.
+
+TensorFlow is imported only inside ``run_prediction`` (through classifier.inference), in the
+worker child that executes the task, never in the web process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from cases.models import AuditEvent, Case, Lesion, Prediction
+
+log = logging.getLogger(__name__)
+
+HEATMAP_DIR = "heatmaps"
+# Test-only fault injection: seconds to sleep between predicting and storing, so a test can kill
+# the worker mid-inference. Unset in production.
+FAULT_DELAY_ENV = "SECONDLOOK_FAULT_SCORING_DELAY_S"
+Status = Prediction.Status
+
+
+def hard_time_limit() -> int:
+    """Seconds after which a 'running' prediction cannot still be running (Celery kills the task)."""
+    return int(settings.CELERY_TASK_TIME_LIMIT)
+
+
+def dispatch_prediction(prediction_id: int, *, connection=None) -> bool:
+    """Send the scoring task for a pending prediction; False (and still pending) if the broker is down.
+
+    enqueued_at is claimed first with a conditional UPDATE so that dispatch and a concurrent
+    sweep don't both send; on a send failure the claim is released for the sweep to retry.
+    """
+    now = timezone.now()
+    claimed = Prediction.objects.filter(pk=prediction_id, status=Status.PENDING, enqueued_at__isnull=True).update(
+        enqueued_at=now
+    )
+    if not claimed:
+        return False
+    try:
+        if connection is not None:
+            _send(prediction_id, connection)
+        else:
+            with _broker_connection() as fresh:
+                _send(prediction_id, fresh)
+    except Exception as exc:  # broker down: the upload stands, the sweep sends it later
+        log.warning("could not enqueue prediction %s (%s: %s); the sweep will retry", prediction_id,
+                    type(exc).__name__, exc)
+        Prediction.objects.filter(pk=prediction_id, enqueued_at=now, status=Status.PENDING).update(enqueued_at=None)
+        return False
+    return True
+
+
+def _broker_connection():
+    """A connection that fails fast when Redis is down.
+
+    Celery's default publish retries the connection for seconds, which would stall the upload
+    request; the sweep is our retry instead. A fresh connection also follows the current
+    broker_url rather than a pooled one.
+    """
+    from melanoma_site.celery import app
+
+    return app.connection_for_write()
+
+
+def _send(prediction_id: int, connection) -> None:
+    from classifier.tasks import score_image
+
+    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    score_image.apply_async(args=[prediction_id], queue="inference", connection=connection, retry=False)
+
+
+def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelta | None = None) -> list[int]:
+    """Re-send predictions that were never enqueued, whose message got lost, or whose worker died.
+
+    - pending with enqueued_at NULL (broker was down) or older than ``stale_after``;
+    - running for longer than ``running_stale_after`` (default: the task hard time limit), which
+      only happens when the worker died: those go back to pending first.
+    Returns the ids sent.
+    """
+    now = timezone.now()
+    stale_after = stale_after if stale_after is not None else timedelta(seconds=hard_time_limit() + 60)
+    running_stale_after = running_stale_after if running_stale_after is not None else timedelta(seconds=hard_time_limit())
+    stuck = Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - running_stale_after)
+    for prediction_id in list(stuck.values_list("pk", flat=True)[:500]):
+        Prediction.objects.filter(pk=prediction_id, status=Status.RUNNING,
+                                  started_at__lt=now - running_stale_after).update(
+            status=Status.PENDING, enqueued_at=None, error="Worker stopped while scoring; re-queued."
+        )
+    candidates = Prediction.objects.filter(status=Status.PENDING).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - stale_after)
+    )
+    sent: list[int] = []
+    rows = list(candidates.order_by("pk").values_list("pk", "enqueued_at")[:500])
+    if not rows:
+        return sent
+    with _broker_connection() as connection:
+        for prediction_id, enqueued_at in rows:
+            # Re-claim with a conditional UPDATE on the value we read: a concurrent sweep loses.
+            if enqueued_at is not None and not Prediction.objects.filter(
+                pk=prediction_id, status=Status.PENDING, enqueued_at=enqueued_at
+            ).update(enqueued_at=None):
+                continue
+            if dispatch_prediction(prediction_id, connection=connection):
+                sent.append(prediction_id)
+    return sent
+
+
+def _claim(prediction_id: int, *, resume: bool) -> tuple[bool, datetime]:
+    """pending → running in one UPDATE. A 'running' row is re-claimable when its worker must be dead
+    (started before the hard time limit) or when this delivery is a redelivery/retry of the task."""
+    now = timezone.now()
+    claimable = Q(status=Status.PENDING) | Q(status=Status.RUNNING, started_at__lt=now - timedelta(seconds=hard_time_limit()))
+    if resume:
+        claimable |= Q(status=Status.RUNNING)
+    claimed = Prediction.objects.filter(claimable, pk=prediction_id).update(
+        status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""
+    )
+    return bool(claimed), now
+
+
+def _fail(prediction_id: int, started_at, message: str) -> None:
+    Prediction.objects.filter(pk=prediction_id, status=Status.RUNNING, started_at=started_at).update(
+        status=Status.FAILED, error=message[:2000], finished_at=timezone.now()
+    )
+    log.warning("prediction %s failed: %s", prediction_id, message)
+
+
+def _flags(result, model_version) -> tuple[bool, list[str]]:
+    """Flag decision with the registry's thresholds, which an admin may have tuned after export.
+
+    A threshold left empty in the registry falls back to the model's own decision for that
+    score; reasons the model gives for anything other than these two scores are always kept.
+    """
+    scores = (
+        ("melanoma probability", result.melanoma_probability, model_version.melanoma_threshold),
+        ("malignancy score", result.malignancy_score, model_version.malignancy_threshold),
+    )
+    own = list(result.flag_reasons)
+    reasons = [r for r in own if not r.lower().startswith(tuple(label for label, _, _ in scores))]
+    for label, value, threshold in scores:
+        if threshold is None:
+            reasons += [r for r in own if r.lower().startswith(label)]
+        elif value >= threshold:
+            reasons.append(f"{label} {value:.2f} \u2265 threshold {threshold:.2f}")
+    return bool(reasons) or (bool(result.flagged) and not own), reasons
+
+
+def _read_image_bytes(name: str) -> bytes:
+    with default_storage.open(name, "rb") as handle:
+        return handle.read()
+
+
+def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
+    """Score one prediction's image with its model version; returns what happened (for the task log).
+
+    Safe to call any number of times for the same prediction: only one caller claims it.
+    """
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    claimed, started_at = _claim(prediction_id, resume=resume)
+    if not claimed:
+        return "not claimable (already running or finished)"
+    prediction = Prediction.objects.select_related("image", "image__lesion", "model_version").get(pk=prediction_id)
+    model_version = prediction.model_version
+    try:
+        from classifier.model_store import ModelLoadError, get_model
+        from classifier.preprocess import ImageDecodeError, decode_image
+    except Exception as exc:  # the ML stack is broken on this worker
+        _fail(prediction_id, started_at, f"Classifier unavailable on this worker: {type(exc).__name__}: {exc}")
+        return "failed"
+    try:
+        try:
+            model = get_model(Path(model_version.artifact_path))
+        except ModelLoadError as exc:
+            _fail(prediction_id, started_at, f"Model could not be loaded: {exc}")
+            return "failed"
+        try:
+            pixels = decode_image(_read_image_bytes(prediction.image.file.name))
+        except (ImageDecodeError, FileNotFoundError, OSError) as exc:
+            _fail(prediction_id, started_at, f"Stored image could not be read: {type(exc).__name__}: {exc}")
+            return "failed"
+        from classifier.inference import predict_images
+
+        result = predict_images(model, [pixels])[0]
+        heatmap = _heatmap_png(model, pixels)
+    except SoftTimeLimitExceeded:
+        _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
+        return "failed"
+    except Exception as exc:
+        _fail(prediction_id, started_at, f"Scoring error: {type(exc).__name__}: {exc}")
+        log.exception("prediction %s", prediction_id)
+        return "failed"
+
+    delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
+    return _store_result(prediction, started_at, result, heatmap)
+
+
+def _heatmap_png(model, pixels) -> bytes | None:
+    """The Grad-CAM overlay; a failure here must not lose the scores."""
+    try:
+        from classifier.explain import gradcam_overlay_png
+
+        return gradcam_overlay_png(model, pixels, class_name="melanoma")
+    except Exception:
+        log.exception("Grad-CAM overlay failed")
+        return None
+
+
+def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | None) -> str:
+    """running → done with the scores; flags the lesion. The heatmap file is removed if this loses."""
+    flagged, reasons = _flags(result, prediction.model_version)
+    heatmap_name = ""
+    if heatmap:
+        heatmap_name = default_storage.save(f"{HEATMAP_DIR}/{uuid.uuid4().hex}.png", ContentFile(heatmap))
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            stored = Prediction.objects.filter(pk=prediction.pk, status=Status.RUNNING, started_at=started_at).update(
+                status=Status.DONE,
+                class_probabilities={k: float(v) for k, v in result.class_probabilities.items()},
+                melanoma_probability=_unit(result.melanoma_probability),
+                malignancy_score=_unit(result.malignancy_score),
+                flagged=flagged,
+                flag_reasons=reasons,
+                inference_ms=float(result.inference_ms),
+                heatmap=heatmap_name,
+                finished_at=now,
+                error="",
+            )
+            if not stored:
+                raise _Superseded
+            if flagged:
+                _flag_lesion(prediction.image.lesion_id, now)
+            AuditEvent.objects.create(
+                action="score", object_type="prediction", object_id=str(prediction.pk),
+                patient_id=prediction.image.lesion.case.patient_id,
+                clinic_id=Case.objects.filter(pk=prediction.image.lesion.case_id).values_list("patient__clinic_id", flat=True).first(),
+                new_values={"model_version": prediction.model_version.version, "melanoma_probability": result.melanoma_probability,
+                            "malignancy_score": result.malignancy_score, "flagged": flagged},
+            )
+    except _Superseded:
+        if heatmap_name:
+            default_storage.delete(heatmap_name)
+        return "superseded by another run"
+    except BaseException:
+        if heatmap_name:
+            default_storage.delete(heatmap_name)
+        raise
+    return "done (flagged)" if flagged else "done"
+
+
+class _Superseded(Exception):
+    """Another run re-claimed the prediction while this one was predicting."""
+
+
+def _unit(value: float) -> float:
+    """Clamp float noise (1.0000001) into [0, 1] so the database range check holds."""
+    return min(1.0, max(0.0, float(value)))
+
+
+def _flag_lesion(lesion_id: int, when) -> None:
+    """Put the lesion (and so its case) in the review queue."""
+    Lesion.objects.filter(pk=lesion_id).update(flagged=True, awaiting_review=True, flagged_at=when)
+    # A case reviewed earlier goes back to open when a new image of it is flagged.
+    Case.objects.filter(lesions__pk=lesion_id, status=Case.Status.REVIEWED).update(status=Case.Status.OPEN)

@@ -1,0 +1,190 @@
+"""Write services for clinicians: patients, cases, lesions and image uploads.
+
+Each service takes keyword-only arguments, validates them, writes inside a transaction and
+records the audit event in the same transaction; scoring is dispatched only after commit.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Iterable
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import UploadedFile
+from django.db import DatabaseError, IntegrityError, transaction
+from django.http import HttpRequest
+
+from cases import audit, scoring
+from cases.access import can_edit_case, clinic_of, is_clinician
+from cases.models import Case, Lesion, LesionImage, Patient, Prediction
+from cases.uploads import NormalisedImage, UploadRejected, normalise_upload, sanitize_filename
+
+log = logging.getLogger(__name__)
+
+IMAGE_DIR = "lesion-images"
+PATIENT_FIELDS = ("identifier", "birth_year", "sex", "fitzpatrick_type")
+CASE_FIELDS = ("clinical_question", "notes", "status")
+LESION_FIELDS = ("anatomic_site", "description")
+
+
+@transaction.atomic
+def create_patient(*, user, identifier: str, birth_year: int, sex: str, fitzpatrick_type: int | None = None,
+                   request: HttpRequest | None = None) -> Patient:
+    """A patient in the user's clinic."""
+    clinic = clinic_of(user)
+    if not is_clinician(user) or clinic is None:
+        raise PermissionDenied("Only clinicians who belong to a clinic can add patients.")
+    patient = Patient(clinic=clinic, identifier=identifier, birth_year=birth_year, sex=sex,
+                      fitzpatrick_type=fitzpatrick_type, created_by=user)
+    patient.full_clean()
+    patient.save()
+    audit.record(action="create", obj=patient, actor=user, request=request, new=audit.snapshot(patient, PATIENT_FIELDS))
+    return patient
+
+
+@transaction.atomic
+def create_case(*, user, patient: Patient, clinical_question: str, notes: str = "",
+                request: HttpRequest | None = None) -> Case:
+    """A new case for a patient of the user's clinic."""
+    if not (is_clinician(user) and clinic_of(user) == patient.clinic):
+        raise PermissionDenied("Only clinicians of the patient's clinic can open a case.")
+    case = Case(patient=patient, referring_clinician=user, clinical_question=clinical_question, notes=notes)
+    case.full_clean()
+    case.save()
+    audit.record(action="create", obj=case, actor=user, request=request, new=audit.snapshot(case, CASE_FIELDS))
+    return case
+
+
+@transaction.atomic
+def add_lesion(*, user, case: Case, anatomic_site: str, description: str = "",
+               request: HttpRequest | None = None) -> Lesion:
+    """A lesion on the case."""
+    if not can_edit_case(user, case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can add lesions.")
+    lesion = Lesion(case=case, anatomic_site=anatomic_site, description=description)
+    lesion.full_clean()
+    lesion.save()
+    audit.record(action="create", obj=lesion, actor=user, request=request, new=audit.snapshot(lesion, LESION_FIELDS))
+    return lesion
+
+
+@dataclass
+class UploadOutcome:
+    """What happened to each file of one upload, for the messages shown to the user."""
+
+    accepted: list[LesionImage] = field(default_factory=list)
+    duplicates: list[tuple[str, LesionImage | None]] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    scoring_unavailable: str = ""
+
+
+def _store(content: bytes) -> str:
+    """Write under a generated name; the client's name never reaches the storage path."""
+    return default_storage.save(f"{IMAGE_DIR}/{uuid.uuid4().hex}.png", ContentFile(content))
+
+
+def _delete_quietly(name: str) -> None:
+    try:
+        default_storage.delete(name)
+    except Exception:  # the orphan is harmless; losing the original error would not be
+        log.exception("could not delete stored file %s", name)
+
+
+def _save_image(*, lesion: Lesion, image: NormalisedImage, kind: str, user, model_version,
+                request: HttpRequest | None) -> LesionImage:
+    """Store one image and its pending prediction atomically; the file goes if the rows don't."""
+    name = _store(image.content)
+    try:
+        with transaction.atomic():
+            row = LesionImage(
+                lesion=lesion, file=name, sha256=image.sha256, size_bytes=len(image.content),
+                width=image.width, height=image.height, kind=kind, original_name=image.original_name,
+                original_format=image.original_format, uploaded_by=user,
+            )
+            row.full_clean(validate_unique=False, validate_constraints=False)
+            row.save()
+            audit.record(action="upload", obj=row, actor=user, request=request, new=audit.snapshot(
+                row, ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format")))
+            if model_version is not None:
+                prediction = Prediction.objects.create(image=row, model_version=model_version)
+                transaction.on_commit(partial(scoring.dispatch_prediction, prediction.pk))
+    except BaseException:
+        _delete_quietly(name)
+        raise
+    return row
+
+
+def _active_model_version():
+    """The active model, or None when none can be registered (the upload must still succeed)."""
+    from classifier.registry import active_version
+
+    try:
+        return active_version()
+    except Exception as exc:
+        log.error("no active model version: %s", exc)
+        return None
+
+
+def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: str = LesionImage.Kind.DERMOSCOPIC,
+                  request: HttpRequest | None = None) -> UploadOutcome:
+    """Validate, normalise and store several images of one lesion.
+
+    Every file is judged on its own: a rejected file leaves nothing behind and never costs the
+    good ones. Each accepted image commits separately with its pending prediction, and its
+    scoring task is sent after that commit.
+    """
+    if not can_edit_case(user, lesion.case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can upload images.")
+    if kind not in LesionImage.Kind.values:
+        raise ValidationError(f"Unknown image kind {kind!r}.")
+    outcome = UploadOutcome()
+    model_version = _active_model_version()
+    if model_version is None:
+        outcome.scoring_unavailable = "No model is available, so the images were stored but not scored yet."
+    seen: dict[str, str] = {}
+    for upload in files:
+        display_name = sanitize_filename(upload.name)
+        try:
+            image = normalise_upload(upload)
+        except UploadRejected as exc:
+            outcome.rejected.append((display_name, str(exc)))
+            continue
+        if image.sha256 in seen:
+            outcome.duplicates.append((display_name, None))
+            continue
+        seen[image.sha256] = display_name
+        existing = LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()
+        if existing is not None:
+            outcome.duplicates.append((display_name, existing))
+            continue
+        try:
+            outcome.accepted.append(_save_image(lesion=lesion, image=image, kind=kind, user=user,
+                                                model_version=model_version, request=request))
+        except IntegrityError:
+            # A concurrent upload of the same pixels won the unique constraint.
+            outcome.duplicates.append((display_name, LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()))
+        except DatabaseError:
+            log.exception("saving uploaded image %r failed", display_name)
+            outcome.rejected.append((display_name, "It could not be saved because of a database error; nothing was "
+                                                   "stored. Please upload it again."))
+    return outcome
+
+
+@transaction.atomic
+def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | None = None) -> bool:
+    """Reset a failed prediction to pending and send it again after commit; False if it was not failed."""
+    if not can_edit_case(user, prediction.image.lesion.case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can retry scoring.")
+    updated = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.FAILED).update(
+        status=Prediction.Status.PENDING, error="", enqueued_at=None, started_at=None, finished_at=None
+    )
+    if not updated:
+        return False
+    audit.record(action="retry", obj=prediction, actor=user, request=request,
+                 old={"status": "failed", "error": prediction.error}, new={"status": "pending"})
+    transaction.on_commit(partial(scoring.dispatch_prediction, prediction.pk))
+    return True

@@ -1,0 +1,216 @@
+"""Validate uploaded images by their content and normalise them for storage.
+
+Nothing here touches the database or storage: ``normalise_upload`` is a pure function from the
+client's bytes to either a clean image or an ``UploadRejected`` with a message for the user.
+
+Decisions:
+- Only JPEG, PNG and TIFF are accepted, identified by Pillow from the bytes (never the name or
+  Content-Type). Dimensions are checked from the header before any pixel is decoded.
+- Animated or multi-page images (APNG, multi-page TIFF) are rejected rather than silently reduced
+  to their first frame: the clinician should choose which still image is scored.
+- The stored copy is a PNG re-encoded from the pixels: lossless, EXIF orientation applied, and no
+  metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import unicodedata
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF")
+STORED_FORMAT = "PNG"
+MAX_NAME_LENGTH = 120
+
+# Magic bytes of formats people commonly try, so the rejection can say what the file really is.
+_SNIFF = (
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+)
+
+
+class UploadRejected(Exception):
+    """A file that cannot be accepted; ``str(exc)`` is the message shown to the user."""
+
+
+@dataclass(frozen=True)
+class NormalisedImage:
+    """A validated image, ready to store."""
+
+    content: bytes  # PNG bytes of the 8-bit RGB pixels, no metadata
+    sha256: str  # of the decoded pixels (and size), so a re-encoded copy is still a duplicate
+    width: int
+    height: int
+    original_format: str
+    original_name: str
+
+
+def sanitize_filename(name: str | None) -> str:
+    """A display-only version of the client's file name: no directories, no control characters,
+    normalised unicode, bounded length. It is metadata; it never becomes a storage path."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFKC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = re.sub(r"\s+", " ", name).strip().lstrip(".") or "image"
+    if len(name) > MAX_NAME_LENGTH:
+        stem, dot, ext = name.rpartition(".")
+        ext = ext[:10] if dot else ""
+        name = f"{(stem if dot else name)[: MAX_NAME_LENGTH - len(ext) - 2]}…{'.' + ext if ext else ''}"
+    return name
+
+
+def _unidentified_message(head: bytes) -> str:
+    """Why Pillow could not identify the file, in words a clinician can act on."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "The file starts like a PNG but the rest is not valid PNG data; it is damaged or disguised."
+    if head.startswith(b"\xff\xd8"):
+        return "The file starts like a JPEG but the rest is not valid JPEG data; it is damaged or disguised."
+    what = "not a recognisable image"
+    for magic, name in _SNIFF:
+        if head.startswith(magic):
+            what = name
+            break
+    else:
+        text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            what = "a WebP image"
+        elif text.startswith((b"<svg", b"<?xml")) or b"<svg" in text[:512]:
+            what = "an SVG or XML document"
+        elif text.startswith((b"<!doctype html", b"<html")) or b"<html" in text[:512] or b"<script" in text[:512]:
+            what = "an HTML document"
+        else:
+            try:
+                head.decode("utf-8")
+                what = "a text file"
+            except UnicodeDecodeError:
+                pass
+    return f"Only JPEG, PNG and TIFF images are accepted; this file is {what}."
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1_000_000:.1f} MP"
+
+
+def _read_limited(upload: UploadedFile, limit: int) -> bytes:
+    """Read at most limit+1 bytes: enough to know the file is too big without buffering all of it."""
+    upload.seek(0)
+    chunks, total = [], 0
+    for chunk in upload.chunks():
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            break
+    return b"".join(chunks)
+
+
+def _open_checked(data: bytes) -> Image.Image:
+    """Open (header only) with the allowed formats; refuse bombs before decoding."""
+    max_pixels = settings.UPLOAD_MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (and at twice the limit, raises) on huge images; both mean "reject".
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({_megapixels(int(declared.group(1)))})" if declared else ""
+        raise UploadRejected(
+            f"The image declares too many pixels{size}; the limit is {_megapixels(max_pixels)}. "
+            "It may be a decompression bomb."
+        ) from None
+    except UnidentifiedImageError:
+        raise UploadRejected(_unidentified_message(data[:1024])) from None
+    except Exception as exc:  # malformed headers raise a zoo of types (SyntaxError, struct.error, ...)
+        raise UploadRejected(f"The image header is corrupt ({type(exc).__name__}).") from None
+
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UploadRejected(
+            f"The image is {width}×{height} pixels ({_megapixels(width * height)}); "
+            f"the limit is {_megapixels(max_pixels)}."
+        )
+    min_side = settings.UPLOAD_MIN_SIDE
+    if min(width, height) < min_side:
+        raise UploadRejected(
+            f"The image is {width}×{height} pixels; each side must be at least {min_side} pixels."
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise UploadRejected(
+            "Animated or multi-page images are not accepted; upload a single still image."
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: transparency composited on white, 16-bit scaled down, CMYK converted."""
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        image = Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def normalise_upload(upload: UploadedFile) -> NormalisedImage:
+    """Validate one uploaded file by content and return it normalised, or raise UploadRejected."""
+    max_bytes = settings.UPLOAD_MAX_BYTES
+    size = upload.size or 0
+    if size == 0:
+        raise UploadRejected("The file is empty (0 bytes).")
+    if size > max_bytes:
+        raise UploadRejected(f"The file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB.")
+    data = _read_limited(upload, max_bytes)
+    if len(data) > max_bytes:
+        raise UploadRejected(f"The file is larger than the {max_bytes / 1e6:.1f} MB limit.")
+    if not data:
+        raise UploadRejected("The file is empty (0 bytes).")
+
+    image = _open_checked(data)
+    original_format = image.format or ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()  # decodes every pixel: truncated or corrupt data fails here
+            image = ImageOps.exif_transpose(image)
+    except Exception as exc:
+        detail = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise UploadRejected(f"The image data is {detail} and cannot be read ({type(exc).__name__}).") from None
+
+    rgb = _to_rgb(image)
+    raw = rgb.tobytes()
+    # A fresh image from raw pixels carries no info dict: no EXIF, ICC profile or text chunks.
+    clean = Image.frombytes("RGB", rgb.size, raw)
+    buffer = io.BytesIO()
+    clean.save(buffer, format=STORED_FORMAT, optimize=False, compress_level=6)
+    digest = hashlib.sha256(f"{clean.width}x{clean.height}:".encode() + raw).hexdigest()
+    return NormalisedImage(
+        content=buffer.getvalue(),
+        sha256=digest,
+        width=clean.width,
+        height=clean.height,
+        original_format=original_format,
+        original_name=sanitize_filename(upload.name),
+    )

@@ -1,0 +1,66 @@
+"""Grad-CAM heatmaps on the layer named in the card (default 'last_conv')."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .preprocess import _as_rgb, prepare_batch
+
+
+def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarray:
+    """Heatmap (H x W float32 in 0..1, at the image's own size) of evidence for `class_name`."""
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    img = _as_rgb(image)
+    if class_name not in model.classes:
+        raise ValueError(f"unknown class {class_name!r}")
+    idx = model.classes.index(class_name)
+    km = model.keras_model
+    layer = km.get_layer(model.last_conv_layer)
+    grad_model = keras.Model(km.inputs, [layer.output, km.output])
+    x = tf.convert_to_tensor(prepare_batch([img], model.input_size))
+    with model._lock:
+        with tf.GradientTape() as tape:
+            conv, logits = grad_model(x, training=False)
+            tape.watch(conv)
+            score = tf.cast(logits, tf.float32)[:, idx]
+        grads = tape.gradient(score, conv)
+    conv = np.asarray(conv, np.float32)[0]
+    grads = np.asarray(grads, np.float32)[0]
+    w = grads.mean(axis=(0, 1))
+    cam = np.maximum((conv * w).sum(-1), 0)
+    if cam.max() > 0:
+        cam = cam / cam.max()
+    h, wd = img.shape[:2]
+    cam_img = Image.fromarray((cam * 255).astype(np.uint8)).resize((wd, h), Image.BILINEAR)
+    return np.asarray(cam_img, np.float32) / 255.0
+
+
+def _colormap(h: np.ndarray) -> np.ndarray:
+    """Simple jet-like colormap without matplotlib: 0..1 -> RGB uint8."""
+    r = np.clip(1.5 - np.abs(4 * h - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * h - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * h - 1), 0, 1)
+    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+
+
+def gradcam_overlay_png(model, image: np.ndarray, class_name: str = "melanoma", alpha: float = 0.45,
+                        fmt: str = "PNG", max_size: int = 1024) -> bytes:
+    """Heatmap blended on the image, encoded as PNG (or JPEG with fmt='JPEG')."""
+    from PIL import Image
+
+    img = _as_rgb(image)
+    if max(img.shape[:2]) > max_size:
+        s = max_size / max(img.shape[:2])
+        img = np.asarray(Image.fromarray(img).resize((max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),
+                                                     Image.BILINEAR))
+    heat = gradcam(model, img, class_name)
+    blend = (img.astype(np.float32) * (1 - alpha * heat[..., None]) +
+             _colormap(heat).astype(np.float32) * alpha * heat[..., None])
+    out = Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    out.save(buf, format=fmt)
+    return buf.getvalue()

@@ -1,0 +1,51 @@
+"""Batched inference: images -> calibrated class probabilities, scores and flag decision."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from training.scoring import class_probability_dict, flag_decision, score_logits
+
+from .preprocess import decode_image, prepare_batch
+
+
+@dataclass
+class ImagePrediction:
+    class_probabilities: dict[str, float]
+    melanoma_probability: float
+    malignancy_score: float
+    flagged: bool
+    flag_reasons: list[str] = field(default_factory=list)
+    model_version: str = ""
+    inference_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict_images(model, images: list[np.ndarray], batch_size: int = 32) -> list[ImagePrediction]:
+    """RGB uint8 images (any size) -> one ImagePrediction each (batched forward pass).
+    inference_ms is the per-image share of preprocessing + forward time."""
+    if not images:
+        return []
+    t0 = time.perf_counter()
+    batch = prepare_batch(images, model.input_size)
+    logits = model.predict_logits(batch, batch_size=batch_size)
+    sc = score_logits(logits, model.temperature, model.thresholds)
+    ms = (time.perf_counter() - t0) * 1000.0 / len(images)
+    out = []
+    for i in range(len(images)):
+        mel, mal = float(sc.melanoma[i]), float(sc.malignancy[i])
+        dec = flag_decision(mel, mal, model.thresholds)
+        out.append(ImagePrediction(
+            class_probabilities=class_probability_dict(sc.probs[i]), melanoma_probability=mel,
+            malignancy_score=mal, flagged=dec.flagged, flag_reasons=dec.reasons,
+            model_version=model.version, inference_ms=round(ms, 2)))
+    return out
+
+
+def predict_bytes(model, data: bytes) -> ImagePrediction:
+    """Decode (raises ImageDecodeError) and predict one image."""
+    return predict_images(model, [decode_image(data)])[0]

@@ -1,0 +1,136 @@
+"""Loading and caching of model artifacts (directory with model.keras + model_card.json)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.artifact import CARD_FILE, MODEL_FILE, sha256_file
+from training.scoring import Thresholds
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_model"
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory is missing, incomplete or corrupt."""
+
+
+def default_model_dir() -> Path:
+    """SECONDLOOK_MODEL_DIR, or the model shipped in classifier/shipped_model/."""
+    env = os.environ.get("SECONDLOOK_MODEL_DIR")
+    return Path(env).expanduser().resolve() if env else SHIPPED_MODEL_DIR
+
+
+@dataclass
+class LoadedModel:
+    model_dir: Path
+    card: dict
+    keras_model: object = field(repr=False)
+    sha256: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def version(self) -> str:
+        return str(self.card["version"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.card["input_size"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.card["temperature"])
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds.from_dict(self.card["thresholds"])
+
+    @property
+    def last_conv_layer(self) -> str:
+        return str(self.card.get("last_conv_layer", "last_conv"))
+
+    @property
+    def tta(self) -> str:
+        return str(self.card.get("tta", "none"))
+
+    def predict_logits(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """float32 (N, S, S, 3) 0..255 -> float32 logits (N, 9), with the card's test-time augmentation."""
+        from training.model import predict_logits
+
+        with self._lock:
+            return predict_logits(self.keras_model, batch, batch_size=batch_size, tta=self.tta)
+
+    def predict(self, images: list[np.ndarray]):
+        """RGB uint8 images -> list[ImagePrediction] (see classifier.inference.predict_images)."""
+        from .inference import predict_images
+
+        return predict_images(self, images)
+
+
+def _read_card(model_dir: Path) -> dict:
+    card_path = model_dir / CARD_FILE
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    if not card_path.is_file():
+        raise ModelLoadError(f"{card_path} is missing (not a SecondLook model directory?)")
+    try:
+        card = json.loads(card_path.read_text())
+    except Exception as exc:
+        raise ModelLoadError(f"{card_path} is not valid JSON: {exc}") from exc
+    for k in ("version", "classes", "input_size", "temperature", "thresholds", "model_sha256"):
+        if k not in card:
+            raise ModelLoadError(f"{card_path} lacks the field {k!r}")
+    return card
+
+
+def load_model(model_dir: Path) -> LoadedModel:
+    """Read model_card.json, verify sha256 of model.keras, load the Keras model (TF imported here)."""
+    model_dir = Path(model_dir).expanduser().resolve()
+    card = _read_card(model_dir)
+    mpath = model_dir / card.get("model_file", MODEL_FILE)
+    if not mpath.is_file():
+        raise ModelLoadError(f"{mpath} is missing")
+    sha = sha256_file(mpath)
+    if sha != card["model_sha256"]:
+        raise ModelLoadError(f"{mpath} is corrupt or was replaced: sha256 {sha[:12]}... does not match "
+                             f"the model card ({str(card['model_sha256'])[:12]}...)")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import keras
+
+        km = keras.models.load_model(mpath, compile=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {mpath}: {exc}") from exc
+    return LoadedModel(model_dir=model_dir, card=card, keras_model=km, sha256=sha)
+
+
+_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_model(model_dir: Path | None = None) -> LoadedModel:
+    """Per-process cache keyed by (resolved path, sha256 of model.keras)."""
+    model_dir = Path(model_dir or default_model_dir()).expanduser().resolve()
+    card = _read_card(model_dir)
+    key = (str(model_dir), str(card["model_sha256"]))
+    with _CACHE_LOCK:
+        m = _CACHE.get(key)
+        if m is None:
+            m = load_model(model_dir)
+            for k in [k for k in _CACHE if k[0] == key[0]]:
+                del _CACHE[k]
+            _CACHE[key] = m
+        return m
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -1,0 +1,129 @@
+"""The whole journey in a real browser: a clinician uploads, the score appears live, a
+dermatologist claims and reviews the flagged case. Screenshots go to test-artifacts/."""
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from PIL import Image
+
+from cases.models import Case, Clinic, ClinicMembership, Review
+from cases.roles import CLINICIAN, DERMATOLOGIST
+from classifier.registry import activate, register_artifact
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+PASSWORD = "browser-test-password-1"
+
+
+def make_user(username, full_name, role, clinic=None):
+    first, last = full_name.split(" ", 1)
+    user = get_user_model().objects.create_user(username=username, password=PASSWORD, first_name=first, last_name=last)
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    if clinic:
+        ClinicMembership.objects.create(user=user, clinic=clinic)
+    return user
+
+
+def lesion_jpeg(path):
+    """A brownish blob on skin tone: looks like a lesion in screenshots."""
+    yy, xx = np.mgrid[0:256, 0:256]
+    blob = ((xx - 128) ** 2 + (yy - 120) ** 2) < 70 ** 2
+    pixels = np.zeros((256, 256, 3), dtype=np.uint8)
+    pixels[:] = (224, 180, 160)
+    pixels[blob] = (110, 70, 50)
+    noise = np.random.default_rng(0).integers(-12, 12, size=pixels.shape)
+    pixels = np.clip(pixels.astype(int) + noise, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def log_in(page, base, username):
+    page.goto(f"{base}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base}/")
+
+
+def test_clinician_upload_to_dermatologist_review(live_server, use_tiny_model, celery_worker_process, browser_page,
+                                                  artifacts_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    version = activate(register_artifact(use_tiny_model))
+    version.melanoma_threshold = version.malignancy_threshold = 0.0  # the tiny model flags everything
+    version.save()
+    clinic = Clinic.objects.create(name="Riverside Dermatology")
+    make_user("clara", "Clara Clinician", CLINICIAN, clinic)
+    make_user("derek", "Derek Dermatologist", DERMATOLOGIST)
+    page, base = browser_page, live_server.url
+
+    # Clinician: patient → case → lesion → upload.
+    log_in(page, base, "clara")
+    page.screenshot(path=str(artifacts_dir / "01-home-clinician.png"), full_page=True)
+    page.get_by_role("link", name="Add a patient").first.click()
+    page.get_by_label("Pseudonymous identifier").fill("RIV-0042")
+    page.get_by_label("Birth year").fill("1968")
+    page.get_by_label("Sex").select_option("female")
+    page.get_by_label("Fitzpatrick skin type").select_option("2")
+    page.screenshot(path=str(artifacts_dir / "02-patient-form.png"), full_page=True)
+    page.get_by_role("button", name="Add patient").click()
+    expect(page.get_by_role("heading", name="Patient RIV-0042")).to_be_visible()
+    page.get_by_role("link", name="Open a case").click()
+    page.get_by_label("Clinical question").fill("Changing pigmented lesion on the back; melanoma?")
+    page.get_by_role("button", name="Open case").click()
+    expect(page.get_by_role("heading", name=re.compile(r"^Case \d+"))).to_be_visible()
+    page.get_by_label("Anatomic site").select_option("posterior torso")
+    page.get_by_label("Description").fill("6 mm, irregular border, grew over 3 months")
+    page.get_by_role("button", name="Add lesion").click()
+    page.get_by_label("Images of this lesion").set_input_files(str(lesion_jpeg(tmp_path / "back-lesion.jpg")))
+    expect(page.locator("[data-chosen] li")).to_contain_text("back-lesion.jpg")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator(".messages")).to_contain_text("1 image(s) uploaded")
+    # The score appears without a reload (the page polls the status endpoint).
+    url_before = page.url
+    expect(page.locator(".prediction").first).to_contain_text("Melanoma", timeout=90_000)
+    expect(page.locator(".prediction").first).to_contain_text("Flagged")
+    assert page.url == url_before
+    expect(page.locator("[data-lesion-flag]").first).to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "03-case-scored.png"), full_page=True)
+    page.get_by_role("link", name="View result").click()
+    expect(page.get_by_text("Intended use:")).to_be_visible()
+    expect(page.get_by_text(version.version).first).to_be_visible()
+    expect(page.locator("table.bars tbody tr")).to_have_count(9)
+    page.screenshot(path=str(artifacts_dir / "04-result.png"), full_page=True)
+    toggle = page.get_by_role("button", name="Show heatmap")
+    toggle.click()
+    expect(page.get_by_role("button", name="Show original")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#result-img")).to_have_attribute("src", re.compile(r"/predictions/\d+/heatmap/"))
+    page.wait_for_function("document.getElementById('result-img').complete")
+    page.screenshot(path=str(artifacts_dir / "05-result-heatmap.png"), full_page=True)
+    page.get_by_role("button", name="Log out").click()
+
+    # Dermatologist: the flagged case is in the queue; claim and review it.
+    log_in(page, base, "derek")
+    expect(page.locator("nav .badge")).to_have_text("1")
+    page.get_by_role("link", name=re.compile("Review queue")).first.click()
+    expect(page.get_by_role("cell", name="RIV-0042")).to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "06-queue.png"), full_page=True)
+    page.get_by_role("button", name=re.compile(r"Claim case \d+")).click()
+    expect(page.get_by_role("heading", name=re.compile("Review case"))).to_be_visible()
+    page.get_by_label("Agree with the AI flag", exact=True).check()
+    page.get_by_label("Final diagnosis").select_option("melanoma")
+    page.get_by_label("Excision", exact=True).check()
+    page.get_by_label("Notes").fill("Atypical pigment network; excise with 2 mm margins.")
+    page.screenshot(path=str(artifacts_dir / "07-review-form.png"), full_page=True)
+    page.get_by_role("button", name="Save review").click()
+    expect(page.locator(".messages")).to_contain_text("Review saved")
+    expect(page.get_by_text("The queue is empty.")).to_be_visible()
+    expect(page.locator("nav .badge")).to_have_text("0")
+    page.screenshot(path=str(artifacts_dir / "08-queue-empty.png"), full_page=True)
+
+    review = Review.objects.get()
+    assert (review.final_diagnosis, review.management, review.reviewer.username) == ("melanoma", "excision", "derek")
+    assert Case.objects.get().status == "reviewed"

@@ -1,0 +1,52 @@
+"""Helpers shared by the cases tests (a plain module: conftest modules can't be imported reliably)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from cases.models import Case, Clinic, ClinicMembership, Lesion, Patient
+from cases.roles import CLINICIAN, DERMATOLOGIST
+
+
+def stored_files(root: Path) -> list[str]:
+    """Relative paths of every file under the media root."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def make_user(username: str, *, role: str | None = None, clinic: Clinic | None = None, admin: bool = False):
+    user = get_user_model().objects.create_user(username=username, password="pw-for-tests-123",
+                                                first_name=username.title())
+    if role:
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
+    if admin:
+        user.is_staff = user.is_superuser = True
+        user.save()
+    if clinic:
+        ClinicMembership.objects.create(user=user, clinic=clinic)
+    return user
+
+
+class World:
+    """Two clinics with one patient/case/lesion each, and a user of every kind."""
+
+    def __init__(self) -> None:
+        self.clinic_a = Clinic.objects.create(name="Clinic A")
+        self.clinic_b = Clinic.objects.create(name="Clinic B")
+        self.clin_a = make_user("clin_a", role=CLINICIAN, clinic=self.clinic_a)
+        self.clin_b = make_user("clin_b", role=CLINICIAN, clinic=self.clinic_b)
+        self.derm = make_user("derm", role=DERMATOLOGIST)
+        self.derm2 = make_user("derm2", role=DERMATOLOGIST)
+        self.norole = make_user("norole")
+        self.admin = make_user("boss", admin=True)
+        self.patient_a = Patient.objects.create(clinic=self.clinic_a, identifier="PA-1", birth_year=1970,
+                                                sex="female", created_by=self.clin_a)
+        self.patient_b = Patient.objects.create(clinic=self.clinic_b, identifier="PB-1", birth_year=1980,
+                                                sex="male", created_by=self.clin_b)
+        self.case_a = Case.objects.create(patient=self.patient_a, referring_clinician=self.clin_a,
+                                          clinical_question="Changing mole?")
+        self.case_b = Case.objects.create(patient=self.patient_b, referring_clinician=self.clin_b,
+                                          clinical_question="New lesion?")
+        self.lesion_a = Lesion.objects.create(case=self.case_a, anatomic_site="posterior torso")
+        self.lesion_b = Lesion.objects.create(case=self.case_b, anatomic_site="head/neck")

@@ -1,0 +1,281 @@
+"""Uploads over HTTP: every kind of bad file is rejected with its own message and leaves nothing
+behind; good files are normalised (upright, RGB, no metadata, generated name)."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.db import DatabaseError
+from PIL import ExifTags, Image
+
+from cases.models import AuditEvent, LesionImage, Prediction
+from case_helpers import stored_files
+from imagegen import encode, jpeg, pattern, png, png_chunk, png_declaring, two_tone, upload, zeros_png
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client, world, *files, kind="dermoscopic"):
+    client.force_login(world.clin_a)
+    return client.post(f"/lesions/{world.lesion_a.pk}/", {"images": list(files), "kind": kind}, follow=True)
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def state(media_root):
+    return (LesionImage.objects.count(), Prediction.objects.count(),
+            AuditEvent.objects.filter(action="upload").count(), stored_files(media_root))
+
+
+def stored_image(image: LesionImage) -> Image.Image:
+    with image.file.open("rb") as handle:
+        data = handle.read()
+    opened = Image.open(io.BytesIO(data))
+    opened.load()
+    return opened
+
+
+def truncated_jpeg() -> bytes:
+    data = jpeg(size=(256, 256), seed=3)
+    return data[: len(data) // 2]
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("P", (64, 64), i) for i in range(3)]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def animated_png() -> bytes:
+    frames = [pattern((64, 64), seed=i) for i in range(2)]
+    return encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+
+
+REJECTIONS = [
+    ("empty.jpg", lambda: b"", "empty"),
+    ("truncated.jpg", truncated_jpeg, "truncated"),
+    ("notes.jpg", lambda: b"Patient notes: this is just text, not an image.\n" * 5, "text file"),
+    ("page.jpg", lambda: b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>", "HTML"),
+    ("fake.png", lambda: b"\x89PNG\r\n\x1a\n<html><body>not really a png</body></html>", "starts like a PNG"),
+    ("drawing.jpg", lambda: b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="99" height="99">'
+                            b'<circle r="40"/></svg>', "SVG"),
+    ("huge.png", lambda: png_declaring(30000, 30000), "too many pixels"),
+    ("anim.gif", animated_gif, "GIF"),
+    ("anim.png", animated_png, "Animated"),
+    ("tiny.png", lambda: png(size=(10, 10)), "at least 32 pixels"),
+    ("doc.pdf.jpg", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "PDF"),
+]
+
+
+@pytest.mark.parametrize("name,make,expected", REJECTIONS, ids=[r[0] for r in REJECTIONS])
+def test_bad_file_is_rejected_with_specific_message_and_leaves_nothing(client, world, media_root, dispatched,
+                                                                         name, make, expected):
+    before = state(media_root)
+    response = post(client, world, upload(name, make()))
+    assert response.status_code == 400
+    texts = messages_of(response)
+    assert len(texts) == 1 and name in texts[0] and "rejected" in texts[0]
+    assert expected.lower() in texts[0].lower(), texts[0]
+    assert state(media_root) == before
+    assert dispatched == []
+
+
+def test_decompression_bomb_with_real_pixel_data_is_rejected_before_decoding(client, world, media_root, settings):
+    settings.UPLOAD_MAX_PIXELS = 1_000_000
+    bomb = zeros_png(2000, 2000)  # 4 MP of valid pixels in a few KB
+    assert len(bomb) < 50_000
+    before = state(media_root)
+    response = post(client, world, upload("bomb.png", bomb, "image/png"))
+    text = messages_of(response)[0]
+    assert "2000×2000" in text and "limit is 1.0 MP" in text
+    assert state(media_root) == before
+
+
+def test_file_over_the_byte_limit_is_rejected(client, world, media_root, settings):
+    settings.UPLOAD_MAX_BYTES = 2_000
+    data = jpeg(size=(128, 128))
+    assert len(data) > 2_000
+    before = state(media_root)
+    text = messages_of(post(client, world, upload("big.jpg", data)))[0]
+    assert "limit is 0.0 MB" in text or "limit" in text and "MB" in text
+    assert state(media_root) == before
+
+
+def test_good_jpeg_is_stored_as_png_under_a_generated_name(client, world, media_root, django_capture_on_commit_callbacks,
+                                                           dispatched):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, world, upload("lesion.jpg", jpeg()))
+    assert response.redirect_chain[-1][0].startswith(f"/cases/{world.case_a.pk}/")
+    image = LesionImage.objects.get()
+    assert image.file.name.startswith("lesion-images/") and image.file.name.endswith(".png")
+    assert "lesion" not in image.file.name.split("/")[-1]
+    assert image.original_name == "lesion.jpg" and image.original_format == "JPEG"
+    assert (image.width, image.height) == (96, 64) and image.uploaded_by == world.clin_a
+    stored = stored_image(image)
+    assert stored.format == "PNG" and stored.mode == "RGB"
+    prediction = Prediction.objects.get(image=image)
+    assert prediction.status == "pending" and prediction.model_version.version == "unit-test-v1"
+    assert dispatched == [prediction.pk]
+    assert AuditEvent.objects.filter(action="upload", object_id=str(image.pk), patient=world.patient_a).exists()
+
+
+def test_exif_rotated_jpeg_is_stored_upright(client, world):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # camera held sideways: display rotated 90° clockwise
+    data = encode(two_tone((120, 60)), "JPEG", quality=95, exif=exif)
+    post(client, world, upload("rotated.jpg", data))
+    stored = stored_image(LesionImage.objects.get())
+    assert stored.size == (60, 120)
+    top, bottom = stored.getpixel((30, 15)), stored.getpixel((30, 105))
+    assert top[0] > 200 and top[2] < 60, top  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60, bottom
+
+
+def test_gps_exif_is_stripped(client, world):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "PhoneCo"
+    exif[ExifTags.IFD.GPSInfo] = {ExifTags.GPS.GPSLatitudeRef: "N", ExifTags.GPS.GPSLatitude: (51.0, 30.0, 12.0)}
+    data = encode(pattern(), "JPEG", quality=90, exif=exif)
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    post(client, world, upload("gps.jpg", data))
+    image = LesionImage.objects.get()
+    with image.file.open("rb") as handle:
+        raw = handle.read()
+    stored = Image.open(io.BytesIO(raw))
+    assert len(stored.getexif()) == 0 and "exif" not in stored.info and "icc_profile" not in stored.info
+    assert b"Exif" not in raw and b"PhoneCo" not in raw
+
+
+def test_16_bit_png_is_scaled_to_8_bit_rgb(client, world):
+    import numpy as np
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    image16 = Image.fromarray(ramp)
+    assert image16.mode.startswith("I;16")
+    post(client, world, upload("deep.png", encode(image16, "PNG"), "image/png"))
+    stored = stored_image(LesionImage.objects.get())
+    assert stored.mode == "RGB"
+    assert stored.getpixel((63, 63))[0] == round(int(ramp[63, 63]) / 257)
+    assert stored.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_grayscale_becomes_rgb(client, world):
+    post(client, world, upload("gray.png", encode(Image.new("L", (64, 64), 128), "PNG"), "image/png"))
+    stored = stored_image(LesionImage.objects.get())
+    assert stored.mode == "RGB" and stored.getpixel((5, 5)) == (128, 128, 128)
+
+
+def test_cmyk_jpeg_becomes_rgb(client, world):
+    post(client, world, upload("print.jpg", encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG")))
+    stored = stored_image(LesionImage.objects.get())
+    red, green, blue = stored.getpixel((10, 10))
+    assert stored.mode == "RGB" and red > 200 and green < 50 and blue < 50
+
+
+def test_png_alpha_is_composited_on_white(client, world):
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    image.paste((200, 0, 0, 255), (0, 0, 32, 64))
+    post(client, world, upload("alpha.png", encode(image, "PNG"), "image/png"))
+    stored = stored_image(LesionImage.objects.get())
+    assert stored.getpixel((10, 10)) == (200, 0, 0)
+    assert stored.getpixel((50, 10)) == (255, 255, 255)
+
+
+def test_tiff_is_accepted(client, world):
+    post(client, world, upload("scan.tif", encode(pattern(), "TIFF"), "image/tiff"))
+    assert LesionImage.objects.get().original_format == "TIFF"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("../../../../etc/passwd.jpg", "passwd.jpg"),
+    ("..\\..\\windows\\system32\\evil.jpg", "evil.jpg"),
+    ("lésion\u202eGPJ.exe.jpg", "lésionGPJ.exe.jpg"),
+    ("é" * 300 + ".jpg", None),
+])
+def test_hostile_file_names_are_harmless(client, world, media_root, name, expected):
+    post(client, world, upload(name, jpeg()))
+    image = LesionImage.objects.get()
+    assert stored_files(media_root) == [image.file.name]
+    assert image.file.name.startswith("lesion-images/") and len(image.file.name) < 60
+    assert "/" not in image.original_name and "\\" not in image.original_name
+    assert len(image.original_name) <= 120
+    if expected:
+        assert image.original_name == expected
+    else:
+        assert image.original_name.endswith(".jpg")
+
+
+def test_same_image_twice_is_reported_not_stored_twice(client, world, media_root):
+    post(client, world, upload("first.jpg", png(), "image/png"))
+    files_after_first = stored_files(media_root)
+    # The same pixels in another container are still the same image.
+    same_pixels_as_tiff = encode(Image.open(io.BytesIO(png())), "TIFF")
+    response = post(client, world, upload("again.tif", same_pixels_as_tiff, "image/tiff"))
+    texts = messages_of(response)
+    assert any("again.tif" in t and "already uploaded" in t for t in texts), texts
+    assert LesionImage.objects.count() == 1 and Prediction.objects.count() == 1
+    assert stored_files(media_root) == files_after_first
+
+
+def test_duplicate_within_one_batch(client, world):
+    response = post(client, world, upload("a.png", png(), "image/png"), upload("b.png", png(), "image/png"))
+    assert LesionImage.objects.count() == 1
+    assert any("b.png" in t and "twice in this upload" in t for t in messages_of(response))
+
+
+def test_mixed_batch_keeps_the_good_files(client, world, media_root):
+    response = post(client, world, upload("good1.jpg", jpeg(seed=1)), upload("bad.jpg", b"<html></html>"),
+                    upload("good2.png", png(seed=2), "image/png"), upload("empty.png", b""))
+    texts = messages_of(response)
+    assert any("2 image(s) uploaded" in t for t in texts)
+    assert any("bad.jpg" in t and "HTML" in t for t in texts)
+    assert any("empty.png" in t and "empty" in t for t in texts)
+    assert sorted(LesionImage.objects.values_list("original_name", flat=True)) == ["good1.jpg", "good2.png"]
+    assert Prediction.objects.count() == 2
+    assert len(stored_files(media_root)) == 2
+
+
+def test_database_error_mid_upload_leaves_no_orphan_file(client, world, media_root, monkeypatch):
+    def broken_create(*args, **kwargs):
+        raise DatabaseError("disk I/O error")
+
+    monkeypatch.setattr(Prediction.objects, "create", broken_create)
+    response = post(client, world, upload("lost.jpg", jpeg()))
+    texts = messages_of(response)
+    assert any("lost.jpg" in t and "database error" in t for t in texts), texts
+    assert LesionImage.objects.count() == 0 and Prediction.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
+def test_form_without_files_shows_error_and_changes_nothing(client, world, media_root):
+    client.force_login(world.clin_a)
+    response = client.post(f"/lesions/{world.lesion_a.pk}/", {"kind": "dermoscopic"})
+    assert response.status_code == 400 and b"Choose at least one image file" in response.content
+    assert LesionImage.objects.count() == 0 and stored_files(media_root) == []
+
+
+def test_broker_down_upload_still_succeeds_and_stays_pending(client, world, media_root, settings,
+                                                             django_capture_on_commit_callbacks):
+    from melanoma_site.celery import app
+
+    original = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:9/0"  # discard port: nothing listens
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = post(client, world, upload("offline.jpg", jpeg()))
+    finally:
+        app.conf.broker_url = original
+    assert any("1 image(s) uploaded" in t for t in messages_of(response))
+    prediction = Prediction.objects.get()
+    assert prediction.status == "pending" and prediction.enqueued_at is None
+    assert len(stored_files(media_root)) == 1
+
+
+def test_png_with_html_after_valid_image_data_is_normalised(client, world):
+    # Trailing junk after IEND cannot survive: the stored file is re-encoded from pixels.
+    data = png() + png_chunk(b"tEXt", b"Comment\0<script>alert(1)</script>") + b"<html>trailer</html>"
+    post(client, world, upload("trailer.png", data, "image/png"))
+    with LesionImage.objects.get().file.open("rb") as handle:
+        raw = handle.read()
+    assert b"<script>" not in raw and b"<html>" not in raw

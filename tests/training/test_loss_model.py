@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from training.labels import CLASSES, HAM_TO_CLASSES, mask_from_classes
+from training.model import LAST_CONV, augment_batch, build_model, set_loss
+
+
+def test_ambiguous_label_loss_matches_formula():
+    logits = np.array([[1.0, 0.2, -0.5, 2.0, 0.3, 0.0, 1.2, 0.7, -1.0]], np.float32)
+    p = np.exp(logits) / np.exp(logits).sum()
+    m = mask_from_classes(HAM_TO_CLASSES["bkl"])[None]
+    got = float(set_loss(0.0)(tf.constant(m), tf.constant(logits))[0])
+    allowed = [CLASSES.index(c) for c in HAM_TO_CLASSES["bkl"]]
+    assert got == pytest.approx(-np.log(p[0, allowed].sum()), rel=1e-5)
+    # single label = ordinary cross-entropy
+    m1 = mask_from_classes({"melanoma"})[None]
+    got1 = float(set_loss(0.0)(tf.constant(m1), tf.constant(logits))[0])
+    assert got1 == pytest.approx(-np.log(p[0, 3]), rel=1e-5)
+
+
+def test_loss_gradient_does_not_prefer_one_allowed_class():
+    logits = tf.Variable(np.zeros((1, 9), np.float32))
+    m = tf.constant(mask_from_classes(HAM_TO_CLASSES["akiec"])[None])
+    with tf.GradientTape() as tape:
+        loss = set_loss(0.0)(m, logits)
+    g = tape.gradient(loss, logits).numpy()[0]
+    a, s = CLASSES.index("actinic keratosis"), CLASSES.index("squamous cell carcinoma")
+    assert g[a] == pytest.approx(g[s]) and g[a] < 0
+
+
+def test_model_shapes_and_last_conv():
+    m = build_model(32, width=8, stages=(1, 1))
+    out = m(np.zeros((2, 32, 32, 3), np.float32))
+    assert out.shape == (2, 9)
+    assert m.get_layer(LAST_CONV) is not None
+    assert m.output.dtype == "float32"
+
+
+def test_augmentation_keeps_shape_and_range():
+    x = tf.constant(np.random.default_rng(0).integers(0, 255, (4, 24, 24, 3)).astype(np.float32))
+    y = augment_batch(x, tf.random.Generator.from_seed(1))
+    assert y.shape == x.shape
+    assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255

@@ -1,0 +1,104 @@
+"""CLI: python -m training audit|train|evaluate ..."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _common(ap):
+    from .config import cache_dir, data_dir
+
+    ap.add_argument("--data", type=Path, default=None, help=f"data root (default env SECONDLOOK_DATA_DIR or {data_dir()})")
+    ap.add_argument("--cache", type=Path, default=None, help=f"cache dir (default env SECONDLOOK_CACHE_DIR or {cache_dir()})")
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .config import TrainConfig, cache_dir, data_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("training.data").setLevel(logging.WARNING)
+    ap = argparse.ArgumentParser(prog="python -m training")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("audit", help="audit the data, write audit.json + audit.md")
+    _common(a)
+    a.add_argument("--out", type=Path, default=Path("var/audit"))
+    t = sub.add_parser("train", help="audit, split, train, calibrate, evaluate, export an artifact")
+    _common(t)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--version", default=None)
+    t.add_argument("--config", type=Path, default=None, help="JSON file with TrainConfig overrides")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field, e.g. --set epochs=3 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+    e = sub.add_parser("evaluate", help="re-evaluate an artifact on its recorded held-out split")
+    _common(e)
+    e.add_argument("--model", type=Path, default=None)
+    e.add_argument("--split", default="test", choices=["test", "val", "train"])
+    e.add_argument("--plots", type=Path, default=None, help="write plots to this dir")
+    r = sub.add_parser("recalibrate", help="re-fit temperature/thresholds on validation and re-evaluate "
+                                           "an artifact on its recorded split (optionally with TTA)")
+    _common(r)
+    r.add_argument("--model", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--tta", choices=["none", "dihedral8"], default=None)
+    r.add_argument("--target-sensitivity", type=float, default=None)
+    r.add_argument("--version", default=None)
+    args = ap.parse_args(argv)
+    droot = args.data or data_dir()
+    cdir = args.cache or cache_dir()
+    if args.cmd == "audit":
+        from .audit import run_audit, write_report
+
+        res = run_audit(droot, cdir)
+        j, m = write_report(res.report, args.out)
+        print(json.dumps(res.report["counts"], indent=1))
+        print(f"wrote {j} and {m}")
+        return 0
+    if args.cmd == "train":
+        cfg = TrainConfig()
+        d = cfg.to_dict()
+        if args.config:
+            d.update(json.loads(args.config.read_text()))
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            if k not in d:
+                ap.error(f"unknown config key {k}")
+            try:
+                d[k] = json.loads(v)
+            except ValueError:
+                d[k] = v
+            if isinstance(d[k], list) and k == "stages":
+                d[k] = tuple(d[k])
+        cfg = TrainConfig.from_dict(d)
+        from .train import train
+
+        train(cfg, droot, args.out, cdir, version=args.version, verbose=0 if args.quiet else 1)
+        return 0
+    if args.cmd == "evaluate":
+        from .evaluate_artifact import evaluate_artifact
+
+        model_dir = args.model
+        if model_dir is None:
+            from classifier.model_store import default_model_dir
+
+            model_dir = default_model_dir()
+        res = evaluate_artifact(model_dir, droot, cdir, split=args.split, plots_dir=args.plots)
+        print(json.dumps(res, indent=1))
+        return 0
+    if args.cmd == "recalibrate":
+        from .recalibrate import recalibrate
+
+        res = recalibrate(args.model, args.out, droot, cdir, tta=args.tta,
+                          target_sensitivity=args.target_sensitivity, version=args.version)
+        print(json.dumps(res, indent=1))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Versioned model artifact: model.keras + model_card.{json,md} + metrics.json + audit.json + plots/."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .config import REPO_ROOT, TrainConfig
+from .imageio import RESIZE_METHOD
+from .labels import CLASSES, HAM_CODES, HAM_TO_CLASSES, MALIGNANT_CLASSES
+from .scoring import Thresholds
+
+CARD_FORMAT = 1
+MODEL_FILE = "model.keras"
+CARD_FILE = "model_card.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10)
+        rev = out.stdout.strip()
+        if out.returncode != 0 or not rev:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except Exception:
+        return None
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, float) and o != o:
+        return None
+    return o
+
+
+def card_markdown(card: dict) -> str:
+    m = card.get("metrics", {})
+    v = card.get("validation", {})
+    f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+    ci = lambda c: f"[{f(c[0])}, {f(c[1])}]" if c else ""
+    op = m.get("operating_points", {})
+    lines = [
+        f"# SecondLook model {card['version']}", "",
+        f"Created {card['created']}; code revision `{card.get('code_revision')}`; "
+        f"model sha256 `{card['model_sha256']}`.", "",
+        "**Not a medical device. Second opinion for dermatologists only.**", "",
+        "## Input", "",
+        f"- {card['input_size']}x{card['input_size']} RGB, uint8 0..255 fed as float32; "
+        f"{card['preprocessing']['resize']}; EXIF orientation applied; any mode converted to RGB "
+        "(alpha composited on white, 16-bit scaled).",
+        f"- Classes (softmax order): {', '.join(card['classes'])}.",
+        f"- Temperature {card['temperature']:.4f}. Melanoma probability = P(melanoma); malignancy score = "
+        f"P({') + P('.join(sorted(MALIGNANT_CLASSES))}).",
+        f"- Thresholds (validation, target sensitivity {f(v.get('target_sensitivity'))}): melanoma "
+        f"{card['thresholds']['melanoma']:.4f}, malignancy {card['thresholds']['malignancy']:.4f}. "
+        "Flagged when either is reached.",
+        f"- Test-time augmentation: {card.get('tta', 'none')}.", "",
+        "## Held-out test metrics", "",
+        f"- images: {m.get('n_images')} (melanoma {m.get('n_melanoma')}, malignant {m.get('n_malignant')})",
+        f"- melanoma AUC {f(m.get('melanoma_auc'))} {ci(m.get('melanoma_auc_ci95'))}",
+        f"- malignancy AUC {f(m.get('malignancy_auc'))} {ci(m.get('malignancy_auc_ci95'))}",
+        f"- balanced accuracy, 7 HAM codes {f(m.get('balanced_accuracy_7'))} {ci(m.get('balanced_accuracy_7_ci95'))}",
+        f"- balanced accuracy, 9 classes (single-label images) {f(m.get('balanced_accuracy_9'))} "
+        f"{ci(m.get('balanced_accuracy_9_ci95'))}",
+        f"- ECE (top label) {f(m.get('ece_top_label'))}",
+    ]
+    for k in ("melanoma", "malignancy"):
+        if k in op:
+            o = op[k]
+            lines.append(f"- at the {k} threshold: sensitivity {f(o['sensitivity'])} {ci(o['sensitivity_ci95'])}, "
+                         f"specificity {f(o['specificity'])} {ci(o['specificity_ci95'])}")
+    lines += ["", "## Validation operating points", ""]
+    for k in ("melanoma", "malignancy"):
+        if k in v:
+            o = v[k]
+            lines.append(f"- {k}: threshold {o['threshold']:.4f}, sensitivity {f(o['sensitivity'])} "
+                         f"{ci(o['sensitivity_ci95'])}, specificity {f(o['specificity'])} {ci(o['specificity_ci95'])}")
+    a = card.get("audit_counts", {})
+    lines += ["", "## Data", "",
+              f"- data fingerprint `{card.get('data_fingerprint')}`",
+              f"- split sizes: " + ", ".join(f"{k} {len(x)}" for k, x in card.get("split_ids", {}).items()),
+              f"- audit: clean images {a.get('clean_images')}, dropped conflicting {a.get('dropped_conflicting')}, "
+              f"resolution {a.get('resolution')}",
+              "", "## Training", "",
+              f"- seed {card['training'].get('config', {}).get('seed')}, best epoch "
+              f"{card['training'].get('best_epoch')}, train time {f(card['training'].get('train_minutes'))} min, "
+              f"precision {card['training'].get('precision_policy')}",
+              f"- config: `{json.dumps(card['training'].get('config'))}`", ""]
+    return "\n".join(lines)
+
+
+def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: float, thresholds: Thresholds,
+                    validation: dict, metrics: dict, history: dict, audit_report: dict,
+                    split: dict[str, list[str]], test_probs=None, test_masks=None,
+                    version: str | None = None, plots: bool = True) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / MODEL_FILE
+    tmp = out_dir / "model.tmp.keras"
+    model.save(tmp)
+    tmp.replace(model_path)
+    sha = sha256_file(model_path)
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    version = version or f"cnn{cfg.image_size}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M}-{sha[:8]}"
+    card = {
+        "format": CARD_FORMAT,
+        "name": "SecondLook dermoscopy CNN",
+        "version": version,
+        "created": created,
+        "classes": list(CLASSES),
+        "ham_codes": {k: sorted(v) for k, v in HAM_TO_CLASSES.items()},
+        "malignant_classes": sorted(MALIGNANT_CLASSES),
+        "input_size": int(cfg.image_size),
+        "preprocessing": {"color": "RGB", "dtype": "uint8 0..255 as float32 (scaling inside the model)",
+                          "resize": RESIZE_METHOD, "exif_transpose": True},
+        "output": "logits (float32); probabilities = softmax(logits / temperature)",
+        "last_conv_layer": "last_conv",
+        "tta": cfg.tta,
+        "temperature": float(temperature),
+        "thresholds": thresholds.to_dict(),
+        "validation": validation,
+        "metrics": {k: metrics.get(k) for k in (
+            "n_images", "n_melanoma", "n_malignant", "melanoma_auc", "melanoma_auc_ci95", "malignancy_auc",
+            "malignancy_auc_ci95", "balanced_accuracy_7", "balanced_accuracy_7_ci95", "balanced_accuracy_9",
+            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate")},
+        "audit_counts": audit_report.get("counts", {}),
+        "data_fingerprint": audit_report.get("data_fingerprint"),
+        "training": {"config": cfg.to_dict(), "seed": cfg.seed,
+                     "best_epoch": history.get("best_epoch"),
+                     "epochs_run": len(history.get("loss", [])),
+                     "train_minutes": (history.get("train_seconds") or 0) / 60.0,
+                     "total_minutes": (history.get("total_seconds") or 0) / 60.0,
+                     "precision_policy": history.get("precision_policy")},
+        "code_revision": git_revision(),
+        "model_file": MODEL_FILE,
+        "model_sha256": sha,
+        "split_ids": split,
+    }
+    card = _jsonable(card)
+    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(dict(metrics, history=history)), indent=1))
+    (out_dir / "audit.json").write_text(json.dumps(_jsonable(audit_report), indent=1))
+    if plots and test_probs is not None:
+        from .evaluate import plot_all
+
+        plot_all(np.asarray(test_probs), np.asarray(test_masks), metrics, history, out_dir / "plots")
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1))
+    (out_dir / "model_card.md").write_text(card_markdown(card))
+    return out_dir
+
+
+def read_card(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / CARD_FILE).read_text())

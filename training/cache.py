@@ -1,0 +1,64 @@
+"""Decode images ONCE and cache them as uint8 arrays at training resolution."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from .imageio import RESIZE_METHOD, decode_file, resize_rgb
+
+log = logging.getLogger(__name__)
+
+
+def _load_one(args) -> np.ndarray:
+    path, size = args
+    return resize_rgb(decode_file(path), size)
+
+
+def cache_key(paths: list[str], size: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"{size}|{RESIZE_METHOD}|v1".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def load_images(paths: list[str], size: int, cache_dir: Path | None, workers: int = 2,
+                progress: bool = True) -> np.ndarray:
+    """(N, size, size, 3) uint8, in the order of `paths`; cached in `cache_dir` as .npy."""
+    f = None
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        f = cache_dir / f"images_{size}px_{cache_key(paths, size)}.npy"
+        if f.is_file():
+            arr = np.load(f, mmap_mode=None)
+            if arr.shape == (len(paths), size, size, 3):
+                log.info("loaded image cache %s", f)
+                return arr
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    args = [(p, size) for p in paths]
+    if workers > 1 and len(paths) > 64:
+        with Pool(workers) as pool:
+            it = pool.imap(_load_one, args, chunksize=32)
+            if progress:
+                from tqdm import tqdm
+
+                it = tqdm(it, total=len(args), desc=f"decoding {size}px", unit="img")
+            for i, a in enumerate(it):
+                out[i] = a
+    else:
+        for i, a in enumerate(args):
+            out[i] = _load_one(a)
+    if f is not None:
+        tmp = f.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(f)
+        (f.with_suffix(".json")).write_text(json.dumps({"n": len(paths), "size": size}))
+    return out

@@ -1,0 +1,60 @@
+"""Paths (env-configurable) and the default training configuration."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """SECONDLOOK_DATA_DIR or <repo>/../shared/data (relative to the repo root, not the cwd)."""
+    env = os.environ.get("SECONDLOOK_DATA_DIR")
+    return Path(env).expanduser().resolve() if env else (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("SECONDLOOK_CACHE_DIR")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "var" / "cache"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    image_size: int = 112
+    width: int = 32  # channels of the first stage
+    stages: tuple = (1, 2, 2, 2)  # residual blocks per stage; channels double per stage
+    dropout: float = 0.3
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.05
+    class_weight_power: float = 0.75  # 0 = none, 1 = fully balanced per HAM code
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    target_sensitivity: float = 0.90
+    mixed_precision: str = "auto"  # auto|bf16|fp32
+    time_budget_min: float = 50.0  # training-loop budget; LR cosine follows max(step, time) progress
+    patience: int = 12
+    aug_rotate: bool = True
+    aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
+    aug_color: float = 0.15
+    bootstrap: int = 1000
+    tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
+    pretrained: str = ""  # optional path of a weights file; none exists here
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stages"] = list(self.stages)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if "stages" in d:
+            d["stages"] = tuple(d["stages"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})

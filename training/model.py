@@ -1,0 +1,189 @@
+"""Compact residual CNN (Keras) + the ambiguous-label loss + tf.data augmentation."""
+from __future__ import annotations
+
+import numpy as np
+
+LAST_CONV = "last_conv"
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        txt = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in txt or "amx_bf16" in txt
+
+
+def set_precision(mode: str) -> str:
+    """mode auto|bf16|fp32 -> the Keras dtype policy actually set."""
+    import keras
+
+    use = mode == "bf16" or (mode == "auto" and cpu_supports_bf16())
+    policy = "mixed_bfloat16" if use else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def build_model(image_size: int, num_classes: int = 9, width: int = 32,
+                stages=(1, 2, 2, 2), dropout: float = 0.3, seed: int = 0):
+    """Input: float32 RGB 0..255 (size x size). Output: float32 logits (softmax applied
+    outside with the calibrated temperature). The last conv layer is named 'last_conv'."""
+    import keras
+    from keras import layers
+
+    init = keras.initializers.HeNormal(seed=seed)
+    inp = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inp)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init,
+                      name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    ch = width
+    n_stages = len(stages)
+    for s, nb in enumerate(stages):
+        for b in range(nb):
+            stride = 2 if (b == 0 and s > 0) else 1
+            name = f"s{s}b{b}"
+            sc = x
+            y = layers.Conv2D(ch, 3, strides=stride, padding="same", use_bias=False,
+                              kernel_initializer=init, name=name + "_c1")(x)
+            y = layers.BatchNormalization(name=name + "_bn1")(y)
+            y = layers.Activation("relu", name=name + "_r1")(y)
+            y = layers.Conv2D(ch, 3, padding="same", use_bias=False, kernel_initializer=init,
+                              name=name + "_c2")(y)
+            y = layers.BatchNormalization(name=name + "_bn2", gamma_initializer="zeros")(y)
+            if stride != 1 or sc.shape[-1] != ch:
+                if stride != 1:
+                    sc = layers.AveragePooling2D(stride, name=name + "_pool")(sc)
+                sc = layers.Conv2D(ch, 1, use_bias=False, kernel_initializer=init,
+                                   name=name + "_proj")(sc)
+                sc = layers.BatchNormalization(name=name + "_projbn")(sc)
+            x = layers.Add(name=name + "_add")([sc, y])
+            x = layers.Activation("relu", name=name + "_out")(x)
+        if s < n_stages - 1:
+            ch *= 2
+    x = layers.Conv2D(ch * 2, 1, use_bias=False, kernel_initializer=init, name=LAST_CONV)(x)
+    x = layers.BatchNormalization(name="last_bn")(x)
+    x = layers.Activation("relu", name="last_relu")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    out = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return keras.Model(inp, out, name="secondlook_cnn")
+
+
+def set_loss(label_smoothing: float = 0.0):
+    """loss = -log(sum_{c in allowed} p_c), computed stably in float32 from logits.
+    y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE."""
+    import tensorflow as tf
+
+    def loss(y_true, logits):
+        logits = tf.cast(logits, tf.float32)
+        mask = tf.cast(y_true, tf.float32)
+        lse_all = tf.reduce_logsumexp(logits, axis=-1)
+        masked = tf.where(mask > 0.5, logits, tf.fill(tf.shape(logits), -1e9))
+        nll = lse_all - tf.reduce_logsumexp(masked, axis=-1)
+        if label_smoothing > 0:
+            uni = lse_all - tf.reduce_mean(logits, axis=-1)
+            nll = (1.0 - label_smoothing) * nll + label_smoothing * uni
+        return nll
+
+    loss.__name__ = "set_nll"
+    return loss
+
+
+def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2,
+                  color: float = 0.15):
+    """Batched augmentation on float32 0..255 images: dihedral flips/transposes, random rotation,
+    random crop (zoom in + shift) via one projective transform per image, colour/brightness/
+    contrast/saturation jitter. `seed_stream` is a tf.random.Generator."""
+    import math
+
+    import tensorflow as tf
+
+    g = seed_stream
+    b = tf.shape(images)[0]
+    h = tf.cast(tf.shape(images)[1], tf.float32)
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+    x = images
+    # dihedral group: random transpose + flips (square images)
+    t = g.uniform([b, 1, 1, 1]) < 0.5
+    x = tf.where(t, tf.transpose(x, [0, 2, 1, 3]), x)
+    x = tf.where(g.uniform([b, 1, 1, 1]) < 0.5, tf.reverse(x, [2]), x)
+    x = tf.where(g.uniform([b, 1, 1, 1]) < 0.5, tf.reverse(x, [1]), x)
+    # rotation + zoom-in (random crop) + shift, one transform
+    ang = g.uniform([b], -math.pi, math.pi) if rotate else tf.zeros([b])
+    scale = 1.0 - g.uniform([b], 0.0, zoom)  # output pixel -> input pixel scale (<1 = zoom in)
+    max_shift = (1.0 - scale) * 0.5
+    tx = g.uniform([b], -1.0, 1.0) * max_shift * w
+    ty = g.uniform([b], -1.0, 1.0) * max_shift * h
+    c, s = tf.cos(ang) * scale, tf.sin(ang) * scale
+    cx, cy = w / 2.0, h / 2.0
+    a0, a1 = c, -s
+    a2 = cx - a0 * cx - a1 * cy + tx
+    b0, b1 = s, c
+    b2 = cy - b0 * cx - b1 * cy + ty
+    z = tf.zeros([b])
+    tr = tf.stack([a0, a1, a2, b0, b1, b2, z, z], axis=1)
+    x = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=tr, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT")
+    if color > 0:
+        bright = g.uniform([b, 1, 1, 1], -color, color) * 255.0
+        contrast = 1.0 + g.uniform([b, 1, 1, 1], -color, color)
+        sat = 1.0 + g.uniform([b, 1, 1, 1], -color, color)
+        chan = 1.0 + g.uniform([b, 1, 1, 3], -color / 2, color / 2)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * contrast + mean + bright
+        gray = tf.reduce_mean(x, axis=3, keepdims=True)
+        x = (x - gray) * sat + gray
+        x = x * chan
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarray, *,
+                       batch_size: int, seed: int, augment: bool = True, **aug):
+    import tensorflow as tf
+
+    n = len(images)
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(n, dtype=np.int64),))
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size, drop_remainder=n >= 2 * batch_size)
+    imgs = tf.constant(images)
+    m = tf.constant(masks, dtype=tf.float32)
+    wt = tf.constant(weights, dtype=tf.float32)
+    gen = tf.random.Generator.from_seed(seed)
+
+    def fetch(idx):
+        x = tf.cast(tf.gather(imgs, idx), tf.float32)
+        if augment:
+            x = augment_batch(x, gen, **aug)
+        return x, tf.gather(m, idx), tf.gather(wt, idx)
+
+    return ds.map(fetch, num_parallel_calls=1, deterministic=True).prefetch(2)
+
+
+TTA_MODES = ("none", "dihedral8")
+
+
+def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips/rotations of a (N, H, W, C) square batch."""
+    views = []
+    for t in (x, np.swapaxes(x, 1, 2)):
+        views += [t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1]]
+    return views
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = 128, tta: str = "none") -> np.ndarray:
+    """float32 logits; tta='dihedral8' averages the logits over the 8 dihedral views."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown tta mode {tta!r}")
+    out = []
+    for i in range(0, len(images), batch_size):
+        xb = np.asarray(images[i:i + batch_size], dtype=np.float32)
+        if tta == "dihedral8":
+            views = [np.ascontiguousarray(v) for v in dihedral_views(xb)]
+            out.append(np.mean([np.asarray(model(v, training=False), np.float32) for v in views], axis=0))
+        else:
+            out.append(np.asarray(model(xb, training=False), dtype=np.float32))
+    if not out:
+        return np.zeros((0, 9), np.float32)
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,57 @@
+"""Re-fit temperature + thresholds (validation) and re-evaluate (test) an existing artifact on its
+recorded split, optionally switching test-time augmentation; writes a new artifact directory."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path | None,
+                tta: str | None = None, target_sensitivity: float | None = None,
+                version: str | None = None) -> dict:
+    from classifier.model_store import load_model
+
+    from .artifact import export_artifact
+    from .audit import run_audit
+    from .cache import load_images
+    from .config import TrainConfig
+    from .evaluate import evaluate_probs
+    from .labels import mask_from_classes
+    from .model import predict_logits
+    from .scoring import softmax_with_temperature
+    from .train import calibrate
+
+    m = load_model(Path(model_dir))
+    cfg = TrainConfig.from_dict(m.card["training"]["config"])
+    if tta is not None:
+        cfg.tta = tta
+    if target_sensitivity is not None:
+        cfg.target_sensitivity = target_sensitivity
+    audit = run_audit(data_root, cache_dir)
+    by_id = {r.isic_id: r for r in audit.records}
+    split = m.card["split_ids"]
+
+    def arrays(name):
+        recs = [by_id[i] for i in split[name]]
+        x = load_images([r.path for r in recs], m.input_size, cache_dir)
+        return x, np.stack([mask_from_classes(r.allowed) for r in recs])
+
+    x_val, m_val = arrays("val")
+    x_te, m_te = arrays("test")
+    cal = calibrate(m.keras_model, cfg, x_val, m_val)
+    probs = softmax_with_temperature(predict_logits(m.keras_model, x_te, tta=cfg.tta), cal["temperature"])
+    metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed)
+    old_metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
+    history = old_metrics.get("history", {})
+    suffix = "" if cfg.tta == "none" else f"-{cfg.tta}"
+    export_artifact(m.keras_model, Path(out_dir), cfg=cfg, temperature=cal["temperature"],
+                    thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
+                    history=history, audit_report=audit.report, split=split, test_probs=probs,
+                    test_masks=m_te, version=version or (m.version + suffix))
+    return {"out": str(out_dir), "tta": cfg.tta, "temperature": cal["temperature"],
+            "thresholds": cal["thresholds"].to_dict(),
+            "melanoma_auc": metrics["melanoma_auc"], "malignancy_auc": metrics["malignancy_auc"],
+            "balanced_accuracy_7": metrics["balanced_accuracy_7"],
+            "melanoma_op": metrics["operating_points"]["melanoma"]}

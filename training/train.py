@@ -1,0 +1,221 @@
+"""Training loop, calibration, thresholds and export of a versioned artifact."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+from .labels import CLASSES, HAM_CODES, NUM_CLASSES, ham_membership_matrix
+
+log = logging.getLogger(__name__)
+
+
+def _emit(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def class_weights_for(masks: np.ndarray, power: float) -> np.ndarray:
+    """Per-sample weight = (N / (K * n_code))**power by HAM code (7 groups), mean 1."""
+    codes = (masks @ ham_membership_matrix()).argmax(1)
+    counts = np.bincount(codes, minlength=len(HAM_CODES)).astype(float)
+    k = max((counts > 0).sum(), 1)
+    w_code = np.where(counts > 0, (len(codes) / (k * np.clip(counts, 1, None))) ** power, 0.0)
+    w = w_code[codes]
+    return (w / w.mean()).astype(np.float32)
+
+
+def _val_metrics(logits: np.ndarray, masks: np.ndarray) -> dict:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from .evaluate import targets
+    from .scoring import malignancy_score, melanoma_probability, set_nll, softmax_with_temperature
+
+    p = softmax_with_temperature(logits, 1.0)
+    t = targets(masks)
+    out = {"val_loss": set_nll(p, masks)}
+    for k, y, s in (("val_melanoma_auc", t["melanoma"], melanoma_probability(p)),
+                    ("val_malignancy_auc", t["malignant"], malignancy_score(p))):
+        out[k] = float(roc_auc_score(y, s)) if y.any() and (~y).any() else float("nan")
+    out["val_balanced_accuracy_7"] = float(balanced_accuracy_score(t["ham7"], (p @ ham_membership_matrix()).argmax(1)))
+    return out
+
+
+def selection_score(m: dict) -> float:
+    vals = [m["val_melanoma_auc"], m["val_malignancy_auc"], m["val_balanced_accuracy_7"]]
+    vals = [v for v in vals if v == v]
+    return float(np.mean(vals)) if vals else -m["val_loss"]
+
+
+def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int = 1):
+    """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history)."""
+    import keras
+    import tensorflow as tf
+
+    from .model import build_model, make_train_dataset, predict_logits, set_loss, set_precision
+
+    keras.utils.set_random_seed(cfg.seed)
+    policy = set_precision(cfg.mixed_precision)
+    model = build_model(cfg.image_size, NUM_CLASSES, cfg.width, cfg.stages, cfg.dropout, seed=cfg.seed)
+    if cfg.pretrained and Path(cfg.pretrained).is_file():
+        model.load_weights(cfg.pretrained, skip_mismatch=True)
+    weights = class_weights_for(m_train, cfg.class_weight_power)
+    ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
+                            rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color)
+    steps_per_epoch = int(ds.cardinality().numpy())
+    opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 clipnorm=5.0)
+    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing))
+    state = {"epochs": cfg.epochs, "best": -1e9, "best_epoch": 0, "weights": None, "since": 0}
+    history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
+                                "val_malignancy_auc": [], "val_balanced_accuracy_7": [], "lr": [],
+                                "epoch_seconds": []}
+    t0 = time.time()
+    budget = cfg.time_budget_min * 60.0
+
+    class Cb(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            step = state["epoch"] * steps_per_epoch + batch
+            total = max(state["epochs"] * steps_per_epoch, 1)
+            warm = max(cfg.warmup_epochs * steps_per_epoch, 1)
+            if step < warm:
+                lr = cfg.learning_rate * (step + 1) / warm
+            else:
+                prog = (step - warm) / max(total - warm, 1)
+                if budget > 0:  # time-based progress so the cosine completes within the budget
+                    prog = max(prog, (time.time() - t0) / budget)
+                prog = min(prog, 1.0)
+                lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * prog))
+            self.model.optimizer.learning_rate.assign(lr)
+            state["lr"] = lr
+
+        def on_epoch_begin(self, epoch, logs=None):
+            state["epoch"] = epoch
+            state["t_epoch"] = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            vm = _val_metrics(predict_logits(self.model, x_val), m_val) if len(x_val) else {
+                "val_loss": float("nan"), "val_melanoma_auc": float("nan"),
+                "val_malignancy_auc": float("nan"), "val_balanced_accuracy_7": float("nan")}
+            history["loss"].append(float(logs.get("loss", float("nan"))))
+            for k, v in vm.items():
+                history[k].append(v)
+            history["lr"].append(float(state.get("lr", 0)))
+            dt = time.time() - state["t_epoch"]
+            history["epoch_seconds"].append(dt)
+            sc = selection_score(vm) if len(x_val) else -history["loss"][-1]
+            mark = ""
+            if sc > state["best"]:
+                state.update(best=sc, best_epoch=epoch + 1, weights=self.model.get_weights(), since=0)
+                mark = " *best*"
+            else:
+                state["since"] += 1
+            elapsed = time.time() - t0
+            # adapt the planned number of epochs to the time budget after epoch 1
+            # the LR schedule follows max(step, time) progress, so a slower CPU just means fewer
+            # epochs with a completed cosine decay; no re-planning needed
+            eta = (state["epochs"] - epoch - 1) * (elapsed / (epoch + 1))
+            if budget > 0:
+                eta = min(eta, max(budget - elapsed, 0.0))
+            _emit(f"[epoch {epoch + 1}/{state['epochs']}] loss={history['loss'][-1]:.4f} "
+                  f"val_loss={vm['val_loss']:.4f} mel_auc={vm['val_melanoma_auc']:.4f} "
+                  f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f} "
+                  f"lr={state.get('lr', 0):.2e} epoch_s={dt:.0f} elapsed_min={elapsed / 60:.1f} "
+                  f"eta_min={eta / 60:.1f}{mark}")
+            if (epoch + 1 >= state["epochs"] or state["since"] >= cfg.patience
+                    or (budget > 0 and elapsed + dt > budget)):
+                if epoch + 1 < state["epochs"]:
+                    _emit(f"[train] stopping after epoch {epoch + 1} (patience/time budget)")
+                self.model.stop_training = True
+
+    _emit(f"[train] policy={policy} train={len(x_train)} val={len(x_val)} steps/epoch={steps_per_epoch} "
+          f"planned_epochs={cfg.epochs} params={model.count_params()}")
+    model.fit(ds, epochs=cfg.epochs, verbose=verbose, callbacks=[Cb()], shuffle=False)
+    if state["weights"] is not None:
+        model.set_weights(state["weights"])
+    history["best_epoch"] = state["best_epoch"]
+    history["train_seconds"] = time.time() - t0
+    history["precision_policy"] = policy
+    # float32 copy for export / inference
+    set_precision("fp32")
+    m32 = build_model(cfg.image_size, NUM_CLASSES, cfg.width, cfg.stages, cfg.dropout, seed=cfg.seed)
+    m32.set_weights(model.get_weights())
+    return m32, history
+
+
+def calibrate(model, cfg: TrainConfig, x_val, m_val) -> dict:
+    """Temperature (NLL on validation) + thresholds at target sensitivity (validation only)."""
+    from .evaluate import operating_point_report, targets
+    from .model import predict_logits
+    from .scoring import (Thresholds, fit_temperature, malignancy_score, melanoma_probability, set_nll,
+                          softmax_with_temperature, threshold_for_sensitivity)
+
+    logits = predict_logits(model, x_val, tta=cfg.tta)
+    temp = fit_temperature(logits, m_val)
+    p1 = softmax_with_temperature(logits, 1.0)
+    p = softmax_with_temperature(logits, temp)
+    t = targets(m_val)
+    mel, mal = melanoma_probability(p), malignancy_score(p)
+    thr = Thresholds(melanoma=threshold_for_sensitivity(mel, t["melanoma"], cfg.target_sensitivity),
+                     malignancy=threshold_for_sensitivity(mal, t["malignant"], cfg.target_sensitivity))
+    return {
+        "temperature": temp,
+        "thresholds": thr,
+        "validation": {
+            "nll_before": set_nll(p1, m_val), "nll_after": set_nll(p, m_val),
+            "target_sensitivity": cfg.target_sensitivity,
+            "melanoma": operating_point_report(mel, t["melanoma"], thr.melanoma, cfg.bootstrap, cfg.seed),
+            "malignancy": operating_point_report(mal, t["malignant"], thr.malignancy, cfg.bootstrap, cfg.seed + 1),
+        },
+    }
+
+
+def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | None,
+          version: str | None = None, verbose: int = 1) -> Path:
+    from .artifact import export_artifact
+    from .audit import run_audit
+    from .cache import load_images
+    from .evaluate import evaluate_probs
+    from .labels import mask_from_classes
+    from .model import predict_logits
+    from .scoring import softmax_with_temperature
+    from .splits import split_by_lesion
+
+    t_start = time.time()
+    _emit(f"[train] config {json.dumps(cfg.to_dict())}")
+    audit = run_audit(data_root, cache_dir)
+    _emit(f"[train] audit: {json.dumps(audit.report['counts']['resolution'])} clean={len(audit.records)}")
+    split = split_by_lesion(audit.records, audit.groups, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                            test_fraction=cfg.test_fraction)
+    by_id = {r.isic_id: r for r in audit.records}
+    recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]
+    images = load_images([r.path for r in recs], cfg.image_size, cache_dir)
+    masks = np.stack([mask_from_classes(r.allowed) for r in recs])
+    n_tr, n_va = len(split["train"]), len(split["val"])
+    sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
+    _emit(f"[train] split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
+    model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
+                               masks[sl["val"]], verbose=verbose)
+    cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]])
+    _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
+    test_logits = predict_logits(model, images[sl["test"]], tta=cfg.tta)
+    probs = softmax_with_temperature(test_logits, cal["temperature"])
+    metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed)
+    _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
+          "mel sens/spec={:.3f}/{:.3f}".format(
+              metrics["melanoma_auc"], metrics["malignancy_auc"], metrics["balanced_accuracy_7"],
+              metrics.get("balanced_accuracy_9", float("nan")),
+              metrics["operating_points"]["melanoma"]["sensitivity"],
+              metrics["operating_points"]["melanoma"]["specificity"]))
+    history["total_seconds"] = time.time() - t_start
+    out = export_artifact(
+        model, Path(out_dir), cfg=cfg, temperature=cal["temperature"], thresholds=cal["thresholds"],
+        validation=cal["validation"], metrics=metrics, history=history, audit_report=audit.report,
+        split=split, test_probs=probs, test_masks=masks[sl["test"]], version=version)
+    _emit(f"[train] exported {out} in {history['total_seconds'] / 60:.1f} min")
+    return out
