@@ -54,4 +54,6 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
             "thresholds": cal["thresholds"].to_dict(),
             "melanoma_auc": metrics["melanoma_auc"], "malignancy_auc": metrics["malignancy_auc"],
             "balanced_accuracy_7": metrics["balanced_accuracy_7"],
-            "melanoma_op": metrics["operating_points"]["melanoma"]}
+            "melanoma_op": metrics["operating_points"]["melanoma"],
+            "validation_melanoma_auc": cal["validation"]["melanoma_auc"],
+            "validation_malignancy_auc": cal["validation"]["malignancy_auc"]}

@@ -148,6 +148,13 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     return m32, history
 
 
+def _auc_or_nan(y, s) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, bool)
+    return float(roc_auc_score(y, s)) if y.any() and (~y).any() else float("nan")
+
+
 def calibrate(model, cfg: TrainConfig, x_val, m_val) -> dict:
     """Temperature (NLL on validation) + thresholds at target sensitivity (validation only)."""
     from .evaluate import operating_point_report, targets
@@ -169,6 +176,9 @@ def calibrate(model, cfg: TrainConfig, x_val, m_val) -> dict:
         "validation": {
             "nll_before": set_nll(p1, m_val), "nll_after": set_nll(p, m_val),
             "target_sensitivity": cfg.target_sensitivity,
+            "melanoma_auc": _auc_or_nan(t["melanoma"], mel),
+            "malignancy_auc": _auc_or_nan(t["malignant"], mal),
+            "tta": cfg.tta,
             "melanoma": operating_point_report(mel, t["melanoma"], thr.melanoma, cfg.bootstrap, cfg.seed),
             "malignancy": operating_point_report(mal, t["malignant"], thr.malignancy, cfg.bootstrap, cfg.seed + 1),
         },
