@@ -68,6 +68,15 @@ class LesionImageAdmin(admin.ModelAdmin):
     search_fields = ["sha256", "original_name", "lesion__case__patient__identifier"]
     raw_id_fields = ["lesion", "uploaded_by"]
     readonly_fields = ["file", "sha256", "size_bytes", "width", "height", "original_format", "uploaded_at"]
+    actions = ["rescore_with_active_model"]
+
+    @admin.action(description="Re-score with the active model (earlier predictions are kept)")
+    def rescore_with_active_model(self, request, queryset):
+        from classifier.rescoring import start_rescore
+
+        job = start_rescore(user=request.user, image_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"Re-scoring {len(job.image_ids)} image(s) with {job.model_version.version} "
+                                   "in the background.")
 
 
 @admin.register(Prediction)

@@ -339,6 +339,7 @@ class AuditEvent(models.Model):
         CANCEL = "cancel", "Cancel training"
         ACTIVATE = "activate", "Activate model"
         ROLLBACK = "rollback", "Roll back model"
+        RESCORE = "rescore", "Re-score images"
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # Kept as text so the trail survives the user's deletion.
@@ -366,7 +367,7 @@ class AuditEvent(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(action__in=["view", "create", "update", "delete", "upload", "score", "retry", "claim",
-                                        "release", "review", "train", "cancel", "activate", "rollback"]),
+                                        "release", "review", "train", "cancel", "activate", "rollback", "rescore"]),
                 name="audit_action_valid",
             ),
         ]

@@ -215,9 +215,11 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The result view of one image: class bars, thresholds, flag, heatmap toggle, model version."""
     image = get_object_or_404(access.visible_images(request.user), pk=pk)
-    prediction = image.predictions.select_related("model_version").order_by("-created_at").first()
+    history = list(image.predictions.select_related("model_version").order_by("-created_at"))
+    prediction = history[0] if history else None
     audit.record(action="view", obj=image, request=request)
     context = {"image": image, "lesion": image.lesion, "case": image.lesion.case, "prediction": prediction,
+               "history": history,
                "can_edit": access.can_edit_case(request.user, image.lesion.case)}
     if prediction is not None:
         context |= prediction_context(prediction)

@@ -159,7 +159,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 @admin.register(RescoreJob)
 class RescoreJobAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "model_version", "status", "queued", "total", "created_by")
+    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "created_by")
     list_filter = ("status",)
     readonly_fields = [f.name for f in RescoreJob._meta.fields]
 
@@ -168,3 +168,9 @@ class RescoreJobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    @admin.display(description="Scored")
+    def scored(self, obj: RescoreJob) -> int:
+        from classifier.rescoring import scored_count
+
+        return scored_count(obj)

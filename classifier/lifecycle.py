@@ -49,11 +49,19 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
     return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity))
 
 
-def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None) -> ModelVersion:
-    """Create a version in status "training" and enqueue its run on the training queue."""
+def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None,
+                   overrides: dict | None = None) -> ModelVersion:
+    """Create a version in status "training" and enqueue its run on the training queue.
+
+    ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form).
+    """
     from classifier.tasks import train_model
+    from training.config import TrainConfig
 
     request = validate_training_request(sources=sources, epochs=epochs, seed=seed, target_sensitivity=target_sensitivity)
+    unknown = set(overrides or {}) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise LifecycleError(f"Unknown training setting(s): {', '.join(sorted(unknown))}.")
     with transaction.atomic():
         if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING, finished_at__isnull=True).exists():
             raise LifecycleError("A training run is already in progress; wait for it or cancel it.")
@@ -63,7 +71,7 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
             data_sources=list(request.sources),
             target_sensitivity=request.target_sensitivity,
             training_config={"epochs": request.epochs, "seed": request.seed,
-                             "target_sensitivity": request.target_sensitivity},
+                             "target_sensitivity": request.target_sensitivity, "overrides": dict(overrides or {})},
             progress={"phase": "queued"},
             created_by=user,
         )
@@ -129,6 +137,13 @@ def rollback(*, user=None) -> ModelVersion:
         _audit(user, "rollback", previous, old={"active": current.version if current else None},
                new={"active": previous.version})
     return previous
+
+
+def run_training(*, version_id: int) -> str:
+    """Execute a queued training run (called by the training worker's task)."""
+    from classifier.retraining import run_training as execute
+
+    return execute(version_id=version_id)
 
 
 def _audit(user, action: str, version: ModelVersion, *, old: dict | None = None, new: dict | None = None) -> None:

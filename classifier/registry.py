@@ -40,12 +40,12 @@ def _card_fields(card: dict[str, Any]) -> dict[str, Any]:
     thresholds = card.get("thresholds", {})
     return {
         "data_fingerprint": str(card.get("data_fingerprint", ""))[:128],
-        "data_sources": card.get("data_sources", card.get("training_config", {}).get("sources", [])),
+        "data_sources": card.get("data_sources", []),
         "metrics": card.get("metrics", {}),
         "temperature": card.get("temperature"),
         "melanoma_threshold": _threshold(thresholds.get("melanoma")),
         "malignancy_threshold": _threshold(thresholds.get("malignancy")),
-        "target_sensitivity": thresholds.get("target_sensitivity"),
+        "target_sensitivity": card.get("training", {}).get("config", {}).get("target_sensitivity"),
     }
 
 
@@ -61,6 +61,9 @@ def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READ
     card = read_card(model_dir)
     sha = card.get("model_sha256") or file_sha256(model_dir / MODEL_FILE)
     fields = _card_fields(card) | {"artifact_path": str(model_dir), "sha256": sha}
+    gate_file = model_dir / "gate.json"
+    if gate_file.exists():  # the held-out comparison with the model active when it was trained
+        fields["metrics"] = dict(fields["metrics"], gate=json.loads(gate_file.read_text()))
     version, created = ModelVersion.objects.get_or_create(
         version=card["version"], defaults=fields | {"status": status, "notes": notes}
     )

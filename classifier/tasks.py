@@ -64,3 +64,19 @@ def train_model(self, version_id: int) -> str:
     from classifier.lifecycle import run_training
 
     return run_training(version_id=int(version_id))
+
+
+@shared_task(
+    name="classifier.tasks.rescore_images",
+    acks_late=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2,
+    max_retries=5,
+    soft_time_limit=1800,
+    time_limit=1900,
+)
+def rescore_images(job_id: int) -> int:
+    """Queue predictions with the job's model version for the job's images (idempotent)."""
+    from classifier.rescoring import run_rescore
+
+    return run_rescore(job_id=int(job_id))

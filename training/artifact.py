@@ -114,7 +114,8 @@ def card_markdown(card: dict) -> str:
 def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: float, thresholds: Thresholds,
                     validation: dict, metrics: dict, history: dict, audit_report: dict,
                     split: dict[str, list[str]], test_probs=None, test_masks=None,
-                    version: str | None = None, plots: bool = True) -> Path:
+                    version: str | None = None, plots: bool = True,
+                    data_sources: list[str] | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
@@ -147,6 +148,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
             "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate")},
         "audit_counts": audit_report.get("counts", {}),
         "data_fingerprint": audit_report.get("data_fingerprint"),
+        "data_sources": data_sources or [],
         "training": {"config": cfg.to_dict(), "seed": cfg.seed,
                      "best_epoch": history.get("best_epoch"),
                      "epochs_run": len(history.get("loss", [])),

@@ -25,13 +25,13 @@ import logging
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
 from .data import SRC_HAM, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
 from .imageio import decode_file
+from .parallel import imap
 from .labels import ham_code_of, label_key
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ def hash_files(paths: list[str], cache_file: Path | None = None, workers: int = 
     if todo:
         it = [p for p, _ in todo]
         if workers > 1 and len(it) > 64:
-            with Pool(workers) as pool:
-                results = pool.imap(hash_file, it, chunksize=32)
+            with imap(hash_file, it, workers) as results:
                 if progress:
                     from tqdm import tqdm
 

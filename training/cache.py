@@ -5,12 +5,12 @@ import hashlib
 import json
 import logging
 import os
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 
 from .imageio import RESIZE_METHOD, decode_file, resize_rgb
+from .parallel import imap
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ def load_images(paths: list[str], size: int, cache_dir: Path | None, workers: in
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     args = [(p, size) for p in paths]
     if workers > 1 and len(paths) > 64:
-        with Pool(workers) as pool:
-            it = pool.imap(_load_one, args, chunksize=32)
+        with imap(_load_one, args, workers) as it:
             if progress:
                 from tqdm import tqdm
 

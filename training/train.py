@@ -7,6 +7,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -52,8 +53,18 @@ def selection_score(m: dict) -> float:
     return float(np.mean(vals)) if vals else -m["val_loss"]
 
 
-def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int = 1):
-    """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history)."""
+class TrainingCancelled(RuntimeError):
+    """Raised when ``should_stop()`` asks a running training to stop."""
+
+
+def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int = 1,
+              on_progress: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None):
+    """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history).
+
+    ``on_progress`` gets a dict per epoch (epoch, epochs, loss, validation metrics, eta_s);
+    ``should_stop`` is polled every few batches and raises TrainingCancelled when it says so.
+    """
     import keras
     import tensorflow as tf
 
@@ -94,6 +105,10 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             self.model.optimizer.learning_rate.assign(lr)
             state["lr"] = lr
 
+        def on_train_batch_end(self, batch, logs=None):
+            if should_stop is not None and batch % 10 == 0 and should_stop():
+                raise TrainingCancelled("training cancelled on request")
+
         def on_epoch_begin(self, epoch, logs=None):
             state["epoch"] = epoch
             state["t_epoch"] = time.time()
@@ -127,6 +142,15 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
                   f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f} "
                   f"lr={state.get('lr', 0):.2e} epoch_s={dt:.0f} elapsed_min={elapsed / 60:.1f} "
                   f"eta_min={eta / 60:.1f}{mark}")
+            if on_progress is not None:
+                on_progress({"phase": "training", "epoch": epoch + 1, "epochs": state["epochs"],
+                             "loss": history["loss"][-1], "val_loss": vm["val_loss"],
+                             "val_melanoma_auc": vm["val_melanoma_auc"],
+                             "val_malignancy_auc": vm["val_malignancy_auc"],
+                             "val_balanced_accuracy_7": vm["val_balanced_accuracy_7"], "eta_s": eta,
+                             "best_epoch": state["best_epoch"]})
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("training cancelled on request")
             if (epoch + 1 >= state["epochs"] or state["since"] >= cfg.patience
                     or (budget > 0 and elapsed + dt > budget)):
                 if epoch + 1 < state["epochs"]:
@@ -186,10 +210,21 @@ def calibrate(model, cfg: TrainConfig, x_val, m_val) -> dict:
 
 
 def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | None,
-          version: str | None = None, verbose: int = 1) -> Path:
+          version: str | None = None, verbose: int = 1, *, sources: Sequence[str] | None = None,
+          extra_records: Sequence = (), on_progress: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, reference=None) -> Path:
+    """Audit, split by lesion, train, calibrate, evaluate on the held-out split and export.
+
+    ``sources`` keeps only those datasets ("isic-9class", "ham10000"); ``extra_records`` (e.g.
+    dermatologist-reviewed images) join before the audit, so de-duplication and the lesion-level
+    split apply to them too. ``reference`` (an object with ``version``, ``thresholds`` and
+    ``predict_probs(images)``) is evaluated on the same held-out images for the promotion gate;
+    the comparison is written to ``gate.json`` in the artifact.
+    """
     from .artifact import export_artifact
-    from .audit import run_audit
+    from .audit import audit_records
     from .cache import load_images
+    from .data import SRC_HAM, SRC_ISIC, load_all
     from .evaluate import evaluate_probs
     from .labels import mask_from_classes
     from .model import predict_logits
@@ -198,19 +233,35 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
 
     t_start = time.time()
     _emit(f"[train] config {json.dumps(cfg.to_dict())}")
-    audit = run_audit(data_root, cache_dir)
+    def progress(phase: str, **extra) -> None:
+        if on_progress is not None:
+            on_progress({"phase": phase, **extra})
+
+    progress("auditing data")
+    load = load_all(Path(data_root))
+    if sources is not None:
+        load.records = [r for r in load.records if r.source in set(sources)]
+        load.problems = [p for p in load.problems if not any(
+            str(p.path).startswith(str(Path(data_root) / src)) for src in ({SRC_ISIC, SRC_HAM} - set(sources)))]
+    load.records = list(load.records) + list(extra_records)
+    if not load.records:
+        raise ValueError("no training images: check the data sources")
+    audit = audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None)
     _emit(f"[train] audit: {json.dumps(audit.report['counts']['resolution'])} clean={len(audit.records)}")
     split = split_by_lesion(audit.records, audit.groups, seed=cfg.seed, val_fraction=cfg.val_fraction,
                             test_fraction=cfg.test_fraction)
     by_id = {r.isic_id: r for r in audit.records}
     recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]
+    progress("loading images", images=len(recs))
     images = load_images([r.path for r in recs], cfg.image_size, cache_dir)
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     n_tr, n_va = len(split["train"]), len(split["val"])
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
     _emit(f"[train] split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
     model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
-                               masks[sl["val"]], verbose=verbose)
+                               masks[sl["val"]], verbose=verbose, on_progress=on_progress,
+                               should_stop=should_stop)
+    progress("calibrating and evaluating")
     cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]])
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
     test_logits = predict_logits(model, images[sl["test"]], tta=cfg.tta)
@@ -226,6 +277,43 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     out = export_artifact(
         model, Path(out_dir), cfg=cfg, temperature=cal["temperature"], thresholds=cal["thresholds"],
         validation=cal["validation"], metrics=metrics, history=history, audit_report=audit.report,
-        split=split, test_probs=probs, test_masks=masks[sl["test"]], version=version)
+        split=split, test_probs=probs, test_masks=masks[sl["test"]], version=version,
+        data_sources=sorted({src for r in audit.records for src in r.source.split("+")}))
+    if reference is not None:
+        progress("comparing with the active model")
+        gate = gate_comparison(probs, masks[sl["test"]], cal["thresholds"], reference, images[sl["test"]],
+                               split["test"], cfg)
+        (Path(out) / "gate.json").write_text(json.dumps(gate, indent=1))
     _emit(f"[train] exported {out} in {history['total_seconds'] / 60:.1f} min")
     return out
+
+
+def _gate_figures(metrics: dict) -> dict:
+    points = metrics.get("operating_points", {})
+    return {
+        "melanoma_auc": metrics.get("melanoma_auc"),
+        "malignancy_auc": metrics.get("malignancy_auc"),
+        "balanced_accuracy_7": metrics.get("balanced_accuracy_7"),
+        "melanoma_sensitivity": points.get("melanoma", {}).get("sensitivity"),
+        "melanoma_specificity": points.get("melanoma", {}).get("specificity"),
+        "malignancy_sensitivity": points.get("malignancy", {}).get("sensitivity"),
+        "malignancy_specificity": points.get("malignancy", {}).get("specificity"),
+    }
+
+
+def gate_comparison(candidate_probs, masks, candidate_thresholds, reference, test_images, test_ids,
+                    cfg: TrainConfig) -> dict:
+    """Both models' figures on the same held-out images, each at its own operating thresholds."""
+    import hashlib
+
+    from .evaluate import evaluate_probs
+
+    ref_probs = np.asarray(reference.predict_probs(test_images), dtype=np.float64)
+    candidate = evaluate_probs(candidate_probs, masks, candidate_thresholds, cfg.bootstrap, cfg.seed)
+    active = evaluate_probs(ref_probs, masks, reference.thresholds, cfg.bootstrap, cfg.seed)
+    return {
+        "heldout": {"n_images": len(test_ids),
+                    "ids_sha256": hashlib.sha256("\n".join(sorted(test_ids)).encode()).hexdigest()},
+        "candidate": _gate_figures(candidate),
+        "active": {"version": reference.version, **_gate_figures(active)},
+    }

@@ -1,0 +1,66 @@
+"""Re-score images with the active model version, in the background, keeping earlier predictions."""
+from __future__ import annotations
+
+from django.db import transaction
+from django.utils import timezone
+
+from classifier.models import RescoreJob
+
+CHUNK = 200
+
+
+def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJob:
+    """Queue a re-scoring job for the chosen images (all when ``image_ids`` is empty)."""
+    from classifier.lifecycle import _audit
+    from classifier.registry import active_version
+    from classifier.tasks import rescore_images
+
+    version = active_version()
+    with transaction.atomic():
+        job = RescoreJob.objects.create(model_version=version, image_ids=sorted(set(image_ids or [])), created_by=user)
+        _audit(user, "rescore", version, new={"job": job.pk, "images": job.image_ids or "all"})
+        rescore_images.delay_on_commit(job.pk)
+    return job
+
+
+def run_rescore(*, job_id: int) -> int:
+    """Create a pending prediction with the job's version for each image that lacks one, and send it.
+
+    Idempotent: the (image, model version) uniqueness means a redelivered job adds nothing twice.
+    """
+    from cases.models import LesionImage, Prediction
+    from cases.scoring import dispatch_prediction
+
+    claimed = RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING]
+                                        ).update(status=RescoreJob.Status.RUNNING)
+    if not claimed:
+        return 0
+    job = RescoreJob.objects.select_related("model_version").get(pk=job_id)
+    images = LesionImage.objects.order_by("pk")
+    if job.image_ids:
+        images = images.filter(pk__in=job.image_ids)
+    RescoreJob.objects.filter(pk=job_id).update(total=images.count())
+    queued = 0
+    ids = list(images.values_list("pk", flat=True))
+    for start in range(0, len(ids), CHUNK):
+        for image_id in ids[start:start + CHUNK]:
+            prediction, created = Prediction.objects.get_or_create(image_id=image_id, model_version=job.model_version)
+            if created or prediction.enqueued_at is None:
+                dispatch_prediction(prediction.pk)
+            queued += 1
+        RescoreJob.objects.filter(pk=job_id).update(queued=queued)
+    RescoreJob.objects.filter(pk=job_id).update(status=RescoreJob.Status.DONE, finished_at=timezone.now())
+    return queued
+
+
+def scored_count(job: RescoreJob) -> int:
+    """How many of the job's images have a finished prediction from the job's version."""
+    from cases.models import Prediction
+
+    done = Prediction.objects.filter(model_version=job.model_version, status="done")
+    if job.image_ids:
+        done = done.filter(image_id__in=job.image_ids)
+    return done.count()
+
+
+

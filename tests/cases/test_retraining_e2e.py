@@ -1,0 +1,106 @@
+"""Retraining end to end: a tiny version trained by a real Celery worker, the promotion gate
+refusing a worse model and accepting a good one, and the next upload scored by the new version."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cases.models import Prediction, Review
+from classifier import lifecycle
+from classifier.models import ModelVersion
+from test_integration_scoring import people, status_of, tiny_version, upload_one, wait_for  # noqa: F401
+from training.labels import CLASS_TO_HAM, CLASSES
+from training.testing import synthetic_images, tiny_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def make_fake_dataset(root: Path, per_class: int = 30) -> Path:
+    """Both public layouts, small: ISIC class folders and a HAM10000 image folder + metadata CSV."""
+    n = per_class * len(CLASSES)
+    images, _, _ = synthetic_images(n, size=48, seed=7)
+    ham_rows = []
+    for i, pixels in enumerate(images):
+        cls = CLASSES[i % len(CLASSES)]
+        if i % 2:
+            folder = root / "isic-9class" / ("Test" if i % 10 == 1 else "Train") / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"ISIC_{9000000 + i}.jpg", quality=95)
+        else:
+            folder = root / "ham10000" / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            image_id = f"ISIC_{8000000 + i}"
+            Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=95)
+            ham_rows.append({"lesion_id": f"HAM_{i // 4:07d}_{cls[:3]}", "image_id": image_id,
+                             "dx": CLASS_TO_HAM[cls], "dx_type": "histo", "age": "50.0", "sex": "female",
+                             "localization": "back"})
+    with open(root / "ham10000" / "HAM10000_metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(ham_rows[0]))
+        writer.writeheader()
+        writer.writerows(ham_rows)
+    return root
+
+
+@pytest.fixture
+def training_worker(tmp_path, monkeypatch, request, tiny_version):
+    """A real worker whose training runs use a small generated dataset and the tiny configuration."""
+    overrides = tiny_config(seed=0).to_dict() | {"bootstrap": 30, "epochs": 4}
+    monkeypatch.setenv("SECONDLOOK_DATA_DIR", str(make_fake_dataset(tmp_path / "data")))
+    monkeypatch.setenv("SECONDLOOK_TRAINING_OVERRIDES", json.dumps(overrides))
+    monkeypatch.setenv("SECONDLOOK_MODELS_ROOT", str(tmp_path / "models"))
+    monkeypatch.setenv("SECONDLOOK_CACHE_DIR", str(tmp_path / "cache"))
+    return request.getfixturevalue("celery_worker_process")
+
+
+def wait_trained(version: ModelVersion, worker) -> ModelVersion:
+    wait_for(lambda: ModelVersion.objects.get(pk=version.pk).status != "training", timeout=300,
+             what=f"training {version.version}", worker=worker)
+    version.refresh_from_db()
+    return version
+
+
+def test_train_gate_activate_and_score_with_the_new_version(client, people, tiny_version, training_worker):
+    # A dermatologist-reviewed image becomes training data.
+    first = upload_one(client, people, name="reviewed.jpg", seed=3)
+    wait_for(lambda: status_of(first) == "done", what="first scoring", worker=training_worker)
+    Review.objects.create(lesion=people.lesion_a, reviewer=people.derm, agreement="agree",
+                          final_diagnosis="melanoma", management="excision")
+
+    good = lifecycle.start_training(sources=["isic-9class", "ham10000", "reviews"], epochs=4, seed=0,
+                                    target_sensitivity=0.9, user=people.admin)
+    good = wait_trained(good, training_worker)
+    assert good.status == "ready", good.error
+    assert good.progress["phase"] == "done"
+    assert "1 reviewed images" in good.notes
+    assert Path(good.artifact_path, "model.keras").is_file() and len(good.sha256) == 64
+    gate = good.metrics["gate"]
+    assert gate["active"]["version"] == tiny_version.version
+    assert gate["heldout"]["n_images"] > 0
+    assert set(good.data_sources) >= {"isic-9class", "ham10000", "review"}
+
+    # A model that learned nothing (learning rate ~0) is refused by the gate.
+    worse = lifecycle.start_training(sources=["isic-9class", "ham10000"], epochs=1, seed=1, target_sensitivity=0.9,
+                                     user=people.admin, overrides={"learning_rate": 1e-9})
+    worse = wait_trained(worse, training_worker)
+    assert worse.status == "ready", worse.error
+    refused = lifecycle.gate_for(worse)
+    assert not refused.allowed, refused.reasons
+    with pytest.raises(lifecycle.LifecycleError, match="gate refused"):
+        lifecycle.activate_version(version=worse, user=people.admin)
+
+    accepted = lifecycle.gate_for(good)
+    assert accepted.allowed, accepted.reasons
+    lifecycle.activate_version(version=good, user=people.admin)
+
+    # The running worker picks up the new active version for the next image, without a restart.
+    second = upload_one(client, people, name="after-activation.jpg", seed=4)
+    wait_for(lambda: status_of(second) in ("done", "failed"), what="scoring with the new version",
+             worker=training_worker)
+    second.refresh_from_db()
+    assert second.status == "done", second.error
+    assert second.model_version_id == good.pk
+    assert Prediction.objects.get(pk=first.pk).model_version_id == tiny_version.pk

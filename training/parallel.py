@@ -1,0 +1,19 @@
+"""Map a function over items on several cores, wherever the caller runs."""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+
+@contextmanager
+def imap(fn: Callable, items: Iterable, workers: int, chunksize: int = 32) -> Iterator[Iterator]:
+    """Ordered lazy map: processes normally; threads inside a daemonic process (a Celery prefork
+    child may not have children), where PIL's decoders still release the GIL for most of the work."""
+    if multiprocessing.current_process().daemon:
+        with ThreadPoolExecutor(workers) as pool:
+            yield pool.map(fn, items)
+    else:
+        with multiprocessing.Pool(workers) as pool:
+            yield pool.imap(fn, items, chunksize=chunksize)
