@@ -171,6 +171,11 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
             log.exception("saving uploaded image %r failed", display_name)
             outcome.rejected.append((display_name, "It could not be saved because of a database error; nothing was "
                                                    "stored. Please upload it again."))
+        except OSError:
+            # Local storage full or unwritable: report this file, keep going with the others.
+            log.exception("storing uploaded image %r failed", display_name)
+            outcome.rejected.append((display_name, "It could not be stored because of a storage error; nothing was "
+                                                   "saved. Please upload it again."))
     return outcome
 
 

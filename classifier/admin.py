@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
@@ -96,6 +97,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def train_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_change_permission(request):
+            raise PermissionDenied("You may not train model versions.")
         form = TrainingForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
@@ -112,6 +115,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def _post_action(self, request, action, success: str, pk: int | None = None):
         if request.method != "POST":
             return HttpResponse(status=405)
+        if not self.has_change_permission(request):
+            raise PermissionDenied("You may not change model versions.")
         try:
             version = action()
         except lifecycle.LifecycleError as exc:

@@ -62,3 +62,36 @@ def test_training_request_is_validated(kwargs, message):
     with pytest.raises(lifecycle.LifecycleError, match=message):
         lifecycle.start_training(**request)
     assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_registry_actions_need_the_change_permission(client, django_user_model, use_tiny_model):
+    from django.contrib.auth.models import Permission
+
+    shipped = registry.ensure_default_registered()
+    candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
+                                            metrics=_gate_metrics(0.99, 0.99, shipped.version))
+    staff = django_user_model.objects.create_user("viewer", password="x-very-long-pass-2", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_modelversion"))
+    client.force_login(staff)
+    assert client.get(f"/admin/classifier/modelversion/{candidate.pk}/change/").status_code == 200
+    assert client.post(f"/admin/classifier/modelversion/{candidate.pk}/activate/").status_code == 403
+    assert client.post("/admin/classifier/modelversion/rollback/").status_code == 403
+    assert client.get("/admin/classifier/modelversion/train/").status_code == 403
+    assert ModelVersion.objects.get(status="active").pk == shipped.pk
+
+
+@pytest.mark.django_db
+def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_model):
+    shipped = registry.ensure_default_registered()
+    candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
+                                            metrics=_gate_metrics(0.99, 0.99, shipped.version))
+    listing = admin_client.get("/admin/classifier/modelversion/").content.decode()
+    assert shipped.version in listing and "Train a new version" in listing
+    page = admin_client.get(f"/admin/classifier/modelversion/{candidate.pk}/change/").content.decode()
+    assert "Promotion gate" in page and "Activate this version" in page
+    detail = admin_client.get(f"/admin/classifier/modelversion/{shipped.pk}/change/").content.decode()
+    assert "Model card" in detail
+    response = admin_client.post(f"/admin/classifier/modelversion/{candidate.pk}/activate/")
+    assert response.status_code == 302
+    assert ModelVersion.objects.get(status="active").pk == candidate.pk

@@ -1,0 +1,53 @@
+"""Fixtures for the reliability tests: the cases helpers, a private media folder, the tiny model
+registered and active, and a world of clinics and users."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES_TESTS = Path(__file__).resolve().parent.parent / "cases"
+if str(CASES_TESTS) not in sys.path:
+    sys.path.insert(0, str(CASES_TESTS))  # case_helpers, imagegen (plain modules, not conftest)
+
+
+@pytest.fixture(autouse=True)
+def fast_passwords(settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path, monkeypatch) -> Path:
+    """Every test writes to its own empty media folder (worker processes it starts too)."""
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    monkeypatch.setenv("MEDIA_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def unit_version(db):
+    """An active model version without an artifact, for tests that never score."""
+    from classifier.models import ModelVersion
+
+    return ModelVersion.objects.create(version="unit-test-v1", status=ModelVersion.Status.ACTIVE,
+                                       artifact_path="/nonexistent/model", melanoma_threshold=0.5,
+                                       malignancy_threshold=0.6)
+
+
+@pytest.fixture
+def world(db, unit_version):
+    from case_helpers import World
+
+    return World()
+
+
+@pytest.fixture
+def child_env_for_tests(request):
+    """``child_env`` from tests/conftest.py (conftest modules are not importable by name)."""
+    for plugin in request.config.pluginmanager.get_plugins():
+        if callable(getattr(plugin, "child_env", None)) and hasattr(plugin, "WorkerProcess"):
+            return plugin.child_env
+    raise RuntimeError("tests/conftest.py is not loaded")
