@@ -1,7 +1,6 @@
 """Plain functions over the model registry: register artifacts, find the active version."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from classifier.models import ModelVersion
+from training.artifact import sha256_file as file_sha256
 
 CARD_NAME = "model_card.json"
 MODEL_FILE = "model.keras"
@@ -25,15 +25,6 @@ def read_card(model_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"model card not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"model card is not valid JSON: {path}: {exc}") from None
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _card_fields(card: dict[str, Any]) -> dict[str, Any]:

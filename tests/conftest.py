@@ -74,6 +74,22 @@ def use_tiny_model(settings, tiny_model_dir):
 
 
 @pytest.fixture
+def fast_passwords(settings) -> None:
+    """Password hashing dominates fixture time otherwise; strength is not what these tests check."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def media_root(settings, tmp_path, monkeypatch) -> Path:
+    """An empty media folder for this test, for the test process and the workers it starts."""
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    monkeypatch.setenv("MEDIA_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
 def flush_broker():
     """An empty broker database, so no task from another test is picked up."""
     client = redis.Redis.from_url(BROKER_URL)

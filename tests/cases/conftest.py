@@ -1,7 +1,6 @@
 """Fixtures for the cases app: two clinics, users of every role, records, a private media folder."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from case_helpers import World
@@ -9,19 +8,8 @@ from classifier.models import ModelVersion
 
 
 @pytest.fixture(autouse=True)
-def fast_passwords(settings) -> None:
-    """Password hashing dominates fixture time otherwise; strength is not what these tests check."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path, monkeypatch) -> Path:
-    """Every test writes images to its own empty folder (worker processes started by the test too)."""
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    monkeypatch.setenv("MEDIA_ROOT", str(root))
-    return root
+def _isolated(fast_passwords, media_root) -> None:
+    """Every test here: its own empty media folder and fast password hashing (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -13,18 +13,8 @@ if str(CASES_TESTS) not in sys.path:
 
 
 @pytest.fixture(autouse=True)
-def fast_passwords(settings) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def media_root(settings, tmp_path, monkeypatch) -> Path:
-    """Every test writes to its own empty media folder (worker processes it starts too)."""
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = root
-    monkeypatch.setenv("MEDIA_ROOT", str(root))
-    return root
+def _isolated(fast_passwords, media_root) -> None:
+    """Every test here: its own empty media folder and fast password hashing (tests/conftest.py)."""
 
 
 @pytest.fixture
