@@ -482,7 +482,7 @@ def burst(app: App, *, uploads: int, clients: int, tag: str, seed_base: int, tim
     errors: list[str] = []
 
     def run_client(i: int) -> None:
-        session, (case_id, lesion_id) = sessions[i], lesions[i]
+        session, (_, lesion_id) = sessions[i], lesions[i]
         token = session.token(f"/lesions/{lesion_id}/")
         for k in range(share[i]):
             seed = seed_base + sum(share[:i]) + k

@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import REPO_ROOT, TrainConfig
 from .imageio import RESIZE_METHOD
-from .labels import CLASSES, HAM_CODES, HAM_TO_CLASSES, MALIGNANT_CLASSES
+from .labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES
 from .scoring import Thresholds
 
 CARD_FORMAT = 1
@@ -100,7 +100,7 @@ def card_markdown(card: dict) -> str:
     a = card.get("audit_counts", {})
     lines += ["", "## Data", "",
               f"- data fingerprint `{card.get('data_fingerprint')}`",
-              f"- split sizes: " + ", ".join(f"{k} {len(x)}" for k, x in card.get("split_ids", {}).items()),
+              "- split sizes: " + ", ".join(f"{k} {len(x)}" for k, x in card.get("split_ids", {}).items()),
               f"- audit: clean images {a.get('clean_images')}, dropped conflicting {a.get('dropped_conflicting')}, "
               f"resolution {a.get('resolution')}",
               "", "## Training", "",

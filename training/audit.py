@@ -32,7 +32,7 @@ import numpy as np
 from .data import SRC_HAM, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
 from .imageio import decode_file
 from .parallel import imap
-from .labels import ham_code_of, label_key
+from .labels import ham_code_of
 
 log = logging.getLogger(__name__)
 PHASH_NEAR = 4

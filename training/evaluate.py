@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import CLASSES, HAM_CODES, MALIGNANT_CLASSES, ham_membership_matrix, is_malignant
+from .labels import CLASSES, HAM_CODES, MALIGNANT_CLASSES, ham_membership_matrix
 from .scoring import Thresholds, malignancy_score, melanoma_probability
 
 

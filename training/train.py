@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -12,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .labels import CLASSES, HAM_CODES, NUM_CLASSES, ham_membership_matrix
+from .labels import HAM_CODES, NUM_CLASSES, ham_membership_matrix
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     ``should_stop`` is polled every few batches and raises TrainingCancelled when it says so.
     """
     import keras
-    import tensorflow as tf
 
     from .model import build_model, make_train_dataset, predict_logits, set_loss, set_precision
 
@@ -257,7 +255,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     n_tr, n_va = len(split["train"]), len(split["val"])
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
-    _emit(f"[train] split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
+    _emit("[train] split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
     model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
                                masks[sl["val"]], verbose=verbose, on_progress=on_progress,
                                should_stop=should_stop)

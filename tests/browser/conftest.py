@@ -1,7 +1,6 @@
 """Fixtures for browser tests: private media folder (shared with the worker), fast password hashing."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from case_helpers import World
 from classifier.models import ModelVersion
+from classifier.registry import activate, register_artifact
 
 
 @pytest.fixture(autouse=True)
@@ -30,4 +31,18 @@ def model_version(db) -> ModelVersion:
 
 @pytest.fixture
 def world(db, model_version) -> World:
+    return World()
+
+
+@pytest.fixture
+def tiny_version(use_tiny_model):
+    """The tiny model registered and active; thresholds 0 so every image is flagged."""
+    version = activate(register_artifact(use_tiny_model))
+    version.melanoma_threshold = version.malignancy_threshold = 0.0
+    version.save()
+    return version
+
+
+@pytest.fixture
+def people(db, tiny_version):
     return World()

@@ -12,8 +12,7 @@ import pytest
 
 from cases import queue, scoring
 from cases.models import LesionImage, Prediction
-from classifier.registry import activate, register_artifact
-from case_helpers import World, stored_files
+from case_helpers import stored_files
 from imagegen import jpeg, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -28,20 +27,6 @@ def wait_for(predicate, timeout: float = 90.0, what: str = "condition", worker=N
         time.sleep(0.25)
     log = worker.log_path.read_text()[-4000:] if worker else ""
     raise AssertionError(f"timed out waiting for {what}\n{log}")
-
-
-@pytest.fixture
-def tiny_version(use_tiny_model):
-    """The tiny model registered and active; thresholds 0 so every image is flagged."""
-    version = activate(register_artifact(use_tiny_model))
-    version.melanoma_threshold = version.malignancy_threshold = 0.0
-    version.save()
-    return version
-
-
-@pytest.fixture
-def people(db, tiny_version):
-    return World()
 
 
 def upload_one(client, people, name="lesion.jpg", seed=0):

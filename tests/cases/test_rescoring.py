@@ -17,7 +17,8 @@ def _image(world, name: str, sha: str) -> LesionImage:
 def test_rescore_all_images_with_the_new_active_version(world, model_version, dispatched, monkeypatch):
     sent_tasks = []
     monkeypatch.setattr("classifier.tasks.rescore_images.delay", lambda pk: sent_tasks.append(pk))
-    first, second = _image(world, "a", "a" * 64), _image(world, "b", "b" * 64)
+    first = _image(world, "a", "a" * 64)
+    _image(world, "b", "b" * 64)
     old = Prediction.objects.create(image=first, model_version=model_version, status="done",
                                     melanoma_probability=0.2, malignancy_score=0.3, finished_at=timezone.now())
     new_version = activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x"))
@@ -40,7 +41,8 @@ def test_rescore_all_images_with_the_new_active_version(world, model_version, di
 @pytest.mark.django_db(transaction=True)
 def test_rescore_chosen_images_only(world, model_version, dispatched, monkeypatch):
     monkeypatch.setattr("classifier.tasks.rescore_images.delay", lambda pk: None)
-    first, second = _image(world, "a", "a" * 64), _image(world, "b", "b" * 64)
+    _image(world, "a", "a" * 64)
+    second = _image(world, "b", "b" * 64)
     job = start_rescore(user=world.admin, image_ids=[second.pk])
     run_rescore(job_id=job.pk)
     assert list(Prediction.objects.filter(model_version=model_version).values_list("image_id", flat=True)) == [second.pk]

@@ -12,7 +12,7 @@ from PIL import Image
 from cases.models import Prediction, Review
 from classifier import lifecycle
 from classifier.models import ModelVersion
-from test_integration_scoring import people, status_of, tiny_version, upload_one, wait_for  # noqa: F401
+from test_integration_scoring import status_of, upload_one, wait_for
 from training.labels import CLASS_TO_HAM, CLASSES
 from training.testing import synthetic_images, tiny_config
 

@@ -19,7 +19,7 @@ def test_login_and_health_are_public(client):
 
 @pytest.mark.django_db
 def test_logout_invalidates_the_session(client, django_user_model):
-    user = django_user_model.objects.create_user("carol", password="a-long-passphrase-1")
+    django_user_model.objects.create_user("carol", password="a-long-passphrase-1")
     response = client.post(reverse("login"), {"username": "carol", "password": "a-long-passphrase-1"})
     assert response.status_code == 302
     assert client.get(reverse("home")).status_code == 200

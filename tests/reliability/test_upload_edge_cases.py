@@ -5,7 +5,6 @@ folder exactly as they were; a failure after the file was written removes the fi
 """
 from __future__ import annotations
 
-import io
 import struct
 
 import pytest
