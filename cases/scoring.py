@@ -165,10 +165,53 @@ def _read_image_bytes(name: str) -> bytes:
         return handle.read()
 
 
+BATCH_ENV = "SECONDLOOK_SCORE_BATCH"
+DEFAULT_SCORE_BATCH = 8
+
+
+def score_batch_size() -> int:
+    """At most this many predictions are scored in one forward pass by one task (1 disables batching)."""
+    try:
+        return max(1, int(os.environ.get(BATCH_ENV, "") or DEFAULT_SCORE_BATCH))
+    except ValueError:
+        return DEFAULT_SCORE_BATCH
+
+
+def _claim_batch_mates(prediction: Prediction, limit: int) -> list[tuple[int, datetime]]:
+    """Claim up to ``limit`` other pending predictions of the same model version whose task is already
+    enqueued (enqueued_at set), each with the same conditional UPDATE as ``_claim``. Their own task
+    will find them running or done and do nothing; if this worker dies, the sweep re-queues them
+    (running rows older than the hard time limit) like any orphaned prediction."""
+    if limit <= 0:
+        return []
+    ids = list(
+        Prediction.objects.filter(status=Status.PENDING, enqueued_at__isnull=False,
+                                  model_version_id=prediction.model_version_id)
+        .exclude(pk=prediction.pk).order_by("enqueued_at", "pk").values_list("pk", flat=True)[:limit]
+    )
+    claimed = []
+    for pk in ids:
+        now = timezone.now()
+        if Prediction.objects.filter(pk=pk, status=Status.PENDING, enqueued_at__isnull=False).update(
+            status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""
+        ):
+            claimed.append((pk, now))
+    return claimed
+
+
+def _release(prediction_id: int, started_at) -> None:
+    """running → pending for a batch mate this task could not score; its own task scores it."""
+    Prediction.objects.filter(pk=prediction_id, status=Status.RUNNING, started_at=started_at).update(
+        status=Status.PENDING, started_at=None, attempts=F("attempts") - 1
+    )
+
+
 def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
     """Score one prediction's image with its model version; returns what happened (for the task log).
 
-    Safe to call any number of times for the same prediction: only one caller claims it.
+    Safe to call any number of times for the same prediction: only one caller claims it. Under a
+    burst, up to SECONDLOOK_SCORE_BATCH - 1 other enqueued predictions of the same model version are
+    claimed too and scored in the same forward pass (a lone image costs one extra SELECT).
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
@@ -183,33 +226,65 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
     except Exception as exc:  # the ML stack is broken on this worker
         _fail(prediction_id, started_at, f"Classifier unavailable on this worker: {type(exc).__name__}: {exc}")
         return "failed"
+    mates: list[tuple[int, datetime]] = []
     try:
         try:
             model = get_model(Path(model_version.artifact_path))
         except ModelLoadError as exc:
             _fail(prediction_id, started_at, f"Model could not be loaded: {exc}")
             return "failed"
-        try:
-            pixels = decode_image(_read_image_bytes(prediction.image.file.name))
-        except (ImageDecodeError, FileNotFoundError, OSError) as exc:
-            _fail(prediction_id, started_at, f"Stored image could not be read: {type(exc).__name__}: {exc}")
+        mates = _claim_batch_mates(prediction, score_batch_size() - 1)
+        batch: list[tuple[Prediction, datetime, object]] = []
+        own_failed = False
+        for pred, started in [(prediction, started_at)] + [
+            (Prediction.objects.select_related("image", "image__lesion", "model_version").get(pk=pk), st)
+            for pk, st in mates
+        ]:
+            try:
+                batch.append((pred, started, decode_image(_read_image_bytes(pred.image.file.name))))
+            except (ImageDecodeError, FileNotFoundError, OSError) as exc:
+                _fail(pred.pk, started, f"Stored image could not be read: {type(exc).__name__}: {exc}")
+                own_failed = own_failed or pred.pk == prediction_id
+        if not batch:
             return "failed"
         from classifier.inference import predict_images
 
-        result = predict_images(model, [pixels])[0]
-        heatmap = _heatmap_png(model, pixels)
+        results = predict_images(model, [pixels for _, _, pixels in batch])
     except SoftTimeLimitExceeded:
         _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
+        for pk, st in mates:
+            _release(pk, st)
         return "failed"
     except Exception as exc:
         _fail(prediction_id, started_at, f"Scoring error: {type(exc).__name__}: {exc}")
+        for pk, st in mates:
+            _release(pk, st)
         log.exception("prediction %s", prediction_id)
         return "failed"
 
     delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
     if delay:
         time.sleep(delay)
-    return _store_result(prediction, started_at, result, heatmap)
+    outcome = "failed" if own_failed else "not scored"
+    for i, (pred, started, pixels) in enumerate(batch):
+        if i >= len(results):  # a stand-in classifier may return fewer results: the rest go back
+            _release(pred.pk, started)
+            continue
+        try:
+            heatmap = _heatmap_png(model, pixels)
+            what = _store_result(pred, started, results[i], heatmap)
+        except SoftTimeLimitExceeded:
+            if pred.pk == prediction_id:
+                _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
+                outcome = "failed"
+            else:
+                _release(pred.pk, started)
+            continue
+        if pred.pk == prediction_id:
+            outcome = what
+    if len(batch) > 1:
+        log.info("prediction %s scored with %d batch mates", prediction_id, len(batch) - 1)
+    return outcome
 
 
 def _heatmap_png(model, pixels) -> bytes | None:

@@ -47,5 +47,13 @@ def predict_images(model, images: list[np.ndarray], batch_size: int = 32) -> lis
 
 
 def predict_bytes(model, data: bytes) -> ImagePrediction:
-    """Decode (raises ImageDecodeError) and predict one image."""
-    return predict_images(model, [decode_image(data)])[0]
+    """Decode (raises ImageDecodeError) and predict one image; inference_ms includes decoding."""
+    t0 = time.perf_counter()
+    pred = predict_images(model, [decode_image(data, target_size=model.input_size)])[0]
+    pred.inference_ms = round((time.perf_counter() - t0) * 1000.0, 2)
+    return pred
+
+
+def predict_many_bytes(model, blobs: list[bytes]) -> list[ImagePrediction]:
+    """Decode and predict several images in one batched forward pass (raises ImageDecodeError)."""
+    return predict_images(model, [decode_image(b, target_size=model.input_size) for b in blobs])

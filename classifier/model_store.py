@@ -32,6 +32,7 @@ class LoadedModel:
     keras_model: object = field(repr=False)
     sha256: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _runner: object = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -59,10 +60,30 @@ class LoadedModel:
 
     @property
     def tta(self) -> str:
-        return str(self.card.get("tta", "none"))
+        """The card's test-time augmentation, unless SECONDLOOK_TTA overrides it (none|dihedral8)."""
+        from .fast import tta_setting
+
+        return tta_setting(str(self.card.get("tta", "none")))
+
+    def runner(self):
+        """The compiled inference-only runner (classifier.fast), built on first use."""
+        if self._runner is None:
+            with self._lock:
+                if self._runner is None:
+                    from .fast import build_runner
+
+                    self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256)
+        return self._runner
 
     def predict_logits(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """float32 (N, S, S, 3) 0..255 -> float32 logits (N, 9), with the card's test-time augmentation."""
+        """float32 (N, S, S, 3) 0..255 -> float32 logits (N, 9), with the test-time augmentation of
+        ``tta``; the views are folded into the batch (at most 64 views per forward call)."""
+        runner = self.runner()
+        with self._lock:
+            return runner.logits(batch, tta=self.tta)
+
+    def predict_logits_reference(self, batch: np.ndarray, batch_size: int = 128) -> np.ndarray:
+        """The Keras reference (eager call, training.model.predict_logits) for parity checks."""
         from training.model import predict_logits
 
         with self._lock:

@@ -1,0 +1,359 @@
+"""CPU inference speed, side by side: the naive Keras baseline vs the project's inference path.
+
+    python bench/inference.py [--model DIR] [--images N] [--quick] [--no-footprint]
+
+On the same JPEG bytes (real images from SECONDLOOK_DATA_DIR or ../shared/data when present,
+otherwise generated JPEGs) and the same model, prints JSON with:
+- naive baseline: PIL decode + resize + np.expand_dims + keras ``model.predict`` per image;
+- the project's path (classifier.inference.predict_bytes / predict_images, what the worker calls)
+  for each engine/precision, with and without the 8-view TTA: single-image latency p50/p95 (warm,
+  JPEG bytes -> probabilities) and batch throughput (images/s, decoding included);
+- parity: max |p - p_keras| of the calibrated probabilities against the Keras reference;
+- FLOPs per image (analytic, from the Keras layers) and the fraction of the CPU's peak, with the
+  peak measured here by a large fp32 and bf16 matmul;
+- JPEG decode: time and parity of the reduced (draft) decode vs the full decode;
+- worker footprint: a fresh process's cold start (process start -> first prediction) and
+  resident memory after warm-up.
+The machine may be shared: every figure is a median over repeats after warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def _stats_ms(ts) -> dict:
+    a = np.asarray(ts) * 1000.0
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
+            "n": int(a.size)}
+
+
+def load_jpegs(n: int, seed: int = 0) -> tuple[list[bytes], str]:
+    """n JPEG files' bytes from the shared data (HAM10000 224 px / ISIC 180 px) or generated ones."""
+    cands = [os.environ.get("SECONDLOOK_DATA_DIR"), str(ROOT.parent / "shared" / "data")]
+    for c in cands:
+        if c and Path(c).is_dir():
+            files = sorted(Path(c).rglob("*.jpg"))
+            if files:
+                rng = np.random.default_rng(seed)
+                pick = [files[i] for i in rng.choice(len(files), size=min(n, len(files)), replace=False)]
+                return [p.read_bytes() for p in pick], f"{c} ({len(files)} jpg, {len(pick)} sampled)"
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = Image.new("RGB", (224, 224), tuple(int(v) for v in rng.integers(150, 230, 3)))
+        d = ImageDraw.Draw(img)
+        x, y, r = (int(v) for v in rng.integers(60, 160, 3) // np.array([1, 1, 3]))
+        d.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(40, 120, 3)))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out, "generated 224x224 JPEGs"
+
+
+def model_flops(km) -> dict:
+    """Multiply-adds x 2 of the conv and dense layers, per image (from the built Keras graph)."""
+    conv = dense = other = 0
+    for layer in km.layers:
+        cls = type(layer).__name__
+        if cls == "Conv2D":
+            _, h, w, cout = layer.output.shape
+            cin = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            conv += 2 * h * w * cout * kh * kw * cin // layer.groups
+        elif cls == "Dense":
+            dense += 2 * layer.input.shape[-1] * layer.units
+        elif cls in ("BatchNormalization", "Activation", "Add", "Rescaling", "AveragePooling2D",
+                     "GlobalAveragePooling2D"):
+            shp = layer.output.shape[1:] if cls != "GlobalAveragePooling2D" else layer.input.shape[1:]
+            other += int(np.prod(shp)) * (2 if cls in ("BatchNormalization", "Rescaling") else 1)
+    return {"conv_dense_flops": int(conv + dense), "elementwise_flops": int(other),
+            "total_flops": int(conv + dense + other), "method": "analytic from Keras layer shapes (2 x MACs)"}
+
+
+def matmul_peak(n: int, reps: int) -> dict:
+    import tensorflow as tf
+
+    out = {}
+    for name, dt in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+        a = tf.random.uniform((n, n), dtype=tf.float32)
+        a = tf.cast(a, dt)
+        b = tf.cast(tf.random.uniform((n, n), dtype=tf.float32), dt)
+        f = tf.function(lambda x, y: tf.linalg.matmul(x, y))
+        for _ in range(2):
+            f(a, b)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(a, b)  # CPU ops run synchronously
+            ts.append(time.perf_counter() - t)
+        # peak = best of the repeats (the machine is shared); the median is shown too
+        out[name + "_gflops"] = round(2 * n ** 3 / float(np.min(ts)) / 1e9, 1)
+        out[name + "_gflops_median"] = round(2 * n ** 3 / float(np.median(ts)) / 1e9, 1)
+    out["n"] = n
+    out["bf16_over_fp32"] = round(out["bf16_gflops"] / out["fp32_gflops"], 2)
+    return out
+
+
+def naive_baseline(km, blobs, size, reps_single, tta) -> dict:
+    """A notebook's loop: PIL decode, resize, expand_dims, model.predict, one image at a time."""
+    from PIL import Image
+
+    from training.model import dihedral_views
+
+    def one(data):
+        img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BILINEAR)
+        x = np.expand_dims(np.asarray(img, dtype=np.float32), 0)
+        if tta == "dihedral8":
+            return np.mean([km.predict(np.ascontiguousarray(v), verbose=0) for v in dihedral_views(x)], axis=0)
+        return km.predict(x, verbose=0)
+
+    for d in blobs[:3]:
+        one(d)
+    ts = []
+    for i in range(reps_single):
+        t = time.perf_counter()
+        one(blobs[i % len(blobs)])
+        ts.append(time.perf_counter() - t)
+    res = _stats_ms(ts)
+    res["images_per_s"] = round(1000.0 / float(np.mean(np.asarray(ts) * 1000.0)), 1)
+    return res
+
+
+def project_path(m, blobs, reps_single, batch, reps_batch) -> dict:
+    """classifier.inference on JPEG bytes: predict_bytes (single) and predict_many_bytes (batch)."""
+    from classifier.inference import predict_bytes, predict_many_bytes
+
+    for d in blobs[:3]:
+        predict_bytes(m, d)
+    predict_many_bytes(m, blobs[:batch])
+    ts = []
+    for i in range(reps_single):
+        t = time.perf_counter()
+        predict_bytes(m, blobs[i % len(blobs)])
+        ts.append(time.perf_counter() - t)
+    res = _stats_ms(ts)
+    bt = []
+    for r in range(reps_batch):
+        chunk = [blobs[(r * batch + j) % len(blobs)] for j in range(batch)]
+        t = time.perf_counter()
+        predict_many_bytes(m, chunk)
+        bt.append(time.perf_counter() - t)
+    res["batch"] = batch
+    res["images_per_s"] = round(batch / float(np.median(bt)), 1)
+    res["engine"], res["precision"], res["tta"] = m.runner().engine, m.runner().precision, m.tta
+    return res
+
+
+def probs_of(m, images_f32, temperature):
+    from training.scoring import softmax_with_temperature
+
+    return softmax_with_temperature(m.predict_logits(images_f32), temperature)
+
+
+def decode_check(blobs, size, reps) -> dict:
+    """Full decode vs reduced (draft) decode: time and parity, on the real images and on 4x
+    upscaled camera-sized versions of a few of them."""
+    from PIL import Image
+
+    from classifier.preprocess import decode_image, prepare_batch
+
+    same = all(np.array_equal(prepare_batch([decode_image(b)], size), prepare_batch([decode_image(b, size)], size))
+               for b in blobs)
+    big = []
+    for b in blobs[:8]:
+        img = Image.open(io.BytesIO(b)).convert("RGB")
+        img = img.resize((img.width * 9, img.height * 9), Image.BICUBIC)  # ~2000 px, like a camera
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=92)
+        big.append(buf.getvalue())
+
+    def t_of(fn, data):
+        ts = []
+        for _ in range(reps):
+            for d in data:
+                t = time.perf_counter()
+                fn(d)
+                ts.append(time.perf_counter() - t)
+        return round(float(np.median(ts)) * 1000, 2)
+
+    full_b = prepare_batch([decode_image(b) for b in big], size)
+    red_b = prepare_batch([decode_image(b, size) for b in big], size)
+    return {
+        "dataset_images_bitwise_identical_to_training_preprocessing": bool(same),
+        "dataset_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d, size)], size), blobs[:16]),
+        "camera_size": list(Image.open(io.BytesIO(big[0])).size),
+        "camera_full_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d)], size), big[:4]),
+        "camera_reduced_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d, size)], size), big[:4]),
+        "camera_pixel_max_abs_diff": float(np.abs(full_b - red_b).max()),
+        "camera_pixel_mean_abs_diff": round(float(np.abs(full_b - red_b).mean()), 3),
+        "_full": full_b, "_reduced": red_b,
+    }
+
+
+FOOTPRINT_CODE = r"""
+import os, sys, time, json, resource
+t_import = time.time()
+sys.path.insert(0, {root!r})
+import psutil
+from classifier.model_store import get_model
+from classifier.inference import predict_bytes, predict_many_bytes
+data = open({img!r}, 'rb').read()
+m = get_model({model!r})
+p = predict_bytes(m, data)
+t_first = time.time()
+proc = psutil.Process()
+cold = t_first - proc.create_time()
+rss_first = proc.memory_info().rss
+for _ in range(5):
+    predict_many_bytes(m, [data] * 8)
+for _ in range(20):
+    predict_bytes(m, data)
+print(json.dumps({{"cold_start_s": round(cold, 2), "import_to_first_prediction_s": round(t_first - t_import, 2),
+                  "rss_after_first_prediction_mb": round(rss_first / 2**20, 1),
+                  "rss_after_warmup_mb": round(proc.memory_info().rss / 2**20, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                  "engine": m.runner().engine, "precision": m.runner().precision, "tta": m.tta}}))
+"""
+
+
+def footprint(model_dir: Path, blob: bytes, env_extra: dict, runs: int) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as td:
+        img = Path(td) / "x.jpg"
+        img.write_bytes(blob)
+        code = FOOTPRINT_CODE.format(root=str(ROOT), img=str(img), model=str(model_dir))
+        outs = []
+        for _ in range(runs):
+            env = dict(os.environ, **env_extra)
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+            if r.returncode != 0:
+                return {"error": r.stderr[-2000:]}
+            outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    res = dict(outs[-1])
+    for k in ("cold_start_s", "import_to_first_prediction_s", "rss_after_warmup_mb", "peak_rss_mb"):
+        res[k] = float(np.median([o[k] for o in outs]))
+    res["runs"] = runs
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-footprint", action="store_true")
+    a = ap.parse_args()
+    reps_single = 15 if a.quick else 60
+    reps_batch = 2 if a.quick else 5
+    batch = 32
+
+    from classifier.model_store import default_model_dir, load_model
+    from classifier.preprocess import decode_image, prepare_batch
+    from training.scoring import softmax_with_temperature
+
+    model_dir = (a.model or default_model_dir()).resolve()
+    blobs, source = load_jpegs(a.images)
+    t = time.perf_counter()
+    base = load_model(model_dir)
+    load_s = time.perf_counter() - t
+    size, km, temp = base.input_size, base.keras_model, base.temperature
+    import tensorflow as tf
+
+    out = {"model": str(model_dir), "model_version": base.version, "input_size": size, "images": source,
+           "cpu": {"cores": len(os.sched_getaffinity(0)), "tf": tf.__version__,
+                   "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+           "load_model_s": round(load_s, 2)}
+    fl = model_flops(km)
+    out["flops_per_image"] = fl
+    out["peak"] = matmul_peak(2048 if a.quick else 4096, 4 if a.quick else 8)
+
+    imgs = prepare_batch([decode_image(b) for b in blobs], size)
+    results = {}
+    saved_tta = os.environ.get("SECONDLOOK_TTA")
+    for tta in ("none", "dihedral8"):
+        os.environ["SECONDLOOK_TTA"] = tta
+        ref = softmax_with_temperature(base.predict_logits_reference(imgs), temp)
+        n_naive = reps_single if tta == "none" else max(5, reps_single // 4)
+        results[f"naive_keras_predict/tta={tta}"] = naive_baseline(km, blobs, size, n_naive, tta)
+        for engine, prec in (("tflite", "fp32"), ("tf", "fp32"), ("tf", "bf16")):
+            from classifier.fast import build_runner
+
+            m = dataclasses.replace(base, _lock=threading.Lock(), _runner=None)
+            m._runner = build_runner(km, size, sha256=base.sha256, engine=engine, precision=prec)
+            key = f"project/{m._runner.engine}-{m._runner.precision}/tta={tta}"
+            r = project_path(m, blobs, reps_single, batch, reps_batch)
+            p = probs_of(m, imgs, temp)
+            r["max_abs_prob_diff_vs_keras"] = float(np.abs(p - ref).max())
+            r["flag_decisions_differ"] = int(((p[:, 3] >= base.thresholds.melanoma) != (ref[:, 3] >= base.thresholds.melanoma)).sum())
+            peak = out["peak"]["bf16_gflops" if prec == "bf16" else "fp32_gflops"]
+            views = 8 if tta == "dihedral8" else 1
+            r["achieved_gflops"] = round(r["images_per_s"] * views * fl["total_flops"] / 1e9, 1)
+            r["fraction_of_peak"] = round(r["achieved_gflops"] / peak, 3)
+            results[key] = r
+        naive = results[f"naive_keras_predict/tta={tta}"]
+        naive["achieved_gflops"] = round(naive["images_per_s"] * (8 if tta == "dihedral8" else 1) * fl["total_flops"] / 1e9, 1)
+        naive["fraction_of_peak"] = round(naive["achieved_gflops"] / out["peak"]["fp32_gflops"], 3)
+        for k, r in results.items():
+            if k.startswith("project/") and k.endswith(f"tta={tta}"):
+                r["speedup_throughput_vs_naive"] = round(r["images_per_s"] / naive["images_per_s"], 1)
+                r["speedup_p50_vs_naive"] = round(naive["p50_ms"] / r["p50_ms"], 1)
+    if saved_tta is None:
+        os.environ.pop("SECONDLOOK_TTA", None)
+    else:
+        os.environ["SECONDLOOK_TTA"] = saved_tta
+    out["results"] = results
+
+    dec = decode_check(blobs, size, 3 if a.quick else 10)
+    os.environ["SECONDLOOK_TTA"] = "none"
+    pf = softmax_with_temperature(base.predict_logits_reference(dec.pop("_full")), temp)
+    pr = softmax_with_temperature(base.predict_logits_reference(dec.pop("_reduced")), temp)
+    dec["camera_prob_max_abs_diff_reduced_vs_full"] = float(np.abs(pf - pr).max())
+    if saved_tta is None:
+        os.environ.pop("SECONDLOOK_TTA", None)
+    else:
+        os.environ["SECONDLOOK_TTA"] = saved_tta
+    out["decode"] = dec
+
+    # Grad-CAM heatmap, which the worker also computes for every prediction (classifier.explain)
+    from classifier.explain import gradcam_overlay_png
+
+    px = decode_image(blobs[0])
+    gradcam_overlay_png(base, px)
+    ts = []
+    for _ in range(3 if a.quick else 8):
+        t = time.perf_counter()
+        gradcam_overlay_png(base, px)
+        ts.append(time.perf_counter() - t)
+    out["worker_gradcam_overlay"] = _stats_ms(ts)
+
+    if not a.no_footprint:
+        runs = 1 if a.quick else 3
+        out["footprint"] = {
+            "default": footprint(model_dir, blobs[0], {}, runs),
+            "bf16_tta_none": footprint(model_dir, blobs[0], {"SECONDLOOK_INFERENCE_PRECISION": "bf16",
+                                                             "SECONDLOOK_TTA": "none"}, runs),
+        }
+    out["cpu"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

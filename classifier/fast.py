@@ -1,0 +1,250 @@
+"""Inference-only runners for a loaded Keras model (TensorFlow imported lazily, here only).
+
+Keras stays the training and reference framework; these are faster ways to evaluate the same
+weights on CPU:
+
+- ``tf``     : a compiled ``tf.function`` (graph mode, oneDNN) of the Keras model, any batch size;
+- ``tflite`` : the model converted with ``tf.lite.TFLiteConverter`` and run by LiteRT
+               (``ai-edge-litert``, XNNPACK), one interpreter per batch bucket (fp32 only);
+- ``keras``  : the eager Keras call, as ``training.model.predict_logits`` does (reference).
+
+Precision ``bf16`` runs a clone of the model under the ``mixed_bfloat16`` dtype policy (weights
+kept in float32, compute in bfloat16 on CPUs with avx512_bf16/AMX; logits layer in float32).
+
+Test-time augmentation is folded into the batch: the 8 dihedral views of n images are evaluated
+as one (8n, S, S, 3) batch and the logits averaged (same result as training.model.predict_logits).
+
+Settings (environment): SECONDLOOK_INFERENCE_ENGINE=auto|tf|tflite|keras (auto: tflite for fp32
+when ai-edge-litert is installed, else tf), SECONDLOOK_INFERENCE_PRECISION=fp32|bf16 (default fp32),
+SECONDLOOK_TTA=none|dihedral8 (default: the model card's ``tta``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "tf", "tflite", "keras")
+PRECISIONS = ("fp32", "bf16")
+MAX_VIEWS_PER_CALL = 32  # images x TTA views per forward call (32 measured fastest on 2 cores)
+TFLITE_BUCKETS = (1, 2, 4, 8, 16, 32)
+# A fast runner must agree with the Keras model on a probe batch before it is used.
+SELF_CHECK_ATOL = {"fp32": 1e-3, "bf16": 0.5}  # logits
+
+
+def engine_setting() -> str:
+    e = os.environ.get("SECONDLOOK_INFERENCE_ENGINE", "auto").strip().lower() or "auto"
+    if e not in ENGINES:
+        raise ValueError(f"SECONDLOOK_INFERENCE_ENGINE must be one of {ENGINES}, not {e!r}")
+    return e
+
+
+def precision_setting() -> str:
+    p = os.environ.get("SECONDLOOK_INFERENCE_PRECISION", "fp32").strip().lower() or "fp32"
+    if p in ("bfloat16", "mixed_bfloat16"):
+        p = "bf16"
+    if p in ("float32", "fp32"):
+        p = "fp32"
+    if p not in PRECISIONS:
+        raise ValueError(f"SECONDLOOK_INFERENCE_PRECISION must be one of {PRECISIONS}, not {p!r}")
+    return p
+
+
+def tta_setting(card_tta: str) -> str:
+    from training.model import TTA_MODES
+
+    t = os.environ.get("SECONDLOOK_TTA", "").strip().lower() or card_tta
+    if t not in TTA_MODES:
+        raise ValueError(f"SECONDLOOK_TTA must be one of {TTA_MODES}, not {t!r}")
+    return t
+
+
+def dihedral_stack(x: np.ndarray) -> np.ndarray:
+    """(n, S, S, C) -> (8n, S, S, C): the 8 views of training.model.dihedral_views, view-major."""
+    from training.model import dihedral_views
+
+    return np.concatenate([np.ascontiguousarray(v) for v in dihedral_views(x)], axis=0)
+
+
+class Runner:
+    """float32 (N, S, S, 3) 0..255 -> float32 logits (N, K). Not thread-safe: callers lock."""
+
+    engine = "keras"
+    precision = "fp32"
+
+    def __init__(self, fn, engine: str, precision: str):
+        self._fn, self.engine, self.precision = fn, engine, precision
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fn(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
+
+    def logits(self, images: np.ndarray, tta: str = "none", max_views: int = MAX_VIEWS_PER_CALL) -> np.ndarray:
+        """Logits with test-time augmentation, views folded into the batch."""
+        images = np.asarray(images, dtype=np.float32)
+        n = len(images)
+        if n == 0:
+            return np.zeros((0, 9), np.float32)
+        views = 8 if tta == "dihedral8" else 1
+        step = max(1, max_views // views)
+        out = []
+        for i in range(0, n, step):
+            xb = images[i:i + step]
+            if views == 1:
+                out.append(self(xb))
+            else:
+                lg = self(dihedral_stack(xb)).reshape(8, len(xb), -1)
+                out.append(lg.mean(axis=0, dtype=np.float32))
+        return np.concatenate(out).astype(np.float32)
+
+
+def _bf16_clone(keras_model):
+    """The same architecture under mixed_bfloat16 (float32 logits), with the same weights."""
+    import keras
+
+    cfg = keras_model.get_config()
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "mixed_bfloat16"},
+              "registered_name": None}
+    outs = cfg.get("output_layers", [])
+    if outs and isinstance(outs[0], str):  # a single output: ["logits", 0, 0]
+        outs = [outs]
+    out_names = {t[0] for t in outs}
+    for layer in cfg["layers"]:
+        lc = layer.get("config", {})
+        if layer.get("class_name") == "InputLayer" or layer.get("name") in out_names:
+            continue
+        if "dtype" in lc:
+            lc["dtype"] = policy
+    clone = keras.Model.from_config(cfg)
+    clone.set_weights(keras_model.get_weights())
+    return clone
+
+
+def _tf_fn(model, input_size: int):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
+                 reduce_retracing=True)
+    def f(x):
+        return tf.cast(model(x, training=False), tf.float32)
+
+    return lambda x: f(x).numpy()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("SECONDLOOK_VAR_DIR")
+    root = Path(base) if base else Path(tempfile.gettempdir()) / "secondlook"
+    return root / "model-cache"
+
+
+def _tflite_bytes(keras_model, sha256: str) -> bytes:
+    """The LiteRT flatbuffer, converted once per model file and cached on disk by sha256."""
+    import tensorflow as tf
+
+    key = hashlib.sha256(f"{sha256}:{tf.__version__}:fp32".encode()).hexdigest()[:24]
+    path = _cache_dir() / f"{key}.tflite"
+    if path.is_file():
+        return path.read_bytes()
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    data = conv.convert()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only var dir must not break inference
+        log.warning("cannot cache %s: %s", path, exc)
+    return data
+
+
+class _TFLiteFn:
+    """One LiteRT interpreter per batch bucket; inputs are zero-padded to the bucket size."""
+
+    def __init__(self, content: bytes, threads: int):
+        self._content, self._threads = content, threads
+        self._its: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _interp(self, b: int):
+        it = self._its.get(b)
+        if it is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            interp = Interpreter(model_content=self._content, num_threads=self._threads)
+            inp = interp.get_input_details()[0]
+            interp.resize_tensor_input(inp["index"], [b, *inp["shape"][1:]])
+            interp.allocate_tensors()
+            it = (interp, inp["index"], interp.get_output_details()[0]["index"])
+            self._its[b] = it
+        return it
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        outs = []
+        with self._lock:
+            for i in range(0, len(x), TFLITE_BUCKETS[-1]):
+                xb = x[i:i + TFLITE_BUCKETS[-1]]
+                b = next(s for s in TFLITE_BUCKETS if s >= len(xb))
+                if b != len(xb):
+                    xb = np.concatenate([xb, np.zeros((b - len(xb), *xb.shape[1:]), np.float32)])
+                interp, i_in, i_out = self._interp(b)
+                interp.set_tensor(i_in, np.ascontiguousarray(xb))
+                interp.invoke()
+                outs.append(interp.get_tensor(i_out)[:min(len(x) - i, TFLITE_BUCKETS[-1])].copy())
+        return np.concatenate(outs)
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str | None = None,
+                 precision: str | None = None, self_check: bool = True) -> Runner:
+    """The fastest available runner for (engine, precision); falls back to ``tf`` then ``keras``
+    when the requested one cannot be built or disagrees with the Keras model on a probe batch."""
+    engine = engine or engine_setting()
+    precision = precision or precision_setting()
+    if engine == "auto":
+        engine = "tf"
+        if precision == "fp32":
+            try:
+                import ai_edge_litert.interpreter  # noqa: F401
+
+                engine = "tflite"
+            except Exception:
+                pass
+    if engine == "tflite" and precision != "fp32":
+        engine = "tf"  # LiteRT/XNNPACK has no bfloat16 kernels on x86
+    attempts = [engine] + [e for e in ("tf", "keras") if e != engine]
+    probe = np.random.default_rng(0).uniform(0, 255, (2, input_size, input_size, 3)).astype(np.float32)
+    ref = None
+    for eng in attempts:
+        try:
+            model = keras_model if precision == "fp32" or eng == "keras" else _bf16_clone(keras_model)
+            prec = "fp32" if eng == "keras" else precision
+            if eng == "keras":
+                fn = lambda x: np.asarray(keras_model(x, training=False))  # noqa: E731
+            elif eng == "tf":
+                fn = _tf_fn(model, input_size)
+            else:
+                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown"), _threads())
+            runner = Runner(fn, eng, prec)
+            if self_check and eng != "keras":
+                if ref is None:
+                    ref = np.asarray(keras_model(probe, training=False), np.float32)
+                got = runner(probe)
+                err = float(np.abs(got - ref).max())
+                if not np.isfinite(err) or err > SELF_CHECK_ATOL[prec]:
+                    raise RuntimeError(f"{eng}/{prec} logits differ from Keras by {err:.3g}")
+            return runner
+        except Exception as exc:
+            log.warning("inference engine %s (%s) unavailable, falling back: %s", eng, precision, exc)
+    raise RuntimeError("no inference engine could be built")

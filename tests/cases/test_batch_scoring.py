@@ -1,0 +1,117 @@
+"""Under a burst, one task scores several enqueued predictions of the same model version in one
+forward pass; their own tasks then find them done (no-op). Claims are conditional UPDATEs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from cases import scoring
+from cases.models import LesionImage, Prediction
+from classifier.models import ModelVersion
+from imagegen import png
+from training.labels import CLASSES
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass
+class R:
+    melanoma_probability: float = 0.1
+    malignancy_score: float = 0.2
+    flagged: bool = False
+    flag_reasons: list = field(default_factory=list)
+    inference_ms: float = 3.0
+    model_version: str = "unit-test-v1"
+    class_probabilities: dict = field(default_factory=lambda: {c: 1 / 9 for c in CLASSES})
+
+
+@pytest.fixture
+def fake(monkeypatch, media_root):
+    calls = []
+
+    def predict_images(model, images):
+        calls.append(len(images))
+        return [R() for _ in images]
+
+    monkeypatch.setattr("classifier.model_store.get_model", lambda path: object())
+    monkeypatch.setattr("classifier.inference.predict_images", predict_images)
+    monkeypatch.setattr("classifier.explain.gradcam_overlay_png", lambda *a, **k: None)
+    return calls
+
+
+def _pred(world, mv, i, enqueued=True):
+    name = default_storage.save(f"lesion-images/b{i}.png", ContentFile(png(seed=i)))
+    img = LesionImage.objects.create(lesion=world.lesion_a, file=name, sha256=f"{i:064x}", size_bytes=10,
+                                     width=96, height=64, uploaded_by=world.clin_a)
+    return Prediction.objects.create(image=img, model_version=mv, enqueued_at=timezone.now() if enqueued else None)
+
+
+def test_burst_is_scored_in_one_batch_and_other_tasks_are_no_ops(world, model_version, fake, monkeypatch):
+    monkeypatch.setenv(scoring.BATCH_ENV, "4")
+    other_mv = ModelVersion.objects.create(version="other-v2", artifact_path="/nonexistent/other")
+    preds = [_pred(world, model_version, i) for i in range(6)]
+    not_enqueued = _pred(world, model_version, 10, enqueued=False)
+    other = _pred(world, other_mv, 11)
+    assert scoring.run_prediction(prediction_id=preds[0].pk) == "done"
+    assert fake == [4]  # own + 3 mates
+    states = {p.pk: Prediction.objects.get(pk=p.pk).status for p in preds + [not_enqueued, other]}
+    assert [states[p.pk] for p in preds] == ["done"] * 4 + ["pending"] * 2
+    assert states[not_enqueued.pk] == "pending" and states[other.pk] == "pending"
+    # the mates' own tasks arrive later: idempotent no-ops, each prediction scored exactly once
+    for p in preds[1:4]:
+        assert scoring.run_prediction(prediction_id=p.pk).startswith("not claimable")
+    assert scoring.run_prediction(prediction_id=preds[4].pk) == "done"
+    assert fake == [4, 2]
+    assert all(Prediction.objects.get(pk=p.pk).attempts == 1 for p in preds)
+
+
+def test_lone_image_and_batching_disabled(world, model_version, fake, monkeypatch):
+    p = _pred(world, model_version, 0)
+    assert scoring.run_prediction(prediction_id=p.pk) == "done" and fake == [1]
+    monkeypatch.setenv(scoring.BATCH_ENV, "1")
+    a, b = _pred(world, model_version, 1), _pred(world, model_version, 2)
+    scoring.run_prediction(prediction_id=a.pk)
+    assert fake == [1, 1] and Prediction.objects.get(pk=b.pk).status == "pending"
+
+
+def test_mate_already_claimed_elsewhere_is_skipped(world, model_version, fake):
+    a, b = _pred(world, model_version, 0), _pred(world, model_version, 1)
+    started = timezone.now()
+    Prediction.objects.filter(pk=b.pk).update(status="running", started_at=started, attempts=1)
+    assert scoring.run_prediction(prediction_id=a.pk) == "done" and fake == [1]
+    b.refresh_from_db()
+    assert b.status == "running" and b.started_at == started and b.attempts == 1
+
+
+def test_redelivered_mate_supersedes_cleanly(world, model_version, fake, monkeypatch):
+    """A mate whose own message is redelivered while the batch runs is re-claimed by it; the batch's
+    write for that mate loses (started_at changed), so exactly one result is stored."""
+    a, b = _pred(world, model_version, 0), _pred(world, model_version, 1)
+
+    def predict_images(model, images):
+        fake.append(len(images))
+        # while the batch is predicting, b's redelivered task re-claims it
+        Prediction.objects.filter(pk=b.pk).update(started_at=timezone.now() + timezone.timedelta(seconds=1))
+        return [R() for _ in images]
+
+    monkeypatch.setattr("classifier.inference.predict_images", predict_images)
+    assert scoring.run_prediction(prediction_id=a.pk) == "done"
+    b.refresh_from_db()
+    assert b.status == "running"  # left to its own (redelivered) run
+
+
+def test_batch_error_releases_mates(world, model_version, fake, monkeypatch):
+    a, b = _pred(world, model_version, 0), _pred(world, model_version, 1)
+
+    def boom(model, images):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr("classifier.inference.predict_images", boom)
+    assert scoring.run_prediction(prediction_id=a.pk) == "failed"
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert a.status == "failed" and b.status == "pending" and b.attempts == 0

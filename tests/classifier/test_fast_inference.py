@@ -1,0 +1,84 @@
+"""Parity of the fast inference runners (classifier.fast) with the Keras reference model."""
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.scoring import softmax_with_temperature
+
+SHIPPED = Path(__file__).resolve().parents[2] / "classifier" / "shipped_model"
+
+
+def _probs(logits, t):
+    return softmax_with_temperature(logits, t)
+
+
+def _check(model_dir, n, engines, monkeypatch):
+    from classifier.fast import build_runner
+    from classifier.model_store import load_model
+    from training.model import predict_logits
+
+    m = load_model(model_dir)
+    s = m.input_size
+    x = np.random.default_rng(0).integers(0, 256, (n, s, s, 3)).astype(np.float32)
+    for tta in ("none", "dihedral8"):
+        ref = _probs(predict_logits(m.keras_model, x, tta=tta), m.temperature)
+        for engine, prec, tol in engines:
+            r = build_runner(m.keras_model, s, sha256=m.sha256, engine=engine, precision=prec)
+            assert r.engine == engine and r.precision == prec, (r.engine, r.precision)
+            got = _probs(r.logits(x, tta=tta), m.temperature)
+            err = float(np.abs(got - ref).max())
+            assert err <= tol, (engine, prec, tta, err)
+    # the public path uses the runner, with TTA folded into the batch
+    monkeypatch.setenv("SECONDLOOK_TTA", "dihedral8")
+    m2 = load_model(model_dir)
+    assert m2.tta == "dihedral8"
+    np.testing.assert_allclose(m2.predict_logits(x), m2.predict_logits_reference(x), atol=1e-4)
+
+
+FAST_ENGINES = [("tf", "fp32", 1e-4), ("tflite", "fp32", 1e-4), ("tf", "bf16", 1e-2)]
+
+
+def test_fast_paths_match_keras_on_tiny_model(tiny_model_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path))
+    _check(tiny_model_dir, 5, FAST_ENGINES, monkeypatch)
+
+
+@pytest.mark.slow
+def test_fast_paths_match_keras_on_shipped_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path))
+    t = time.perf_counter()
+    _check(SHIPPED, 3, FAST_ENGINES, monkeypatch)
+    assert time.perf_counter() - t < 120
+
+
+def test_tta_setting_overrides_card(tiny_model_dir, monkeypatch):
+    from classifier.model_store import load_model
+
+    m = load_model(tiny_model_dir)
+    monkeypatch.setenv("SECONDLOOK_TTA", "none")
+    assert m.tta == "none"
+    monkeypatch.setenv("SECONDLOOK_TTA", "bogus")
+    with pytest.raises(ValueError):
+        _ = m.tta
+
+
+def test_reduced_jpeg_decode_is_exact_for_small_images_and_close_for_large():
+    from classifier.preprocess import decode_image, prepare_batch
+
+    rng = np.random.default_rng(5)
+    small = Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    small.save(buf, "JPEG")
+    data = buf.getvalue()
+    assert np.array_equal(decode_image(data, target_size=112), decode_image(data))
+    big = small.resize((2000, 1500), Image.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=92)
+    full = prepare_batch([decode_image(buf.getvalue())], 112)
+    red = prepare_batch([decode_image(buf.getvalue(), target_size=112)], 112)
+    assert decode_image(buf.getvalue(), target_size=112).shape[1] >= 448
+    assert np.abs(full - red).mean() < 1.0
