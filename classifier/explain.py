@@ -8,9 +8,43 @@ import numpy as np
 from .preprocess import _as_rgb, prepare_batch
 
 
+def _gradcam_fn(model):
+    """The compiled (conv activations, d score / d conv) function for ``model``, built once per
+    LoadedModel and Keras model and cached on the model object (built under the model's lock)."""
+    key = (id(model.keras_model), model.last_conv_layer, model.input_size)
+    cache = model.__dict__.setdefault("_gradcam_fns", {})
+    fn = cache.get(key)
+    if fn is not None:
+        return fn
+    with model._lock:
+        fn = cache.get(key)
+        if fn is None:
+            import keras
+            import tensorflow as tf
+
+            km = model.keras_model
+            layer = km.get_layer(model.last_conv_layer)
+            grad_model = keras.Model(km.inputs, [layer.output, km.output])
+            s = model.input_size
+
+            @tf.function(input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32),
+                                          tf.TensorSpec([], tf.int32)])
+            def fn(x, idx):
+                with tf.GradientTape() as tape:
+                    conv, logits = grad_model(x, training=False)
+                    tape.watch(conv)
+                    score = tf.gather(tf.cast(logits, tf.float32), idx, axis=1)
+                grads = tape.gradient(score, conv)
+                return conv, grads
+
+            fn._grad_model = grad_model  # keep the functional model alive with the function
+            cache.clear()  # one Keras model per LoadedModel: drop functions of a replaced one
+            cache[key] = fn
+    return fn
+
+
 def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarray:
     """Heatmap (H x W float32 in 0..1, at the image's own size) of evidence for `class_name`."""
-    import keras
     import tensorflow as tf
     from PIL import Image
 
@@ -18,16 +52,10 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
     if class_name not in model.classes:
         raise ValueError(f"unknown class {class_name!r}")
     idx = model.classes.index(class_name)
-    km = model.keras_model
-    layer = km.get_layer(model.last_conv_layer)
-    grad_model = keras.Model(km.inputs, [layer.output, km.output])
+    fn = _gradcam_fn(model)
     x = tf.convert_to_tensor(prepare_batch([img], model.input_size))
     with model._lock:
-        with tf.GradientTape() as tape:
-            conv, logits = grad_model(x, training=False)
-            tape.watch(conv)
-            score = tf.cast(logits, tf.float32)[:, idx]
-        grads = tape.gradient(score, conv)
+        conv, grads = fn(x, tf.constant(idx, tf.int32))
     conv = np.asarray(conv, np.float32)[0]
     grads = np.asarray(grads, np.float32)[0]
     w = grads.mean(axis=(0, 1))

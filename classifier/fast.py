@@ -9,7 +9,8 @@ weights on CPU:
 - ``keras``  : the eager Keras call, as ``training.model.predict_logits`` does (reference).
 
 Precision ``bf16`` runs a clone of the model under the ``mixed_bfloat16`` dtype policy (weights
-kept in float32, compute in bfloat16 on CPUs with avx512_bf16/AMX; logits layer in float32).
+kept in float32, compute in bfloat16 on CPUs with avx512_bf16/AMX); the input scaling + stem conv
+block and the logits layer stay float32 (see ``_bf16_clone`` for the measured error).
 
 Test-time augmentation is folded into the batch: the 8 dihedral views of n images are evaluated
 as one (8n, S, S, 3) batch and the logits averaged (same result as training.model.predict_logits).
@@ -20,9 +21,11 @@ SECONDLOOK_TTA=none|dihedral8 (default: the model card's ``tta``).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -104,8 +107,29 @@ class Runner:
         return np.concatenate(out).astype(np.float32)
 
 
+def _fp32_stem(cfg: dict) -> set[str]:
+    """Names of the layers from the input through the first conv block (conv, its normalisation
+    and activation), in config order: the input scaling and the stem are where bfloat16 rounding
+    of the raw pixels costs the most accuracy, and they are a small share of the compute."""
+    names: set[str] = set()
+    seen_conv = False
+    for layer in cfg["layers"]:
+        cls = layer.get("class_name", "")
+        names.add(layer.get("name"))
+        if "Conv" in cls:
+            seen_conv = True
+        elif seen_conv and cls in ("Activation", "ReLU"):
+            return names
+    return set()  # no conv block found: nothing special to keep
+
+
 def _bf16_clone(keras_model):
-    """The same architecture under mixed_bfloat16 (float32 logits), with the same weights."""
+    """The same architecture under mixed_bfloat16, with the same weights, except for the input
+    scaling + stem block and the logits layer, which stay float32.
+
+    Measured on the shipped model and 64 real dermoscopic images: everything in bfloat16 differs
+    from the float32 model by up to 0.08 in a probability; a float32 stem brings that to ~0.005
+    (the body's convolutions, normalisation and the last conv in bfloat16 cost little accuracy)."""
     import keras
 
     cfg = keras_model.get_config()
@@ -114,10 +138,10 @@ def _bf16_clone(keras_model):
     outs = cfg.get("output_layers", [])
     if outs and isinstance(outs[0], str):  # a single output: ["logits", 0, 0]
         outs = [outs]
-    out_names = {t[0] for t in outs}
+    keep = {t[0] for t in outs} | _fp32_stem(cfg)
     for layer in cfg["layers"]:
         lc = layer.get("config", {})
-        if layer.get("class_name") == "InputLayer" or layer.get("name") in out_names:
+        if layer.get("class_name") == "InputLayer" or layer.get("name") in keep:
             continue
         if "dtype" in lc:
             lc["dtype"] = policy
@@ -152,7 +176,9 @@ def _tflite_bytes(keras_model, sha256: str) -> bytes:
     if path.is_file():
         return path.read_bytes()
     conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    data = conv.convert()
+    # The converter prints its SavedModel signature on stdout: keep stdout for the CLIs' JSON/CSV.
+    with contextlib.redirect_stdout(sys.stderr):
+        data = conv.convert()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

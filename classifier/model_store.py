@@ -33,6 +33,7 @@ class LoadedModel:
     sha256: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _runner: object = field(default=None, repr=False)
+    _gradcam_fns: dict = field(default_factory=dict, repr=False, compare=False)  # classifier.explain
 
     @property
     def version(self) -> str:
