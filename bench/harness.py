@@ -213,16 +213,20 @@ class App:
             parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-chars:]}")
         return "\n".join(parts)
 
-    def worker_rss_mb(self) -> dict[str, float]:
-        """Resident memory of each inference worker's process tree (parent + pool children), MiB."""
+    def worker_rss_mb(self) -> dict[str, dict[str, float]]:
+        """Memory of each inference worker's process tree (parent + pool children), MiB: summed RSS
+        (counts pages the forked child shares with its parent twice) and summed PSS (counts them once)."""
         result = {}
         for name in self.worker_names():
             try:
                 parent = psutil.Process(self.processes[name].pid)
-                tree = [parent] + parent.children(recursive=True)
-                result[name] = round(sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20, 1)
+                tree = [p for p in [parent] + parent.children(recursive=True) if p.is_running()]
+                result[name] = {
+                    "rss": round(sum(p.memory_info().rss for p in tree) / 2**20, 1),
+                    "pss": round(sum(p.memory_full_info().pss for p in tree) / 2**20, 1),
+                }
             except psutil.NoSuchProcess:
-                result[name] = float("nan")
+                result[name] = {"rss": float("nan"), "pss": float("nan")}
         return result
 
     def celery_stats(self) -> dict[str, int]:
