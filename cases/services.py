@@ -40,10 +40,15 @@ def create_patient(*, user, identifier: str, birth_year: int, sex: str, fitzpatr
         raise PermissionDenied("Only clinicians who belong to a clinic can add patients.")
     patient = Patient(clinic=clinic, identifier=identifier, birth_year=birth_year, sex=sex,
                       fitzpatrick_type=fitzpatrick_type, created_by=user)
-    patient.full_clean()
-    patient.save()
-    audit.record(action="create", obj=patient, actor=user, request=request, new=audit.snapshot(patient, PATIENT_FIELDS))
-    return patient
+    return _save_new(patient, fields=PATIENT_FIELDS, user=user, request=request)
+
+
+def _save_new(obj, *, fields, user, request: HttpRequest | None):
+    """Validate (model constraints included), save and audit a new record."""
+    obj.full_clean()
+    obj.save()
+    audit.record(action="create", obj=obj, actor=user, request=request, new=audit.snapshot(obj, fields))
+    return obj
 
 
 @transaction.atomic
@@ -53,10 +58,7 @@ def create_case(*, user, patient: Patient, clinical_question: str, notes: str = 
     if not (is_clinician(user) and clinic_of(user) == patient.clinic):
         raise PermissionDenied("Only clinicians of the patient's clinic can open a case.")
     case = Case(patient=patient, referring_clinician=user, clinical_question=clinical_question, notes=notes)
-    case.full_clean()
-    case.save()
-    audit.record(action="create", obj=case, actor=user, request=request, new=audit.snapshot(case, CASE_FIELDS))
-    return case
+    return _save_new(case, fields=CASE_FIELDS, user=user, request=request)
 
 
 @transaction.atomic
@@ -66,10 +68,7 @@ def add_lesion(*, user, case: Case, anatomic_site: str, description: str = "",
     if not can_edit_case(user, case):
         raise PermissionDenied("Only clinicians of the patient's clinic can add lesions.")
     lesion = Lesion(case=case, anatomic_site=anatomic_site, description=description)
-    lesion.full_clean()
-    lesion.save()
-    audit.record(action="create", obj=lesion, actor=user, request=request, new=audit.snapshot(lesion, LESION_FIELDS))
-    return lesion
+    return _save_new(lesion, fields=LESION_FIELDS, user=user, request=request)
 
 
 @dataclass

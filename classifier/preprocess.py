@@ -23,28 +23,7 @@ def decode_image(data: bytes, target_size: int | None = None) -> np.ndarray:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    if not target_size:
-        return decode_bytes(data)
-    return _decode_reduced(data, int(target_size) * DRAFT_MARGIN)
-
-
-def _decode_reduced(data: bytes, min_side: int) -> np.ndarray:
-    import io
-
-    from PIL import Image
-
-    if not data:
-        raise ImageDecodeError("empty image data")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format == "JPEG" and min(img.size) >= 2 * min_side:
-                img.draft(img.mode, (min_side, min_side))
-            img.load()
-            return to_rgb_uint8(img)
-    except ImageDecodeError:
-        raise
-    except Exception as exc:  # PIL raises many types
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    return decode_bytes(data, draft_min_side=int(target_size) * DRAFT_MARGIN if target_size else None)
 
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:

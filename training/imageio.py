@@ -43,11 +43,15 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def decode_bytes(data: bytes) -> np.ndarray:
+def decode_bytes(data: bytes, draft_min_side: int | None = None) -> np.ndarray:
+    """RGB uint8 pixels of an encoded image. With ``draft_min_side``, a large JPEG is decoded at a
+    reduced size (PIL draft mode) that keeps both sides at least that long."""
     if not data:
         raise ImageDecodeError("empty image data")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if draft_min_side and img.format == "JPEG" and min(img.size) >= 2 * draft_min_side:
+                img.draft(img.mode, (draft_min_side, draft_min_side))
             img.load()
             return to_rgb_uint8(img)
     except ImageDecodeError:
