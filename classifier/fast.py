@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -167,23 +168,44 @@ def _cache_dir() -> Path:
     return root / "model-cache"
 
 
-def _tflite_bytes(keras_model, sha256: str) -> bytes:
-    """The LiteRT flatbuffer, converted once per model file and cached on disk by sha256."""
+def _convert_to_tflite(keras_model) -> bytes:
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    # The converter prints its SavedModel signature on stdout: keep stdout for the CLIs' JSON/CSV.
+    with contextlib.redirect_stdout(sys.stderr):
+        return conv.convert()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None) -> bytes:
+    """The LiteRT flatbuffer, converted once per model file and cached on disk by sha256.
+
+    The conversion runs in a short-lived subprocess when the model file is known: the converter
+    needs several hundred MB that a long-lived worker would otherwise keep for good.
+    """
     import tensorflow as tf
 
     key = hashlib.sha256(f"{sha256}:{tf.__version__}:fp32".encode()).hexdigest()[:24]
     path = _cache_dir() / f"{key}.tflite"
     if path.is_file():
         return path.read_bytes()
-    conv = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    # The converter prints its SavedModel signature on stdout: keep stdout for the CLIs' JSON/CSV.
-    with contextlib.redirect_stdout(sys.stderr):
-        data = conv.convert()
+    if model_path is not None:
+        try:
+            subprocess.run([sys.executable, "-m", "classifier.fast", str(model_path), str(path)], check=True,
+                           timeout=600, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
+            return path.read_bytes()
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("LiteRT conversion in a subprocess failed (%s); converting in this process", exc)
+    data = _convert_to_tflite(keras_model)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _write_atomically(path, data)
     except OSError as exc:  # a read-only var dir must not break inference
         log.warning("cannot cache %s: %s", path, exc)
     return data
@@ -233,7 +255,8 @@ def _threads() -> int:
 
 
 def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str | None = None,
-                 precision: str | None = None, self_check: bool = True) -> Runner:
+                 precision: str | None = None, self_check: bool = True,
+                 model_path: Path | None = None) -> Runner:
     """The fastest available runner for (engine, precision); falls back to ``tf`` then ``keras``
     when the requested one cannot be built or disagrees with the Keras model on a probe batch."""
     engine = engine or engine_setting()
@@ -261,7 +284,7 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
             elif eng == "tf":
                 fn = _tf_fn(model, input_size)
             else:
-                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown"), _threads())
+                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown", model_path), _threads())
             runner = Runner(fn, eng, prec)
             if self_check and eng != "keras":
                 if ref is None:
@@ -274,3 +297,17 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
         except Exception as exc:
             log.warning("inference engine %s (%s) unavailable, falling back: %s", eng, precision, exc)
     raise RuntimeError("no inference engine could be built")
+
+
+def _convert_main(argv: list[str]) -> int:
+    """``python -m classifier.fast MODEL.keras OUT.tflite``: convert one model (used by _tflite_bytes)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    model_path, out = Path(argv[0]), Path(argv[1])
+    _write_atomically(out, _convert_to_tflite(keras.models.load_model(model_path, compile=False)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_convert_main(sys.argv[1:]))

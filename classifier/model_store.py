@@ -73,7 +73,8 @@ class LoadedModel:
                 if self._runner is None:
                     from .fast import build_runner
 
-                    self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256)
+                    self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256,
+                                                model_path=self.model_dir / MODEL_FILE)
         return self._runner
 
     def predict_logits(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
