@@ -42,6 +42,11 @@ def browser_page(monkeypatch):
         yield page
         context.close()
         browser.close()
+        # ORM calls made while Playwright's loop ran used a connection of their own context; close it
+        # here, or PostgreSQL still sees it when the test database is dropped.
+        from django.db import connections
+
+        connections.close_all()
 
 
 @pytest.fixture
