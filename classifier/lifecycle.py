@@ -13,10 +13,11 @@ from django.utils import timezone
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 
+REVIEWS = "reviews"
 DATA_SOURCES = {
     "isic-9class": "ISIC 9-class set (shared data)",
     "ham10000": "HAM10000 (shared data)",
-    "reviews": "Dermatologist-reviewed cases in this app",
+    REVIEWS: "Dermatologist-reviewed cases in this app",
 }
 
 
@@ -40,7 +41,7 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
         raise LifecycleError("Choose at least one data source.")
     if unknown:
         raise LifecycleError(f"Unknown data source(s): {', '.join(sorted(unknown))}.")
-    if sources == ("reviews",):
+    if sources == (REVIEWS,):
         raise LifecycleError("Reviewed cases alone are too few to train on; add a shared dataset.")
     if not 1 <= int(epochs) <= 200:
         raise LifecycleError("Epochs must be between 1 and 200.")
@@ -75,7 +76,7 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
             progress={"phase": "queued"},
             created_by=user,
         )
-        _audit(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
+        audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
                                            "seed": request.seed})
         train_model.delay_on_commit(version.pk)
     return version
@@ -88,7 +89,7 @@ def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
     )
     if not updated:
         raise LifecycleError(f"{version.version} is not training.")
-    _audit(user, "cancel", version)
+    audit_registry_event(user, "cancel", version)
     version.refresh_from_db()
     return version
 
@@ -114,7 +115,7 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
     with transaction.atomic():
         previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         activate(version)
-        _audit(user, "activate", version, old={"active": previous.version if previous else None},
+        audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
                new={"active": version.version})
     return version
 
@@ -134,19 +135,12 @@ def rollback(*, user=None) -> ModelVersion:
         raise LifecycleError("There is no earlier active version to roll back to.")
     with transaction.atomic():
         activate(previous)
-        _audit(user, "rollback", previous, old={"active": current.version if current else None},
+        audit_registry_event(user, "rollback", previous, old={"active": current.version if current else None},
                new={"active": previous.version})
     return previous
 
 
-def run_training(*, version_id: int) -> str:
-    """Execute a queued training run (called by the training worker's task)."""
-    from classifier.retraining import run_training as execute
-
-    return execute(version_id=version_id)
-
-
-def _audit(user, action: str, version: ModelVersion, *, old: dict | None = None, new: dict | None = None) -> None:
+def audit_registry_event(user, action: str, version: ModelVersion, *, old: dict | None = None, new: dict | None = None) -> None:
     """Record a registry change in the append-only audit log."""
     from cases.audit import record_event
 

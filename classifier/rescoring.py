@@ -11,14 +11,14 @@ CHUNK = 200
 
 def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJob:
     """Queue a re-scoring job for the chosen images (all when ``image_ids`` is empty)."""
-    from classifier.lifecycle import _audit
+    from classifier.lifecycle import audit_registry_event
     from classifier.registry import active_version
     from classifier.tasks import rescore_images
 
     version = active_version()
     with transaction.atomic():
         job = RescoreJob.objects.create(model_version=version, image_ids=sorted(set(image_ids or [])), created_by=user)
-        _audit(user, "rescore", version, new={"job": job.pk, "images": job.image_ids or "all"})
+        audit_registry_event(user, "rescore", version, new={"job": job.pk, "images": job.image_ids or "all"})
         rescore_images.delay_on_commit(job.pk)
     return job
 

@@ -19,6 +19,7 @@ from django.core.files.storage import default_storage
 from django.db.models import F
 from django.utils import timezone
 
+from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,12 @@ def run_training(*, version_id: int) -> str:
     try:
         sources = set(version.data_sources)
         cache_dir = Path(os.environ.get("SECONDLOOK_CACHE_DIR", settings.VAR_DIR / "cache"))
-        extra = reviewed_records(cache_dir / "reviewed") if REVIEW_SOURCE + "s" in sources else []
+        extra = reviewed_records(cache_dir / "reviewed") if REVIEWS in sources else []
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         out_dir = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
         train(
             training_config(version), settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir,
-            version=version.version, verbose=0, sources=sorted(sources - {"reviews"}), extra_records=extra,
+            version=version.version, verbose=0, sources=sorted(sources - {REVIEWS}), extra_records=extra,
             on_progress=lambda progress: _save_progress(version_id, progress),
             should_stop=lambda: ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists(),
             reference=ReferenceModel(active) if active else None,

@@ -58,10 +58,9 @@ def sweep_pending(stale_after_s: float | None = None, running_stale_after_s: flo
 def train_model(self, version_id: int) -> str:
     """Train the registry version ``version_id`` (routed to the "training" queue by settings).
 
-    Thin on purpose: the work lives in ``classifier.lifecycle.run_training(version_id=...)``,
-    which the training side of the project provides.
+    Thin on purpose: the work lives in ``classifier.retraining.run_training(version_id=...)``.
     """
-    from classifier.lifecycle import run_training
+    from classifier.retraining import run_training
 
     return run_training(version_id=int(version_id))
 
