@@ -1,7 +1,7 @@
 """Training throughput (images/s) of the default config, fp32 vs bf16, on synthetic uint8 data
 through the real input pipeline (augmentation included).
 
-    python bench/train_speed.py [--quick] [--size 112] [--width 32] [--batch 64] [--steps 12]
+    python bench/train_speed.py [--quick] [--size 112] [--width 32] [--stem 2] [--batch 64] [--steps 12]
 Prints JSON.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def run_one(precision: str, size: int, width: int, stages, batch: int, steps: int) -> dict:
+def run_one(precision: str, size: int, width: int, stages, batch: int, steps: int, stem: int = 2) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -32,7 +32,7 @@ def run_one(precision: str, size: int, width: int, stages, batch: int, steps: in
     ds = make_train_dataset(imgs, masks, np.ones(n, np.float32), batch_size=batch, seed=0)
     import keras
 
-    model = build_model(size, width=width, stages=stages)
+    model = build_model(size, width=width, stages=stages, stem_stride=stem)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=set_loss(0.05))
     it = iter(ds.repeat())
     for _ in range(2):  # warm-up / tracing
@@ -48,7 +48,7 @@ def run_one(precision: str, size: int, width: int, stages, batch: int, steps: in
     for _ in range(3):
         model(xb, training=False)
     inf = 3 * batch / (time.perf_counter() - t)
-    return {"precision": policy, "size": size, "width": width, "stages": list(stages),
+    return {"precision": policy, "size": size, "width": width, "stages": list(stages), "stem_stride": stem,
             "batch": batch, "train_images_per_s": round(steps * batch / dt, 1),
             "inference_images_per_s": round(inf, 1), "params": int(model.count_params())}
 
@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=cfg.image_size)
     ap.add_argument("--width", type=int, default=cfg.width)
     ap.add_argument("--stages", default=",".join(map(str, cfg.stages)))
+    ap.add_argument("--stem", type=int, default=cfg.stem_stride, choices=[2, 4])
     ap.add_argument("--batch", type=int, default=cfg.batch_size)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
@@ -70,14 +71,14 @@ def main() -> None:
     steps = a.steps or (4 if a.quick else 12)
     stages = tuple(int(s) for s in a.stages.split(","))
     if a._child:
-        print(json.dumps(run_one(a._child, a.size, a.width, stages, a.batch, steps)))
+        print(json.dumps(run_one(a._child, a.size, a.width, stages, a.batch, steps, a.stem)))
         return
     # each precision in a fresh process (the Keras dtype policy is global)
     results = []
     precs = ["fp32", "bf16"] if a.precision == "both" else [a.precision]
     for p in precs:
         cmd = [sys.executable, __file__, "--_child", p, "--size", str(a.size), "--width", str(a.width),
-               "--stages", a.stages, "--batch", str(a.batch), "--steps", str(steps)]
+               "--stages", a.stages, "--batch", str(a.batch), "--steps", str(steps), "--stem", str(a.stem)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         line = [l for l in out.stdout.splitlines() if l.startswith("{")]
         results.append(json.loads(line[-1]) if line else {"precision": p, "error": out.stderr[-2000:]})

@@ -320,26 +320,32 @@ class AppendOnlyQuerySet(models.QuerySet):
         raise ValidationError("Audit events are append-only.")
 
 
+class AuditAction(models.TextChoices):
+    """What an audit event records; the database refuses any other value."""
+
+    VIEW = "view", "View"
+    DOWNLOAD = "download", "Download file"
+    CREATE = "create", "Create"
+    UPDATE = "update", "Update"
+    DELETE = "delete", "Delete"
+    UPLOAD = "upload", "Upload"
+    SCORE = "score", "Score"
+    RETRY = "retry", "Retry"
+    CLAIM = "claim", "Claim"
+    RELEASE = "release", "Release"
+    REVIEW = "review", "Review"
+    # Model registry events (classifier.lifecycle)
+    TRAIN = "train", "Train model"
+    CANCEL = "cancel", "Cancel training"
+    ACTIVATE = "activate", "Activate model"
+    ROLLBACK = "rollback", "Roll back model"
+    RESCORE = "rescore", "Re-score images"
+
+
 class AuditEvent(models.Model):
     """Who did what to which record, when, from where. Append-only."""
 
-    class Action(models.TextChoices):
-        VIEW = "view", "View"
-        CREATE = "create", "Create"
-        UPDATE = "update", "Update"
-        DELETE = "delete", "Delete"
-        UPLOAD = "upload", "Upload"
-        SCORE = "score", "Score"
-        RETRY = "retry", "Retry"
-        CLAIM = "claim", "Claim"
-        RELEASE = "release", "Release"
-        REVIEW = "review", "Review"
-        # Model registry events (classifier.lifecycle)
-        TRAIN = "train", "Train model"
-        CANCEL = "cancel", "Cancel training"
-        ACTIVATE = "activate", "Activate model"
-        ROLLBACK = "rollback", "Roll back model"
-        RESCORE = "rescore", "Re-score images"
+    Action = AuditAction
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # Kept as text so the trail survives the user's deletion.
@@ -366,8 +372,7 @@ class AuditEvent(models.Model):
         indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
         constraints = [
             models.CheckConstraint(
-                condition=Q(action__in=["view", "create", "update", "delete", "upload", "score", "retry", "claim",
-                                        "release", "review", "train", "cancel", "activate", "rollback", "rescore"]),
+                condition=Q(action__in=AuditAction.values),
                 name="audit_action_valid",
             ),
         ]

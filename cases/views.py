@@ -240,16 +240,21 @@ def _stream(name: str, filename: str) -> FileResponse:
 
 @require_GET
 def image_file(request: HttpRequest, pk: int) -> FileResponse:
-    """The stored (normalised) image, streamed from storage to an authorised user."""
+    """The stored (normalised) image, streamed from storage to an authorised user (audited: the
+    pixels are patient data just as much as the result page is)."""
     image = get_object_or_404(access.visible_images(request.user), pk=pk)
-    return _stream(image.file.name, f"image-{image.pk}.png")
+    response = _stream(image.file.name, f"image-{image.pk}.png")
+    audit.record(action="download", obj=image, request=request)
+    return response
 
 
 @require_GET
 def heatmap_file(request: HttpRequest, pk: int) -> FileResponse:
     """The Grad-CAM overlay of one prediction."""
     prediction = get_object_or_404(access.visible_predictions(request.user), pk=pk)
-    return _stream(prediction.heatmap.name if prediction.heatmap else "", f"heatmap-{prediction.pk}.png")
+    response = _stream(prediction.heatmap.name if prediction.heatmap else "", f"heatmap-{prediction.pk}.png")
+    audit.record(action="download", obj=prediction, request=request)
+    return response
 
 
 # --- Review queue -----------------------------------------------------------------------------

@@ -109,12 +109,18 @@ class Runner:
 
 
 def _fp32_stem(cfg: dict) -> set[str]:
-    """Names of the layers from the input through the first conv block (conv, its normalisation
-    and activation), in config order: the input scaling and the stem are where bfloat16 rounding
-    of the raw pixels costs the most accuracy, and they are a small share of the compute."""
+    """Names of the layers from the input through the stem, in config order: the input scaling and
+    the stem are where bfloat16 rounding of the raw pixels costs the most accuracy, and they are a
+    small share of the compute. The stem is every layer named ``stem*`` (``training.model`` names
+    its one or two stem convs that way); for other models, the first conv block (conv, its
+    normalisation and activation)."""
+    layers = cfg["layers"]
+    named = [i for i, layer in enumerate(layers) if str(layer.get("name", "")).startswith("stem")]
+    if named:
+        return {layer.get("name") for layer in layers[:named[-1] + 1]}
     names: set[str] = set()
     seen_conv = False
-    for layer in cfg["layers"]:
+    for layer in layers:
         cls = layer.get("class_name", "")
         names.add(layer.get("name"))
         if "Conv" in cls:

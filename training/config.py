@@ -22,11 +22,12 @@ def cache_dir() -> Path:
 @dataclass
 class TrainConfig:
     seed: int = 1234
-    image_size: int = 112
-    width: int = 32  # channels of the first stage
+    image_size: int = 160
+    width: int = 40  # channels of the first stage
     stages: tuple = (1, 2, 2, 2)  # residual blocks per stage; channels double per stage
-    dropout: float = 0.3
-    epochs: int = 40
+    stem_stride: int = 4  # 2 or 4 (4: one more stride-2 conv, for larger inputs)
+    dropout: float = 0.1
+    epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 5e-4
@@ -37,7 +38,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     target_sensitivity: float = 0.90
     mixed_precision: str = "auto"  # auto|bf16|fp32
-    time_budget_min: float = 50.0  # training-loop budget; LR cosine follows max(step, time) progress
+    time_budget_min: float = 55.0  # training-loop budget; LR cosine follows max(step, time) progress
     patience: int = 12
     aug_rotate: bool = True
     aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
@@ -45,6 +46,14 @@ class TrainConfig:
     bootstrap: int = 1000
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
     pretrained: str = ""  # optional path of a weights file; none exists here
+
+    def build_model(self):
+        """The Keras model this configuration describes (under the current dtype policy)."""
+        from .labels import NUM_CLASSES
+        from .model import build_model
+
+        return build_model(self.image_size, NUM_CLASSES, self.width, self.stages, self.dropout,
+                           seed=self.seed, stem_stride=self.stem_stride)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -25,15 +25,26 @@ def set_precision(mode: str) -> str:
 
 
 def build_model(image_size: int, num_classes: int = 9, width: int = 32,
-                stages=(1, 2, 2, 2), dropout: float = 0.3, seed: int = 0):
+                stages=(1, 2, 2, 2), dropout: float = 0.3, seed: int = 0, stem_stride: int = 2):
     """Input: float32 RGB 0..255 (size x size). Output: float32 logits (softmax applied
-    outside with the calibrated temperature). The last conv layer is named 'last_conv'."""
+    outside with the calibrated temperature). The last conv layer is named 'last_conv'.
+
+    ``stem_stride`` 4 adds a stride-2 conv before the stem conv, so a larger input (more
+    dermoscopic detail) costs about the same compute in the residual stages as a smaller
+    input with the stride-2 stem."""
+    if stem_stride not in (2, 4):
+        raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
     import keras
     from keras import layers
 
     init = keras.initializers.HeNormal(seed=seed)
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inp)
+    if stem_stride == 4:
+        x = layers.Conv2D(max(width // 2, 8), 3, strides=2, padding="same", use_bias=False,
+                          kernel_initializer=init, name="stem0_conv")(x)
+        x = layers.BatchNormalization(name="stem0_bn")(x)
+        x = layers.Activation("relu", name="stem0_relu")(x)
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init,
                       name="stem_conv")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
@@ -54,7 +65,7 @@ def build_model(image_size: int, num_classes: int = 9, width: int = 32,
             y = layers.BatchNormalization(name=name + "_bn2", gamma_initializer="zeros")(y)
             if stride != 1 or sc.shape[-1] != ch:
                 if stride != 1:
-                    sc = layers.AveragePooling2D(stride, name=name + "_pool")(sc)
+                    sc = layers.AveragePooling2D(stride, padding="same", name=name + "_pool")(sc)
                 sc = layers.Conv2D(ch, 1, use_bias=False, kernel_initializer=init,
                                    name=name + "_proj")(sc)
                 sc = layers.BatchNormalization(name=name + "_projbn")(sc)

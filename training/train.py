@@ -66,11 +66,11 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     """
     import keras
 
-    from .model import build_model, make_train_dataset, predict_logits, set_loss, set_precision
+    from .model import make_train_dataset, predict_logits, set_loss, set_precision
 
     keras.utils.set_random_seed(cfg.seed)
     policy = set_precision(cfg.mixed_precision)
-    model = build_model(cfg.image_size, NUM_CLASSES, cfg.width, cfg.stages, cfg.dropout, seed=cfg.seed)
+    model = cfg.build_model()
     if cfg.pretrained and Path(cfg.pretrained).is_file():
         model.load_weights(cfg.pretrained, skip_mismatch=True)
     weights = class_weights_for(m_train, cfg.class_weight_power)
@@ -165,7 +165,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     history["precision_policy"] = policy
     # float32 copy for export / inference
     set_precision("fp32")
-    m32 = build_model(cfg.image_size, NUM_CLASSES, cfg.width, cfg.stages, cfg.dropout, seed=cfg.seed)
+    m32 = cfg.build_model()
     m32.set_weights(model.get_weights())
     return m32, history
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.core.files.base import ContentFile
 
-from cases.models import LesionImage, Prediction
+from cases.models import AuditEvent, LesionImage, Prediction
 from imagegen import jpeg, upload
 
 pytestmark = pytest.mark.django_db
@@ -79,6 +79,19 @@ def test_owner_clinic_and_admin_can_open_everything(client, world, objects_b):
         assert b"".join(response.streaming_content) == b"png"
         response = client.get(f"/predictions/{prediction.pk}/heatmap/")
         assert response.status_code == 200 and response["Cache-Control"] == "private, no-store"
+    downloads = AuditEvent.objects.filter(action="download")
+    assert sorted(downloads.values_list("object_type", "actor_username")) == sorted(
+        (kind, user.username) for user in (world.clin_b, world.admin) for kind in ("lesionimage", "prediction"))
+    assert {e.clinic_id for e in downloads} == {world.clinic_b.pk}
+
+
+def test_refused_and_missing_downloads_are_not_audited(client, world, objects_b):
+    image, prediction = objects_b
+    client.force_login(world.clin_a)
+    assert client.get(f"/images/{image.pk}/file/").status_code == 404
+    client.force_login(world.clin_b)
+    assert client.get(f"/images/{image.pk + 1000}/file/").status_code == 404
+    assert not AuditEvent.objects.filter(action="download").exists()
 
 
 def test_patient_lists_are_scoped(client, world):

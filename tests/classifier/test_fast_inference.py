@@ -121,3 +121,13 @@ def test_reduced_jpeg_decode_is_exact_for_small_images_and_close_for_large():
     red = prepare_batch([decode_image(buf.getvalue(), target_size=112)], 112)
     assert decode_image(buf.getvalue(), target_size=112).shape[1] >= 448
     assert np.abs(full - red).mean() < 1.0
+
+
+@pytest.mark.parametrize("stem_stride,stem", [(2, {"stem_conv"}), (4, {"stem0_conv", "stem_conv"})])
+def test_bf16_clone_keeps_the_whole_stem_in_float32(stem_stride, stem):
+    from classifier.fast import _fp32_stem
+    from training.model import build_model
+
+    kept = _fp32_stem(build_model(32, width=8, stages=(1, 1), stem_stride=stem_stride).get_config())
+    assert stem | {"rescale", "stem_relu"} <= kept
+    assert not any(name.startswith("s0b0") for name in kept)

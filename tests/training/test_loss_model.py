@@ -38,6 +38,21 @@ def test_model_shapes_and_last_conv():
     assert m.output.dtype == "float32"
 
 
+@pytest.mark.parametrize("size", [32, 36])  # 36: odd feature-map sizes after striding
+def test_stride4_stem_halves_the_feature_maps(size):
+    m2 = build_model(size, width=8, stages=(1, 1))
+    m4 = build_model(size, width=8, stages=(1, 1), stem_stride=4)
+    assert m4(np.zeros((2, size, size, 3), np.float32)).shape == (2, 9)
+    s2 = m2.get_layer(LAST_CONV).output.shape[1]
+    s4 = m4.get_layer(LAST_CONV).output.shape[1]
+    assert s4 == -(-s2 // 2)
+
+
+def test_unknown_stem_stride_is_refused():
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_model(32, width=8, stages=(1, 1), stem_stride=3)
+
+
 def test_augmentation_keeps_shape_and_range():
     x = tf.constant(np.random.default_rng(0).integers(0, 255, (4, 24, 24, 3)).astype(np.float32))
     y = augment_batch(x, tf.random.Generator.from_seed(1))
