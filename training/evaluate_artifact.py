@@ -18,6 +18,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     from .evaluate import evaluate_probs, plot_all
     from .labels import mask_from_classes
     from .scoring import softmax_with_temperature
+    from .subgroups import subgroup_labels, subgroup_report
 
     m = load_model(Path(model_dir))
     ids = m.card["split_ids"][split]
@@ -41,4 +42,5 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
             "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "per_code_7")
     return {"model_dir": str(m.model_dir), "model_version": m.version, "split": split,
             "data_fingerprint_matches": fp_ok, "temperature": m.temperature,
-            "thresholds": m.thresholds.to_dict(), "metrics": {k: metrics.get(k) for k in keep}}
+            "thresholds": m.thresholds.to_dict(), "metrics": {k: metrics.get(k) for k in keep},
+            "subgroups": subgroup_report(probs, masks, m.thresholds, subgroup_labels(recs))}
