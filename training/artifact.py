@@ -91,6 +91,7 @@ def card_markdown(card: dict) -> str:
             o = op[k]
             lines.append(f"- at the {k} threshold: sensitivity {f(o['sensitivity'])} {ci(o['sensitivity_ci95'])}, "
                          f"specificity {f(o['specificity'])} {ci(o['specificity_ci95'])}")
+    lines += _subgroup_lines(m.get("subgroups") or {}, f)
     lines += ["", "## Validation operating points", ""]
     for k in ("melanoma", "malignancy"):
         if k in v:
@@ -109,6 +110,21 @@ def card_markdown(card: dict) -> str:
               f"precision {card['training'].get('precision_policy')}",
               f"- config: `{json.dumps(card['training'].get('config'))}`", ""]
     return "\n".join(lines)
+
+
+def _subgroup_lines(subgroups: dict, f) -> list[str]:
+    """Markdown table of the held-out figures per subgroup (groups with a melanoma AUC only)."""
+    rows = [(att, value, r) for att, values in subgroups.items() for value, r in values.items()
+            if r.get("melanoma_auc") is not None]
+    if not rows:
+        return []
+    lines = ["", "## Held-out test by subgroup", "",
+             "| attribute | value | images | melanomas | melanoma AUC | sensitivity / specificity | malignancy AUC |",
+             "|---|---|---|---|---|---|---|"]
+    for att, value, r in rows:
+        lines.append(f"| {att} | {value} | {r['n']} | {r['n_melanoma_positive']} | {f(r['melanoma_auc'])} | "
+                     f"{f(r['melanoma_sensitivity'])} / {f(r['melanoma_specificity'])} | {f(r['malignancy_auc'])} |")
+    return lines
 
 
 def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: float, thresholds: Thresholds,
@@ -145,7 +161,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "metrics": {k: metrics.get(k) for k in (
             "n_images", "n_melanoma", "n_malignant", "melanoma_auc", "melanoma_auc_ci95", "malignancy_auc",
             "malignancy_auc_ci95", "balanced_accuracy_7", "balanced_accuracy_7_ci95", "balanced_accuracy_9",
-            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate")},
+            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "subgroups")},
         "audit_counts": audit_report.get("counts", {}),
         "data_fingerprint": audit_report.get("data_fingerprint"),
         "data_sources": data_sources or [],

@@ -61,6 +61,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     from .evaluate import evaluate_probs
     from .model import predict_logits
     from .scoring import softmax_with_temperature
+    from .subgroups import subgroup_labels, subgroup_report
     from .train import calibrate, fit_model
 
     cfg = tiny_config(seed)
@@ -74,6 +75,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     split = {k: [f"SYN_{k}_{i:04d}" for i in range(n)] for k, n in (("train", 270), ("val", 90), ("test", 90))}
     recs = [ImageRecord(path="", isic_id=i, lesion_id=i, allowed=s, source="synthetic")
             for i, s in zip(split["test"], s_te)]
+    metrics["subgroups"] = subgroup_report(probs, m_te, cal["thresholds"], subgroup_labels(recs))
     audit = {"counts": {"clean_images": 450, "synthetic": True}, "data_fingerprint": data_fingerprint(recs),
              "policy": "synthetic data, no audit", "details": {}}
     return export_artifact(model, Path(path), cfg=cfg, temperature=cal["temperature"],

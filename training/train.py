@@ -228,6 +228,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .model import predict_logits
     from .scoring import softmax_with_temperature
     from .splits import split_by_lesion
+    from .subgroups import subgroup_labels, subgroup_report
 
     t_start = time.time()
     _emit(f"[train] config {json.dumps(cfg.to_dict())}")
@@ -265,6 +266,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     test_logits = predict_logits(model, images[sl["test"]], tta=cfg.tta)
     probs = softmax_with_temperature(test_logits, cal["temperature"])
     metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed)
+    metrics["subgroups"] = subgroup_report(probs, masks[sl["test"]], cal["thresholds"],
+                                           subgroup_labels(recs[sl["test"]]))
     _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
           "mel sens/spec={:.3f}/{:.3f}".format(
               metrics["melanoma_auc"], metrics["malignancy_auc"], metrics["balanced_accuracy_7"],

@@ -45,6 +45,10 @@ def test_artifact_is_complete(tiny_dir):
     assert set(card["split_ids"]) == {"train", "val", "test"}
     for k in ("version", "data_fingerprint", "model_sha256", "training", "metrics", "audit_counts"):
         assert k in card
+    by_source = card["metrics"]["subgroups"]["source"]["synthetic"]
+    assert by_source["n"] == card["metrics"]["n_images"]
+    assert by_source["melanoma_auc"] == pytest.approx(card["metrics"]["melanoma_auc"])
+    assert "| source | synthetic | 90 |" in (tiny_dir / "model_card.md").read_text()
 
 
 def test_load_and_predict(tiny):
