@@ -98,6 +98,23 @@ def test_lockout_is_per_username_and_address_and_lasts_15_minutes(client, django
     assert settings.AXES_FAILURE_LIMIT == 5 and settings.AXES_COOLOFF_TIME == 0.25  # hours
 
 
+def test_lockout_ends_after_the_cool_off(client, django_user_model):
+    """Time travel by moving the recorded failures back: still locked at 14 minutes, open at 16."""
+    from datetime import timedelta
+
+    from axes.models import AccessAttempt
+    from django.utils import timezone
+
+    django_user_model.objects.create_user("finn", password="correct-horse-battery-9")
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        client.post("/accounts/login/", {"username": "finn", "password": "wrong"}, REMOTE_ADDR="10.0.0.3")
+    good = {"username": "finn", "password": "correct-horse-battery-9"}
+    AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(minutes=14))
+    assert client.post("/accounts/login/", good, REMOTE_ADDR="10.0.0.3").status_code == 429
+    AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(minutes=16))
+    assert client.post("/accounts/login/", good, REMOTE_ADDR="10.0.0.3").status_code == 302
+
+
 def test_production_transport_settings():
     env = {k: v for k, v in os.environ.items() if k not in {"SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS"}}
     env.update(DJANGO_ENV="production", SECRET_KEY="k" * 60, ALLOWED_HOSTS="secondlook.example.org",
