@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 from cases.models import Prediction
 from training.labels import CLASSES, MALIGNANT_CLASSES
+from training.subgroups import age_band
+
+# A subgroup whose held-out melanoma AUC is this much below the overall figure gets a caveat.
+CAVEAT_AUC_GAP = 0.03
 
 
 @dataclass(frozen=True)
@@ -56,3 +60,27 @@ def prediction_context(prediction: Prediction) -> dict:
             threshold_bar("Malignancy score", prediction.malignancy_score, version.malignancy_threshold),
         ],
     }
+
+
+def age_caveat(metrics: dict, age: int | None) -> str | None:
+    """A sentence for the result page when the model measured worse (or could not be measured) on
+    held-out patients of this age band; None when it did about as well as overall, or when the
+    model card has no subgroup figures."""
+    by_age = (metrics.get("subgroups") or {}).get("age")
+    if not by_age or age is None:
+        return None
+    band = age_band(age)
+    row = by_age.get(band) or {}
+    overall = metrics.get("melanoma_auc")
+    auc = row.get("melanoma_auc")
+    if auc is None:
+        return (f"The held-out test data had too few melanomas in patients aged {band} "
+                f"({row.get('n_melanoma_positive', 0)}) to measure this model's accuracy for them.")
+    if overall is None or overall - auc < CAVEAT_AUC_GAP:
+        return None
+    text = f"For patients aged {band}, this model's held-out melanoma AUC is {auc:.2f} (overall {overall:.2f})"
+    spec = row.get("melanoma_specificity")
+    overall_spec = (metrics.get("operating_points") or {}).get("melanoma", {}).get("specificity")
+    if spec is not None and overall_spec is not None and spec < overall_spec - CAVEAT_AUC_GAP:
+        text += f"; at its threshold it flags more benign lesions (specificity {spec:.2f}, overall {overall_spec:.2f})"
+    return text + "."

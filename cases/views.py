@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from cases import access, audit, queue, services
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, LesionImage, Prediction
-from cases.presentation import prediction_context
+from cases.presentation import age_caveat, prediction_context
 
 PRIVATE = "private, no-store"
 
@@ -223,6 +223,9 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
                "can_edit": access.can_edit_case(request.user, image.lesion.case)}
     if prediction is not None:
         context |= prediction_context(prediction)
+        birth_year = image.lesion.case.patient.birth_year
+        context["age_caveat"] = age_caveat(prediction.model_version.metrics or {},
+                                           image.uploaded_at.year - birth_year if birth_year else None)
     return _no_store(render(request, "cases/image_detail.html", context))
 
 

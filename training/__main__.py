@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     e.add_argument("--model", type=Path, default=None)
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--plots", type=Path, default=None, help="write plots to this dir")
+    e.add_argument("--add-subgroups", action="store_true",
+                   help="write the per-subgroup test figures into the artifact's model card")
     r = sub.add_parser("recalibrate", help="re-fit temperature/thresholds on validation and re-evaluate "
                                            "an artifact on its recorded split (optionally with TTA)")
     _common(r)
@@ -89,6 +91,13 @@ def main(argv=None) -> int:
             model_dir = default_model_dir()
         res = evaluate_artifact(model_dir, droot, cdir, split=args.split, plots_dir=args.plots)
         print(json.dumps(res, indent=1))
+        if args.add_subgroups:
+            if args.split != "test":
+                ap.error("--add-subgroups records held-out (test) figures only")
+            from .artifact import add_test_figures
+
+            add_test_figures(model_dir, subgroups=res["subgroups"])
+            print(f"added subgroups to {model_dir}")
         return 0
     if args.cmd == "recalibrate":
         from .recalibrate import recalibrate

@@ -188,5 +188,20 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
     return out_dir
 
 
+def add_test_figures(model_dir: Path, **figures) -> dict:
+    """Add held-out figures computed after export (e.g. ``subgroups``) to an artifact's metrics:
+    model_card.json, model_card.md and metrics.json. The model file and everything else stay."""
+    model_dir = Path(model_dir)
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    figures = _jsonable(figures)
+    card["metrics"] = dict(card.get("metrics", {}), **figures)
+    metrics_file = model_dir / "metrics.json"
+    if metrics_file.is_file():
+        metrics_file.write_text(json.dumps(dict(json.loads(metrics_file.read_text()), **figures), indent=1))
+    (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1))
+    (model_dir / "model_card.md").write_text(card_markdown(card))
+    return card
+
+
 def read_card(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / CARD_FILE).read_text())

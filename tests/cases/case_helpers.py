@@ -50,3 +50,16 @@ class World:
                                           clinical_question="New lesion?")
         self.lesion_a = Lesion.objects.create(case=self.case_a, anatomic_site="posterior torso")
         self.lesion_b = Lesion.objects.create(case=self.case_b, anatomic_site="head/neck")
+
+
+def make_image(world, sha="a" * 64, lesion=None):
+    """A stored image (a real PNG) on clinic A's lesion unless another lesion is given."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from cases.models import LesionImage
+    from imagegen import png
+
+    name = default_storage.save("lesion-images/test.png", ContentFile(png()))
+    return LesionImage.objects.create(lesion=lesion or world.lesion_a, file=name, sha256=sha, size_bytes=10,
+                                      width=96, height=64, uploaded_by=world.clin_a)

@@ -6,14 +6,12 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from cases import queue, scoring
-from cases.models import AuditEvent, Case, Lesion, LesionImage, Patient, Prediction, Review
-from case_helpers import stored_files
+from cases.models import AuditEvent, Case, Lesion, Patient, Prediction, Review
+from case_helpers import make_image, stored_files
 from imagegen import png
 from training.labels import CLASSES
 
@@ -47,12 +45,6 @@ def test_case_lesion_review_constraints(world):
     integrity_error(lambda: Lesion.objects.create(case=world.case_a, anatomic_site="unknown", awaiting_review=True))
     integrity_error(lambda: Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree",
                                                   final_diagnosis="cancer", management="biopsy"))
-
-
-def make_image(world, sha="a" * 64, lesion=None) -> LesionImage:
-    name = default_storage.save("lesion-images/test.png", ContentFile(png()))
-    return LesionImage.objects.create(lesion=lesion or world.lesion_a, file=name, sha256=sha, size_bytes=10,
-                                      width=96, height=64, uploaded_by=world.clin_a)
 
 
 def test_image_and_prediction_constraints(world, model_version):
