@@ -167,6 +167,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "data_sources": data_sources or [],
         "training": {"config": cfg.to_dict(), "seed": cfg.seed,
                      "best_epoch": history.get("best_epoch"),
+                     "weight_average": history.get("weight_average"),
                      "epochs_run": len(history.get("loss", [])),
                      "train_minutes": (history.get("train_seconds") or 0) / 60.0,
                      "total_minutes": (history.get("total_seconds") or 0) / 60.0,

@@ -40,6 +40,10 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto|bf16|fp32
     time_budget_min: float = 55.0  # training-loop budget; LR cosine follows max(step, time) progress
     patience: int = 12
+    # > 0: also average the weights (and BatchNorm statistics) of the epochs that end with the
+    # learning rate at or below this fraction of its peak; the average replaces the best epoch
+    # only when it scores better on validation. 0 = off (the shipped model was trained without).
+    average_tail: float = 0.0
     aug_rotate: bool = True
     aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
     aug_color: float = 0.15

@@ -80,7 +80,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
     model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing))
-    state = {"epochs": cfg.epochs, "best": -1e9, "best_epoch": 0, "weights": None, "since": 0}
+    state = {"epochs": cfg.epochs, "best": -1e9, "best_epoch": 0, "weights": None, "since": 0,
+             "avg": None, "n_avg": 0}
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
                                 "val_malignancy_auc": [], "val_balanced_accuracy_7": [], "lr": [],
                                 "epoch_seconds": []}
@@ -128,6 +129,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
                 mark = " *best*"
             else:
                 state["since"] += 1
+            if cfg.average_tail > 0 and state.get("lr", cfg.learning_rate) <= cfg.average_tail * cfg.learning_rate:
+                _accumulate_average(state, self.model.get_weights())
             elapsed = time.time() - t0
             # adapt the planned number of epochs to the time budget after epoch 1
             # the LR schedule follows max(step, time) progress, so a slower CPU just means fewer
@@ -160,6 +163,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     model.fit(ds, epochs=cfg.epochs, verbose=verbose, callbacks=[Cb()], shuffle=False)
     if state["weights"] is not None:
         model.set_weights(state["weights"])
+    if state["n_avg"] >= 2 and len(x_val):
+        history["weight_average"] = _try_average(model, state, x_val, m_val)
     history["best_epoch"] = state["best_epoch"]
     history["train_seconds"] = time.time() - t0
     history["precision_policy"] = policy
@@ -168,6 +173,32 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     m32 = cfg.build_model()
     m32.set_weights(model.get_weights())
     return m32, history
+
+
+def _accumulate_average(state: dict, weights: list) -> None:
+    """Running mean of the epoch-end weights, in float64."""
+    n = state["n_avg"]
+    if state["avg"] is None:
+        state["avg"] = [np.asarray(w, np.float64) for w in weights]
+    else:
+        state["avg"] = [a + (np.asarray(w, np.float64) - a) / (n + 1) for a, w in zip(state["avg"], weights)]
+    state["n_avg"] = n + 1
+
+
+def _try_average(model, state: dict, x_val, m_val) -> dict:
+    """Load the averaged weights; keep them only if they beat the best epoch on validation."""
+    from .model import predict_logits
+
+    best = model.get_weights()
+    model.set_weights([a.astype(w.dtype) for a, w in zip(state["avg"], best)])
+    vm = _val_metrics(predict_logits(model, x_val), m_val)
+    used = selection_score(vm) > state["best"]
+    if not used:
+        model.set_weights(best)
+    _emit(f"[train] weight average of {state['n_avg']} epochs: mel_auc={vm['val_melanoma_auc']:.4f} "
+          f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f} "
+          f"-> {'used' if used else 'kept the best epoch'}")
+    return {"epochs": state["n_avg"], **vm, "used": used}
 
 
 def _auc_or_nan(y, s) -> float:

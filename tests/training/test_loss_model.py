@@ -58,3 +58,23 @@ def test_augmentation_keeps_shape_and_range():
     y = augment_batch(x, tf.random.Generator.from_seed(1))
     assert y.shape == x.shape
     assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
+
+
+def test_weight_average_of_the_schedule_tail_is_kept_only_if_better_on_validation():
+    from dataclasses import replace
+
+    from training.testing import synthetic_images, tiny_config
+    from training.train import fit_model
+
+    cfg = replace(tiny_config(seed=3), epochs=3, average_tail=1.0)  # 1.0: every epoch joins the average
+    x_tr, m_tr, _ = synthetic_images(96, seed=3)
+    x_va, m_va, _ = synthetic_images(48, seed=4)
+    model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
+    avg = history["weight_average"]
+    assert avg["epochs"] == len(history["loss"]) == 3
+    assert isinstance(avg["used"], bool)
+    best_score = max(np.mean([a, b, c]) for a, b, c in zip(
+        history["val_melanoma_auc"], history["val_malignancy_auc"], history["val_balanced_accuracy_7"]))
+    assert avg["used"] == (np.mean([avg["val_melanoma_auc"], avg["val_malignancy_auc"],
+                                    avg["val_balanced_accuracy_7"]]) > best_score)
+    assert model.output.shape[-1] == 9
