@@ -1,7 +1,7 @@
 """Training throughput (images/s) of the default config, fp32 vs bf16, on synthetic uint8 data
 through the real input pipeline (augmentation included).
 
-    python bench/train_speed.py [--quick] [--size 112] [--width 32] [--stem 2] [--batch 64] [--steps 12]
+    python bench/train_speed.py [--quick] [--size 160] [--width 40] [--stem 4] [--batch 64] [--steps 12]
 Prints JSON.
 """
 from __future__ import annotations

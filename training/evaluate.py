@@ -98,8 +98,10 @@ def operating_point_report(scores, positives, thr, n_boot=1000, seed=0) -> dict:
 
 
 def evaluate_probs(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds,
-                   n_boot: int = 1000, seed: int = 0) -> dict:
-    """Full evaluation dict on calibrated probabilities (N, 9) vs allowed-class masks."""
+                   n_boot: int = 1000, seed: int = 0, groups: dict | None = None) -> dict:
+    """Full evaluation dict on calibrated probabilities (N, 9) vs allowed-class masks; with
+    ``groups`` (attribute -> one value per image, e.g. ``subgroups.subgroup_labels(records)``)
+    also the per-subgroup figures under "subgroups"."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     probs = np.asarray(probs, dtype=np.float64)
@@ -145,6 +147,10 @@ def evaluate_probs(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds,
     from .scoring import set_nll
 
     out["set_nll"] = set_nll(probs, masks)
+    if groups is not None:
+        from .subgroups import subgroup_report
+
+        out["subgroups"] = subgroup_report(probs, masks, thresholds, groups)
     return out
 
 

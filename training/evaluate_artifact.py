@@ -18,7 +18,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     from .evaluate import evaluate_probs, plot_all
     from .labels import mask_from_classes
     from .scoring import softmax_with_temperature
-    from .subgroups import subgroup_labels, subgroup_report
+    from .subgroups import subgroup_labels
 
     m = load_model(Path(model_dir))
     ids = m.card["split_ids"][split]
@@ -33,7 +33,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     logits = m.predict_logits(images.astype(np.float32), batch_size=128)
     probs = softmax_with_temperature(logits, m.temperature)
-    metrics = evaluate_probs(probs, masks, m.thresholds, n_boot=n_boot, seed=0)
+    metrics = evaluate_probs(probs, masks, m.thresholds, n_boot=n_boot, seed=0, groups=subgroup_labels(recs))
     if plots_dir:
         plot_all(probs, masks, metrics, None, Path(plots_dir))
     fp_ok = audit.report["data_fingerprint"] == m.card.get("data_fingerprint")
@@ -43,4 +43,4 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     return {"model_dir": str(m.model_dir), "model_version": m.version, "split": split,
             "data_fingerprint_matches": fp_ok, "temperature": m.temperature,
             "thresholds": m.thresholds.to_dict(), "metrics": {k: metrics.get(k) for k in keep},
-            "subgroups": subgroup_report(probs, masks, m.thresholds, subgroup_labels(recs))}
+            "subgroups": metrics["subgroups"]}

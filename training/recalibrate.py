@@ -21,7 +21,7 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
     from .labels import mask_from_classes
     from .model import predict_logits
     from .scoring import softmax_with_temperature
-    from .subgroups import subgroup_labels, subgroup_report
+    from .subgroups import subgroup_labels
     from .train import calibrate
 
     m = load_model(Path(model_dir))
@@ -43,8 +43,8 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
     x_te, m_te, test_recs = arrays("test")
     cal = calibrate(m.keras_model, cfg, x_val, m_val)
     probs = softmax_with_temperature(predict_logits(m.keras_model, x_te, tta=cfg.tta), cal["temperature"])
-    metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed)
-    metrics["subgroups"] = subgroup_report(probs, m_te, cal["thresholds"], subgroup_labels(test_recs))
+    metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
+                             groups=subgroup_labels(test_recs))
     old_metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
     history = old_metrics.get("history", {})
     suffix = "" if cfg.tta == "none" else f"-{cfg.tta}"

@@ -61,7 +61,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     from .evaluate import evaluate_probs
     from .model import predict_logits
     from .scoring import softmax_with_temperature
-    from .subgroups import subgroup_labels, subgroup_report
+    from .subgroups import subgroup_labels
     from .train import calibrate, fit_model
 
     cfg = tiny_config(seed)
@@ -71,11 +71,11 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
     cal = calibrate(model, cfg, x_va, m_va)
     probs = softmax_with_temperature(predict_logits(model, x_te), cal["temperature"])
-    metrics = evaluate_probs(probs, m_te, cal["thresholds"], n_boot=cfg.bootstrap, seed=seed)
     split = {k: [f"SYN_{k}_{i:04d}" for i in range(n)] for k, n in (("train", 270), ("val", 90), ("test", 90))}
     recs = [ImageRecord(path="", isic_id=i, lesion_id=i, allowed=s, source="synthetic")
             for i, s in zip(split["test"], s_te)]
-    metrics["subgroups"] = subgroup_report(probs, m_te, cal["thresholds"], subgroup_labels(recs))
+    metrics = evaluate_probs(probs, m_te, cal["thresholds"], n_boot=cfg.bootstrap, seed=seed,
+                             groups=subgroup_labels(recs))
     audit = {"counts": {"clean_images": 450, "synthetic": True}, "data_fingerprint": data_fingerprint(recs),
              "policy": "synthetic data, no audit", "details": {}}
     return export_artifact(model, Path(path), cfg=cfg, temperature=cal["temperature"],

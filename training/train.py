@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .labels import HAM_CODES, NUM_CLASSES, ham_membership_matrix
+from .labels import HAM_CODES, ham_membership_matrix
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .model import predict_logits
     from .scoring import softmax_with_temperature
     from .splits import split_by_lesion
-    from .subgroups import subgroup_labels, subgroup_report
+    from .subgroups import subgroup_labels
 
     t_start = time.time()
     _emit(f"[train] config {json.dumps(cfg.to_dict())}")
@@ -296,9 +296,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
     test_logits = predict_logits(model, images[sl["test"]], tta=cfg.tta)
     probs = softmax_with_temperature(test_logits, cal["temperature"])
-    metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed)
-    metrics["subgroups"] = subgroup_report(probs, masks[sl["test"]], cal["thresholds"],
-                                           subgroup_labels(recs[sl["test"]]))
+    metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed,
+                             groups=subgroup_labels(recs[sl["test"]]))
     _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
           "mel sens/spec={:.3f}/{:.3f}".format(
               metrics["melanoma_auc"], metrics["malignancy_auc"], metrics["balanced_accuracy_7"],
