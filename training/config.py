@@ -44,6 +44,11 @@ class TrainConfig:
     # learning rate at or below this fraction of its peak; the average replaces the best epoch
     # only when it scores better on validation. 0 = off (the shipped model was trained without).
     average_tail: float = 0.0
+    # progressive resizing: > 0 starts training at this input size and grows it to image_size
+    # over the first `progressive_until` of the schedule (smaller early epochs are faster, so
+    # more epochs fit in the budget); validation and the exported model always use image_size
+    progressive_min_size: int = 0
+    progressive_until: float = 0.5
     aug_rotate: bool = True
     aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
     aug_color: float = 0.15
@@ -51,12 +56,13 @@ class TrainConfig:
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
     pretrained: str = ""  # optional path of a weights file; none exists here
 
-    def build_model(self):
-        """The Keras model this configuration describes (under the current dtype policy)."""
+    def build_model(self, *, any_size: bool = False):
+        """The Keras model this configuration describes (under the current dtype policy);
+        ``any_size`` accepts every square input size (for progressive resizing)."""
         from .labels import NUM_CLASSES
         from .model import build_model
 
-        return build_model(self.image_size, NUM_CLASSES, self.width, self.stages, self.dropout,
+        return build_model(None if any_size else self.image_size, NUM_CLASSES, self.width, self.stages, self.dropout,
                            seed=self.seed, stem_stride=self.stem_stride)
 
     def to_dict(self) -> dict:

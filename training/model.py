@@ -24,10 +24,13 @@ def set_precision(mode: str) -> str:
     return policy
 
 
-def build_model(image_size: int, num_classes: int = 9, width: int = 32,
+def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
                 stages=(1, 2, 2, 2), dropout: float = 0.3, seed: int = 0, stem_stride: int = 2):
     """Input: float32 RGB 0..255 (size x size). Output: float32 logits (softmax applied
     outside with the calibrated temperature). The last conv layer is named 'last_conv'.
+
+    ``image_size`` None builds a model that takes any square size (used while training with
+    progressive resizing; the exported model has the fixed size).
 
     ``stem_stride`` 4 adds a stride-2 conv before the stem conv, so a larger input (more
     dermoscopic detail) costs about the same compute in the residual stages as a smaller
@@ -38,7 +41,7 @@ def build_model(image_size: int, num_classes: int = 9, width: int = 32,
     from keras import layers
 
     init = keras.initializers.HeNormal(seed=seed)
-    inp = keras.Input((image_size, image_size, 3), name="image")
+    inp = keras.Input((image_size, image_size, 3), name="image")  # None x None when image_size is None
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inp)
     if stem_stride == 4:
         x = layers.Conv2D(max(width // 2, 8), 3, strides=2, padding="same", use_bias=False,
@@ -151,8 +154,27 @@ def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
+def progressive_size(progress: float, *, full: int, smallest: int, until: float, step: int = 32) -> int:
+    """Training input size at schedule ``progress`` (0..1) under progressive resizing.
+
+    Grows linearly from ``smallest`` to ``full`` over the first ``until`` of the schedule, in
+    multiples of ``step`` (the network's total stride), and is ``full`` afterwards, so the last
+    part of training (and every validation pass) sees the size used at inference.
+    """
+    if smallest <= 0 or smallest >= full or until <= 0:
+        return full
+    frac = min(max(progress, 0.0) / until, 1.0)
+    size = smallest + (full - smallest) * frac
+    return int(min(full, max(smallest, step * round(size / step))))
+
+
 def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarray, *,
-                       batch_size: int, seed: int, augment: bool = True, **aug):
+                       batch_size: int, seed: int, augment: bool = True, size_var=None, **aug):
+    """Shuffled, augmented batches of (image float32 0..255, mask, sample weight).
+
+    ``size_var`` (a tf.Variable holding an int) resizes each batch to that square size after
+    augmentation (antialiased), read per batch, so a callback can change it between epochs.
+    """
     import tensorflow as tf
 
     n = len(images)
@@ -167,6 +189,10 @@ def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarra
         x = tf.cast(tf.gather(imgs, idx), tf.float32)
         if augment:
             x = augment_batch(x, gen, **aug)
+        if size_var is not None:
+            s = tf.convert_to_tensor(size_var)
+            x = tf.cond(tf.equal(s, tf.shape(x)[1]), lambda: x,
+                        lambda: tf.image.resize(x, tf.stack([s, s]), antialias=True))
         return x, tf.gather(m, idx), tf.gather(wt, idx)
 
     return ds.map(fetch, num_parallel_calls=1, deterministic=True).prefetch(2)

@@ -66,16 +66,21 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     """
     import keras
 
-    from .model import make_train_dataset, predict_logits, set_loss, set_precision
+    import tensorflow as tf
+
+    from .model import make_train_dataset, predict_logits, progressive_size, set_loss, set_precision
 
     keras.utils.set_random_seed(cfg.seed)
     policy = set_precision(cfg.mixed_precision)
-    model = cfg.build_model()
+    progressive = 0 < cfg.progressive_min_size < cfg.image_size
+    model = cfg.build_model(any_size=progressive)
     if cfg.pretrained and Path(cfg.pretrained).is_file():
         model.load_weights(cfg.pretrained, skip_mismatch=True)
     weights = class_weights_for(m_train, cfg.class_weight_power)
+    size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if progressive else None
     ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
-                            rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color)
+                            rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
+                            size_var=size_var)
     steps_per_epoch = int(ds.cardinality().numpy())
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
@@ -84,7 +89,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
              "avg": None, "n_avg": 0}
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
                                 "val_malignancy_auc": [], "val_balanced_accuracy_7": [], "lr": [],
-                                "epoch_seconds": []}
+                                "epoch_seconds": [], "train_size": []}
     t0 = time.time()
     budget = cfg.time_budget_min * 60.0
 
@@ -111,6 +116,14 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         def on_epoch_begin(self, epoch, logs=None):
             state["epoch"] = epoch
             state["t_epoch"] = time.time()
+            state["size"] = cfg.image_size
+            if size_var is not None:
+                prog = epoch / max(state["epochs"], 1)
+                if budget > 0:
+                    prog = max(prog, (time.time() - t0) / budget)
+                state["size"] = progressive_size(prog, full=cfg.image_size, smallest=cfg.progressive_min_size,
+                                                 until=cfg.progressive_until)
+                size_var.assign(state["size"])
 
         def on_epoch_end(self, epoch, logs=None):
             vm = _val_metrics(predict_logits(self.model, x_val), m_val) if len(x_val) else {
@@ -120,6 +133,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             for k, v in vm.items():
                 history[k].append(v)
             history["lr"].append(float(state.get("lr", 0)))
+            history["train_size"].append(int(state["size"]))
             dt = time.time() - state["t_epoch"]
             history["epoch_seconds"].append(dt)
             sc = selection_score(vm) if len(x_val) else -history["loss"][-1]
@@ -141,7 +155,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             _emit(f"[epoch {epoch + 1}/{state['epochs']}] loss={history['loss'][-1]:.4f} "
                   f"val_loss={vm['val_loss']:.4f} mel_auc={vm['val_melanoma_auc']:.4f} "
                   f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f} "
-                  f"lr={state.get('lr', 0):.2e} epoch_s={dt:.0f} elapsed_min={elapsed / 60:.1f} "
+                  f"lr={state.get('lr', 0):.2e} size={state['size']} epoch_s={dt:.0f} elapsed_min={elapsed / 60:.1f} "
                   f"eta_min={eta / 60:.1f}{mark}")
             if on_progress is not None:
                 on_progress({"phase": "training", "epoch": epoch + 1, "epochs": state["epochs"],

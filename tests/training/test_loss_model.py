@@ -78,3 +78,38 @@ def test_weight_average_of_the_schedule_tail_is_kept_only_if_better_on_validatio
     assert avg["used"] == (np.mean([avg["val_melanoma_auc"], avg["val_malignancy_auc"],
                                     avg["val_balanced_accuracy_7"]]) > best_score)
     assert model.output.shape[-1] == 9
+
+
+def test_progressive_size_grows_to_full_size_and_stays_there():
+    from training.model import progressive_size
+
+    sizes = [progressive_size(p / 10, full=160, smallest=96, until=0.5) for p in range(11)]
+    assert sizes[0] == 96 and sizes[5:] == [160] * 6
+    assert sizes == sorted(sizes) and all(s % 32 == 0 for s in sizes)
+    assert progressive_size(0.0, full=160, smallest=0, until=0.5) == 160  # off
+
+
+def test_dataset_resizes_batches_to_the_size_variable():
+    from training.model import make_train_dataset
+
+    x, m, _ = __import__("training.testing", fromlist=["synthetic_images"]).synthetic_images(8, size=32)
+    size = tf.Variable(16, dtype=tf.int32)
+    ds = make_train_dataset(x, m, np.ones(8, np.float32), batch_size=4, seed=0, size_var=size)
+    assert next(iter(ds))[0].shape[1:3] == (16, 16)
+    size.assign(32)
+    assert next(iter(ds))[0].shape[1:3] == (32, 32)
+
+
+def test_progressive_resizing_trains_small_first_and_exports_the_full_size():
+    from dataclasses import replace
+
+    from training.testing import synthetic_images, tiny_config
+    from training.train import fit_model
+
+    cfg = replace(tiny_config(seed=5), image_size=64, epochs=4, progressive_min_size=32, progressive_until=0.5)
+    x_tr, m_tr, _ = synthetic_images(64, size=64, seed=5)
+    x_va, m_va, _ = synthetic_images(32, size=64, seed=6)
+    model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
+    assert history["train_size"][0] == 32 and history["train_size"][-1] == 64
+    assert tuple(model.input.shape[1:]) == (64, 64, 3)  # the exported model keeps the fixed size
+    assert len(history["val_melanoma_auc"]) == 4
