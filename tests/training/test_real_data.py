@@ -73,3 +73,15 @@ def test_shipped_model_split_matches_data():
     ids = {r.isic_id for r in a.records}
     assert set(card["split_ids"]["test"]) <= ids
     assert not set(card["split_ids"]["test"]) & set(card["split_ids"]["train"])
+
+
+def test_shipped_model_was_trained_with_the_default_config():
+    """`python -m training train` (no --set) must retrain what is shipped, as the README says."""
+    import json
+
+    from classifier.model_store import SHIPPED_MODEL_DIR
+    from training.config import TrainConfig
+
+    card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
+    assert card["training"]["config"] == TrainConfig().to_dict()
+    assert card["training"]["total_minutes"] <= 60
