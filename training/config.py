@@ -56,6 +56,11 @@ class TrainConfig:
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
     pretrained: str = ""  # optional path of a weights file; none exists here
 
+    @property
+    def progressive(self) -> bool:
+        """Whether training uses progressive resizing (a start size below the full size)."""
+        return 0 < self.progressive_min_size < self.image_size
+
     def build_model(self, *, any_size: bool = False):
         """The Keras model this configuration describes (under the current dtype policy);
         ``any_size`` accepts every square input size (for progressive resizing)."""

@@ -72,12 +72,11 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
 
     keras.utils.set_random_seed(cfg.seed)
     policy = set_precision(cfg.mixed_precision)
-    progressive = 0 < cfg.progressive_min_size < cfg.image_size
-    model = cfg.build_model(any_size=progressive)
+    model = cfg.build_model(any_size=cfg.progressive)
     if cfg.pretrained and Path(cfg.pretrained).is_file():
         model.load_weights(cfg.pretrained, skip_mismatch=True)
     weights = class_weights_for(m_train, cfg.class_weight_power)
-    size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if progressive else None
+    size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
     ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
                             size_var=size_var)
@@ -93,6 +92,14 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     t0 = time.time()
     budget = cfg.time_budget_min * 60.0
 
+    def schedule_progress(step_fraction: float) -> float:
+        """Progress through the schedule (0..1): steps done, or time spent when the budget runs out
+        first, so the cosine decay and progressive resizing both complete within the budget."""
+        prog = step_fraction
+        if budget > 0:
+            prog = max(prog, (time.time() - t0) / budget)
+        return min(prog, 1.0)
+
     class Cb(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             step = state["epoch"] * steps_per_epoch + batch
@@ -101,10 +108,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             if step < warm:
                 lr = cfg.learning_rate * (step + 1) / warm
             else:
-                prog = (step - warm) / max(total - warm, 1)
-                if budget > 0:  # time-based progress so the cosine completes within the budget
-                    prog = max(prog, (time.time() - t0) / budget)
-                prog = min(prog, 1.0)
+                prog = schedule_progress((step - warm) / max(total - warm, 1))
                 lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * prog))
             self.model.optimizer.learning_rate.assign(lr)
             state["lr"] = lr
@@ -118,10 +122,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             state["t_epoch"] = time.time()
             state["size"] = cfg.image_size
             if size_var is not None:
-                prog = epoch / max(state["epochs"], 1)
-                if budget > 0:
-                    prog = max(prog, (time.time() - t0) / budget)
-                state["size"] = progressive_size(prog, full=cfg.image_size, smallest=cfg.progressive_min_size,
+                state["size"] = progressive_size(schedule_progress(epoch / max(state["epochs"], 1)),
+                                                 full=cfg.image_size, smallest=cfg.progressive_min_size,
                                                  until=cfg.progressive_until)
                 size_var.assign(state["size"])
 

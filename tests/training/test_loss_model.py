@@ -91,8 +91,9 @@ def test_progressive_size_grows_to_full_size_and_stays_there():
 
 def test_dataset_resizes_batches_to_the_size_variable():
     from training.model import make_train_dataset
+    from training.testing import synthetic_images
 
-    x, m, _ = __import__("training.testing", fromlist=["synthetic_images"]).synthetic_images(8, size=32)
+    x, m, _ = synthetic_images(8, size=32)
     size = tf.Variable(16, dtype=tf.int32)
     ds = make_train_dataset(x, m, np.ones(8, np.float32), batch_size=4, seed=0, size_var=size)
     assert next(iter(ds))[0].shape[1:3] == (16, 16)
