@@ -172,8 +172,10 @@ def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarra
                        batch_size: int, seed: int, augment: bool = True, size_var=None, **aug):
     """Shuffled, augmented batches of (image float32 0..255, mask, sample weight).
 
-    ``size_var`` (a tf.Variable holding an int) resizes each batch to that square size after
-    augmentation (antialiased), read per batch, so a callback can change it between epochs.
+    ``size_var`` (a tf.Variable holding an int) resizes each batch to that square size
+    (antialiased), read per batch, so a callback can change it between epochs. The resize comes
+    before the augmentation so that small early epochs also augment fewer pixels (about half the
+    input-pipeline time at 96 px).
     """
     import tensorflow as tf
 
@@ -187,12 +189,12 @@ def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarra
 
     def fetch(idx):
         x = tf.cast(tf.gather(imgs, idx), tf.float32)
-        if augment:
-            x = augment_batch(x, gen, **aug)
         if size_var is not None:
             s = tf.convert_to_tensor(size_var)
             x = tf.cond(tf.equal(s, tf.shape(x)[1]), lambda: x,
                         lambda: tf.image.resize(x, tf.stack([s, s]), antialias=True))
+        if augment:
+            x = augment_batch(x, gen, **aug)
         return x, tf.gather(m, idx), tf.gather(wt, idx)
 
     return ds.map(fetch, num_parallel_calls=1, deterministic=True).prefetch(2)

@@ -52,6 +52,31 @@ def selection_score(m: dict) -> float:
     return float(np.mean(vals)) if vals else -m["val_loss"]
 
 
+class BestEpoch:
+    """The best validation score so far, its epoch, and the patience count: epochs without a new
+    best, counted only for epochs that ``count`` (at the full input size; while progressive
+    resizing still grows the input, validation at the full size lags behind for a reason)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.score = -math.inf
+        self.epoch = 0
+        self.since = 0
+
+    def update(self, score: float, epoch: int, *, count: bool = True) -> bool:
+        """Record an epoch's score; True when it is the new best."""
+        if score > self.score:
+            self.score, self.epoch, self.since = score, epoch, 0
+            return True
+        if count:
+            self.since += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.since >= self.patience
+
+
 class TrainingCancelled(RuntimeError):
     """Raised when ``should_stop()`` asks a running training to stop."""
 
@@ -84,8 +109,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
     model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing))
-    state = {"epochs": cfg.epochs, "best": -1e9, "best_epoch": 0, "weights": None, "since": 0,
-             "avg": None, "n_avg": 0}
+    state = {"epochs": cfg.epochs, "weights": None, "avg": None, "n_avg": 0}
+    best = BestEpoch(cfg.patience)
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
                                 "val_malignancy_auc": [], "val_balanced_accuracy_7": [], "lr": [],
                                 "epoch_seconds": [], "train_size": []}
@@ -140,11 +165,9 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             history["epoch_seconds"].append(dt)
             sc = selection_score(vm) if len(x_val) else -history["loss"][-1]
             mark = ""
-            if sc > state["best"]:
-                state.update(best=sc, best_epoch=epoch + 1, weights=self.model.get_weights(), since=0)
+            if best.update(sc, epoch + 1, count=state["size"] == cfg.image_size):
+                state["weights"] = self.model.get_weights()
                 mark = " *best*"
-            else:
-                state["since"] += 1
             if cfg.average_tail > 0 and state.get("lr", cfg.learning_rate) <= cfg.average_tail * cfg.learning_rate:
                 _accumulate_average(state, self.model.get_weights())
             elapsed = time.time() - t0
@@ -165,10 +188,10 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
                              "val_melanoma_auc": vm["val_melanoma_auc"],
                              "val_malignancy_auc": vm["val_malignancy_auc"],
                              "val_balanced_accuracy_7": vm["val_balanced_accuracy_7"], "eta_s": eta,
-                             "best_epoch": state["best_epoch"]})
+                             "best_epoch": best.epoch})
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training cancelled on request")
-            if (epoch + 1 >= state["epochs"] or state["since"] >= cfg.patience
+            if (epoch + 1 >= state["epochs"] or best.exhausted
                     or (budget > 0 and elapsed + dt > budget)):
                 if epoch + 1 < state["epochs"]:
                     _emit(f"[train] stopping after epoch {epoch + 1} (patience/time budget)")
@@ -180,8 +203,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     if state["weights"] is not None:
         model.set_weights(state["weights"])
     if state["n_avg"] >= 2 and len(x_val):
-        history["weight_average"] = _try_average(model, state, x_val, m_val)
-    history["best_epoch"] = state["best_epoch"]
+        history["weight_average"] = _try_average(model, state, best.score, x_val, m_val)
+    history["best_epoch"] = best.epoch
     history["train_seconds"] = time.time() - t0
     history["precision_policy"] = policy
     # float32 copy for export / inference
@@ -201,14 +224,14 @@ def _accumulate_average(state: dict, weights: list) -> None:
     state["n_avg"] = n + 1
 
 
-def _try_average(model, state: dict, x_val, m_val) -> dict:
+def _try_average(model, state: dict, best_score: float, x_val, m_val) -> dict:
     """Load the averaged weights; keep them only if they beat the best epoch on validation."""
     from .model import predict_logits
 
     best = model.get_weights()
     model.set_weights([a.astype(w.dtype) for a, w in zip(state["avg"], best)])
     vm = _val_metrics(predict_logits(model, x_val), m_val)
-    used = selection_score(vm) > state["best"]
+    used = selection_score(vm) > best_score
     if not used:
         model.set_weights(best)
     _emit(f"[train] weight average of {state['n_avg']} epochs: mel_auc={vm['val_melanoma_auc']:.4f} "

@@ -114,3 +114,19 @@ def test_progressive_resizing_trains_small_first_and_exports_the_full_size():
     assert history["train_size"][0] == 32 and history["train_size"][-1] == 64
     assert tuple(model.input.shape[1:]) == (64, 64, 3)  # the exported model keeps the fixed size
     assert len(history["val_melanoma_auc"]) == 4
+
+
+def test_patience_counts_only_epochs_at_the_full_size():
+    from training.train import BestEpoch
+
+    best = BestEpoch(patience=2)
+    assert best.update(0.5, 1, count=False)
+    # progressive resizing still growing: no new best, but patience is not used up
+    for epoch in (2, 3, 4):
+        assert not best.update(0.4, epoch, count=False)
+    assert not best.exhausted and best.since == 0
+    assert best.update(0.6, 5) and best.epoch == 5
+    assert not best.update(0.6, 6)  # equal is not better
+    assert not best.exhausted
+    best.update(0.1, 7)
+    assert best.exhausted and best.epoch == 5 and best.score == 0.6
