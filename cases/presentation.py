@@ -79,8 +79,13 @@ def age_caveat(metrics: dict, age: int | None) -> str | None:
     if overall is None or overall - auc < CAVEAT_AUC_GAP:
         return None
     text = f"For patients aged {band}, this model's held-out melanoma AUC is {auc:.2f} (overall {overall:.2f})"
-    spec = row.get("melanoma_specificity")
-    overall_spec = (metrics.get("operating_points") or {}).get("melanoma", {}).get("specificity")
-    if spec is not None and overall_spec is not None and spec < overall_spec - CAVEAT_AUC_GAP:
-        text += f"; at its threshold it flags more benign lesions (specificity {spec:.2f}, overall {overall_spec:.2f})"
+    overall_point = (metrics.get("operating_points") or {}).get("melanoma", {})
+    # a missed melanoma matters more than a false alarm, so the sensitivity caveat comes first
+    worse = []
+    for what, key in (("misses more melanomas", "sensitivity"), ("flags more benign lesions", "specificity")):
+        value, overall_value = row.get(f"melanoma_{key}"), overall_point.get(key)
+        if value is not None and overall_value is not None and value < overall_value - CAVEAT_AUC_GAP:
+            worse.append(f"{what} ({key} {value:.2f}, overall {overall_value:.2f})")
+    if worse:
+        text += "; at its threshold it " + " and ".join(worse)
     return text + "."
