@@ -7,8 +7,9 @@ from cases.models import Prediction
 from training.labels import CLASSES, MALIGNANT_CLASSES
 from training.subgroups import age_band
 
-# A subgroup whose held-out melanoma AUC is this much below the overall figure gets a caveat.
-CAVEAT_AUC_GAP = 0.03
+# A subgroup whose held-out melanoma AUC (or sensitivity, specificity) is this much below the
+# overall figure gets a caveat.
+CAVEAT_GAP = 0.03
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def age_caveat(metrics: dict, age: int | None) -> str | None:
     if auc is None:
         return (f"The held-out test data had too few melanomas in patients aged {band} "
                 f"({row.get('n_melanoma_positive', 0)}) to measure this model's accuracy for them.")
-    if overall is None or overall - auc < CAVEAT_AUC_GAP:
+    if overall is None or overall - auc < CAVEAT_GAP:
         return None
     text = f"For patients aged {band}, this model's held-out melanoma AUC is {auc:.2f} (overall {overall:.2f})"
     overall_point = (metrics.get("operating_points") or {}).get("melanoma", {})
@@ -84,7 +85,7 @@ def age_caveat(metrics: dict, age: int | None) -> str | None:
     worse = []
     for what, key in (("misses more melanomas", "sensitivity"), ("flags more benign lesions", "specificity")):
         value, overall_value = row.get(f"melanoma_{key}"), overall_point.get(key)
-        if value is not None and overall_value is not None and value < overall_value - CAVEAT_AUC_GAP:
+        if value is not None and overall_value is not None and value < overall_value - CAVEAT_GAP:
             worse.append(f"{what} ({key} {value:.2f}, overall {overall_value:.2f})")
     if worse:
         text += "; at its threshold it " + " and ".join(worse)
