@@ -39,7 +39,7 @@ class TrainConfig:
     target_sensitivity: float = 0.90
     mixed_precision: str = "auto"  # auto|bf16|fp32
     time_budget_min: float = 55.0  # training-loop budget; LR cosine follows max(step, time) progress
-    patience: int = 12
+    patience: int = 12  # epochs without a new best, counted at full size once the LR has annealed
     # > 0: also average the weights (and BatchNorm statistics) of the epochs that end with the
     # learning rate at or below this fraction of its peak; the average replaces the best epoch
     # only when it scores better on validation. 0 = off.
@@ -49,6 +49,9 @@ class TrainConfig:
     # more epochs fit in the budget); validation and the exported model always use image_size
     progressive_min_size: int = 64
     progressive_until: float = 0.6
+    # while the input still grows, validate only every k-th epoch (validation runs at the full
+    # size, so it lags there anyway; each skipped pass buys about 1/8 of a full-size epoch)
+    validate_growing_every: int = 1
     aug_rotate: bool = True
     aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
     aug_color: float = 0.15

@@ -164,6 +164,12 @@ def _plt():
     return plt
 
 
+def _finite_points(values) -> list[tuple[int, float]]:
+    """(epoch, value) pairs of a history series, leaving out epochs without a value (NaN in
+    memory, null in metrics.json: validation skipped while the input still grows)."""
+    return [(i, v) for i, v in enumerate(values or [], start=1) if v is not None and v == v]
+
+
 def plot_all(probs: np.ndarray, masks: np.ndarray, metrics: dict, history: dict | None,
              out_dir: Path) -> list[Path]:
     from sklearn.metrics import roc_curve
@@ -231,14 +237,16 @@ def plot_all(probs: np.ndarray, masks: np.ndarray, metrics: dict, history: dict 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     h = history or {}
     for k in ("loss", "val_loss"):
-        if h.get(k):
-            axes[0].plot(range(1, len(h[k]) + 1), h[k], label=k)
+        pts = _finite_points(h.get(k))
+        if pts:
+            axes[0].plot(*zip(*pts), label=k)
     axes[0].set_xlabel("epoch")
     axes[0].set_title("loss")
     axes[0].legend()
     for k in ("val_melanoma_auc", "val_malignancy_auc", "val_balanced_accuracy_7"):
-        if h.get(k):
-            axes[1].plot(range(1, len(h[k]) + 1), h[k], label=k)
+        pts = _finite_points(h.get(k))
+        if pts:
+            axes[1].plot(*zip(*pts), marker=".", markersize=3, label=k)
     axes[1].set_xlabel("epoch")
     axes[1].set_title("validation metrics")
     axes[1].legend()

@@ -77,6 +77,30 @@ class BestEpoch:
         return self.since >= self.patience
 
 
+# early-stopping patience starts counting once the learning rate has decayed to this fraction
+# of its peak: the cosine schedule follows the time budget, and stopping before it anneals cuts
+# off the epochs the best models come from
+PATIENCE_FROM_LR_FRACTION = 0.2
+
+
+def counts_for_patience(size: int, lr: float, cfg: TrainConfig) -> bool:
+    """Whether an epoch without a new best uses up patience: at the full input size, with the
+    learning rate in the tail of its schedule."""
+    return size >= cfg.image_size and lr <= PATIENCE_FROM_LR_FRACTION * cfg.learning_rate
+
+
+def validates_epoch(epoch: int, size: int, cfg: TrainConfig) -> bool:
+    """Whether 1-based ``epoch``, trained at input ``size``, runs validation: always at the full
+    size; while progressive resizing still grows the input, every ``validate_growing_every``-th."""
+    if size >= cfg.image_size or cfg.validate_growing_every <= 1:
+        return True
+    return epoch % cfg.validate_growing_every == 0
+
+
+SKIPPED_VALIDATION = {"val_loss": float("nan"), "val_melanoma_auc": float("nan"),
+                      "val_malignancy_auc": float("nan"), "val_balanced_accuracy_7": float("nan")}
+
+
 class TrainingCancelled(RuntimeError):
     """Raised when ``should_stop()`` asks a running training to stop."""
 
@@ -153,9 +177,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
                 size_var.assign(state["size"])
 
         def on_epoch_end(self, epoch, logs=None):
-            vm = _val_metrics(predict_logits(self.model, x_val), m_val) if len(x_val) else {
-                "val_loss": float("nan"), "val_melanoma_auc": float("nan"),
-                "val_malignancy_auc": float("nan"), "val_balanced_accuracy_7": float("nan")}
+            validated = len(x_val) > 0 and validates_epoch(epoch + 1, state["size"], cfg)
+            vm = _val_metrics(predict_logits(self.model, x_val), m_val) if validated else dict(SKIPPED_VALIDATION)
             history["loss"].append(float(logs.get("loss", float("nan"))))
             for k, v in vm.items():
                 history[k].append(v)
@@ -165,7 +188,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             history["epoch_seconds"].append(dt)
             sc = selection_score(vm) if len(x_val) else -history["loss"][-1]
             mark = ""
-            if best.update(sc, epoch + 1, count=state["size"] == cfg.image_size):
+            if (validated or not len(x_val)) and best.update(
+                    sc, epoch + 1, count=counts_for_patience(state["size"], state.get("lr", 0.0), cfg)):
                 state["weights"] = self.model.get_weights()
                 mark = " *best*"
             if cfg.average_tail > 0 and state.get("lr", cfg.learning_rate) <= cfg.average_tail * cfg.learning_rate:
@@ -177,9 +201,10 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             eta = (state["epochs"] - epoch - 1) * (elapsed / (epoch + 1))
             if budget > 0:
                 eta = min(eta, max(budget - elapsed, 0.0))
-            _emit(f"[epoch {epoch + 1}/{state['epochs']}] loss={history['loss'][-1]:.4f} "
-                  f"val_loss={vm['val_loss']:.4f} mel_auc={vm['val_melanoma_auc']:.4f} "
-                  f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f} "
+            val_text = (f"val_loss={vm['val_loss']:.4f} mel_auc={vm['val_melanoma_auc']:.4f} "
+                        f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f}"
+                        if validated else "validation=skipped")
+            _emit(f"[epoch {epoch + 1}/{state['epochs']}] loss={history['loss'][-1]:.4f} {val_text} "
                   f"lr={state.get('lr', 0):.2e} size={state['size']} epoch_s={dt:.0f} elapsed_min={elapsed / 60:.1f} "
                   f"eta_min={eta / 60:.1f}{mark}")
             if on_progress is not None:

@@ -101,6 +101,19 @@ def test_dataset_resizes_batches_to_the_size_variable():
     assert next(iter(ds))[0].shape[1:3] == (32, 32)
 
 
+def test_training_dataset_turns_tf_data_autotuning_off():
+    """Keras makes one iterator per epoch; with tf.data autotuning on, releasing it waited for the
+    autotuner's sleep (10-30 s of idle CPU at most epoch ends of a real run), and the pipeline's
+    parallelism is fixed anyway."""
+    from training.model import make_train_dataset
+    from training.testing import synthetic_images
+
+    x, m, _ = synthetic_images(8, size=32)
+    ds = make_train_dataset(x, m, np.ones(8, np.float32), batch_size=4, seed=0)
+    assert ds.options().autotune.enabled is False
+    assert sum(int(b[0].shape[0]) for b in ds) == 8  # still yields every image once per epoch
+
+
 def test_progressive_resizing_trains_small_first_and_exports_the_full_size():
     from dataclasses import replace
 
@@ -114,6 +127,49 @@ def test_progressive_resizing_trains_small_first_and_exports_the_full_size():
     assert history["train_size"][0] == 32 and history["train_size"][-1] == 64
     assert tuple(model.input.shape[1:]) == (64, 64, 3)  # the exported model keeps the fixed size
     assert len(history["val_melanoma_auc"]) == 4
+
+
+def test_validation_while_the_input_grows_runs_every_kth_epoch_and_always_at_full_size():
+    from dataclasses import replace
+
+    from training.testing import tiny_config
+    from training.train import validates_epoch
+
+    cfg = replace(tiny_config(), image_size=64, progressive_min_size=32, validate_growing_every=3)
+    assert [validates_epoch(e, 32, cfg) for e in range(1, 7)] == [False, False, True, False, False, True]
+    assert all(validates_epoch(e, 64, cfg) for e in range(1, 7))
+    assert all(validates_epoch(e, 32, replace(cfg, validate_growing_every=1)) for e in range(1, 7))
+
+
+def test_skipped_validation_epochs_are_recorded_as_missing_and_never_chosen():
+    from dataclasses import replace
+
+    from training.testing import synthetic_images, tiny_config
+    from training.train import fit_model
+
+    cfg = replace(tiny_config(seed=5), image_size=64, epochs=5, progressive_min_size=32, progressive_until=0.9,
+                  validate_growing_every=2)
+    x_tr, m_tr, _ = synthetic_images(64, size=64, seed=5)
+    x_va, m_va, _ = synthetic_images(32, size=64, seed=6)
+    _, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
+    validated = [v == v for v in history["val_loss"]]
+    expected = [size == 64 or epoch % 2 == 0 for epoch, size in enumerate(history["train_size"], start=1)]
+    assert validated == expected and not all(validated)
+    assert validated[history["best_epoch"] - 1]
+    assert len(history["loss"]) == 5 and all(v == v for v in history["loss"])
+
+
+def test_patience_counts_only_at_full_size_once_the_learning_rate_has_annealed():
+    from dataclasses import replace
+
+    from training.testing import tiny_config
+    from training.train import PATIENCE_FROM_LR_FRACTION, counts_for_patience
+
+    cfg = replace(tiny_config(), image_size=64, learning_rate=1e-2)
+    tail = PATIENCE_FROM_LR_FRACTION * 1e-2
+    assert counts_for_patience(64, tail, cfg) and counts_for_patience(64, 0.0, cfg)
+    assert not counts_for_patience(64, tail * 1.01, cfg)  # still high: the schedule has not annealed
+    assert not counts_for_patience(32, 0.0, cfg)  # progressive resizing still growing
 
 
 def test_patience_counts_only_epochs_at_the_full_size():
