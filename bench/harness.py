@@ -317,6 +317,13 @@ class Client:
     def __init__(self, base_url: str, username: str, password: str) -> None:
         self.base_url = base_url
         self.session = requests.Session()
+        # a kept-alive connection the server closed while this client idled is reset on reuse;
+        # GETs are safe to resend (as browsers do), POSTs are not retried
+        from urllib3.util.retry import Retry
+
+        retry = Retry(total=3, connect=3, read=3, status=0, backoff_factor=0.2,
+                      allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
+        self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))
         self.session.headers["Referer"] = base_url + "/"
         self._login(username, password)
 
