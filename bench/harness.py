@@ -31,6 +31,7 @@ import numpy as np
 import psutil
 import requests
 from PIL import Image
+from urllib3.util.retry import Retry
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -319,8 +320,6 @@ class Client:
         self.session = requests.Session()
         # a kept-alive connection the server closed while this client idled is reset on reuse;
         # GETs are safe to resend (as browsers do), POSTs are not retried
-        from urllib3.util.retry import Retry
-
         retry = Retry(total=3, connect=3, read=3, status=0, backoff_factor=0.2,
                       allowed_methods=frozenset({"GET", "HEAD"}), raise_on_status=False)
         self.session.mount("http://", requests.adapters.HTTPAdapter(max_retries=retry))

@@ -178,6 +178,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
 
         def on_epoch_end(self, epoch, logs=None):
             validated = len(x_val) > 0 and validates_epoch(epoch + 1, state["size"], cfg)
+            scored = validated or not len(x_val)  # without a validation set the training loss scores
             vm = _val_metrics(predict_logits(self.model, x_val), m_val) if validated else dict(SKIPPED_VALIDATION)
             history["loss"].append(float(logs.get("loss", float("nan"))))
             for k, v in vm.items():
@@ -188,7 +189,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             history["epoch_seconds"].append(dt)
             sc = selection_score(vm) if len(x_val) else -history["loss"][-1]
             mark = ""
-            if (validated or not len(x_val)) and best.update(
+            if scored and best.update(
                     sc, epoch + 1, count=counts_for_patience(state["size"], state.get("lr", 0.0), cfg)):
                 state["weights"] = self.model.get_weights()
                 mark = " *best*"
