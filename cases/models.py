@@ -233,6 +233,8 @@ class Prediction(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
+    # age/sex/site as the model used them (None: image only); patient records may change later
+    clinical_context = models.JSONField(null=True, blank=True)
     heatmap = models.FileField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -218,7 +218,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
     claimed, started_at = _claim(prediction_id, resume=resume)
     if not claimed:
         return "not claimable (already running or finished)"
-    prediction = Prediction.objects.select_related("image", "image__lesion", "model_version").get(pk=prediction_id)
+    prediction = Prediction.objects.select_related("image", "image__lesion__case__patient", "model_version").get(pk=prediction_id)
     model_version = prediction.model_version
     try:
         from classifier.model_store import ModelLoadError, get_model
@@ -237,7 +237,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
         batch: list[tuple[Prediction, datetime, object]] = []
         own_failed = False
         for pred, started in [(prediction, started_at)] + [
-            (Prediction.objects.select_related("image", "image__lesion", "model_version").get(pk=pk), st)
+            (Prediction.objects.select_related("image", "image__lesion__case__patient", "model_version").get(pk=pk), st)
             for pk, st in mates
         ]:
             try:
@@ -249,7 +249,10 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
             return "failed"
         from classifier.inference import predict_images
 
-        results = predict_images(model, [pixels for _, _, pixels in batch])
+        from cases.context import image_context
+
+        results = predict_images(model, [pixels for _, _, pixels in batch],
+                                 contexts=[image_context(pred.image) for pred, _, _ in batch])
     except SoftTimeLimitExceeded:
         _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
         for pk, st in mates:
@@ -315,6 +318,7 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
                 flagged=flagged,
                 flag_reasons=reasons,
                 inference_ms=float(result.inference_ms),
+                clinical_context=getattr(result, "clinical_context", None),
                 heatmap=heatmap_name,
                 finished_at=now,
                 error="",

@@ -1,4 +1,4 @@
-"""CLI: python -m classifier predict [--model DIR] [--csv OUT] PATH..."""
+"""CLI: python -m classifier predict [--model DIR] [--csv OUT] [--age N --sex S --site S] PATH..."""
 from __future__ import annotations
 
 import argparse
@@ -36,8 +36,17 @@ def main(argv=None) -> int:
     p.add_argument("--model", type=Path, default=None, help="model dir (default env SECONDLOOK_MODEL_DIR or shipped)")
     p.add_argument("--csv", type=Path, default=None, help="write CSV here (default stdout)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--age", type=float, default=None, help="patient's age in years (applies to every image)")
+    p.add_argument("--sex", choices=["male", "female", "other", "unknown"], default=None)
+    p.add_argument("--site", default=None, help="anatomic site, e.g. 'posterior torso', 'head/neck', 'back'")
     p.add_argument("paths", nargs="+")
     args = ap.parse_args(argv)
+    from training.clinical import ClinicalContext, ClinicalContextError
+
+    try:
+        context = ClinicalContext(age=args.age, sex=args.sex, site=args.site)
+    except ClinicalContextError as exc:
+        ap.error(str(exc))
 
     from tqdm import tqdm
 
@@ -67,7 +76,8 @@ def main(argv=None) -> int:
                 except (ImageDecodeError, OSError) as exc:
                     errors += 1
                     print(f"error: {f}: {exc}", file=sys.stderr)
-            for name, pred in zip(names, predict_images(model, imgs, batch_size=args.batch_size)):
+            for name, pred in zip(names, predict_images(model, imgs, batch_size=args.batch_size,
+                                                                contexts=[context] * len(imgs))):
                 w.writerow(prediction_row(name, pred))
     finally:
         if args.csv:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import numpy as np
 
+from training.clinical import ClinicalContext
 from training.scoring import class_probability_dict, flag_decision, score_logits
 
 from .preprocess import decode_image, prepare_batch
@@ -20,19 +22,33 @@ class ImagePrediction:
     flag_reasons: list[str] = field(default_factory=list)
     model_version: str = ""
     inference_ms: float = 0.0
+    # the age/sex/site that shifted the scores (None: the model or the request had none)
+    clinical_context: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def predict_images(model, images: list[np.ndarray], batch_size: int = 32) -> list[ImagePrediction]:
+def predict_images(model, images: list[np.ndarray], batch_size: int = 32,
+                   contexts: Sequence[ClinicalContext | None] | None = None) -> list[ImagePrediction]:
     """RGB uint8 images (any size) -> one ImagePrediction each (batched forward pass).
-    inference_ms is the per-image share of preprocessing + forward time."""
+
+    ``contexts`` (one training.clinical.ClinicalContext or None per image) shift the logits when
+    the model has a clinical adjustment; otherwise the image alone decides. inference_ms is the
+    per-image share of preprocessing + forward time."""
     if not images:
         return []
+    if contexts is not None and len(contexts) != len(images):
+        raise ValueError(f"{len(contexts)} clinical contexts for {len(images)} images")
     t0 = time.perf_counter()
     batch = prepare_batch(images, model.input_size)
     logits = model.predict_logits(batch, batch_size=batch_size)
+    clinical = getattr(model, "clinical", None)
+    used: list[dict | None] = [None] * len(images)
+    if clinical is not None and contexts is not None:
+        filled = [c or ClinicalContext() for c in contexts]
+        logits = clinical.apply(logits, filled)
+        used = [c.to_dict() if c.known else None for c in filled]
     sc = score_logits(logits, model.temperature, model.thresholds)
     ms = (time.perf_counter() - t0) * 1000.0 / len(images)
     out = []
@@ -42,7 +58,7 @@ def predict_images(model, images: list[np.ndarray], batch_size: int = 32) -> lis
         out.append(ImagePrediction(
             class_probabilities=class_probability_dict(sc.probs[i]), melanoma_probability=mel,
             malignancy_score=mal, flagged=dec.flagged, flag_reasons=dec.reasons,
-            model_version=model.version, inference_ms=round(ms, 2)))
+            model_version=model.version, inference_ms=round(ms, 2), clinical_context=used[i]))
     return out
 
 

@@ -56,6 +56,14 @@ class LoadedModel:
         return Thresholds.from_dict(self.card["thresholds"])
 
     @property
+    def clinical(self):
+        """The card's clinical-context adjustment (training.clinical), or None for an image-only model."""
+        from training.clinical import ClinicalAdjustment
+
+        d = self.card.get("clinical_context")
+        return ClinicalAdjustment.from_dict(d) if d else None
+
+    @property
     def last_conv_layer(self) -> str:
         return str(self.card.get("last_conv_layer", "last_conv"))
 
@@ -91,11 +99,12 @@ class LoadedModel:
         with self._lock:
             return predict_logits(self.keras_model, batch, batch_size=batch_size, tta=self.tta)
 
-    def predict(self, images: list[np.ndarray]):
-        """RGB uint8 images -> list[ImagePrediction] (see classifier.inference.predict_images)."""
+    def predict(self, images: list[np.ndarray], contexts=None):
+        """RGB uint8 images (and optional training.clinical.ClinicalContext per image) ->
+        list[ImagePrediction] (see classifier.inference.predict_images)."""
         from .inference import predict_images
 
-        return predict_images(self, images)
+        return predict_images(self, images, contexts=contexts)
 
 
 def _read_card(model_dir: Path) -> dict:
@@ -111,6 +120,13 @@ def _read_card(model_dir: Path) -> dict:
     for k in ("version", "classes", "input_size", "temperature", "thresholds", "model_sha256"):
         if k not in card:
             raise ModelLoadError(f"{card_path} lacks the field {k!r}")
+    if card.get("clinical_context"):
+        from training.clinical import ClinicalAdjustment
+
+        try:
+            ClinicalAdjustment.from_dict(card["clinical_context"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{card_path}: unusable clinical_context: {exc}") from exc
     return card
 
 

@@ -29,6 +29,7 @@ STALE_AFTER = timedelta(minutes=15)
 
 def reviewed_records(export_dir: Path) -> list:
     """Training records for every image of a lesion whose newest review names one of the 9 classes."""
+    from cases.context import image_context
     from cases.models import Review
     from training.data import ImageRecord
     from training.labels import CLASS_TO_HAM, CLASSES
@@ -46,11 +47,13 @@ def reviewed_records(export_dir: Path) -> list:
             if not path.exists():
                 with default_storage.open(image.file.name, "rb") as src:
                     path.write_bytes(src.read())
+            context = image_context(image)
             records.append(ImageRecord(
                 path=str(path), isic_id=f"REVIEW_{image.pk:07d}", lesion_id=f"app-lesion-{lesion_id}",
                 allowed=frozenset({review.final_diagnosis}), source=REVIEW_SOURCE,
                 ham_code=CLASS_TO_HAM[review.final_diagnosis],
                 dx_type=f"dermatologist review by {review.reviewer.get_username()} on {review.created_at:%Y-%m-%d}",
+                age=context.age, sex=context.sex, site=context.site,
             ))
     return records
 
@@ -65,10 +68,10 @@ class ReferenceModel:
         self.version = version.version
         self.thresholds = self.loaded.thresholds
 
-    def predict_probs(self, images: np.ndarray) -> np.ndarray:
+    def predict_probs(self, images: np.ndarray, contexts=None) -> np.ndarray:
         from training.labels import CLASSES
 
-        predictions = self.loaded.predict(list(images))
+        predictions = self.loaded.predict(list(images), contexts=contexts)
         return np.array([[p.class_probabilities[c] for c in CLASSES] for p in predictions])
 
 

@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     r.add_argument("--tta", choices=["none", "dihedral8"], default=None)
     r.add_argument("--target-sensitivity", type=float, default=None)
     r.add_argument("--version", default=None)
+    r.add_argument("--clinical-context", choices=["on", "off"], default=None,
+                   help="fit (on) or drop (off) the age/sex/site logit offset; default: as configured")
     args = ap.parse_args(argv)
     droot = args.data or data_dir()
     cdir = args.cache or cache_dir()
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
         from .recalibrate import recalibrate
 
         res = recalibrate(args.model, args.out, droot, cdir, tta=args.tta,
-                          target_sensitivity=args.target_sensitivity, version=args.version)
+                          target_sensitivity=args.target_sensitivity, version=args.version,
+                          clinical_context=None if args.clinical_context is None else args.clinical_context == "on")
         print(json.dumps(res, indent=1))
         return 0
     return 2

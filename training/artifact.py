@@ -76,7 +76,10 @@ def card_markdown(card: dict) -> str:
         f"- Thresholds (validation, target sensitivity {f(v.get('target_sensitivity'))}): melanoma "
         f"{card['thresholds']['melanoma']:.4f}, malignancy {card['thresholds']['malignancy']:.4f}. "
         "Flagged when either is reached.",
-        f"- Test-time augmentation: {card.get('tta', 'none')}.", "",
+        f"- Test-time augmentation: {card.get('tta', 'none')}.",
+        "- Clinical context: " + ("age, sex and anatomic site add a per-class offset to the logits "
+                                  "(fitted on the training split); without them the image alone decides."
+                                  if card.get("clinical_context") else "not used; the image alone decides."), "",
         "## Held-out test metrics", "",
         f"- images: {m.get('n_images')} (melanoma {m.get('n_melanoma')}, malignant {m.get('n_malignant')})",
         f"- melanoma AUC {f(m.get('melanoma_auc'))} {ci(m.get('melanoma_auc_ci95'))}",
@@ -131,7 +134,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                     validation: dict, metrics: dict, history: dict, audit_report: dict,
                     split: dict[str, list[str]], test_probs=None, test_masks=None,
                     version: str | None = None, plots: bool = True,
-                    data_sources: list[str] | None = None) -> Path:
+                    data_sources: list[str] | None = None, clinical=None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
@@ -152,7 +155,9 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "input_size": int(cfg.image_size),
         "preprocessing": {"color": "RGB", "dtype": "uint8 0..255 as float32 (scaling inside the model)",
                           "resize": RESIZE_METHOD, "exif_transpose": True},
-        "output": "logits (float32); probabilities = softmax(logits / temperature)",
+        "output": "logits (float32); probabilities = softmax((logits + clinical offset) / temperature)",
+        # training.clinical.ClinicalAdjustment: per-class logit offset from age, sex and site
+        "clinical_context": clinical.to_dict() if clinical is not None else None,
         "last_conv_layer": "last_conv",
         "tta": cfg.tta,
         "temperature": float(temperature),

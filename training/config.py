@@ -57,6 +57,10 @@ class TrainConfig:
     aug_color: float = 0.15
     bootstrap: int = 1000
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
+    # add a per-class logit offset from age, sex and anatomic site (training.clinical), fitted on
+    # the training split after the CNN; images without that context keep the CNN's logits
+    clinical_context: bool = True
+    clinical_l2: float = 1e-3
     pretrained: str = ""  # optional path of a weights file; none exists here
 
     @property

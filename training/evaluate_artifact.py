@@ -32,6 +32,10 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     images = load_images([r.path for r in recs], m.input_size, cache_dir)
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     logits = m.predict_logits(images.astype(np.float32), batch_size=128)
+    if m.clinical is not None:
+        from .train import contexts_of
+
+        logits = m.clinical.apply(logits, contexts_of(recs))
     probs = softmax_with_temperature(logits, m.temperature)
     metrics = evaluate_probs(probs, masks, m.thresholds, n_boot=n_boot, seed=0, groups=subgroup_labels(recs))
     if plots_dir:

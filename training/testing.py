@@ -40,6 +40,23 @@ def synthetic_images(n: int, size: int = TINY_SIZE, seed: int = 0):
     return imgs, masks, sets
 
 
+def synthetic_contexts(sets, seed: int = 0) -> list:
+    """Clinical contexts where melanoma patients are older (about 72 vs 38 years), so a fitted
+    clinical adjustment has something to learn; every fifth context is unknown."""
+    from .clinical import ClinicalContext
+
+    rng = np.random.default_rng(seed + 100)
+    out = []
+    for i, s in enumerate(sets):
+        if i % 5 == 4:
+            out.append(ClinicalContext())
+            continue
+        age = float(np.clip(rng.normal(72 if "melanoma" in s else 38, 8), 1, 100))
+        out.append(ClinicalContext(age=round(age), sex=("male", "female")[i % 2],
+                                   site=("back", "face", "lower extremity")[i % 3]))
+    return out
+
+
 def tiny_config(seed: int = 0):
     from .config import TrainConfig
 
@@ -58,6 +75,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .artifact import export_artifact
     from .audit import data_fingerprint
+    from .clinical import fit_adjustment
     from .data import ImageRecord
     from .evaluate import evaluate_probs
     from .model import predict_logits
@@ -70,8 +88,11 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     x_va, m_va, s_va = synthetic_images(90, seed=seed + 1)
     x_te, m_te, s_te = synthetic_images(90, seed=seed + 2)
     model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
-    cal = calibrate(model, cfg, x_va, m_va)
-    probs = softmax_with_temperature(predict_logits(model, x_te), cal["temperature"])
+    clinical = fit_adjustment(predict_logits(model, x_tr), m_tr, synthetic_contexts(s_tr, seed),
+                              l2=cfg.clinical_l2)
+    cal = calibrate(model, cfg, x_va, m_va, clinical=clinical, contexts=synthetic_contexts(s_va, seed + 1))
+    test_logits = clinical.apply(predict_logits(model, x_te), synthetic_contexts(s_te, seed + 2))
+    probs = softmax_with_temperature(test_logits, cal["temperature"])
     split = {k: [f"SYN_{k}_{i:04d}" for i in range(n)] for k, n in (("train", 270), ("val", 90), ("test", 90))}
     recs = [ImageRecord(path="", isic_id=i, lesion_id=i, allowed=s, source="synthetic")
             for i, s in zip(split["test"], s_te)]
@@ -82,4 +103,4 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     return export_artifact(model, Path(path), cfg=cfg, temperature=cal["temperature"],
                            thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
                            history=history, audit_report=audit, split=split, test_probs=probs,
-                           test_masks=m_te, version=f"tiny-test-{seed}", plots=plots)
+                           test_masks=m_te, version=f"tiny-test-{seed}", plots=plots, clinical=clinical)

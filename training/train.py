@@ -273,14 +273,45 @@ def _auc_or_nan(y, s) -> float:
     return float(roc_auc_score(y, s)) if y.any() and (~y).any() else float("nan")
 
 
-def calibrate(model, cfg: TrainConfig, x_val, m_val) -> dict:
-    """Temperature (NLL on validation) + thresholds at target sensitivity (validation only)."""
-    from .evaluate import operating_point_report, targets
+def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=None) -> dict:
+    """Temperature (NLL on validation) + thresholds at target sensitivity (validation only), on the
+    model's logits plus the ``clinical`` adjustment for ``contexts`` when given."""
     from .model import predict_logits
+
+    logits = predict_logits(model, x_val, tta=cfg.tta)
+    if clinical is not None:
+        logits = clinical.apply(logits, contexts)
+    return calibrate_logits(logits, m_val, cfg)
+
+
+def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
+    """The clinical-context adjustment (training.clinical) fitted on the training split's logits
+    with the CNN's class weights; None when the config turns it off."""
+    if not cfg.clinical_context:
+        return None
+    from .clinical import fit_adjustment
+    from .model import predict_logits
+
+    contexts = contexts_of(train_records)
+    adj = fit_adjustment(predict_logits(model, x_train, tta=cfg.tta), m_train, contexts,
+                         sample_weight=class_weights_for(m_train, cfg.class_weight_power), l2=cfg.clinical_l2)
+    _emit(f"[train] clinical context fitted on {sum(c.known for c in contexts)} of {len(contexts)} training images")
+    return adj
+
+
+def contexts_of(records) -> list:
+    """The clinical context of each training record."""
+    from .clinical import ClinicalContext
+
+    return [ClinicalContext.of_record(r) for r in records]
+
+
+def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
+    """Temperature and thresholds from validation logits (see ``calibrate``)."""
+    from .evaluate import operating_point_report, targets
     from .scoring import (Thresholds, fit_temperature, malignancy_score, melanoma_probability, set_nll,
                           softmax_with_temperature, threshold_for_sensitivity)
 
-    logits = predict_logits(model, x_val, tta=cfg.tta)
     temp = fit_temperature(logits, m_val)
     p1 = softmax_with_temperature(logits, 1.0)
     p = softmax_with_temperature(logits, temp)
@@ -312,7 +343,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     ``sources`` keeps only those datasets ("isic-9class", "ham10000"); ``extra_records`` (e.g.
     dermatologist-reviewed images) join before the audit, so de-duplication and the lesion-level
     split apply to them too. ``reference`` (an object with ``version``, ``thresholds`` and
-    ``predict_probs(images)``) is evaluated on the same held-out images for the promotion gate;
+    ``predict_probs(images, contexts)``) is evaluated on the same held-out images for the promotion gate;
     the comparison is written to ``gate.json`` in the artifact.
     """
     from .artifact import export_artifact
@@ -357,9 +388,14 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
                                masks[sl["val"]], verbose=verbose, on_progress=on_progress,
                                should_stop=should_stop)
     progress("calibrating and evaluating")
-    cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]])
+    clinical = fit_clinical(model, cfg, images[sl["train"]], masks[sl["train"]], recs[sl["train"]])
+    test_contexts = contexts_of(recs[sl["test"]])
+    cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]], clinical=clinical,
+                    contexts=contexts_of(recs[sl["val"]]))
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
     test_logits = predict_logits(model, images[sl["test"]], tta=cfg.tta)
+    if clinical is not None:
+        test_logits = clinical.apply(test_logits, test_contexts)
     probs = softmax_with_temperature(test_logits, cal["temperature"])
     metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(recs[sl["test"]]))
@@ -374,11 +410,11 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         model, Path(out_dir), cfg=cfg, temperature=cal["temperature"], thresholds=cal["thresholds"],
         validation=cal["validation"], metrics=metrics, history=history, audit_report=audit.report,
         split=split, test_probs=probs, test_masks=masks[sl["test"]], version=version,
-        data_sources=sorted({src for r in audit.records for src in r.source.split("+")}))
+        data_sources=sorted({src for r in audit.records for src in r.source.split("+")}), clinical=clinical)
     if reference is not None:
         progress("comparing with the active model")
         gate = gate_comparison(probs, masks[sl["test"]], cal["thresholds"], reference, images[sl["test"]],
-                               split["test"], cfg)
+                               split["test"], cfg, contexts=test_contexts)
         (Path(out) / "gate.json").write_text(json.dumps(gate, indent=1))
     _emit(f"[train] exported {out} in {history['total_seconds'] / 60:.1f} min")
     return out
@@ -398,13 +434,14 @@ def _gate_figures(metrics: dict) -> dict:
 
 
 def gate_comparison(candidate_probs, masks, candidate_thresholds, reference, test_images, test_ids,
-                    cfg: TrainConfig) -> dict:
-    """Both models' figures on the same held-out images, each at its own operating thresholds."""
+                    cfg: TrainConfig, contexts=None) -> dict:
+    """Both models' figures on the same held-out images (and clinical ``contexts``), each at its
+    own operating thresholds."""
     import hashlib
 
     from .evaluate import evaluate_probs
 
-    ref_probs = np.asarray(reference.predict_probs(test_images), dtype=np.float64)
+    ref_probs = np.asarray(reference.predict_probs(test_images, contexts), dtype=np.float64)
     candidate = evaluate_probs(candidate_probs, masks, candidate_thresholds, cfg.bootstrap, cfg.seed)
     active = evaluate_probs(ref_probs, masks, reference.thresholds, cfg.bootstrap, cfg.seed)
     return {

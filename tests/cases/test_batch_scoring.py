@@ -33,7 +33,7 @@ class R:
 def fake(monkeypatch, media_root):
     calls = []
 
-    def predict_images(model, images):
+    def predict_images(model, images, contexts=None):
         calls.append(len(images))
         return [R() for _ in images]
 
@@ -92,7 +92,7 @@ def test_redelivered_mate_supersedes_cleanly(world, model_version, fake, monkeyp
     write for that mate loses (started_at changed), so exactly one result is stored."""
     a, b = _pred(world, model_version, 0), _pred(world, model_version, 1)
 
-    def predict_images(model, images):
+    def predict_images(model, images, contexts=None):
         fake.append(len(images))
         # while the batch is predicting, b's redelivered task re-claims it
         Prediction.objects.filter(pk=b.pk).update(started_at=timezone.now() + timezone.timedelta(seconds=1))

@@ -13,6 +13,7 @@ from cases import queue, scoring
 from cases.models import AuditEvent, Case, Lesion, Patient, Prediction, Review
 from case_helpers import make_image, stored_files
 from imagegen import png
+from training.clinical import ClinicalContext
 from training.labels import CLASSES
 
 pytestmark = pytest.mark.django_db
@@ -126,6 +127,7 @@ class FakeResult:
     inference_ms: float = 12.5
     model_version: str = "unit-test-v1"
     class_probabilities: dict = field(default_factory=lambda: {c: (0.7 if c == "melanoma" else 0.3 / 8) for c in CLASSES})
+    clinical_context: dict | None = field(default_factory=lambda: {"age": 56, "sex": "female", "site": "posterior torso"})
 
 
 @pytest.fixture
@@ -138,8 +140,9 @@ def fake_classifier(monkeypatch):
         calls["load"] += 1
         return object()
 
-    def predict_images(model, images):
+    def predict_images(model, images, contexts=None):
         calls["predict"] += 1
+        calls["contexts"] = contexts
         assert images[0].shape == (64, 96, 3)
         return [result]
 
@@ -162,6 +165,11 @@ def test_scoring_twice_gives_one_done_prediction(world, model_version, fake_clas
     prediction.refresh_from_db()
     assert prediction.status == "done" and prediction.attempts == 1 and calls["predict"] == 1
     assert prediction.melanoma_probability == pytest.approx(0.7) and prediction.flagged
+    # the patient's age at upload, their sex and the lesion's site go to the model, and what it
+    # used is kept with the prediction (the patient record may change later)
+    age = prediction.image.uploaded_at.year - world.patient_a.birth_year
+    assert calls["contexts"] == [ClinicalContext(age=age, sex="female", site="posterior torso")]
+    assert prediction.clinical_context == {"age": 56, "sex": "female", "site": "posterior torso"}
     assert prediction.heatmap.name.startswith("heatmaps/")
     assert len([f for f in stored_files(media_root) if f.startswith("heatmaps/")]) == 1
     world.lesion_a.refresh_from_db()

@@ -191,3 +191,39 @@ def test_tta_views_and_prediction(tiny):
     a = predict_logits(tiny.keras_model, x, tta="dihedral8")
     b = np.mean([predict_logits(tiny.keras_model, v) for v in views], axis=0)
     assert np.allclose(a, b, atol=1e-5)
+
+
+def test_clinical_context_shifts_scores_and_is_reported(tiny):
+    """The tiny model learned (from synthetic data) that melanoma patients are older."""
+    from classifier.inference import predict_images
+    from training.clinical import ClinicalContext
+
+    assert tiny.clinical is not None
+    img = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    alone, none_known, old, young = predict_images(tiny, [img] * 4, contexts=[
+        None, ClinicalContext(sex="other", site="unknown"), ClinicalContext(age=85, sex="male", site="back"),
+        ClinicalContext(age=20, sex="male", site="back")])
+    assert predict_images(tiny, [img])[0].melanoma_probability == pytest.approx(alone.melanoma_probability)
+    assert none_known.melanoma_probability == pytest.approx(alone.melanoma_probability)
+    assert alone.clinical_context is None and none_known.clinical_context is None
+    assert old.melanoma_probability > young.melanoma_probability
+    assert old.clinical_context == {"age": 85, "sex": "male", "site": "back"}
+    with pytest.raises(ValueError, match="2 clinical contexts for 1 images"):
+        predict_images(tiny, [img], contexts=[None, None])
+
+
+def test_predict_cli_takes_the_clinical_context(tiny_dir, tmp_path, capsys):
+    from classifier.__main__ import main
+
+    path = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+    mel = {}
+    for age in ("85", "20"):
+        out = tmp_path / f"{age}.csv"
+        assert main(["predict", "--model", str(tiny_dir), "--csv", str(out), "--age", age, "--site", "back",
+                     str(path)]) == 0
+        mel[age] = float(list(csv.DictReader(out.open()))[0]["melanoma_probability"])
+    assert mel["85"] > mel["20"]
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--model", str(tiny_dir), "--site", "elbow", str(path)])
+    assert exc.value.code == 2 and "anatomic site 'elbow' is not known" in capsys.readouterr().err
