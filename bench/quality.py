@@ -1,6 +1,6 @@
 """Re-evaluate a model artifact on its recorded held-out split; print JSON with CIs and targets.
 
-    python bench/quality.py [--model DIR] [--split test] [--plots DIR]
+    python bench/quality.py [--model DIR] [--split test] [--plots DIR] [--image-only]
 Exit code 0 always (targets are reported, not enforced) unless --strict.
 """
 from __future__ import annotations
@@ -29,9 +29,11 @@ def main() -> int:
     ap.add_argument("--plots", type=Path, default=None)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--image-only", action="store_true",
+                    help="ignore the model's clinical-context adjustment (thresholds were chosen with it)")
     a = ap.parse_args()
     res = evaluate_artifact(a.model or default_model_dir(), data_dir(), cache_dir(), split=a.split,
-                            plots_dir=a.plots, n_boot=a.bootstrap)
+                            plots_dir=a.plots, n_boot=a.bootstrap, clinical=not a.image_only)
     m = res["metrics"]
     mel_op = m["operating_points"]["melanoma"]
     got = {"melanoma_auc": m["melanoma_auc"], "malignancy_auc": m["malignancy_auc"],

@@ -62,7 +62,9 @@ class LesionForm(_NoColon, forms.ModelForm):
     class Meta:
         model = Lesion
         fields = ["anatomic_site", "description"]
-        help_texts = {"description": "Size, colour, change over time… (optional)"}
+        help_texts = {"description": "Size, colour, change over time… (optional)",
+                      "anatomic_site": "The model weighs the site with the patient's age and sex; "
+                                       "choose Unknown rather than guess."}
 
 
 class MultipleFileInput(forms.ClearableFileInput):

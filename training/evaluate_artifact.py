@@ -10,7 +10,9 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, split: str = "test",
-                      plots_dir: Path | None = None, n_boot: int = 1000) -> dict:
+                      plots_dir: Path | None = None, n_boot: int = 1000, clinical: bool = True) -> dict:
+    """Figures of the artifact on one recorded split; ``clinical=False`` scores the images alone
+    (ignoring the card's clinical-context adjustment, to see what it adds)."""
     from classifier.model_store import load_model
 
     from .audit import run_audit
@@ -32,7 +34,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     images = load_images([r.path for r in recs], m.input_size, cache_dir)
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     logits = m.predict_logits(images.astype(np.float32), batch_size=128)
-    if m.clinical is not None:
+    if clinical and m.clinical is not None:
         from .train import contexts_of
 
         logits = m.clinical.apply(logits, contexts_of(recs))
@@ -46,5 +48,6 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
             "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "per_code_7")
     return {"model_dir": str(m.model_dir), "model_version": m.version, "split": split,
             "data_fingerprint_matches": fp_ok, "temperature": m.temperature,
+            "clinical_context": bool(clinical and m.clinical is not None),
             "thresholds": m.thresholds.to_dict(), "metrics": {k: metrics.get(k) for k in keep},
             "subgroups": metrics["subgroups"]}

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(t
 
 
 def make_fake_dataset(root: Path, per_class: int = 30) -> Path:
-    """Both public layouts, small: ISIC class folders and a HAM10000 image folder + metadata CSV."""
+    """Both public layouts, small: ISIC class folders and a HAM10000 image folder + metadata CSV.
+    No clinical context: the active tiny model learned one from other synthetic data, and the gate
+    should compare the two models on the images alone."""
     n = per_class * len(CLASSES)
     images, _, _ = synthetic_images(n, size=48, seed=7)
     ham_rows = []
@@ -36,8 +38,8 @@ def make_fake_dataset(root: Path, per_class: int = 30) -> Path:
             image_id = f"ISIC_{8000000 + i}"
             Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=95)
             ham_rows.append({"lesion_id": f"HAM_{i // 4:07d}_{cls[:3]}", "image_id": image_id,
-                             "dx": CLASS_TO_HAM[cls], "dx_type": "histo", "age": "50.0", "sex": "female",
-                             "localization": "back"})
+                             "dx": CLASS_TO_HAM[cls], "dx_type": "histo", "age": "", "sex": "unknown",
+                             "localization": "unknown"})
     with open(root / "ham10000" / "HAM10000_metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(ham_rows[0]))
         writer.writeheader()
