@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from cases.context import image_context
 from cases.models import AuditEvent, Case, Lesion, Prediction
 
 log = logging.getLogger(__name__)
@@ -248,8 +249,6 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
         if not batch:
             return "failed"
         from classifier.inference import predict_images
-
-        from cases.context import image_context
 
         results = predict_images(model, [pixels for _, _, pixels in batch],
                                  contexts=[image_context(pred.image) for pred, _, _ in batch])

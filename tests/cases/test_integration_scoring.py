@@ -62,6 +62,11 @@ def test_upload_is_scored_by_worker_and_flagged_case_reaches_queue(client, peopl
     assert heatmap.status_code == 200 and b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
     page = client.get(f"/images/{prediction.image_id}/").content.decode()
     assert tiny_version.version in page and "Show heatmap" in page
+    # the worker gave the model the patient's age, sex and the lesion's site, and the page says so
+    patient = people.lesion_a.case.patient
+    assert prediction.clinical_context == {"age": prediction.image.uploaded_at.year - patient.birth_year,
+                                           "sex": patient.sex, "site": people.lesion_a.anatomic_site}
+    assert "Scores include the clinical context: age" in page
 
 
 def test_worker_killed_mid_inference_scores_exactly_once_after_restart(client, people, media_root, monkeypatch,
