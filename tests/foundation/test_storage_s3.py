@@ -20,12 +20,17 @@ def s3_endpoint():
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            requests.get(url, timeout=0.5)
+            # the first request builds moto's backends: seconds on a slow host, so a read timeout
+            # (port open, no answer yet) means "not ready yet" just like a refused connection
+            requests.get(url, timeout=5)
             break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
+            if time.monotonic() > deadline:
+                process.terminate()
+                pytest.fail(f"moto server on {url} did not answer within 60 s")
             time.sleep(0.1)
     yield url
     process.terminate()
