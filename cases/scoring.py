@@ -29,6 +29,8 @@ from cases.models import AuditEvent, Case, Lesion, Prediction
 log = logging.getLogger(__name__)
 
 HEATMAP_DIR = "heatmaps"
+# what scoring reads besides the prediction: the image, its patient (clinical context), the model
+_SCORING_RELATED = ("image", "image__lesion__case__patient", "model_version")
 # Test-only fault injection: seconds to sleep between predicting and storing, so a test can kill
 # the worker mid-inference. Unset in production.
 FAULT_DELAY_ENV = "SECONDLOOK_FAULT_SCORING_DELAY_S"
@@ -219,7 +221,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
     claimed, started_at = _claim(prediction_id, resume=resume)
     if not claimed:
         return "not claimable (already running or finished)"
-    prediction = Prediction.objects.select_related("image", "image__lesion__case__patient", "model_version").get(pk=prediction_id)
+    prediction = Prediction.objects.select_related(*_SCORING_RELATED).get(pk=prediction_id)
     model_version = prediction.model_version
     try:
         from classifier.model_store import ModelLoadError, get_model
@@ -238,7 +240,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
         batch: list[tuple[Prediction, datetime, object]] = []
         own_failed = False
         for pred, started in [(prediction, started_at)] + [
-            (Prediction.objects.select_related("image", "image__lesion__case__patient", "model_version").get(pk=pk), st)
+            (Prediction.objects.select_related(*_SCORING_RELATED).get(pk=pk), st)
             for pk, st in mates
         ]:
             try:

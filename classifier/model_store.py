@@ -5,6 +5,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +56,10 @@ class LoadedModel:
     def thresholds(self) -> Thresholds:
         return Thresholds.from_dict(self.card["thresholds"])
 
-    @property
+    @cached_property
     def clinical(self):
-        """The card's clinical-context adjustment (training.clinical), or None for an image-only model."""
+        """The card's clinical-context adjustment (training.clinical), or None for an image-only
+        model; parsed once per loaded model (it is applied on every scoring call)."""
         from training.clinical import ClinicalAdjustment
 
         d = self.card.get("clinical_context")
@@ -120,13 +122,6 @@ def _read_card(model_dir: Path) -> dict:
     for k in ("version", "classes", "input_size", "temperature", "thresholds", "model_sha256"):
         if k not in card:
             raise ModelLoadError(f"{card_path} lacks the field {k!r}")
-    if card.get("clinical_context"):
-        from training.clinical import ClinicalAdjustment
-
-        try:
-            ClinicalAdjustment.from_dict(card["clinical_context"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{card_path}: unusable clinical_context: {exc}") from exc
     return card
 
 
@@ -148,7 +143,12 @@ def load_model(model_dir: Path) -> LoadedModel:
         km = keras.models.load_model(mpath, compile=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot load {mpath}: {exc}") from exc
-    return LoadedModel(model_dir=model_dir, card=card, keras_model=km, sha256=sha)
+    loaded = LoadedModel(model_dir=model_dir, card=card, keras_model=km, sha256=sha)
+    try:
+        loaded.clinical  # noqa: B018 - parse (and cache) it now, so a bad card fails at load time
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{model_dir / CARD_FILE}: unusable clinical_context: {exc}") from exc
+    return loaded
 
 
 _CACHE: dict[tuple[str, str], LoadedModel] = {}

@@ -69,6 +69,11 @@ class ClinicalContext:
         return bool(features([self]).any())
 
 
+def contexts_of(records) -> list[ClinicalContext]:
+    """The clinical context of each training record."""
+    return [ClinicalContext.of_record(r) for r in records]
+
+
 def site_group(site: str | None) -> str | None:
     """The group of a HAM10000 localization or an ISIC general site; None if unknown."""
     return _SITE_ALIASES.get((site or "").strip().lower())

@@ -35,7 +35,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     logits = m.predict_logits(images.astype(np.float32), batch_size=128)
     if clinical and m.clinical is not None:
-        from .train import contexts_of
+        from .clinical import contexts_of
 
         logits = m.clinical.apply(logits, contexts_of(recs))
     probs = softmax_with_temperature(logits, m.temperature)

@@ -22,10 +22,10 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
     from .config import TrainConfig
     from .evaluate import evaluate_probs
     from .labels import mask_from_classes
-    from .model import predict_logits
     from .scoring import softmax_with_temperature
     from .subgroups import subgroup_labels
-    from .train import calibrate, contexts_of, fit_clinical
+    from .clinical import contexts_of
+    from .train import adjusted_logits, calibrate, fit_clinical
 
     m = load_model(Path(model_dir))
     cfg = TrainConfig.from_dict(m.card["training"]["config"])
@@ -48,10 +48,9 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
     x_val, m_val, val_recs = arrays("val")
     x_te, m_te, test_recs = arrays("test")
     cal = calibrate(m.keras_model, cfg, x_val, m_val, clinical=clinical, contexts=contexts_of(val_recs))
-    test_logits = predict_logits(m.keras_model, x_te, tta=cfg.tta)
-    if clinical is not None:
-        test_logits = clinical.apply(test_logits, contexts_of(test_recs))
-    probs = softmax_with_temperature(test_logits, cal["temperature"])
+    probs = softmax_with_temperature(
+        adjusted_logits(m.keras_model, cfg, x_te, clinical=clinical, contexts=contexts_of(test_recs)),
+        cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(test_recs))
     old_metrics = json.loads((Path(model_dir) / "metrics.json").read_text())

@@ -81,7 +81,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     from .model import predict_logits
     from .scoring import softmax_with_temperature
     from .subgroups import subgroup_labels
-    from .train import calibrate, fit_model
+    from .train import adjusted_logits, calibrate, fit_model
 
     cfg = tiny_config(seed)
     x_tr, m_tr, s_tr = synthetic_images(270, seed=seed)
@@ -91,7 +91,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     clinical = fit_adjustment(predict_logits(model, x_tr), m_tr, synthetic_contexts(s_tr, seed),
                               l2=cfg.clinical_l2)
     cal = calibrate(model, cfg, x_va, m_va, clinical=clinical, contexts=synthetic_contexts(s_va, seed + 1))
-    test_logits = clinical.apply(predict_logits(model, x_te), synthetic_contexts(s_te, seed + 2))
+    test_logits = adjusted_logits(model, cfg, x_te, clinical=clinical, contexts=synthetic_contexts(s_te, seed + 2))
     probs = softmax_with_temperature(test_logits, cal["temperature"])
     split = {k: [f"SYN_{k}_{i:04d}" for i in range(n)] for k, n in (("train", 270), ("val", 90), ("test", 90))}
     recs = [ImageRecord(path="", isic_id=i, lesion_id=i, allowed=s, source="synthetic")

@@ -273,15 +273,19 @@ def _auc_or_nan(y, s) -> float:
     return float(roc_auc_score(y, s)) if y.any() and (~y).any() else float("nan")
 
 
-def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=None) -> dict:
-    """Temperature (NLL on validation) + thresholds at target sensitivity (validation only), on the
-    model's logits plus the ``clinical`` adjustment for ``contexts`` when given."""
+def adjusted_logits(model, cfg: TrainConfig, images, *, clinical=None, contexts=None) -> np.ndarray:
+    """The model's logits (with the config's test-time augmentation), plus the ``clinical``
+    adjustment for ``contexts`` when given."""
     from .model import predict_logits
 
-    logits = predict_logits(model, x_val, tta=cfg.tta)
-    if clinical is not None:
-        logits = clinical.apply(logits, contexts)
-    return calibrate_logits(logits, m_val, cfg)
+    logits = predict_logits(model, images, tta=cfg.tta)
+    return logits if clinical is None else clinical.apply(logits, contexts)
+
+
+def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=None) -> dict:
+    """Temperature (NLL on validation) + thresholds at target sensitivity (validation only), on
+    ``adjusted_logits``."""
+    return calibrate_logits(adjusted_logits(model, cfg, x_val, clinical=clinical, contexts=contexts), m_val, cfg)
 
 
 def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
@@ -289,21 +293,13 @@ def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
     with the CNN's class weights; None when the config turns it off."""
     if not cfg.clinical_context:
         return None
-    from .clinical import fit_adjustment
-    from .model import predict_logits
+    from .clinical import contexts_of, fit_adjustment
 
     contexts = contexts_of(train_records)
-    adj = fit_adjustment(predict_logits(model, x_train, tta=cfg.tta), m_train, contexts,
+    adj = fit_adjustment(adjusted_logits(model, cfg, x_train), m_train, contexts,
                          sample_weight=class_weights_for(m_train, cfg.class_weight_power), l2=cfg.clinical_l2)
     _emit(f"[train] clinical context fitted on {sum(c.known for c in contexts)} of {len(contexts)} training images")
     return adj
-
-
-def contexts_of(records) -> list:
-    """The clinical context of each training record."""
-    from .clinical import ClinicalContext
-
-    return [ClinicalContext.of_record(r) for r in records]
 
 
 def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
@@ -351,8 +347,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .cache import load_images
     from .data import SRC_HAM, SRC_ISIC, load_all
     from .evaluate import evaluate_probs
+    from .clinical import contexts_of
     from .labels import mask_from_classes
-    from .model import predict_logits
     from .scoring import softmax_with_temperature
     from .splits import split_by_lesion
     from .subgroups import subgroup_labels
@@ -393,10 +389,9 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]], clinical=clinical,
                     contexts=contexts_of(recs[sl["val"]]))
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
-    test_logits = predict_logits(model, images[sl["test"]], tta=cfg.tta)
-    if clinical is not None:
-        test_logits = clinical.apply(test_logits, test_contexts)
-    probs = softmax_with_temperature(test_logits, cal["temperature"])
+    probs = softmax_with_temperature(
+        adjusted_logits(model, cfg, images[sl["test"]], clinical=clinical, contexts=test_contexts),
+        cal["temperature"])
     metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(recs[sl["test"]]))
     _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
