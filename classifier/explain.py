@@ -10,7 +10,10 @@ from .preprocess import _as_rgb, prepare_batch
 
 def _gradcam_fn(model):
     """The compiled (conv activations, d score / d conv) function for ``model``, built once per
-    LoadedModel and Keras model and cached on the model object (built under the model's lock)."""
+    LoadedModel and Keras model and cached on the model object (built under the model's lock).
+
+    Both are lists with one entry per CNN: one for a single model, one per member for an
+    ensemble (training.ensemble), whose score is the mean of its members' logits."""
     key = (id(model.keras_model), model.last_conv_layer, model.input_size)
     cache = model.__dict__.setdefault("_gradcam_fns", {})
     fn = cache.get(key)
@@ -22,29 +25,37 @@ def _gradcam_fn(model):
             import keras
             import tensorflow as tf
 
-            km = model.keras_model
-            layer = km.get_layer(model.last_conv_layer)
-            grad_model = keras.Model(km.inputs, [layer.output, km.output])
+            from training.ensemble import conv_members
+
+            grad_models = [keras.Model(m.inputs, [layer.output, m.output])
+                           for m, layer in conv_members(model.keras_model, model.last_conv_layer)]
             s = model.input_size
 
             @tf.function(input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32),
                                           tf.TensorSpec([], tf.int32)])
             def fn(x, idx):
+                convs, scores = [], []
                 with tf.GradientTape() as tape:
-                    conv, logits = grad_model(x, training=False)
-                    tape.watch(conv)
-                    score = tf.gather(tf.cast(logits, tf.float32), idx, axis=1)
-                grads = tape.gradient(score, conv)
-                return conv, grads
+                    for gm in grad_models:
+                        conv, logits = gm(x, training=False)
+                        tape.watch(conv)
+                        convs.append(conv)
+                        scores.append(tf.gather(tf.cast(logits, tf.float32), idx, axis=1))
+                    score = tf.add_n(scores) / len(scores)
+                grads = tape.gradient(score, convs)
+                return convs, grads
 
-            fn._grad_model = grad_model  # keep the functional model alive with the function
+            fn._grad_models = grad_models  # keep the functional models alive with the function
             cache.clear()  # one Keras model per LoadedModel: drop functions of a replaced one
             cache[key] = fn
     return fn
 
 
 def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarray:
-    """Heatmap (H x W float32 in 0..1, at the image's own size) of evidence for `class_name`."""
+    """Heatmap (H x W float32 in 0..1, at the image's own size) of evidence for `class_name`.
+
+    For an ensemble the channels of every member's last conv layer count together (the class
+    score is the mean of the members' logits), so the map shows the evidence of the whole model."""
     import tensorflow as tf
     from PIL import Image
 
@@ -55,11 +66,14 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
     fn = _gradcam_fn(model)
     x = tf.convert_to_tensor(prepare_batch([img], model.input_size))
     with model._lock:
-        conv, grads = fn(x, tf.constant(idx, tf.int32))
-    conv = np.asarray(conv, np.float32)[0]
-    grads = np.asarray(grads, np.float32)[0]
-    w = grads.mean(axis=(0, 1))
-    cam = np.maximum((conv * w).sum(-1), 0)
+        convs, grads = fn(x, tf.constant(idx, tf.int32))
+    cam = None
+    for conv, grad in zip(convs, grads):
+        conv = np.asarray(conv, np.float32)[0]
+        w = np.asarray(grad, np.float32)[0].mean(axis=(0, 1))
+        part = (conv * w).sum(-1)
+        cam = part if cam is None else cam + part
+    cam = np.maximum(cam, 0)
     if cam.max() > 0:
         cam = cam / cam.max()
     h, wd = img.shape[:2]

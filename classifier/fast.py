@@ -140,6 +140,15 @@ def _bf16_clone(keras_model):
     import keras
 
     cfg = keras_model.get_config()
+    _to_bf16(cfg)
+    clone = keras.Model.from_config(cfg)
+    clone.set_weights(keras_model.get_weights())
+    return clone
+
+
+def _to_bf16(cfg: dict) -> None:
+    """Set the mixed_bfloat16 policy in a functional model's config (in place), except for the
+    input, the stem and the output layers; nested models (ensemble members) get the same rule."""
     policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "mixed_bfloat16"},
               "registered_name": None}
     outs = cfg.get("output_layers", [])
@@ -148,13 +157,13 @@ def _bf16_clone(keras_model):
     keep = {t[0] for t in outs} | _fp32_stem(cfg)
     for layer in cfg["layers"]:
         lc = layer.get("config", {})
+        if "layers" in lc:
+            _to_bf16(lc)
+            continue
         if layer.get("class_name") == "InputLayer" or layer.get("name") in keep:
             continue
         if "dtype" in lc:
             lc["dtype"] = policy
-    clone = keras.Model.from_config(cfg)
-    clone.set_weights(keras_model.get_weights())
-    return clone
 
 
 def _tf_fn(model, input_size: int):

@@ -16,6 +16,24 @@ def _common(ap):
     ap.add_argument("--cache", type=Path, default=None, help=f"cache dir (default env SECONDLOOK_CACHE_DIR or {cache_dir()})")
 
 
+def _overrides(ap, sets: list[str], config_file: Path | None = None) -> dict:
+    """TrainConfig fields from a JSON file and ``--set KEY=VALUE`` options (values parsed as JSON
+    where they parse); an unknown key is a usage error."""
+    from .config import TrainConfig
+
+    known = TrainConfig().to_dict()
+    d = json.loads(config_file.read_text()) if config_file else {}
+    for kv in sets:
+        k, sep, v = kv.partition("=")
+        if not sep or k not in known:
+            ap.error(f"unknown config key {k}" if sep else f"--set takes KEY=VALUE, not {kv!r}")
+        try:
+            d[k] = json.loads(v)
+        except ValueError:
+            d[k] = v
+    return d
+
+
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .config import TrainConfig, cache_dir, data_dir
@@ -52,6 +70,21 @@ def main(argv=None) -> int:
     r.add_argument("--version", default=None)
     r.add_argument("--clinical-context", choices=["on", "off"], default=None,
                    help="fit (on) or drop (off) the age/sex/site logit offset; default: as configured")
+    en = sub.add_parser("ensemble", help="combine models trained on the same split into one artifact "
+                                         "(mean of their logits), training the missing members first")
+    _common(en)
+    en.add_argument("--out", type=Path, required=True)
+    en.add_argument("--members", type=Path, nargs="*", default=[], metavar="DIR",
+                    help="trained member artifacts (same lesion split)")
+    en.add_argument("--seeds", type=int, nargs="*", default=[], metavar="SEED",
+                    help="train one member per seed (default config + --set) into --members-dir, "
+                         "on the split of the first seed (or --split-seed); existing members are reused")
+    en.add_argument("--members-dir", type=Path, default=None, help="default: <out>.members")
+    en.add_argument("--split-seed", type=int, default=None)
+    en.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig override for the members trained here (repeatable)")
+    en.add_argument("--version", default=None)
+    en.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
     args = ap.parse_args(argv)
     droot = args.data or data_dir()
     cdir = args.cache or cache_dir()
@@ -64,21 +97,7 @@ def main(argv=None) -> int:
         print(f"wrote {j} and {m}")
         return 0
     if args.cmd == "train":
-        cfg = TrainConfig()
-        d = cfg.to_dict()
-        if args.config:
-            d.update(json.loads(args.config.read_text()))
-        for kv in args.set:
-            k, v = kv.split("=", 1)
-            if k not in d:
-                ap.error(f"unknown config key {k}")
-            try:
-                d[k] = json.loads(v)
-            except ValueError:
-                d[k] = v
-            if isinstance(d[k], list) and k == "stages":
-                d[k] = tuple(d[k])
-        cfg = TrainConfig.from_dict(d)
+        cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **_overrides(ap, args.set, args.config)})
         from .train import train
 
         train(cfg, droot, args.out, cdir, version=args.version, verbose=0 if args.quiet else 1)
@@ -100,6 +119,18 @@ def main(argv=None) -> int:
 
             add_test_figures(model_dir, subgroups=res["subgroups"])
             print(f"added subgroups to {model_dir}")
+        return 0
+    if args.cmd == "ensemble":
+        from .ensemble import build_ensemble, train_members
+
+        members = list(args.members)
+        if args.seeds:
+            members += train_members(args.seeds, args.members_dir or args.out.with_name(args.out.name + ".members"),
+                                     droot, cdir, _overrides(ap, args.set), split_seed=args.split_seed,
+                                     verbose=0 if args.quiet else 1)
+        if len(members) < 2:
+            ap.error("an ensemble needs at least two members (--members and/or --seeds)")
+        print(json.dumps(build_ensemble(members, args.out, droot, cdir, version=args.version), indent=1))
         return 0
     if args.cmd == "recalibrate":
         from .recalibrate import recalibrate

@@ -107,12 +107,37 @@ def card_markdown(card: dict) -> str:
               "- split sizes: " + ", ".join(f"{k} {len(x)}" for k, x in card.get("split_ids", {}).items()),
               f"- audit: clean images {a.get('clean_images')}, dropped conflicting {a.get('dropped_conflicting')}, "
               f"resolution {a.get('resolution')}",
-              "", "## Training", "",
-              f"- seed {card['training'].get('config', {}).get('seed')}, best epoch "
-              f"{card['training'].get('best_epoch')}, train time {f(card['training'].get('train_minutes'))} min, "
-              f"precision {card['training'].get('precision_policy')}",
-              f"- config: `{json.dumps(card['training'].get('config'))}`", ""]
+              ""]
+    lines += _ensemble_lines(card["ensemble"], f) if card.get("ensemble") else _training_lines(card["training"], f)
+    lines.append("")
     return "\n".join(lines)
+
+
+def _training_lines(training: dict, f) -> list[str]:
+    return ["## Training", "",
+            f"- seed {training.get('config', {}).get('seed')}, best epoch {training.get('best_epoch')}, "
+            f"train time {f(training.get('train_minutes'))} min, precision {training.get('precision_policy')}",
+            f"- config: `{json.dumps(training.get('config'))}`"]
+
+
+def _ensemble_lines(ensemble: dict, f) -> list[str]:
+    """The Training section of an ensemble's card: one line per member."""
+    lines = ["## Training (ensemble)", "",
+             f"- {len(ensemble['members'])} CNNs trained on the same lesion split; "
+             f"{ensemble.get('combine')}; weights stored as {ensemble.get('weights_storage')}.",
+             "- each member's test figures are those of its own artifact (with its own clinical offset "
+             "where it had one); the ensemble refits the offset, temperature and thresholds."]
+    for i, m in enumerate(ensemble["members"]):
+        cfg = m.get("config") or {}
+        alone = m.get("test_alone") or {}
+        lines.append(
+            f"- member {i}: `{m.get('version')}`, seed {cfg.get('seed')}, best epoch {m.get('best_epoch')} of "
+            f"{m.get('epochs_run')}, train time {f(m.get('train_minutes'))} min, precision "
+            f"{m.get('precision_policy')}; test alone: melanoma AUC {f(alone.get('melanoma_auc'))}, "
+            f"malignancy AUC {f(alone.get('malignancy_auc'))}, bal. acc (7) {f(alone.get('balanced_accuracy_7'))}")
+    for i, m in enumerate(ensemble["members"]):
+        lines.append(f"- member {i} config: `{json.dumps(m.get('config'))}`")
+    return lines
 
 
 def _subgroup_lines(subgroups: dict, f) -> list[str]:
@@ -134,19 +159,26 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                     validation: dict, metrics: dict, history: dict, audit_report: dict,
                     split: dict[str, list[str]], test_probs=None, test_masks=None,
                     version: str | None = None, plots: bool = True,
-                    data_sources: list[str] | None = None, clinical=None) -> Path:
+                    data_sources: list[str] | None = None, clinical=None, ensemble: dict | None = None) -> Path:
+    """Write the artifact. ``ensemble`` (training.ensemble: the members' summaries) marks a
+    model that averages several CNNs; its weights are stored as float16."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
     tmp = out_dir / "model.tmp.keras"
-    model.save(tmp)
+    if ensemble:
+        from .ensemble import save_half
+
+        save_half(model, tmp)
+    else:
+        model.save(tmp)
     tmp.replace(model_path)
     sha = sha256_file(model_path)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     version = version or f"cnn{cfg.image_size}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%d-%H%M}-{sha[:8]}"
     card = {
         "format": CARD_FORMAT,
-        "name": "SecondLook dermoscopy CNN",
+        "name": "SecondLook dermoscopy CNN" + (" ensemble" if ensemble else ""),
         "version": version,
         "created": created,
         "classes": list(CLASSES),
@@ -182,6 +214,14 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "model_sha256": sha,
         "split_ids": split,
     }
+    if ensemble:
+        members = ensemble.get("members", [])
+        card["ensemble"] = ensemble
+        card["training"].update({
+            "best_epoch": None, "epochs_run": None,
+            "train_minutes": sum(m.get("train_minutes") or 0 for m in members),
+            "total_minutes": sum(m.get("total_minutes") or 0 for m in members),
+            "precision_policy": members[0].get("precision_policy") if members else None})
     card = _jsonable(card)
     (out_dir / "metrics.json").write_text(json.dumps(_jsonable(dict(metrics, history=history)), indent=1))
     (out_dir / "audit.json").write_text(json.dumps(_jsonable(audit_report), indent=1))

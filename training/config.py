@@ -22,6 +22,9 @@ def cache_dir() -> Path:
 @dataclass
 class TrainConfig:
     seed: int = 1234
+    # the lesion split's seed; None = ``seed``. Set it to train another model (another ``seed``:
+    # initialisation, shuffling, augmentation) on the same split, e.g. an ensemble member.
+    split_seed: int | None = None
     image_size: int = 160
     width: int = 40  # channels of the first stage
     stages: tuple = (1, 2, 2, 2)  # residual blocks per stage; channels double per stage
@@ -62,6 +65,11 @@ class TrainConfig:
     clinical_context: bool = True
     clinical_l2: float = 1e-3
     pretrained: str = ""  # optional path of a weights file; none exists here
+
+    @property
+    def effective_split_seed(self) -> int:
+        """The seed of the lesion split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def progressive(self) -> bool:

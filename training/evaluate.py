@@ -236,20 +236,23 @@ def plot_all(probs: np.ndarray, masks: np.ndarray, metrics: dict, history: dict 
     # training curves
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     h = history or {}
-    for k in ("loss", "val_loss"):
-        pts = _finite_points(h.get(k))
-        if pts:
-            axes[0].plot(*zip(*pts), label=k)
+    # an ensemble's history is its members' histories
+    runs = [(f" (member {i})", mh) for i, mh in enumerate(h["members"])] if "members" in h else [("", h)]
+    for suffix, run in runs:
+        for k in ("loss", "val_loss"):
+            pts = _finite_points(run.get(k))
+            if pts:
+                axes[0].plot(*zip(*pts), label=k + suffix)
+        for k in ("val_melanoma_auc", "val_malignancy_auc", "val_balanced_accuracy_7"):
+            pts = _finite_points(run.get(k))
+            if pts:
+                axes[1].plot(*zip(*pts), marker=".", markersize=3, label=k + suffix)
     axes[0].set_xlabel("epoch")
     axes[0].set_title("loss")
-    axes[0].legend()
-    for k in ("val_melanoma_auc", "val_malignancy_auc", "val_balanced_accuracy_7"):
-        pts = _finite_points(h.get(k))
-        if pts:
-            axes[1].plot(*zip(*pts), marker=".", markersize=3, label=k)
+    axes[0].legend(fontsize=7 if len(runs) > 1 else None)
     axes[1].set_xlabel("epoch")
     axes[1].set_title("validation metrics")
-    axes[1].legend()
+    axes[1].legend(fontsize=7 if len(runs) > 1 else None)
     fig.tight_layout()
     paths.append(out_dir / "training_curves.png")
     fig.savefig(paths[-1], dpi=90)

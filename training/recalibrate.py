@@ -16,16 +16,7 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
     drops it, None keeps what the config says."""
     from classifier.model_store import load_model
 
-    from .artifact import export_artifact
-    from .audit import run_audit
-    from .cache import load_images
     from .config import TrainConfig
-    from .evaluate import evaluate_probs
-    from .labels import mask_from_classes
-    from .scoring import softmax_with_temperature
-    from .subgroups import subgroup_labels
-    from .clinical import contexts_of
-    from .train import adjusted_logits, calibrate, fit_clinical
 
     m = load_model(Path(model_dir))
     cfg = TrainConfig.from_dict(m.card["training"]["config"])
@@ -35,32 +26,52 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
         cfg.target_sensitivity = target_sensitivity
     if clinical_context is not None:
         cfg.clinical_context = clinical_context
+    old_metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
+    suffix = "" if cfg.tta == "none" else f"-{cfg.tta}"
+    return refit_and_export(m.keras_model, cfg, m.card["split_ids"], Path(out_dir), data_root, cache_dir,
+                            input_size=m.input_size, history=old_metrics.get("history", {}),
+                            version=version or (m.version + suffix), data_sources=m.card.get("data_sources"),
+                            ensemble=m.card.get("ensemble"))
+
+
+def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Path, cache_dir: Path | None, *,
+                     input_size: int, history: dict, version: str, data_sources=None,
+                     ensemble: dict | None = None) -> dict:
+    """Fit the clinical adjustment on the recorded training split (when ``cfg`` asks for it), the
+    temperature and thresholds on validation, evaluate on test, and export an artifact of
+    ``keras_model``; returns the headline figures."""
+    from .artifact import export_artifact
+    from .audit import run_audit
+    from .cache import load_images
+    from .clinical import contexts_of
+    from .evaluate import evaluate_probs
+    from .labels import mask_from_classes
+    from .scoring import softmax_with_temperature
+    from .subgroups import subgroup_labels
+    from .train import adjusted_logits, calibrate, fit_clinical
+
     audit = run_audit(data_root, cache_dir)
     by_id = {r.isic_id: r for r in audit.records}
-    split = m.card["split_ids"]
 
     def arrays(name):
         recs = [by_id[i] for i in split[name]]
-        x = load_images([r.path for r in recs], m.input_size, cache_dir)
+        x = load_images([r.path for r in recs], input_size, cache_dir)
         return x, np.stack([mask_from_classes(r.allowed) for r in recs]), recs
 
-    clinical = fit_clinical(m.keras_model, cfg, *arrays("train")) if cfg.clinical_context else None
+    clinical = fit_clinical(keras_model, cfg, *arrays("train")) if cfg.clinical_context else None
     x_val, m_val, val_recs = arrays("val")
     x_te, m_te, test_recs = arrays("test")
-    cal = calibrate(m.keras_model, cfg, x_val, m_val, clinical=clinical, contexts=contexts_of(val_recs))
+    cal = calibrate(keras_model, cfg, x_val, m_val, clinical=clinical, contexts=contexts_of(val_recs))
     probs = softmax_with_temperature(
-        adjusted_logits(m.keras_model, cfg, x_te, clinical=clinical, contexts=contexts_of(test_recs)),
+        adjusted_logits(keras_model, cfg, x_te, clinical=clinical, contexts=contexts_of(test_recs)),
         cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(test_recs))
-    old_metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
-    history = old_metrics.get("history", {})
-    suffix = "" if cfg.tta == "none" else f"-{cfg.tta}"
-    export_artifact(m.keras_model, Path(out_dir), cfg=cfg, temperature=cal["temperature"],
+    export_artifact(keras_model, Path(out_dir), cfg=cfg, temperature=cal["temperature"],
                     thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
                     history=history, audit_report=audit.report, split=split, test_probs=probs,
-                    test_masks=m_te, version=version or (m.version + suffix), clinical=clinical,
-                    data_sources=m.card.get("data_sources"))
+                    test_masks=m_te, version=version, clinical=clinical, data_sources=data_sources,
+                    ensemble=ensemble)
     return {"out": str(out_dir), "tta": cfg.tta, "temperature": cal["temperature"],
             "thresholds": cal["thresholds"].to_dict(),
             "melanoma_auc": metrics["melanoma_auc"], "malignancy_auc": metrics["malignancy_auc"],

@@ -73,6 +73,29 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .train import fit_model
+
+    cfg = tiny_config(seed)
+    x_tr, m_tr, _ = synthetic_images(270, seed=seed)
+    x_va, m_va, _ = synthetic_images(90, seed=seed + 1)
+    model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
+    return _export_tiny(model, cfg, Path(path), seed=seed, history=history, version=f"tiny-test-{seed}",
+                        plots=plots)
+
+
+def make_tiny_ensemble_dir(path: Path, member_dirs, seed: int = 0, plots: bool = False) -> Path:
+    """A complete ensemble artifact (training.ensemble) of tiny member artifacts, calibrated and
+    evaluated on synthetic data like ``make_tiny_model_dir``."""
+    from .ensemble import load_ensemble
+
+    _, model, ensemble, history = load_ensemble(member_dirs)
+    return _export_tiny(model, tiny_config(seed), Path(path), seed=seed, history=history,
+                        version=f"tiny-ensemble-{seed}", plots=plots, ensemble=ensemble)
+
+
+def _export_tiny(model, cfg, path: Path, *, seed: int, history: dict, version: str, plots: bool,
+                 ensemble: dict | None = None) -> Path:
+    """Fit the clinical adjustment, temperature and thresholds on synthetic data, evaluate and export."""
     from .artifact import export_artifact
     from .audit import data_fingerprint
     from .clinical import fit_adjustment
@@ -81,13 +104,11 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     from .model import predict_logits
     from .scoring import softmax_with_temperature
     from .subgroups import subgroup_labels
-    from .train import adjusted_logits, calibrate, fit_model
+    from .train import adjusted_logits, calibrate
 
-    cfg = tiny_config(seed)
     x_tr, m_tr, s_tr = synthetic_images(270, seed=seed)
     x_va, m_va, s_va = synthetic_images(90, seed=seed + 1)
     x_te, m_te, s_te = synthetic_images(90, seed=seed + 2)
-    model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
     clinical = fit_adjustment(predict_logits(model, x_tr), m_tr, synthetic_contexts(s_tr, seed),
                               l2=cfg.clinical_l2)
     cal = calibrate(model, cfg, x_va, m_va, clinical=clinical, contexts=synthetic_contexts(s_va, seed + 1))
@@ -100,7 +121,7 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
                              groups=subgroup_labels(recs))
     audit = {"counts": {"clean_images": 450, "synthetic": True}, "data_fingerprint": data_fingerprint(recs),
              "policy": "synthetic data, no audit", "details": {}}
-    return export_artifact(model, Path(path), cfg=cfg, temperature=cal["temperature"],
+    return export_artifact(model, path, cfg=cfg, temperature=cal["temperature"],
                            thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
                            history=history, audit_report=audit, split=split, test_probs=probs,
-                           test_masks=m_te, version=f"tiny-test-{seed}", plots=plots, clinical=clinical)
+                           test_masks=m_te, version=version, plots=plots, clinical=clinical, ensemble=ensemble)

@@ -370,7 +370,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         raise ValueError("no training images: check the data sources")
     audit = audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None)
     _emit(f"[train] audit: {json.dumps(audit.report['counts']['resolution'])} clean={len(audit.records)}")
-    split = split_by_lesion(audit.records, audit.groups, seed=cfg.seed, val_fraction=cfg.val_fraction,
+    split = split_by_lesion(audit.records, audit.groups, seed=cfg.effective_split_seed, val_fraction=cfg.val_fraction,
                             test_fraction=cfg.test_fraction)
     by_id = {r.isic_id: r for r in audit.records}
     recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]

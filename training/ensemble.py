@@ -1,0 +1,198 @@
+"""Ensembles: several CNNs trained on the same lesion split, combined into one Keras model that
+averages their logits.
+
+The combined model is an ordinary Keras model (input -> member_0, member_1, ... -> mean), so
+everything that takes a model (calibration, the clinical offset, the fast runners, the promotion
+gate) takes an ensemble unchanged; Grad-CAM explains it through every member's last conv layer
+(``conv_members``). Its weights are stored as float16 inside ``model.keras`` (half the size; the
+stock Keras loader reads them into float32 variables), and the ensemble is calibrated and
+evaluated on exactly those rounded weights, so the figures describe what ships.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MEMBER_PREFIX = "member_"
+COMBINE_LAYER = "logits_mean"
+WEIGHTS_ENTRY = "model.weights.h5"  # the weights file inside a .keras archive
+
+
+class EnsembleError(ValueError):
+    """The members cannot be combined (different splits, input sizes or classes)."""
+
+
+def combine(models: Sequence, *, name: str = "ensemble"):
+    """One Keras model whose logits are the mean of ``models``' logits (each a copy of a member,
+    renamed ``member_<i>`` so that layer names stay unique)."""
+    import keras
+
+    if len(models) < 2:
+        raise EnsembleError("an ensemble needs at least two members")
+    shapes = {tuple(m.input_shape[1:]) for m in models}
+    if len(shapes) != 1:
+        raise EnsembleError(f"members take different inputs: {sorted(shapes)}")
+    members = []
+    for i, m in enumerate(models):
+        copy = keras.Model.from_config({**m.get_config(), "name": f"{MEMBER_PREFIX}{i}"})
+        copy.set_weights(m.get_weights())
+        members.append(copy)
+    inp = keras.Input(next(iter(shapes)), name="image")
+    out = keras.layers.Average(name=COMBINE_LAYER, dtype="float32")([m(inp) for m in members])
+    return keras.Model(inp, out, name=name)
+
+
+def conv_members(keras_model, layer_name: str) -> list:
+    """[(model, its layer ``layer_name``)]: the model itself when it has that layer, else each
+    ensemble member (in order), whose logits the ensemble averages."""
+    def layer_of(model):
+        try:
+            return model.get_layer(layer_name)
+        except ValueError:
+            return None
+
+    if layer_of(keras_model) is not None:
+        return [(keras_model, layer_of(keras_model))]
+    found = [(m, layer_of(m)) for m in keras_model.layers
+             if m.name.startswith(MEMBER_PREFIX) and hasattr(m, "get_layer") and layer_of(m) is not None]
+    if not found:
+        raise ValueError(f"no layer {layer_name!r} in the model or its ensemble members")
+    return found
+
+
+def round_to_half(keras_model) -> None:
+    """Round every float32 weight to float16 in place: the values ``save_half`` stores."""
+    keras_model.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype == np.float32 else w
+                             for w in keras_model.get_weights()])
+
+
+def _half_weights_file(data: bytes) -> bytes:
+    """A Keras weights .h5 with every float32 dataset stored as float16 (attributes kept)."""
+    import h5py
+
+    out = io.BytesIO()
+    with h5py.File(io.BytesIO(data), "r") as src, h5py.File(out, "w") as dst:
+        dst.attrs.update(dict(src.attrs))
+
+        def copy(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                arr = obj[()]
+                ds = dst.create_dataset(name, data=arr.astype(np.float16) if arr.dtype == np.float32 else arr)
+            else:
+                ds = dst.require_group(name)
+            ds.attrs.update(dict(obj.attrs))
+
+        src.visititems(copy)
+    return out.getvalue()
+
+
+def save_half(keras_model, path: Path) -> None:
+    """Save like ``model.save(path)``, with float16 weights (loads with ``keras.models.load_model``
+    into float32 variables; exact for a model that went through ``round_to_half``)."""
+    path = Path(path)
+    full = path.with_name(path.stem + ".full.keras")
+    keras_model.save(full)
+    try:
+        with zipfile.ZipFile(full) as src, zipfile.ZipFile(path, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info.filename)
+                dst.writestr(info, _half_weights_file(data) if info.filename == WEIGHTS_ENTRY else data)
+    finally:
+        full.unlink(missing_ok=True)
+
+
+def member_summary(loaded) -> dict:
+    """What the ensemble's model card records of one member artifact (a LoadedModel)."""
+    card = loaded.card
+    tr = card.get("training", {})
+    m = card.get("metrics", {})
+    return {
+        "version": loaded.version,
+        "model_sha256": card.get("model_sha256"),
+        "config": tr.get("config"),
+        "best_epoch": tr.get("best_epoch"),
+        "epochs_run": tr.get("epochs_run"),
+        "train_minutes": tr.get("train_minutes"),
+        "total_minutes": tr.get("total_minutes"),
+        "precision_policy": tr.get("precision_policy"),
+        "clinical_context": bool(card.get("clinical_context")),
+        "test_alone": {k: m.get(k) for k in ("melanoma_auc", "malignancy_auc", "balanced_accuracy_7")},
+        "validation_alone": {k: card.get("validation", {}).get(k) for k in ("melanoma_auc", "malignancy_auc")},
+    }
+
+
+def check_compatible(members: Sequence) -> None:
+    """Members must share the lesion split, input size and classes (LoadedModels)."""
+    first = members[0]
+    for m in members[1:]:
+        for what, a, b in (("lesion split", first.card.get("split_ids"), m.card.get("split_ids")),
+                           ("input size", first.input_size, m.input_size),
+                           ("classes", first.classes, m.classes)):
+            if a != b:
+                raise EnsembleError(f"{m.version} and {first.version} differ in their {what}: "
+                                    "an ensemble's members must be trained on the same split "
+                                    "(train them with the same split_seed)")
+
+
+def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, cache_dir: Path | None,
+                   *, version: str | None = None) -> dict:
+    """Combine trained member artifacts into one ensemble artifact: mean of the members' logits,
+    weights rounded to float16, then the clinical offset (training split), temperature and
+    thresholds (validation) refitted and the held-out test split evaluated, exactly as
+    ``python -m training recalibrate`` does for one model."""
+    from .config import TrainConfig
+    from .recalibrate import refit_and_export
+
+    members, model, ensemble, history = load_ensemble(member_dirs)
+    cfg = TrainConfig.from_dict(members[0].card["training"]["config"])
+    cfg.split_seed = cfg.effective_split_seed
+    default_version = "ens{}-{}".format(len(members), "+".join(m.version for m in members))
+    return refit_and_export(
+        model, cfg, members[0].card["split_ids"], Path(out_dir), data_root, cache_dir,
+        input_size=members[0].input_size, history=history,
+        version=version or default_version, data_sources=members[0].card.get("data_sources"),
+        ensemble=ensemble)
+
+
+def load_ensemble(member_dirs: Sequence[Path]):
+    """(members as LoadedModels, the combined model with float16-rounded weights, the card's
+    ``ensemble`` entry, the members' training histories) from member artifact directories."""
+    from classifier.model_store import load_model
+
+    members = [load_model(Path(d)) for d in member_dirs]
+    check_compatible(members)
+    model = combine([m.keras_model for m in members])
+    round_to_half(model)
+    histories = []
+    for d in member_dirs:
+        metrics_file = Path(d) / "metrics.json"
+        histories.append(json.loads(metrics_file.read_text()).get("history", {}) if metrics_file.is_file() else {})
+    ensemble = {"combine": "mean of the members' logits", "weights_storage": "float16",
+                "members": [member_summary(m) for m in members]}
+    return members, model, ensemble, {"members": histories}
+
+
+def train_members(seeds: Sequence[int], members_dir: Path, data_root: Path, cache_dir: Path | None,
+                  overrides: dict | None = None, *, split_seed: int | None = None,
+                  verbose: int = 1) -> list[Path]:
+    """Train one default-config model per seed (plus ``overrides``) on the split of ``split_seed``
+    (default: the first seed) into ``members_dir/seed<seed>``; a member already there is kept."""
+    from .artifact import CARD_FILE
+    from .config import TrainConfig
+    from .train import train
+
+    split_seed = seeds[0] if split_seed is None else split_seed
+    out = []
+    for seed in seeds:
+        d = Path(members_dir) / f"seed{seed}"
+        if not (d / CARD_FILE).is_file():
+            cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **(overrides or {}),
+                                         "seed": seed, "split_seed": split_seed})
+            train(cfg, data_root, d, cache_dir, verbose=verbose)
+        out.append(d)
+    return out
