@@ -70,7 +70,12 @@ def load_jpegs(n: int, seed: int = 0) -> tuple[list[bytes], str]:
 def model_flops(km) -> dict:
     """Multiply-adds x 2 of the conv and dense layers, per image (from the built Keras graph)."""
     conv = dense = other = 0
-    for layer in km.layers:
+    stack = list(km.layers)
+    while stack:
+        layer = stack.pop(0)
+        if hasattr(layer, "layers"):  # a nested model (an ensemble member): count its layers
+            stack[:0] = list(layer.layers)
+            continue
         cls = type(layer).__name__
         if cls == "Conv2D":
             _, h, w, cout = layer.output.shape
