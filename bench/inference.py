@@ -67,15 +67,19 @@ def load_jpegs(n: int, seed: int = 0) -> tuple[list[bytes], str]:
     return out, "generated 224x224 JPEGs"
 
 
+def _leaf_layers(km):
+    """The model's layers, with nested models (ensemble members) replaced by their own layers."""
+    for layer in km.layers:
+        if hasattr(layer, "layers"):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
 def model_flops(km) -> dict:
     """Multiply-adds x 2 of the conv and dense layers, per image (from the built Keras graph)."""
     conv = dense = other = 0
-    stack = list(km.layers)
-    while stack:
-        layer = stack.pop(0)
-        if hasattr(layer, "layers"):  # a nested model (an ensemble member): count its layers
-            stack[:0] = list(layer.layers)
-            continue
+    for layer in _leaf_layers(km):
         cls = type(layer).__name__
         if cls == "Conv2D":
             _, h, w, cout = layer.output.shape
