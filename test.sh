@@ -3,7 +3,7 @@
 # otherwise SQLite and an embedded Redis. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
-. scripts/bootstrap.sh
+REQUIREMENTS=requirements-dev.txt . scripts/bootstrap.sh
 if ! command -v chromium >/dev/null 2>&1; then
   # Browser tests drive Debian's chromium through Playwright.
   if [ "$(id -u)" = 0 ]; then

@@ -235,6 +235,15 @@ class Prediction(models.Model):
     inference_ms = models.FloatField(null=True, blank=True)
     # age/sex/site as the model used them (None: image only); patient records may change later
     clinical_context = models.JSONField(null=True, blank=True)
+    # False: the model could not judge this image (failed a quality check, unlike its training
+    # images, or not a dermoscopic image); its scores are kept for the record but not shown as a
+    # result, and the lesion goes to the dermatologists as "model could not assess".
+    assessable = models.BooleanField(default=True)
+    assessment_notes = models.JSONField(default=list, blank=True)
+    # what decided it: quality measures and failed checks, out-of-domain score and threshold
+    assessment = models.JSONField(null=True, blank=True)
+    # split-conformal set of the diagnoses the model cannot rule out (None: model without one)
+    prediction_set = models.JSONField(null=True, blank=True)
     heatmap = models.FileField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

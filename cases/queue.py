@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Case as DjCase
+from django.db.models import Exists, F, FloatField, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -22,20 +23,29 @@ def _awaiting(case_ref=OuterRef("pk")) -> Exists:
     return Exists(Lesion.objects.filter(case=case_ref, awaiting_review=True))
 
 
+# A case with an image the model could not assess ranks as if its melanoma probability were this:
+# above most flagged lesions (the melanoma threshold is near 0.1), below the most suspicious ones.
+CANNOT_ASSESS_RANK = 0.5
+
+
 def review_queue() -> QuerySet[Case]:
-    """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest."""
-    top_melanoma = (
-        Prediction.objects.filter(
-            image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True, status=Prediction.Status.DONE
-        )
-        .order_by("-melanoma_probability")
-        .values("melanoma_probability")[:1]
+    """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest. An
+    image the model could not assess has no trustworthy score: its case is annotated
+    ``cannot_assess`` and ranks at CANNOT_ASSESS_RANK (or its other lesions' score, if higher)."""
+    awaiting_done = Prediction.objects.filter(
+        image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True, status=Prediction.Status.DONE
     )
+    top_melanoma = (
+        awaiting_done.filter(assessable=True).order_by("-melanoma_probability").values("melanoma_probability")[:1]
+    )
+    cannot_assess = Exists(awaiting_done.filter(assessable=False))
     return (
         Case.objects.filter(_awaiting())
         .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
-        .annotate(top_melanoma=Coalesce(Subquery(top_melanoma), 0.0))
-        .order_by("-top_melanoma", "created_at", "pk")
+        .annotate(top_melanoma=Coalesce(Subquery(top_melanoma), 0.0), cannot_assess=cannot_assess)
+        .annotate(queue_rank=Greatest(F("top_melanoma"), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),
+                                                                 default=Value(0.0), output_field=FloatField())))
+        .order_by("-queue_rank", "created_at", "pk")
     )
 
 

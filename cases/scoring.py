@@ -24,7 +24,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from cases.context import image_context
-from cases.models import AuditEvent, Case, Lesion, Prediction
+from cases.models import AuditEvent, Case, Lesion, LesionImage, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,20 @@ def _flags(result, model_version) -> tuple[bool, list[str]]:
         elif value >= threshold:
             reasons.append(f"{label} {value:.2f} \u2265 threshold {threshold:.2f}")
     return bool(reasons) or (bool(result.flagged) and not own), reasons
+
+
+CLINICAL_PHOTO_NOTE = ("a clinical (close-up) photo: this model is validated for dermoscopic images only, "
+                       "so it does not score clinical photos")
+CANNOT_ASSESS = "Model could not assess this image"
+
+
+def assessment_of(result, image) -> tuple[bool, list[str]]:
+    """Whether the scores can be shown as a result, and why not: the model's own quality and
+    out-of-domain checks, and the image kind (no model here is validated for clinical photos)."""
+    notes = list(getattr(result, "assessment_notes", None) or [])
+    if image.kind == LesionImage.Kind.CLINICAL:
+        notes.insert(0, CLINICAL_PHOTO_NOTE)
+    return (not notes) and bool(getattr(result, "assessable", True)), notes
 
 
 def _read_image_bytes(name: str) -> bytes:
@@ -304,7 +318,12 @@ def _heatmap_png(model, pixels) -> bytes | None:
 
 def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | None) -> str:
     """running → done with the scores; flags the lesion. The heatmap file is removed if this loses."""
-    flagged, reasons = _flags(result, prediction.model_version)
+    assessable, notes = assessment_of(result, prediction.image)
+    if assessable:
+        flagged, reasons = _flags(result, prediction.model_version)
+    else:
+        # never silently unflagged: the lesion goes to the dermatologists with its own reason
+        flagged, reasons = True, [f"{CANNOT_ASSESS}: {note}" for note in notes]
     heatmap_name = ""
     if heatmap:
         heatmap_name = default_storage.save(f"{HEATMAP_DIR}/{uuid.uuid4().hex}.png", ContentFile(heatmap))
@@ -320,6 +339,10 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
                 flag_reasons=reasons,
                 inference_ms=float(result.inference_ms),
                 clinical_context=getattr(result, "clinical_context", None),
+                assessable=assessable,
+                assessment_notes=notes,
+                assessment=getattr(result, "assessment", None),
+                prediction_set=getattr(result, "prediction_set", None),
                 heatmap=heatmap_name,
                 finished_at=now,
                 error="",
@@ -333,7 +356,8 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
                 patient_id=prediction.image.lesion.case.patient_id,
                 clinic_id=Case.objects.filter(pk=prediction.image.lesion.case_id).values_list("patient__clinic_id", flat=True).first(),
                 new_values={"model_version": prediction.model_version.version, "melanoma_probability": result.melanoma_probability,
-                            "malignancy_score": result.malignancy_score, "flagged": flagged},
+                            "malignancy_score": result.malignancy_score, "flagged": flagged,
+                            "assessable": assessable},
             )
     except _Superseded:
         if heatmap_name:
@@ -343,6 +367,8 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
         if heatmap_name:
             default_storage.delete(heatmap_name)
         raise
+    if not assessable:
+        return "done (model could not assess)"
     return "done (flagged)" if flagged else "done"
 
 

@@ -271,7 +271,8 @@ def _require_reviewer(request: HttpRequest) -> None:
 def review_queue(request: HttpRequest) -> HttpResponse:
     """Flagged cases waiting for a dermatologist, most suspicious first."""
     _require_reviewer(request)
-    return render(request, "cases/queue.html", {"cases": queue.review_queue()[:200]})
+    return render(request, "cases/queue.html", {"cases": queue.review_queue()[:200],
+                                                "cannot_assess_rank": queue.CANNOT_ASSESS_RANK})
 
 
 @require_POST

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from training.labels import CLASSES
 
-CSV_COLUMNS = ["image", *CLASSES, "melanoma_probability", "malignancy_score", "flagged", "model_version"]
+# New columns go at the end: scripts read the older ones by position.
+CSV_COLUMNS = ["image", *CLASSES, "melanoma_probability", "malignancy_score", "flagged", "model_version",
+               "assessable", "assessment_note"]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
@@ -25,7 +27,8 @@ def collect_paths(paths: list[str]) -> list[Path]:
 
 def prediction_row(name: str, pred) -> list:
     return [name, *[f"{pred.class_probabilities[c]:.6f}" for c in CLASSES], f"{pred.melanoma_probability:.6f}",
-            f"{pred.malignancy_score:.6f}", int(pred.flagged), pred.model_version]
+            f"{pred.malignancy_score:.6f}", int(pred.flagged), pred.model_version, int(pred.assessable),
+            pred.assessment_note]
 
 
 def main(argv=None) -> int:

@@ -317,10 +317,10 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
 def _convert_main(argv: list[str]) -> int:
     """``python -m classifier.fast MODEL.keras OUT.tflite``: convert one model (used by _tflite_bytes)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from training.model import load_keras_model
 
     model_path, out = Path(argv[0]), Path(argv[1])
-    _write_atomically(out, _convert_to_tflite(keras.models.load_model(model_path, compile=False)))
+    _write_atomically(out, _convert_to_tflite(load_keras_model(model_path)))
     return 0
 
 

@@ -76,23 +76,58 @@ class LoadedModel:
 
         return tta_setting(str(self.card.get("tta", "none")))
 
+    @cached_property
+    def assessment(self) -> dict | None:
+        """The artifact's quality thresholds, out-of-domain threshold and conformal floor
+        (training.assessment), or None for a model from before them."""
+        return self.card.get("assessment")
+
+    @cached_property
+    def ood_detector(self):
+        """The out-of-domain detector (training.ood) stored with the artifact, or None."""
+        from training.ood import MahalanobisDetector, has_feature_layer
+
+        info = (self.assessment or {}).get("ood")
+        if not info or not has_feature_layer(self.keras_model):
+            return None
+        path = self.model_dir / info["file"]
+        sha = sha256_file(path) if path.is_file() else None
+        if sha != info.get("sha256"):
+            raise ModelLoadError(f"{path} is missing or does not match the model card's sha256")
+        return MahalanobisDetector.load(path)
+
     def runner(self):
-        """The compiled inference-only runner (classifier.fast), built on first use."""
+        """The compiled inference-only runner (classifier.fast), built on first use. For a model
+        with an out-of-domain detector it computes the logits and the features in one pass."""
         if self._runner is None:
             with self._lock:
                 if self._runner is None:
                     from .fast import build_runner
 
-                    self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256,
-                                                model_path=self.model_dir / MODEL_FILE)
+                    if self.ood_detector is not None:
+                        from training.ood import with_features
+
+                        # its own LiteRT cache key: the converted graph has the extra output
+                        self._runner = build_runner(with_features(self.keras_model), self.input_size,
+                                                    sha256=self.sha256 + ":features")
+                    else:
+                        self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256,
+                                                    model_path=self.model_dir / MODEL_FILE)
         return self._runner
+
+    def predict_logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 (N, S, S, 3) 0..255 -> (logits (N, 9), penultimate features or None), with the
+        test-time augmentation of ``tta`` folded into the batch."""
+        runner = self.runner()
+        with self._lock:
+            out = runner.logits(batch, tta=self.tta)
+        k = len(self.classes)
+        return (out[:, :k], out[:, k:]) if self.ood_detector is not None else (out, None)
 
     def predict_logits(self, batch: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """float32 (N, S, S, 3) 0..255 -> float32 logits (N, 9), with the test-time augmentation of
         ``tta``; the views are folded into the batch (at most 64 views per forward call)."""
-        runner = self.runner()
-        with self._lock:
-            return runner.logits(batch, tta=self.tta)
+        return self.predict_logits_and_features(batch)[0]
 
     def predict_logits_reference(self, batch: np.ndarray, batch_size: int = 128) -> np.ndarray:
         """The Keras reference (eager call, training.model.predict_logits) for parity checks."""
@@ -138,9 +173,9 @@ def load_model(model_dir: Path) -> LoadedModel:
                              f"the model card ({str(card['model_sha256'])[:12]}...)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import keras
+        from training.model import load_keras_model
 
-        km = keras.models.load_model(mpath, compile=False)
+        km = load_keras_model(mpath)
     except Exception as exc:
         raise ModelLoadError(f"cannot load {mpath}: {exc}") from exc
     loaded = LoadedModel(model_dir=model_dir, card=card, keras_model=km, sha256=sha)
@@ -148,6 +183,10 @@ def load_model(model_dir: Path) -> LoadedModel:
         loaded.clinical  # noqa: B018 - parse (and cache) it now, so a bad card fails at load time
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{model_dir / CARD_FILE}: unusable clinical_context: {exc}") from exc
+    try:
+        loaded.ood_detector  # noqa: B018 - verify the detector's file against the card at load time
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"{model_dir}: unusable out-of-domain detector: {exc}") from exc
     return loaded
 
 

@@ -1,4 +1,5 @@
 # Sourced by run.sh and test.sh: make .venv and install the pinned requirements when they changed.
+# REQUIREMENTS (default requirements.txt, the runtime) names the file: test.sh sets requirements-dev.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -9,12 +10,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     exit 1
   fi
 fi
-stamp="$VENV/.requirements.sha256"
-want="$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+REQS="${REQUIREMENTS:-requirements.txt}"
+# one stamp per requirements file (installing the runtime set after the dev set removes nothing)
+stamp="$VENV/.${REQS%.txt}.sha256"
+want="$(cat "$ROOT"/requirements*.txt "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "Installing Python requirements into $VENV (first run takes a few minutes)…"
+  echo "Installing Python requirements ($REQS) into $VENV (first run takes a few minutes)…"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+  "$VENV/bin/python" -m pip install --quiet -r "$ROOT/$REQS" -c "$ROOT/constraints.txt"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -66,6 +66,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_assessed_model_dir(tmp_path_factory) -> Path:
+    """The tiny model with fitted quality checks, out-of-domain detector and prediction sets."""
+    from training.testing import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-assessed-model"), seed=0, assessed=True)
+
+
 @pytest.fixture
 def use_tiny_model(settings, tiny_model_dir):
     """Point the app's default model at the tiny model for this test."""

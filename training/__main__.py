@@ -85,6 +85,11 @@ def main(argv=None) -> int:
                     help="TrainConfig override for the members trained here (repeatable)")
     en.add_argument("--version", default=None)
     en.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+    s = sub.add_parser("assess", help="fit the quality checks, out-of-domain detector and prediction sets "
+                       "of an artifact on its own splits; measure them on test, PH2 and non-dermoscopic images")
+    _common(s)
+    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--dry-run", action="store_true", help="print the figures, do not write the artifact")
     args = ap.parse_args(argv)
     droot = args.data or data_dir()
     cdir = args.cache or cache_dir()
@@ -131,6 +136,11 @@ def main(argv=None) -> int:
         if len(members) < 2:
             ap.error("an ensemble needs at least two members (--members and/or --seeds)")
         print(json.dumps(build_ensemble(members, args.out, droot, cdir, version=args.version), indent=1))
+        return 0
+    if args.cmd == "assess":
+        from .assessment import assess_artifact
+
+        print(json.dumps(assess_artifact(args.model, droot, cdir, write=not args.dry_run), indent=1))
         return 0
     if args.cmd == "recalibrate":
         from .recalibrate import recalibrate

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SRC_HAM, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
+from .data import HAM_SOURCES, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
 from .imageio import decode_file
 from .parallel import imap
 from .labels import ham_code_of
@@ -165,7 +165,7 @@ def _resolve_identity(recs: list[ImageRecord]) -> tuple[ImageRecord | None, str]
     """Apply the label policy to all records of one identity -> (record or None, decision)."""
     sets = [r.allowed for r in recs]
     inter = frozenset.intersection(*sets)
-    ham = [r for r in recs if r.source == SRC_HAM]
+    ham = [r for r in recs if r.source in HAM_SOURCES]
     base = ham[0] if ham else recs[0]
     sources = "+".join(sorted({r.source for r in recs}))
     folder_classes = {r.folder_class for r in recs if r.folder_class}
@@ -278,7 +278,7 @@ def audit_records(load: LoadResult, cache_file: Path | None = None, workers: int
     g = _UF()
     for root, v in ident.items():
         for r in v:
-            if r.source == SRC_HAM:
+            if r.source in HAM_SOURCES:
                 g.union("L:" + root, "H:" + r.lesion_id)
         g.find("L:" + root)
     for nd in near_diff:

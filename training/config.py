@@ -58,12 +58,19 @@ class TrainConfig:
     aug_rotate: bool = True
     aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
     aug_color: float = 0.15
+    aug_zoom_out: float = 0.3  # 30 % of images zoomed out by up to this fraction (smaller lesion)
+    aug_device: float = 1.0  # strength of the device augmentation (temperature, gamma, blur, vignette)
+    # colour constancy as the model's first layer (training.colour): shades_of_gray | none
+    colour_constancy: str = "shades_of_gray"
     bootstrap: int = 1000
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
     # add a per-class logit offset from age, sex and anatomic site (training.clinical), fitted on
     # the training split after the CNN; images without that context keep the CNN's logits
     clinical_context: bool = True
     clinical_l2: float = 1e-3
+    # fit the image-quality checks, the out-of-domain detector and the conformal prediction sets
+    # (training.assessment) after export
+    assessment: bool = True
     pretrained: str = ""  # optional path of a weights file; none exists here
 
     @property
@@ -83,7 +90,8 @@ class TrainConfig:
         from .model import build_model
 
         return build_model(None if any_size else self.image_size, NUM_CLASSES, self.width, self.stages, self.dropout,
-                           seed=self.seed, stem_stride=self.stem_stride)
+                           seed=self.seed, stem_stride=self.stem_stride,
+                           colour_constancy=self.colour_constancy)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,6 +101,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
+        # artifacts from before these options: no colour constancy, no device augmentation
+        d.setdefault("colour_constancy", "none")
+        d.setdefault("aug_device", 0.0)
+        d.setdefault("aug_zoom_out", 0.0)
         if "stages" in d:
             d["stages"] = tuple(d["stages"])
         known = {f for f in cls.__dataclass_fields__}

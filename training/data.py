@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 SRC_ISIC = "isic-9class"
 SRC_HAM = "ham10000"
+SRC_HAM_MORE = "ham10000-more"  # further HAM10000 images (softer: upsampled from 200x150)
+HAM_SOURCES = frozenset({SRC_HAM, SRC_HAM_MORE})
+ALL_SOURCES = (SRC_ISIC, SRC_HAM, SRC_HAM_MORE)
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ def _str_or_none(v: str | None) -> str | None:
     return None if v in ("", "unknown", "nan") else v
 
 
-def load_ham(root: Path, verify: bool = True) -> LoadResult:
+def load_ham(root: Path, verify: bool = True, source: str = SRC_HAM) -> LoadResult:
     """`root/HAM10000_metadata.csv` + `root/images/<image_id>.jpg`."""
     res = LoadResult()
     root = Path(root)
@@ -188,7 +191,7 @@ def load_ham(root: Path, verify: bool = True) -> LoadResult:
                 ImageRecord(
                     path=str(path), isic_id=image_id,
                     lesion_id=(row.get("lesion_id") or "").strip() or image_id,
-                    allowed=HAM_TO_CLASSES[dx], source=SRC_HAM, ham_code=dx,
+                    allowed=HAM_TO_CLASSES[dx], source=source, ham_code=dx,
                     age=_float_or_none(row.get("age")), sex=_str_or_none(row.get("sex")),
                     site=_str_or_none(row.get("localization")), dx_type=_str_or_none(row.get("dx_type")),
                 )
@@ -197,9 +200,11 @@ def load_ham(root: Path, verify: bool = True) -> LoadResult:
 
 
 def load_all(data_root: Path, verify: bool = True) -> LoadResult:
-    """Both datasets under `data_root` (isic-9class/, ham10000/); a missing one is a problem."""
+    """Every dataset under `data_root` (isic-9class/, ham10000/, ham10000-more/); a missing one
+    is a problem. Both HAM10000 folders share lesion ids: the audit and the split see their union."""
     data_root = Path(data_root)
     res = LoadResult()
-    res.extend(load_isic_folders(data_root / "isic-9class", verify=verify))
-    res.extend(load_ham(data_root / "ham10000", verify=verify))
+    res.extend(load_isic_folders(data_root / SRC_ISIC, verify=verify))
+    res.extend(load_ham(data_root / SRC_HAM, verify=verify, source=SRC_HAM))
+    res.extend(load_ham(data_root / SRC_HAM_MORE, verify=verify, source=SRC_HAM_MORE))
     return res

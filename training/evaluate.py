@@ -29,20 +29,28 @@ def sens_spec(scores, positives, thr) -> tuple[float, float]:
     return sens, spec
 
 
+def _cluster_sampler(m: int, clusters: np.ndarray | None, rng):
+    """A function drawing one bootstrap resample of row indices: whole clusters (lesions) with
+    replacement when ``clusters`` is given (images of one lesion are not independent), else rows."""
+    if clusters is None:
+        return lambda: rng.integers(0, m, m)
+    _, inverse = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    members = np.split(order, bounds)
+    k = len(members)
+    return lambda: np.concatenate([members[j] for j in rng.integers(0, k, k)])
+
+
 def bootstrap_ci(fn, arrays: list[np.ndarray], n: int = 1000, seed: int = 0,
-                 stratify: np.ndarray | None = None) -> tuple[float, float]:
-    """Percentile 95% CI of fn(*resampled arrays); stratified resampling by `stratify` if given."""
+                 clusters: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile 95% CI of fn(*resampled arrays); with ``clusters`` (one lesion id per row) the
+    resampling draws whole lesions, so several images of one lesion count as one draw."""
     rng = np.random.default_rng(seed)
-    m = len(arrays[0])
+    draw = _cluster_sampler(len(arrays[0]), clusters, rng)
     vals = []
-    if stratify is not None:
-        idx_pos = np.flatnonzero(stratify)
-        idx_neg = np.flatnonzero(~np.asarray(stratify, bool))
     for _ in range(n):
-        if stratify is not None:
-            idx = np.concatenate([rng.choice(idx_pos, len(idx_pos)), rng.choice(idx_neg, len(idx_neg))])
-        else:
-            idx = rng.integers(0, m, m)
+        idx = draw()
         try:
             v = fn(*[a[idx] for a in arrays])
         except ValueError:
@@ -79,18 +87,23 @@ def expected_calibration_error(probs: np.ndarray, correct_cls: np.ndarray, n_bin
     return float(ece), table
 
 
-def operating_point_report(scores, positives, thr, n_boot=1000, seed=0) -> dict:
+def operating_point_report(scores, positives, thr, n_boot=1000, seed=0, clusters=None) -> dict:
+    """Sensitivity and specificity at ``thr`` with bootstrap CIs (positives and negatives resampled
+    separately; by lesion when ``clusters`` is given)."""
     sens, spec = sens_spec(scores, positives, thr)
     pos = np.asarray(positives, bool)
     scores = np.asarray(scores)
     rng = np.random.default_rng(seed)
     s_pos, s_neg = scores[pos], scores[~pos]
+    c = None if clusters is None else np.asarray(clusters)
+    draw_pos = _cluster_sampler(len(s_pos), None if c is None else c[pos], rng)
+    draw_neg = _cluster_sampler(len(s_neg), None if c is None else c[~pos], rng)
     sv, pv = [], []
     for _ in range(n_boot):
         if len(s_pos):
-            sv.append(float((rng.choice(s_pos, len(s_pos)) >= thr).mean()))
+            sv.append(float((s_pos[draw_pos()] >= thr).mean()))
         if len(s_neg):
-            pv.append(float((rng.choice(s_neg, len(s_neg)) < thr).mean()))
+            pv.append(float((s_neg[draw_neg()] < thr).mean()))
     ci = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else [None, None]
     return {"threshold": float(thr), "sensitivity": sens, "sensitivity_ci95": ci(sv),
             "specificity": spec, "specificity_ci95": ci(pv), "n_positive": int(pos.sum()),
@@ -98,10 +111,12 @@ def operating_point_report(scores, positives, thr, n_boot=1000, seed=0) -> dict:
 
 
 def evaluate_probs(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds,
-                   n_boot: int = 1000, seed: int = 0, groups: dict | None = None) -> dict:
+                   n_boot: int = 1000, seed: int = 0, groups: dict | None = None,
+                   lesions=None) -> dict:
     """Full evaluation dict on calibrated probabilities (N, 9) vs allowed-class masks; with
     ``groups`` (attribute -> one value per image, e.g. ``subgroups.subgroup_labels(records)``)
-    also the per-subgroup figures under "subgroups"."""
+    also the per-subgroup figures under "subgroups". ``lesions`` (one lesion id per image) makes
+    every bootstrap CI resample lesions instead of images."""
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     probs = np.asarray(probs, dtype=np.float64)
@@ -111,20 +126,21 @@ def evaluate_probs(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds,
     out: dict = {"n_images": int(len(probs)), "n_single_label": int(t["single"].sum()),
                  "n_melanoma": int(t["melanoma"].sum()), "n_malignant": int(t["malignant"].sum())}
     out["melanoma_auc"] = _auc(t["melanoma"], mel)
-    out["melanoma_auc_ci95"] = list(bootstrap_ci(_auc, [t["melanoma"], mel], n_boot, seed))
+    out["melanoma_auc_ci95"] = list(bootstrap_ci(_auc, [t["melanoma"], mel], n_boot, seed, clusters=lesions))
     out["malignancy_auc"] = _auc(t["malignant"], mal)
-    out["malignancy_auc_ci95"] = list(bootstrap_ci(_auc, [t["malignant"], mal], n_boot, seed + 1))
+    out["malignancy_auc_ci95"] = list(bootstrap_ci(_auc, [t["malignant"], mal], n_boot, seed + 1, clusters=lesions))
     s = t["single"]
     pred9 = probs.argmax(1)
     if s.any():
         out["balanced_accuracy_9"] = float(balanced_accuracy_score(t["cls9"][s], pred9[s]))
         out["balanced_accuracy_9_ci95"] = list(bootstrap_ci(
-            lambda a, b: float(balanced_accuracy_score(a, b)), [t["cls9"][s], pred9[s]], n_boot, seed + 2))
+            lambda a, b: float(balanced_accuracy_score(a, b)), [t["cls9"][s], pred9[s]], n_boot, seed + 2,
+            clusters=None if lesions is None else np.asarray(lesions)[s]))
     ham_p = probs @ ham_membership_matrix()
     pred7 = ham_p.argmax(1)
     out["balanced_accuracy_7"] = float(balanced_accuracy_score(t["ham7"], pred7))
     out["balanced_accuracy_7_ci95"] = list(bootstrap_ci(
-        lambda a, b: float(balanced_accuracy_score(a, b)), [t["ham7"], pred7], n_boot, seed + 3))
+        lambda a, b: float(balanced_accuracy_score(a, b)), [t["ham7"], pred7], n_boot, seed + 3, clusters=lesions))
     p, r, f, sup = precision_recall_fscore_support(t["cls9"][s], pred9[s], labels=list(range(9)),
                                                    zero_division=0)
     out["per_class_9"] = {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
@@ -135,11 +151,14 @@ def evaluate_probs(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds,
     out["confusion_matrix_7"] = confusion_matrix(t["ham7"], pred7, labels=list(range(7))).tolist()
     out["confusion_matrix_9_single"] = confusion_matrix(t["cls9"][s], pred9[s], labels=list(range(9))).tolist()
     out["operating_points"] = {
-        "melanoma": operating_point_report(mel, t["melanoma"], thresholds.melanoma, n_boot, seed + 4),
-        "malignancy": operating_point_report(mal, t["malignant"], thresholds.malignancy, n_boot, seed + 5),
+        "melanoma": operating_point_report(mel, t["melanoma"], thresholds.melanoma, n_boot, seed + 4, lesions),
+        "malignancy": operating_point_report(mal, t["malignant"], thresholds.malignancy, n_boot, seed + 5, lesions),
     }
     flagged = (mel >= thresholds.melanoma) | (mal >= thresholds.malignancy)
     out["flag_rate"] = float(flagged.mean())
+    out["ci_resampling"] = "lesions" if lesions is not None else "images"
+    if lesions is not None:
+        out["n_lesions"] = int(len(set(np.asarray(lesions).astype(str).tolist())))
     out["flag_sensitivity_malignant"] = float(flagged[t["malignant"]].mean()) if t["malignant"].any() else None
     ece, table = expected_calibration_error(probs[s], t["cls9"][s])
     out["ece_top_label"] = ece

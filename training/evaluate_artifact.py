@@ -20,7 +20,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     from .evaluate import evaluate_probs, plot_all
     from .labels import mask_from_classes
     from .scoring import softmax_with_temperature
-    from .subgroups import subgroup_labels
+    from .subgroups import lesion_ids_of, subgroup_labels
 
     m = load_model(Path(model_dir))
     ids = m.card["split_ids"][split]
@@ -39,7 +39,8 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
 
         logits = m.clinical.apply(logits, contexts_of(recs))
     probs = softmax_with_temperature(logits, m.temperature)
-    metrics = evaluate_probs(probs, masks, m.thresholds, n_boot=n_boot, seed=0, groups=subgroup_labels(recs))
+    metrics = evaluate_probs(probs, masks, m.thresholds, n_boot=n_boot, seed=0, groups=subgroup_labels(recs),
+                             lesions=lesion_ids_of(recs))
     if plots_dir:
         plot_all(probs, masks, metrics, None, Path(plots_dir))
     fp_ok = audit.report["data_fingerprint"] == m.card.get("data_fingerprint")
@@ -51,3 +52,53 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
             "clinical_context": bool(clinical and m.clinical is not None),
             "thresholds": m.thresholds.to_dict(), "metrics": {k: metrics.get(k) for k in keep},
             "subgroups": metrics["subgroups"]}
+
+
+def evaluate_external(model_dir: Path, data_root: Path, n_boot: int = 1000) -> dict:
+    """Figures of the artifact on PH2 (external test set: scored and reported, never tuned on),
+    through the app's own inference path (decode, resize, checks, runner). Every PH2 image is its
+    own lesion, so the bootstrap resamples lesions here too. Flagged = either shipped threshold
+    reached; "sent to review" also counts images the model could not assess."""
+    from classifier.inference import predict_images
+    from classifier.model_store import load_model
+    from classifier.preprocess import decode_image
+
+    from .evaluate import _auc, bootstrap_ci, operating_point_report
+    from .conformal import coverage_and_size
+    from .labels import CLASSES
+    from .ph2 import load_ph2, ph2_masks
+
+    m = load_model(Path(model_dir))
+    ph2 = load_ph2(data_root)
+    preds = []
+    for i in range(0, len(ph2), 32):
+        chunk = ph2[i:i + 32]
+        preds += predict_images(m, [decode_image(Path(x.path).read_bytes(), target_size=m.input_size) for x in chunk])
+    mel_true = np.array([x.dx == "mel" for x in ph2])
+    lesions = np.array([x.lesion_id for x in ph2])
+    mel = np.array([p.melanoma_probability for p in preds])
+    mal = np.array([p.malignancy_score for p in preds])
+    flagged = np.array([p.flagged for p in preds])
+    assessable = np.array([p.assessable for p in preds])
+    to_review = flagged | ~assessable
+    thr = m.thresholds
+    out = {"model_version": m.version, "dataset": "PH2 (Hospital Pedro Hispano, Portugal; external)",
+           "n_images": len(ph2), "n_melanoma": int(mel_true.sum()),
+           "ci_resampling": "lesions (one image per PH2 lesion)",
+           "melanoma_auc": _auc(mel_true, mel),
+           "melanoma_auc_ci95": list(bootstrap_ci(_auc, [mel_true, mel], n_boot, 0, clusters=lesions)),
+           "malignancy_auc": _auc(mel_true, mal),
+           "melanoma_operating_point": operating_point_report(mel, mel_true, thr.melanoma, n_boot, 1, lesions),
+           "flag": operating_point_report(flagged.astype(float), mel_true, 0.5, n_boot, 2, lesions),
+           "sent_to_review": operating_point_report(to_review.astype(float), mel_true, 0.5, n_boot, 3, lesions),
+           "not_assessable": int((~assessable).sum()),
+           "not_assessable_by_diagnosis": {}, "flag_rate_by_diagnosis": {}}
+    for dx in sorted({x.diagnosis for x in ph2}):
+        sel = np.array([x.diagnosis == dx for x in ph2])
+        out["flag_rate_by_diagnosis"][dx] = float(flagged[sel].mean())
+        out["not_assessable_by_diagnosis"][dx] = int((~assessable[sel]).sum())
+    if all(p.prediction_set is not None for p in preds):
+        probs = np.array([[p.class_probabilities[c] for c in CLASSES] for p in preds])
+        floor = m.assessment["conformal"]["probability_floor"]
+        out["conformal"] = coverage_and_size(probs, ph2_masks(ph2), floor)
+    return out

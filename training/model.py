@@ -6,6 +6,16 @@ import numpy as np
 LAST_CONV = "last_conv"
 
 
+def load_keras_model(path):
+    """Load a saved Keras model of this project (its custom layers registered first), uncompiled."""
+    import keras
+
+    from .colour import layer_class
+
+    layer_class()
+    return keras.models.load_model(path, compile=False)
+
+
 def cpu_supports_bf16() -> bool:
     try:
         txt = open("/proc/cpuinfo").read()
@@ -25,7 +35,8 @@ def set_precision(mode: str) -> str:
 
 
 def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
-                stages=(1, 2, 2, 2), dropout: float = 0.3, seed: int = 0, stem_stride: int = 2):
+                stages=(1, 2, 2, 2), dropout: float = 0.3, seed: int = 0, stem_stride: int = 2,
+                colour_constancy: str = "none"):
     """Input: float32 RGB 0..255 (size x size). Output: float32 logits (softmax applied
     outside with the calibrated temperature). The last conv layer is named 'last_conv'.
 
@@ -34,7 +45,9 @@ def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
 
     ``stem_stride`` 4 adds a stride-2 conv before the stem conv, so a larger input (more
     dermoscopic detail) costs about the same compute in the residual stages as a smaller
-    input with the stride-2 stem."""
+    input with the stride-2 stem.
+
+    ``colour_constancy`` (``training.colour.MODES``) adds that step as the model's first layer."""
     if stem_stride not in (2, 4):
         raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
     import keras
@@ -42,7 +55,10 @@ def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
 
     init = keras.initializers.HeNormal(seed=seed)
     inp = keras.Input((image_size, image_size, 3), name="image")  # None x None when image_size is None
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inp)
+    from .colour import apply_layer
+
+    x = apply_layer(inp, colour_constancy)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
     if stem_stride == 4:
         x = layers.Conv2D(max(width // 2, 8), 3, strides=2, padding="same", use_bias=False,
                           kernel_initializer=init, name="stem0_conv")(x)
@@ -106,10 +122,14 @@ def set_loss(label_smoothing: float = 0.0):
 
 
 def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2,
-                  color: float = 0.15):
+                  color: float = 0.15, zoom_out: float = 0.0, device: float = 0.0):
     """Batched augmentation on float32 0..255 images: dihedral flips/transposes, random rotation,
-    random crop (zoom in + shift) via one projective transform per image, colour/brightness/
-    contrast/saturation jitter. `seed_stream` is a tf.random.Generator."""
+    random crop (zoom in + shift, or zoom out by up to ``zoom_out``: the lesion smaller in the
+    frame) via one projective transform per image, colour/brightness/contrast/saturation jitter.
+
+    ``device`` > 0 (its strength, 1 = the defaults below) also varies what dermatoscopes and
+    cameras vary: colour temperature (a warm/cool gain pair on red and blue), gamma, defocus blur
+    and a vignette (darker corners, up to a black ring). `seed_stream` is a tf.random.Generator."""
     import math
 
     import tensorflow as tf
@@ -124,10 +144,13 @@ def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2
     x = tf.where(t, tf.transpose(x, [0, 2, 1, 3]), x)
     x = tf.where(g.uniform([b, 1, 1, 1]) < 0.5, tf.reverse(x, [2]), x)
     x = tf.where(g.uniform([b, 1, 1, 1]) < 0.5, tf.reverse(x, [1]), x)
-    # rotation + zoom-in (random crop) + shift, one transform
+    # rotation + zoom-in (random crop) or zoom-out + shift, one transform
     ang = g.uniform([b], -math.pi, math.pi) if rotate else tf.zeros([b])
     scale = 1.0 - g.uniform([b], 0.0, zoom)  # output pixel -> input pixel scale (<1 = zoom in)
-    max_shift = (1.0 - scale) * 0.5
+    if zoom_out > 0:
+        out = g.uniform([b]) < 0.3
+        scale = tf.where(out, 1.0 + g.uniform([b], 0.0, zoom_out), scale)
+    max_shift = tf.abs(1.0 - scale) * 0.5
     tx = g.uniform([b], -1.0, 1.0) * max_shift * w
     ty = g.uniform([b], -1.0, 1.0) * max_shift * h
     c, s = tf.cos(ang) * scale, tf.sin(ang) * scale
@@ -141,6 +164,20 @@ def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2
     x = tf.raw_ops.ImageProjectiveTransformV3(
         images=x, transforms=tr, output_shape=tf.shape(x)[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="REFLECT")
+    if device > 0:
+        # defocus: blend with a 5x5 Gaussian blur (sigma ~1.2 px), a random amount per image
+        k1 = tf.constant([0.05, 0.24, 0.42, 0.24, 0.05], tf.float32)
+        k = tf.tile((k1[:, None] * k1[None, :])[:, :, None, None], [1, 1, 3, 1])
+        blurred = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME")
+        amount = tf.where(g.uniform([b, 1, 1, 1]) < 0.3 * device, g.uniform([b, 1, 1, 1], 0.0, 1.0), 0.0)
+        x = x + (blurred - x) * amount
+        # vignette: gain 1 - v * r^k toward the corners (r = 1 at the middle of each side)
+        yy = (tf.range(h) + 0.5) / h * 2.0 - 1.0
+        xx = (tf.range(w) + 0.5) / w * 2.0 - 1.0
+        r = tf.sqrt(yy[:, None] ** 2 + xx[None, :] ** 2)[None, :, :, None]
+        v = tf.where(g.uniform([b, 1, 1, 1]) < 0.4 * device, g.uniform([b, 1, 1, 1], 0.2, 1.0), 0.0)
+        power = g.uniform([b, 1, 1, 1], 2.0, 6.0)
+        x = x * tf.clip_by_value(1.0 - v * tf.pow(r / 1.41421356, power) * 1.6, 0.0, 1.0)
     if color > 0:
         bright = g.uniform([b, 1, 1, 1], -color, color) * 255.0
         contrast = 1.0 + g.uniform([b, 1, 1, 1], -color, color)
@@ -151,6 +188,14 @@ def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2
         gray = tf.reduce_mean(x, axis=3, keepdims=True)
         x = (x - gray) * sat + gray
         x = x * chan
+    if device > 0:
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        # colour temperature: warm (more red, less blue) or cool, up to +-25 % at strength 1
+        temp = g.uniform([b, 1, 1, 1], -0.25, 0.25) * device
+        x = x * tf.concat([1.0 + temp, tf.ones_like(temp), 1.0 - temp], axis=3)
+        # gamma 0.7..1.4 (log-uniform)
+        gamma = tf.exp(g.uniform([b, 1, 1, 1], math.log(0.7), math.log(1.4)) * device)
+        x = 255.0 * tf.pow(tf.clip_by_value(x / 255.0, 0.0, 1.0), gamma)
     return tf.clip_by_value(x, 0.0, 255.0)
 
 

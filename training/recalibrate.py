@@ -47,7 +47,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
     from .evaluate import evaluate_probs
     from .labels import mask_from_classes
     from .scoring import softmax_with_temperature
-    from .subgroups import subgroup_labels
+    from .subgroups import lesion_ids_of, subgroup_labels
     from .train import adjusted_logits, calibrate, fit_clinical
 
     audit = run_audit(data_root, cache_dir)
@@ -66,7 +66,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
         adjusted_logits(keras_model, cfg, x_te, clinical=clinical, contexts=contexts_of(test_recs)),
         cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
-                             groups=subgroup_labels(test_recs))
+                             groups=subgroup_labels(test_recs), lesions=lesion_ids_of(test_recs))
     export_artifact(keras_model, Path(out_dir), cfg=cfg, temperature=cal["temperature"],
                     thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
                     history=history, audit_report=audit.report, split=split, test_probs=probs,

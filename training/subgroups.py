@@ -61,3 +61,8 @@ def subgroup_report(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds
             rows[str(value)] = row
         out[attribute] = rows
     return out
+
+
+def lesion_ids_of(records) -> np.ndarray:
+    """One lesion id per record: the unit the bootstrap CIs resample."""
+    return np.array([str(r.lesion_id or r.isic_id) for r in records])

@@ -67,9 +67,12 @@ def tiny_config(seed: int = 0):
                        average_tail=0.0, progressive_min_size=0)
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
+def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False, assessed: bool = False) -> Path:
     """Generate synthetic images, train a very small model briefly, fit temperature/thresholds on
-    synthetic validation data and export a complete artifact (same format as the real one)."""
+    synthetic validation data and export a complete artifact (same format as the real one).
+    ``assessed`` also fits the quality checks, out-of-domain detector and prediction sets
+    (training.assessment) on the synthetic splits; without it the artifact is like one from
+    before them (every image assessable)."""
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -79,8 +82,23 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False) -> Path:
     x_tr, m_tr, _ = synthetic_images(270, seed=seed)
     x_va, m_va, _ = synthetic_images(90, seed=seed + 1)
     model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
-    return _export_tiny(model, cfg, Path(path), seed=seed, history=history, version=f"tiny-test-{seed}",
-                        plots=plots)
+    out = _export_tiny(model, cfg, Path(path), seed=seed, history=history,
+                       version=f"tiny-test-{seed}" + ("-assessed" if assessed else ""), plots=plots)
+    if assessed:
+        from .artifact import read_card
+        from .assessment import assess, save
+        from .data import ImageRecord
+        from .labels import ham_code_of
+
+        splits = {}
+        for k, n, s in (("train", 270, seed), ("val", 90, seed + 1), ("test", 90, seed + 2)):
+            x, _, sets = synthetic_images(n, seed=s)
+            splits[k] = ([ImageRecord(path="", isic_id=f"SYN_{k}_{i:04d}", lesion_id=f"SYN_{k}_{i:04d}",
+                                      allowed=st, source="synthetic", ham_code=ham_code_of(st))
+                          for i, st in enumerate(sets)], x)
+        assessment, detector = assess(model, read_card(out), splits, None, external=False)
+        save(out, assessment, detector)
+    return out
 
 
 def make_tiny_ensemble_dir(path: Path, member_dirs, seed: int = 0, plots: bool = False) -> Path:

@@ -128,6 +128,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
     ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
+                            zoom_out=cfg.aug_zoom_out, device=cfg.aug_device,
                             size_var=size_var)
     steps_per_epoch = int(ds.cardinality().numpy())
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -345,13 +346,13 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .artifact import export_artifact
     from .audit import audit_records
     from .cache import load_images
-    from .data import SRC_HAM, SRC_ISIC, load_all
+    from .data import ALL_SOURCES, load_all
     from .evaluate import evaluate_probs
     from .clinical import contexts_of
     from .labels import mask_from_classes
     from .scoring import softmax_with_temperature
     from .splits import split_by_lesion
-    from .subgroups import subgroup_labels
+    from .subgroups import lesion_ids_of, subgroup_labels
 
     t_start = time.time()
     _emit(f"[train] config {json.dumps(cfg.to_dict())}")
@@ -364,7 +365,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     if sources is not None:
         load.records = [r for r in load.records if r.source in set(sources)]
         load.problems = [p for p in load.problems if not any(
-            str(p.path).startswith(str(Path(data_root) / src)) for src in ({SRC_ISIC, SRC_HAM} - set(sources)))]
+            str(p.path).startswith(str(Path(data_root) / src)) for src in (set(ALL_SOURCES) - set(sources)))]
     load.records = list(load.records) + list(extra_records)
     if not load.records:
         raise ValueError("no training images: check the data sources")
@@ -393,7 +394,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         adjusted_logits(model, cfg, images[sl["test"]], clinical=clinical, contexts=test_contexts),
         cal["temperature"])
     metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed,
-                             groups=subgroup_labels(recs[sl["test"]]))
+                             groups=subgroup_labels(recs[sl["test"]]), lesions=lesion_ids_of(recs[sl["test"]]))
     _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
           "mel sens/spec={:.3f}/{:.3f}".format(
               metrics["melanoma_auc"], metrics["malignancy_auc"], metrics["balanced_accuracy_7"],
@@ -406,6 +407,18 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         validation=cal["validation"], metrics=metrics, history=history, audit_report=audit.report,
         split=split, test_probs=probs, test_masks=masks[sl["test"]], version=version,
         data_sources=sorted({src for r in audit.records for src in r.source.split("+")}), clinical=clinical)
+    if cfg.assessment:
+        progress("fitting the quality, out-of-domain and prediction-set checks")
+        from .artifact import read_card
+        from .assessment import assess, save as save_assessment
+
+        assessment, detector = assess(model, read_card(out), {
+            k: (recs[sl[k]], images[sl[k]]) for k in ("train", "val", "test")}, Path(data_root))
+        save_assessment(out, assessment, detector)
+        measured = assessment["measured"]
+        _emit("[train] assessment: ood threshold={} test not assessable={:.3f} non-dermoscopic caught={}/{}".format(
+            (assessment.get("ood") or {}).get("threshold"), measured["test"]["not_assessable_rate"],
+            measured["non_dermoscopic"]["not_assessable"], measured["non_dermoscopic"]["images"]))
     if reference is not None:
         progress("comparing with the active model")
         gate = gate_comparison(probs, masks[sl["test"]], cal["thresholds"], reference, images[sl["test"]],

@@ -70,10 +70,9 @@ def _weight_bytes(path) -> int:
 
 
 def test_half_precision_file_is_half_the_size_and_loads_exactly(member_dirs, tmp_path):
-    import keras
-
     from classifier.model_store import load_model
     from training.ensemble import combine, round_to_half, save_half
+    from training.model import load_keras_model
 
     ens = combine([load_model(d).keras_model for d in member_dirs])
     full, half = tmp_path / "full.keras", tmp_path / "half.keras"
@@ -82,7 +81,7 @@ def test_half_precision_file_is_half_the_size_and_loads_exactly(member_dirs, tmp
     save_half(ens, half)
     sizes = [_weight_bytes(p) for p in (full, half)]
     assert sizes[1] == sizes[0] // 2, sizes  # every weight is float32 -> float16
-    loaded = keras.models.load_model(half, compile=False)
+    loaded = load_keras_model(half)
     assert all(w.dtype == np.float32 for w in loaded.get_weights())  # float32 in memory
     for got, want in zip(loaded.get_weights(), ens.get_weights()):
         np.testing.assert_array_equal(got, want)
