@@ -9,6 +9,7 @@ otherwise generated JPEGs) and the same model, prints JSON with:
   for each engine/precision, with and without the 8-view TTA: single-image latency p50/p95 (warm,
   JPEG bytes -> probabilities) and batch throughput (images/s, decoding included);
 - parity: max |p - p_keras| of the calibrated probabilities against the Keras reference;
+- the quality / out-of-domain / prediction-set checks: the single-image p50 with and without them;
 - FLOPs per image (analytic, from the Keras layers) and the fraction of the CPU's peak, with the
   peak measured here by a large fp32 and bf16 matmul;
 - JPEG decode: time and parity of the reduced (draft) decode vs the full decode;
@@ -216,6 +217,35 @@ def decode_check(blobs, size, reps) -> dict:
     }
 
 
+def assessment_overhead(base, km, blobs, size, reps, runner_model, runner_sha) -> dict:
+    """What the quality checks, the out-of-domain detector and the prediction sets add to one
+    image's latency: the default path (LiteRT fp32) with them, against the same model without them
+    (its card's assessment removed, logits-only runner), measured alternately in this run."""
+    from classifier.fast import build_runner
+    from classifier.inference import predict_bytes
+
+    if not base.assessment:
+        return {"note": "this model has no fitted checks (an artifact from before them)"}
+    with_checks = dataclasses.replace(base, _lock=threading.Lock(), _runner=None)
+    with_checks._runner = build_runner(runner_model, size, sha256=runner_sha, engine="tflite", precision="fp32")
+    plain = dataclasses.replace(base, card={k: v for k, v in base.card.items() if k != "assessment"},
+                                _lock=threading.Lock(), _runner=None)
+    plain._runner = build_runner(km, size, sha256=base.sha256, engine="tflite", precision="fp32")
+    for m in (with_checks, plain):
+        for d in blobs[:8]:
+            predict_bytes(m, d)
+    t_with, t_plain = [], []
+    for i in range(max(reps, 30)):
+        d = blobs[i % len(blobs)]
+        for m, ts in ((with_checks, t_with), (plain, t_plain)):
+            t = time.perf_counter()
+            predict_bytes(m, d)
+            ts.append(time.perf_counter() - t)
+    a, b = _stats_ms(t_with), _stats_ms(t_plain)
+    return {"with_checks": a, "without_checks": b, "added_p50_ms": round(a["p50_ms"] - b["p50_ms"], 2),
+            "engine": with_checks.runner().engine}
+
+
 FOOTPRINT_CODE = r"""
 import os, sys, time, json, resource
 t_import = time.time()
@@ -295,6 +325,12 @@ def main() -> None:
     out["peak"] = matmul_peak(2048 if a.quick else 4096, 4 if a.quick else 8)
 
     imgs = prepare_batch([decode_image(b) for b in blobs], size)
+    # a model with an out-of-domain detector computes its features in the same forward pass
+    runner_model, runner_sha = km, base.sha256
+    if base.ood_detector is not None:
+        from training.ood import with_features
+
+        runner_model, runner_sha = with_features(km), base.sha256 + ":features"
     results = {}
     saved_tta = os.environ.get("SECONDLOOK_TTA")
     for tta in ("none", "dihedral8"):
@@ -306,7 +342,7 @@ def main() -> None:
             from classifier.fast import build_runner
 
             m = dataclasses.replace(base, _lock=threading.Lock(), _runner=None)
-            m._runner = build_runner(km, size, sha256=base.sha256, engine=engine, precision=prec)
+            m._runner = build_runner(runner_model, size, sha256=runner_sha, engine=engine, precision=prec)
             key = f"project/{m._runner.engine}-{m._runner.precision}/tta={tta}"
             r = project_path(m, blobs, reps_single, batch, reps_batch)
             p = probs_of(m, imgs, temp)
@@ -329,6 +365,7 @@ def main() -> None:
     else:
         os.environ["SECONDLOOK_TTA"] = saved_tta
     out["results"] = results
+    out["assessment_overhead"] = assessment_overhead(base, km, blobs, size, reps_single, runner_model, runner_sha)
 
     dec = decode_check(blobs, size, 3 if a.quick else 10)
     os.environ["SECONDLOOK_TTA"] = "none"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from cases.monitoring import RECENT_DAYS, assessment_rates
 from cases.models import (AuditEvent, Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
                           Review)
 
@@ -81,13 +82,21 @@ class LesionImageAdmin(admin.ModelAdmin):
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
+    change_list_template = "admin/cases/prediction/change_list.html"
+
+    def changelist_view(self, request, extra_context=None):
+        """The list, headed by how often each model version could not assess recent uploads."""
+        extra_context = (extra_context or {}) | {"assessment_rates": assessment_rates(), "recent_days": RECENT_DAYS}
+        return super().changelist_view(request, extra_context)
+
     list_display = ["pk", "image", "model_version", "status", "melanoma_probability", "malignancy_score", "flagged",
-                    "attempts", "enqueued_at", "finished_at"]
-    list_filter = ["status", "flagged", "model_version"]
+                    "assessable", "attempts", "enqueued_at", "finished_at"]
+    list_filter = ["status", "flagged", "assessable", "model_version"]
     search_fields = ["image__lesion__case__patient__identifier", "error"]
     raw_id_fields = ["image"]
     readonly_fields = ["class_probabilities", "flag_reasons", "inference_ms", "heatmap", "created_at", "started_at",
-                       "finished_at", "enqueued_at", "attempts"]
+                       "finished_at", "enqueued_at", "attempts", "assessable", "assessment_notes", "assessment",
+                       "prediction_set"]
 
 
 @admin.register(Review)

@@ -81,7 +81,9 @@ def card_markdown(card: dict) -> str:
                                   "(fitted on the training split); without them the image alone decides."
                                   if card.get("clinical_context") else "not used; the image alone decides."), "",
         "## Held-out test metrics", "",
-        f"- images: {m.get('n_images')} (melanoma {m.get('n_melanoma')}, malignant {m.get('n_malignant')})",
+        f"- images: {m.get('n_images')} (melanoma {m.get('n_melanoma')}, malignant {m.get('n_malignant')}); "
+        f"95 % CIs resample {m.get('ci_resampling', 'images')}"
+        + (f" ({m['n_lesions']} lesions)" if m.get("n_lesions") else ""),
         f"- melanoma AUC {f(m.get('melanoma_auc'))} {ci(m.get('melanoma_auc_ci95'))}",
         f"- malignancy AUC {f(m.get('malignancy_auc'))} {ci(m.get('malignancy_auc_ci95'))}",
         f"- balanced accuracy, 7 HAM codes {f(m.get('balanced_accuracy_7'))} {ci(m.get('balanced_accuracy_7_ci95'))}",
@@ -101,6 +103,7 @@ def card_markdown(card: dict) -> str:
             o = v[k]
             lines.append(f"- {k}: threshold {o['threshold']:.4f}, sensitivity {f(o['sensitivity'])} "
                          f"{ci(o['sensitivity_ci95'])}, specificity {f(o['specificity'])} {ci(o['specificity_ci95'])}")
+    lines += _assessment_lines(card.get("assessment"), f)
     a = card.get("audit_counts", {})
     lines += ["", "## Data", "",
               f"- data fingerprint `{card.get('data_fingerprint')}`",
@@ -111,6 +114,33 @@ def card_markdown(card: dict) -> str:
     lines += _ensemble_lines(card["ensemble"], f) if card.get("ensemble") else _training_lines(card["training"], f)
     lines.append("")
     return "\n".join(lines)
+
+
+def _assessment_lines(assessment: dict | None, f) -> list[str]:
+    """When the model declines to answer: its fitted checks and how often they fired."""
+    if not assessment:
+        return ["", "## When the model cannot judge an image", "",
+                "- no quality checks or out-of-domain detector were fitted for this artifact"]
+    q, o, c = assessment["quality"], assessment.get("ood") or {}, assessment["conformal"]
+    lines = ["", "## When the model cannot judge an image", "",
+             f"- image-quality checks (training split, {q['images']} images, {f(q['pass_rate'])} pass): "
+             + ", ".join(f"{k} {v:.3g}" for k, v in q["thresholds"].items()),
+             f"- out-of-domain threshold {f(o.get('threshold'))} (validation pass rate "
+             f"{f(o.get('validation_pass_rate'))}; {o.get('method', 'none')})" if o else
+             "- no out-of-domain detector (the model has no feature layer for it)",
+             f"- conformal prediction sets: probability floor {f(c['probability_floor'])} for "
+             f"{f(c['coverage_target'])} coverage on validation",
+             f"- clinical photos: {assessment.get('clinical_photos', '')}"]
+    for name, r in (assessment.get("measured") or {}).items():
+        if "images" not in r:
+            lines.append(f"- {name}: {r.get('error', 'not measured')}")
+            continue
+        cov = r.get("conformal") or {}
+        lines.append(f"- {name} ({r['images']} images): quality failed {f(r['quality_failed_rate'])}, unfamiliar "
+                     f"{f(r['unfamiliar_rate'])}, could not assess {f(r['not_assessable_rate'])}"
+                     + (f"; prediction-set coverage {f(cov.get('coverage'))}, mean size {f(cov.get('mean_set_size'))}"
+                        if cov else ""))
+    return lines
 
 
 def _training_lines(training: dict, f) -> list[str]:

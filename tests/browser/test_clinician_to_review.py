@@ -7,25 +7,14 @@ import re
 
 import numpy as np
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from browser_helpers import log_in, make_user
 from PIL import Image
 
-from cases.models import Case, Clinic, ClinicMembership, Review
+from cases.models import Case, Clinic, Review
 from cases.roles import CLINICIAN, DERMATOLOGIST
 from classifier.registry import activate, register_artifact
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-PASSWORD = "browser-test-password-1"
-
-
-def make_user(username, full_name, role, clinic=None):
-    first, last = full_name.split(" ", 1)
-    user = get_user_model().objects.create_user(username=username, password=PASSWORD, first_name=first, last_name=last)
-    user.groups.add(Group.objects.get_or_create(name=role)[0])
-    if clinic:
-        ClinicMembership.objects.create(user=user, clinic=clinic)
-    return user
 
 
 def lesion_jpeg(path):
@@ -41,14 +30,6 @@ def lesion_jpeg(path):
     Image.fromarray(pixels).save(buffer, "JPEG", quality=92)
     path.write_bytes(buffer.getvalue())
     return path
-
-
-def log_in(page, base, username):
-    page.goto(f"{base}/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base}/")
 
 
 def test_clinician_upload_to_dermatologist_review(live_server, use_tiny_model, celery_worker_process, browser_page,

@@ -116,3 +116,19 @@ def test_queue_ranks_cannot_assess_with_the_flagged_cases(world, assessed_versio
                                   finished_at=timezone.now())
         ranks.append(case)
     assert list(queue.review_queue()) == [ranks[0], world.case_a, ranks[1]]
+
+
+def test_admin_sees_how_often_each_version_could_not_assess(world, assessed_version, client):
+    from cases.monitoring import assessment_rates
+
+    for i, pixels in enumerate((nevus_like(), text_page())):
+        pred = _prediction(world, assessed_version, pixels, sha="bc"[i])
+        scoring.run_prediction(prediction_id=pred.pk)
+    [rates] = assessment_rates()
+    assert (rates.version, rates.scored, rates.not_assessable) == (assessed_version.version, 2, 1)
+    assert rates.quality_failed + rates.unfamiliar >= 1 and rates.not_assessable_rate == 0.5
+    client.force_login(world.admin)
+    page = client.get("/admin/cases/prediction/").content.decode()
+    assert "Images the model could not assess" in page and assessed_version.version in page
+    version_page = client.get(f"/admin/classifier/modelversion/{assessed_version.pk}/change/").content.decode()
+    assert f"model_version__id__exact={assessed_version.pk}" in version_page

@@ -174,12 +174,30 @@ def test_predict_cli_csv_contract(tiny_dir, tmp_path):
                         str(out), str(folder), str(single)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["image", *CLASSES, "melanoma_probability", "malignancy_score", "flagged", "model_version"]
+    # the original columns keep their positions; the assessment columns come last
+    assert rows[0] == ["image", *CLASSES, "melanoma_probability", "malignancy_score", "flagged", "model_version",
+                       "assessable", "assessment_note"]
     assert sorted(r[0] for r in rows[1:]) == ["ISIC_1", "b", "c"]
     for row in rows[1:]:
         probs = [float(x) for x in row[1:10]]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
         assert row[12] in ("0", "1") and row[13] == "tiny-test-0"
+        assert (row[14], row[15]) == ("1", "")  # a model without fitted checks assesses every image
+
+
+def test_predict_cli_says_when_the_model_cannot_assess(tiny_assessed_model_dir, tmp_path):
+    from training.testing import synthetic_images
+
+    Image.new("RGB", (64, 64), (40, 90, 200)).save(tmp_path / "flat-blue.png")
+    Image.fromarray(synthetic_images(5, seed=2)[0][4]).save(tmp_path / "in-domain.png")
+    out = tmp_path / "out.csv"
+    r = subprocess.run([sys.executable, "-m", "classifier", "predict", "--model", str(tiny_assessed_model_dir),
+                        "--csv", str(out), str(tmp_path / "flat-blue.png"), str(tmp_path / "in-domain.png")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = {row["image"]: row for row in csv.DictReader(out.open())}
+    assert rows["flat-blue"]["assessable"] == "0" and "retake" in rows["flat-blue"]["assessment_note"]
+    assert rows["in-domain"]["assessable"] == "1" and rows["in-domain"]["assessment_note"] == ""
 
 
 def test_tta_views_and_prediction(tiny):

@@ -1,0 +1,26 @@
+"""Helpers shared by the browser tests: users with a role and a password, and logging in."""
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+
+from cases.models import ClinicMembership
+
+PASSWORD = "browser-test-password-1"
+
+
+def make_user(username, full_name, role, clinic=None):
+    first, last = full_name.split(" ", 1)
+    user = get_user_model().objects.create_user(username=username, password=PASSWORD, first_name=first, last_name=last)
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    if clinic:
+        ClinicMembership.objects.create(user=user, clinic=clinic)
+    return user
+
+
+def log_in(page, base, username):
+    page.goto(f"{base}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base}/")
