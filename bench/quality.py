@@ -25,29 +25,34 @@ def _ci(ci) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None and ci[0] == ci[0] else ""
 
 
+def _v(value, ci=None) -> str:
+    return "—" if value is None else f"{value:.3f} {_ci(ci)}".strip()
+
+
 def table(internal: dict, ph2: dict | None) -> str:
+    """Both test sets side by side (a plain-text table for the terminal)."""
     m = internal["metrics"]
     op = m["operating_points"]["melanoma"]
-    rows = [("images / melanomas", f"{m['n_images']} / {m['n_melanoma']}", "", ""),
-            ("melanoma AUC", f"{m['melanoma_auc']:.3f}", _ci(m["melanoma_auc_ci95"]), "")]
-    rows.append(("melanoma sens / spec at threshold", f"{op['sensitivity']:.3f} / {op['specificity']:.3f}",
-                 f"{_ci(op['sensitivity_ci95'])} / {_ci(op['specificity_ci95'])}", ""))
-    lines = []
-    if ph2 and "melanoma_auc" in ph2:
-        pop, fl = ph2["melanoma_operating_point"], ph2["flag"]
-        ph_rows = [f"{ph2['n_images']} / {ph2['n_melanoma']}",
-                   f"{ph2['melanoma_auc']:.3f} {_ci(ph2['melanoma_auc_ci95'])}",
-                   f"{pop['sensitivity']:.3f} / {pop['specificity']:.3f} {_ci(pop['sensitivity_ci95'])} / "
-                   f"{_ci(pop['specificity_ci95'])}"]
-        rows = [(a, b, c, d) for (a, b, c, _), d in zip(rows, ph_rows)]
-        lines.append(f"PH2 flagged (either threshold): melanomas {fl['sensitivity']:.3f} {_ci(fl['sensitivity_ci95'])}, "
-                     f"nevi not flagged {fl['specificity']:.3f} {_ci(fl['specificity_ci95'])}; "
-                     f"could not assess {ph2['not_assessable']} of {ph2['n_images']}")
-    out = [f"{'':36s} {'internal held-out':40s} PH2 (external)"]
-    out += [f"{a:36s} {b + ' ' + c:40s} {d}" for a, b, c, d in rows]
-    out.append(f"{'malignancy AUC':36s} {m['malignancy_auc']:.3f} {_ci(m['malignancy_auc_ci95'])}")
-    out.append(f"{'balanced accuracy (7 HAM codes)':36s} {m['balanced_accuracy_7']:.3f} {_ci(m['balanced_accuracy_7_ci95'])}")
-    return "\n".join(out + lines)
+    ok = ph2 is not None and "melanoma_auc" in ph2
+    pop = ph2["melanoma_operating_point"] if ok else {}
+    fl = ph2["flag"] if ok else {}
+    rows = [
+        ("images / melanomas", f"{m['n_images']} / {m['n_melanoma']}", f"{ph2['n_images']} / {ph2['n_melanoma']}" if ok else "—"),
+        ("melanoma AUC", _v(m["melanoma_auc"], m["melanoma_auc_ci95"]),
+         _v(ph2["melanoma_auc"], ph2["melanoma_auc_ci95"]) if ok else "—"),
+        ("melanoma sensitivity at its threshold", _v(op["sensitivity"], op["sensitivity_ci95"]),
+         _v(pop.get("sensitivity"), pop.get("sensitivity_ci95"))),
+        ("melanoma specificity at its threshold", _v(op["specificity"], op["specificity_ci95"]),
+         _v(pop.get("specificity"), pop.get("specificity_ci95"))),
+        ("flagged (either threshold): melanomas", "", _v(fl.get("sensitivity"), fl.get("sensitivity_ci95"))),
+        ("not flagged: non-melanomas", "", _v(fl.get("specificity"), fl.get("specificity_ci95"))),
+        ("malignancy AUC", _v(m["malignancy_auc"], m["malignancy_auc_ci95"]), ""),
+        ("balanced accuracy, 7 HAM codes", _v(m["balanced_accuracy_7"], m["balanced_accuracy_7_ci95"]), ""),
+        ("could not assess", "", f"{ph2['not_assessable']} of {ph2['n_images']}" if ok else ""),
+    ]
+    out = [f"{'':40s} {'internal held-out (lesion CIs)':34s} PH2 (external)"]
+    out += [f"{a:40s} {b:34s} {c}" for a, b, c in rows]
+    return "\n".join(out)
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ class TrainingForm(forms.Form):
 
     sources = forms.MultipleChoiceField(
         choices=list(DATA_SOURCES.items()), widget=forms.CheckboxSelectMultiple,
-        initial=["isic-9class", "ham10000", "reviews"],
+        initial=["isic-9class", "ham10000", "ham10000-more", "reviews"],
     )
     epochs = forms.IntegerField(min_value=1, max_value=200, initial=TrainConfig.epochs,
                                 help_text="Upper bound; the training time budget usually ends the run first.")

@@ -6,7 +6,9 @@ Celery tasks only after the transaction commits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -17,6 +19,7 @@ REVIEWS = "reviews"
 DATA_SOURCES = {
     "isic-9class": "ISIC 9-class set (shared data)",
     "ham10000": "HAM10000 (shared data)",
+    "ham10000-more": "HAM10000, further images (shared data)",
     REVIEWS: "Dermatologist-reviewed cases in this app",
 }
 
@@ -47,6 +50,11 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
         raise LifecycleError("Epochs must be between 1 and 200.")
     if not 0.5 <= float(target_sensitivity) < 1.0:
         raise LifecycleError("Target sensitivity must be at least 0.5 and below 1.0.")
+    missing = [s for s in sources if s != REVIEWS and not (Path(settings.SECONDLOOK_DATA_DIR) / s).is_dir()]
+    if missing:
+        raise LifecycleError(
+            f"Not on this server: {', '.join(DATA_SOURCES[s] for s in missing)} (no {', '.join(missing)} folder in "
+            f"the training data directory). Untick it, or install the data and set SECONDLOOK_DATA_DIR.")
     return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity))
 
 

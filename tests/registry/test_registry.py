@@ -65,6 +65,15 @@ def test_training_request_is_validated(kwargs, message):
 
 
 @pytest.mark.django_db
+def test_a_dataset_missing_on_this_server_is_refused_up_front(settings, tmp_path):
+    (tmp_path / "ham10000").mkdir()
+    settings.SECONDLOOK_DATA_DIR = tmp_path
+    with pytest.raises(lifecycle.LifecycleError, match=r"Not on this server: ISIC 9-class set .*isic-9class"):
+        lifecycle.start_training(sources=["isic-9class", "ham10000", "reviews"], epochs=5, seed=1, target_sensitivity=0.9)
+    assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.django_db
 def test_registry_actions_need_the_change_permission(client, django_user_model, use_tiny_model):
     from django.contrib.auth.models import Permission
 
