@@ -199,11 +199,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None) -> bytes:
+def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None, features: bool = False) -> bytes:
     """The LiteRT flatbuffer, converted once per model file and cached on disk by sha256.
 
     The conversion runs in a short-lived subprocess when the model file is known: the converter
-    needs several hundred MB that a long-lived worker would otherwise keep for good.
+    needs several hundred MB that a long-lived worker would otherwise keep for good. ``features``:
+    ``keras_model`` is the file's model with its out-of-domain features (training.ood.with_features),
+    and the subprocess converts that.
     """
     import tensorflow as tf
 
@@ -213,7 +215,8 @@ def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None) -> b
         return path.read_bytes()
     if model_path is not None:
         try:
-            subprocess.run([sys.executable, "-m", "classifier.fast", str(model_path), str(path)], check=True,
+            subprocess.run([sys.executable, "-m", "classifier.fast", str(model_path), str(path)]
+                           + (["--with-features"] if features else []), check=True,
                            timeout=600, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
             return path.read_bytes()
         except (OSError, subprocess.SubprocessError) as exc:
@@ -271,7 +274,7 @@ def _threads() -> int:
 
 def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str | None = None,
                  precision: str | None = None, self_check: bool = True,
-                 model_path: Path | None = None) -> Runner:
+                 model_path: Path | None = None, features: bool = False) -> Runner:
     """The fastest available runner for (engine, precision); falls back to ``tf`` then ``keras``
     when the requested one cannot be built or disagrees with the Keras model on a probe batch."""
     engine = engine or engine_setting()
@@ -299,7 +302,7 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
             elif eng == "tf":
                 fn = _tf_fn(model, input_size)
             else:
-                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown", model_path), _threads())
+                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown", model_path, features), _threads())
             runner = Runner(fn, eng, prec)
             if self_check and eng != "keras":
                 if ref is None:
@@ -315,12 +318,18 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
 
 
 def _convert_main(argv: list[str]) -> int:
-    """``python -m classifier.fast MODEL.keras OUT.tflite``: convert one model (used by _tflite_bytes)."""
+    """``python -m classifier.fast MODEL.keras OUT.tflite [--with-features]``: convert one model (used
+    by _tflite_bytes); ``--with-features`` converts it with its out-of-domain features."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from training.model import load_keras_model
 
     model_path, out = Path(argv[0]), Path(argv[1])
-    _write_atomically(out, _convert_to_tflite(load_keras_model(model_path)))
+    model = load_keras_model(model_path)
+    if "--with-features" in argv[2:]:
+        from training.ood import with_features
+
+        model = with_features(model)
+    _write_atomically(out, _convert_to_tflite(model))
     return 0
 
 

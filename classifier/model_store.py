@@ -109,7 +109,8 @@ class LoadedModel:
 
                         # its own LiteRT cache key: the converted graph has the extra output
                         self._runner = build_runner(with_features(self.keras_model), self.input_size,
-                                                    sha256=self.sha256 + ":features")
+                                                    sha256=self.sha256 + ":features",
+                                                    model_path=self.model_dir / MODEL_FILE, features=True)
                     else:
                         self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256,
                                                     model_path=self.model_dir / MODEL_FILE)

@@ -228,7 +228,8 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "metrics": {k: metrics.get(k) for k in (
             "n_images", "n_melanoma", "n_malignant", "melanoma_auc", "melanoma_auc_ci95", "malignancy_auc",
             "malignancy_auc_ci95", "balanced_accuracy_7", "balanced_accuracy_7_ci95", "balanced_accuracy_9",
-            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "subgroups")},
+            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "subgroups",
+            "ci_resampling", "n_lesions")},
         "audit_counts": audit_report.get("counts", {}),
         "data_fingerprint": audit_report.get("data_fingerprint"),
         "data_sources": data_sources or [],

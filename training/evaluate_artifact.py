@@ -46,7 +46,8 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     fp_ok = audit.report["data_fingerprint"] == m.card.get("data_fingerprint")
     keep = ("n_images", "n_melanoma", "n_malignant", "melanoma_auc", "melanoma_auc_ci95", "malignancy_auc",
             "malignancy_auc_ci95", "balanced_accuracy_7", "balanced_accuracy_7_ci95", "balanced_accuracy_9",
-            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "per_code_7")
+            "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "per_code_7",
+            "ci_resampling", "n_lesions")
     return {"model_dir": str(m.model_dir), "model_version": m.version, "split": split,
             "data_fingerprint_matches": fp_ok, "temperature": m.temperature,
             "clinical_context": bool(clinical and m.clinical is not None),
@@ -93,8 +94,9 @@ def evaluate_external(model_dir: Path, data_root: Path, n_boot: int = 1000) -> d
            "sent_to_review": operating_point_report(to_review.astype(float), mel_true, 0.5, n_boot, 3, lesions),
            "not_assessable": int((~assessable).sum()),
            "not_assessable_by_diagnosis": {}, "flag_rate_by_diagnosis": {}}
-    for dx in sorted({x.diagnosis for x in ph2}):
-        sel = np.array([x.diagnosis == dx for x in ph2])
+    kind = [x.diagnosis.split(" (")[0] for x in ph2]  # "atypical nevus (histology: ...)" -> "atypical nevus"
+    for dx in sorted(set(kind)):
+        sel = np.array([k == dx for k in kind])
         out["flag_rate_by_diagnosis"][dx] = float(flagged[sel].mean())
         out["not_assessable_by_diagnosis"][dx] = int((~assessable[sel]).sum())
     if all(p.prediction_set is not None for p in preds):
