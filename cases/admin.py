@@ -4,6 +4,8 @@ from __future__ import annotations
 from django.contrib import admin
 
 from cases.monitoring import RECENT_DAYS, assessment_rates
+from classifier.admin import ModelVersionAdmin
+from classifier.models import ModelVersion
 from cases.models import (AuditEvent, Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
                           Review)
 
@@ -128,3 +130,19 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ModelVersionWithRatesAdmin(ModelVersionAdmin):
+    """The registry's version page, plus how often this version could not assess recent uploads.
+    Registered from here because the rates come from the clinical records: ``classifier`` knows
+    nothing of them, and ``cases`` may import ``classifier``, not the reverse."""
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = ModelVersion.objects.filter(pk=object_id).values_list("version", flat=True).first()
+        rates = [r for r in assessment_rates() if r.version == version]
+        extra_context = (extra_context or {}) | {"assessment_rates": rates, "recent_days": RECENT_DAYS}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+admin.site.unregister(ModelVersion)
+admin.site.register(ModelVersion, ModelVersionWithRatesAdmin)
