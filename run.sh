@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/bootstrap.sh
-exec .venv/bin/python -m melanoma_site.devserver "$@"
+exec "$VENV/bin/python" -m melanoma_site.devserver "$@"

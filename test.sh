@@ -14,4 +14,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "Browser tests need Debian's chromium: sudo apt-get install chromium" >&2
   fi
 fi
-exec .venv/bin/python -m pytest "$@"
+exec "$VENV/bin/python" -m pytest "$@"
