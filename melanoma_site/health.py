@@ -90,3 +90,12 @@ def health(request: HttpRequest) -> JsonResponse:
     """``GET /health/``: 200 when everything is up, 503 otherwise."""
     report = health_report()
     return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
+
+
+@login_not_required
+@never_cache
+@require_GET
+def live(request: HttpRequest) -> JsonResponse:
+    """``GET /health/live``: the process answers. No database, broker or model call, so a load
+    balancer or orchestrator may poll it as often as it likes."""
+    return JsonResponse({"status": "ok"})

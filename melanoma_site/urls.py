@@ -15,5 +15,6 @@ urlpatterns = [
     path("accounts/password_change/done/", auth_views.PasswordChangeDoneView.as_view(),
          name="password_change_done"),
     path("health/", health.health, name="health"),
+    path("health/live", health.live, name="health_live"),
     path("", include("cases.urls")),
 ]

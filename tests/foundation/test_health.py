@@ -48,3 +48,12 @@ def test_health_is_ok_with_a_live_worker(client, celery_worker_process):
 
 def test_check_functions_never_raise():
     assert health.check_redis("redis://127.0.0.1:1/0")["ok"] is False
+
+
+@pytest.mark.django_db
+def test_liveness_answers_without_touching_the_database_or_broker(client, django_assert_num_queries, monkeypatch):
+    monkeypatch.setattr(health, "health_report", lambda: pytest.fail("the liveness check ran the full report"))
+    with django_assert_num_queries(0):
+        response = client.get("/health/live")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"]
