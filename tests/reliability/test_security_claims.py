@@ -18,10 +18,10 @@ from django.urls import URLPattern, URLResolver, get_resolver
 ROOT = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.django_db
 
-# Pages an anonymous visitor can open. SECURITY.md says "login and /health/"; Django's own auth URLs
+# Pages an anonymous visitor can open. SECURITY.md says "login, /health/ and /health/live"; Django's own auth URLs
 # add the password-reset pages and the admin's login page. Any new public page must be added here
 # deliberately (and to SECURITY.md).
-PUBLIC = {"/accounts/login/", "/health/", "/admin/login/"}
+PUBLIC = {"/accounts/login/", "/health/", "/health/live", "/admin/login/"}
 
 
 def _concrete(route: str) -> str:
