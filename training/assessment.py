@@ -75,14 +75,21 @@ def fit(*, train_images: np.ndarray, train_codes, train_features: np.ndarray | N
     return assessment, detector
 
 
-def measure(assessment: dict, detector, *, images: np.ndarray, features: np.ndarray | None,
-            probs: np.ndarray | None = None, masks: np.ndarray | None = None) -> dict:
-    """Rates on one image set: quality failures, unfamiliar (out-of-domain), not assessable
-    (either), and, with labels, the prediction sets' coverage."""
+def _decisions(assessment: dict, detector, images: np.ndarray, features: np.ndarray | None):
+    """Per image: failed a quality check, and unfamiliar to the out-of-domain detector."""
     th = assessment["quality"]["thresholds"]
     q_fail = np.array([not quality.check(np.asarray(img, np.uint8), th).ok for img in images], bool)
     unfamiliar = detector.unfamiliar(features) if (detector is not None and features is not None) \
         else np.zeros(len(images), bool)
+    return q_fail, unfamiliar
+
+
+def measure(assessment: dict, detector, *, images: np.ndarray, features: np.ndarray | None,
+            probs: np.ndarray | None = None, masks: np.ndarray | None = None, decisions=None) -> dict:
+    """Rates on one image set: quality failures, unfamiliar (out-of-domain), not assessable
+    (either), and, with labels, the prediction sets' coverage. ``decisions``: precomputed
+    ``_decisions`` for these images."""
+    q_fail, unfamiliar = decisions or _decisions(assessment, detector, images, features)
     out = {"images": int(len(images)), "quality_failed": int(q_fail.sum()),
            "unfamiliar": int(unfamiliar.sum()), "not_assessable": int((q_fail | unfamiliar).sum())}
     n = max(len(images), 1)
@@ -157,10 +164,8 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
     nd = build_nondermoscopic()
     nd_imgs = np.stack([resize_rgb(img, size) for _, img in nd])
     _, nd_feats = logits_and_features(keras_model, nd_imgs)
-    m = measure(assessment, detector, images=nd_imgs, features=nd_feats)
-    th = assessment["quality"]["thresholds"]
-    unfam = detector.unfamiliar(nd_feats) if detector is not None else np.zeros(len(nd), bool)
-    q_fail = [not quality.check(img, th).ok for img in nd_imgs]
+    q_fail, unfam = _decisions(assessment, detector, nd_imgs, nd_feats)
+    m = measure(assessment, detector, images=nd_imgs, features=nd_feats, decisions=(q_fail, unfam))
     m["missed_by_ood"] = [name for (name, _), u in zip(nd, unfam) if not u]
     m["missed_by_both"] = [name for (name, _), u, f in zip(nd, unfam, q_fail) if not u and not f]
     report["non_dermoscopic"] = m

@@ -85,10 +85,13 @@ class _Part:
     whiten: np.ndarray
     scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        self.whiten = np.asarray(self.whiten, np.float32)
+        self._white_means = np.asarray(self.means, np.float32) @ self.whiten.T  # once, not per image
+
     def distances(self, features: np.ndarray) -> np.ndarray:
         z = np.asarray(features[:, self.start:self.stop], np.float32) @ self.whiten.T
-        wm = self.means @ self.whiten.T
-        return ((z[:, None, :] - wm[None, :, :]) ** 2).sum(-1).min(axis=1)
+        return ((z[:, None, :] - self._white_means[None, :, :]) ** 2).sum(-1).min(axis=1)
 
 
 class MahalanobisDetector:

@@ -39,6 +39,11 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
     ready.refresh_from_db()
     assert ready.status == ModelVersion.Status.ACTIVE
     page.screenshot(path=str(artifacts_dir / "30-admin-activated.png"), full_page=True)
+    # the version page's abstention panel links to that version's predictions, headed by the rates
+    expect(page.locator("#abstentions")).to_contain_text("No image scored by this version")
+    page.get_by_role("link", name="Predictions of this version").click()
+    expect(page.locator("#assessment-rates")).to_contain_text("Images the model could not assess")
+    assert f"model_version__id__exact={ready.pk}" in page.url
 
     page.goto(f"{base}/admin/classifier/modelversion/{running.pk}/change/")
     page.get_by_role("button", name="Cancel this run").click()
