@@ -19,14 +19,14 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
     from training.audit import run_audit
     from training.cache import load_images
-    from training.clinical import contexts_of
+    from mlcore.clinical import contexts_of
     from training.config import cache_dir, data_dir
     from training.evaluate import evaluate_probs
-    from training.labels import mask_from_classes
-    from training.scoring import softmax_with_temperature
+    from mlcore.labels import mask_from_classes
+    from mlcore.scoring import softmax_with_temperature
     from training.subgroups import lesion_ids_of
 
     ap = argparse.ArgumentParser()

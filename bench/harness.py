@@ -239,7 +239,7 @@ class App:
             stats = json.loads(match.group(0)) if match else {}
         except ValueError:
             stats = {}
-        return {name.split("@")[0]: int(s.get("total", {}).get("classifier.tasks.score_image", 0))
+        return {name.split("@")[0]: int(s.get("total", {}).get("cases.tasks.score_image", 0))
                 for name, s in stats.items()}
 
     def verify_db(self, case_ids: list[int]) -> dict:

@@ -5,7 +5,7 @@
 On the same JPEG bytes (real images from SECONDLOOK_DATA_DIR or ../shared/data when present,
 otherwise generated JPEGs) and the same model, prints JSON with:
 - naive baseline: PIL decode + resize + np.expand_dims + keras ``model.predict`` per image;
-- the project's path (classifier.inference.predict_bytes / predict_images, what the worker calls)
+- the project's path (mlcore.inference.predict_bytes / predict_images, what the worker calls)
   for each engine/precision, with and without the 8-view TTA: single-image latency p50/p95 (warm,
   JPEG bytes -> probabilities) and batch throughput (images/s, decoding included);
 - parity: max |p - p_keras| of the calibrated probabilities against the Keras reference;
@@ -125,7 +125,7 @@ def naive_baseline(km, blobs, size, reps_single, tta) -> dict:
     """A notebook's loop: PIL decode, resize, expand_dims, model.predict, one image at a time."""
     from PIL import Image
 
-    from training.model import dihedral_views
+    from mlcore.keras_model import dihedral_views
 
     def one(data):
         img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BILINEAR)
@@ -147,8 +147,8 @@ def naive_baseline(km, blobs, size, reps_single, tta) -> dict:
 
 
 def project_path(m, blobs, reps_single, batch, reps_batch) -> dict:
-    """classifier.inference on JPEG bytes: predict_bytes (single) and predict_many_bytes (batch)."""
-    from classifier.inference import predict_bytes, predict_many_bytes
+    """mlcore.inference on JPEG bytes: predict_bytes (single) and predict_many_bytes (batch)."""
+    from mlcore.inference import predict_bytes, predict_many_bytes
 
     for d in blobs[:3]:
         predict_bytes(m, d)
@@ -172,7 +172,7 @@ def project_path(m, blobs, reps_single, batch, reps_batch) -> dict:
 
 
 def probs_of(m, images_f32, temperature):
-    from training.scoring import softmax_with_temperature
+    from mlcore.scoring import softmax_with_temperature
 
     return softmax_with_temperature(m.predict_logits(images_f32), temperature)
 
@@ -182,7 +182,7 @@ def decode_check(blobs, size, reps) -> dict:
     upscaled camera-sized versions of a few of them."""
     from PIL import Image
 
-    from classifier.preprocess import decode_image, prepare_batch
+    from mlcore.preprocess import decode_image, prepare_batch
 
     same = all(np.array_equal(prepare_batch([decode_image(b)], size), prepare_batch([decode_image(b, size)], size))
                for b in blobs)
@@ -221,8 +221,8 @@ def assessment_overhead(base, km, blobs, size, reps, runner_model, runner_sha) -
     """What the quality checks, the out-of-domain detector and the prediction sets add to one
     image's latency: the default path (LiteRT fp32) with them, against the same model without them
     (its card's assessment removed, logits-only runner), measured alternately in this run."""
-    from classifier.fast import build_runner
-    from classifier.inference import predict_bytes
+    from mlcore.runners import build_runner
+    from mlcore.inference import predict_bytes
 
     if not base.assessment:
         return {"note": "this model has no fitted checks (an artifact from before them)"}
@@ -251,8 +251,8 @@ import os, sys, time, json, resource
 t_import = time.time()
 sys.path.insert(0, {root!r})
 import psutil
-from classifier.model_store import get_model
-from classifier.inference import predict_bytes, predict_many_bytes
+from mlcore.model_store import get_model
+from mlcore.inference import predict_bytes, predict_many_bytes
 data = open({img!r}, 'rb').read()
 m = get_model({model!r})
 p = predict_bytes(m, data)
@@ -304,9 +304,9 @@ def main() -> None:
     reps_batch = 2 if a.quick else 5
     batch = 32
 
-    from classifier.model_store import default_model_dir, load_model
-    from classifier.preprocess import decode_image, prepare_batch
-    from training.scoring import softmax_with_temperature
+    from mlcore.model_store import default_model_dir, load_model
+    from mlcore.preprocess import decode_image, prepare_batch
+    from mlcore.scoring import softmax_with_temperature
 
     model_dir = (a.model or default_model_dir()).resolve()
     blobs, source = load_jpegs(a.images)
@@ -328,7 +328,7 @@ def main() -> None:
     # a model with an out-of-domain detector computes its features in the same forward pass
     runner_model, runner_sha = km, base.sha256
     if base.ood_detector is not None:
-        from training.ood import with_features
+        from mlcore.ood import with_features
 
         runner_model, runner_sha = with_features(km), base.sha256 + ":features"
     results = {}
@@ -339,7 +339,7 @@ def main() -> None:
         n_naive = reps_single if tta == "none" else max(5, reps_single // 4)
         results[f"naive_keras_predict/tta={tta}"] = naive_baseline(km, blobs, size, n_naive, tta)
         for engine, prec in (("tflite", "fp32"), ("tf", "fp32"), ("tf", "bf16")):
-            from classifier.fast import build_runner
+            from mlcore.runners import build_runner
 
             m = dataclasses.replace(base, _lock=threading.Lock(), _runner=None)
             m._runner = build_runner(runner_model, size, sha256=runner_sha, engine=engine, precision=prec)
@@ -378,8 +378,8 @@ def main() -> None:
         os.environ["SECONDLOOK_TTA"] = saved_tta
     out["decode"] = dec
 
-    # Grad-CAM heatmap, which the worker also computes for every prediction (classifier.explain)
-    from classifier.explain import gradcam_overlay_png
+    # Grad-CAM heatmap, which the worker also computes for every prediction (mlcore.explain)
+    from mlcore.explain import gradcam_overlay_png
 
     px = decode_image(blobs[0])
     gradcam_overlay_png(base, px)

@@ -57,7 +57,8 @@ def table(internal: dict, ph2: dict | None) -> str:
 
 def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from classifier.model_store import default_model_dir
+    from mlcore.artifact import read_card
+    from mlcore.model_store import default_model_dir
     from training.config import cache_dir, data_dir
     from training.evaluate_artifact import evaluate_artifact, evaluate_external
 
@@ -88,7 +89,7 @@ def main() -> int:
                               for k, t in PH2_TARGETS.items()}
         except FileNotFoundError as exc:
             ph2 = {"error": str(exc)}
-    card = json.loads((Path(model_dir) / "model_card.json").read_text())
+    card = read_card(model_dir, required=())
     res["assessment_measured"] = (card.get("assessment") or {}).get("measured")
     res["ph2"] = ph2
     res["all_targets_met"] = all(v["met"] for v in res["targets"].values()) and (

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import path, reverse
 
+from audit.models import AuditEvent
 from cases.monitoring import RECENT_DAYS, assessment_rates
+from cases.rescoring import scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
-from classifier.models import ModelVersion
-from cases.models import (AuditEvent, Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
+from classifier.models import ModelVersion, RescoreJob
+from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
                           Review)
 
 
@@ -75,8 +78,6 @@ class LesionImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-score with the active model (earlier predictions are kept)")
     def rescore_with_active_model(self, request, queryset):
-        from classifier.rescoring import start_rescore
-
         job = start_rescore(user=request.user, image_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Re-scoring {len(job.image_ids)} image(s) with {job.model_version.version} "
                                    "in the background.")
@@ -109,15 +110,45 @@ class ReviewAdmin(admin.ModelAdmin):
     raw_id_fields = ["lesion", "reviewer"]
 
 
+class AuditClinicFilter(admin.SimpleListFilter):
+    """The trail keeps clinic ids (the audit app knows no clinics): filter by clinic name here."""
+
+    title = "clinic"
+    parameter_name = "clinic"
+
+    def lookups(self, request, model_admin):
+        return [(str(pk), name) for pk, name in Clinic.objects.order_by("name").values_list("pk", "name")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(clinic_id=self.value()) if self.value() else queryset
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    """Read-only: the trail can be browsed and filtered, never edited or deleted."""
+    """Read-only: the trail can be browsed and filtered, never edited or deleted.
+
+    Registered here, not in ``audit``, because showing patient identifiers and clinic names needs
+    the clinical records."""
 
     list_display = ["created_at", "actor_username", "action", "object_type", "object_id", "patient", "clinic", "ip_address"]
-    list_filter = ["action", "object_type", "clinic", "created_at"]
-    search_fields = ["actor_username", "object_id", "patient__identifier"]
+    list_filter = ["action", "object_type", AuditClinicFilter, "created_at"]
+    search_fields = ["actor_username", "object_id"]
     date_hierarchy = "created_at"
-    list_select_related = ["patient", "clinic"]
+
+    @admin.display(description="patient")
+    def patient(self, event: AuditEvent) -> str:
+        return Patient.objects.filter(pk=event.patient_id).values_list("identifier", flat=True).first() or ""
+
+    @admin.display(description="clinic")
+    def clinic(self, event: AuditEvent) -> str:
+        return Clinic.objects.filter(pk=event.clinic_id).values_list("name", flat=True).first() or ""
+
+    def get_search_results(self, request, queryset, search_term):
+        queryset, duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term:  # also the patients whose identifier matches
+            ids = Patient.objects.filter(identifier__icontains=search_term).values_list("pk", flat=True)
+            queryset |= self.model.objects.filter(patient_id__in=list(ids))
+        return queryset, duplicates
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
@@ -137,6 +168,21 @@ class ModelVersionWithRatesAdmin(ModelVersionAdmin):
     Registered from here because the rates come from the clinical records: ``classifier`` knows
     nothing of them, and ``cases`` may import ``classifier``, not the reverse."""
 
+    def get_urls(self):
+        return [path("rescore/", self.admin_site.admin_view(self.rescore_view),
+                     name="classifier_modelversion_rescore")] + super().get_urls()
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = (extra_context or {}) | {
+            "rescore_url": reverse("admin:classifier_modelversion_rescore"),
+            "rescore_jobs": RescoreJob.objects.select_related("model_version")[:5],
+        }
+        return super().changelist_view(request, extra_context)
+
+    def rescore_view(self, request):
+        return self._post_action(request, lambda: start_rescore(user=request.user).model_version,
+                                 "Re-scoring all images with {version} in the background.")
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         version = ModelVersion.objects.filter(pk=object_id).values_list("version", flat=True).first()
         rates = [r for r in assessment_rates() if r.version == version]
@@ -146,3 +192,20 @@ class ModelVersionWithRatesAdmin(ModelVersionAdmin):
 
 admin.site.unregister(ModelVersion)
 admin.site.register(ModelVersion, ModelVersionWithRatesAdmin)
+
+
+@admin.register(RescoreJob)
+class RescoreJobAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "created_by")
+    list_filter = ("status",)
+    readonly_fields = [f.name for f in RescoreJob._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Scored")
+    def scored(self, obj: RescoreJob) -> int:
+        return scored_count(obj)

@@ -5,3 +5,11 @@ class CasesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "cases"
     verbose_name = "Patients, cases and reviews"
+
+    def ready(self) -> None:
+        # Retraining learns from dermatologist-confirmed lesions; the registry asks for them
+        # through this hook because it may not import the clinical records.
+        from cases.training_labels import reviewed_records
+        from classifier.retraining import set_reviewed_records_provider
+
+        set_reviewed_records_provider(reviewed_records)

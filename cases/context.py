@@ -2,7 +2,7 @@
 image was taken into the app, their sex and the lesion's anatomic site."""
 from __future__ import annotations
 
-from training.clinical import ClinicalContext
+from mlcore.clinical import ClinicalContext
 
 from cases.models import LesionImage
 

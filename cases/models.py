@@ -1,4 +1,6 @@
-"""Clinical records: clinics, patients, cases, lesions, images, predictions, reviews and the audit log.
+"""Clinical records: clinics, patients, cases, lesions, images, predictions and reviews.
+
+Each record says which patient and clinic it concerns (``audit_scope``), for the audit trail.
 
 Invariants live in the database (check and unique constraints) so that every writer — views,
 Celery workers, the admin, a shell — is held to them, not only the forms.
@@ -11,14 +13,10 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import Q
 
-from training.labels import CLASSES
+from mlcore.labels import CLASSES
 
 BIRTH_YEAR_MIN = 1900
 BIRTH_YEAR_MAX = 2100  # the form also refuses years in the future; the database keeps a fixed bound
-
-
-
-
 
 
 class Clinic(models.Model):
@@ -29,6 +27,10 @@ class Clinic(models.Model):
 
     class Meta:
         ordering = ["name"]
+
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return None, self.pk
 
     def __str__(self) -> str:
         return self.name
@@ -98,6 +100,10 @@ class Patient(models.Model):
             models.CheckConstraint(condition=~Q(identifier=""), name="patient_identifier_not_empty"),
         ]
 
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.pk, self.clinic_id
+
     def __str__(self) -> str:
         return self.identifier
 
@@ -133,6 +139,10 @@ class Case(models.Model):
             ),
             models.CheckConstraint(condition=~Q(clinical_question=""), name="case_question_not_empty"),
         ]
+
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.patient_id, self.patient.clinic_id
 
     def __str__(self) -> str:
         return f"Case {self.pk} ({self.patient})"
@@ -174,6 +184,10 @@ class Lesion(models.Model):
             models.CheckConstraint(condition=Q(awaiting_review=False) | Q(flagged=True), name="lesion_review_needs_flag"),
         ]
 
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.case.audit_scope()
+
     def __str__(self) -> str:
         return f"Lesion {self.pk} ({self.get_anatomic_site_display()})"
 
@@ -205,6 +219,10 @@ class LesionImage(models.Model):
             models.CheckConstraint(condition=Q(kind__in=["dermoscopic", "clinical"]), name="lesion_image_kind_valid"),
             models.CheckConstraint(condition=~Q(file=""), name="lesion_image_has_file"),
         ]
+
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.lesion.audit_scope()
 
     def __str__(self) -> str:
         return f"Image {self.pk} of lesion {self.lesion_id}"
@@ -271,6 +289,10 @@ class Prediction(models.Model):
             models.CheckConstraint(condition=~Q(status="running") | Q(started_at__isnull=False), name="prediction_running_started"),
         ]
 
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.image.audit_scope()
+
     def __str__(self) -> str:
         return f"Prediction {self.pk} ({self.status})"
 
@@ -317,84 +339,9 @@ class Review(models.Model):
             ),
         ]
 
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.lesion.audit_scope()
+
     def __str__(self) -> str:
         return f"Review of lesion {self.lesion_id} by {self.reviewer}"
-
-
-class AppendOnlyQuerySet(models.QuerySet):
-    """Bulk updates and deletes are refused too, not only per-object ones."""
-
-    def update(self, **kwargs):
-        raise ValidationError("Audit events are append-only.")
-
-    def delete(self):
-        raise ValidationError("Audit events are append-only.")
-
-
-class AuditAction(models.TextChoices):
-    """What an audit event records; the database refuses any other value."""
-
-    VIEW = "view", "View"
-    DOWNLOAD = "download", "Download file"
-    CREATE = "create", "Create"
-    UPDATE = "update", "Update"
-    DELETE = "delete", "Delete"
-    UPLOAD = "upload", "Upload"
-    SCORE = "score", "Score"
-    RETRY = "retry", "Retry"
-    CLAIM = "claim", "Claim"
-    RELEASE = "release", "Release"
-    REVIEW = "review", "Review"
-    # Model registry events (classifier.lifecycle)
-    TRAIN = "train", "Train model"
-    CANCEL = "cancel", "Cancel training"
-    ACTIVATE = "activate", "Activate model"
-    ROLLBACK = "rollback", "Roll back model"
-    RESCORE = "rescore", "Re-score images"
-
-
-class AuditEvent(models.Model):
-    """Who did what to which record, when, from where. Append-only."""
-
-    Action = AuditAction
-
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
-    # Kept as text so the trail survives the user's deletion.
-    actor_username = models.CharField(max_length=150, blank=True)
-    action = models.CharField(max_length=10, choices=Action.choices)
-    object_type = models.CharField(max_length=40)
-    object_id = models.CharField(max_length=40)
-    # No database constraint: audit rows must outlive the records they describe.
-    patient = models.ForeignKey(
-        Patient, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
-    )
-    clinic = models.ForeignKey(
-        Clinic, on_delete=models.DO_NOTHING, db_constraint=False, null=True, blank=True, related_name="+"
-    )
-    old_values = models.JSONField(default=dict, blank=True)
-    new_values = models.JSONField(default=dict, blank=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    objects = AppendOnlyQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created_at", "-pk"]
-        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(action__in=AuditAction.values),
-                name="audit_action_valid",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_username or 'system'} {self.action} {self.object_type} {self.object_id}"
-
-    def save(self, *args, **kwargs):
-        if not self._state.adding:
-            raise ValidationError("Audit events are append-only: an existing event cannot be changed.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise ValidationError("Audit events are append-only: an event cannot be deleted.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cases.models import Prediction
-from training.labels import CLASSES, MALIGNANT_CLASSES
+from mlcore.labels import CLASSES, MALIGNANT_CLASSES
 from training.subgroups import age_band
 
 # A subgroup whose held-out melanoma AUC (or sensitivity, specificity) is this much below the

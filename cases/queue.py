@@ -10,7 +10,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest
 from django.utils import timezone
 
-from cases import audit
+from audit import log as audit_log
 from cases.access import is_reviewer
 from cases.models import Case, Lesion, Prediction, Review
 
@@ -66,7 +66,7 @@ def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> N
             claimed_by=reviewer, claimed_at=now, status=Case.Status.IN_REVIEW
         )
         if claimed:
-            audit.record(action="claim", obj=case, actor=reviewer, request=request,
+            audit_log.record(action="claim", obj=case, actor=reviewer, request=request,
                          old={"claimed_by": None}, new={"claimed_by": reviewer.pk, "claimed_at": now.isoformat()})
             return
     current = Case.objects.select_related("claimed_by").get(pk=case.pk)
@@ -85,7 +85,7 @@ def release_case(*, case: Case, reviewer, request: HttpRequest | None = None) ->
             claimed_by=None, claimed_at=None, status=Case.Status.OPEN
         )
         if released:
-            audit.record(action="release", obj=case, actor=reviewer, request=request,
+            audit_log.record(action="release", obj=case, actor=reviewer, request=request,
                          old={"claimed_by": reviewer.pk}, new={"claimed_by": None})
     return bool(released)
 
@@ -124,13 +124,13 @@ def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request
                             final_diagnosis=entry.final_diagnosis, management=entry.management, notes=entry.notes)
             review.full_clean()
             review.save()
-            audit.record(action="review", obj=review, actor=reviewer, request=request, new=audit.snapshot(
+            audit_log.record(action="review", obj=review, actor=reviewer, request=request, new=audit_log.snapshot(
                 review, ("lesion", "agreement", "final_diagnosis", "management", "notes")))
             saved.append(review)
         Lesion.objects.filter(pk__in=pending).update(awaiting_review=False)
         old_status = locked.status
         Case.objects.filter(pk=locked.pk).update(status=Case.Status.REVIEWED, claimed_by=None, claimed_at=None)
-        audit.record(action="update", obj=locked, actor=reviewer, request=request,
+        audit_log.record(action="update", obj=locked, actor=reviewer, request=request,
                      old={"status": old_status, "claimed_by": reviewer.pk},
                      new={"status": Case.Status.REVIEWED, "claimed_by": None})
     return saved

@@ -4,18 +4,18 @@ State machine: pending → running → done | failed; failed → pending (Retry 
 Every transition is ONE conditional UPDATE, so two workers, a redelivered message or two sweeps
 racing each other cannot score an image twice or lose a result.
 
-TensorFlow is imported only inside ``run_prediction`` (through classifier.inference), in the
+TensorFlow is imported only inside ``run_prediction`` (through mlcore.inference), in the
 worker child that executes the task, never in the web process.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -23,16 +23,18 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from cases.context import image_context
-from cases.models import AuditEvent, Case, Lesion, LesionImage, Prediction
+from cases.models import Case, Lesion, LesionImage, Prediction
 
 log = logging.getLogger(__name__)
+SCORE_TASK = "cases.tasks.score_image"
 
 HEATMAP_DIR = "heatmaps"
 # what scoring reads besides the prediction: the image, its patient (clinical context), the model
 _SCORING_RELATED = ("image", "image__lesion__case__patient", "model_version")
-# Test-only fault injection: seconds to sleep between predicting and storing, so a test can kill
-# the worker mid-inference. Unset in production.
+# Test-only fault injection (settings.SECONDLOOK_FAULT_SCORING_DELAY_S, read from this variable):
+# seconds to sleep between predicting and storing, so a test can kill the worker mid-inference.
 FAULT_DELAY_ENV = "SECONDLOOK_FAULT_SCORING_DELAY_S"
 Status = Prediction.Status
 
@@ -75,16 +77,13 @@ def _broker_connection():
     request; the sweep is our retry instead. A fresh connection also follows the current
     broker_url rather than a pooled one.
     """
-    from melanoma_site.celery import app
-
-    return app.connection_for_write()
+    return current_app.connection_for_write()
 
 
 def _send(prediction_id: int, connection) -> None:
-    from classifier.tasks import score_image
-
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
-    score_image.apply_async(args=[prediction_id], queue="inference", connection=connection, retry=False)
+    # by name: cases.tasks imports this module (the task wraps run_prediction)
+    current_app.send_task(SCORE_TASK, args=[prediction_id], queue="inference", connection=connection, retry=False)
 
 
 def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelta | None = None) -> list[int]:
@@ -182,16 +181,10 @@ def _read_image_bytes(name: str) -> bytes:
         return handle.read()
 
 
-BATCH_ENV = "SECONDLOOK_SCORE_BATCH"
-DEFAULT_SCORE_BATCH = 8
-
-
 def score_batch_size() -> int:
-    """At most this many predictions are scored in one forward pass by one task (1 disables batching)."""
-    try:
-        return max(1, int(os.environ.get(BATCH_ENV, "") or DEFAULT_SCORE_BATCH))
-    except ValueError:
-        return DEFAULT_SCORE_BATCH
+    """At most this many predictions are scored in one forward pass by one task (1 disables
+    batching): settings.SECONDLOOK_SCORE_BATCH."""
+    return max(1, int(settings.SECONDLOOK_SCORE_BATCH))
 
 
 def _claim_batch_mates(prediction: Prediction, limit: int) -> list[tuple[int, datetime]]:
@@ -238,8 +231,8 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
     prediction = Prediction.objects.select_related(*_SCORING_RELATED).get(pk=prediction_id)
     model_version = prediction.model_version
     try:
-        from classifier.model_store import ModelLoadError, get_model
-        from classifier.preprocess import ImageDecodeError, decode_image
+        from mlcore.model_store import ModelLoadError, get_model
+        from mlcore.preprocess import ImageDecodeError, decode_image
     except Exception as exc:  # the ML stack is broken on this worker
         _fail(prediction_id, started_at, f"Classifier unavailable on this worker: {type(exc).__name__}: {exc}")
         return "failed"
@@ -264,7 +257,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
                 own_failed = own_failed or pred.pk == prediction_id
         if not batch:
             return "failed"
-        from classifier.inference import predict_images
+        from mlcore.inference import predict_images
 
         results = predict_images(model, [pixels for _, _, pixels in batch],
                                  contexts=[image_context(pred.image) for pred, _, _ in batch])
@@ -280,7 +273,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
         log.exception("prediction %s", prediction_id)
         return "failed"
 
-    delay = float(os.environ.get(FAULT_DELAY_ENV, "0") or 0)
+    delay = settings.SECONDLOOK_FAULT_SCORING_DELAY_S
     if delay:
         time.sleep(delay)
     outcome = "failed" if own_failed else "not scored"
@@ -308,7 +301,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
 def _heatmap_png(model, pixels) -> bytes | None:
     """The Grad-CAM overlay; a failure here must not lose the scores."""
     try:
-        from classifier.explain import gradcam_overlay_png
+        from mlcore.explain import gradcam_overlay_png
 
         return gradcam_overlay_png(model, pixels, class_name="melanoma")
     except Exception:

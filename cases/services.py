@@ -18,7 +18,9 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest
 
-from cases import audit, scoring
+from audit import log as audit_log
+from cases import scoring
+from classifier.registry import active_version
 from cases.access import can_edit_case, clinic_of, is_clinician
 from cases.models import Case, Lesion, LesionImage, Patient, Prediction
 from cases.uploads import NormalisedImage, UploadRejected, normalise_upload, sanitize_filename
@@ -47,7 +49,7 @@ def _save_new(obj, *, fields, user, request: HttpRequest | None):
     """Validate (model constraints included), save and audit a new record."""
     obj.full_clean()
     obj.save()
-    audit.record(action="create", obj=obj, actor=user, request=request, new=audit.snapshot(obj, fields))
+    audit_log.record(action="create", obj=obj, actor=user, request=request, new=audit_log.snapshot(obj, fields))
     return obj
 
 
@@ -106,7 +108,7 @@ def _save_image(*, lesion: Lesion, image: NormalisedImage, kind: str, user, mode
             )
             row.full_clean(validate_unique=False, validate_constraints=False)
             row.save()
-            audit.record(action="upload", obj=row, actor=user, request=request, new=audit.snapshot(
+            audit_log.record(action="upload", obj=row, actor=user, request=request, new=audit_log.snapshot(
                 row, ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format")))
             if model_version is not None:
                 prediction = Prediction.objects.create(image=row, model_version=model_version)
@@ -119,8 +121,6 @@ def _save_image(*, lesion: Lesion, image: NormalisedImage, kind: str, user, mode
 
 def _active_model_version():
     """The active model, or None when none can be registered (the upload must still succeed)."""
-    from classifier.registry import active_version
-
     try:
         return active_version()
     except Exception as exc:
@@ -188,7 +188,7 @@ def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | Non
     )
     if not updated:
         return False
-    audit.record(action="retry", obj=prediction, actor=user, request=request,
+    audit_log.record(action="retry", obj=prediction, actor=user, request=request,
                  old={"status": "failed", "error": prediction.error}, new={"status": "pending"})
     transaction.on_commit(partial(scoring.dispatch_prediction, prediction.pk))
     return True

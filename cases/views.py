@@ -14,7 +14,8 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from cases import access, audit, queue, services
+from audit import log as audit_log
+from cases import access, queue, services
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, LesionImage, Prediction
 from cases.presentation import age_caveat, prediction_context
@@ -69,7 +70,7 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """A patient and the cases the user may see."""
     patient = get_object_or_404(access.visible_patients(request.user), pk=pk)
     cases = access.visible_cases(request.user).filter(patient=patient).annotate(lesion_count=Count("lesions"))
-    audit.record(action="view", obj=patient, request=request)
+    audit_log.record(action="view", obj=patient, request=request)
     return render(request, "cases/patient_detail.html", {
         "patient": patient, "cases": cases,
         "can_create_case": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic,
@@ -115,7 +116,7 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
 def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The case: lesions, their images and live scoring status, upload and lesion forms."""
     case = get_object_or_404(access.visible_cases(request.user), pk=pk)
-    audit.record(action="view", obj=case, request=request)
+    audit_log.record(action="view", obj=case, request=request)
     return _no_store(render(request, "cases/case_detail.html", _case_page_context(request, case)))
 
 
@@ -217,7 +218,7 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = get_object_or_404(access.visible_images(request.user), pk=pk)
     history = list(image.predictions.select_related("model_version").order_by("-created_at"))
     prediction = history[0] if history else None
-    audit.record(action="view", obj=image, request=request)
+    audit_log.record(action="view", obj=image, request=request)
     context = {"image": image, "lesion": image.lesion, "case": image.lesion.case, "prediction": prediction,
                "history": history,
                "can_edit": access.can_edit_case(request.user, image.lesion.case)}
@@ -247,7 +248,7 @@ def image_file(request: HttpRequest, pk: int) -> FileResponse:
     pixels are patient data just as much as the result page is)."""
     image = get_object_or_404(access.visible_images(request.user), pk=pk)
     response = _stream(image.file.name, f"image-{image.pk}.png")
-    audit.record(action="download", obj=image, request=request)
+    audit_log.record(action="download", obj=image, request=request)
     return response
 
 
@@ -256,7 +257,7 @@ def heatmap_file(request: HttpRequest, pk: int) -> FileResponse:
     """The Grad-CAM overlay of one prediction."""
     prediction = get_object_or_404(access.visible_predictions(request.user), pk=pk)
     response = _stream(prediction.heatmap.name if prediction.heatmap else "", f"heatmap-{prediction.pk}.png")
-    audit.record(action="download", obj=prediction, request=request)
+    audit_log.record(action="download", obj=prediction, request=request)
     return response
 
 

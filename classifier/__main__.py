@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.labels import CLASSES
+from mlcore.labels import CLASSES
 
 # New columns go at the end: scripts read the older ones by position.
 CSV_COLUMNS = ["image", *CLASSES, "melanoma_probability", "malignancy_score", "flagged", "model_version",
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--site", default=None, help="anatomic site, e.g. 'posterior torso', 'head/neck', 'back'")
     p.add_argument("paths", nargs="+")
     args = ap.parse_args(argv)
-    from training.clinical import ClinicalContext, ClinicalContextError
+    from mlcore.clinical import ClinicalContext, ClinicalContextError
 
     try:
         context = ClinicalContext(age=args.age, sex=args.sex, site=args.site)
@@ -53,13 +53,16 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from .inference import predict_images
-    from .model_store import ModelLoadError, default_model_dir, load_model
-    from .preprocess import ImageDecodeError, decode_image
+    from mlcore import options
+    from mlcore.inference import predict_images
+    from mlcore.model_store import ModelLoadError, load_model
+    from mlcore.preprocess import ImageDecodeError, decode_image
 
     try:
-        model = load_model(args.model or default_model_dir())
-    except ModelLoadError as exc:
+        # this command's settings: the same variables the web app's settings read
+        opts = options.configure(options.from_environ(os.environ))
+        model = load_model(args.model or opts.model_dir)
+    except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     files = collect_paths(args.paths)

@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from classifier import lifecycle
 from classifier.forms import TrainingForm
-from classifier.models import ModelVersion, RescoreJob
+from classifier.models import ModelVersion
 
 PLOTS = ("roc", "confusion_matrix", "reliability", "training_curves")
 
@@ -70,7 +70,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return [
             path("train/", wrap(self.train_view), name="classifier_modelversion_train"),
             path("rollback/", wrap(self.rollback_view), name="classifier_modelversion_rollback"),
-            path("rescore/", wrap(self.rescore_view), name="classifier_modelversion_rescore"),
             path("<int:pk>/activate/", wrap(self.activate_view), name="classifier_modelversion_activate"),
             path("<int:pk>/cancel/", wrap(self.cancel_view), name="classifier_modelversion_cancel"),
             path("<int:pk>/progress/", wrap(self.progress_view), name="classifier_modelversion_progress"),
@@ -80,7 +79,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         extra_context = (extra_context or {}) | {
             "active": ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first(),
-            "rescore_jobs": RescoreJob.objects.select_related("model_version")[:5],
         }
         return super().changelist_view(request, extra_context)
 
@@ -141,12 +139,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return self._post_action(request, lambda: lifecycle.rollback(user=request.user),
                                  "Rolled back: {version} is active again.")
 
-    def rescore_view(self, request):
-        from classifier.rescoring import start_rescore
-
-        return self._post_action(request, lambda: start_rescore(user=request.user).model_version,
-                                 "Re-scoring all images with {version} in the background.")
-
     def progress_view(self, request, pk: int) -> JsonResponse:
         version = get_object_or_404(ModelVersion, pk=pk)
         return JsonResponse({"status": version.status, "progress": version.progress, "error": version.error,
@@ -160,22 +152,3 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if not plot.is_file():
             raise Http404("plot not found")
         return FileResponse(open(plot, "rb"), content_type="image/png")
-
-
-@admin.register(RescoreJob)
-class RescoreJobAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "created_by")
-    list_filter = ("status",)
-    readonly_fields = [f.name for f in RescoreJob._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="Scored")
-    def scored(self, obj: RescoreJob) -> int:
-        from classifier.rescoring import scored_count
-
-        return scored_count(obj)

@@ -8,12 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from audit import log as audit_log
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
+from classifier.registry import activate
+from training.config import TrainConfig
+
+TRAIN_TASK = "classifier.tasks.train_model"
 
 REVIEWS = "reviews"
 DATA_SOURCES = {
@@ -64,9 +70,6 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
 
     ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form).
     """
-    from classifier.tasks import train_model
-    from training.config import TrainConfig
-
     request = validate_training_request(sources=sources, epochs=epochs, seed=seed, target_sensitivity=target_sensitivity)
     unknown = set(overrides or {}) - set(TrainConfig.__dataclass_fields__)
     if unknown:
@@ -86,7 +89,8 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
         )
         audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
                                            "seed": request.seed})
-        train_model.delay_on_commit(version.pk)
+        # by name: classifier.tasks imports the services it wraps
+        transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk]))
     return version
 
 
@@ -113,8 +117,6 @@ def gate_for(version: ModelVersion) -> GateResult:
 
 def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
     """Make a ready version active if it passes the promotion gate."""
-    from classifier.registry import activate
-
     if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED):
         raise LifecycleError(f"{version.version} is {version.status}; only a ready version can be activated.")
     gate = gate_for(version)
@@ -130,8 +132,6 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
 
 def rollback(*, user=None) -> ModelVersion:
     """Re-activate the version that was active before the current one (it passed the gate then)."""
-    from classifier.registry import activate
-
     current = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     previous = (
         ModelVersion.objects.exclude(pk=getattr(current, "pk", None))
@@ -150,6 +150,4 @@ def rollback(*, user=None) -> ModelVersion:
 
 def audit_registry_event(user, action: str, version: ModelVersion, *, old: dict | None = None, new: dict | None = None) -> None:
     """Record a registry change in the append-only audit log."""
-    from cases.audit import record_event
-
-    record_event(actor=user, action=action, obj=version, old=old, new=new)
+    audit_log.record(action=action, obj=version, actor=user, old=old, new=new)

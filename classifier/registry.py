@@ -10,21 +10,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from classifier.models import ModelVersion
-from training.artifact import sha256_file as file_sha256
-
-CARD_NAME = "model_card.json"
-MODEL_FILE = "model.keras"
-
-
-def read_card(model_dir: Path) -> dict[str, Any]:
-    """The artifact's model card; raises FileNotFoundError or ValueError with the path in the message."""
-    path = Path(model_dir) / CARD_NAME
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"model card not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"model card is not valid JSON: {path}: {exc}") from None
+from mlcore.artifact import MODEL_FILE, read_card
+from mlcore.artifact import sha256_file as file_sha256
 
 
 def _card_fields(card: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +36,7 @@ def _threshold(entry: Any) -> float | None:
 def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READY, notes: str = "") -> ModelVersion:
     """Create or refresh the registry row for an exported artifact directory."""
     model_dir = Path(model_dir).resolve()
-    card = read_card(model_dir)
+    card = read_card(model_dir, required=("version",))
     sha = card.get("model_sha256") or file_sha256(model_dir / MODEL_FILE)
     fields = _card_fields(card) | {"artifact_path": str(model_dir), "sha256": sha}
     gate_file = model_dir / "gate.json"

@@ -6,12 +6,11 @@ lesion-level split as the public datasets.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import traceback
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from django.conf import settings
@@ -21,65 +20,45 @@ from django.utils import timezone
 
 from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
+from mlcore.labels import CLASSES
+from mlcore.model_store import get_model
+from training.config import TrainConfig
+from training.train import TrainingCancelled, train
 
 log = logging.getLogger(__name__)
-REVIEW_SOURCE = "review"
 STALE_AFTER = timedelta(minutes=15)
+_reviewed_records_provider: Callable[[Path], list] | None = None
+
+
+def set_reviewed_records_provider(provider: Callable[[Path], list] | None) -> None:
+    """Register who turns dermatologist-confirmed lesions into training records (``provider(export_dir)``
+    -> list of training.data.ImageRecord). The clinical app registers its own at start-up
+    (cases.apps): the registry knows nothing of patients or reviews."""
+    global _reviewed_records_provider
+    _reviewed_records_provider = provider
 
 
 def reviewed_records(export_dir: Path) -> list:
-    """Training records for every image of a lesion whose newest review names one of the 9 classes."""
-    from cases.context import image_context
-    from cases.models import Review
-    from training.data import ImageRecord
-    from training.labels import CLASS_TO_HAM, CLASSES
-
-    export_dir.mkdir(parents=True, exist_ok=True)
-    newest: dict[int, Review] = {}
-    for review in Review.objects.select_related("reviewer").order_by("lesion_id", "-created_at"):
-        newest.setdefault(review.lesion_id, review)
-    records = []
-    for lesion_id, review in newest.items():
-        if review.final_diagnosis not in CLASSES:
-            continue  # "other" has no class to learn
-        for image in review.lesion.images.all():
-            path = export_dir / f"review-{image.pk}{Path(image.file.name).suffix or '.png'}"
-            if not path.exists():
-                with default_storage.open(image.file.name, "rb") as src:
-                    path.write_bytes(src.read())
-            context = image_context(image)
-            records.append(ImageRecord(
-                path=str(path), isic_id=f"REVIEW_{image.pk:07d}", lesion_id=f"app-lesion-{lesion_id}",
-                allowed=frozenset({review.final_diagnosis}), source=REVIEW_SOURCE,
-                ham_code=CLASS_TO_HAM[review.final_diagnosis],
-                dx_type=f"dermatologist review by {review.reviewer.get_username()} on {review.created_at:%Y-%m-%d}",
-                age=context.age, sex=context.sex, site=context.site,
-            ))
-    return records
+    """The registered provider's training records ([] when none is registered)."""
+    return _reviewed_records_provider(export_dir) if _reviewed_records_provider else []
 
 
 class ReferenceModel:
     """The active model, adapted to what the training gate comparison needs."""
 
     def __init__(self, version: ModelVersion) -> None:
-        from classifier.model_store import get_model
-
         self.loaded = get_model(Path(version.artifact_path))
         self.version = version.version
         self.thresholds = self.loaded.thresholds
 
     def predict_probs(self, images: np.ndarray, contexts=None) -> np.ndarray:
-        from training.labels import CLASSES
-
         predictions = self.loaded.predict(list(images), contexts=contexts)
         return np.array([[p.class_probabilities[c] for c in CLASSES] for p in predictions])
 
 
 def training_config(version: ModelVersion):
-    """Default config, then ops overrides (SECONDLOOK_TRAINING_OVERRIDES, JSON), then the run's own."""
-    from training.config import TrainConfig
-
-    overrides = json.loads(os.environ.get("SECONDLOOK_TRAINING_OVERRIDES", "") or "{}")
+    """Default config, then ops overrides (settings.SECONDLOOK_TRAINING_OVERRIDES), then the run's own."""
+    overrides = dict(settings.SECONDLOOK_TRAINING_OVERRIDES)
     asked = {k: version.training_config[k] for k in ("epochs", "seed", "target_sensitivity")
              if k in version.training_config}
     # Per-run expert overrides (not offered in the admin form; used by ops and tests).
@@ -107,8 +86,6 @@ def _fail(version_id: int, error: str) -> None:
 
 def run_training(*, version_id: int) -> str:
     """Run the training for ``version_id`` to a ready (or failed) registry version."""
-    from training.train import TrainingCancelled, train
-
     if not _claim(version_id):
         version = ModelVersion.objects.get(pk=version_id)
         updated = version.progress.get("updated_at")
@@ -120,7 +97,7 @@ def run_training(*, version_id: int) -> str:
     version = ModelVersion.objects.get(pk=version_id)
     try:
         sources = set(version.data_sources)
-        cache_dir = Path(os.environ.get("SECONDLOOK_CACHE_DIR", settings.VAR_DIR / "cache"))
+        cache_dir = Path(settings.SECONDLOOK_CACHE_DIR)
         extra = reviewed_records(cache_dir / "reviewed") if REVIEWS in sources else []
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         out_dir = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version

@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from classifier.registry import active_model_status
 from melanoma_site.celery import app as celery_app
 
 QUEUES = ("inference", "training")
@@ -54,8 +55,6 @@ def check_workers(timeout: float = 1.0) -> dict[str, Any]:
 def check_model() -> dict[str, Any]:
     """The active model version, read from the registry or the model card (no TensorFlow import)."""
     try:
-        from classifier.registry import active_model_status
-
         return active_model_status()
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -6,12 +6,15 @@ secret key, local media storage. ``DJANGO_ENV=production`` turns on the producti
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from mlcore import options as inference_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SECONDLOOK_VAR_DIR", BASE_DIR / "var"))
@@ -28,6 +31,18 @@ def env_bool(name: str, default: bool) -> bool:
 def env_list(name: str, default: str = "") -> list[str]:
     """Read a comma-separated environment variable as a list of non-empty items."""
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def _json_env(name: str) -> dict:
+    """A JSON-object environment variable ({} when unset); a bad value stops start-up, naming it."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object")
+    return value
 
 
 ENVIRONMENT = os.environ.get("DJANGO_ENV", "development")
@@ -68,6 +83,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "axes",
+    "audit",
     "cases",
     "classifier",
 ]
@@ -194,8 +210,19 @@ STORAGES = {
 
 # --- Data and models ------------------------------------------------------------------------
 SECONDLOOK_DATA_DIR = Path(os.environ.get("SECONDLOOK_DATA_DIR", BASE_DIR.parent / "shared" / "data"))
-SECONDLOOK_MODEL_DIR = Path(os.environ.get("SECONDLOOK_MODEL_DIR", BASE_DIR / "classifier" / "shipped_model"))
+# How this process serves models (default artifact, engine, precision, TTA override, the cache of
+# converted models under VAR_DIR); classifier.apps hands it to the ML core at start-up.
+SECONDLOOK_INFERENCE = inference_options.from_environ(os.environ, var_dir=VAR_DIR)
+SECONDLOOK_MODEL_DIR = SECONDLOOK_INFERENCE.model_dir
 SECONDLOOK_MODELS_ROOT = Path(os.environ.get("SECONDLOOK_MODELS_ROOT", VAR_DIR / "models"))
+# Decoded-image cache of training runs started from the admin
+SECONDLOOK_CACHE_DIR = Path(os.environ.get("SECONDLOOK_CACHE_DIR", VAR_DIR / "cache"))
+# JSON object of TrainConfig fields every admin-started run gets (an ops knob, e.g. '{"epochs": 3}')
+SECONDLOOK_TRAINING_OVERRIDES = _json_env("SECONDLOOK_TRAINING_OVERRIDES")
+# Images one worker task scores in one forward pass (1 disables batching)
+SECONDLOOK_SCORE_BATCH = int(os.environ.get("SECONDLOOK_SCORE_BATCH", "8"))
+# Test-only fault injection: seconds a worker sleeps between predicting and storing
+SECONDLOOK_FAULT_SCORING_DELAY_S = float(os.environ.get("SECONDLOOK_FAULT_SCORING_DELAY_S", "0") or 0)
 
 # --- Celery (Redis broker) ------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -222,7 +249,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "sweep-unqueued-predictions": {
-        "task": "classifier.tasks.sweep_pending",
+        "task": "cases.tasks.sweep_pending",
         "schedule": float(os.environ.get("SWEEP_INTERVAL_SECONDS", "30")),
     },
 }

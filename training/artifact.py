@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -10,21 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from .config import REPO_ROOT, TrainConfig
-from .imageio import RESIZE_METHOD
-from .labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES
-from .scoring import Thresholds
+from mlcore.artifact import CARD_FILE, MODEL_FILE, read_card, sha256_file, write_card
+from mlcore.imageio import RESIZE_METHOD
+from mlcore.labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES
+from mlcore.scoring import Thresholds
 
 CARD_FORMAT = 1
-MODEL_FILE = "model.keras"
-CARD_FILE = "model_card.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_revision() -> str | None:
@@ -218,7 +208,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "preprocessing": {"color": "RGB", "dtype": "uint8 0..255 as float32 (scaling inside the model)",
                           "resize": RESIZE_METHOD, "exif_transpose": True},
         "output": "logits (float32); probabilities = softmax((logits + clinical offset) / temperature)",
-        # training.clinical.ClinicalAdjustment: per-class logit offset from age, sex and site
+        # mlcore.clinical.ClinicalAdjustment: per-class logit offset from age, sex and site
         "clinical_context": clinical.to_dict() if clinical is not None else None,
         "last_conv_layer": "last_conv",
         "tta": cfg.tta,
@@ -260,7 +250,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         from .evaluate import plot_all
 
         plot_all(np.asarray(test_probs), np.asarray(test_masks), metrics, history, out_dir / "plots")
-    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=1))
+    write_card(out_dir, card)
     (out_dir / "model_card.md").write_text(card_markdown(card))
     return out_dir
 
@@ -269,16 +259,13 @@ def add_test_figures(model_dir: Path, **figures) -> dict:
     """Add held-out figures computed after export (e.g. ``subgroups``) to an artifact's metrics:
     model_card.json, model_card.md and metrics.json. The model file and everything else stay."""
     model_dir = Path(model_dir)
-    card = json.loads((model_dir / CARD_FILE).read_text())
+    card = read_card(model_dir, required=())
     figures = _jsonable(figures)
     card["metrics"] = dict(card.get("metrics", {}), **figures)
     metrics_file = model_dir / "metrics.json"
     if metrics_file.is_file():
         metrics_file.write_text(json.dumps(dict(json.loads(metrics_file.read_text()), **figures), indent=1))
-    (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1))
+    write_card(model_dir, card)
     (model_dir / "model_card.md").write_text(card_markdown(card))
     return card
 
-
-def read_card(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / CARD_FILE).read_text())

@@ -2,10 +2,10 @@
 out-of-domain detector and the conformal prediction sets of a model artifact (no Django).
 
 Fitted only on the artifact's own training and validation splits:
-- quality thresholds (`training.quality`) so that >= 98 % of the training images pass;
-- the Mahalanobis detector (`training.ood`) on training features, its threshold so that 95 % of
+- quality thresholds (`mlcore.quality`) so that >= 98 % of the training images pass;
+- the Mahalanobis detector (`mlcore.ood`) on training features, its threshold so that 95 % of
   the validation images pass;
-- the conformal probability floor (`training.conformal`) on validation, for 90 % coverage.
+- the conformal probability floor (`mlcore.conformal`) on validation, for 90 % coverage.
 Then measured, never tuned, on the held-out test split, on PH2 (external) and on a set of
 clearly non-dermoscopic images (`training.nondermoscopic`).
 
@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import conformal, ood, quality
-from .artifact import CARD_FILE, card_markdown, sha256_file
+from mlcore import conformal, ood, quality
+from mlcore.artifact import read_card, sha256_file, write_card
+
+from .artifact import card_markdown
 
 log = logging.getLogger(__name__)
 ASSESSMENT_FILE = "assessment.json"
@@ -28,11 +30,11 @@ ASSESSMENT_FILE = "assessment.json"
 
 def logits_and_features(keras_model, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits and (when the model has the feature layer) penultimate features of uint8/float images."""
-    from .labels import NUM_CLASSES
+    from mlcore.labels import NUM_CLASSES
 
     images = np.asarray(images)
     if not ood.has_feature_layer(keras_model):
-        from .model import predict_logits
+        from mlcore.keras_model import predict_logits
 
         return predict_logits(keras_model, images, batch_size=batch_size), None
     fm = ood.with_features(keras_model)
@@ -108,9 +110,9 @@ def save(model_dir: Path, assessment: dict, detector) -> dict:
         assessment = dict(assessment, ood=dict(assessment["ood"], file=ood.STATS_FILE,
                                                sha256=sha256_file(model_dir / ood.STATS_FILE)))
     (model_dir / ASSESSMENT_FILE).write_text(json.dumps(assessment, indent=1))
-    card = json.loads((model_dir / CARD_FILE).read_text())
+    card = read_card(model_dir, required=())
     card["assessment"] = assessment
-    (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1))
+    write_card(model_dir, card)
     (model_dir / "model_card.md").write_text(card_markdown(card))
     return card
 
@@ -120,12 +122,12 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
     """Fit on ``splits["train"]`` and ``splits["val"]`` ((records, uint8 images) each), measure on
     ``splits["test"]`` and, with ``external``, on PH2 (under ``data_root``, when present) and the
     non-dermoscopic set. Returns (assessment with its "measured" report, detector)."""
-    from .clinical import ClinicalAdjustment, contexts_of
-    from .imageio import decode_file, resize_rgb
-    from .labels import mask_from_classes
+    from mlcore.clinical import ClinicalAdjustment, contexts_of
+    from mlcore.imageio import decode_file, resize_rgb
+    from mlcore.labels import mask_from_classes
     from .nondermoscopic import build as build_nondermoscopic
     from .ph2 import load_ph2, ph2_masks
-    from .scoring import softmax_with_temperature
+    from mlcore.scoring import softmax_with_temperature
 
     size = int(card["input_size"])
     temperature = float(card["temperature"])
@@ -178,10 +180,10 @@ def assess_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, *,
     ``data_root``) and, with ``write``, store it in the artifact."""
     from .audit import run_audit
     from .cache import load_images
-    from .model import load_keras_model
+    from mlcore.keras_model import load_keras_model
 
     model_dir = Path(model_dir)
-    card = json.loads((model_dir / CARD_FILE).read_text())
+    card = read_card(model_dir, required=())
     km = load_keras_model(model_dir / card.get("model_file", "model.keras"))
     audit = run_audit(data_root, cache_dir)
     by_id = {r.isic_id: r for r in audit.records}

@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from .data import HAM_SOURCES, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
-from .imageio import decode_file
+from mlcore.imageio import decode_file
 from .parallel import imap
-from .labels import ham_code_of
+from mlcore.labels import ham_code_of
 
 log = logging.getLogger(__name__)
 PHASH_NEAR = 4

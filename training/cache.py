@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import RESIZE_METHOD, decode_file, resize_rgb
+from mlcore.imageio import RESIZE_METHOD, decode_file, resize_rgb
 from .parallel import imap
 
 log = logging.getLogger(__name__)

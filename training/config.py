@@ -65,12 +65,13 @@ class TrainConfig:
     aug_zoom: float = 0.2  # random crop: up to this fraction zoom-in
     aug_color: float = 0.15
     aug_zoom_out: float = 0.3  # 30 % of images zoomed out by up to this fraction (smaller lesion)
+    aug_hair: float = 0.0  # share of images with drawn hairs over them (training.model.hair_masks)
     aug_device: float = 1.0  # strength of the device augmentation (temperature, gamma, blur, vignette)
-    # colour constancy as the model's first layer (training.colour): shades_of_gray | none
+    # colour constancy as the model's first layer (mlcore.colour): shades_of_gray | none
     colour_constancy: str = "shades_of_gray"
     bootstrap: int = 1000
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
-    # add a per-class logit offset from age, sex and anatomic site (training.clinical), fitted on
+    # add a per-class logit offset from age, sex and anatomic site (mlcore.clinical), fitted on
     # the training split after the CNN; images without that context keep the CNN's logits
     clinical_context: bool = True
     clinical_l2: float = 1e-3
@@ -92,7 +93,7 @@ class TrainConfig:
     def build_model(self, *, any_size: bool = False):
         """The Keras model this configuration describes (under the current dtype policy);
         ``any_size`` accepts every square input size (for progressive resizing)."""
-        from .labels import NUM_CLASSES
+        from mlcore.labels import NUM_CLASSES
         from .model import build_model
 
         return build_model(None if any_size else self.image_size, NUM_CLASSES, self.width, self.stages, self.dropout,
@@ -111,6 +112,7 @@ class TrainConfig:
         d.setdefault("colour_constancy", "none")
         d.setdefault("aug_device", 0.0)
         d.setdefault("aug_zoom_out", 0.0)
+        d.setdefault("aug_hair", 0.0)
         if "stages" in d:
             d["stages"] = tuple(d["stages"])
         known = {f for f in cls.__dataclass_fields__}

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .labels import CLASSES, HAM_TO_CLASSES, label_key
+from mlcore.labels import CLASSES, HAM_TO_CLASSES, label_key
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _check_readable(path: Path, res: LoadResult) -> bool:
 
 def load_isic_folders(root: Path, verify: bool = True) -> LoadResult:
     """`root/{Train,Test}/<class>/<ISIC id>.jpg`."""
-    from .labels import CLASS_TO_HAM
+    from mlcore.labels import CLASS_TO_HAM
 
     res = LoadResult()
     root = Path(root)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from mlcore.keras_model import MEMBER_PREFIX
 
-MEMBER_PREFIX = "member_"
 COMBINE_LAYER = "logits_mean"
 WEIGHTS_ENTRY = "model.weights.h5"  # the weights file inside a .keras archive
 
@@ -45,24 +45,6 @@ def combine(models: Sequence, *, name: str = "ensemble"):
     inp = keras.Input(next(iter(shapes)), name="image")
     out = keras.layers.Average(name=COMBINE_LAYER, dtype="float32")([m(inp) for m in members])
     return keras.Model(inp, out, name=name)
-
-
-def conv_members(keras_model, layer_name: str) -> list:
-    """[(model, its layer ``layer_name``)]: the model itself when it has that layer, else each
-    ensemble member (in order), whose logits the ensemble averages."""
-    def layer_of(model):
-        try:
-            return model.get_layer(layer_name)
-        except ValueError:
-            return None
-
-    if layer_of(keras_model) is not None:
-        return [(keras_model, layer_of(keras_model))]
-    found = [(m, layer_of(m)) for m in keras_model.layers
-             if m.name.startswith(MEMBER_PREFIX) and hasattr(m, "get_layer") and layer_of(m) is not None]
-    if not found:
-        raise ValueError(f"no layer {layer_name!r} in the model or its ensemble members")
-    return found
 
 
 def round_to_half(keras_model) -> None:
@@ -162,7 +144,7 @@ def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, 
 def load_ensemble(member_dirs: Sequence[Path]):
     """(members as LoadedModels, the combined model with float16-rounded weights, the card's
     ``ensemble`` entry, the members' training histories) from member artifact directories."""
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
 
     members = [load_model(Path(d)) for d in member_dirs]
     check_compatible(members)

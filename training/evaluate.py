@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import CLASSES, HAM_CODES, MALIGNANT_CLASSES, ham_membership_matrix
-from .scoring import Thresholds, malignancy_score, melanoma_probability
+from mlcore.labels import CLASSES, HAM_CODES, MALIGNANT_CLASSES, ham_membership_matrix
+from mlcore.scoring import Thresholds, malignancy_score, melanoma_probability
 
 
 def targets(masks: np.ndarray) -> dict[str, np.ndarray]:
@@ -163,7 +163,7 @@ def evaluate_probs(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds,
     ece, table = expected_calibration_error(probs[s], t["cls9"][s])
     out["ece_top_label"] = ece
     out["reliability_bins"] = table
-    from .scoring import set_nll
+    from mlcore.scoring import set_nll
 
     out["set_nll"] = set_nll(probs, masks)
     if groups is not None:

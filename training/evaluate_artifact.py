@@ -13,13 +13,13 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
                       plots_dir: Path | None = None, n_boot: int = 1000, clinical: bool = True) -> dict:
     """Figures of the artifact on one recorded split; ``clinical=False`` scores the images alone
     (ignoring the card's clinical-context adjustment, to see what it adds)."""
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
 
     from .audit import run_audit
     from .cache import load_images
     from .evaluate import evaluate_probs, plot_all
-    from .labels import mask_from_classes
-    from .scoring import softmax_with_temperature
+    from mlcore.labels import mask_from_classes
+    from mlcore.scoring import softmax_with_temperature
     from .subgroups import lesion_ids_of, subgroup_labels
 
     m = load_model(Path(model_dir))
@@ -35,7 +35,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     logits = m.predict_logits(images.astype(np.float32), batch_size=128)
     if clinical and m.clinical is not None:
-        from .clinical import contexts_of
+        from mlcore.clinical import contexts_of
 
         logits = m.clinical.apply(logits, contexts_of(recs))
     probs = softmax_with_temperature(logits, m.temperature)
@@ -60,13 +60,13 @@ def evaluate_external(model_dir: Path, data_root: Path, n_boot: int = 1000) -> d
     through the app's own inference path (decode, resize, checks, runner). Every PH2 image is its
     own lesion, so the bootstrap resamples lesions here too. Flagged = either shipped threshold
     reached; "sent to review" also counts images the model could not assess."""
-    from classifier.inference import predict_images
-    from classifier.model_store import load_model
-    from classifier.preprocess import decode_image
+    from mlcore.inference import predict_images
+    from mlcore.model_store import load_model
+    from mlcore.preprocess import decode_image
 
     from .evaluate import _auc, bootstrap_ci, operating_point_report
-    from .conformal import coverage_and_size
-    from .labels import CLASSES
+    from mlcore.conformal import coverage_and_size
+    from mlcore.labels import CLASSES
     from .ph2 import load_ph2, ph2_masks
 
     m = load_model(Path(model_dir))

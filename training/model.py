@@ -6,16 +6,6 @@ import numpy as np
 LAST_CONV = "last_conv"
 
 
-def load_keras_model(path):
-    """Load a saved Keras model of this project (its custom layers registered first), uncompiled."""
-    import keras
-
-    from .colour import layer_class
-
-    layer_class()
-    return keras.models.load_model(path, compile=False)
-
-
 def cpu_supports_bf16() -> bool:
     try:
         txt = open("/proc/cpuinfo").read()
@@ -47,7 +37,7 @@ def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
     dermoscopic detail) costs about the same compute in the residual stages as a smaller
     input with the stride-2 stem.
 
-    ``colour_constancy`` (``training.colour.MODES``) adds that step as the model's first layer."""
+    ``colour_constancy`` (``mlcore.colour.MODES``) adds that step as the model's first layer."""
     if stem_stride not in (2, 4):
         raise ValueError(f"stem_stride must be 2 or 4, not {stem_stride}")
     import keras
@@ -55,7 +45,7 @@ def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
 
     init = keras.initializers.HeNormal(seed=seed)
     inp = keras.Input((image_size, image_size, 3), name="image")  # None x None when image_size is None
-    from .colour import apply_layer
+    from mlcore.colour import apply_layer
 
     x = apply_layer(inp, colour_constancy)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
@@ -121,15 +111,42 @@ def set_loss(label_smoothing: float = 0.0):
     return loss
 
 
+def hair_masks(count: int = 96, size: int = 160, seed: int = 7) -> np.ndarray:
+    """A bank of ``count`` hair-occlusion alpha masks (float32 0..1, size x size): each holds
+    2-14 thin, slightly curved dark strands drawn antialiased with OpenCV, like the hairs a
+    dermatoscope photographs over a lesion."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    bank = np.zeros((count, size, size), np.float32)
+    for i in range(count):
+        canvas = np.zeros((size * 4, size * 4), np.uint8)  # drawn at 4x, then downsampled
+        for _ in range(int(rng.integers(2, 15))):
+            p0 = rng.uniform(-0.2, 1.2, 2) * size * 4
+            direction = rng.uniform(0, 2 * np.pi)
+            length = rng.uniform(0.3, 1.2) * size * 4
+            bend = rng.normal(0, 0.12) * length
+            p2 = p0 + length * np.array([np.cos(direction), np.sin(direction)])
+            mid = (p0 + p2) / 2 + bend * np.array([-np.sin(direction), np.cos(direction)])
+            t = np.linspace(0, 1, 24)[:, None]
+            pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * mid + t ** 2 * p2
+            cv2.polylines(canvas, [pts.astype(np.int32)], False, 255, int(rng.integers(2, 5)), cv2.LINE_AA)
+        bank[i] = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA) / 255.0
+    return bank
+
+
 def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2,
-                  color: float = 0.15, zoom_out: float = 0.0, device: float = 0.0):
+                  color: float = 0.15, zoom_out: float = 0.0, device: float = 0.0,
+                  hair: float = 0.0, hair_bank=None):
     """Batched augmentation on float32 0..255 images: dihedral flips/transposes, random rotation,
     random crop (zoom in + shift, or zoom out by up to ``zoom_out``: the lesion smaller in the
     frame) via one projective transform per image, colour/brightness/contrast/saturation jitter.
 
     ``device`` > 0 (its strength, 1 = the defaults below) also varies what dermatoscopes and
     cameras vary: colour temperature (a warm/cool gain pair on red and blue), gamma, defocus blur
-    and a vignette (darker corners, up to a black ring). `seed_stream` is a tf.random.Generator."""
+    and a vignette (darker corners, up to a black ring). ``hair`` > 0 draws dark hairs from
+    ``hair_bank`` (see `hair_masks`) over that share of the images. `seed_stream` is a
+    tf.random.Generator."""
     import math
 
     import tensorflow as tf
@@ -164,6 +181,16 @@ def augment_batch(images, seed_stream, *, rotate: bool = True, zoom: float = 0.2
     x = tf.raw_ops.ImageProjectiveTransformV3(
         images=x, transforms=tr, output_shape=tf.shape(x)[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="REFLECT")
+    if hair > 0 and hair_bank is not None:
+        # hairs: a random mask of the bank (transposed half the time), resized to the batch size,
+        # blended toward a dark brown-black with a random opacity
+        idx = g.uniform([b], 0, int(hair_bank.shape[0]), dtype=tf.int32)
+        alpha = tf.gather(hair_bank, idx)[..., None]
+        alpha = tf.where(g.uniform([b, 1, 1, 1]) < 0.5, tf.transpose(alpha, [0, 2, 1, 3]), alpha)
+        alpha = tf.image.resize(alpha, tf.cast(tf.stack([h, w]), tf.int32))
+        alpha *= tf.where(g.uniform([b, 1, 1, 1]) < hair, g.uniform([b, 1, 1, 1], 0.6, 1.0), 0.0)
+        colour = g.uniform([b, 1, 1, 1], 10.0, 70.0) * tf.constant([1.0, 0.8, 0.65])
+        x = x * (1.0 - alpha) + colour * alpha
     if device > 0:
         # defocus: blend with a 5x5 Gaussian blur (sigma ~1.2 px), a random amount per image
         k1 = tf.constant([0.05, 0.24, 0.42, 0.24, 0.05], tf.float32)
@@ -231,6 +258,8 @@ def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarra
     m = tf.constant(masks, dtype=tf.float32)
     wt = tf.constant(weights, dtype=tf.float32)
     gen = tf.random.Generator.from_seed(seed)
+    if aug.get("hair", 0) > 0:
+        aug["hair_bank"] = tf.constant(hair_masks())
 
     def fetch(idx):
         x = tf.cast(tf.gather(imgs, idx), tf.float32)
@@ -250,29 +279,3 @@ def make_train_dataset(images: np.ndarray, masks: np.ndarray, weights: np.ndarra
     return ds.map(fetch, num_parallel_calls=1, deterministic=True).prefetch(2).with_options(opts)
 
 
-TTA_MODES = ("none", "dihedral8")
-
-
-def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations of a (N, H, W, C) square batch."""
-    views = []
-    for t in (x, np.swapaxes(x, 1, 2)):
-        views += [t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1]]
-    return views
-
-
-def predict_logits(model, images: np.ndarray, batch_size: int = 128, tta: str = "none") -> np.ndarray:
-    """float32 logits; tta='dihedral8' averages the logits over the 8 dihedral views."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown tta mode {tta!r}")
-    out = []
-    for i in range(0, len(images), batch_size):
-        xb = np.asarray(images[i:i + batch_size], dtype=np.float32)
-        if tta == "dihedral8":
-            views = [np.ascontiguousarray(v) for v in dihedral_views(xb)]
-            out.append(np.mean([np.asarray(model(v, training=False), np.float32) for v in views], axis=0))
-        else:
-            out.append(np.asarray(model(xb, training=False), dtype=np.float32))
-    if not out:
-        return np.zeros((0, 9), np.float32)
-    return np.concatenate(out).astype(np.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import mask_from_classes
+from mlcore.labels import mask_from_classes
 
 PH2_DIR = "ph2"
 DX_TO_CLASS = {"mel": "melanoma", "nv": "nevus"}

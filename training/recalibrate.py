@@ -14,7 +14,7 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
                 version: str | None = None, clinical_context: bool | None = None) -> dict:
     """``clinical_context`` True (re)fits the clinical adjustment on the training split, False
     drops it, None keeps what the config says."""
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
 
     from .config import TrainConfig
 
@@ -43,10 +43,10 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
     from .artifact import export_artifact
     from .audit import run_audit
     from .cache import load_images
-    from .clinical import contexts_of
+    from mlcore.clinical import contexts_of
     from .evaluate import evaluate_probs
-    from .labels import mask_from_classes
-    from .scoring import softmax_with_temperature
+    from mlcore.labels import mask_from_classes
+    from mlcore.scoring import softmax_with_temperature
     from .subgroups import lesion_ids_of, subgroup_labels
     from .train import adjusted_logits, calibrate, fit_clinical
 

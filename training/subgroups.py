@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .evaluate import _auc, sens_spec, targets
-from .scoring import Thresholds, malignancy_score, melanoma_probability
+from mlcore.scoring import Thresholds, malignancy_score, melanoma_probability
 
 AGE_BANDS = ((0, 30, "<30"), (30, 50, "30-49"), (50, 70, "50-69"), (70, 200, "70+"))
 

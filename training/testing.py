@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import CLASSES, HAM_TO_CLASSES, NUM_CLASSES, mask_from_classes
+from mlcore.labels import CLASSES, HAM_TO_CLASSES, NUM_CLASSES, mask_from_classes
 
 TINY_SIZE = 32
 
@@ -43,7 +43,7 @@ def synthetic_images(n: int, size: int = TINY_SIZE, seed: int = 0):
 def synthetic_contexts(sets, seed: int = 0) -> list:
     """Clinical contexts where melanoma patients are older (about 72 vs 38 years), so a fitted
     clinical adjustment has something to learn; every fifth context is unknown."""
-    from .clinical import ClinicalContext
+    from mlcore.clinical import ClinicalContext
 
     rng = np.random.default_rng(seed + 100)
     out = []
@@ -88,10 +88,10 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False, assessed
     out = _export_tiny(model, cfg, Path(path), seed=seed, history=history,
                        version=f"tiny-test-{seed}" + ("-assessed" if assessed else ""), plots=plots)
     if assessed:
-        from .artifact import read_card
+        from mlcore.artifact import read_card
         from .assessment import assess, save
         from .data import ImageRecord
-        from .labels import ham_code_of
+        from mlcore.labels import ham_code_of
 
         splits = {}
         for k, n, s in (("train", 270, seed), ("val", 90, seed + 1), ("test", 90, seed + 2)):
@@ -119,11 +119,11 @@ def _export_tiny(model, cfg, path: Path, *, seed: int, history: dict, version: s
     """Fit the clinical adjustment, temperature and thresholds on synthetic data, evaluate and export."""
     from .artifact import export_artifact
     from .audit import data_fingerprint
-    from .clinical import fit_adjustment
+    from mlcore.clinical import fit_adjustment
     from .data import ImageRecord
     from .evaluate import evaluate_probs
-    from .model import predict_logits
-    from .scoring import softmax_with_temperature
+    from mlcore.keras_model import predict_logits
+    from mlcore.scoring import softmax_with_temperature
     from .subgroups import subgroup_labels
     from .train import adjusted_logits, calibrate
 

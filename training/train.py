@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .labels import HAM_CODES, ham_membership_matrix
+from mlcore.labels import HAM_CODES, ham_membership_matrix
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def _val_metrics(logits: np.ndarray, masks: np.ndarray) -> dict:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from .evaluate import targets
-    from .scoring import malignancy_score, melanoma_probability, set_nll, softmax_with_temperature
+    from mlcore.scoring import malignancy_score, melanoma_probability, set_nll, softmax_with_temperature
 
     p = softmax_with_temperature(logits, 1.0)
     t = targets(masks)
@@ -117,7 +117,9 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
 
     import tensorflow as tf
 
-    from .model import make_train_dataset, predict_logits, progressive_size, set_loss, set_precision
+    from mlcore.keras_model import predict_logits
+
+    from .model import make_train_dataset, progressive_size, set_loss, set_precision
 
     keras.utils.set_random_seed(cfg.seed)
     policy = set_precision(cfg.mixed_precision)
@@ -128,7 +130,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
     ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
-                            zoom_out=cfg.aug_zoom_out, device=cfg.aug_device,
+                            zoom_out=cfg.aug_zoom_out, device=cfg.aug_device, hair=cfg.aug_hair,
                             size_var=size_var)
     steps_per_epoch = int(ds.cardinality().numpy())
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -253,7 +255,7 @@ def _accumulate_average(state: dict, weights: list) -> None:
 
 def _try_average(model, state: dict, best_score: float, x_val, m_val) -> dict:
     """Load the averaged weights; keep them only if they beat the best epoch on validation."""
-    from .model import predict_logits
+    from mlcore.keras_model import predict_logits
 
     best = model.get_weights()
     model.set_weights([a.astype(w.dtype) for a, w in zip(state["avg"], best)])
@@ -277,7 +279,7 @@ def _auc_or_nan(y, s) -> float:
 def adjusted_logits(model, cfg: TrainConfig, images, *, clinical=None, contexts=None) -> np.ndarray:
     """The model's logits (with the config's test-time augmentation), plus the ``clinical``
     adjustment for ``contexts`` when given."""
-    from .model import predict_logits
+    from mlcore.keras_model import predict_logits
 
     logits = predict_logits(model, images, tta=cfg.tta)
     return logits if clinical is None else clinical.apply(logits, contexts)
@@ -290,11 +292,11 @@ def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=
 
 
 def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
-    """The clinical-context adjustment (training.clinical) fitted on the training split's logits
+    """The clinical-context adjustment (mlcore.clinical) fitted on the training split's logits
     with the CNN's class weights; None when the config turns it off."""
     if not cfg.clinical_context:
         return None
-    from .clinical import contexts_of, fit_adjustment
+    from mlcore.clinical import contexts_of, fit_adjustment
 
     contexts = contexts_of(train_records)
     adj = fit_adjustment(adjusted_logits(model, cfg, x_train), m_train, contexts,
@@ -306,7 +308,7 @@ def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
 def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
     """Temperature and thresholds from validation logits (see ``calibrate``)."""
     from .evaluate import operating_point_report, targets
-    from .scoring import (Thresholds, fit_temperature, malignancy_score, melanoma_probability, set_nll,
+    from mlcore.scoring import (Thresholds, fit_temperature, malignancy_score, melanoma_probability, set_nll,
                           softmax_with_temperature, threshold_for_sensitivity)
 
     temp = fit_temperature(logits, m_val)
@@ -348,9 +350,9 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .cache import load_images
     from .data import ALL_SOURCES, load_all
     from .evaluate import evaluate_probs
-    from .clinical import contexts_of
-    from .labels import mask_from_classes
-    from .scoring import softmax_with_temperature
+    from mlcore.clinical import contexts_of
+    from mlcore.labels import mask_from_classes
+    from mlcore.scoring import softmax_with_temperature
     from .splits import split_by_lesion
     from .subgroups import lesion_ids_of, subgroup_labels
 
@@ -409,7 +411,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         data_sources=sorted({src for r in audit.records for src in r.source.split("+")}), clinical=clinical)
     if cfg.assessment:
         progress("fitting the quality, out-of-domain and prediction-set checks")
-        from .artifact import read_card
+        from mlcore.artifact import read_card
         from .assessment import assess, save as save_assessment
 
         assessment, detector = assess(model, read_card(out), {

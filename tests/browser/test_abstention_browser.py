@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import log_in, make_user
+from tests.support.browser_helpers import log_in, make_user
 from PIL import Image, ImageDraw
 
 from cases.models import Case, Clinic, Lesion, Patient, Prediction

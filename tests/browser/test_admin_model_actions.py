@@ -4,7 +4,7 @@ form instead)."""
 from __future__ import annotations
 
 import pytest
-from browser_helpers import PASSWORD
+from tests.support.browser_helpers import PASSWORD
 from django.contrib.auth import get_user_model
 
 from classifier.models import ModelVersion

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from browser_helpers import log_in, make_user
+from tests.support.browser_helpers import log_in, make_user
 from PIL import Image
 
 from cases.models import Case, Clinic, Review

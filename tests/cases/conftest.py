@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 import pytest
-from case_helpers import World
+from tests.support.case_helpers import World
 from classifier.models import ModelVersion
 from classifier.registry import activate, register_artifact
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 from django.core.files.base import ContentFile
 
-from cases.models import AuditEvent, LesionImage, Prediction
-from imagegen import jpeg, upload
+from audit.models import AuditEvent
+from cases.models import LesionImage, Prediction
+from tests.support.imagegen import jpeg, upload
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ from django.utils import timezone
 from cases import scoring
 from cases.models import LesionImage, Prediction
 from classifier.models import ModelVersion
-from imagegen import png
-from training.labels import CLASSES
+from tests.support.imagegen import png
+from mlcore.labels import CLASSES
 
 pytestmark = pytest.mark.django_db
 
@@ -37,9 +37,9 @@ def fake(monkeypatch, media_root):
         calls.append(len(images))
         return [R() for _ in images]
 
-    monkeypatch.setattr("classifier.model_store.get_model", lambda path: object())
-    monkeypatch.setattr("classifier.inference.predict_images", predict_images)
-    monkeypatch.setattr("classifier.explain.gradcam_overlay_png", lambda *a, **k: None)
+    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
+    monkeypatch.setattr("mlcore.inference.predict_images", predict_images)
+    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: None)
     return calls
 
 
@@ -50,8 +50,8 @@ def _pred(world, mv, i, enqueued=True):
     return Prediction.objects.create(image=img, model_version=mv, enqueued_at=timezone.now() if enqueued else None)
 
 
-def test_burst_is_scored_in_one_batch_and_other_tasks_are_no_ops(world, model_version, fake, monkeypatch):
-    monkeypatch.setenv(scoring.BATCH_ENV, "4")
+def test_burst_is_scored_in_one_batch_and_other_tasks_are_no_ops(world, model_version, fake, settings):
+    settings.SECONDLOOK_SCORE_BATCH = 4
     other_mv = ModelVersion.objects.create(version="other-v2", artifact_path="/nonexistent/other")
     preds = [_pred(world, model_version, i) for i in range(6)]
     not_enqueued = _pred(world, model_version, 10, enqueued=False)
@@ -69,10 +69,10 @@ def test_burst_is_scored_in_one_batch_and_other_tasks_are_no_ops(world, model_ve
     assert all(Prediction.objects.get(pk=p.pk).attempts == 1 for p in preds)
 
 
-def test_lone_image_and_batching_disabled(world, model_version, fake, monkeypatch):
+def test_lone_image_and_batching_disabled(world, model_version, fake, settings):
     p = _pred(world, model_version, 0)
     assert scoring.run_prediction(prediction_id=p.pk) == "done" and fake == [1]
-    monkeypatch.setenv(scoring.BATCH_ENV, "1")
+    settings.SECONDLOOK_SCORE_BATCH = 1
     a, b = _pred(world, model_version, 1), _pred(world, model_version, 2)
     scoring.run_prediction(prediction_id=a.pk)
     assert fake == [1, 1] and Prediction.objects.get(pk=b.pk).status == "pending"
@@ -98,7 +98,7 @@ def test_redelivered_mate_supersedes_cleanly(world, model_version, fake, monkeyp
         Prediction.objects.filter(pk=b.pk).update(started_at=timezone.now() + timezone.timedelta(seconds=1))
         return [R() for _ in images]
 
-    monkeypatch.setattr("classifier.inference.predict_images", predict_images)
+    monkeypatch.setattr("mlcore.inference.predict_images", predict_images)
     assert scoring.run_prediction(prediction_id=a.pk) == "done"
     b.refresh_from_db()
     assert b.status == "running"  # left to its own (redelivered) run
@@ -110,7 +110,7 @@ def test_batch_error_releases_mates(world, model_version, fake, monkeypatch):
     def boom(model, images):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("classifier.inference.predict_images", boom)
+    monkeypatch.setattr("mlcore.inference.predict_images", boom)
     assert scoring.run_prediction(prediction_id=a.pk) == "failed"
     a.refresh_from_db()
     b.refresh_from_db()

@@ -12,8 +12,8 @@ import pytest
 
 from cases import queue, scoring
 from cases.models import LesionImage, Prediction
-from case_helpers import stored_files
-from imagegen import jpeg, upload
+from tests.support.case_helpers import stored_files
+from tests.support.imagegen import jpeg, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -90,7 +90,7 @@ def test_worker_killed_mid_inference_scores_exactly_once_after_restart(client, p
 
 
 def test_redis_down_at_upload_then_sweep_enqueues_and_it_is_scored(client, people, celery_worker_process):
-    from classifier.tasks import sweep_pending
+    from cases.tasks import sweep_pending
     from melanoma_site.celery import app
     from melanoma_site.embedded_redis import free_port
 

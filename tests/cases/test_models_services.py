@@ -10,11 +10,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from cases import queue, scoring
-from cases.models import AuditEvent, Case, Lesion, Patient, Prediction, Review
-from case_helpers import make_image, stored_files
-from imagegen import png
-from training.clinical import ClinicalContext
-from training.labels import CLASSES
+from audit.models import AuditEvent
+from cases.models import Case, Lesion, Patient, Prediction, Review
+from tests.support.case_helpers import make_image, stored_files
+from tests.support.imagegen import png
+from mlcore.clinical import ClinicalContext
+from mlcore.labels import CLASSES
 
 pytestmark = pytest.mark.django_db
 
@@ -78,10 +79,10 @@ def test_audit_events_are_append_only(world):
 def test_audit_admin_is_read_only(client, world):
     event = AuditEvent.objects.create(action="view", object_type="case", object_id="1", actor=world.clin_a)
     client.force_login(world.admin)
-    assert client.get("/admin/cases/auditevent/").status_code == 200
-    assert client.get("/admin/cases/auditevent/add/").status_code == 403
-    assert client.post(f"/admin/cases/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
-    response = client.post(f"/admin/cases/auditevent/{event.pk}/change/", {"action": "delete"})
+    assert client.get("/admin/audit/auditevent/").status_code == 200
+    assert client.get("/admin/audit/auditevent/add/").status_code == 403
+    assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    response = client.post(f"/admin/audit/auditevent/{event.pk}/change/", {"action": "delete"})
     assert response.status_code in (403, 302, 200)
     assert AuditEvent.objects.get(pk=event.pk).action == "view"
     for page in ("clinic", "clinicmembership", "patient", "case", "lesion", "lesionimage", "prediction", "review"):
@@ -95,7 +96,7 @@ def test_patient_creation_and_view_are_audited(client, world):
     patient = Patient.objects.get(identifier="NEW-7")
     assert response.status_code == 302 and patient.clinic == world.clinic_a
     event = AuditEvent.objects.get(action="create", object_type="patient", object_id=str(patient.pk))
-    assert event.new_values["birth_year"] == 1985 and event.clinic == world.clinic_a and event.actor == world.clin_a
+    assert event.new_values["birth_year"] == 1985 and event.clinic_id == world.clinic_a.pk and event.actor == world.clin_a
     assert event.ip_address == "127.0.0.1"
     client.get(f"/patients/{patient.pk}/")
     assert AuditEvent.objects.filter(action="view", object_type="patient", object_id=str(patient.pk)).count() == 1
@@ -150,9 +151,9 @@ def fake_classifier(monkeypatch):
         calls["heatmap"] += 1
         return png(size=(96, 64), seed=9)
 
-    monkeypatch.setattr("classifier.model_store.get_model", get_model)
-    monkeypatch.setattr("classifier.inference.predict_images", predict_images)
-    monkeypatch.setattr("classifier.explain.gradcam_overlay_png", heatmap)
+    monkeypatch.setattr("mlcore.model_store.get_model", get_model)
+    monkeypatch.setattr("mlcore.inference.predict_images", predict_images)
+    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", heatmap)
     return calls, result
 
 

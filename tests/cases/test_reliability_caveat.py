@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from cases.models import Patient, Prediction
 from cases.presentation import age_caveat
-from case_helpers import make_image
+from tests.support.case_helpers import make_image
 
 METRICS = {
     "melanoma_auc": 0.88,

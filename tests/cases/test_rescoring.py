@@ -5,7 +5,7 @@ from django.utils import timezone
 from cases.models import LesionImage, Prediction
 from classifier.models import ModelVersion, RescoreJob
 from classifier.registry import activate
-from classifier.rescoring import run_rescore, scored_count, start_rescore
+from cases.rescoring import run_rescore, scored_count, start_rescore
 
 
 def _image(world, name: str, sha: str) -> LesionImage:
@@ -16,7 +16,7 @@ def _image(world, name: str, sha: str) -> LesionImage:
 @pytest.mark.django_db(transaction=True)
 def test_rescore_all_images_with_the_new_active_version(world, model_version, dispatched, monkeypatch):
     sent_tasks = []
-    monkeypatch.setattr("classifier.tasks.rescore_images.delay", lambda pk: sent_tasks.append(pk))
+    monkeypatch.setattr("cases.rescoring.enqueue", sent_tasks.append)
     first = _image(world, "a", "a" * 64)
     _image(world, "b", "b" * 64)
     old = Prediction.objects.create(image=first, model_version=model_version, status="done",
@@ -40,7 +40,7 @@ def test_rescore_all_images_with_the_new_active_version(world, model_version, di
 
 @pytest.mark.django_db(transaction=True)
 def test_rescore_chosen_images_only(world, model_version, dispatched, monkeypatch):
-    monkeypatch.setattr("classifier.tasks.rescore_images.delay", lambda pk: None)
+    monkeypatch.setattr("cases.rescoring.enqueue", lambda pk: None)
     _image(world, "a", "a" * 64)
     second = _image(world, "b", "b" * 64)
     job = start_rescore(user=world.admin, image_ids=[second.pk])

@@ -13,7 +13,7 @@ from cases.models import Prediction, Review
 from classifier import lifecycle
 from classifier.models import ModelVersion
 from test_integration_scoring import status_of, upload_one, wait_for
-from training.labels import CLASS_TO_HAM, CLASSES
+from mlcore.labels import CLASS_TO_HAM, CLASSES
 from training.testing import synthetic_images, tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -8,9 +8,10 @@ import pytest
 from django.db import DatabaseError
 from PIL import ExifTags, Image
 
-from cases.models import AuditEvent, LesionImage, Prediction
-from case_helpers import stored_files
-from imagegen import encode, jpeg, pattern, png, png_chunk, png_declaring, two_tone, upload, zeros_png
+from audit.models import AuditEvent
+from cases.models import LesionImage, Prediction
+from tests.support.case_helpers import stored_files
+from tests.support.imagegen import encode, jpeg, pattern, png, png_chunk, png_declaring, two_tone, upload, zeros_png
 
 pytestmark = pytest.mark.django_db
 
@@ -117,7 +118,7 @@ def test_good_jpeg_is_stored_as_png_under_a_generated_name(client, world, media_
     prediction = Prediction.objects.get(image=image)
     assert prediction.status == "pending" and prediction.model_version.version == "unit-test-v1"
     assert dispatched == [prediction.pk]
-    assert AuditEvent.objects.filter(action="upload", object_id=str(image.pk), patient=world.patient_a).exists()
+    assert AuditEvent.objects.filter(action="upload", object_id=str(image.pk), patient_id=world.patient_a.pk).exists()
 
 
 def test_exif_rotated_jpeg_is_stored_upright(client, world):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.labels import CLASSES
+from mlcore.labels import CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,14 +23,14 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
 
     return load_model(tiny_dir)
 
 
 def test_classifier_import_does_not_import_tensorflow():
-    code = ("import sys, classifier, classifier.model_store, classifier.inference, classifier.preprocess, "
-            "classifier.explain; print('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    code = ("import sys, classifier, mlcore.model_store, mlcore.inference, mlcore.preprocess, "
+            "mlcore.explain; print('tensorflow' in sys.modules or 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -52,7 +52,7 @@ def test_artifact_is_complete(tiny_dir):
 
 
 def test_load_and_predict(tiny):
-    from classifier.inference import predict_images
+    from mlcore.inference import predict_images
 
     assert tiny.version == "tiny-test-0" and tiny.classes == list(CLASSES)
     imgs = [np.zeros((50, 70, 3), np.uint8), np.full((20, 20, 3), 200, np.uint8), np.zeros((64, 64), np.uint8)]
@@ -74,7 +74,7 @@ def test_load_and_predict(tiny):
 def test_corrupt_model_raises(tiny_dir, tmp_path):
     import shutil
 
-    from classifier.model_store import ModelLoadError, load_model
+    from mlcore.model_store import ModelLoadError, load_model
 
     d = tmp_path / "bad"
     shutil.copytree(tiny_dir, d)
@@ -89,10 +89,10 @@ def test_corrupt_model_raises(tiny_dir, tmp_path):
         load_model(tmp_path / "nowhere")
 
 
-def test_get_model_caches_per_dir(tiny_dir, tmp_path, monkeypatch):
+def test_get_model_caches_per_dir(tiny_dir, tmp_path, inference_options):
     import shutil
 
-    from classifier import model_store
+    from mlcore import model_store
 
     model_store.clear_cache()
     a = model_store.get_model(tiny_dir)
@@ -101,9 +101,9 @@ def test_get_model_caches_per_dir(tiny_dir, tmp_path, monkeypatch):
     shutil.copytree(tiny_dir, d2)
     b = model_store.get_model(d2)
     assert b is not a
-    monkeypatch.setenv("SECONDLOOK_MODEL_DIR", str(d2))
+    inference_options(model_dir=d2.resolve())
     assert model_store.default_model_dir() == d2.resolve()
-    monkeypatch.delenv("SECONDLOOK_MODEL_DIR")
+    inference_options(model_dir=model_store.SHIPPED_MODEL_DIR)
     assert model_store.default_model_dir() == model_store.SHIPPED_MODEL_DIR
 
 
@@ -114,7 +114,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def test_decode_many_formats():
-    from classifier.preprocess import ImageDecodeError, decode_image, prepare_batch
+    from mlcore.preprocess import ImageDecodeError, decode_image, prepare_batch
 
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8))
     cases = {
@@ -140,16 +140,16 @@ def test_decode_many_formats():
 
 
 def test_training_and_inference_resize_identically():
-    from classifier.preprocess import prepare_batch
-    from training.imageio import resize_rgb
+    from mlcore.preprocess import prepare_batch
+    from mlcore.imageio import resize_rgb
 
     a = np.random.default_rng(1).integers(0, 255, (180, 180, 3), dtype=np.uint8)
     assert np.array_equal(prepare_batch([a], 112)[0].astype(np.uint8), resize_rgb(a, 112))
 
 
 def test_predict_bytes_and_gradcam(tiny):
-    from classifier.explain import gradcam, gradcam_overlay_png
-    from classifier.inference import predict_bytes
+    from mlcore.explain import gradcam, gradcam_overlay_png
+    from mlcore.inference import predict_bytes
 
     img = Image.fromarray(np.random.default_rng(2).integers(0, 255, (45, 60, 3), dtype=np.uint8))
     p = predict_bytes(tiny, _encode(img, "PNG"))
@@ -201,7 +201,7 @@ def test_predict_cli_says_when_the_model_cannot_assess(tiny_assessed_model_dir, 
 
 
 def test_tta_views_and_prediction(tiny):
-    from training.model import dihedral_views, predict_logits
+    from mlcore.keras_model import dihedral_views, predict_logits
 
     x = np.random.default_rng(4).integers(0, 255, (2, 32, 32, 3)).astype(np.float32)
     views = dihedral_views(x)
@@ -213,8 +213,8 @@ def test_tta_views_and_prediction(tiny):
 
 def test_clinical_context_shifts_scores_and_is_reported(tiny):
     """The tiny model learned (from synthetic data) that melanoma patients are older."""
-    from classifier.inference import predict_images
-    from training.clinical import ClinicalContext
+    from mlcore.inference import predict_images
+    from mlcore.clinical import ClinicalContext
 
     assert tiny.clinical is not None
     img = np.random.default_rng(5).integers(0, 255, (40, 40, 3), dtype=np.uint8)

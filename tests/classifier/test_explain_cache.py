@@ -1,11 +1,11 @@
-"""Grad-CAM (classifier.explain) caches its compiled gradient function per LoadedModel."""
+"""Grad-CAM (mlcore.explain) caches its compiled gradient function per LoadedModel."""
 import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
 
     return load_model(tiny_model_dir)
 
@@ -16,7 +16,7 @@ def _uncached_gradcam(model, image, class_name):
     import tensorflow as tf
     from PIL import Image
 
-    from classifier.preprocess import _as_rgb, prepare_batch
+    from mlcore.preprocess import _as_rgb, prepare_batch
 
     img = _as_rgb(image)
     idx = model.classes.index(class_name)
@@ -38,7 +38,7 @@ def _uncached_gradcam(model, image, class_name):
 
 
 def test_cached_gradcam_matches_uncached_and_builds_once(tiny):
-    from classifier.explain import gradcam
+    from mlcore.explain import gradcam
 
     rng = np.random.default_rng(7)
     imgs = [rng.integers(0, 256, (45, 60, 3), dtype=np.uint8), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)]

@@ -1,4 +1,4 @@
-"""Parity of the fast inference runners (classifier.fast) with the Keras reference model."""
+"""Parity of the fast inference runners (mlcore.runners) with the Keras reference model."""
 import io
 import time
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.scoring import softmax_with_temperature
+from mlcore.scoring import softmax_with_temperature
 
 SHIPPED = Path(__file__).resolve().parents[2] / "classifier" / "shipped_model"
 
@@ -16,10 +16,10 @@ def _probs(logits, t):
     return softmax_with_temperature(logits, t)
 
 
-def _check(model_dir, n, engines, monkeypatch):
-    from classifier.fast import build_runner
-    from classifier.model_store import load_model
-    from training.model import predict_logits
+def _check(model_dir, n, engines, inference_options):
+    from mlcore.runners import build_runner
+    from mlcore.model_store import load_model
+    from mlcore.keras_model import predict_logits
 
     m = load_model(model_dir)
     s = m.input_size
@@ -33,7 +33,7 @@ def _check(model_dir, n, engines, monkeypatch):
             err = float(np.abs(got - ref).max())
             assert err <= tol, (engine, prec, tta, err)
     # the public path uses the runner, with TTA folded into the batch
-    monkeypatch.setenv("SECONDLOOK_TTA", "dihedral8")
+    inference_options(tta="dihedral8")
     m2 = load_model(model_dir)
     assert m2.tta == "dihedral8"
     np.testing.assert_allclose(m2.predict_logits(x), m2.predict_logits_reference(x), atol=1e-4)
@@ -42,16 +42,16 @@ def _check(model_dir, n, engines, monkeypatch):
 FAST_ENGINES = [("tf", "fp32", 1e-4), ("tflite", "fp32", 1e-4), ("tf", "bf16", 1e-2)]
 
 
-def test_fast_paths_match_keras_on_tiny_model(tiny_model_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path))
-    _check(tiny_model_dir, 5, FAST_ENGINES, monkeypatch)
+def test_fast_paths_match_keras_on_tiny_model(tiny_model_dir, inference_options, tmp_path):
+    inference_options(cache_dir=tmp_path / "model-cache")
+    _check(tiny_model_dir, 5, FAST_ENGINES, inference_options)
 
 
 @pytest.mark.slow
-def test_fast_paths_match_keras_on_shipped_model(monkeypatch, tmp_path):
-    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path))
+def test_fast_paths_match_keras_on_shipped_model(inference_options, tmp_path):
+    inference_options(cache_dir=tmp_path / "model-cache")
     t = time.perf_counter()
-    _check(SHIPPED, 3, FAST_ENGINES, monkeypatch)
+    _check(SHIPPED, 3, FAST_ENGINES, inference_options)
     assert time.perf_counter() - t < 120
 
 
@@ -62,7 +62,7 @@ def _real_images(data_dir, n_per_source=32):
     """Real dermoscopic JPEGs: n from HAM10000 and n from the ISIC 9-class set (fixed sample)."""
     import random
 
-    from classifier.preprocess import decode_image
+    from mlcore.preprocess import decode_image
 
     rng = random.Random(0)
     files = []
@@ -75,14 +75,14 @@ def _real_images(data_dir, n_per_source=32):
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_bf16_path_matches_keras_on_real_images(data_dir, monkeypatch, tmp_path):
+def test_bf16_path_matches_keras_on_real_images(data_dir, inference_options, tmp_path):
     """Random pixels barely move the logits; real lesions are where bfloat16 rounding showed
     (0.08 with the whole model in bf16, ~0.005 with the float32 stem)."""
-    from classifier.fast import build_runner
-    from classifier.model_store import load_model
-    from classifier.preprocess import prepare_batch
+    from mlcore.runners import build_runner
+    from mlcore.model_store import load_model
+    from mlcore.preprocess import prepare_batch
 
-    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path))
+    inference_options(cache_dir=tmp_path / "model-cache")
     m = load_model(SHIPPED)
     x = prepare_batch(_real_images(data_dir), m.input_size)
     assert len(x) == 64
@@ -94,19 +94,18 @@ def test_bf16_path_matches_keras_on_real_images(data_dir, monkeypatch, tmp_path)
     assert err <= BF16_REAL_IMAGE_ATOL, err
 
 
-def test_tta_setting_overrides_card(tiny_model_dir, monkeypatch):
-    from classifier.model_store import load_model
+def test_tta_setting_overrides_card(tiny_model_dir, inference_options):
+    from mlcore.model_store import load_model
 
     m = load_model(tiny_model_dir)
-    monkeypatch.setenv("SECONDLOOK_TTA", "none")
+    inference_options(tta="none")
     assert m.tta == "none"
-    monkeypatch.setenv("SECONDLOOK_TTA", "bogus")
-    with pytest.raises(ValueError):
-        _ = m.tta
+    with pytest.raises(ValueError, match="SECONDLOOK_TTA"):
+        inference_options(tta="bogus")
 
 
 def test_reduced_jpeg_decode_is_exact_for_small_images_and_close_for_large():
-    from classifier.preprocess import decode_image, prepare_batch
+    from mlcore.preprocess import decode_image, prepare_batch
 
     rng = np.random.default_rng(5)
     small = Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8))
@@ -125,7 +124,7 @@ def test_reduced_jpeg_decode_is_exact_for_small_images_and_close_for_large():
 
 @pytest.mark.parametrize("stem_stride,stem", [(2, {"stem_conv"}), (4, {"stem0_conv", "stem_conv"})])
 def test_bf16_clone_keeps_the_whole_stem_in_float32(stem_stride, stem):
-    from classifier.fast import _fp32_stem
+    from mlcore.runners import _fp32_stem
     from training.model import build_model
 
     kept = _fp32_stem(build_model(32, width=8, stages=(1, 1), stem_stride=stem_stride).get_config())

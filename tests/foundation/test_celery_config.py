@@ -8,7 +8,7 @@ def test_queues_and_routing():
     assert {q.name for q in app.conf.task_queues} == {"inference", "training"}
     assert app.conf.task_default_queue == "inference"
     assert app.amqp.router.route({}, "classifier.tasks.train_model")["queue"].name == "training"
-    assert app.amqp.router.route({}, "classifier.tasks.score_image")["queue"].name == "inference"
+    assert app.amqp.router.route({}, "cases.tasks.score_image")["queue"].name == "inference"
 
 
 def test_reliability_options():

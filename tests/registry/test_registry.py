@@ -43,7 +43,7 @@ def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, 
     assert lifecycle.rollback(user=admin).version == shipped.version
     assert ModelVersion.objects.get(status="active").version == shipped.version
 
-    from cases.models import AuditEvent
+    from audit.models import AuditEvent
 
     actions = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
     assert actions[-2:] == ["activate", "rollback"]

@@ -2,14 +2,7 @@
 registered and active, and a world of clinics and users."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-CASES_TESTS = Path(__file__).resolve().parent.parent / "cases"
-if str(CASES_TESTS) not in sys.path:
-    sys.path.insert(0, str(CASES_TESTS))  # case_helpers, imagegen (plain modules, not conftest)
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +22,7 @@ def unit_version(db):
 
 @pytest.fixture
 def world(db, unit_version):
-    from case_helpers import World
+    from tests.support.case_helpers import World
 
     return World()
 

@@ -34,8 +34,7 @@ def run_bench(script: str, *args: str, timeout: float = 360) -> tuple[int, dict,
 
 
 def test_generated_bench_images_are_distinct_valid_jpegs():
-    sys.path.insert(0, str(BENCH))
-    from harness import lesion_image
+    from bench.harness import lesion_image
     from PIL import Image
     import io
 

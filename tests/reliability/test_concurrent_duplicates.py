@@ -2,21 +2,17 @@
 exactly one image, one prediction and one stored file survive; the losers leave no orphan file."""
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent.parent / "bench"
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_concurrent_identical_uploads_store_one_image_and_no_orphans():
-    sys.path.insert(0, str(BENCH))
-    from harness import App, Client, lesion_image, wait_scored
+    from bench.harness import App, Client, lesion_image, wait_scored
 
     with App(inference_workers=1, web_workers=2, web_threads=4) as app:
         password = app.passwords["clinician"]

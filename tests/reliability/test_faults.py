@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from cases.models import AuditEvent, LesionImage, Prediction
-from case_helpers import World, stored_files
+from audit.models import AuditEvent
+from cases.models import LesionImage, Prediction
+from tests.support.case_helpers import World, stored_files
 from classifier.registry import activate, register_artifact
-from imagegen import jpeg, upload
+from tests.support.imagegen import jpeg, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -78,7 +79,7 @@ def assert_scored_exactly_once(prediction_id: int, media_root: Path, attempts: i
 
 def test_worker_sigkilled_while_really_scoring_then_its_own_sweep_rescores_exactly_once(
         client, use_tiny_model, media_root, celery_worker_process):
-    from classifier.tasks import sweep_pending
+    from cases.tasks import sweep_pending
 
     register_active(use_tiny_model)
     people = World()

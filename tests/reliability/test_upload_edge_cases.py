@@ -11,9 +11,10 @@ import pytest
 from django.db import DatabaseError, IntegrityError, OperationalError
 from PIL import Image
 
-from cases.models import AuditEvent, LesionImage, Prediction
-from case_helpers import stored_files
-from imagegen import encode, jpeg, pattern, upload
+from audit.models import AuditEvent
+from cases.models import LesionImage, Prediction
+from tests.support.case_helpers import stored_files
+from tests.support.imagegen import encode, jpeg, pattern, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -118,16 +119,16 @@ def test_exif_rotated_jpeg_is_upright_and_the_duplicate_check_uses_upright_pixel
 # --- failures in the middle of an upload -------------------------------------------------------
 
 def _fail_audit(monkeypatch, exc):
-    from cases import audit
+    from audit import log as audit_log
 
-    real = audit.record
+    real = audit_log.record
 
     def record(*, action, **kwargs):
         if action == "upload":
             raise exc
         return real(action=action, **kwargs)
 
-    monkeypatch.setattr(audit, "record", record)
+    monkeypatch.setattr(audit_log, "record", record)
 
 
 def _fail_image_save(monkeypatch, exc):

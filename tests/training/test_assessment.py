@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import conformal, ood, quality
-from training.colour import shades_of_gray
+from mlcore import conformal, ood, quality
+from mlcore.colour import shades_of_gray
 
 
 def _skin_image(seed: int = 0, size: int = 160) -> np.ndarray:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.clinical import (FEATURES, ClinicalAdjustment, ClinicalContext, ClinicalContextError, features,
+from mlcore.clinical import (FEATURES, ClinicalAdjustment, ClinicalContext, ClinicalContextError, features,
                                fit_adjustment, site_group)
 from training.data import ImageRecord
-from training.labels import CLASSES, NUM_CLASSES, mask_from_classes
+from mlcore.labels import CLASSES, NUM_CLASSES, mask_from_classes
 
 MEL = CLASSES.index("melanoma")
 
@@ -69,7 +69,7 @@ def test_fit_learns_that_age_raises_melanoma_and_leaves_unknown_context_unchange
 
 
 def test_fit_lowers_the_set_valued_loss_and_respects_sample_weights():
-    from training.scoring import set_nll, softmax_with_temperature
+    from mlcore.scoring import set_nll, softmax_with_temperature
 
     logits, masks, contexts = _data(seed=1)
     adj = fit_adjustment(logits, masks, contexts, l2=1e-3)

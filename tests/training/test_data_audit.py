@@ -7,7 +7,7 @@ from PIL import Image
 
 from training.audit import audit_records, write_report
 from training.data import load_all
-from training.labels import HAM_TO_CLASSES
+from mlcore.labels import HAM_TO_CLASSES
 from training.splits import split_by_lesion
 
 

@@ -26,9 +26,10 @@ def _images(n, size=32, seed=3):
 
 
 def test_combined_logits_are_the_mean_of_the_members(member_dirs):
-    from classifier.model_store import load_model
-    from training.ensemble import COMBINE_LAYER, combine, conv_members
-    from training.model import predict_logits
+    from mlcore.model_store import load_model
+    from mlcore.keras_model import conv_members
+    from training.ensemble import COMBINE_LAYER, combine
+    from mlcore.keras_model import predict_logits
 
     members = [load_model(d).keras_model for d in member_dirs]
     ens = combine(members)
@@ -44,7 +45,7 @@ def test_combined_logits_are_the_mean_of_the_members(member_dirs):
 
 
 def test_one_member_or_different_splits_are_refused(member_dirs, tmp_path):
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
     from training.ensemble import EnsembleError, check_compatible, combine
 
     a, b = (load_model(d) for d in member_dirs)
@@ -70,9 +71,9 @@ def _weight_bytes(path) -> int:
 
 
 def test_half_precision_file_is_half_the_size_and_loads_exactly(member_dirs, tmp_path):
-    from classifier.model_store import load_model
+    from mlcore.model_store import load_model
     from training.ensemble import combine, round_to_half, save_half
-    from training.model import load_keras_model
+    from mlcore.keras_model import load_keras_model
 
     ens = combine([load_model(d).keras_model for d in member_dirs])
     full, half = tmp_path / "full.keras", tmp_path / "half.keras"
@@ -89,9 +90,9 @@ def test_half_precision_file_is_half_the_size_and_loads_exactly(member_dirs, tmp
 
 
 def test_ensemble_artifact_loads_predicts_and_records_its_members(ensemble_dir, member_dirs):
-    from classifier.model_store import load_model
-    from training.model import predict_logits
-    from training.scoring import softmax_with_temperature
+    from mlcore.model_store import load_model
+    from mlcore.keras_model import predict_logits
+    from mlcore.scoring import softmax_with_temperature
     from training.testing import synthetic_images
 
     m = load_model(ensemble_dir)
@@ -119,9 +120,9 @@ def test_ensemble_gradcam_counts_every_members_evidence(ensemble_dir):
     import keras
     import tensorflow as tf
 
-    from classifier.explain import gradcam
-    from classifier.model_store import load_model
-    from classifier.preprocess import prepare_batch
+    from mlcore.explain import gradcam
+    from mlcore.model_store import load_model
+    from mlcore.preprocess import prepare_batch
 
     m = load_model(ensemble_dir)
     img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
@@ -151,12 +152,12 @@ def test_ensemble_gradcam_counts_every_members_evidence(ensemble_dir):
     np.testing.assert_allclose(heat, want, atol=1e-5)
 
 
-def test_fast_runners_match_keras_on_an_ensemble(ensemble_dir, monkeypatch, tmp_path):
-    from classifier.fast import build_runner
-    from classifier.model_store import load_model
-    from training.model import predict_logits
+def test_fast_runners_match_keras_on_an_ensemble(ensemble_dir, inference_options, tmp_path):
+    from mlcore.runners import build_runner
+    from mlcore.model_store import load_model
+    from mlcore.keras_model import predict_logits
 
-    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path))
+    inference_options(cache_dir=tmp_path / "model-cache")
     m = load_model(ensemble_dir)
     x = _images(5)
     ref = predict_logits(m.keras_model, x)

@@ -3,7 +3,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from training.labels import CLASSES, HAM_TO_CLASSES, mask_from_classes
+from mlcore.labels import CLASSES, HAM_TO_CLASSES, mask_from_classes
 from training.model import LAST_CONV, augment_batch, build_model, set_loss
 
 

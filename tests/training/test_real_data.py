@@ -62,7 +62,7 @@ def test_no_lesion_crosses_splits(audit):
 def test_shipped_model_split_matches_data():
     import json
 
-    from classifier.model_store import SHIPPED_MODEL_DIR
+    from mlcore.model_store import SHIPPED_MODEL_DIR
 
     _data_root()
     card_path = SHIPPED_MODEL_DIR / "model_card.json"
@@ -83,7 +83,7 @@ def test_shipped_model_was_trained_with_the_shipped_recipe():
     admin retrains with stays inside 60 minutes; an ensemble's members all share one split."""
     import json
 
-    from classifier.model_store import SHIPPED_MODEL_DIR
+    from mlcore.model_store import SHIPPED_MODEL_DIR
     from training.config import SHIPPED_RECIPE, TrainConfig
 
     card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from training.labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES, mask_from_classes
-from training.scoring import (Thresholds, fit_temperature, flag_decision, malignancy_score,
+from mlcore.labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES, mask_from_classes
+from mlcore.scoring import (Thresholds, fit_temperature, flag_decision, malignancy_score,
                               melanoma_probability, set_nll, softmax_with_temperature,
                               threshold_for_sensitivity)
 

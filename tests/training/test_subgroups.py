@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from training.labels import CLASSES, mask_from_classes
-from training.scoring import Thresholds
+from mlcore.labels import CLASSES, mask_from_classes
+from mlcore.scoring import Thresholds
 from training.subgroups import age_band, subgroup_labels, subgroup_report
 
 MEL, NEV = CLASSES.index("melanoma"), CLASSES.index("nevus")

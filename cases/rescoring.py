@@ -1,26 +1,33 @@
 """Re-score images with the active model version, in the background, keeping earlier predictions."""
 from __future__ import annotations
 
+from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
+from cases.models import LesionImage, Prediction
+from cases import scoring
+from classifier.lifecycle import audit_registry_event
 from classifier.models import RescoreJob
+from classifier.registry import active_version
 
 CHUNK = 200
+RESCORE_TASK = "cases.tasks.rescore_images"
 
 
 def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJob:
     """Queue a re-scoring job for the chosen images (all when ``image_ids`` is empty)."""
-    from classifier.lifecycle import audit_registry_event
-    from classifier.registry import active_version
-    from classifier.tasks import rescore_images
-
     version = active_version()
     with transaction.atomic():
         job = RescoreJob.objects.create(model_version=version, image_ids=sorted(set(image_ids or [])), created_by=user)
         audit_registry_event(user, "rescore", version, new={"job": job.pk, "images": job.image_ids or "all"})
-        rescore_images.delay_on_commit(job.pk)
+        transaction.on_commit(lambda: enqueue(job.pk))
     return job
+
+
+def enqueue(job_id: int) -> None:
+    """Send the job's task (by name: cases.tasks imports this module)."""
+    current_app.send_task(RESCORE_TASK, args=[job_id])
 
 
 def run_rescore(*, job_id: int) -> int:
@@ -28,9 +35,6 @@ def run_rescore(*, job_id: int) -> int:
 
     Idempotent: the (image, model version) uniqueness means a redelivered job adds nothing twice.
     """
-    from cases.models import LesionImage, Prediction
-    from cases.scoring import dispatch_prediction
-
     claimed = RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING]
                                         ).update(status=RescoreJob.Status.RUNNING)
     if not claimed:
@@ -46,7 +50,7 @@ def run_rescore(*, job_id: int) -> int:
         for image_id in ids[start:start + CHUNK]:
             prediction, created = Prediction.objects.get_or_create(image_id=image_id, model_version=job.model_version)
             if created or prediction.enqueued_at is None:
-                dispatch_prediction(prediction.pk)
+                scoring.dispatch_prediction(prediction.pk)
             queued += 1
         RescoreJob.objects.filter(pk=job_id).update(queued=queued)
     RescoreJob.objects.filter(pk=job_id).update(status=RescoreJob.Status.DONE, finished_at=timezone.now())
@@ -55,8 +59,6 @@ def run_rescore(*, job_id: int) -> int:
 
 def scored_count(job: RescoreJob) -> int:
     """How many of the job's images have a finished prediction from the job's version."""
-    from cases.models import Prediction
-
     done = Prediction.objects.filter(model_version=job.model_version, status="done")
     if job.image_ids:
         done = done.filter(image_id__in=job.image_ids)

@@ -1,7 +1,7 @@
 """Score derivation shared by evaluation and the app: logits -> calibrated probabilities ->
 melanoma probability, malignancy score, flag decision with reasons.
 
-Pure numpy, no TensorFlow: both `training.evaluate` and `classifier.inference` call these.
+Pure numpy, no TensorFlow: both `training.evaluate` and `mlcore.inference` call these.
 """
 from __future__ import annotations
 

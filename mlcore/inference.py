@@ -7,11 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
-from training.clinical import ClinicalContext
-from training.conformal import prediction_sets
-from training.labels import CLASSES
-from training.quality import check as quality_check
-from training.scoring import class_probability_dict, flag_decision, score_logits
+from mlcore.clinical import ClinicalContext
+from mlcore.conformal import prediction_sets
+from mlcore.labels import CLASSES
+from mlcore.quality import check as quality_check
+from mlcore.scoring import class_probability_dict, flag_decision, score_logits
 
 from .preprocess import decode_image, prepare_batch
 
@@ -48,7 +48,7 @@ def predict_images(model, images: list[np.ndarray], batch_size: int = 32,
                    contexts: Sequence[ClinicalContext | None] | None = None) -> list[ImagePrediction]:
     """RGB uint8 images (any size) -> one ImagePrediction each (batched forward pass).
 
-    ``contexts`` (one training.clinical.ClinicalContext or None per image) shift the logits when
+    ``contexts`` (one mlcore.clinical.ClinicalContext or None per image) shift the logits when
     the model has a clinical adjustment; otherwise the image alone decides. inference_ms is the
     per-image share of preprocessing + forward time."""
     if not images:

@@ -6,7 +6,7 @@ from typing import Any, Iterable
 from django.db import models
 from django.http import HttpRequest
 
-from cases.models import AuditEvent, Case, Clinic, Lesion, LesionImage, Patient, Prediction, Review
+from audit.models import AuditEvent
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
@@ -36,24 +36,11 @@ def changed(old: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], d
     return {key: old.get(key) for key in keys}, {key: new[key] for key in keys}
 
 
-def _scope(obj: models.Model) -> tuple[Patient | None, Clinic | None]:
-    """The patient and clinic an object belongs to, so admins can filter the trail by them."""
-    patient: Patient | None = None
-    if isinstance(obj, Patient):
-        patient = obj
-    elif isinstance(obj, Case):
-        patient = obj.patient
-    elif isinstance(obj, Lesion):
-        patient = obj.case.patient
-    elif isinstance(obj, LesionImage):
-        patient = obj.lesion.case.patient
-    elif isinstance(obj, Prediction):
-        patient = obj.image.lesion.case.patient
-    elif isinstance(obj, Review):
-        patient = obj.lesion.case.patient
-    if isinstance(obj, Clinic):
-        return None, obj
-    return patient, (patient.clinic if patient else None)
+def scope_of(obj: models.Model) -> tuple[int | None, int | None]:
+    """(patient id, clinic id) an object concerns, from its ``audit_scope()``; (None, None) for
+    objects outside the clinical records (a model version, say)."""
+    scope = getattr(obj, "audit_scope", None)
+    return scope() if callable(scope) else (None, None)
 
 
 def record(
@@ -68,22 +55,16 @@ def record(
     """Append one event. ``actor`` defaults to the request's user; None means the system (a worker)."""
     if actor is None and request is not None and request.user.is_authenticated:
         actor = request.user
-    patient, clinic = _scope(obj)
+    patient_id, clinic_id = scope_of(obj)
     return AuditEvent.objects.create(
         actor=actor,
         actor_username=getattr(actor, "username", "") if actor is not None else "",
         action=action,
         object_type=obj._meta.model_name,
         object_id=str(obj.pk),
-        patient=patient,
-        clinic=clinic,
+        patient_id=patient_id,
+        clinic_id=clinic_id,
         old_values=old or {},
         new_values=new or {},
         ip_address=client_ip(request),
     )
-
-
-def record_event(*, actor, action: str, obj: models.Model, old: dict[str, Any] | None = None,
-                 new: dict[str, Any] | None = None, request: HttpRequest | None = None) -> AuditEvent:
-    """Same as ``record`` with an explicit actor (None = system); used by classifier.lifecycle."""
-    return record(action=action, obj=obj, actor=actor, request=request, old=old, new=new)

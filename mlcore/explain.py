@@ -25,7 +25,7 @@ def _gradcam_fn(model):
             import keras
             import tensorflow as tf
 
-            from training.ensemble import conv_members
+            from mlcore.keras_model import conv_members
 
             grad_models = [keras.Model(m.inputs, [layer.output, m.output])
                            for m, layer in conv_members(model.keras_model, model.last_conv_layer)]

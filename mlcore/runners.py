@@ -15,9 +15,8 @@ block and the logits layer stay float32 (see ``_bf16_clone`` for the measured er
 Test-time augmentation is folded into the batch: the 8 dihedral views of n images are evaluated
 as one (8n, S, S, 3) batch and the logits averaged (same result as training.model.predict_logits).
 
-Settings (environment): SECONDLOOK_INFERENCE_ENGINE=auto|tf|tflite|keras (auto: tflite for fp32
-when ai-edge-litert is installed, else tf), SECONDLOOK_INFERENCE_PRECISION=fp32|bf16 (default fp32),
-SECONDLOOK_TTA=none|dihedral8 (default: the model card's ``tta``).
+The engine (auto: tflite for fp32 when ai-edge-litert is installed, else tf), the precision, the
+TTA override and the cache of converted models come from `mlcore.options.current()`.
 """
 from __future__ import annotations
 
@@ -27,52 +26,34 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from mlcore.options import ENGINES, PRECISIONS, current
+
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "tf", "tflite", "keras")
-PRECISIONS = ("fp32", "bf16")
 MAX_VIEWS_PER_CALL = 32  # images x TTA views per forward call (32 measured fastest on 2 cores)
 TFLITE_BUCKETS = (1, 2, 4, 8, 16, 32)
 # A fast runner must agree with the Keras model on a probe batch before it is used.
 SELF_CHECK_ATOL = {"fp32": 1e-3, "bf16": 0.5}  # logits
 
 
-def engine_setting() -> str:
-    e = os.environ.get("SECONDLOOK_INFERENCE_ENGINE", "auto").strip().lower() or "auto"
-    if e not in ENGINES:
-        raise ValueError(f"SECONDLOOK_INFERENCE_ENGINE must be one of {ENGINES}, not {e!r}")
-    return e
-
-
-def precision_setting() -> str:
-    p = os.environ.get("SECONDLOOK_INFERENCE_PRECISION", "fp32").strip().lower() or "fp32"
-    if p in ("bfloat16", "mixed_bfloat16"):
-        p = "bf16"
-    if p in ("float32", "fp32"):
-        p = "fp32"
-    if p not in PRECISIONS:
-        raise ValueError(f"SECONDLOOK_INFERENCE_PRECISION must be one of {PRECISIONS}, not {p!r}")
-    return p
-
-
 def tta_setting(card_tta: str) -> str:
-    from training.model import TTA_MODES
+    """The TTA mode to serve: the configured override (mlcore.options), else the card's."""
+    from mlcore.keras_model import TTA_MODES
 
-    t = os.environ.get("SECONDLOOK_TTA", "").strip().lower() or card_tta
+    t = current().tta or card_tta
     if t not in TTA_MODES:
-        raise ValueError(f"SECONDLOOK_TTA must be one of {TTA_MODES}, not {t!r}")
+        raise ValueError(f"test-time augmentation must be one of {TTA_MODES}, not {t!r}")
     return t
 
 
 def dihedral_stack(x: np.ndarray) -> np.ndarray:
     """(n, S, S, C) -> (8n, S, S, C): the 8 views of training.model.dihedral_views, view-major."""
-    from training.model import dihedral_views
+    from mlcore.keras_model import dihedral_views
 
     return np.concatenate([np.ascontiguousarray(v) for v in dihedral_views(x)], axis=0)
 
@@ -177,12 +158,6 @@ def _tf_fn(model, input_size: int):
     return lambda x: f(x).numpy()
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("SECONDLOOK_VAR_DIR")
-    root = Path(base) if base else Path(tempfile.gettempdir()) / "secondlook"
-    return root / "model-cache"
-
-
 def _convert_to_tflite(keras_model) -> bytes:
     import tensorflow as tf
 
@@ -204,18 +179,18 @@ def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None, feat
 
     The conversion runs in a short-lived subprocess when the model file is known: the converter
     needs several hundred MB that a long-lived worker would otherwise keep for good. ``features``:
-    ``keras_model`` is the file's model with its out-of-domain features (training.ood.with_features),
+    ``keras_model`` is the file's model with its out-of-domain features (mlcore.ood.with_features),
     and the subprocess converts that.
     """
     import tensorflow as tf
 
     key = hashlib.sha256(f"{sha256}:{tf.__version__}:fp32".encode()).hexdigest()[:24]
-    path = _cache_dir() / f"{key}.tflite"
+    path = current().cache_dir / f"{key}.tflite"
     if path.is_file():
         return path.read_bytes()
     if model_path is not None:
         try:
-            subprocess.run([sys.executable, "-m", "classifier.fast", str(model_path), str(path)]
+            subprocess.run([sys.executable, "-m", "mlcore.runners", str(model_path), str(path)]
                            + (["--with-features"] if features else []), check=True,
                            timeout=600, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
             return path.read_bytes()
@@ -277,8 +252,8 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
                  model_path: Path | None = None, features: bool = False) -> Runner:
     """The fastest available runner for (engine, precision); falls back to ``tf`` then ``keras``
     when the requested one cannot be built or disagrees with the Keras model on a probe batch."""
-    engine = engine or engine_setting()
-    precision = precision or precision_setting()
+    engine = engine or current().engine
+    precision = precision or current().precision
     if engine == "auto":
         engine = "tf"
         if precision == "fp32":
@@ -318,15 +293,15 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
 
 
 def _convert_main(argv: list[str]) -> int:
-    """``python -m classifier.fast MODEL.keras OUT.tflite [--with-features]``: convert one model (used
+    """``python -m mlcore.runners MODEL.keras OUT.tflite [--with-features]``: convert one model (used
     by _tflite_bytes); ``--with-features`` converts it with its out-of-domain features."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from training.model import load_keras_model
+    from mlcore.keras_model import load_keras_model
 
     model_path, out = Path(argv[0]), Path(argv[1])
     model = load_keras_model(model_path)
     if "--with-features" in argv[2:]:
-        from training.ood import with_features
+        from mlcore.ood import with_features
 
         model = with_features(model)
     _write_atomically(out, _convert_to_tflite(model))

@@ -58,7 +58,7 @@ def make_image(world, sha="a" * 64, lesion=None):
     from django.core.files.storage import default_storage
 
     from cases.models import LesionImage
-    from imagegen import png
+    from tests.support.imagegen import png
 
     name = default_storage.save("lesion-images/test.png", ContentFile(png()))
     return LesionImage.objects.create(lesion=lesion or world.lesion_a, file=name, sha256=sha, size_bytes=10,

@@ -1,7 +1,6 @@
 """Loading and caching of model artifacts (directory with model.keras + model_card.json)."""
 from __future__ import annotations
 
-import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -10,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from training.artifact import CARD_FILE, MODEL_FILE, sha256_file
-from training.scoring import Thresholds
+from mlcore.artifact import CARD_FILE, MODEL_FILE, CardError, read_card, sha256_file
+from mlcore.options import SHIPPED_MODEL_DIR, current
+from mlcore.scoring import Thresholds
 
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_model"
+__all__ = ["SHIPPED_MODEL_DIR", "LoadedModel", "ModelLoadError", "default_model_dir", "get_model", "load_model"]
 
 
 class ModelLoadError(RuntimeError):
@@ -21,9 +21,8 @@ class ModelLoadError(RuntimeError):
 
 
 def default_model_dir() -> Path:
-    """SECONDLOOK_MODEL_DIR, or the model shipped in classifier/shipped_model/."""
-    env = os.environ.get("SECONDLOOK_MODEL_DIR")
-    return Path(env).expanduser().resolve() if env else SHIPPED_MODEL_DIR
+    """The configured default model (mlcore.options), by default the bundled one."""
+    return current().model_dir
 
 
 @dataclass
@@ -34,7 +33,7 @@ class LoadedModel:
     sha256: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _runner: object = field(default=None, repr=False)
-    _gradcam_fns: dict = field(default_factory=dict, repr=False, compare=False)  # classifier.explain
+    _gradcam_fns: dict = field(default_factory=dict, repr=False, compare=False)  # mlcore.explain
 
     @property
     def version(self) -> str:
@@ -58,9 +57,9 @@ class LoadedModel:
 
     @cached_property
     def clinical(self):
-        """The card's clinical-context adjustment (training.clinical), or None for an image-only
+        """The card's clinical-context adjustment (mlcore.clinical), or None for an image-only
         model; parsed once per loaded model (it is applied on every scoring call)."""
-        from training.clinical import ClinicalAdjustment
+        from mlcore.clinical import ClinicalAdjustment
 
         d = self.card.get("clinical_context")
         return ClinicalAdjustment.from_dict(d) if d else None
@@ -71,8 +70,8 @@ class LoadedModel:
 
     @property
     def tta(self) -> str:
-        """The card's test-time augmentation, unless SECONDLOOK_TTA overrides it (none|dihedral8)."""
-        from .fast import tta_setting
+        """The card's test-time augmentation, unless the options (mlcore.options) override it."""
+        from .runners import tta_setting
 
         return tta_setting(str(self.card.get("tta", "none")))
 
@@ -84,8 +83,8 @@ class LoadedModel:
 
     @cached_property
     def ood_detector(self):
-        """The out-of-domain detector (training.ood) stored with the artifact, or None."""
-        from training.ood import MahalanobisDetector, has_feature_layer
+        """The out-of-domain detector (mlcore.ood) stored with the artifact, or None."""
+        from mlcore.ood import MahalanobisDetector, has_feature_layer
 
         info = (self.assessment or {}).get("ood")
         if not info or not has_feature_layer(self.keras_model):
@@ -97,15 +96,15 @@ class LoadedModel:
         return MahalanobisDetector.load(path)
 
     def runner(self):
-        """The compiled inference-only runner (classifier.fast), built on first use. For a model
+        """The compiled inference-only runner (mlcore.runners), built on first use. For a model
         with an out-of-domain detector it computes the logits and the features in one pass."""
         if self._runner is None:
             with self._lock:
                 if self._runner is None:
-                    from .fast import build_runner
+                    from .runners import build_runner
 
                     if self.ood_detector is not None:
-                        from training.ood import with_features
+                        from mlcore.ood import with_features
 
                         # its own LiteRT cache key: the converted graph has the extra output
                         self._runner = build_runner(with_features(self.keras_model), self.input_size,
@@ -132,33 +131,24 @@ class LoadedModel:
 
     def predict_logits_reference(self, batch: np.ndarray, batch_size: int = 128) -> np.ndarray:
         """The Keras reference (eager call, training.model.predict_logits) for parity checks."""
-        from training.model import predict_logits
+        from mlcore.keras_model import predict_logits
 
         with self._lock:
             return predict_logits(self.keras_model, batch, batch_size=batch_size, tta=self.tta)
 
     def predict(self, images: list[np.ndarray], contexts=None):
-        """RGB uint8 images (and optional training.clinical.ClinicalContext per image) ->
-        list[ImagePrediction] (see classifier.inference.predict_images)."""
+        """RGB uint8 images (and optional mlcore.clinical.ClinicalContext per image) ->
+        list[ImagePrediction] (see mlcore.inference.predict_images)."""
         from .inference import predict_images
 
         return predict_images(self, images, contexts=contexts)
 
 
 def _read_card(model_dir: Path) -> dict:
-    card_path = model_dir / CARD_FILE
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"model directory {model_dir} does not exist")
-    if not card_path.is_file():
-        raise ModelLoadError(f"{card_path} is missing (not a SecondLook model directory?)")
     try:
-        card = json.loads(card_path.read_text())
-    except Exception as exc:
-        raise ModelLoadError(f"{card_path} is not valid JSON: {exc}") from exc
-    for k in ("version", "classes", "input_size", "temperature", "thresholds", "model_sha256"):
-        if k not in card:
-            raise ModelLoadError(f"{card_path} lacks the field {k!r}")
-    return card
+        return read_card(model_dir)
+    except CardError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def load_model(model_dir: Path) -> LoadedModel:
@@ -174,7 +164,7 @@ def load_model(model_dir: Path) -> LoadedModel:
                              f"the model card ({str(card['model_sha256'])[:12]}...)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        from training.model import load_keras_model
+        from mlcore.keras_model import load_keras_model
 
         km = load_keras_model(mpath)
     except Exception as exc:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.imageio import ImageDecodeError, decode_bytes, resize_rgb, to_rgb_uint8
+from mlcore.imageio import ImageDecodeError, decode_bytes, resize_rgb, to_rgb_uint8
 
 __all__ = ["ImageDecodeError", "decode_image", "prepare_batch", "to_rgb_uint8", "resize_rgb"]
 
 MAX_PIXELS = 80_000_000
 # JPEG DCT-domain downscaling ("draft") only while the decoded image stays >= this many times the
-# model input on both sides; the antialiased bilinear resize of training.imageio does the rest.
+# model input on both sides; the antialiased bilinear resize of mlcore.imageio does the rest.
 # Images up to 4x the input size (all of the training data: 180 and 224 px for 112) are decoded in
 # full, so their pixels are bit-identical to the training preprocessing.
 DRAFT_MARGIN = 4

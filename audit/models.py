@@ -1,0 +1,86 @@
+"""The audit event table (append-only, in the database and in the ORM)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Bulk updates and deletes are refused too, not only per-object ones."""
+
+    def update(self, **kwargs):
+        raise ValidationError("Audit events are append-only.")
+
+    def delete(self):
+        raise ValidationError("Audit events are append-only.")
+
+
+class AuditAction(models.TextChoices):
+    """What an audit event records; the database refuses any other value."""
+
+    VIEW = "view", "View"
+    DOWNLOAD = "download", "Download file"
+    CREATE = "create", "Create"
+    UPDATE = "update", "Update"
+    DELETE = "delete", "Delete"
+    UPLOAD = "upload", "Upload"
+    SCORE = "score", "Score"
+    RETRY = "retry", "Retry"
+    CLAIM = "claim", "Claim"
+    RELEASE = "release", "Release"
+    REVIEW = "review", "Review"
+    # Model registry events (classifier.lifecycle)
+    TRAIN = "train", "Train model"
+    CANCEL = "cancel", "Cancel training"
+    ACTIVATE = "activate", "Activate model"
+    ROLLBACK = "rollback", "Roll back model"
+    RESCORE = "rescore", "Re-score images"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which record, when, from where. Append-only.
+
+    The patient and clinic are kept as plain ids (no foreign key): audit rows must outlive the
+    records they describe, and this app knows nothing of the clinical models."""
+
+    Action = AuditAction
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # Kept as text so the trail survives the user's deletion.
+    actor_username = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=10, choices=Action.choices)
+    object_type = models.CharField(max_length=40)
+    object_id = models.CharField(max_length=40)
+    patient_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    clinic_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    old_values = models.JSONField(default=dict, blank=True)
+    new_values = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        # the table the clinical app created before the trail became an app of its own
+        db_table = "cases_auditevent"
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(action__in=AuditAction.values),
+                name="audit_action_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_username or 'system'} {self.action} {self.object_type} {self.object_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ValidationError("Audit events are append-only: an existing event cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValidationError("Audit events are append-only: an event cannot be deleted.")

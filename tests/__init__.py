@@ -1,0 +1,1 @@
+"""The test suite (pytest). Shared helpers live in tests.support; fixtures in the conftest files."""
