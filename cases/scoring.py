@@ -20,10 +20,11 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from cases import prediction_states as states
 from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction
 
@@ -51,10 +52,7 @@ def dispatch_prediction(prediction_id: int, *, connection=None) -> bool:
     sweep don't both send; on a send failure the claim is released for the sweep to retry.
     """
     now = timezone.now()
-    claimed = Prediction.objects.filter(pk=prediction_id, status=Status.PENDING, enqueued_at__isnull=True).update(
-        enqueued_at=now
-    )
-    if not claimed:
+    if not states.claim_dispatch(prediction_id, now=now):
         return False
     try:
         if connection is not None:
@@ -65,7 +63,7 @@ def dispatch_prediction(prediction_id: int, *, connection=None) -> bool:
     except Exception as exc:  # broker down: the upload stands, the sweep sends it later
         log.warning("could not enqueue prediction %s (%s: %s); the sweep will retry", prediction_id,
                     type(exc).__name__, exc)
-        Prediction.objects.filter(pk=prediction_id, enqueued_at=now, status=Status.PENDING).update(enqueued_at=None)
+        states.release_dispatch(prediction_id, enqueued_at=now)
         return False
     return True
 
@@ -99,10 +97,7 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     running_stale_after = running_stale_after if running_stale_after is not None else timedelta(seconds=hard_time_limit())
     stuck = Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - running_stale_after)
     for prediction_id in list(stuck.values_list("pk", flat=True)[:500]):
-        Prediction.objects.filter(pk=prediction_id, status=Status.RUNNING,
-                                  started_at__lt=now - running_stale_after).update(
-            status=Status.PENDING, enqueued_at=None, error="Worker stopped while scoring; re-queued."
-        )
+        states.requeue_stuck(prediction_id, started_before=now - running_stale_after)
     candidates = Prediction.objects.filter(status=Status.PENDING).filter(
         Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - stale_after)
     )
@@ -113,9 +108,7 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     with _broker_connection() as connection:
         for prediction_id, enqueued_at in rows:
             # Re-claim with a conditional UPDATE on the value we read: a concurrent sweep loses.
-            if enqueued_at is not None and not Prediction.objects.filter(
-                pk=prediction_id, status=Status.PENDING, enqueued_at=enqueued_at
-            ).update(enqueued_at=None):
+            if enqueued_at is not None and not states.release_dispatch(prediction_id, enqueued_at=enqueued_at):
                 continue
             if dispatch_prediction(prediction_id, connection=connection):
                 sent.append(prediction_id)
@@ -126,19 +119,13 @@ def _claim(prediction_id: int, *, resume: bool) -> tuple[bool, datetime]:
     """pending → running in one UPDATE. A 'running' row is re-claimable when its worker must be dead
     (started before the hard time limit) or when this delivery is a redelivery/retry of the task."""
     now = timezone.now()
-    claimable = Q(status=Status.PENDING) | Q(status=Status.RUNNING, started_at__lt=now - timedelta(seconds=hard_time_limit()))
-    if resume:
-        claimable |= Q(status=Status.RUNNING)
-    claimed = Prediction.objects.filter(claimable, pk=prediction_id).update(
-        status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""
-    )
-    return bool(claimed), now
+    claimed = states.start(prediction_id, now=now, stale_before=now - timedelta(seconds=hard_time_limit()),
+                           resume=resume)
+    return claimed, now
 
 
 def _fail(prediction_id: int, started_at, message: str) -> None:
-    Prediction.objects.filter(pk=prediction_id, status=Status.RUNNING, started_at=started_at).update(
-        status=Status.FAILED, error=message[:2000], finished_at=timezone.now()
-    )
+    states.fail(prediction_id, started_at=started_at, reason=message)
     log.warning("prediction %s failed: %s", prediction_id, message)
 
 
@@ -202,18 +189,14 @@ def _claim_batch_mates(prediction: Prediction, limit: int) -> list[tuple[int, da
     claimed = []
     for pk in ids:
         now = timezone.now()
-        if Prediction.objects.filter(pk=pk, status=Status.PENDING, enqueued_at__isnull=False).update(
-            status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""
-        ):
+        if states.start_batch_mate(pk, now=now):
             claimed.append((pk, now))
     return claimed
 
 
 def _release(prediction_id: int, started_at) -> None:
     """running → pending for a batch mate this task could not score; its own task scores it."""
-    Prediction.objects.filter(pk=prediction_id, status=Status.RUNNING, started_at=started_at).update(
-        status=Status.PENDING, started_at=None, attempts=F("attempts") - 1
-    )
+    states.release(prediction_id, started_at=started_at)
 
 
 def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
@@ -323,8 +306,8 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
     now = timezone.now()
     try:
         with transaction.atomic():
-            stored = Prediction.objects.filter(pk=prediction.pk, status=Status.RUNNING, started_at=started_at).update(
-                status=Status.DONE,
+            stored = states.finish(
+                prediction.pk, started_at=started_at,
                 class_probabilities={k: float(v) for k, v in result.class_probabilities.items()},
                 melanoma_probability=_unit(result.melanoma_probability),
                 malignancy_score=_unit(result.malignancy_score),
@@ -337,8 +320,6 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
                 assessment=getattr(result, "assessment", None),
                 prediction_set=getattr(result, "prediction_set", None),
                 heatmap=heatmap_name,
-                finished_at=now,
-                error="",
             )
             if not stored:
                 raise _Superseded

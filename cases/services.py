@@ -19,7 +19,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest
 
 from audit import log as audit_log
-from cases import scoring
+from cases import prediction_states, scoring
 from classifier.registry import active_version
 from cases.access import can_edit_case, clinic_of, is_clinician
 from cases.models import Case, Lesion, LesionImage, Patient, Prediction
@@ -183,10 +183,7 @@ def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | Non
     """Reset a failed prediction to pending and send it again after commit; False if it was not failed."""
     if not can_edit_case(user, prediction.image.lesion.case):
         raise PermissionDenied("Only clinicians of the patient's clinic can retry scoring.")
-    updated = Prediction.objects.filter(pk=prediction.pk, status=Prediction.Status.FAILED).update(
-        status=Prediction.Status.PENDING, error="", enqueued_at=None, started_at=None, finished_at=None
-    )
-    if not updated:
+    if not prediction_states.retry_failed(prediction.pk):
         return False
     audit_log.record(action="retry", obj=prediction, actor=user, request=request,
                  old={"status": "failed", "error": prediction.error}, new={"status": "pending"})

@@ -129,7 +129,8 @@ DATABASES = {"default": dj_database_url.parse(_database_url or _default_db, conn
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Workers are separate processes: the test database must be a file they can open too,
     # and WAL lets the web server read while a worker writes.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # One file per test run, so that two runs in one checkout never share a database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
