@@ -248,7 +248,13 @@ class Prediction(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # after its worker died, a prediction is not sent again before this (back-off)
+    not_before = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # the task run (Celery task id) and worker (node name) that claimed it while running: a
+    # redelivered message resumes its own run at once, and the sweep re-queues a dead worker's
+    run_by = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)
     # age/sex/site as the model used them (None: image only); patient records may change later

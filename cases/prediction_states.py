@@ -2,9 +2,10 @@
 
     pending --start--> running --finish--> done
        ^                  |  \\--fail----> failed --retry--> pending
-       |                  |
+       |                  |  \\--give_up-> failed (its worker died max_attempts times)
        +----release-------+   (a batch mate this task could not score)
-       +----requeue_stuck-+   (its worker died: running for longer than the hard time limit)
+       +----requeue-------+   (its worker died: no longer alive, or past the hard time limit;
+                               not sent again before a back-off that doubles per attempt)
 
 A pending prediction is also *dispatched* (``enqueued_at`` set) once its task is sent: claiming
 the dispatch is conditional too, so an upload and a concurrent sweep never both send it.
@@ -14,7 +15,7 @@ redelivered task, the sweep) got there first, and the caller must not act as if 
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db.models import F, Q
 from django.utils import timezone
@@ -39,20 +40,31 @@ def release_dispatch(prediction_id: int, *, enqueued_at: datetime) -> bool:
     return bool(_rows(prediction_id, status=Status.PENDING, enqueued_at=enqueued_at).update(enqueued_at=None))
 
 
-def start(prediction_id: int, *, now: datetime, stale_before: datetime, resume: bool = False) -> bool:
-    """pending -> running. A running row is taken over when it started before ``stale_before``
-    (its worker must be dead) or when ``resume`` (this delivery is a redelivery or retry)."""
+def start(prediction_id: int, *, now: datetime, stale_before: datetime, max_attempts: int,
+          run_by: str = "", worker: str = "") -> bool:
+    """pending -> running, claimed by task run ``run_by`` on ``worker``, while fewer than
+    ``max_attempts`` runs have started. A running row is taken over when it started before
+    ``stale_before`` (its worker must be dead) or when ``run_by`` claimed it already (the same
+    message, redelivered after its worker died)."""
     claimable = Q(status=Status.PENDING) | Q(status=Status.RUNNING, started_at__lt=stale_before)
-    if resume:
-        claimable |= Q(status=Status.RUNNING)
-    return bool(_rows(prediction_id, claimable).update(
-        status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""))
+    if run_by:
+        claimable |= Q(status=Status.RUNNING, run_by=run_by)
+    return bool(_rows(prediction_id, claimable, attempts__lt=max_attempts).update(
+        status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error="",
+        run_by=run_by, worker=worker, not_before=None))
 
 
-def start_batch_mate(prediction_id: int, *, now: datetime) -> bool:
-    """pending (already sent) -> running, for a prediction another task scores in its batch."""
-    return bool(_rows(prediction_id, status=Status.PENDING, enqueued_at__isnull=False).update(
-        status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error=""))
+def start_batch_mate(prediction_id: int, *, now: datetime, max_attempts: int, run_by: str = "",
+                     worker: str = "") -> bool:
+    """pending (already sent) -> running, for a prediction another task scores in its batch; or
+    one that ``run_by`` itself claimed as a batch mate before its worker died (the redelivered
+    message resumes its whole batch)."""
+    claimable = Q(status=Status.PENDING, enqueued_at__isnull=False)
+    if run_by:
+        claimable |= Q(status=Status.RUNNING, run_by=run_by)
+    return bool(_rows(prediction_id, claimable, attempts__lt=max_attempts).update(
+        status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error="",
+        run_by=run_by, worker=worker, not_before=None))
 
 
 def release(prediction_id: int, *, started_at: datetime) -> bool:
@@ -73,13 +85,43 @@ def fail(prediction_id: int, *, started_at: datetime, reason: str) -> bool:
         status=Status.FAILED, error=reason[:2000], finished_at=timezone.now()))
 
 
-def requeue_stuck(prediction_id: int, *, started_before: datetime) -> bool:
-    """running since before ``started_before`` (its worker died) -> pending and not sent."""
-    return bool(_rows(prediction_id, status=Status.RUNNING, started_at__lt=started_before).update(
-        status=Status.PENDING, enqueued_at=None, error="Worker stopped while scoring; re-queued."))
+def backoff(attempts: int, *, base_s: float) -> timedelta:
+    """How long a prediction whose worker died waits before it is sent again: ``base_s`` after
+    the first attempt, doubling with each further one, at most 10 minutes."""
+    return timedelta(seconds=min(600.0, base_s * 2 ** max(0, attempts - 1)))
+
+
+def requeue(prediction_id: int, *, started_before: datetime, now: datetime, max_attempts: int,
+            backoff_s: float, worker: str | None = None) -> bool:
+    """running since before ``started_before`` (on ``worker``, when given), whose worker died ->
+    pending and not sent, not before the back-off; or -> failed (`give_up`) once it has used its
+    ``max_attempts``."""
+    lookups = {"status": Status.RUNNING, "started_at__lt": started_before}
+    if worker is not None:
+        lookups["worker"] = worker
+    row = _rows(prediction_id, **lookups).values_list("attempts", flat=True).first()
+    if row is None:
+        return False
+    if row >= max_attempts:
+        return give_up(prediction_id, attempts=row, **lookups)
+    return bool(_rows(prediction_id, attempts=row, **lookups).update(
+        status=Status.PENDING, enqueued_at=None, run_by="", worker="",
+        not_before=now + backoff(row, base_s=backoff_s),
+        error="The worker stopped while scoring this image; it is sent again."))
+
+
+def give_up(prediction_id: int, *, attempts: int, **lookups) -> bool:
+    """pending or running -> failed after ``attempts`` runs that never finished (each time its
+    worker died: the image itself may crash the model)."""
+    lookups.setdefault("status__in", [Status.PENDING, Status.RUNNING])
+    return bool(_rows(prediction_id, **lookups).update(
+        status=Status.FAILED, finished_at=timezone.now(), run_by="",
+        error=(f"Scoring stopped {attempts} times without a result (the worker stopped each time), so it "
+               "was not tried again. The image may be one the model cannot process; check it, then retry.")))
 
 
 def retry_failed(prediction_id: int) -> bool:
-    """failed -> pending and not sent (a clinician asked to try again)."""
+    """failed -> pending and not sent, with its attempts counted afresh (a clinician asked to try again)."""
     return bool(_rows(prediction_id, status=Status.FAILED).update(
-        status=Status.PENDING, error="", enqueued_at=None, started_at=None, finished_at=None))
+        status=Status.PENDING, error="", enqueued_at=None, started_at=None, finished_at=None, attempts=0,
+        not_before=None, run_by="", worker=""))

@@ -27,6 +27,7 @@ from audit.models import AuditEvent
 from cases import prediction_states as states
 from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction
+from classifier.registry import active_version
 
 log = logging.getLogger(__name__)
 SCORE_TASK = "cases.tasks.score_image"
@@ -75,32 +76,90 @@ def _broker_connection():
     request; the sweep is our retry instead. A fresh connection also follows the current
     broker_url rather than a pooled one.
     """
-    return current_app.connection_for_write()
+    timeout = settings.BROKER_PUBLISH_TIMEOUT_S
+    options = dict(current_app.conf.broker_transport_options or {}, socket_timeout=timeout,
+                   socket_connect_timeout=timeout)
+    return current_app.connection_for_write(connect_timeout=timeout, transport_options=options)
 
 
 def _send(prediction_id: int, connection) -> None:
-    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+    connection.ensure_connection(max_retries=0)  # one try: the sweep is the retry
     # by name: cases.tasks imports this module (the task wraps run_prediction)
     current_app.send_task(SCORE_TASK, args=[prediction_id], queue="inference", connection=connection, retry=False)
 
 
-def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelta | None = None) -> list[int]:
+def _requeue(prediction_id: int, *, started_before: datetime, now: datetime, worker: str | None = None) -> bool:
+    return states.requeue(prediction_id, started_before=started_before, now=now, worker=worker,
+                          max_attempts=settings.SCORING_MAX_ATTEMPTS, backoff_s=settings.SCORING_BACKOFF_S)
+
+
+def live_workers(timeout: float = 1.0) -> set[str] | None:
+    """Node names of the workers that answer a ping now; None when the broker cannot be asked."""
+    try:
+        replies = current_app.control.ping(timeout=timeout) or []
+    except Exception as exc:
+        log.warning("cannot ping the workers (%s: %s)", type(exc).__name__, exc)
+        return None
+    return {name for reply in replies for name in reply}
+
+
+def requeue_orphans(*, now: datetime, alive: set[str] | None, grace: timedelta) -> list[int]:
+    """Running predictions whose worker does not answer (``alive``: the live node names) go back
+    to pending at once, after a short ``grace`` (a worker that just claimed one answers anyway)."""
+    if alive is None:
+        return []
+    rows = (Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - grace)
+            .exclude(worker="").exclude(worker__in=alive).values_list("pk", "worker")[:500])
+    return [pk for pk, worker in rows if _requeue(pk, started_before=now - grace, now=now, worker=worker)]
+
+
+def requeue_previous_incarnation(worker: str) -> list[int]:
+    """Running predictions claimed under ``worker``'s node name before now: at start-up those
+    belong to a previous process of that name, which died."""
+    if not worker:
+        return []
+    now = timezone.now()
+    rows = Prediction.objects.filter(status=Status.RUNNING, worker=worker, started_at__lt=now)
+    return [pk for pk in list(rows.values_list("pk", flat=True)[:500])
+            if _requeue(pk, started_before=now, now=now, worker=worker)]
+
+
+def create_missing_predictions() -> list[int]:
+    """Images stored while no model version could be looked up get a pending prediction of the
+    active version now (they are sent with the others)."""
+    orphans = list(LesionImage.objects.filter(predictions__isnull=True).values_list("pk", flat=True)[:500])
+    if not orphans:
+        return []
+    version = active_version()
+    return [Prediction.objects.get_or_create(image_id=pk, model_version=version)[0].pk for pk in orphans]
+
+
+def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelta | None = None,
+          alive: set[str] | None = None) -> list[int]:
     """Re-send predictions that were never enqueued, whose message got lost, or whose worker died.
 
-    - pending with enqueued_at NULL (broker was down) or older than ``stale_after``;
-    - running for longer than ``running_stale_after`` (default: the task hard time limit), which
-      only happens when the worker died: those go back to pending first.
+    - images without any prediction (uploaded while the registry could not be read) get one;
+    - running on a worker that no longer answers a ping (``alive``, asked when not given), or for
+      longer than ``running_stale_after`` (default: the task hard time limit): back to pending,
+      sent again after a back-off, failed for good after SCORING_MAX_ATTEMPTS;
+    - pending with enqueued_at NULL (broker was down) or older than ``stale_after``.
     Returns the ids sent.
     """
     now = timezone.now()
     stale_after = stale_after if stale_after is not None else timedelta(seconds=hard_time_limit() + 60)
     running_stale_after = running_stale_after if running_stale_after is not None else timedelta(seconds=hard_time_limit())
+    try:
+        create_missing_predictions()
+    except Exception as exc:  # the registry is still unreadable: next sweep
+        log.warning("cannot create the missing predictions yet (%s: %s)", type(exc).__name__, exc)
     stuck = Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - running_stale_after)
     for prediction_id in list(stuck.values_list("pk", flat=True)[:500]):
-        states.requeue_stuck(prediction_id, started_before=now - running_stale_after)
+        _requeue(prediction_id, started_before=now - running_stale_after, now=now)
+    requeue_orphans(now=now, alive=alive if alive is not None else live_workers(),
+                    grace=timedelta(seconds=settings.SCORING_ORPHAN_GRACE_S))
     candidates = Prediction.objects.filter(status=Status.PENDING).filter(
         Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - stale_after)
-    )
+    ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
     sent: list[int] = []
     rows = list(candidates.order_by("pk").values_list("pk", "enqueued_at")[:500])
     if not rows:
@@ -115,12 +174,17 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     return sent
 
 
-def _claim(prediction_id: int, *, resume: bool) -> tuple[bool, datetime]:
-    """pending → running in one UPDATE. A 'running' row is re-claimable when its worker must be dead
-    (started before the hard time limit) or when this delivery is a redelivery/retry of the task."""
+def _claim(prediction_id: int, *, run_by: str, worker: str) -> tuple[bool, datetime]:
+    """pending → running in one UPDATE (see prediction_states.start); a prediction that has used
+    up its attempts is failed instead."""
     now = timezone.now()
+    max_attempts = settings.SCORING_MAX_ATTEMPTS
     claimed = states.start(prediction_id, now=now, stale_before=now - timedelta(seconds=hard_time_limit()),
-                           resume=resume)
+                           max_attempts=max_attempts, run_by=run_by, worker=worker)
+    if not claimed:
+        attempts = Prediction.objects.filter(pk=prediction_id).values_list("attempts", flat=True).first()
+        if attempts is not None and attempts >= max_attempts:
+            states.give_up(prediction_id, attempts=attempts, status=Status.PENDING)
     return claimed, now
 
 
@@ -174,22 +238,24 @@ def score_batch_size() -> int:
     return max(1, int(settings.SECONDLOOK_SCORE_BATCH))
 
 
-def _claim_batch_mates(prediction: Prediction, limit: int) -> list[tuple[int, datetime]]:
+def _claim_batch_mates(prediction: Prediction, limit: int, *, run_by: str, worker: str) -> list[tuple[int, datetime]]:
     """Claim up to ``limit`` other pending predictions of the same model version whose task is already
     enqueued (enqueued_at set), each with the same conditional UPDATE as ``_claim``. Their own task
     will find them running or done and do nothing; if this worker dies, the sweep re-queues them
     (running rows older than the hard time limit) like any orphaned prediction."""
     if limit <= 0:
         return []
+    own = Q(status=Status.RUNNING, run_by=run_by) if run_by else Q(pk__in=[])
     ids = list(
-        Prediction.objects.filter(status=Status.PENDING, enqueued_at__isnull=False,
+        Prediction.objects.filter(Q(status=Status.PENDING, enqueued_at__isnull=False) | own,
                                   model_version_id=prediction.model_version_id)
         .exclude(pk=prediction.pk).order_by("enqueued_at", "pk").values_list("pk", flat=True)[:limit]
     )
     claimed = []
     for pk in ids:
         now = timezone.now()
-        if states.start_batch_mate(pk, now=now):
+        if states.start_batch_mate(pk, now=now, max_attempts=settings.SCORING_MAX_ATTEMPTS, run_by=run_by,
+                                   worker=worker):
             claimed.append((pk, now))
     return claimed
 
@@ -199,7 +265,7 @@ def _release(prediction_id: int, started_at) -> None:
     states.release(prediction_id, started_at=started_at)
 
 
-def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
+def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") -> str:
     """Score one prediction's image with its model version; returns what happened (for the task log).
 
     Safe to call any number of times for the same prediction: only one caller claims it. Under a
@@ -208,7 +274,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
-    claimed, started_at = _claim(prediction_id, resume=resume)
+    claimed, started_at = _claim(prediction_id, run_by=run_by, worker=worker)
     if not claimed:
         return "not claimable (already running or finished)"
     prediction = Prediction.objects.select_related(*_SCORING_RELATED).get(pk=prediction_id)
@@ -226,7 +292,7 @@ def run_prediction(*, prediction_id: int, resume: bool = False) -> str:
         except ModelLoadError as exc:
             _fail(prediction_id, started_at, f"Model could not be loaded: {exc}")
             return "failed"
-        mates = _claim_batch_mates(prediction, score_batch_size() - 1)
+        mates = _claim_batch_mates(prediction, score_batch_size() - 1, run_by=run_by, worker=worker)
         batch: list[tuple[Prediction, datetime, object]] = []
         own_failed = False
         for pred, started in [(prediction, started_at)] + [

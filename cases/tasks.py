@@ -4,14 +4,18 @@ cases.rescoring); heavy imports (TensorFlow) happen inside those, in the worker'
 """
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from cases.rescoring import run_rescore
-from cases.scoring import run_prediction, sweep
+from cases.scoring import requeue_previous_incarnation, run_prediction, sweep
+
+log = logging.getLogger(__name__)
 
 # Transient: the database or broker hiccuped; the same task can simply run again later.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
@@ -31,10 +35,10 @@ TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutEr
     time_limit=settings.CELERY_TASK_TIME_LIMIT,
 )
 def score_image(self, prediction_id: int) -> str:
-    """Score one image's pending prediction (idempotent: safe to redeliver)."""
-    # A redelivered message (worker died mid-task) or our own retry may find the row 'running'.
-    resume = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
-    return run_prediction(prediction_id=int(prediction_id), resume=resume)
+    """Score one image's pending prediction (idempotent: safe to redeliver). The task id marks
+    the run: a redelivered message (its worker died) or a retry resumes its own running rows."""
+    return run_prediction(prediction_id=int(prediction_id), run_by=self.request.id or "",
+                          worker=self.request.hostname or "")
 
 
 @shared_task(name="cases.tasks.sweep_pending", ignore_result=True, autoretry_for=TRANSIENT_ERRORS, max_retries=2)
@@ -59,3 +63,17 @@ def sweep_pending(stale_after_s: float | None = None, running_stale_after_s: flo
 def rescore_images(job_id: int) -> int:
     """Queue predictions with the job's model version for the job's images (idempotent)."""
     return run_rescore(job_id=int(job_id))
+
+
+@worker_ready.connect
+def _resume_after_restart(sender=None, **kwargs) -> None:
+    """A worker that starts under the name of one that died re-queues what that one was scoring
+    (a ping cannot tell them apart), then asks for a sweep, so nothing waits for the hard time limit."""
+    hostname = getattr(sender, "hostname", "") or ""
+    try:
+        if requeue_previous_incarnation(hostname):
+            sweep_pending.delay()
+            # and once their back-off has passed (beat sweeps too, but maybe only every 30 s)
+            sweep_pending.apply_async(countdown=settings.SCORING_BACKOFF_S + 1)
+    except Exception:  # never stop a worker from starting
+        log.exception("could not re-queue the predictions of %s's previous run", hostname)

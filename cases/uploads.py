@@ -20,10 +20,11 @@ import unicodedata
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mlcore.imageio import to_rgb_image
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF")
 STORED_FORMAT = "PNG"
@@ -151,29 +152,6 @@ def _open_checked(data: bytes) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: transparency composited on white, 16-bit scaled down, CMYK converted."""
-    mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit grayscale: scale 0..65535 to 0..255 rather than clipping.
-        pixels = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8), "L")
-    elif mode == "F":
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-        image = Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return image
-
-
 def normalise_upload(upload: UploadedFile) -> NormalisedImage:
     """Validate one uploaded file by content and return it normalised, or raise UploadRejected."""
     max_bytes = settings.UPLOAD_MAX_BYTES
@@ -199,7 +177,7 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
         detail = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise UploadRejected(f"The image data is {detail} and cannot be read ({type(exc).__name__}).") from None
 
-    rgb = _to_rgb(image)
+    rgb = to_rgb_image(image)
     raw = rgb.tobytes()
     # A fresh image from raw pixels carries no info dict: no EXIF, ICC profile or text chunks.
     clean = Image.frombytes("RGB", rgb.size, raw)

@@ -238,6 +238,15 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 120
+# A prediction whose worker dies while scoring it is sent again after SCORING_BACKOFF_S (doubling
+# each time) and failed for good, with its reason, after SCORING_MAX_ATTEMPTS runs.
+SCORING_MAX_ATTEMPTS = int(os.environ.get("SCORING_MAX_ATTEMPTS", "3"))
+SCORING_BACKOFF_S = float(os.environ.get("SCORING_BACKOFF_S", "5"))
+# A running prediction whose worker does not answer a ping is re-queued after this grace
+SCORING_ORPHAN_GRACE_S = float(os.environ.get("SCORING_ORPHAN_GRACE_S", "5"))
+# Publishing a task from a web request gives up after this (connect and socket), so a hung
+# broker never holds a request: the upload stands and the sweep sends its task later.
+BROKER_PUBLISH_TIMEOUT_S = float(os.environ.get("BROKER_PUBLISH_TIMEOUT_S", "1"))
 CELERY_TASK_TIME_LIMIT = 180
 TRAINING_SOFT_TIME_LIMIT = int(os.environ.get("TRAINING_SOFT_TIME_LIMIT", str(3 * 3600)))
 TRAINING_TIME_LIMIT = TRAINING_SOFT_TIME_LIMIT + 600

@@ -5,7 +5,8 @@ import io
 
 import numpy as np
 
-from .preprocess import _as_rgb, prepare_batch
+from .imageio import as_rgb_array
+from .preprocess import prepare_batch
 
 
 def _gradcam_fn(model):
@@ -59,7 +60,7 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
     import tensorflow as tf
     from PIL import Image
 
-    img = _as_rgb(image)
+    img = as_rgb_array(image)
     if class_name not in model.classes:
         raise ValueError(f"unknown class {class_name!r}")
     idx = model.classes.index(class_name)
@@ -94,7 +95,7 @@ def gradcam_overlay_png(model, image: np.ndarray, class_name: str = "melanoma", 
     """Heatmap blended on the image, encoded as PNG (or JPEG with fmt='JPEG')."""
     from PIL import Image
 
-    img = _as_rgb(image)
+    img = as_rgb_array(image)
     if max(img.shape[:2]) > max_size:
         s = max_size / max(img.shape[:2])
         img = np.asarray(Image.fromarray(img).resize((max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),

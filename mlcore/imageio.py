@@ -1,4 +1,5 @@
-"""Image decoding and resizing shared by the training cache and inference (same code path)."""
+"""Image decoding, conversion to 8-bit RGB and resizing: the one path that uploads, the training
+cache and inference all take."""
 from __future__ import annotations
 
 import io
@@ -13,34 +14,66 @@ class ImageDecodeError(ValueError):
     """Raised when bytes cannot be decoded into an image."""
 
 
+def to_rgb_image(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, the one conversion the app and the pipeline use.
+
+    16-bit and 32-bit integer greyscale are scaled (0..65535 -> 0..255, rounded), float images are
+    stretched to their own range, palette and alpha images are composited on white, CMYK and the
+    rest go through PIL's own conversion. EXIF orientation is not touched (see `to_rgb_uint8`)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        pixels = np.asarray(img, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
     """PIL image (any mode, EXIF orientation applied first) -> RGB uint8 HxWx3."""
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF must not break decoding
         pass
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        mx = arr.max() if arr.size else 0
-        scale = 255.0 / (65535.0 if mx > 255 else 255.0)
-        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(bg, img)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.asarray(to_rgb_image(img), dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ImageDecodeError(f"unexpected decoded shape {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def as_rgb_array(img: np.ndarray) -> np.ndarray:
+    """An array image (uint8/uint16/float, 1, 3 or 4 channels) -> RGB uint8 HxWx3, with the same
+    scaling and rounding as `to_rgb_image`: floats in 0..1 scaled to 0..255, 16-bit divided by
+    257, alpha composited on white."""
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.floating):
+            a = a * (255.0 if a.size and a.max() <= 1.0 else 1.0)
+        elif a.size and a.max() > 255:
+            a = a.astype(np.float64) / 257.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise ImageDecodeError(f"expected HxWxC image, got shape {a.shape}")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.shape[2] == 4:
+        alpha = a[..., 3:4].astype(np.float32) / 255.0
+        a = np.clip(np.rint(a[..., :3] * alpha + 255.0 * (1 - alpha)), 0, 255).astype(np.uint8)
+    elif a.shape[2] != 3:
+        raise ImageDecodeError(f"expected 1, 3 or 4 channels, got {a.shape[2]}")
+    return np.ascontiguousarray(a)
 
 
 def decode_bytes(data: bytes, draft_min_side: int | None = None) -> np.ndarray:

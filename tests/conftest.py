@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 def _broker_url() -> str:
     url = os.environ.get("SECONDLOOK_TEST_REDIS_URL")
     if not url:
-        process, url = start_embedded_redis(Path(settings.VAR_DIR) / "test-redis")
+        # a directory of this run's own: a second run in the same checkout must not load its files
+        workdir = Path(settings.VAR_DIR) / f"test-redis-{os.getpid()}"
+        process, url = start_embedded_redis(workdir)
+        atexit.register(shutil.rmtree, workdir, True)
         atexit.register(process.terminate)
     os.environ["REDIS_URL"] = url  # for the app processes the tests start
     return url
@@ -44,7 +48,11 @@ celery_app.conf.broker_url = BROKER_URL
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under CI every test runs: a missing dataset or browser is a failure, never a skip."""
+    """Tests with real workers or a browser count as slow (so ``-m "not slow"`` is the fast
+    subset). Under CI every test runs: a missing dataset or browser is a failure, never a skip."""
+    for item in items:
+        if "integration" in item.keywords or "browser" in item.keywords:
+            item.add_marker(pytest.mark.slow)
     data_dir = Path(settings.SECONDLOOK_DATA_DIR)
     if IN_CI or data_dir.is_dir():
         return

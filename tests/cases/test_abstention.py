@@ -55,6 +55,7 @@ def nevus_like() -> np.ndarray:
     return synthetic_images(5, seed=2)[0][4]
 
 
+@pytest.mark.slow
 def test_in_domain_image_is_assessed_with_a_prediction_set(world, assessed_version):
     pixels = nevus_like()
     pred = _prediction(world, assessed_version, pixels)

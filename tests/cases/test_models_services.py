@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import time
 from datetime import timedelta
 
 import pytest
@@ -162,7 +163,7 @@ def test_scoring_twice_gives_one_done_prediction(world, model_version, fake_clas
     prediction = Prediction.objects.create(image=make_image(world), model_version=model_version)
     assert scoring.run_prediction(prediction_id=prediction.pk) == "done (flagged)"
     assert scoring.run_prediction(prediction_id=prediction.pk).startswith("not claimable")
-    assert scoring.run_prediction(prediction_id=prediction.pk, resume=False).startswith("not claimable")
+    assert scoring.run_prediction(prediction_id=prediction.pk, run_by="another").startswith("not claimable")
     prediction.refresh_from_db()
     assert prediction.status == "done" and prediction.attempts == 1 and calls["predict"] == 1
     assert prediction.melanoma_probability == pytest.approx(0.7) and prediction.flagged
@@ -204,9 +205,9 @@ def test_registry_thresholds_replace_the_models_decision(world, model_version, f
 
 def test_redelivered_running_prediction_resumes(world, model_version, fake_classifier):
     prediction = Prediction.objects.create(image=make_image(world), model_version=model_version, status="running",
-                                           started_at=timezone.now(), attempts=1)
-    assert scoring.run_prediction(prediction_id=prediction.pk).startswith("not claimable")
-    assert scoring.run_prediction(prediction_id=prediction.pk, resume=True).startswith("done")
+                                           started_at=timezone.now(), attempts=1, run_by="task-1", worker="w@h")
+    assert scoring.run_prediction(prediction_id=prediction.pk, run_by="task-2").startswith("not claimable")
+    assert scoring.run_prediction(prediction_id=prediction.pk, run_by="task-1").startswith("done")
     prediction.refresh_from_db()
     assert prediction.status == "done" and prediction.attempts == 2
 
@@ -236,27 +237,74 @@ def test_missing_model_fails_with_clear_error_and_retry_resets(client, world, mo
     assert AuditEvent.objects.filter(action="retry", object_id=str(prediction.pk)).exists()
 
 
-def test_sweep_sends_unqueued_and_stuck_but_not_fresh(world, model_version, monkeypatch):
+def test_sweep_sends_unqueued_and_stuck_but_not_fresh(world, model_version, monkeypatch, settings):
     sent = []
     monkeypatch.setattr(scoring, "_send", lambda pk, connection: sent.append(pk))
+    settings.SCORING_BACKOFF_S = 0.5
     now = timezone.now()
     never = Prediction.objects.create(image=make_image(world, "1" * 64), model_version=model_version)
     lost = Prediction.objects.create(image=make_image(world, "2" * 64), model_version=model_version,
                                      enqueued_at=now - timedelta(hours=1))
     fresh = Prediction.objects.create(image=make_image(world, "3" * 64), model_version=model_version, enqueued_at=now)
     dead = Prediction.objects.create(image=make_image(world, "4" * 64), model_version=model_version, status="running",
-                                     started_at=now - timedelta(hours=1), enqueued_at=now - timedelta(hours=1))
+                                     started_at=now - timedelta(hours=1), enqueued_at=now - timedelta(hours=1),
+                                     attempts=1)
     running = Prediction.objects.create(image=make_image(world, "5" * 64), model_version=model_version,
-                                        status="running", started_at=now, enqueued_at=now)
-    assert sorted(scoring.sweep()) == sorted([never.pk, lost.pk, dead.pk])
+                                        status="running", started_at=now, enqueued_at=now, worker="alive@host")
+    assert sorted(scoring.sweep(alive={"alive@host"})) == sorted([never.pk, lost.pk])
+    dead.refresh_from_db()  # back to pending, and sent again only after its back-off
+    assert dead.status == "pending" and dead.enqueued_at is None and dead.not_before > now
+    time.sleep(0.6)
+    assert scoring.sweep(alive={"alive@host"}) == [dead.pk]
     assert sorted(sent) == sorted([never.pk, lost.pk, dead.pk])
-    assert scoring.sweep() == []  # a second sweep right away re-sends nothing
+    assert scoring.sweep(alive={"alive@host"}) == []  # a third sweep right away re-sends nothing
     for prediction in (never, lost, dead):
         prediction.refresh_from_db()
         assert prediction.status == "pending" and prediction.enqueued_at is not None
     fresh.refresh_from_db()
     running.refresh_from_db()
     assert fresh.enqueued_at == now and running.status == "running"
+
+
+def test_sweep_requeues_at_once_what_a_dead_worker_was_scoring(world, model_version, monkeypatch, settings):
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection: None)
+    settings.SCORING_BACKOFF_S, settings.SCORING_ORPHAN_GRACE_S = 0.0, 1.0
+    started = timezone.now() - timedelta(seconds=2)
+    orphan = Prediction.objects.create(image=make_image(world, "6" * 64), model_version=model_version, status="running",
+                                       started_at=started, enqueued_at=started, attempts=1, worker="dead@host")
+    alive = Prediction.objects.create(image=make_image(world, "7" * 64), model_version=model_version, status="running",
+                                      started_at=started, enqueued_at=started, attempts=1, worker="alive@host")
+    monkeypatch.setattr(scoring, "live_workers", lambda timeout=1.0: None)
+    scoring.sweep()  # the workers cannot be asked: nothing is re-queued on a guess
+    orphan.refresh_from_db()
+    assert orphan.status == "running"
+    assert scoring.sweep(alive={"alive@host"}) == [orphan.pk]
+    orphan.refresh_from_db()
+    alive.refresh_from_db()
+    assert (orphan.status, orphan.worker) == ("pending", "") and alive.status == "running"
+
+
+def test_a_prediction_that_keeps_killing_its_worker_fails_with_its_reason(world, model_version, monkeypatch, settings):
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection: None)
+    settings.SCORING_BACKOFF_S, settings.SCORING_MAX_ATTEMPTS = 0.0, 3
+    started = timezone.now() - timedelta(seconds=30)
+    poison = Prediction.objects.create(image=make_image(world, "8" * 64), model_version=model_version, status="running",
+                                       started_at=started, enqueued_at=started, attempts=3, worker="dead@host")
+    scoring.sweep(alive=set())
+    poison.refresh_from_db()
+    assert poison.status == "failed" and "stopped 3 times" in poison.error and poison.finished_at is not None
+    # a stray message for it changes nothing
+    assert scoring.run_prediction(prediction_id=poison.pk, run_by="x").startswith("not claimable")
+
+
+def test_images_stored_without_a_prediction_get_one_from_the_sweep(world, model_version, monkeypatch):
+    sent = []
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection: sent.append(pk))
+    image = make_image(world, "9" * 64)  # stored while the registry could not be read
+    assert not image.predictions.exists()
+    scoring.sweep(alive=set())
+    prediction = image.predictions.get()
+    assert prediction.model_version == model_version and sent == [prediction.pk]
 
 
 def test_sweep_with_broker_down_leaves_predictions_unqueued(world, model_version, monkeypatch):

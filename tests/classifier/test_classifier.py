@@ -51,6 +51,7 @@ def test_artifact_is_complete(tiny_dir):
     assert "| source | synthetic | 90 |" in (tiny_dir / "model_card.md").read_text()
 
 
+@pytest.mark.slow
 def test_load_and_predict(tiny):
     from mlcore.inference import predict_images
 
@@ -161,6 +162,7 @@ def test_predict_bytes_and_gradcam(tiny):
     assert Image.open(io.BytesIO(png)).size == (60, 45)
 
 
+@pytest.mark.slow
 def test_predict_cli_csv_contract(tiny_dir, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -185,6 +187,7 @@ def test_predict_cli_csv_contract(tiny_dir, tmp_path):
         assert (row[14], row[15]) == ("1", "")  # a model without fitted checks assesses every image
 
 
+@pytest.mark.slow
 def test_predict_cli_says_when_the_model_cannot_assess(tiny_assessed_model_dir, tmp_path):
     from training.testing import synthetic_images
 

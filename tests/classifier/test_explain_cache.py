@@ -16,9 +16,10 @@ def _uncached_gradcam(model, image, class_name):
     import tensorflow as tf
     from PIL import Image
 
-    from mlcore.preprocess import _as_rgb, prepare_batch
+    from mlcore.imageio import as_rgb_array
+    from mlcore.preprocess import prepare_batch
 
-    img = _as_rgb(image)
+    img = as_rgb_array(image)
     idx = model.classes.index(class_name)
     km = model.keras_model
     grad_model = keras.Model(km.inputs, [km.get_layer(model.last_conv_layer).output, km.output])

@@ -5,6 +5,7 @@ from django.urls import reverse
 from melanoma_site import health
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_health_reports_down_workers_with_503(client, use_tiny_model, flush_broker):
     response = client.get(reverse("health"))

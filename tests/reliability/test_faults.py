@@ -202,6 +202,48 @@ def test_redis_server_down_at_upload_then_beat_and_worker_recover_with_no_manual
         redis_process.wait(timeout=10)
 
 
+def test_a_hung_redis_never_holds_an_upload_and_its_image_is_scored_once_redis_resumes(
+        client, use_tiny_model, media_root, tmp_path, monkeypatch, child_env_for_tests):
+    """Redis paused (SIGSTOP, as when its host stalls): the upload returns in under 3 s, with its
+    image stored and pending; after SIGCONT, beat and the worker score it with no manual step."""
+    child_env = child_env_for_tests
+    from melanoma_site.celery import app
+    from melanoma_site.embedded_redis import start_embedded_redis
+
+    register_active(use_tiny_model)
+    people = World()
+    redis_process, url = start_embedded_redis(tmp_path / "redis")
+    env = child_env(REDIS_URL=url, SWEEP_INTERVAL_SECONDS="1")
+    celery = [sys.executable, "-m", "celery", "-A", "melanoma_site"]
+    worker = Proc("worker", celery + ["worker", "-Q", "inference", "-n", f"redis-hung-{os.getpid()}@%h",
+                                      "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
+                                      "--without-mingle"], env, tmp_path)
+    beat = Proc("beat", celery + ["beat", "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule")],
+                env, tmp_path)
+    logs = (worker.log_path, beat.log_path, tmp_path / "redis" / "redis.log")
+    monkeypatch.setattr(app.conf, "broker_url", url)
+    try:
+        wait_for(lambda: b" ready." in worker.log_path.read_bytes(), what="worker ready", logs=logs)
+        os.kill(redis_process.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        prediction = upload_one(client, people, "hung.jpg", seed=3)
+        took = time.monotonic() - started
+        assert took < 3.0, f"the upload took {took:.1f} s with Redis hung"
+        prediction.refresh_from_db()
+        assert prediction.status == "pending" and prediction.enqueued_at is None
+        assert client.get("/accounts/login/").status_code in (200, 302)  # other pages still answer
+        os.kill(redis_process.pid, signal.SIGCONT)
+        wait_for(lambda: status_of(prediction.pk) in ("done", "failed"), timeout=120, what="scored after resume",
+                 logs=logs)
+        assert_scored_exactly_once(prediction.pk, media_root, attempts=1)
+    finally:
+        os.kill(redis_process.pid, signal.SIGCONT)
+        beat.stop()
+        worker.stop()
+        redis_process.terminate()
+        redis_process.wait(timeout=10)
+
+
 # --- the model file missing or corrupt -----------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])

@@ -6,6 +6,9 @@ import zipfile
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains and converts several small models
+
+
 
 @pytest.fixture(scope="module")
 def member_dirs(tiny_model_dir, tmp_path_factory):

@@ -60,6 +60,7 @@ def test_augmentation_keeps_shape_and_range():
     assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
 
 
+@pytest.mark.slow
 def test_weight_average_of_the_schedule_tail_is_kept_only_if_better_on_validation():
     from dataclasses import replace
 
@@ -114,6 +115,7 @@ def test_training_dataset_turns_tf_data_autotuning_off():
     assert sum(int(b[0].shape[0]) for b in ds) == 8  # still yields every image once per epoch
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_small_first_and_exports_the_full_size():
     from dataclasses import replace
 
@@ -141,6 +143,7 @@ def test_validation_while_the_input_grows_runs_every_kth_epoch_and_always_at_ful
     assert all(validates_epoch(e, 32, replace(cfg, validate_growing_every=1)) for e in range(1, 7))
 
 
+@pytest.mark.slow
 def test_skipped_validation_epochs_are_recorded_as_missing_and_never_chosen():
     from dataclasses import replace
 
