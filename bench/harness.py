@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from PIL import Image
 from urllib3.util.retry import Retry
 
 ROOT = Path(__file__).resolve().parent.parent
+HEALTH_TOKEN = secrets.token_hex(16)  # the detailed /health/ of the app this harness starts
 sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -126,6 +128,8 @@ class App:
             PYTHONUNBUFFERED="1",
             TF_CPP_MIN_LOG_LEVEL="2",
             LOG_LEVEL="WARNING",
+            HEALTH_TOKEN=HEALTH_TOKEN,
+            HEALTH_CACHE_SECONDS="0",
         )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
@@ -184,7 +188,8 @@ class App:
         return name
 
     def health(self) -> dict:
-        return requests.get(f"{self.base_url}/health/", timeout=10).json()
+        return requests.get(f"{self.base_url}/health/", timeout=10,
+                            headers={"Authorization": f"Bearer {HEALTH_TOKEN}"}).json()
 
     def wait_ready(self, timeout: float = 180.0) -> dict:
         """Until the web server answers and every inference worker is listed by /health/."""

@@ -79,8 +79,11 @@ def active_version() -> ModelVersion:
 
 
 def active_model_status() -> dict[str, Any]:
-    """Health summary of the active model: its version and whether its file is intact."""
-    version = active_version()
+    """Health summary of the active model: its version and whether its file is intact. Reads only
+    (a health check must never write): no active version yet is reported, not registered."""
+    version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+    if version is None:
+        return {"ok": False, "error": "no active model version (the bundled one is registered at start-up)"}
     model_file = Path(version.artifact_path) / MODEL_FILE
     if not model_file.exists():
         return {"ok": False, "version": version.version, "error": f"model file missing: {model_file}"}

@@ -1,6 +1,15 @@
-"""Health checks (plain functions) and the ``/health/`` view that reports them as JSON."""
+"""Health checks (plain functions) and the views that report them.
+
+- ``/health/live``: answers, nothing else (for load balancers; public).
+- ``/health/``: the database, Redis, a live worker per queue and the active model. Computed at
+  most once per HEALTH_CACHE_SECONDS per process, however many callers poll it; anonymous
+  callers get the overall status only, staff users and callers with the ``HEALTH_TOKEN``
+  (``Authorization: Bearer ...``) get every check with its error, worker names and paths.
+"""
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 from typing import Any
 
@@ -82,13 +91,40 @@ def health_report() -> dict[str, Any]:
     return report
 
 
+_cache_lock = threading.Lock()
+_cached: tuple[float, dict[str, Any]] | None = None
+
+
+def cached_health_report() -> dict[str, Any]:
+    """`health_report`, reused for HEALTH_CACHE_SECONDS; concurrent callers wait for one run."""
+    global _cached
+    with _cache_lock:
+        now = time.monotonic()
+        if _cached is None or now - _cached[0] >= settings.HEALTH_CACHE_SECONDS:
+            _cached = (now, health_report())
+        return _cached[1]
+
+
+def may_see_details(request: HttpRequest) -> bool:
+    """Staff users, and callers presenting the configured health token."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated and user.is_staff:
+        return True
+    token = settings.HEALTH_TOKEN
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return bool(token) and secrets.compare_digest(given.encode(), token.encode())
+
+
 @login_not_required
 @never_cache
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
-    """``GET /health/``: 200 when everything is up, 503 otherwise."""
-    report = health_report()
-    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
+    """``GET /health/``: 200 when everything is up, 503 otherwise; details for staff or the token."""
+    report = cached_health_report()
+    status = 200 if report["status"] == "ok" else 503
+    if not may_see_details(request):
+        report = {"status": report["status"]}
+    return JsonResponse(report, status=status)
 
 
 @login_not_required

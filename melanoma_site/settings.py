@@ -264,6 +264,12 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Health checks (melanoma_site.health) ---------------------------------------------------
+HEALTH_CACHE_SECONDS = float(os.environ.get("HEALTH_CACHE_SECONDS", "5"))
+# A token that monitoring presents (Authorization: Bearer ...) to see the detailed checks; staff
+# users see them when logged in. Unset: staff only.
+HEALTH_TOKEN = os.environ.get("HEALTH_TOKEN", "")
+
 # --- Security (production) ------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

@@ -25,6 +25,7 @@ from django.conf import settings
 
 from melanoma_site.celery import app as celery_app
 from melanoma_site.embedded_redis import start_embedded_redis
+from tests.support.health import HEALTH_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -92,6 +93,13 @@ def use_tiny_model(settings, tiny_model_dir):
     """Point the app's default model at the tiny model for this test."""
     settings.SECONDLOOK_MODEL_DIR = tiny_model_dir
     return tiny_model_dir
+
+
+@pytest.fixture(autouse=True)
+def _fresh_health_checks(settings):
+    """/health/ recomputed on every call (its few-second cache is tested on its own)."""
+    settings.HEALTH_CACHE_SECONDS = 0
+    settings.HEALTH_TOKEN = HEALTH_TOKEN
 
 
 @pytest.fixture

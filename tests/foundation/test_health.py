@@ -2,13 +2,16 @@
 import pytest
 from django.urls import reverse
 
+from classifier.registry import register_artifact, activate
 from melanoma_site import health
+from tests.support.health import HEALTH_AUTH
 
 
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_health_reports_down_workers_with_503(client, use_tiny_model, flush_broker):
-    response = client.get(reverse("health"))
+    activate(register_artifact(use_tiny_model))
+    response = client.get(reverse("health"), **HEALTH_AUTH)
     body = response.json()
     assert response.status_code == 503
     assert body["database"]["ok"] is True
@@ -20,7 +23,7 @@ def test_health_reports_down_workers_with_503(client, use_tiny_model, flush_brok
 @pytest.mark.django_db
 def test_health_reports_redis_down(client, settings, use_tiny_model):
     settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
-    body = client.get(reverse("health")).json()
+    body = client.get(reverse("health"), **HEALTH_AUTH).json()
     assert body["redis"]["ok"] is False and "Connection" in body["redis"]["error"]
     assert body["status"] == "degraded"
 
@@ -32,15 +35,17 @@ def test_health_reports_missing_model_file(client, settings, tmp_path, tiny_mode
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)
     settings.SECONDLOOK_MODEL_DIR = broken
+    activate(register_artifact(broken))
     (broken / "model.keras").unlink()
-    body = client.get(reverse("health")).json()
+    body = client.get(reverse("health"), **HEALTH_AUTH).json()
     assert body["model"]["ok"] is False and "missing" in body["model"]["error"]
 
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_health_is_ok_with_a_live_worker(client, celery_worker_process):
-    response = client.get(reverse("health"))
+def test_health_is_ok_with_a_live_worker(client, celery_worker_process, use_tiny_model):
+    activate(register_artifact(use_tiny_model))
+    response = client.get(reverse("health"), **HEALTH_AUTH)
     body = response.json()
     assert response.status_code == 200, body
     assert body["status"] == "ok"
@@ -58,3 +63,40 @@ def test_liveness_answers_without_touching_the_database_or_broker(client, django
         response = client.get("/health/live")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
     assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.mark.django_db
+def test_anonymous_callers_get_the_status_only_and_staff_or_the_token_the_details(client, settings, use_tiny_model,
+                                                                                   django_user_model):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # degraded, with an error text
+    anonymous = client.get(reverse("health"))
+    assert anonymous.status_code == 503 and anonymous.json() == {"status": "degraded"}
+    wrong = client.get(reverse("health"), HTTP_AUTHORIZATION="Bearer nope")
+    assert wrong.json() == {"status": "degraded"}
+    detailed = client.get(reverse("health"), **HEALTH_AUTH).json()
+    assert detailed["redis"]["ok"] is False and "error" in detailed["redis"] and "workers" in detailed
+    clinician = django_user_model.objects.create_user("c", password="pw-12345-long")
+    client.force_login(clinician)
+    assert client.get(reverse("health")).json() == {"status": "degraded"}
+    staff = django_user_model.objects.create_user("s", password="pw-12345-long", is_staff=True)
+    client.force_login(staff)
+    assert "database" in client.get(reverse("health")).json()
+
+
+@pytest.mark.django_db
+def test_the_report_is_computed_once_per_cache_period_and_never_writes(client, settings, monkeypatch):
+    from classifier.models import ModelVersion
+
+    settings.HEALTH_CACHE_SECONDS = 60
+    monkeypatch.setattr(health, "_cached", None)
+    runs = []
+    real = health.health_report
+    monkeypatch.setattr(health, "health_report", lambda: runs.append(1) or real())
+    monkeypatch.setattr(health, "check_workers", lambda timeout=1.0: {q: {"ok": False, "workers": []} for q in health.QUEUES})
+    for _ in range(5):
+        client.get(reverse("health"))
+    assert runs == [1]
+    assert not ModelVersion.objects.exists()  # no active version is reported, not registered
+    monkeypatch.setattr(health, "_cached", None)
+    assert client.get(reverse("health"), **HEALTH_AUTH).json()["model"]["ok"] is False
+    assert not ModelVersion.objects.exists()

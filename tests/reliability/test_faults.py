@@ -27,6 +27,7 @@ from cases.models import LesionImage, Prediction
 from tests.support.case_helpers import World, stored_files
 from classifier.registry import activate, register_artifact
 from tests.support.imagegen import jpeg, upload
+from tests.support.health import HEALTH_AUTH
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -277,7 +278,7 @@ def test_broken_model_file_fails_clearly_keeps_the_app_working_and_retry_succeed
     status = client.get(f"/cases/{people.case_a.pk}/status.json").json()
     assert [p["status"] for p in status["predictions"]] == ["failed"]
     # /health/ says the model is broken and why.
-    health = client.get("/health/")
+    health = client.get("/health/", **HEALTH_AUTH)
     assert health.status_code == 503
     model = health.json()["model"]
     assert model["ok"] is False and expected in model["error"] and str(model_file) in model["error"]
@@ -293,7 +294,7 @@ def test_broken_model_file_fails_clearly_keeps_the_app_working_and_retry_succeed
 
     # Fixed: health recovers and Retry (the button's POST) scores both images.
     model_file.write_bytes(good)
-    assert client.get("/health/").json()["model"]["ok"] is True
+    assert client.get("/health/", **HEALTH_AUTH).json()["model"]["ok"] is True
     for p in (prediction, second):
         response = client.post(f"/predictions/{p.pk}/retry/")
         assert response.status_code == 302
