@@ -3,14 +3,80 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path, reverse
+from django.utils.html import format_html
 
+from audit import log as audit_log
 from audit.models import AuditEvent
+from cases.access import clinic_of
 from cases.monitoring import RECENT_DAYS, assessment_rates
 from cases.rescoring import scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
 from classifier.models import ModelVersion, RescoreJob
 from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
                           Review)
+
+
+class ClinicalAdmin(admin.ModelAdmin):
+    """Admin of a clinical record: staff who are not superusers see only their own clinic's
+    records (as in the app), and every change made here is written to the audit trail with its
+    old and new values (``audit.log``), like a change made in the app."""
+
+    clinic_path = ""  # lookup from this model to its Clinic ("" = the model is Clinic)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        clinic = clinic_of(request.user)
+        if clinic is None:
+            return queryset.none()
+        return queryset.filter(**{self.clinic_path or "pk": clinic.pk})
+
+    def _fields(self, obj) -> list[str]:
+        return [f.name for f in obj._meta.concrete_fields if f.editable and not f.primary_key]
+
+    def _audit_save(self, request, obj, change: bool, save) -> None:
+        fields = self._fields(obj)
+        before = type(obj).objects.filter(pk=obj.pk).first() if change and obj.pk else None
+        old = audit_log.snapshot(before, fields) if before is not None else {}
+        save()
+        old, new = audit_log.changed(old, audit_log.snapshot(obj, fields))
+        if new or not change:
+            audit_log.record(action="update" if change else "create", obj=obj, request=request, old=old, new=new)
+
+    def save_model(self, request, obj, form, change):
+        self._audit_save(request, obj, change, lambda: super(ClinicalAdmin, self).save_model(request, obj, form, change))
+
+    def save_formset(self, request, form, formset, change):
+        instances = formset.save(commit=False)
+        for obj in formset.deleted_objects:
+            audit_log.record(action="delete", obj=obj, request=request, old=audit_log.snapshot(obj, self._fields(obj)))
+            obj.delete()
+        for obj in instances:
+            self._audit_save(request, obj, obj.pk is not None, obj.save)
+        formset.save_m2m()
+
+    def delete_model(self, request, obj):
+        audit_log.record(action="delete", obj=obj, request=request, old=audit_log.snapshot(obj, self._fields(obj)))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            self.delete_model(request, obj)
+
+
+class ReadOnlyAdmin(ClinicalAdmin):
+    """AI outputs and signed reviews: shown in the admin, never added, edited or deleted there
+    (an amendment is a new record)."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 class MembershipInline(admin.TabularInline):
@@ -20,14 +86,15 @@ class MembershipInline(admin.TabularInline):
 
 
 @admin.register(Clinic)
-class ClinicAdmin(admin.ModelAdmin):
+class ClinicAdmin(ClinicalAdmin):
     list_display = ["name", "created_at"]
     search_fields = ["name"]
     inlines = [MembershipInline]
 
 
 @admin.register(ClinicMembership)
-class ClinicMembershipAdmin(admin.ModelAdmin):
+class ClinicMembershipAdmin(ClinicalAdmin):
+    clinic_path = "clinic"
     list_display = ["user", "clinic", "created_at"]
     list_filter = ["clinic"]
     search_fields = ["user__username", "user__last_name", "clinic__name"]
@@ -35,7 +102,8 @@ class ClinicMembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(Patient)
-class PatientAdmin(admin.ModelAdmin):
+class PatientAdmin(ClinicalAdmin):
+    clinic_path = "clinic"
     list_display = ["identifier", "clinic", "birth_year", "sex", "fitzpatrick_type", "created_at"]
     list_filter = ["clinic", "sex", "fitzpatrick_type"]
     search_fields = ["identifier"]
@@ -50,7 +118,8 @@ class LesionInline(admin.TabularInline):
 
 
 @admin.register(Case)
-class CaseAdmin(admin.ModelAdmin):
+class CaseAdmin(ClinicalAdmin):
+    clinic_path = "patient__clinic"
     list_display = ["pk", "patient", "referring_clinician", "status", "claimed_by", "created_at"]
     list_filter = ["status", "patient__clinic", "created_at"]
     search_fields = ["patient__identifier", "clinical_question", "referring_clinician__username"]
@@ -60,21 +129,33 @@ class CaseAdmin(admin.ModelAdmin):
 
 
 @admin.register(Lesion)
-class LesionAdmin(admin.ModelAdmin):
+class LesionAdmin(ClinicalAdmin):
+    clinic_path = "case__patient__clinic"
     list_display = ["pk", "case", "anatomic_site", "flagged", "awaiting_review", "flagged_at"]
     list_filter = ["anatomic_site", "flagged", "awaiting_review"]
     search_fields = ["case__patient__identifier", "description"]
     raw_id_fields = ["case"]
 
 
+def _file_link(url: str, label: str):
+    """A link to the authenticated view that streams a stored file (the storage has no public URL)."""
+    return format_html('<a href="{}">{}</a>', url, label)
+
+
 @admin.register(LesionImage)
-class LesionImageAdmin(admin.ModelAdmin):
+class LesionImageAdmin(ClinicalAdmin):
+    clinic_path = "lesion__case__patient__clinic"
+    exclude = ["file"]
     list_display = ["pk", "lesion", "kind", "width", "height", "size_bytes", "original_name", "uploaded_by", "uploaded_at"]
     list_filter = ["kind", "original_format", "uploaded_at"]
     search_fields = ["sha256", "original_name", "lesion__case__patient__identifier"]
     raw_id_fields = ["lesion", "uploaded_by"]
-    readonly_fields = ["file", "sha256", "size_bytes", "width", "height", "original_format", "uploaded_at"]
+    readonly_fields = ["stored_file", "sha256", "size_bytes", "width", "height", "original_format", "uploaded_at"]
     actions = ["rescore_with_active_model"]
+
+    @admin.display(description="stored image")
+    def stored_file(self, image: LesionImage):
+        return _file_link(reverse("image_file", args=[image.pk]), image.file.name) if image.pk else "—"
 
     @admin.action(description="Re-score with the active model (earlier predictions are kept)")
     def rescore_with_active_model(self, request, queryset):
@@ -84,7 +165,9 @@ class LesionImageAdmin(admin.ModelAdmin):
 
 
 @admin.register(Prediction)
-class PredictionAdmin(admin.ModelAdmin):
+class PredictionAdmin(ReadOnlyAdmin):
+    clinic_path = "image__lesion__case__patient__clinic"
+    exclude = ["heatmap"]
     change_list_template = "admin/cases/prediction/change_list.html"
 
     def changelist_view(self, request, extra_context=None):
@@ -97,13 +180,20 @@ class PredictionAdmin(admin.ModelAdmin):
     list_filter = ["status", "flagged", "assessable", "model_version"]
     search_fields = ["image__lesion__case__patient__identifier", "error"]
     raw_id_fields = ["image"]
-    readonly_fields = ["class_probabilities", "flag_reasons", "inference_ms", "heatmap", "created_at", "started_at",
+    readonly_fields = ["class_probabilities", "flag_reasons", "inference_ms", "heatmap_file", "created_at", "started_at",
                        "finished_at", "enqueued_at", "attempts", "assessable", "assessment_notes", "assessment",
                        "prediction_set"]
 
+    @admin.display(description="Grad-CAM heatmap")
+    def heatmap_file(self, prediction: Prediction):
+        if not prediction.heatmap:
+            return "—"
+        return _file_link(reverse("heatmap_file", args=[prediction.pk]), "heatmap")
+
 
 @admin.register(Review)
-class ReviewAdmin(admin.ModelAdmin):
+class ReviewAdmin(ReadOnlyAdmin):
+    clinic_path = "lesion__case__patient__clinic"
     list_display = ["pk", "lesion", "reviewer", "agreement", "final_diagnosis", "management", "created_at"]
     list_filter = ["agreement", "final_diagnosis", "management", "created_at"]
     search_fields = ["lesion__case__patient__identifier", "reviewer__username", "notes"]
@@ -142,6 +232,13 @@ class AuditEventAdmin(admin.ModelAdmin):
     @admin.display(description="clinic")
     def clinic(self, event: AuditEvent) -> str:
         return Clinic.objects.filter(pk=event.clinic_id).values_list("name", flat=True).first() or ""
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        clinic = clinic_of(request.user)  # staff see their own clinic's trail only
+        return queryset.filter(clinic_id=clinic.pk) if clinic is not None else queryset.none()
 
     def get_search_results(self, request, queryset, search_term):
         queryset, duplicates = super().get_search_results(request, queryset, search_term)

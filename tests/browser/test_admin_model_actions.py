@@ -50,3 +50,40 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
     expect(page.locator(".messagelist")).to_contain_text("Cancellation of run-in-progress requested")
     running.refresh_from_db()
     assert running.cancel_requested and running.status == ModelVersion.Status.TRAINING
+
+
+def test_correcting_a_patient_in_the_admin_is_audited_and_an_ai_output_is_read_only(live_server, browser_page):
+    """Clicked: the admin corrects a patient identifier and saves; the trail shows old and new.
+    A prediction's page opens (no 500 from its stored files) with no Save button."""
+    from playwright.sync_api import expect
+
+    from audit.models import AuditEvent
+    from cases.models import Case, Clinic, Lesion, LesionImage, Patient, Prediction
+    from classifier.models import ModelVersion
+
+    page, base = browser_page, live_server.url
+    admin_log_in(page, base)
+    root = get_user_model().objects.get(username="root")
+    clinic = Clinic.objects.create(name="Clinic A")
+    patient = Patient.objects.create(clinic=clinic, identifier="TYPO-1", birth_year=1970, created_by=root)
+    lesion = Lesion.objects.create(case=Case.objects.create(patient=patient, referring_clinician=root,
+                                                            clinical_question="Changing mole?"),
+                                   anatomic_site="posterior torso")
+    image = LesionImage.objects.create(lesion=lesion, file="lesion-images/x.png", sha256="e" * 64, size_bytes=10,
+                                       width=64, height=64, uploaded_by=root)
+    version = ModelVersion.objects.create(version="v-browser", status=ModelVersion.Status.ACTIVE)
+    prediction = Prediction.objects.create(image=image, model_version=version)
+
+    page.goto(f"{base}/admin/cases/patient/{patient.pk}/change/")
+    page.get_by_label("Pseudonymous identifier").fill("FIXED-1")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messagelist")).to_contain_text("was changed successfully")
+    event = AuditEvent.objects.get(action="update", object_type="patient", object_id=str(patient.pk))
+    assert (event.old_values, event.new_values) == ({"identifier": "TYPO-1"}, {"identifier": "FIXED-1"})
+
+    page.goto(f"{base}/admin/cases/prediction/{prediction.pk}/change/")
+    expect(page.locator("#content h1")).to_contain_text("View prediction")
+    expect(page.get_by_role("link", name="lesion-images/x.png")).to_have_count(0)
+    assert page.get_by_role("button", name="Save", exact=True).count() == 0
+    page.goto(f"{base}/admin/cases/lesionimage/{image.pk}/change/")
+    expect(page.get_by_role("link", name="lesion-images/x.png")).to_have_attribute("href", f"/images/{image.pk}/file/")
