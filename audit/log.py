@@ -1,8 +1,10 @@
 """Writing the audit trail: one plain function per event, plus helpers to snapshot changes."""
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Iterable
 
+from django.conf import settings
 from django.db import models
 from django.http import HttpRequest
 
@@ -10,10 +12,38 @@ from audit.models import AuditEvent
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
-    """The peer address. X-Forwarded-For is not trusted: a client could forge it."""
+    """The client's address. X-Forwarded-For is believed only as far as it was written by one of
+    settings.TRUSTED_PROXIES (addresses or networks of the app's own reverse proxies): walking it
+    from the right, the first address that is not such a proxy is the client. Without trusted
+    proxies it is ignored (a client could forge it) and the peer address is the answer. Used by the
+    audit trail and by the login lockout (AXES_CLIENT_IP_CALLABLE)."""
     if request is None:
         return None
-    return request.META.get("REMOTE_ADDR") or None
+    peer = request.META.get("REMOTE_ADDR") or None
+    proxies = [ipaddress.ip_network(p, strict=False) for p in settings.TRUSTED_PROXIES]
+    if not proxies or not _within(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            return hop if _valid(hop) else peer
+    return peer
+
+
+def _valid(address: str | None) -> bool:
+    try:
+        ipaddress.ip_address(address or "")
+        return True
+    except ValueError:
+        return False
+
+
+def _within(address: str | None, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def snapshot(obj: models.Model, fields: Iterable[str]) -> dict[str, Any]:

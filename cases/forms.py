@@ -6,6 +6,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from cases.models import BIRTH_YEAR_MIN, Case, Lesion, LesionImage, Patient, Review
+from cases.uploads import megabytes
 
 
 class _NoColon:
@@ -81,6 +82,9 @@ class MultipleImageField(forms.FileField):
         files = [f for f in files if f]
         if not files:
             raise forms.ValidationError("Choose at least one image file.")
+        if len(files) > settings.UPLOAD_MAX_FILES:
+            raise forms.ValidationError(
+                f"{len(files)} files were chosen; upload at most {settings.UPLOAD_MAX_FILES} at a time.")
         # Size and content checks happen per file in cases.uploads so one bad file can't sink the rest.
         return files
 
@@ -90,7 +94,8 @@ class UploadForm(_NoColon, forms.Form):
 
     images = MultipleImageField(
         label="Images",
-        help_text=f"JPEG, PNG or TIFF, up to {settings.UPLOAD_MAX_BYTES // 1_000_000} MB each. You can choose several.",
+        help_text=f"JPEG, PNG or TIFF, up to {megabytes(settings.UPLOAD_MAX_BYTES)} each; up to "
+                  f"{settings.UPLOAD_MAX_FILES} at a time.",
         widget=MultipleFileInput(attrs={"accept": "image/jpeg,image/png,image/tiff", "multiple": True}),
     )
     kind = forms.ChoiceField(label="Image type", choices=LesionImage.Kind.choices, initial=LesionImage.Kind.DERMOSCOPIC)

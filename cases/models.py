@@ -7,6 +7,8 @@ Celery workers, the admin, a shell — is held to them, not only the forms.
 """
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -15,6 +17,8 @@ from django.db.models import Q
 
 from mlcore.labels import CLASSES
 
+# an absolute path on the server (two or more segments), as error texts quote them
+SERVER_PATH = re.compile(r"(?<![\w.:/])(?:/[\w.@+-]+){2,}/?")
 BIRTH_YEAR_MIN = 1900
 BIRTH_YEAR_MAX = 2100  # the form also refuses years in the future; the database keeps a fixed bound
 
@@ -294,6 +298,12 @@ class Prediction(models.Model):
             ),
             models.CheckConstraint(condition=~Q(status="running") | Q(started_at__isnull=False), name="prediction_running_started"),
         ]
+
+    @property
+    def error_for_display(self) -> str:
+        """The failure reason as clinicians see it: server paths reduced to their file name (the
+        full text stays in the record, for the admin)."""
+        return SERVER_PATH.sub(lambda m: m.group(0).rsplit("/", 1)[-1], self.error)
 
     def audit_scope(self) -> tuple[int | None, int | None]:
         """(patient id, clinic id) for the audit trail."""

@@ -27,6 +27,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mlcore.imageio import to_rgb_image
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF")
+
+
+def megabytes(n: int) -> str:
+    """A byte count the way the limits are stated: "20 MB", "20.5 MB" (decimal megabytes)."""
+    value = n / 1_000_000
+    return f"{value:.0f} MB" if abs(value - round(value)) < 0.05 else f"{value:.1f} MB"
 STORED_FORMAT = "PNG"
 MAX_NAME_LENGTH = 120
 
@@ -159,10 +165,10 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
     if size == 0:
         raise UploadRejected("The file is empty (0 bytes).")
     if size > max_bytes:
-        raise UploadRejected(f"The file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB.")
+        raise UploadRejected(f"The file is {megabytes(size)}; the limit is {megabytes(max_bytes)}.")
     data = _read_limited(upload, max_bytes)
     if len(data) > max_bytes:
-        raise UploadRejected(f"The file is larger than the {max_bytes / 1e6:.1f} MB limit.")
+        raise UploadRejected(f"The file is larger than the {megabytes(max_bytes)} limit.")
     if not data:
         raise UploadRejected("The file is empty (0 bytes).")
 

@@ -6,6 +6,7 @@ secret key, local media storage. ``DJANGO_ENV=production`` turns on the producti
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -161,6 +162,15 @@ AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_HOURS", "0.25"))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The app's own reverse proxies (addresses or CIDR networks, comma-separated). Only their
+# X-Forwarded-For is believed, by the lockout and the audit trail alike (audit.log.client_ip).
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is not an address or network") from _exc
+AXES_CLIENT_IP_CALLABLE = "audit.log.client_ip"
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
@@ -177,8 +187,11 @@ MEDIA_URL = None
 
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-DATA_UPLOAD_MAX_NUMBER_FILES = 50
-UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", str(20 * 1024 * 1024)))
+# Files one upload may carry (the form says so clearly); the request parser's own cap sits well
+# above, so a few too many get the form's message, not a "bad request" page.
+UPLOAD_MAX_FILES = int(os.environ.get("UPLOAD_MAX_FILES", "50"))
+DATA_UPLOAD_MAX_NUMBER_FILES = 4 * UPLOAD_MAX_FILES
+UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", str(20_000_000)))
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", str(40_000_000)))
 UPLOAD_MIN_SIDE = int(os.environ.get("UPLOAD_MIN_SIDE", "32"))
 

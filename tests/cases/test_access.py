@@ -137,3 +137,31 @@ def test_forms_require_csrf(world):
     client.force_login(world.clin_a)
     response = client.post("/patients/new/", {"identifier": "X-1", "birth_year": 1990, "sex": "female"})
     assert response.status_code == 403
+
+
+def test_failure_reasons_shown_in_the_app_carry_no_server_paths(world, model_version):
+    from cases.models import Prediction
+    from tests.support.case_helpers import make_image
+
+    prediction = Prediction(image=make_image(world), model_version=model_version, status="failed",
+                            error="Model could not be loaded: /srv/secondlook/var/models/v3/model.keras is missing "
+                                  "(see https://example.org/docs/models)")
+    assert prediction.error_for_display == ("Model could not be loaded: model.keras is missing "
+                                            "(see https://example.org/docs/models)")
+
+
+def test_original_file_names_are_shown_to_the_uploading_clinic_only(client, world, model_version):
+    from cases.models import Prediction
+    from tests.support.case_helpers import make_image
+
+    image = make_image(world)
+    image.original_name = "smith-john-back.jpg"
+    image.save()
+    Prediction.objects.create(image=image, model_version=model_version)
+    world.lesion_a.flagged = world.lesion_a.awaiting_review = True
+    world.lesion_a.save()
+    client.force_login(world.clin_a)
+    assert "smith-john-back.jpg" in client.get(f"/cases/{world.case_a.pk}/").content.decode()
+    client.force_login(world.derm)  # sees the case in the queue, not the file's name
+    page = client.get(f"/cases/{world.case_a.pk}/")
+    assert page.status_code == 200 and "smith-john-back.jpg" not in page.content.decode()

@@ -9,6 +9,8 @@ from django.db import DatabaseError
 from PIL import ExifTags, Image
 
 from audit.models import AuditEvent
+from cases.forms import UploadForm
+from cases.uploads import megabytes
 from cases.models import LesionImage, Prediction
 from tests.support.case_helpers import stored_files
 from tests.support.imagegen import encode, jpeg, pattern, png, png_chunk, png_declaring, two_tone, upload, zeros_png
@@ -93,13 +95,28 @@ def test_decompression_bomb_with_real_pixel_data_is_rejected_before_decoding(cli
     assert state(media_root) == before
 
 
-def test_file_over_the_byte_limit_is_rejected(client, world, media_root, settings):
+def test_file_over_the_byte_limit_is_rejected_with_the_limit_the_form_states(client, world, media_root, settings):
     settings.UPLOAD_MAX_BYTES = 2_000
     data = jpeg(size=(128, 128))
     assert len(data) > 2_000
     before = state(media_root)
     text = messages_of(post(client, world, upload("big.jpg", data)))[0]
-    assert "limit is 0.0 MB" in text or "limit" in text and "MB" in text
+    assert f"the limit is {megabytes(2_000)}" in text
+    assert state(media_root) == before
+    # the default limit reads the same in the form's help and in a rejection
+    assert megabytes(20_000_000) == "20 MB" and megabytes(20_500_000) == "20.5 MB"
+    settings.UPLOAD_MAX_BYTES = 20_000_000
+    assert "up to 20 MB each" in UploadForm.base_fields["images"].help_text
+
+
+def test_too_many_files_in_one_upload_get_a_clear_message_and_nothing_is_stored(client, world, media_root, settings):
+    settings.UPLOAD_MAX_FILES = 3
+    before = state(media_root)
+    client.force_login(world.clin_a)
+    response = client.post(f"/lesions/{world.lesion_a.pk}/",
+                           {"images": [upload(f"{i}.jpg", jpeg(seed=i)) for i in range(4)], "kind": "dermoscopic"})
+    assert response.status_code == 400  # the form again, with the reason
+    assert "4 files were chosen; upload at most 3 at a time." in response.content.decode()
     assert state(media_root) == before
 
 

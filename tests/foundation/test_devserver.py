@@ -40,6 +40,23 @@ def test_devserver_starts_everything_and_stops_on_ctrl_c(tmp_path, tiny_model_di
         assert body and body["status"] == "ok", (body, (tmp_path / "devserver.log").read_text()[-4000:])
         login = requests.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=5)
         assert login.status_code == 200 and "Log in" in login.text
+        # DEBUG is off: an unknown page is the app's own 404, without Django's list of every URL
+        missing = requests.get(f"http://127.0.0.1:{port}/no-such-page/", timeout=5)
+        assert missing.status_code == 404 and "Not found" in missing.text and "URLconf" not in missing.text
+        # a child that dies is restarted; the rest (the web server here) keeps serving
+        redis_child = next(c for c in psutil.Process(process.pid).children() if "redis" in c.name())
+        redis_child.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            redis_now = [c for c in psutil.Process(process.pid).children() if "redis" in c.name()
+                         and c.pid != redis_child.pid and c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+            if redis_now:
+                break
+            time.sleep(0.5)
+        assert redis_now, (tmp_path / "devserver.log").read_text()[-3000:]
+        assert process.poll() is None
+        assert requests.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=5).status_code == 200
+        assert "redis exited" in (tmp_path / "devserver.log").read_text()
         children = psutil.Process(process.pid).children(recursive=True)
         assert len(children) >= 5  # redis, web, two workers, beat
         process.send_signal(signal.SIGINT)

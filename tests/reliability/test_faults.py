@@ -274,6 +274,7 @@ def test_broken_model_file_fails_clearly_keeps_the_app_working_and_retry_succeed
     html = page.content.decode()
     assert page.status_code == 200
     assert "Scoring failed." in html and "Model could not be loaded" in html and expected in html
+    assert str(model_file.parent) not in html  # clinicians are not shown server paths
     assert f"/predictions/{prediction.pk}/retry/" in html
     status = client.get(f"/cases/{people.case_a.pk}/status.json").json()
     assert [p["status"] for p in status["predictions"]] == ["failed"]
