@@ -27,6 +27,7 @@ from audit.models import AuditEvent
 from cases import prediction_states as states
 from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction
+from classifier import artifact_store
 from classifier.registry import active_version
 
 log = logging.getLogger(__name__)
@@ -288,8 +289,8 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
     mates: list[tuple[int, datetime]] = []
     try:
         try:
-            model = get_model(Path(model_version.artifact_path))
-        except ModelLoadError as exc:
+            model = get_model(artifact_store.local_dir(model_version))
+        except (ModelLoadError, artifact_store.ArtifactUnavailable) as exc:
             _fail(prediction_id, started_at, f"Model could not be loaded: {exc}")
             return "failed"
         mates = _claim_batch_mates(prediction, score_batch_size() - 1, run_by=run_by, worker=worker)

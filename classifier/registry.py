@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from classifier import artifact_store
 from classifier.models import ModelVersion
 from mlcore.artifact import MODEL_FILE, read_card
 from mlcore.artifact import sha256_file as file_sha256
@@ -49,6 +50,8 @@ def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READ
         for name, value in fields.items():
             setattr(version, name, value)
         version.save()
+    if settings.SECONDLOOK_MODELS_IN_STORAGE:  # so that workers on other hosts can load it
+        artifact_store.publish(model_dir, sha)
     return version
 
 

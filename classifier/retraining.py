@@ -18,6 +18,7 @@ from django.core.files.storage import default_storage
 from django.db.models import F
 from django.utils import timezone
 
+from classifier import artifact_store
 from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
 from mlcore.labels import CLASSES
@@ -47,7 +48,7 @@ class ReferenceModel:
     """The active model, adapted to what the training gate comparison needs."""
 
     def __init__(self, version: ModelVersion) -> None:
-        self.loaded = get_model(Path(version.artifact_path))
+        self.loaded = get_model(artifact_store.local_dir(version))
         self.version = version.version
         self.thresholds = self.loaded.thresholds
 

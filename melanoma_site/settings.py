@@ -211,6 +211,9 @@ if S3_BUCKET:
     }
 else:
     _media_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+# Registered model artifacts are also published to the default storage, by content hash, and
+# workers load them from there when the registered path is not on their disk (classifier.artifact_store).
+SECONDLOOK_MODELS_IN_STORAGE = env_bool("SECONDLOOK_MODELS_IN_STORAGE", default=bool(S3_BUCKET))
 STORAGES = {
     "default": _media_storage,
     "staticfiles": {

@@ -184,21 +184,28 @@ def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None, feat
     """
     import tensorflow as tf
 
-    key = hashlib.sha256(f"{sha256}:{tf.__version__}:fp32".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{sha256}:{tf.__version__}:fp32:{int(features)}".encode()).hexdigest()[:24]
     path = current().cache_dir / f"{key}.tflite"
+    seal = path.with_suffix(".sha256")  # the converted file's own hash, written with it
     if path.is_file():
-        return path.read_bytes()
+        data = path.read_bytes()
+        if seal.is_file() and seal.read_text().strip() == hashlib.sha256(data).hexdigest():
+            return data
+        log.warning("cached LiteRT model %s does not match its recorded hash; converting again", path)
+    data = None
     if model_path is not None:
         try:
             subprocess.run([sys.executable, "-m", "mlcore.runners", str(model_path), str(path)]
                            + (["--with-features"] if features else []), check=True,
                            timeout=600, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
-            return path.read_bytes()
+            data = path.read_bytes()
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("LiteRT conversion in a subprocess failed (%s); converting in this process", exc)
-    data = _convert_to_tflite(keras_model)
+    if data is None:
+        data = _convert_to_tflite(keras_model)
     try:
         _write_atomically(path, data)
+        _write_atomically(seal, hashlib.sha256(data).hexdigest().encode())
     except OSError as exc:  # a read-only var dir must not break inference
         log.warning("cannot cache %s: %s", path, exc)
     return data

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 from django.conf import settings
 
 from melanoma_site.celery import app as celery_app
-from melanoma_site.embedded_redis import start_embedded_redis
+from melanoma_site.embedded_redis import free_port, start_embedded_redis
 from tests.support.health import HEALTH_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,3 +222,28 @@ def celery_worker_process(request, django_db_setup, django_db_blocker, use_tiny_
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def s3_endpoint():
+    """An S3-compatible server (moto) on a free port, for the length of one test."""
+    port = free_port()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            # the first request builds moto's backends: seconds on a slow host, so a read timeout
+            # (port open, no answer yet) means "not ready yet" just like a refused connection
+            requests.get(url, timeout=5)
+            break
+        except (requests.ConnectionError, requests.Timeout):
+            if time.monotonic() > deadline:
+                process.terminate()
+                pytest.fail(f"moto server on {url} did not answer within 60 s")
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)

@@ -130,3 +130,20 @@ def test_bf16_clone_keeps_the_whole_stem_in_float32(stem_stride, stem):
     kept = _fp32_stem(build_model(32, width=8, stages=(1, 1), stem_stride=stem_stride).get_config())
     assert stem | {"rescale", "stem_relu"} <= kept
     assert not any(name.startswith("s0b0") for name in kept)
+
+
+def test_a_tampered_converted_model_is_converted_again_not_served(tiny_model_dir, inference_options, tmp_path):
+    from mlcore.model_store import load_model
+    from mlcore.runners import build_runner
+
+    cache = tmp_path / "model-cache"
+    inference_options(cache_dir=cache)
+    m = load_model(tiny_model_dir)
+    x = np.random.default_rng(0).uniform(0, 255, (2, m.input_size, m.input_size, 3)).astype(np.float32)
+    build_runner(m.keras_model, m.input_size, sha256=m.sha256, engine="tflite", precision="fp32")
+    [converted] = cache.glob("*.tflite")
+    good = converted.read_bytes()
+    converted.write_bytes(good[:-64] + b"\0" * 64)  # replaced behind the app's back
+    runner = build_runner(m.keras_model, m.input_size, sha256=m.sha256, engine="tflite", precision="fp32")
+    assert converted.read_bytes() == good
+    np.testing.assert_allclose(runner(x), m.predict_logits_reference(x), atol=1e-3)

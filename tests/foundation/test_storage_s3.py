@@ -2,39 +2,12 @@
 import os
 import subprocess
 import sys
-import time
 
 import boto3
 import pytest
-import requests
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 
-from melanoma_site.embedded_redis import free_port
-
-
-@pytest.fixture
-def s3_endpoint():
-    port = free_port()
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            # the first request builds moto's backends: seconds on a slow host, so a read timeout
-            # (port open, no answer yet) means "not ready yet" just like a refused connection
-            requests.get(url, timeout=5)
-            break
-        except (requests.ConnectionError, requests.Timeout):
-            if time.monotonic() > deadline:
-                process.terminate()
-                pytest.fail(f"moto server on {url} did not answer within 60 s")
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
 
 
 def test_media_storage_on_s3(settings, s3_endpoint, monkeypatch):

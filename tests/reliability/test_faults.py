@@ -245,6 +245,49 @@ def test_a_hung_redis_never_holds_an_upload_and_its_image_is_scored_once_redis_r
         redis_process.wait(timeout=10)
 
 
+def test_a_worker_sharing_no_disk_with_the_web_host_scores_with_the_activated_version(
+        client, use_tiny_model, tmp_path, monkeypatch, settings, s3_endpoint, child_env_for_tests, flush_broker):
+    """Web side (this process) and worker in separate directories, with S3-compatible storage
+    (moto) as the only thing they share besides the database and the broker: the version
+    activated here is published by content hash, fetched, checked and used by the worker."""
+    import boto3
+
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    for key, value in creds.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="models-test")
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": "models-test", "endpoint_url": s3_endpoint, "region_name": "us-east-1",
+                    "default_acl": "private", "file_overwrite": False, "location": "media"}}}
+    settings.SECONDLOOK_MODELS_IN_STORAGE = True
+    web_dir = tmp_path / "web-host" / "models" / "tiny"
+    shutil.copytree(use_tiny_model, web_dir)
+    version = register_active(web_dir)
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+            .list_objects_v2(Bucket="models-test")["Contents"]]
+    assert f"media/models/{version.sha256}/model.keras" in keys
+    shutil.rmtree(tmp_path / "web-host")  # nothing on the web host's disk reaches the worker
+    people = World()
+    worker_var = tmp_path / "worker-host" / "var"
+    env = child_env_for_tests(**creds, S3_BUCKET="models-test", S3_ENDPOINT_URL=s3_endpoint,
+                              SECONDLOOK_VAR_DIR=str(worker_var), MEDIA_ROOT=str(tmp_path / "worker-host" / "media"))
+    celery = [sys.executable, "-m", "celery", "-A", "melanoma_site"]
+    worker = Proc("worker", celery + ["worker", "-Q", "inference", "-n", f"no-shared-disk-{os.getpid()}@%h",
+                                      "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
+                                      "--without-mingle"], env, tmp_path)
+    try:
+        wait_for(lambda: b" ready." in worker.log_path.read_bytes(), what="worker ready", logs=(worker.log_path,))
+        prediction = upload_one(client, people, "remote.jpg", seed=5)
+        wait_for(lambda: status_of(prediction.pk) in ("done", "failed"), what="scored", logs=(worker.log_path,))
+        prediction.refresh_from_db()
+        assert prediction.status == "done", prediction.error
+        assert prediction.model_version == version
+        assert (worker_var / "model-store" / version.sha256 / "model.keras").is_file()
+    finally:
+        worker.stop()
+
+
 # --- the model file missing or corrupt -----------------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])

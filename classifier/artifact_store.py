@@ -1,0 +1,99 @@
+"""Model artifacts in the configured storage, addressed by content, so that every worker scores
+with the version the admin activated, whatever disk it has.
+
+A registered artifact is published to ``models/<sha256 of model.keras>/`` of the default storage
+(S3-compatible object storage in production) when SECONDLOOK_MODELS_IN_STORAGE is on. A worker
+asks `local_dir(version)` for a directory to load from: the registered path when it holds that
+very model, else its own cache under VAR_DIR, filled from the storage and checked against the
+registry's sha256 before use (a corrupt or swapped download is refused, never served).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.base import File
+from django.core.files.storage import default_storage
+
+from classifier.models import ModelVersion
+from mlcore.artifact import CARD_FILE, MODEL_FILE, read_card, sha256_file
+
+PREFIX = "models"
+
+
+class ArtifactUnavailable(RuntimeError):
+    """The version's model can be found neither on this host nor in the storage (or fails its check)."""
+
+
+def storage_prefix(sha256: str) -> str:
+    return f"{PREFIX}/{sha256}"
+
+
+def publish(model_dir: Path, sha256: str) -> list[str]:
+    """Copy every file of the artifact directory to the storage (files already there are kept:
+    the same name holds the same bytes). Returns the storage names written."""
+    written = []
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        name = f"{storage_prefix(sha256)}/{path.relative_to(model_dir).as_posix()}"
+        if default_storage.exists(name):
+            continue
+        with open(path, "rb") as handle:
+            default_storage.save(name, File(handle, name=path.name))
+        written.append(name)
+    return written
+
+
+def _holds(model_dir: Path, sha256: str) -> bool:
+    model_file = Path(model_dir) / MODEL_FILE
+    return model_file.is_file() and (Path(model_dir) / CARD_FILE).is_file() and sha256_file(model_file) == sha256
+
+
+def _download(sha256: str, target: Path) -> None:
+    prefix = storage_prefix(sha256)
+    pending = [""]
+    while pending:  # storages list one level at a time
+        sub = pending.pop()
+        dirs, files = default_storage.listdir(f"{prefix}/{sub}".rstrip("/"))
+        pending += [f"{sub}{d}/" for d in dirs]
+        for name in files:
+            out = target / sub / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with default_storage.open(f"{prefix}/{sub}{name}", "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def local_dir(version: ModelVersion) -> Path:
+    """A directory on this host holding ``version``'s artifact, checked against its sha256."""
+    registered = Path(version.artifact_path) if version.artifact_path else None
+    if not version.sha256:
+        if registered is not None and registered.is_dir():
+            return registered
+        raise ArtifactUnavailable(f"model version {version.version} has no artifact")
+    if registered is not None and _holds(registered, version.sha256):
+        return registered
+    cache = Path(settings.VAR_DIR) / "model-store" / version.sha256
+    if _holds(cache, version.sha256):
+        return cache
+    if not settings.SECONDLOOK_MODELS_IN_STORAGE:
+        if registered is None:
+            raise ArtifactUnavailable(f"model version {version.version} has no artifact path")
+        return registered  # loading it says precisely what is wrong (missing, corrupt)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version.sha256[:12]}-", dir=cache.parent))
+    try:
+        _download(version.sha256, staging)
+        if not _holds(staging, version.sha256):
+            raise ArtifactUnavailable(f"the stored model of {version.version} does not match its sha256 "
+                                      f"{version.sha256[:12]}… (corrupt or replaced): refused")
+        if read_card(staging).get("model_sha256") != version.sha256:
+            raise ArtifactUnavailable(f"the stored model card of {version.version} names another model: refused")
+        try:
+            staging.rename(cache)  # atomic: a concurrent download that won is just as good
+        except OSError:
+            if not _holds(cache, version.sha256):
+                raise
+        return cache
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
