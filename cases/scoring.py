@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from celery import current_app
 from django.conf import settings

@@ -14,7 +14,6 @@ from typing import Callable
 
 import numpy as np
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db.models import F
 from django.utils import timezone
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlcore.options import ENGINES, PRECISIONS, current
+from mlcore.options import current
 
 log = logging.getLogger(__name__)
 

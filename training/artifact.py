@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import REPO_ROOT, TrainConfig
-from mlcore.artifact import CARD_FILE, MODEL_FILE, read_card, sha256_file, write_card
+from mlcore.artifact import MODEL_FILE, read_card, sha256_file, write_card
 from mlcore.imageio import RESIZE_METHOD
 from mlcore.labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES
 from mlcore.scoring import Thresholds

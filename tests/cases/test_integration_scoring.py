@@ -6,7 +6,6 @@ mid-inference; Redis down at upload time.
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 
 import pytest
 

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import boto3
-import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 

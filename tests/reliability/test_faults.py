@@ -154,6 +154,20 @@ class Proc:
         self._log.close()
 
 
+CELERY = [sys.executable, "-m", "celery", "-A", "melanoma_site"]
+
+
+def start_worker(env: dict, log_dir: Path, name: str) -> Proc:
+    """A real inference worker (one process) named ``name``."""
+    return Proc("worker", CELERY + ["worker", "-Q", "inference", "-n", f"{name}-{os.getpid()}@%h", "--concurrency",
+                                    "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"], env, log_dir)
+
+
+def start_beat(env: dict, log_dir: Path) -> Proc:
+    return Proc("beat", CELERY + ["beat", "--loglevel", "INFO", "--schedule", str(log_dir / "beat-schedule")],
+                env, log_dir)
+
+
 def test_redis_server_down_at_upload_then_beat_and_worker_recover_with_no_manual_step(
         client, use_tiny_model, media_root, tmp_path, monkeypatch, child_env_for_tests):
     child_env = child_env_for_tests
@@ -165,12 +179,7 @@ def test_redis_server_down_at_upload_then_beat_and_worker_recover_with_no_manual
     port = free_port()
     redis_process, url = start_embedded_redis(tmp_path / "redis", port=port)
     env = child_env(REDIS_URL=url, SWEEP_INTERVAL_SECONDS="1")
-    celery = [sys.executable, "-m", "celery", "-A", "melanoma_site"]
-    worker = Proc("worker", celery + ["worker", "-Q", "inference", "-n", f"redis-down-{os.getpid()}@%h",
-                                      "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
-                                      "--without-mingle"], env, tmp_path)
-    beat = Proc("beat", celery + ["beat", "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule")],
-                env, tmp_path)
+    worker, beat = start_worker(env, tmp_path, "redis-down"), start_beat(env, tmp_path)
     logs = (worker.log_path, beat.log_path, tmp_path / "redis" / "redis.log")
     monkeypatch.setattr(app.conf, "broker_url", url)  # the web side (this process) uses this Redis
     try:
@@ -215,12 +224,7 @@ def test_a_hung_redis_never_holds_an_upload_and_its_image_is_scored_once_redis_r
     people = World()
     redis_process, url = start_embedded_redis(tmp_path / "redis")
     env = child_env(REDIS_URL=url, SWEEP_INTERVAL_SECONDS="1")
-    celery = [sys.executable, "-m", "celery", "-A", "melanoma_site"]
-    worker = Proc("worker", celery + ["worker", "-Q", "inference", "-n", f"redis-hung-{os.getpid()}@%h",
-                                      "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
-                                      "--without-mingle"], env, tmp_path)
-    beat = Proc("beat", celery + ["beat", "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule")],
-                env, tmp_path)
+    worker, beat = start_worker(env, tmp_path, "redis-hung"), start_beat(env, tmp_path)
     logs = (worker.log_path, beat.log_path, tmp_path / "redis" / "redis.log")
     monkeypatch.setattr(app.conf, "broker_url", url)
     try:
@@ -272,10 +276,7 @@ def test_a_worker_sharing_no_disk_with_the_web_host_scores_with_the_activated_ve
     worker_var = tmp_path / "worker-host" / "var"
     env = child_env_for_tests(**creds, S3_BUCKET="models-test", S3_ENDPOINT_URL=s3_endpoint,
                               SECONDLOOK_VAR_DIR=str(worker_var), MEDIA_ROOT=str(tmp_path / "worker-host" / "media"))
-    celery = [sys.executable, "-m", "celery", "-A", "melanoma_site"]
-    worker = Proc("worker", celery + ["worker", "-Q", "inference", "-n", f"no-shared-disk-{os.getpid()}@%h",
-                                      "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
-                                      "--without-mingle"], env, tmp_path)
+    worker = start_worker(env, tmp_path, "no-shared-disk")
     try:
         wait_for(lambda: b" ready." in worker.log_path.read_bytes(), what="worker ready", logs=(worker.log_path,))
         prediction = upload_one(client, people, "remote.jpg", seed=5)
