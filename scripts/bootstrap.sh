@@ -1,5 +1,6 @@
 # Sourced by run.sh and test.sh: make .venv and install the pinned requirements when they changed.
-# REQUIREMENTS (default requirements.txt, the runtime) names the file: test.sh sets requirements-dev.txt.
+# REQUIREMENTS (default requirements.txt, the runtime) names the file: run.sh sets
+# requirements-training.txt, test.sh requirements-dev.txt.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
