@@ -9,7 +9,7 @@ from audit import log as audit_log
 from audit.models import AuditEvent
 from cases.access import clinic_of
 from cases.monitoring import RECENT_DAYS, assessment_rates
-from cases.rescoring import scored_count, start_rescore
+from cases.rescoring import disagreement_count, scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
 from classifier.models import ModelVersion, RescoreJob
 from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
@@ -164,6 +164,19 @@ class LesionImageAdmin(ClinicalAdmin):
                                    "in the background.")
 
 
+class DisagreesWithReviewFilter(admin.SimpleListFilter):
+    """Re-scores whose new model disagrees with the dermatologist's review of the same image."""
+
+    title = "new model vs review"
+    parameter_name = "disagrees"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "New model disagrees with review")]
+
+    def queryset(self, request, queryset):
+        return queryset.exclude(review_disagreement="") if self.value() == "yes" else queryset
+
+
 @admin.register(Prediction)
 class PredictionAdmin(ReadOnlyAdmin):
     clinic_path = "image__lesion__case__patient__clinic"
@@ -177,7 +190,7 @@ class PredictionAdmin(ReadOnlyAdmin):
 
     list_display = ["pk", "image", "model_version", "status", "melanoma_probability", "malignancy_score", "flagged",
                     "assessable", "attempts", "enqueued_at", "finished_at"]
-    list_filter = ["status", "flagged", "assessable", "model_version"]
+    list_filter = ["status", "flagged", "assessable", DisagreesWithReviewFilter, "model_version"]
     search_fields = ["image__lesion__case__patient__identifier", "error"]
     raw_id_fields = ["image"]
     readonly_fields = ["class_probabilities", "flag_reasons", "inference_ms", "heatmap_file", "created_at", "started_at",
@@ -293,7 +306,7 @@ admin.site.register(ModelVersion, ModelVersionWithRatesAdmin)
 
 @admin.register(RescoreJob)
 class RescoreJobAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "created_by")
+    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "disagreements", "created_by")
     list_filter = ("status",)
     readonly_fields = [f.name for f in RescoreJob._meta.fields]
 
@@ -306,3 +319,12 @@ class RescoreJobAdmin(admin.ModelAdmin):
     @admin.display(description="Scored")
     def scored(self, obj: RescoreJob) -> int:
         return scored_count(obj)
+
+    @admin.display(description="New model disagrees with review")
+    def disagreements(self, obj: RescoreJob):
+        count = disagreement_count(obj)
+        if not count:
+            return "0"
+        url = (reverse("admin:cases_prediction_changelist")
+               + f"?disagrees=yes&model_version__id__exact={obj.model_version_id}")
+        return format_html('<a href="{}">{}</a>', url, count)

@@ -257,6 +257,9 @@ class Prediction(models.Model):
     # the task run (Celery task id) and worker (node name) that claimed it while running: a
     # redelivered message resumes its own run at once, and the sweep re-queues a dead worker's
     run_by = models.CharField(max_length=64, blank=True)
+    # set when this score (a re-score with a newer version) disagrees with the dermatologist's
+    # review of the same image; the lesion is then listed for the admin, not put back in the queue
+    review_disagreement = models.CharField(max_length=300, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     inference_ms = models.FloatField(null=True, blank=True)

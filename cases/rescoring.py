@@ -50,7 +50,7 @@ def run_rescore(*, job_id: int) -> int:
         for image_id in ids[start:start + CHUNK]:
             prediction, created = Prediction.objects.get_or_create(image_id=image_id, model_version=job.model_version)
             if created or prediction.enqueued_at is None:
-                scoring.dispatch_prediction(prediction.pk)
+                scoring.dispatch_prediction(prediction.pk, queue=scoring.RESCORE_QUEUE)
             queued += 1
         RescoreJob.objects.filter(pk=job_id).update(queued=queued)
     RescoreJob.objects.filter(pk=job_id).update(status=RescoreJob.Status.DONE, finished_at=timezone.now())
@@ -65,4 +65,9 @@ def scored_count(job: RescoreJob) -> int:
     return done.count()
 
 
-
+def disagreement_count(job: RescoreJob) -> int:
+    """How many of the job's new scores disagree with a dermatologist's review of the same image."""
+    rows = Prediction.objects.filter(model_version=job.model_version).exclude(review_disagreement="")
+    if job.image_ids:
+        rows = rows.filter(image_id__in=job.image_ids)
+    return rows.count()

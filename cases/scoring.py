@@ -19,18 +19,22 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
 from cases import prediction_states as states
 from cases.context import image_context
-from cases.models import Case, Lesion, LesionImage, Prediction
+from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from classifier import artifact_store
 from classifier.registry import active_version
+from mlcore.labels import MALIGNANT_CLASSES
 
 log = logging.getLogger(__name__)
 SCORE_TASK = "cases.tasks.score_image"
+INTERACTIVE_QUEUE = "inference"
+# re-scoring with a new version: consumed after the interactive queue (queue_order_strategy "priority")
+RESCORE_QUEUE = "rescoring"
 
 HEATMAP_DIR = "heatmaps"
 # what scoring reads besides the prediction: the image, its patient (clinical context), the model
@@ -46,8 +50,10 @@ def hard_time_limit() -> int:
     return int(settings.CELERY_TASK_TIME_LIMIT)
 
 
-def dispatch_prediction(prediction_id: int, *, connection=None) -> bool:
+def dispatch_prediction(prediction_id: int, *, connection=None, queue: str = INTERACTIVE_QUEUE) -> bool:
     """Send the scoring task for a pending prediction; False (and still pending) if the broker is down.
+    ``queue``: INTERACTIVE_QUEUE for a clinician's upload, RESCORE_QUEUE for re-scoring, which
+    workers take only when no interactive task waits.
 
     enqueued_at is claimed first with a conditional UPDATE so that dispatch and a concurrent
     sweep don't both send; on a send failure the claim is released for the sweep to retry.
@@ -57,10 +63,10 @@ def dispatch_prediction(prediction_id: int, *, connection=None) -> bool:
         return False
     try:
         if connection is not None:
-            _send(prediction_id, connection)
+            _send(prediction_id, connection, queue)
         else:
             with _broker_connection() as fresh:
-                _send(prediction_id, fresh)
+                _send(prediction_id, fresh, queue)
     except Exception as exc:  # broker down: the upload stands, the sweep sends it later
         log.warning("could not enqueue prediction %s (%s: %s); the sweep will retry", prediction_id,
                     type(exc).__name__, exc)
@@ -82,10 +88,10 @@ def _broker_connection():
     return current_app.connection_for_write(connect_timeout=timeout, transport_options=options)
 
 
-def _send(prediction_id: int, connection) -> None:
+def _send(prediction_id: int, connection, queue: str = INTERACTIVE_QUEUE) -> None:
     connection.ensure_connection(max_retries=0)  # one try: the sweep is the retry
     # by name: cases.tasks imports this module (the task wraps run_prediction)
-    current_app.send_task(SCORE_TASK, args=[prediction_id], queue="inference", connection=connection, retry=False)
+    current_app.send_task(SCORE_TASK, args=[prediction_id], queue=queue, connection=connection, retry=False)
 
 
 def _requeue(prediction_id: int, *, started_before: datetime, now: datetime, worker: str | None = None) -> bool:
@@ -160,16 +166,20 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     candidates = Prediction.objects.filter(status=Status.PENDING).filter(
         Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - stale_after)
     ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+    # a prediction of an image that already has another version's is a re-score: low priority
+    earlier = Prediction.objects.filter(image_id=OuterRef("image_id")).exclude(pk=OuterRef("pk"))
     sent: list[int] = []
-    rows = list(candidates.order_by("pk").values_list("pk", "enqueued_at")[:500])
+    rows = list(candidates.annotate(rescore=Exists(earlier)).order_by("pk")
+                .values_list("pk", "enqueued_at", "rescore")[:500])
     if not rows:
         return sent
     with _broker_connection() as connection:
-        for prediction_id, enqueued_at in rows:
+        for prediction_id, enqueued_at, rescore in rows:
             # Re-claim with a conditional UPDATE on the value we read: a concurrent sweep loses.
             if enqueued_at is not None and not states.release_dispatch(prediction_id, enqueued_at=enqueued_at):
                 continue
-            if dispatch_prediction(prediction_id, connection=connection):
+            if dispatch_prediction(prediction_id, connection=connection,
+                                   queue=RESCORE_QUEUE if rescore else INTERACTIVE_QUEUE):
                 sent.append(prediction_id)
     return sent
 
@@ -366,6 +376,8 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
     else:
         # never silently unflagged: the lesion goes to the dermatologists with its own reason
         flagged, reasons = True, [f"{CANNOT_ASSESS}: {note}" for note in notes]
+    review = review_of_image(prediction.image)
+    disagreement = review_disagreement(review, flagged=flagged) if review is not None else ""
     heatmap_name = ""
     if heatmap:
         heatmap_name = default_storage.save(f"{HEATMAP_DIR}/{uuid.uuid4().hex}.png", ContentFile(heatmap))
@@ -386,10 +398,13 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
                 assessment=getattr(result, "assessment", None),
                 prediction_set=getattr(result, "prediction_set", None),
                 heatmap=heatmap_name,
+                review_disagreement=disagreement,
             )
             if not stored:
                 raise _Superseded
-            if flagged:
+            # an image a dermatologist has already reviewed (a re-score with a new version) does
+            # not go back to the queue: a disagreement is listed for the admin instead
+            if flagged and review is None:
                 _flag_lesion(prediction.image.lesion_id, now)
             AuditEvent.objects.create(
                 action="score", object_type="prediction", object_id=str(prediction.pk),
@@ -419,6 +434,26 @@ class _Superseded(Exception):
 def _unit(value: float) -> float:
     """Clamp float noise (1.0000001) into [0, 1] so the database range check holds."""
     return min(1.0, max(0.0, float(value)))
+
+
+def review_of_image(image: LesionImage) -> Review | None:
+    """The newest review of the image's lesion made after the image was uploaded (so: a review
+    that saw this image), or None."""
+    return (Review.objects.filter(lesion_id=image.lesion_id, created_at__gte=image.uploaded_at)
+            .order_by("-created_at").first())
+
+
+def review_disagreement(review: Review, *, flagged: bool) -> str:
+    """Why a score disagrees with a dermatologist's review of the same image ("" when it agrees):
+    a flag on a lesion reviewed as benign with reassurance or follow-up, or no flag on one
+    reviewed as malignant or sent for biopsy or excision."""
+    malignant = review.final_diagnosis in MALIGNANT_CLASSES or review.management in (
+        Review.Management.BIOPSY, Review.Management.EXCISION)
+    if flagged and not malignant:
+        return f"New model disagrees with review: it flags a lesion reviewed as {review.final_diagnosis} ({review.get_management_display().lower()})."
+    if not flagged and malignant:
+        return f"New model disagrees with review: it does not flag a lesion reviewed as {review.final_diagnosis} ({review.get_management_display().lower()})."
+    return ""
 
 
 def _flag_lesion(lesion_id: int, when) -> None:

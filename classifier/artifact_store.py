@@ -67,8 +67,8 @@ def _download(sha256: str, target: Path) -> None:
 def local_dir(version: ModelVersion) -> Path:
     """A directory on this host holding ``version``'s artifact, checked against its sha256."""
     registered = Path(version.artifact_path) if version.artifact_path else None
-    if not version.sha256:
-        if registered is not None and registered.is_dir():
+    if not version.sha256:  # registered before hashes were kept: loading it checks what it can
+        if registered is not None:
             return registered
         raise ArtifactUnavailable(f"model version {version.version} has no artifact")
     if registered is not None and _holds(registered, version.sha256):

@@ -11,5 +11,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "melanoma_site.settings")
 
 app = Celery("melanoma_site")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("inference"), Queue("training"))
+app.conf.task_queues = (Queue("inference"), Queue("rescoring"), Queue("training"))
 app.autodiscover_tasks()

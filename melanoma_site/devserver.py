@@ -32,7 +32,8 @@ def _services(env: dict[str, str], host: str, port: int) -> dict[str, list[str]]
         "web": [PYTHON, "-m", "gunicorn", "melanoma_site.wsgi", "--bind", f"{host}:{port}",
                 "--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", "4", "--timeout", "60",
                 "--access-logfile", "-", "--control-socket", str(var / f"gunicorn-{port}.ctl")],
-        "inference-worker": celery + ["worker", "-Q", "inference", "-n", "inference@%h", "--concurrency",
+        # interactive uploads first, re-scoring when none waits (queue_order_strategy "priority")
+        "inference-worker": celery + ["worker", "-Q", "inference,rescoring", "-n", "inference@%h", "--concurrency",
                                      env.get("INFERENCE_CONCURRENCY", "1"), "--loglevel", "INFO"],
         "training-worker": celery + ["worker", "-Q", "training", "-n", "training@%h", "--concurrency", "1",
                                     "--loglevel", "INFO"],

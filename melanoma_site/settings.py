@@ -248,7 +248,8 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "inference"
 # Everything runs on "inference" unless routed here; training gets workers of its own.
-CELERY_TASK_ROUTES = {"classifier.tasks.train_model": {"queue": "training"}}
+CELERY_TASK_ROUTES = {"classifier.tasks.train_model": {"queue": "training"},
+                      "cases.tasks.rescore_images": {"queue": "rescoring"}}
 # Idempotent tasks: acknowledge after they finish, and redeliver if a worker dies mid-task.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -267,7 +268,10 @@ CELERY_TASK_TIME_LIMIT = 180
 TRAINING_SOFT_TIME_LIMIT = int(os.environ.get("TRAINING_SOFT_TIME_LIMIT", str(3 * 3600)))
 TRAINING_TIME_LIMIT = TRAINING_SOFT_TIME_LIMIT + 600
 # Must exceed the longest task, or Redis hands a running task to a second worker.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TRAINING_TIME_LIMIT + 3600}
+# "priority": a worker of "inference,rescoring" always takes an interactive task first, so
+# re-scoring every image never delays a clinician's upload by more than the task at hand.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TRAINING_TIME_LIMIT + 3600,
+                                   "queue_order_strategy": "priority"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_SERIALIZER = "json"

@@ -218,7 +218,7 @@ def celery_worker_process(request, django_db_setup, django_db_blocker, use_tiny_
 
     Tests that use it must commit their data: mark them ``django_db(transaction=True)``.
     """
-    worker = WorkerProcess("inference,training", child_env(), tmp_path / "worker.log", f"test-{os.getpid()}")
+    worker = WorkerProcess("inference,rescoring,training", child_env(), tmp_path / "worker.log", f"test-{os.getpid()}")
     worker.start()
     yield worker
     worker.stop()

@@ -17,7 +17,7 @@ def _isolated(fast_passwords, media_root) -> None:
 def dispatched(monkeypatch) -> list[int]:
     """Record scoring dispatches instead of talking to the broker."""
     sent: list[int] = []
-    monkeypatch.setattr("cases.scoring.dispatch_prediction", lambda pk: sent.append(pk) or True)
+    monkeypatch.setattr("cases.scoring.dispatch_prediction", lambda pk, **kwargs: sent.append(pk) or True)
     return sent
 
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 from cases import queue, scoring
 from audit.models import AuditEvent
 from cases.models import Case, Lesion, Patient, Prediction, Review
+from classifier.models import ModelVersion
 from tests.support.case_helpers import make_image, stored_files
 from tests.support.imagegen import png
 from mlcore.clinical import ClinicalContext
@@ -239,7 +240,7 @@ def test_missing_model_fails_with_clear_error_and_retry_resets(client, world, mo
 
 def test_sweep_sends_unqueued_and_stuck_but_not_fresh(world, model_version, monkeypatch, settings):
     sent = []
-    monkeypatch.setattr(scoring, "_send", lambda pk, connection: sent.append(pk))
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": sent.append(pk))
     settings.SCORING_BACKOFF_S = 0.5
     now = timezone.now()
     never = Prediction.objects.create(image=make_image(world, "1" * 64), model_version=model_version)
@@ -267,7 +268,7 @@ def test_sweep_sends_unqueued_and_stuck_but_not_fresh(world, model_version, monk
 
 
 def test_sweep_requeues_at_once_what_a_dead_worker_was_scoring(world, model_version, monkeypatch, settings):
-    monkeypatch.setattr(scoring, "_send", lambda pk, connection: None)
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": None)
     settings.SCORING_BACKOFF_S, settings.SCORING_ORPHAN_GRACE_S = 0.0, 1.0
     started = timezone.now() - timedelta(seconds=2)
     orphan = Prediction.objects.create(image=make_image(world, "6" * 64), model_version=model_version, status="running",
@@ -285,7 +286,7 @@ def test_sweep_requeues_at_once_what_a_dead_worker_was_scoring(world, model_vers
 
 
 def test_a_prediction_that_keeps_killing_its_worker_fails_with_its_reason(world, model_version, monkeypatch, settings):
-    monkeypatch.setattr(scoring, "_send", lambda pk, connection: None)
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": None)
     settings.SCORING_BACKOFF_S, settings.SCORING_MAX_ATTEMPTS = 0.0, 3
     started = timezone.now() - timedelta(seconds=30)
     poison = Prediction.objects.create(image=make_image(world, "8" * 64), model_version=model_version, status="running",
@@ -299,7 +300,7 @@ def test_a_prediction_that_keeps_killing_its_worker_fails_with_its_reason(world,
 
 def test_images_stored_without_a_prediction_get_one_from_the_sweep(world, model_version, monkeypatch):
     sent = []
-    monkeypatch.setattr(scoring, "_send", lambda pk, connection: sent.append(pk))
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": sent.append(pk))
     image = make_image(world, "9" * 64)  # stored while the registry could not be read
     assert not image.predictions.exists()
     scoring.sweep(alive=set())
@@ -308,7 +309,7 @@ def test_images_stored_without_a_prediction_get_one_from_the_sweep(world, model_
 
 
 def test_sweep_with_broker_down_leaves_predictions_unqueued(world, model_version, monkeypatch):
-    def down(pk, connection):
+    def down(pk, connection, queue="inference"):
         raise ConnectionRefusedError("redis down")
 
     monkeypatch.setattr(scoring, "_send", down)
@@ -426,3 +427,42 @@ def test_setup_demo_puts_clinician_in_demo_clinic(db):
     assert clinic_of(users["clinician"]).name == "Demo Clinic" and is_clinician(users["clinician"])
     assert clinic_of(users["dermatologist"]) is None and is_reviewer(users["dermatologist"])
     assert is_reviewer(users["admin"]) and clinic_of(users["admin"]).name == "Demo Clinic"
+
+
+def test_rescoring_a_reviewed_image_does_not_reopen_it_and_lists_a_disagreement(world, model_version, monkeypatch,
+                                                                                  fake_classifier):
+    """Re-scored with a new version after a dermatologist's review: the lesion stays out of the
+    queue; where the new model disagrees with the review the prediction says so, for the admin."""
+    from cases.models import Case, Review
+    from cases.rescoring import disagreement_count, run_rescore, start_rescore
+    from classifier.registry import activate
+
+    sent = []
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": sent.append((pk, queue)))
+    monkeypatch.setattr("cases.rescoring.enqueue", lambda pk: None)
+    image = make_image(world, "r" * 64)
+    Prediction.objects.create(image=image, model_version=model_version, status="done", melanoma_probability=0.1,
+                              malignancy_score=0.1, finished_at=timezone.now())
+    Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
+                          management="reassure")
+    Case.objects.filter(pk=world.case_a.pk).update(status=Case.Status.REVIEWED)
+    new_version = activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x",
+                                                       melanoma_threshold=0.0, malignancy_threshold=0.0))
+    
+    job = start_rescore(user=world.admin)
+    run_rescore(job_id=job.pk)
+    rescored = Prediction.objects.get(image=image, model_version=new_version)
+    assert sent == [(rescored.pk, "rescoring")]  # the low-priority queue
+    assert scoring.run_prediction(prediction_id=rescored.pk).startswith("done")
+    rescored.refresh_from_db()
+    world.lesion_a.refresh_from_db()
+    assert rescored.flagged and not world.lesion_a.awaiting_review
+    assert Case.objects.get(pk=world.case_a.pk).status == Case.Status.REVIEWED
+    assert rescored.review_disagreement.startswith("New model disagrees with review: it flags a lesion reviewed as nevus")
+    assert disagreement_count(job) == 1
+    # a new image of the same lesion, uploaded after the review, is a new question: it is queued
+    later = make_image(world, "5" * 64)
+    fresh = Prediction.objects.create(image=later, model_version=new_version)
+    scoring.run_prediction(prediction_id=fresh.pk)
+    world.lesion_a.refresh_from_db()
+    assert world.lesion_a.awaiting_review

@@ -46,3 +46,4 @@ def test_rescore_chosen_images_only(world, model_version, dispatched, monkeypatc
     job = start_rescore(user=world.admin, image_ids=[second.pk])
     run_rescore(job_id=job.pk)
     assert list(Prediction.objects.filter(model_version=model_version).values_list("image_id", flat=True)) == [second.pk]
+

@@ -5,10 +5,13 @@ from melanoma_site.celery import app
 
 
 def test_queues_and_routing():
-    assert {q.name for q in app.conf.task_queues} == {"inference", "training"}
+    assert {q.name for q in app.conf.task_queues} == {"inference", "rescoring", "training"}
     assert app.conf.task_default_queue == "inference"
     assert app.amqp.router.route({}, "classifier.tasks.train_model")["queue"].name == "training"
     assert app.amqp.router.route({}, "cases.tasks.score_image")["queue"].name == "inference"
+    assert app.amqp.router.route({}, "cases.tasks.rescore_images")["queue"].name == "rescoring"
+    # a worker of both queues drains the interactive one first
+    assert app.conf.broker_transport_options["queue_order_strategy"] == "priority"
 
 
 def test_reliability_options():
