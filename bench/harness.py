@@ -180,7 +180,7 @@ class App:
 
     def add_inference_worker(self, wait: bool = True) -> str:
         name = f"inference{len(self.worker_names()) + 1}"
-        self._spawn(name, [PYTHON, "-m", "celery", "-A", "melanoma_site", "worker", "-Q", "inference",
+        self._spawn(name, [PYTHON, "-m", "celery", "-A", "melanoma_site", "worker", "-Q", "inference,rescoring",
                            "-n", f"{name}@%h", "--concurrency", "1", "--loglevel", "INFO",
                            "--without-gossip", "--without-mingle"])
         if wait:

@@ -72,6 +72,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             path("rollback/", wrap(self.rollback_view), name="classifier_modelversion_rollback"),
             path("<int:pk>/activate/", wrap(self.activate_view), name="classifier_modelversion_activate"),
             path("<int:pk>/cancel/", wrap(self.cancel_view), name="classifier_modelversion_cancel"),
+            path("<int:pk>/retry/", wrap(self.retry_view), name="classifier_modelversion_retry"),
+            path("<int:pk>/delete-failed/", wrap(self.delete_failed_view), name="classifier_modelversion_delete_failed"),
             path("<int:pk>/progress/", wrap(self.progress_view), name="classifier_modelversion_progress"),
             path("<int:pk>/plot/<str:name>.png", wrap(self.plot_view), name="classifier_modelversion_plot"),
         ] + super().get_urls()
@@ -134,6 +136,25 @@ class ModelVersionAdmin(admin.ModelAdmin):
         version = get_object_or_404(ModelVersion, pk=pk)
         return self._post_action(request, lambda: lifecycle.request_cancel(version=version, user=request.user),
                                  "Cancellation of {version} requested.", pk)
+
+    def retry_view(self, request, pk: int):
+        version = get_object_or_404(ModelVersion, pk=pk)
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not self.has_change_permission(request):
+            raise PermissionDenied("You may not train model versions.")
+        try:
+            run = lifecycle.retry_training(version=version, user=request.user)
+        except lifecycle.LifecycleError as exc:
+            messages.error(request, str(exc))
+            return redirect("admin:classifier_modelversion_change", pk)
+        messages.success(request, f"Training {run.version} queued with the settings of {version.version}.")
+        return redirect("admin:classifier_modelversion_change", run.pk)
+
+    def delete_failed_view(self, request, pk: int):
+        version = get_object_or_404(ModelVersion, pk=pk)
+        return self._post_action(request, lambda: lifecycle.delete_failed(version=version, user=request.user),
+                                 "The failed run {version} was deleted.")
 
     def rollback_view(self, request):
         return self._post_action(request, lambda: lifecycle.rollback(user=request.user),

@@ -5,12 +5,13 @@ Celery tasks only after the transaction commits.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import log as audit_log
@@ -74,23 +75,56 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
     unknown = set(overrides or {}) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise LifecycleError(f"Unknown training setting(s): {', '.join(sorted(unknown))}.")
+    busy = LifecycleError("A training run is already in progress; wait for it or cancel it.")
+    if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).exists():
+        raise busy
+    try:
+        with transaction.atomic():
+            version = _create_run(request, overrides, user)
+    except IntegrityError:  # another run started in between: the database allows one
+        raise busy from None
+    return version
+
+
+def _create_run(request: TrainingRequest, overrides: dict | None, user) -> ModelVersion:
+    """The new run's registry row, its audit event and its task (sent after commit)."""
+    version = ModelVersion.objects.create(
+        version=f"train-{timezone.now():%Y%m%d-%H%M%S}",
+        status=ModelVersion.Status.TRAINING,
+        data_sources=list(request.sources),
+        target_sensitivity=request.target_sensitivity,
+        training_config={"epochs": request.epochs, "seed": request.seed,
+                         "target_sensitivity": request.target_sensitivity, "overrides": dict(overrides or {})},
+        progress={"phase": "queued"},
+        created_by=user,
+    )
+    audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
+                                       "seed": request.seed})
+    # by name: classifier.tasks imports the services it wraps
+    transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk]))
+    return version
+
+
+def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:
+    """Start a new run with what a failed run was asked (its data sources and settings)."""
+    if version.status != ModelVersion.Status.FAILED:
+        raise LifecycleError(f"{version.version} did not fail; only a failed run can be retried.")
+    asked = version.training_config
+    return start_training(sources=version.data_sources, epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
+                          target_sensitivity=asked.get("target_sensitivity", version.target_sensitivity or 0.9),
+                          overrides=asked.get("overrides") or None, user=user)
+
+
+def delete_failed(*, version: ModelVersion, user=None) -> ModelVersion:
+    """Remove a failed run from the registry, with whatever it left in the models directory."""
     with transaction.atomic():
-        if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING, finished_at__isnull=True).exists():
-            raise LifecycleError("A training run is already in progress; wait for it or cancel it.")
-        version = ModelVersion.objects.create(
-            version=f"train-{timezone.now():%Y%m%d-%H%M%S}",
-            status=ModelVersion.Status.TRAINING,
-            data_sources=list(request.sources),
-            target_sensitivity=request.target_sensitivity,
-            training_config={"epochs": request.epochs, "seed": request.seed,
-                             "target_sensitivity": request.target_sensitivity, "overrides": dict(overrides or {})},
-            progress={"phase": "queued"},
-            created_by=user,
-        )
-        audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
-                                           "seed": request.seed})
-        # by name: classifier.tasks imports the services it wraps
-        transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk]))
+        deleted, _ = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.FAILED).delete()
+        if not deleted:
+            raise LifecycleError(f"{version.version} did not fail; only a failed run can be deleted.")
+        audit_registry_event(user, "delete", version, old={"version": version.version, "error": version.error[:500]})
+    out = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
+    if version.artifact_path and Path(version.artifact_path).resolve() == out.resolve():
+        shutil.rmtree(out, ignore_errors=True)
     return version
 
 

@@ -45,6 +45,8 @@ class ModelVersion(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["status"], condition=Q(status="active"), name="one_active_model_version"),
+            # one training run at a time, whoever starts it (two admins, a retry, a shell)
+            models.UniqueConstraint(fields=["status"], condition=Q(status="training"), name="one_training_run"),
             models.CheckConstraint(
                 condition=Q(status__in=["training", "failed", "ready", "active", "retired"]),
                 name="model_version_status_valid",

@@ -20,6 +20,7 @@ from django.utils import timezone
 from classifier import artifact_store
 from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
+from classifier.registry import register_artifact
 from mlcore.labels import CLASSES
 from mlcore.model_store import get_model
 from training.config import TrainConfig
@@ -115,12 +116,38 @@ def run_training(*, version_id: int) -> str:
         log.exception("training %s failed", version.version)
         _fail(version_id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}")
         return "failed"
-    from classifier.registry import register_artifact
-
-    registered = register_artifact(out_dir)
-    ModelVersion.objects.filter(pk=version_id).update(
-        status=ModelVersion.Status.READY, finished_at=timezone.now(),
-        progress=F("progress"), notes=f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images.",
-    )
+    try:
+        registered = register_artifact(out_dir)
+        ModelVersion.objects.filter(pk=version_id).update(
+            status=ModelVersion.Status.READY, finished_at=timezone.now(),
+            progress=F("progress"), notes=f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images.",
+        )
+    except Exception as exc:  # trained, but not registered: never leave it "training"
+        log.exception("registering %s failed", version.version)
+        _fail(version_id, f"Training finished but the model could not be registered: {type(exc).__name__}: {exc}")
+        return "failed"
     _save_progress(version_id, {"phase": "done"})
     return registered.version
+
+
+def sweep_stale_runs(*, now=None) -> list[str]:
+    """Fail the runs that cannot still be running: no progress for STALE_AFTER (the worker was
+    killed, or no training worker ever picked the run up), or past the task's hard time limit."""
+    now = now or timezone.now()
+    failed = []
+    for version in ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING):
+        updated = version.progress.get("updated_at")
+        last = timezone.datetime.fromisoformat(updated) if updated else (version.started_at or version.created_at)
+        if version.started_at and now - version.started_at > timedelta(seconds=settings.TRAINING_TIME_LIMIT):
+            reason = (f"The run exceeded the training time limit ({settings.TRAINING_TIME_LIMIT // 60} minutes) "
+                      "and was stopped.")
+        elif now - last > STALE_AFTER:
+            reason = ("No training worker picked the run up within 15 minutes: start one (celery worker -Q training)"
+                      " and retry." if version.started_at is None else
+                      "The training worker stopped (no progress for 15 minutes).")
+        else:
+            continue
+        if ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
+                status=ModelVersion.Status.FAILED, error=reason, finished_at=now):
+            failed.append(version.version)
+    return failed

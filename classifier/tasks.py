@@ -7,7 +7,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from classifier.retraining import run_training
+from classifier.retraining import run_training, sweep_stale_runs
 
 
 @shared_task(
@@ -23,3 +23,9 @@ def train_model(self, version_id: int) -> str:
     Thin on purpose: the work lives in ``classifier.retraining.run_training(version_id=...)``.
     """
     return run_training(version_id=int(version_id))
+
+
+@shared_task(name="classifier.tasks.sweep_training_runs", ignore_result=True, soft_time_limit=60, time_limit=90)
+def sweep_training_runs() -> list[str]:
+    """Periodic (beat): fail the training runs that cannot still be running, with the reason."""
+    return sweep_stale_runs()

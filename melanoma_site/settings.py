@@ -282,6 +282,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "cases.tasks.sweep_pending",
         "schedule": float(os.environ.get("SWEEP_INTERVAL_SECONDS", "30")),
     },
+    "fail-stale-training-runs": {"task": "classifier.tasks.sweep_training_runs", "schedule": 300.0},
 }
 
 # --- Health checks (melanoma_site.health) ---------------------------------------------------

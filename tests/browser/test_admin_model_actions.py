@@ -87,3 +87,31 @@ def test_correcting_a_patient_in_the_admin_is_audited_and_an_ai_output_is_read_o
     assert page.get_by_role("button", name="Save", exact=True).count() == 0
     page.goto(f"{base}/admin/cases/lesionimage/{image.pk}/change/")
     expect(page.get_by_role("link", name="lesion-images/x.png")).to_have_attribute("href", f"/images/{image.pk}/file/")
+
+
+def test_a_failed_run_is_retried_and_another_deleted_by_clicking(live_server, browser_page, settings, tmp_path,
+                                                                 monkeypatch):
+    from playwright.sync_api import expect
+
+    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda *a, **k: None)  # no training here
+    (tmp_path / "ham10000").mkdir()
+    settings.SECONDLOOK_DATA_DIR = tmp_path
+    page, base = browser_page, live_server.url
+    admin_log_in(page, base)
+    asked = {"epochs": 2, "seed": 3, "target_sensitivity": 0.9, "overrides": {}}
+    failed = ModelVersion.objects.create(version="train-crashed", status=ModelVersion.Status.FAILED,
+                                         data_sources=["ham10000"], error="Worker lost", training_config=asked)
+    doomed = ModelVersion.objects.create(version="train-doomed", status=ModelVersion.Status.FAILED,
+                                         data_sources=["ham10000"], error="Out of memory", training_config=asked)
+
+    page.goto(f"{base}/admin/classifier/modelversion/{failed.pk}/change/")
+    expect(page.locator("pre", has_text="Worker lost")).to_be_visible()
+    page.get_by_role("button", name="Retry this run").click()
+    expect(page.locator(".messagelist")).to_contain_text("queued with the settings of train-crashed")
+    retry = ModelVersion.objects.get(status=ModelVersion.Status.TRAINING)
+    assert retry.training_config == asked and retry.data_sources == ["ham10000"]
+
+    page.goto(f"{base}/admin/classifier/modelversion/{doomed.pk}/change/")
+    page.get_by_role("button", name="Delete this failed run").click()
+    expect(page.locator(".messagelist")).to_contain_text("The failed run train-doomed was deleted")
+    assert not ModelVersion.objects.filter(pk=doomed.pk).exists()

@@ -104,3 +104,83 @@ def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_mode
     response = admin_client.post(f"/admin/classifier/modelversion/{candidate.pk}/activate/")
     assert response.status_code == 302
     assert ModelVersion.objects.get(status="active").pk == candidate.pk
+
+
+# --- runs that never hang -------------------------------------------------------------------------
+
+@pytest.fixture
+def data_here(settings, tmp_path):
+    (tmp_path / "ham10000").mkdir()
+    settings.SECONDLOOK_DATA_DIR = tmp_path
+    return tmp_path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_database_allows_one_training_run_at_a_time(data_here, monkeypatch):
+    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda *a, **k: None)
+    ModelVersion.objects.create(version="run-1", status="training")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.create(version="run-2", status="training")
+    with pytest.raises(lifecycle.LifecycleError, match="already in progress"):
+        lifecycle.start_training(sources=["ham10000"], epochs=1, seed=0, target_sensitivity=0.9)
+    assert ModelVersion.objects.filter(status="training").count() == 1
+
+
+@pytest.mark.django_db
+def test_stale_and_never_started_runs_end_failed_with_their_reason(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from classifier.retraining import sweep_stale_runs
+
+    now = timezone.now()
+    ModelVersion.objects.create(version="killed", status="training", started_at=now - timedelta(hours=1),
+                                progress={"updated_at": (now - timedelta(minutes=16)).isoformat()})
+    assert sweep_stale_runs(now=now) == ["killed"]
+    ModelVersion.objects.create(version="alive", status="training", started_at=now - timedelta(minutes=30),
+                                progress={"updated_at": (now - timedelta(minutes=2)).isoformat()})
+    assert sweep_stale_runs(now=now) == []
+    ModelVersion.objects.filter(version="alive").update(started_at=now - timedelta(seconds=settings.TRAINING_TIME_LIMIT + 1))
+    assert sweep_stale_runs(now=now) == ["alive"]
+    ModelVersion.objects.filter(created_at__isnull=False).update(created_at=now - timedelta(minutes=20))
+    queued = ModelVersion.objects.create(version="queued", status="training")
+    ModelVersion.objects.filter(pk=queued.pk).update(created_at=now - timedelta(minutes=20))
+    assert sweep_stale_runs(now=now) == ["queued"]
+    errors = dict(ModelVersion.objects.values_list("version", "error"))
+    assert "no progress for 15 minutes" in errors["killed"] and "time limit" in errors["alive"]
+    assert "No training worker picked the run up" in errors["queued"]
+    assert set(ModelVersion.objects.values_list("status", flat=True)) == {"failed"}
+
+
+@pytest.mark.django_db
+def test_a_run_whose_registration_fails_ends_failed_not_training(monkeypatch, data_here, settings, tmp_path):
+    from classifier import retraining
+
+    settings.SECONDLOOK_MODELS_ROOT = tmp_path / "models"
+    version = ModelVersion.objects.create(version="reg-fails", status="training", data_sources=["ham10000"],
+                                          training_config={"epochs": 1})
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
+    monkeypatch.setattr(retraining, "register_artifact", lambda path: (_ for _ in ()).throw(
+        ValueError("CHECK constraint failed: JSON_VALID(\"metrics\")")))
+    assert retraining.run_training(version_id=version.pk) == "failed"
+    version.refresh_from_db()
+    assert version.status == "failed" and "could not be registered" in version.error and "JSON_VALID" in version.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_run_can_be_retried_with_its_settings_or_deleted(data_here, monkeypatch, django_user_model):
+    sent = []
+    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda name, args: sent.append((name, args)))
+    admin = django_user_model.objects.create_superuser("root", "r@example.org", "pw-123456-long")
+    failed = ModelVersion.objects.create(version="train-failed", status="failed", data_sources=["ham10000"],
+                                         target_sensitivity=0.92, error="boom",
+                                         training_config={"epochs": 3, "seed": 7, "target_sensitivity": 0.92,
+                                                          "overrides": {"batch_size": 16}})
+    run = lifecycle.retry_training(version=failed, user=admin)
+    assert run.status == "training" and run.training_config == failed.training_config
+    assert run.data_sources == ["ham10000"] and sent == [("classifier.tasks.train_model", [run.pk])]
+    with pytest.raises(lifecycle.LifecycleError, match="only a failed run"):
+        lifecycle.delete_failed(version=run, user=admin)
+    lifecycle.delete_failed(version=failed, user=admin)
+    assert not ModelVersion.objects.filter(pk=failed.pk).exists()
