@@ -267,14 +267,18 @@ def test_sweep_sends_unqueued_and_stuck_but_not_fresh(world, model_version, monk
     assert fresh.enqueued_at == now and running.status == "running"
 
 
+def _running(world, model_version, sha: str, *, worker: str, seconds_ago: float, attempts: int) -> Prediction:
+    """A prediction a worker claimed ``seconds_ago`` (sent, and running on ``worker``)."""
+    started = timezone.now() - timedelta(seconds=seconds_ago)
+    return Prediction.objects.create(image=make_image(world, sha * 64), model_version=model_version, status="running",
+                                     started_at=started, enqueued_at=started, attempts=attempts, worker=worker)
+
+
 def test_sweep_requeues_at_once_what_a_dead_worker_was_scoring(world, model_version, monkeypatch, settings):
     monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": None)
     settings.SCORING_BACKOFF_S, settings.SCORING_ORPHAN_GRACE_S = 0.0, 1.0
-    started = timezone.now() - timedelta(seconds=2)
-    orphan = Prediction.objects.create(image=make_image(world, "6" * 64), model_version=model_version, status="running",
-                                       started_at=started, enqueued_at=started, attempts=1, worker="dead@host")
-    alive = Prediction.objects.create(image=make_image(world, "7" * 64), model_version=model_version, status="running",
-                                      started_at=started, enqueued_at=started, attempts=1, worker="alive@host")
+    orphan = _running(world, model_version, "6", worker="dead@host", seconds_ago=2, attempts=1)
+    alive = _running(world, model_version, "7", worker="alive@host", seconds_ago=2, attempts=1)
     monkeypatch.setattr(scoring, "live_workers", lambda timeout=1.0: None)
     scoring.sweep()  # the workers cannot be asked: nothing is re-queued on a guess
     orphan.refresh_from_db()
@@ -288,9 +292,7 @@ def test_sweep_requeues_at_once_what_a_dead_worker_was_scoring(world, model_vers
 def test_a_prediction_that_keeps_killing_its_worker_fails_with_its_reason(world, model_version, monkeypatch, settings):
     monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": None)
     settings.SCORING_BACKOFF_S, settings.SCORING_MAX_ATTEMPTS = 0.0, 3
-    started = timezone.now() - timedelta(seconds=30)
-    poison = Prediction.objects.create(image=make_image(world, "8" * 64), model_version=model_version, status="running",
-                                       started_at=started, enqueued_at=started, attempts=3, worker="dead@host")
+    poison = _running(world, model_version, "8", worker="dead@host", seconds_ago=30, attempts=3)
     scoring.sweep(alive=set())
     poison.refresh_from_db()
     assert poison.status == "failed" and "stopped 3 times" in poison.error and poison.finished_at is not None
