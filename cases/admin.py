@@ -7,6 +7,7 @@ from django.utils.html import format_html
 
 from audit import log as audit_log
 from audit.models import AuditEvent
+from cases import queue
 from cases.access import clinic_of
 from cases.monitoring import RECENT_DAYS, assessment_rates
 from cases.rescoring import disagreement_count, scored_count, start_rescore
@@ -120,6 +121,12 @@ class LesionInline(admin.TabularInline):
 @admin.register(Case)
 class CaseAdmin(ClinicalAdmin):
     clinic_path = "patient__clinic"
+    actions = ["release_claims"]
+
+    @admin.action(description="Release the reviewer's claim (the case goes back to the queue)")
+    def release_claims(self, request, queryset):
+        released = queue.release_claims(cases=queryset, admin=request.user, request=request)
+        self.message_user(request, f"Released {released} claim(s); the case(s) are back in the review queue.")
     list_display = ["pk", "patient", "referring_clinician", "status", "claimed_by", "created_at"]
     list_filter = ["status", "patient__clinic", "created_at"]
     search_fields = ["patient__identifier", "clinical_question", "referring_clinician__username"]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Case as DjCase
-from django.db.models import Exists, F, FloatField, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import Exists, F, FloatField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest
 from django.utils import timezone
@@ -56,18 +58,28 @@ def queue_size_for(user) -> int | None:
     return Case.objects.filter(_awaiting()).count()
 
 
+def claim_expired_before(now=None):
+    """Claims made before this moment have expired (settings.CLAIM_EXPIRY_HOURS): anyone may
+    take the case over, so a forgotten claim never hides a flagged lesion for long."""
+    return (now or timezone.now()) - timedelta(hours=settings.CLAIM_EXPIRY_HOURS)
+
+
 def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> None:
-    """Claim a queued case with one conditional UPDATE; raises ClaimError if someone else has it."""
+    """Claim a queued case with one conditional UPDATE; raises ClaimError if someone else has it
+    (a claim older than CLAIM_EXPIRY_HOURS is taken over)."""
     if not is_reviewer(reviewer):
         raise ClaimError("Only dermatologists can claim cases.")
     now = timezone.now()
+    free = Q(claimed_by__isnull=True) | Q(claimed_at__lt=claim_expired_before(now))
     with transaction.atomic():
-        claimed = Case.objects.filter(_awaiting(), pk=case.pk, claimed_by__isnull=True).update(
+        previous = Case.objects.filter(pk=case.pk).values_list("claimed_by_id", flat=True).first()
+        claimed = Case.objects.filter(free, _awaiting(), pk=case.pk).exclude(claimed_by=reviewer).update(
             claimed_by=reviewer, claimed_at=now, status=Case.Status.IN_REVIEW
         )
         if claimed:
             audit_log.record(action="claim", obj=case, actor=reviewer, request=request,
-                         old={"claimed_by": None}, new={"claimed_by": reviewer.pk, "claimed_at": now.isoformat()})
+                             old={"claimed_by": previous},
+                             new={"claimed_by": reviewer.pk, "claimed_at": now.isoformat()})
             return
     current = Case.objects.select_related("claimed_by").get(pk=case.pk)
     if current.claimed_by_id == reviewer.pk:
@@ -76,6 +88,19 @@ def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> N
         who = current.claimed_by.get_full_name() or current.claimed_by.username
         raise ClaimError(f"This case was already claimed by {who} at {timezone.localtime(current.claimed_at):%H:%M}.")
     raise ClaimError("This case is no longer waiting for review.")
+
+
+def release_claims(*, cases: QuerySet[Case], admin, request: HttpRequest | None = None) -> int:
+    """An admin gives claimed cases back to the queue (a reviewer away, a claim left behind)."""
+    released = 0
+    for case in cases.filter(claimed_by__isnull=False):
+        with transaction.atomic():
+            if Case.objects.filter(pk=case.pk, claimed_by_id=case.claimed_by_id).update(
+                    claimed_by=None, claimed_at=None, status=Case.Status.OPEN):
+                audit_log.record(action="release", obj=case, actor=admin, request=request,
+                                 old={"claimed_by": case.claimed_by_id}, new={"claimed_by": None})
+                released += 1
+    return released
 
 
 def release_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> bool:

@@ -285,6 +285,9 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-training-runs": {"task": "classifier.tasks.sweep_training_runs", "schedule": 300.0},
 }
 
+# A dermatologist's claim on a case lapses after this; another reviewer may then take it over
+CLAIM_EXPIRY_HOURS = float(os.environ.get("CLAIM_EXPIRY_HOURS", "4"))
+
 # --- Health checks (melanoma_site.health) ---------------------------------------------------
 HEALTH_CACHE_SECONDS = float(os.environ.get("HEALTH_CACHE_SECONDS", "5"))
 # A token that monitoring presents (Authorization: Bearer ...) to see the detailed checks; staff

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from tests.support.browser_helpers import PASSWORD
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
 from classifier.models import ModelVersion
 from classifier.registry import register_artifact
@@ -115,3 +116,27 @@ def test_a_failed_run_is_retried_and_another_deleted_by_clicking(live_server, br
     page.get_by_role("button", name="Delete this failed run").click()
     expect(page.locator(".messagelist")).to_contain_text("The failed run train-doomed was deleted")
     assert not ModelVersion.objects.filter(pk=doomed.pk).exists()
+
+
+def test_an_admin_releases_a_reviewers_claim_from_the_case_list(live_server, browser_page):
+    from playwright.sync_api import expect
+
+    from cases.models import Case, Clinic, Lesion, Patient
+
+    page, base = browser_page, live_server.url
+    admin_log_in(page, base)
+    root = get_user_model().objects.get(username="root")
+    away = get_user_model().objects.create_user("away", password=PASSWORD)
+    clinic = Clinic.objects.create(name="Clinic A")
+    patient = Patient.objects.create(clinic=clinic, identifier="CLAIMED-1", birth_year=1960, created_by=root)
+    case = Case.objects.create(patient=patient, referring_clinician=root, clinical_question="New lesion?",
+                               claimed_by=away, claimed_at=timezone.now(), status=Case.Status.IN_REVIEW)
+    Lesion.objects.create(case=case, anatomic_site="posterior torso", flagged=True, awaiting_review=True)
+
+    page.goto(f"{base}/admin/cases/case/")
+    page.locator(f'input[name="_selected_action"][value="{case.pk}"]').check()
+    page.get_by_role("combobox", name="Action").select_option(label="Release the reviewer's claim (the case goes back to the queue)")
+    page.get_by_role("button", name="Go").click()
+    expect(page.locator(".messagelist")).to_contain_text("Released 1 claim(s)")
+    case.refresh_from_db()
+    assert case.claimed_by is None and case.status == Case.Status.OPEN

@@ -366,6 +366,25 @@ def test_claim_loses_cleanly_to_a_concurrent_claim(world, model_version):
     assert Case.objects.get(pk=world.case_a.pk).claimed_by == world.derm2
 
 
+def test_an_expired_claim_is_taken_over_and_an_admin_can_release_one(world, model_version, settings):
+    settings.CLAIM_EXPIRY_HOURS = 4
+    flag(world, world.lesion_a, 0.8, model_version, "a" * 64)
+    queue.claim_case(case=world.case_a, reviewer=world.derm)
+    Case.objects.filter(pk=world.case_a.pk).update(claimed_at=timezone.now() - timedelta(hours=3, minutes=59))
+    with pytest.raises(queue.ClaimError, match="already claimed"):
+        queue.claim_case(case=world.case_a, reviewer=world.derm2)
+    Case.objects.filter(pk=world.case_a.pk).update(claimed_at=timezone.now() - timedelta(hours=4, minutes=1))
+    queue.claim_case(case=world.case_a, reviewer=world.derm2)  # the claim had lapsed
+    case = Case.objects.get(pk=world.case_a.pk)
+    assert case.claimed_by == world.derm2
+    takeover = AuditEvent.objects.filter(action="claim").order_by("-pk").first()
+    assert takeover.old_values == {"claimed_by": world.derm.pk}
+    assert queue.release_claims(cases=Case.objects.filter(pk=case.pk), admin=world.admin) == 1
+    case.refresh_from_db()
+    assert case.claimed_by is None and case.status == "open" and case in queue.review_queue()
+    assert AuditEvent.objects.filter(action="release", actor=world.admin).count() == 1
+
+
 def test_review_flow_over_http(client, world, model_version):
     flag(world, world.lesion_a, 0.8, model_version, "a" * 64)
     client.force_login(world.derm)
