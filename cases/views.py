@@ -4,9 +4,11 @@ Every object is fetched through cases.access, so ids outside the user's scope ar
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
+from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -41,14 +43,20 @@ def home(request: HttpRequest) -> HttpResponse:
 # --- Patients --------------------------------------------------------------------------------
 
 @require_GET
+def _page(request: HttpRequest, rows):
+    """One page of ``rows`` (settings.LIST_PAGE_SIZE per page; a bad page number gives the nearest page)."""
+    return Paginator(rows, settings.LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+
+
 def patient_list(request: HttpRequest) -> HttpResponse:
     """Patients the user may see, searchable by identifier."""
     patients = access.visible_patients(request.user).annotate(case_count=Count("cases"))
     query = request.GET.get("q", "").strip()
     if query:
         patients = patients.filter(identifier__icontains=query)
+    page = _page(request, patients.order_by("clinic__name", "identifier", "pk"))
     return render(request, "cases/patient_list.html", {
-        "patients": patients[:200], "q": query, "can_create": access.is_clinician(request.user),
+        "patients": page.object_list, "page_obj": page, "q": query, "can_create": access.is_clinician(request.user),
     })
 
 
@@ -272,7 +280,8 @@ def _require_reviewer(request: HttpRequest) -> None:
 def review_queue(request: HttpRequest) -> HttpResponse:
     """Flagged cases waiting for a dermatologist, most suspicious first."""
     _require_reviewer(request)
-    return render(request, "cases/queue.html", {"cases": queue.review_queue()[:200],
+    page = _page(request, queue.review_queue())
+    return render(request, "cases/queue.html", {"cases": page.object_list, "page_obj": page,
                                                 "cannot_assess_rank": queue.CANNOT_ASSESS_RANK})
 
 

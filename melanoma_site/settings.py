@@ -285,6 +285,8 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-training-runs": {"task": "classifier.tasks.sweep_training_runs", "schedule": 300.0},
 }
 
+# Rows per page of the patient list and the review queue
+LIST_PAGE_SIZE = int(os.environ.get("LIST_PAGE_SIZE", "50"))
 # A dermatologist's claim on a case lapses after this; another reviewer may then take it over
 CLAIM_EXPIRY_HOURS = float(os.environ.get("CLAIM_EXPIRY_HOURS", "4"))
 

@@ -108,3 +108,28 @@ def test_clinician_upload_to_dermatologist_review(live_server, use_tiny_model, c
     review = Review.objects.get()
     assert (review.final_diagnosis, review.management, review.reviewer.username) == ("melanoma", "excision", "derek")
     assert Case.objects.get().status == "reviewed"
+
+
+def test_the_patient_list_pages_through_many_patients(live_server, browser_page, settings):
+    """Clicked: Next and Previous walk a clinic's patients page by page; nothing is cut off."""
+    from playwright.sync_api import expect
+
+    from cases.models import Patient
+
+    settings.LIST_PAGE_SIZE = 10
+    page, base = browser_page, live_server.url
+    clinic = Clinic.objects.create(name="Busy clinic")
+    user = make_user("busy", "Busy Clinician", CLINICIAN, clinic)
+    Patient.objects.bulk_create([Patient(clinic=clinic, identifier=f"P-{i:03d}", birth_year=1970, created_by=user)
+                                 for i in range(25)])
+    log_in(page, base, "busy")
+    page.goto(f"{base}/patients/")
+    expect(page.locator(".pagination")).to_contain_text("Page 1 of 3 (25 in all)")
+    expect(page.get_by_role("link", name="P-000")).to_be_visible()
+    page.get_by_role("link", name="Next").click()
+    page.get_by_role("link", name="Next").click()
+    expect(page.locator(".pagination")).to_contain_text("Page 3 of 3")
+    expect(page.get_by_role("link", name="P-024")).to_be_visible()
+    expect(page.get_by_role("link", name="P-000")).to_have_count(0)
+    page.get_by_role("link", name="Previous").click()
+    expect(page.locator(".pagination")).to_contain_text("Page 2 of 3")
