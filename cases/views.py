@@ -14,6 +14,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import log as audit_log
@@ -323,6 +324,7 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Claim this case from the queue before reviewing it.")
         return redirect("case_detail", case.pk)
     lesions = list(queue.lesions_to_review(case).prefetch_related("images__predictions__model_version"))
+    patient_age = timezone.localdate().year - case.patient.birth_year
     forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}") for lesion in lesions]
     if request.method == "POST" and forms and all(form.is_valid() for form in forms):
         entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data) for lesion, form in zip(lesions, forms)]
@@ -334,5 +336,5 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, "Review saved. The case has left the queue.")
         return redirect("review_queue")
     return _no_store(render(request, "cases/review.html", {
-        "case": case, "items": list(zip(lesions, forms)),
+        "case": case, "items": list(zip(lesions, forms)), "patient_age": patient_age,
     }, status=400 if request.method == "POST" else 200))

@@ -94,6 +94,10 @@ def test_clinician_upload_to_dermatologist_review(live_server, use_tiny_model, c
     page.screenshot(path=str(artifacts_dir / "06-queue.png"), full_page=True)
     page.get_by_role("button", name=re.compile(r"Claim case \d+")).click()
     expect(page.get_by_role("heading", name=re.compile("Review case"))).to_be_visible()
+    # the reviewer sees who the patient is (age, sex), the question and the case notes
+    expect(page.locator("#review-context")).to_contain_text("RIV-0042")
+    expect(page.locator("#review-context")).to_contain_text("years")
+    expect(page.locator("#review-context")).to_contain_text("Clinical question")
     page.get_by_label("Agree with the AI flag", exact=True).check()
     page.get_by_label("Final diagnosis").select_option("melanoma")
     page.get_by_label("Excision", exact=True).check()
@@ -133,3 +137,29 @@ def test_the_patient_list_pages_through_many_patients(live_server, browser_page,
     expect(page.get_by_role("link", name="P-000")).to_have_count(0)
     page.get_by_role("link", name="Previous").click()
     expect(page.locator(".pagination")).to_contain_text("Page 2 of 3")
+
+
+def test_every_page_fits_a_phone_screen_and_log_out_stays_reachable(live_server, browser_page, artifacts_dir):
+    """At 390 px wide the header wraps, no page scrolls sideways, and Log out is on screen and works."""
+    from playwright.sync_api import expect
+
+    from cases.models import Case, Lesion, Patient
+
+    page, base = browser_page, live_server.url
+    clinic = Clinic.objects.create(name="Phone clinic")
+    user = make_user("phone", "Phone Clinician", CLINICIAN, clinic)
+    patient = Patient.objects.create(clinic=clinic, identifier="PHONE-1", birth_year=1980, created_by=user)
+    case = Case.objects.create(patient=patient, referring_clinician=user, clinical_question="Itchy mole on the back?")
+    Lesion.objects.create(case=case, anatomic_site="posterior torso")
+    page.set_viewport_size({"width": 390, "height": 844})
+    log_in(page, base, "phone")
+    for path in ("/", "/patients/", f"/patients/{patient.pk}/", f"/cases/{case.pk}/", "/no-such-page/"):
+        page.goto(f"{base}{path}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, (path, overflow)
+        box = page.get_by_role("button", name="Log out").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (path, box)
+    page.goto(f"{base}/cases/{case.pk}/")
+    page.screenshot(path=str(artifacts_dir / "20-case-phone.png"), full_page=True)
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
