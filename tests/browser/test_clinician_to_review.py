@@ -161,5 +161,9 @@ def test_every_page_fits_a_phone_screen_and_log_out_stays_reachable(live_server,
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (path, box)
     page.goto(f"{base}/cases/{case.pk}/")
     page.screenshot(path=str(artifacts_dir / "20-case-phone.png"), full_page=True)
+    page.emulate_media(media="print")  # printed, the page keeps the record and drops the controls
+    expect(page.get_by_role("button", name="Log out")).to_be_hidden()
+    expect(page.get_by_text("Itchy mole on the back?")).to_be_visible()
+    page.emulate_media(media="screen")
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
