@@ -16,7 +16,8 @@ from cases.models import LesionImage, Prediction
 from classifier.registry import activate, register_artifact
 from training.testing import synthetic_images
 
-pytestmark = pytest.mark.django_db
+# each test scores real images with the tiny assessed model (trained once, then loaded and converted)
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
 def png_of(pixels: np.ndarray) -> bytes:
@@ -55,7 +56,6 @@ def nevus_like() -> np.ndarray:
     return synthetic_images(5, seed=2)[0][4]
 
 
-@pytest.mark.slow
 def test_in_domain_image_is_assessed_with_a_prediction_set(world, assessed_version):
     pixels = nevus_like()
     pred = _prediction(world, assessed_version, pixels)

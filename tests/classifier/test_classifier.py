@@ -148,6 +148,7 @@ def test_training_and_inference_resize_identically():
     assert np.array_equal(prepare_batch([a], 112)[0].astype(np.uint8), resize_rgb(a, 112))
 
 
+@pytest.mark.slow
 def test_predict_bytes_and_gradcam(tiny):
     from mlcore.explain import gradcam, gradcam_overlay_png
     from mlcore.inference import predict_bytes
@@ -214,6 +215,7 @@ def test_tta_views_and_prediction(tiny):
     assert np.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_clinical_context_shifts_scores_and_is_reported(tiny):
     """The tiny model learned (from synthetic data) that melanoma patients are older."""
     from mlcore.inference import predict_images

@@ -42,6 +42,7 @@ def _check(model_dir, n, engines, inference_options):
 FAST_ENGINES = [("tf", "fp32", 1e-4), ("tflite", "fp32", 1e-4), ("tf", "bf16", 1e-2)]
 
 
+@pytest.mark.slow
 def test_fast_paths_match_keras_on_tiny_model(tiny_model_dir, inference_options, tmp_path):
     inference_options(cache_dir=tmp_path / "model-cache")
     _check(tiny_model_dir, 5, FAST_ENGINES, inference_options)
@@ -132,6 +133,7 @@ def test_bf16_clone_keeps_the_whole_stem_in_float32(stem_stride, stem):
     assert not any(name.startswith("s0b0") for name in kept)
 
 
+@pytest.mark.slow
 def test_a_tampered_converted_model_is_converted_again_not_served(tiny_model_dir, inference_options, tmp_path):
     from mlcore.model_store import load_model
     from mlcore.runners import build_runner
