@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         seeded = burst(app, uploads=args.images, clients=args.clients, tag="base", seed_base=500_000)
         report["initial_scoring_s"] = seeded["all_scored_s"]
         out = app.manage("shell", "-c", RESCORE.format(path=str(second_version(scratch))))
-        _, job_id, version = out.split("JOB", 1)[1].split()
+        job_id, version = out.split("JOB", 1)[1].split()[:2]
         started = time.monotonic()
         case_id, lesion_id = client.new_lesion("INTERACTIVE-1")
         token = client.token(f"/lesions/{lesion_id}/")
