@@ -68,3 +68,13 @@ def test_devserver_starts_everything_and_stops_on_ctrl_c(tmp_path, tiny_model_di
             process.kill()
     output = (tmp_path / "devserver.log").read_text()
     assert "password:" in output  # demo credentials printed on first run
+
+
+def test_each_instance_has_its_own_gunicorn_control_socket(tmp_path):
+    """The default control socket is one path per user: stopping one instance would remove another's."""
+    from melanoma_site.devserver import _services
+
+    first = _services({"SECONDLOOK_VAR_DIR": str(tmp_path / "a")}, "127.0.0.1", 8001)["web"]
+    second = _services({"SECONDLOOK_VAR_DIR": str(tmp_path / "b")}, "127.0.0.1", 8002)["web"]
+    sockets = [cmd[cmd.index("--control-socket") + 1] for cmd in (first, second)]
+    assert sockets[0] != sockets[1] and all(s.startswith(str(tmp_path)) for s in sockets)
