@@ -65,6 +65,9 @@ def test_devserver_starts_everything_and_stops_on_ctrl_c(tmp_path, tiny_model_di
         assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     finally:
         if process.poll() is None:
+            # its children run in sessions of their own: a failed test must not leave them behind
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
             process.kill()
     output = (tmp_path / "devserver.log").read_text()
     assert "password:" in output  # demo credentials printed on first run
