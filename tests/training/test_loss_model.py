@@ -189,3 +189,21 @@ def test_patience_counts_only_epochs_at_the_full_size():
     assert not best.exhausted
     best.update(0.1, 7)
     assert best.exhausted and best.epoch == 5 and best.score == 0.6
+
+
+def test_hair_occlusion_draws_thin_dark_strands_on_the_chosen_share_of_images():
+    import tensorflow as tf
+
+    from training.model import augment_batch, hair_masks
+
+    bank = hair_masks(count=8, size=64, seed=1)
+    assert bank.shape == (8, 64, 64) and bank.dtype == np.float32
+    assert 0.0 <= bank.min() and bank.max() <= 1.0
+    assert all(0.002 < (m > 0.5).mean() < 0.5 for m in bank)  # thin strands, never a blot
+    bright = tf.constant(np.full((16, 64, 64, 3), 230.0, np.float32))
+    plain = augment_batch(bright, tf.random.Generator.from_seed(0), rotate=False, zoom=0.0, color=0.0).numpy()
+    haired = augment_batch(bright, tf.random.Generator.from_seed(0), rotate=False, zoom=0.0, color=0.0,
+                           hair=1.0, hair_bank=tf.constant(bank)).numpy()
+    assert np.allclose(plain, 230.0)
+    darkened = (haired.min(axis=(1, 2, 3)) < 120.0).mean()
+    assert darkened == 1.0 and haired.mean() > 150.0  # every image has dark hairs; most skin untouched
