@@ -110,13 +110,18 @@ def live_workers(timeout: float = 1.0) -> set[str] | None:
 
 
 def requeue_orphans(*, now: datetime, alive: set[str] | None, grace: timedelta) -> list[int]:
-    """Running predictions whose worker does not answer (``alive``: the live node names) go back
-    to pending at once, after a short ``grace`` (a worker that just claimed one answers anyway)."""
-    if alive is None:
+    """Running predictions whose worker does not answer go back to pending at once, after a short
+    ``grace`` (a worker that just claimed one answers anyway). ``alive``: the live node names,
+    asked with a ping only when some prediction is running (the sweep runs every 30 s)."""
+    running = (Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - grace)
+               .exclude(worker="").values_list("pk", "worker")[:500])
+    rows = list(running)
+    if rows and alive is None:
+        alive = live_workers()
+    if not rows or alive is None:
         return []
-    rows = (Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - grace)
-            .exclude(worker="").exclude(worker__in=alive).values_list("pk", "worker")[:500])
-    return [pk for pk, worker in rows if _requeue(pk, started_before=now - grace, now=now, worker=worker)]
+    return [pk for pk, worker in rows
+            if worker not in alive and _requeue(pk, started_before=now - grace, now=now, worker=worker)]
 
 
 def requeue_previous_incarnation(worker: str) -> list[int]:
@@ -145,7 +150,7 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     """Re-send predictions that were never enqueued, whose message got lost, or whose worker died.
 
     - images without any prediction (uploaded while the registry could not be read) get one;
-    - running on a worker that no longer answers a ping (``alive``, asked when not given), or for
+    - running on a worker that no longer answers a ping (``alive``, asked when needed), or for
       longer than ``running_stale_after`` (default: the task hard time limit): back to pending,
       sent again after a back-off, failed for good after SCORING_MAX_ATTEMPTS;
     - pending with enqueued_at NULL (broker was down) or older than ``stale_after``.
@@ -161,8 +166,7 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     stuck = Prediction.objects.filter(status=Status.RUNNING, started_at__lt=now - running_stale_after)
     for prediction_id in list(stuck.values_list("pk", flat=True)[:500]):
         _requeue(prediction_id, started_before=now - running_stale_after, now=now)
-    requeue_orphans(now=now, alive=alive if alive is not None else live_workers(),
-                    grace=timedelta(seconds=settings.SCORING_ORPHAN_GRACE_S))
+    requeue_orphans(now=now, alive=alive, grace=timedelta(seconds=settings.SCORING_ORPHAN_GRACE_S))
     candidates = Prediction.objects.filter(status=Status.PENDING).filter(
         Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - stale_after)
     ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
