@@ -68,6 +68,11 @@ class LesionForm(_NoColon, forms.ModelForm):
                                        "choose Unknown rather than guess."}
 
 
+# What the file picker offers; the server still judges every file by its content. DICOM files
+# often have no extension or MIME type at all, so they can also be chosen with "All files".
+UPLOAD_ACCEPT = "image/jpeg,image/png,image/tiff,application/dicom,.dcm,.dicom"
+
+
 class MultipleFileInput(forms.ClearableFileInput):
     allow_multiple_selected = True
 
@@ -94,9 +99,9 @@ class UploadForm(_NoColon, forms.Form):
 
     images = MultipleImageField(
         label="Images",
-        help_text=f"JPEG, PNG or TIFF, up to {megabytes(settings.UPLOAD_MAX_BYTES)} each; up to "
+        help_text=f"JPEG, PNG, TIFF or DICOM (.dcm), up to {megabytes(settings.UPLOAD_MAX_BYTES)} each; up to "
                   f"{settings.UPLOAD_MAX_FILES} at a time.",
-        widget=MultipleFileInput(attrs={"accept": "image/jpeg,image/png,image/tiff", "multiple": True}),
+        widget=MultipleFileInput(attrs={"accept": UPLOAD_ACCEPT, "multiple": True}),
     )
     kind = forms.ChoiceField(label="Image type", choices=LesionImage.Kind.choices, initial=LesionImage.Kind.DERMOSCOPIC)
 

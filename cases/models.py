@@ -211,6 +211,10 @@ class LesionImage(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.DERMOSCOPIC)
     original_name = models.CharField(max_length=255, blank=True, help_text="Sanitised client file name (metadata only).")
     original_format = models.CharField(max_length=8, blank=True)
+    acquired_on = models.DateField(null=True, blank=True,
+                                   help_text="Date the image was taken, from the file where it says so.")
+    source_body_site = models.CharField(max_length=32, blank=True,
+                                        help_text="The body site the file itself stated (DICOM), for the record.")
     uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     uploaded_at = models.DateTimeField(auto_now_add=True)
 

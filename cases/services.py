@@ -31,6 +31,8 @@ IMAGE_DIR = "lesion-images"
 PATIENT_FIELDS = ("identifier", "birth_year", "sex", "fitzpatrick_type")
 CASE_FIELDS = ("clinical_question", "notes", "status")
 LESION_FIELDS = ("anatomic_site", "description")
+IMAGE_AUDIT_FIELDS = ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format",
+                      "acquired_on", "source_body_site")
 
 
 @transaction.atomic
@@ -97,26 +99,48 @@ def _delete_quietly(name: str) -> None:
 
 def _save_image(*, lesion: Lesion, image: NormalisedImage, kind: str, user, model_version,
                 request: HttpRequest | None) -> LesionImage:
-    """Store one image and its pending prediction atomically; the file goes if the rows don't."""
+    """Store one image and its pending prediction atomically; the file goes if the rows don't.
+
+    A body site stated by the file fills in a lesion whose site is unknown, in the same transaction
+    and before the prediction exists, so that scoring sees it."""
     name = _store(image.content)
+    site_before = lesion.anatomic_site
     try:
         with transaction.atomic():
             row = LesionImage(
                 lesion=lesion, file=name, sha256=image.sha256, size_bytes=len(image.content),
                 width=image.width, height=image.height, kind=kind, original_name=image.original_name,
-                original_format=image.original_format, uploaded_by=user,
+                original_format=image.original_format, acquired_on=image.acquired_on,
+                source_body_site=image.body_site or "", uploaded_by=user,
             )
             row.full_clean(validate_unique=False, validate_constraints=False)
             row.save()
-            audit_log.record(action="upload", obj=row, actor=user, request=request, new=audit_log.snapshot(
-                row, ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format")))
+            new = audit_log.snapshot(row, IMAGE_AUDIT_FIELDS)
+            if image.laterality:
+                new["source_laterality"] = image.laterality  # stated by the file; the models have no field for it
+            audit_log.record(action="upload", obj=row, actor=user, request=request, new=new)
+            _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request)
             if model_version is not None:
                 prediction = Prediction.objects.create(image=row, model_version=model_version)
                 transaction.on_commit(partial(scoring.dispatch_prediction, prediction.pk))
     except BaseException:
         _delete_quietly(name)
+        lesion.anatomic_site = site_before  # the update, if any, was rolled back with the rows
         raise
     return row
+
+
+def _adopt_file_site(*, lesion: Lesion, site: str | None, user, request: HttpRequest | None) -> None:
+    """Set an "unknown" lesion site to the one the image file states (audited); a site the clinician
+    chose is never overwritten. The conditional update keeps concurrent uploads from racing."""
+    if not site or site not in Lesion.Site.values or site == Lesion.Site.UNKNOWN:
+        return
+    if not Lesion.objects.filter(pk=lesion.pk, anatomic_site=Lesion.Site.UNKNOWN).update(anatomic_site=site):
+        return
+    lesion.anatomic_site = site
+    audit_log.record(action="update", obj=lesion, actor=user, request=request,
+                     old={"anatomic_site": Lesion.Site.UNKNOWN}, new={"anatomic_site": site,
+                                                                      "reason": "from the DICOM file"})
 
 
 def _active_model_version():
@@ -134,7 +158,8 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
 
     Every file is judged on its own: a rejected file leaves nothing behind and never costs the
     good ones. Each accepted image commits separately with its pending prediction, and its
-    scoring task is sent after that commit.
+    scoring task is sent after that commit. A DICOM file's stated body site is kept on the image,
+    and fills in the lesion's site only where that was "unknown".
     """
     if not can_edit_case(user, lesion.case):
         raise PermissionDenied("Only clinicians of the patient's clinic can upload images.")

@@ -4,12 +4,15 @@ Nothing here touches the database or storage: ``normalise_upload`` is a pure fun
 client's bytes to either a clean image or an ``UploadRejected`` with a message for the user.
 
 Decisions:
-- Only JPEG, PNG and TIFF are accepted, identified by Pillow from the bytes (never the name or
-  Content-Type). Dimensions are checked from the header before any pixel is decoded.
+- Only JPEG, PNG, TIFF and DICOM are accepted, identified from the bytes (never the name or
+  Content-Type): images by Pillow, DICOM by its 128-byte preamble and "DICM" marker, read by
+  ``cases.dicom_import``. Dimensions are checked from the header before any pixel is decoded.
 - Animated or multi-page images (APNG, multi-page TIFF) are rejected rather than silently reduced
   to their first frame: the clinician should choose which still image is scored.
 - The stored copy is a PNG re-encoded from the pixels: lossless, EXIF orientation applied, and no
-  metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB.
+  metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB. For DICOM this drops every
+  attribute (patient name and ID included); only the body site, laterality and acquisition date
+  are kept, as fields of ``NormalisedImage``, never inside the stored file.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import re
 import unicodedata
 import warnings
 from dataclasses import dataclass
+from datetime import date
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
@@ -60,6 +64,10 @@ class NormalisedImage:
     height: int
     original_format: str
     original_name: str
+    # what the file itself stated (DICOM only, for now): never written into the stored PNG
+    acquired_on: date | None = None
+    body_site: str | None = None  # one of Lesion.Site's values
+    laterality: str | None = None  # "left" or "right"
 
 
 def sanitize_filename(name: str | None) -> str:
@@ -101,7 +109,7 @@ def _unidentified_message(head: bytes) -> str:
                 what = "a text file"
             except UnicodeDecodeError:
                 pass
-    return f"Only JPEG, PNG and TIFF images are accepted; this file is {what}."
+    return f"Only JPEG, PNG, TIFF and DICOM images are accepted; this file is {what}."
 
 
 def _megapixels(pixels: int) -> str:
@@ -118,6 +126,21 @@ def _read_limited(upload: UploadedFile, limit: int) -> bytes:
         if total > limit:
             break
     return b"".join(chunks)
+
+
+def check_dimensions(width: int, height: int) -> None:
+    """Refuse images over the pixel limit or under the minimum side, before any pixel is decoded."""
+    max_pixels = settings.UPLOAD_MAX_PIXELS
+    if width * height > max_pixels:
+        raise UploadRejected(
+            f"The image is {width}×{height} pixels ({_megapixels(width * height)}); "
+            f"the limit is {_megapixels(max_pixels)}."
+        )
+    min_side = settings.UPLOAD_MIN_SIDE
+    if min(width, height) < min_side:
+        raise UploadRejected(
+            f"The image is {width}×{height} pixels; each side must be at least {min_side} pixels."
+        )
 
 
 def _open_checked(data: bytes) -> Image.Image:
@@ -140,17 +163,7 @@ def _open_checked(data: bytes) -> Image.Image:
     except Exception as exc:  # malformed headers raise a zoo of types (SyntaxError, struct.error, ...)
         raise UploadRejected(f"The image header is corrupt ({type(exc).__name__}).") from None
 
-    width, height = image.size
-    if width * height > max_pixels:
-        raise UploadRejected(
-            f"The image is {width}×{height} pixels ({_megapixels(width * height)}); "
-            f"the limit is {_megapixels(max_pixels)}."
-        )
-    min_side = settings.UPLOAD_MIN_SIDE
-    if min(width, height) < min_side:
-        raise UploadRejected(
-            f"The image is {width}×{height} pixels; each side must be at least {min_side} pixels."
-        )
+    check_dimensions(*image.size)
     if getattr(image, "n_frames", 1) > 1:
         raise UploadRejected(
             "Animated or multi-page images are not accepted; upload a single still image."
@@ -172,6 +185,15 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
     if not data:
         raise UploadRejected("The file is empty (0 bytes).")
 
+    name = sanitize_filename(upload.name)
+    # imported here: cases.dicom_import uses this module's checks and exception
+    from cases.dicom_import import is_dicom, read_dicom
+
+    if is_dicom(data):
+        dicom = read_dicom(data)
+        return _normalised(dicom.image, original_format="DICOM", original_name=name, acquired_on=dicom.acquired_on,
+                           body_site=dicom.body_site, laterality=dicom.laterality)
+
     image = _open_checked(data)
     original_format = image.format or ""
     try:
@@ -183,6 +205,11 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
         detail = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise UploadRejected(f"The image data is {detail} and cannot be read ({type(exc).__name__}).") from None
 
+    return _normalised(image, original_format=original_format, original_name=name)
+
+
+def _normalised(image: Image.Image, **fields) -> NormalisedImage:
+    """8-bit RGB pixels re-encoded as a metadata-free PNG, with the digest of the pixels."""
     rgb = to_rgb_image(image)
     raw = rgb.tobytes()
     # A fresh image from raw pixels carries no info dict: no EXIF, ICC profile or text chunks.
@@ -190,11 +217,4 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
     buffer = io.BytesIO()
     clean.save(buffer, format=STORED_FORMAT, optimize=False, compress_level=6)
     digest = hashlib.sha256(f"{clean.width}x{clean.height}:".encode() + raw).hexdigest()
-    return NormalisedImage(
-        content=buffer.getvalue(),
-        sha256=digest,
-        width=clean.width,
-        height=clean.height,
-        original_format=original_format,
-        original_name=sanitize_filename(upload.name),
-    )
+    return NormalisedImage(content=buffer.getvalue(), sha256=digest, width=clean.width, height=clean.height, **fields)

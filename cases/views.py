@@ -239,7 +239,8 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return _no_store(render(request, "cases/image_detail.html", context))
 
 
-def _stream(name: str, filename: str) -> FileResponse:
+def stream_png(name: str, filename: str) -> FileResponse:
+    """A stored PNG, inline, never cached; 404 when it is missing."""
     if not name:
         raise Http404
     try:
@@ -256,7 +257,7 @@ def image_file(request: HttpRequest, pk: int) -> FileResponse:
     """The stored (normalised) image, streamed from storage to an authorised user (audited: the
     pixels are patient data just as much as the result page is)."""
     image = get_object_or_404(access.visible_images(request.user), pk=pk)
-    response = _stream(image.file.name, f"image-{image.pk}.png")
+    response = stream_png(image.file.name, f"image-{image.pk}.png")
     audit_log.record(action="download", obj=image, request=request)
     return response
 
@@ -265,7 +266,7 @@ def image_file(request: HttpRequest, pk: int) -> FileResponse:
 def heatmap_file(request: HttpRequest, pk: int) -> FileResponse:
     """The Grad-CAM overlay of one prediction."""
     prediction = get_object_or_404(access.visible_predictions(request.user), pk=pk)
-    response = _stream(prediction.heatmap.name if prediction.heatmap else "", f"heatmap-{prediction.pk}.png")
+    response = stream_png(prediction.heatmap.name if prediction.heatmap else "", f"heatmap-{prediction.pk}.png")
     audit_log.record(action="download", obj=prediction, request=request)
     return response
 

@@ -84,9 +84,13 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "axes",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "audit",
     "cases",
     "classifier",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -289,6 +293,46 @@ CELERY_BEAT_SCHEDULE = {
 LIST_PAGE_SIZE = int(os.environ.get("LIST_PAGE_SIZE", "50"))
 # A dermatologist's claim on a case lapses after this; another reviewer may then take it over
 CLAIM_EXPIRY_HOURS = float(os.environ.get("CLAIM_EXPIRY_HOURS", "4"))
+
+# --- Integration API (api/): tokens issued by an admin, the same scoping as the pages -----------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.authentication.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # the docs page's "Try it out"
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": LIST_PAGE_SIZE,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle",
+                                 "rest_framework.throttling.AnonRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": os.environ.get("API_RATE_USER", "600/minute"),
+        "anon": os.environ.get("API_RATE_ANON", "60/minute"),
+        "uploads": os.environ.get("API_RATE_UPLOADS", "120/minute"),
+    },
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "SecondLook API",
+    "DESCRIPTION": "Decision support for dermoscopy: patients, visits, lesions, image upload, model "
+                   "scores, dermatologists' reviews and the model registry. It assists; it never "
+                   "diagnoses alone. Authenticate with `Authorization: Token <key>` (issued by an admin).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: no external assets
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.add_error_responses"],
+    "ENUM_NAME_OVERRIDES": {
+        "CaseStatusEnum": "cases.models.Case.Status",
+        "PredictionStatusEnum": "cases.models.Prediction.Status",
+        "ModelVersionStatusEnum": "classifier.models.ModelVersion.Status",
+    },
+}
 
 # --- Health checks (melanoma_site.health) ---------------------------------------------------
 HEALTH_CACHE_SECONDS = float(os.environ.get("HEALTH_CACHE_SECONDS", "5"))

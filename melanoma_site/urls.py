@@ -16,5 +16,9 @@ urlpatterns = [
          name="password_change_done"),
     path("health/", health.health, name="health"),
     path("health/live", health.live, name="health_live"),
+    path("api/v1/", include("api.urls")),
     path("", include("cases.urls")),
 ]
+
+handler404 = "api.errors.not_found"
+handler500 = "api.errors.server_error"

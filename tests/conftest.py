@@ -247,3 +247,15 @@ def s3_endpoint():
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def live_server(settings, django_db_blocker):
+    """pytest-django's live server, per test. Django's live-server media handler can't parse
+    MEDIA_URL=None, so it gets a dummy prefix for this test only; the app never links to it."""
+    from pytest_django.live_server_helper import LiveServer
+
+    settings.MEDIA_URL = "/__live-server-media-unused__/"
+    server = LiveServer("localhost")
+    yield server
+    server.stop()

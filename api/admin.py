@@ -1,0 +1,56 @@
+"""Admins issue and revoke API tokens; the secret is shown once, only its hash is stored."""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from api.models import ApiToken
+from audit import log as audit_log
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "name", "user", "state", "created_at", "created_by", "expires_at", "last_used_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "prefix", "user__username"]
+    readonly_fields = ["prefix", "created_by", "created_at", "revoked_at", "last_used_at"]
+    actions = ["revoke"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name", "expires_at"] if obj is None else ["user", "name", "expires_at", *self.readonly_fields]
+
+    def get_readonly_fields(self, request, obj=None):
+        # a token's owner never changes: issue a new token instead
+        return self.readonly_fields if obj is None else ["user", *self.readonly_fields]
+
+    @admin.display(description="state")
+    def state(self, token: ApiToken) -> str:
+        return token.state
+
+    def save_model(self, request, obj: ApiToken, form, change) -> None:
+        if change:
+            old = audit_log.snapshot(ApiToken.objects.get(pk=obj.pk), ("name", "expires_at"))
+            super().save_model(request, obj, form, change)
+            audit_log.record(action="update", obj=obj, request=request, old=old,
+                             new=audit_log.snapshot(obj, ("name", "expires_at")))
+            return
+        key = obj.issue()
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        audit_log.record(action="create", obj=obj, request=request,
+                         new=audit_log.snapshot(obj, ("user", "name", "prefix", "expires_at")))
+        messages.warning(request, f"The new token for {obj.user} is {key} — copy it now: it is not shown again.")
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # revoke instead: the record of who held which token stays
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset) -> None:
+        now = timezone.now()
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            if ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now):
+                audit_log.record(action="update", obj=token, request=request, old={"revoked_at": None},
+                                 new={"revoked_at": now.isoformat()})
+                revoked += 1
+        messages.success(request, f"{revoked} token(s) revoked; they no longer authenticate.")

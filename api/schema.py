@@ -1,0 +1,35 @@
+"""OpenAPI: describe the token scheme to drf-spectacular."""
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "api.authentication.ApiTokenAuthentication"
+    name = "tokenAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "apiKey", "in": "header", "name": "Authorization",
+                "description": "`Token <key>`: a key issued by an admin (Admin → API tokens)."}
+
+
+ERROR = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+FIELD_ERRORS = {"type": "object", "additionalProperties": True,
+                "description": "messages per field (a list of strings each), or `detail`"}
+COMMON_ERRORS = {
+    "400": ("Invalid input or query parameter: messages per field.", FIELD_ERRORS),
+    "401": ("No valid token (missing, wrong, revoked or expired).", ERROR),
+    "403": ("Authenticated, but this role may not do this.", ERROR),
+    "404": ("No such object in your scope (another clinic's records are never confirmed), or no such page.", ERROR),
+    "429": ("Rate limit reached; retry after the Retry-After header's seconds.", ERROR),
+}
+
+
+def add_error_responses(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: every operation documents the errors every operation
+    can give (schemathesis holds the app to its schema, error answers included)."""
+    for methods in result.get("paths", {}).values():
+        for operation in methods.values():
+            responses = operation.setdefault("responses", {})
+            for code, (description, schema) in COMMON_ERRORS.items():
+                responses.setdefault(code, {"description": description,
+                                            "content": {"application/json": {"schema": schema}}})
+    return result

@@ -1,0 +1,215 @@
+"""Shapes of the API's objects. Input is validated by the web app's own forms (one rule set)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from cases import access
+from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm
+from cases.models import Case, Lesion, LesionImage, Patient, Prediction, Review
+from classifier.models import ModelVersion
+
+
+def person(user) -> str | None:
+    """A user as other people see them: the full name, else the username."""
+    return (user.get_full_name() or user.username) if user is not None else None
+
+
+def form_validated(form_class, data: dict, **form_kwargs) -> dict:
+    """The form's cleaned data, or a DRF ValidationError with the form's messages per field."""
+    form = form_class(data=data, **form_kwargs)
+    if not form.is_valid():
+        raise serializers.ValidationError(
+            {("non_field_errors" if name == "__all__" else name): messages for name, messages in form.errors.items()})
+    return form.cleaned_data
+
+
+class PatientSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Patient
+        fields = ["id", "identifier", "birth_year", "sex", "fitzpatrick_type", "clinic", "created_at"]
+        read_only_fields = ["id", "clinic", "created_at"]
+        extra_kwargs = {"identifier": {"validators": []}}  # the form checks uniqueness in the clinic
+
+    def validate(self, attrs: dict) -> dict:
+        data = {k: ("" if v is None else v) for k, v in self.initial_data.items()} if hasattr(self.initial_data, "items") else {}
+        return form_validated(PatientForm, data, clinic=access.clinic_of(self.context["request"].user))
+
+
+class ModelVersionSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "version", "status"]
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    melanoma_auc = serializers.FloatField(read_only=True, allow_null=True)
+    malignancy_auc = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "version", "status", "created_at", "activated_at", "sha256", "data_sources",
+                  "melanoma_threshold", "malignancy_threshold", "target_sensitivity", "temperature",
+                  "melanoma_auc", "malignancy_auc", "notes"]
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    model_version = ModelVersionSummarySerializer(read_only=True)
+    error = serializers.CharField(source="error_for_display", read_only=True)
+    lesion = serializers.IntegerField(source="image.lesion_id", read_only=True)
+    case = serializers.IntegerField(source="image.lesion.case_id", read_only=True)
+    melanoma_threshold = serializers.FloatField(source="model_version.melanoma_threshold", read_only=True,
+                                                allow_null=True)
+    malignancy_threshold = serializers.FloatField(source="model_version.malignancy_threshold", read_only=True,
+                                                  allow_null=True)
+
+    class Meta:
+        model = Prediction
+        fields = ["id", "image", "lesion", "case", "status", "melanoma_probability", "malignancy_score",
+                  "melanoma_threshold", "malignancy_threshold", "flagged", "flag_reasons", "assessable",
+                  "assessment_notes", "prediction_set", "class_probabilities", "error", "attempts",
+                  "model_version", "created_at", "finished_at"]
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    file_url = serializers.SerializerMethodField()
+    original_name = serializers.SerializerMethodField()
+    latest_prediction = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LesionImage
+        fields = ["id", "lesion", "kind", "width", "height", "sha256", "original_format", "original_name",
+                  "uploaded_at", "acquired_on", "source_body_site", "file_url", "latest_prediction"]
+
+    def get_file_url(self, image: LesionImage) -> str:
+        return self.context["request"].build_absolute_uri(reverse("api:image-file", args=[image.pk]))
+
+    def get_original_name(self, image: LesionImage) -> str | None:
+        # the client's file name may carry patient details: only the clinic sees it, as on the pages
+        return image.original_name if access.can_edit_case(self.context["request"].user, image.lesion.case) else None
+
+    @extend_schema_field(PredictionSerializer(allow_null=True))
+    def get_latest_prediction(self, image: LesionImage) -> dict | None:
+        latest = max(image.predictions.all(), key=lambda p: (p.created_at, p.pk), default=None)
+        return PredictionSerializer(latest, context=self.context).data if latest is not None else None
+
+
+class ReviewSerializer(serializers.ModelSerializer):
+    reviewer = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Review
+        fields = ["id", "lesion", "reviewer", "agreement", "final_diagnosis", "management", "notes", "created_at"]
+
+    def get_reviewer(self, review: Review) -> str | None:
+        return person(review.reviewer)
+
+
+class LesionSerializer(serializers.ModelSerializer):
+    images = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = Lesion
+        fields = ["id", "case", "anatomic_site", "description", "flagged", "awaiting_review", "flagged_at",
+                  "created_at", "images"]
+        read_only_fields = ["id", "flagged", "awaiting_review", "flagged_at", "created_at", "images"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            self.fields["case"].queryset = access.visible_cases(request.user)
+
+    def validate(self, attrs: dict) -> dict:
+        data = {"anatomic_site": self.initial_data.get("anatomic_site", ""),
+                "description": self.initial_data.get("description", "")}
+        return {"case": attrs["case"], **form_validated(LesionForm, data)}
+
+
+class CaseSerializer(serializers.ModelSerializer):
+    referring_clinician = serializers.SerializerMethodField()
+    claimed_by = serializers.SerializerMethodField()
+    lesions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = Case
+        fields = ["id", "patient", "clinical_question", "notes", "status", "referring_clinician", "claimed_by",
+                  "claimed_at", "created_at", "updated_at", "lesions"]
+        read_only_fields = ["id", "status", "claimed_at", "created_at", "updated_at", "lesions"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            self.fields["patient"].queryset = access.visible_patients(request.user)
+
+    def get_referring_clinician(self, case: Case) -> str | None:
+        return person(case.referring_clinician)
+
+    def get_claimed_by(self, case: Case) -> str | None:
+        return person(case.claimed_by)
+
+    def validate(self, attrs: dict) -> dict:
+        data = {"clinical_question": self.initial_data.get("clinical_question", ""),
+                "notes": self.initial_data.get("notes", "")}
+        return {"patient": attrs["patient"], **form_validated(CaseForm, data)}
+
+
+class QueueEntrySerializer(serializers.ModelSerializer):
+    patient_identifier = serializers.CharField(source="patient.identifier", read_only=True)
+    top_melanoma_probability = serializers.FloatField(source="top_melanoma", read_only=True)
+    cannot_assess = serializers.BooleanField(read_only=True)
+    claimed_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Case
+        fields = ["id", "patient", "patient_identifier", "clinical_question", "status", "top_melanoma_probability",
+                  "cannot_assess", "claimed_by", "claimed_at", "created_at"]
+
+    def get_claimed_by(self, case: Case) -> str | None:
+        return person(case.claimed_by)
+
+
+class UploadSerializer(serializers.Serializer):
+    """Multipart input of an upload: several files under ``images``."""
+
+    images = serializers.ListField(child=serializers.FileField(allow_empty_file=True), allow_empty=False,
+                                   max_length=settings.UPLOAD_MAX_FILES)
+    kind = serializers.ChoiceField(choices=LesionImage.Kind.choices, default=LesionImage.Kind.DERMOSCOPIC)
+
+
+class UploadItemSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    image = serializers.IntegerField(allow_null=True, help_text="the stored (or already stored) image's id")
+    error = serializers.CharField(allow_blank=True)
+
+
+class UploadResultSerializer(serializers.Serializer):
+    accepted = UploadItemSerializer(many=True)
+    duplicates = UploadItemSerializer(many=True)
+    rejected = UploadItemSerializer(many=True)
+    scoring_unavailable = serializers.CharField(allow_blank=True)
+
+
+class LesionReviewInputSerializer(serializers.Serializer):
+    lesion = serializers.IntegerField()
+    agreement = serializers.ChoiceField(choices=Review.Agreement.choices)
+    final_diagnosis = serializers.ChoiceField(choices=Review._meta.get_field("final_diagnosis").choices)
+    management = serializers.ChoiceField(choices=Review.Management.choices)
+    notes = serializers.CharField(max_length=5000, allow_blank=True, default="")
+
+    def validate(self, attrs: dict) -> dict:
+        fields = {k: attrs[k] for k in ("agreement", "final_diagnosis", "management", "notes")}
+        return {"lesion": attrs["lesion"], **form_validated(ReviewForm, fields)}
+
+
+class CaseReviewInputSerializer(serializers.Serializer):
+    """The reviews of every flagged lesion of a claimed case, submitted together (as on the page)."""
+
+    reviews = LesionReviewInputSerializer(many=True, allow_empty=False)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()

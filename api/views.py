@@ -1,0 +1,319 @@
+"""API views: thin glue between serializers, cases.access scoping and the clinical services.
+
+Every object is fetched through cases.access, so an id outside the user's scope is 404, exactly as
+on the web pages; reads of single records and file downloads are audited like the pages.
+"""
+from __future__ import annotations
+
+from django.db.models import Prefetch, QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from api import serializers as s
+from audit import log as audit_log
+from cases import access, queue, services
+from cases.fhir_export import FHIR_JSON, case_bundle
+from cases.models import Case, Lesion, LesionImage, Patient, Prediction, Review
+from cases.views import stream_png
+from classifier.models import ModelVersion
+
+CONFLICT = OpenApiResponse(s.ErrorSerializer, description="the case is not in a state that allows this")
+
+
+def _int_param(request, name: str) -> int | None:
+    """An integer query filter; a malformed one is a 400, never a 500."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError({name: [f"{name} must be an integer."]}) from None
+
+
+def _filtered(queryset: QuerySet, request, filters: dict[str, str]) -> QuerySet:
+    """Apply the integer filters named in ``filters`` (query parameter -> lookup)."""
+    for param, lookup in filters.items():
+        value = _int_param(request, param)
+        if value is not None:
+            queryset = queryset.filter(**{lookup: value})
+    return queryset
+
+
+def _int_filters(*names: str) -> list[OpenApiParameter]:
+    return [OpenApiParameter(name, int, description=f"only those of this {name}") for name in names]
+
+
+class SingleValuedQueryMixin:
+    """A query parameter given twice is refused (400), not silently reduced to its last value."""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        repeated = [name for name in request.query_params if len(request.query_params.getlist(name)) > 1]
+        if repeated:
+            raise ValidationError({name: [f"Give {name} once."] for name in repeated})
+
+
+class AuditedRetrieveMixin(mixins.RetrieveModelMixin):
+    """Reading one record is audited, as opening its page is."""
+
+    def retrieve(self, request, *args, **kwargs):
+        instance = self.get_object()
+        audit_log.record(action="view", obj=instance, request=request)
+        return Response(self.get_serializer(instance).data)
+
+
+class ReadViewSet(SingleValuedQueryMixin, AuditedRetrieveMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """List and retrieve."""
+
+
+
+@extend_schema_view(list=extend_schema(parameters=[OpenApiParameter("q", str, description="identifier contains")]))
+class PatientViewSet(mixins.CreateModelMixin, ReadViewSet):
+    """Patients of the user's clinic (clinicians), of cases they review (dermatologists), all (admins)."""
+
+    serializer_class = s.PatientSerializer
+    queryset = Patient.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        patients = access.visible_patients(self.request.user).order_by("clinic__name", "identifier", "pk")
+        query = self.request.query_params.get("q", "").strip()
+        return patients.filter(identifier__icontains=query) if query else patients
+
+    def perform_create(self, serializer):
+        serializer.instance = services.create_patient(user=self.request.user, request=self.request,
+                                                      **serializer.validated_data)
+
+
+@extend_schema_view(list=extend_schema(parameters=[
+    *_int_filters("patient"), OpenApiParameter("status", str, enum=Case.Status.values)]))
+class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
+    """Cases (visits): a clinical question about some of a patient's lesions."""
+
+    serializer_class = s.CaseSerializer
+    queryset = Case.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        cases = _filtered(access.visible_cases(self.request.user), self.request, {"patient": "patient_id"})
+        wanted = self.request.query_params.get("status")
+        if wanted:
+            if wanted not in Case.Status.values:
+                raise ValidationError({"status": [f"status must be one of {', '.join(Case.Status.values)}."]})
+            cases = cases.filter(status=wanted)
+        return cases.prefetch_related("lesions").order_by("-created_at", "pk")
+
+    def perform_create(self, serializer):
+        data = serializer.validated_data
+        serializer.instance = services.create_case(user=self.request.user, patient=data["patient"],
+                                                   clinical_question=data["clinical_question"],
+                                                   notes=data.get("notes", ""), request=self.request)
+
+    def _reviewer_case(self) -> Case:
+        # clinicians must not learn that the review endpoints exist for their cases (as on the pages)
+        case = self.get_object()
+        if not access.is_reviewer(self.request.user):
+            raise NotFound()
+        return case
+
+    @extend_schema(request=None, responses={200: s.CaseSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def claim(self, request, pk=None):
+        """Claim a queued case for review (atomic; a claim older than CLAIM_EXPIRY_HOURS is taken over)."""
+        case = self._reviewer_case()
+        queue.claim_case(case=case, reviewer=request.user, request=request)
+        return Response(self.get_serializer(self.get_queryset().get(pk=case.pk)).data)
+
+    @extend_schema(request=None, responses={200: s.CaseSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def release(self, request, pk=None):
+        """Give a case you claimed back to the queue."""
+        case = self._reviewer_case()
+        if not queue.release_case(case=case, reviewer=request.user, request=request):
+            raise queue.ClaimError("You have not claimed this case.")
+        return Response(self.get_serializer(self.get_queryset().get(pk=case.pk)).data)
+
+    @extend_schema(request=s.CaseReviewInputSerializer, responses={201: s.ReviewSerializer(many=True), 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def reviews(self, request, pk=None):
+        """Review every flagged lesion of a case you claimed; the case leaves the queue."""
+        case = self._reviewer_case()
+        payload = s.CaseReviewInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        lesions = {lesion.pk: lesion for lesion in queue.lesions_to_review(case)}
+        entries = []
+        for item in payload.validated_data["reviews"]:
+            lesion = lesions.get(item["lesion"])
+            if lesion is None:
+                raise queue.ClaimError(f"Lesion {item['lesion']} of this case is not waiting for review.")
+            entries.append(queue.LesionReview(lesion=lesion, agreement=item["agreement"],
+                                              final_diagnosis=item["final_diagnosis"],
+                                              management=item["management"], notes=item["notes"]))
+        saved = queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, request=request)
+        return Response(s.ReviewSerializer(saved, many=True).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], url_path="fhir")
+    def fhir(self, request, pk=None):
+        """The case as a FHIR R4 Bundle: Patient (pseudonymous), BodyStructures, Media, Device,
+        Observations of the scores and DiagnosticReports of the reviews."""
+        case = self.get_object()
+        bundle = case_bundle(case, base_url=request.build_absolute_uri("/").rstrip("/"))
+        audit_log.record(action="download", obj=case, request=request)
+        return Response(bundle, content_type=FHIR_JSON)
+
+
+@extend_schema_view(list=extend_schema(parameters=_int_filters("case")))
+class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
+    """Lesions of visible cases; images are uploaded to a lesion."""
+
+    serializer_class = s.LesionSerializer
+    queryset = Lesion.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        lesions = _filtered(access.visible_lesions(self.request.user), self.request, {"case": "case_id"})
+        return lesions.prefetch_related("images").order_by("pk")
+
+    def perform_create(self, serializer):
+        data = serializer.validated_data
+        serializer.instance = services.add_lesion(user=self.request.user, case=data["case"],
+                                                  anatomic_site=data["anatomic_site"],
+                                                  description=data.get("description", ""), request=self.request)
+
+    @extend_schema(request={"multipart/form-data": s.UploadSerializer},
+                   responses={201: s.UploadResultSerializer, 400: s.UploadResultSerializer})
+    @action(detail=True, methods=["post"], url_path="images")
+    def upload(self, request, pk=None):
+        """Upload one or more images (multipart, field ``images``). Each file is judged on its own:
+        the response lists accepted, duplicate and rejected files with the reason; 400 when none
+        was stored."""
+        lesion = self.get_object()
+        payload = s.UploadSerializer(data={"images": request.FILES.getlist("images"),
+                                           "kind": request.data.get("kind", "dermoscopic")})
+        payload.is_valid(raise_exception=True)
+        outcome = services.upload_images(user=request.user, lesion=lesion, files=payload.validated_data["images"],
+                                         kind=payload.validated_data["kind"], request=request)
+        body = {
+            "accepted": [{"name": image.original_name, "image": image.pk, "error": ""} for image in outcome.accepted],
+            "duplicates": [{"name": name, "image": existing.pk if existing else None, "error": ""}
+                           for name, existing in outcome.duplicates],
+            "rejected": [{"name": name, "image": None, "error": reason} for name, reason in outcome.rejected],
+            "scoring_unavailable": outcome.scoring_unavailable,
+        }
+        ok = outcome.accepted or not outcome.rejected
+        return Response(body, status=status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST)
+
+    throttle_scope = "uploads"  # read by ScopedRateThrottle, which only the upload action adds
+
+    def get_throttles(self):
+        throttles = super().get_throttles()
+        return [*throttles, ScopedRateThrottle()] if self.action == "upload" else throttles
+
+
+@extend_schema_view(list=extend_schema(parameters=_int_filters("lesion", "case")))
+class ImageViewSet(ReadViewSet):
+    """Uploaded images (stored re-encoded, without metadata) with their latest prediction."""
+
+    serializer_class = s.ImageSerializer
+    queryset = LesionImage.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        images = _filtered(access.visible_images(self.request.user), self.request,
+                           {"lesion": "lesion_id", "case": "lesion__case_id"})
+        predictions = Prediction.objects.select_related("model_version", "image__lesion")
+        return images.prefetch_related(Prefetch("predictions", queryset=predictions)).order_by("pk")
+
+    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @action(detail=True, methods=["get"])
+    def file(self, request, pk=None):
+        """The stored PNG (audited as a download)."""
+        image = self.get_object()
+        response = stream_png(image.file.name, f"image-{image.pk}.png")
+        audit_log.record(action="download", obj=image, request=request)
+        return response
+
+
+@extend_schema_view(list=extend_schema(parameters=[
+    *_int_filters("case", "lesion", "image"), OpenApiParameter("status", str, enum=Prediction.Status.values)]))
+class PredictionViewSet(ReadViewSet):
+    """Model outputs, one per (image, model version): status, scores, flag, assessability."""
+
+    serializer_class = s.PredictionSerializer
+    queryset = Prediction.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        predictions = _filtered(access.visible_predictions(self.request.user), self.request,
+                                {"case": "image__lesion__case_id", "lesion": "image__lesion_id", "image": "image_id"})
+        wanted = self.request.query_params.get("status")
+        if wanted:
+            if wanted not in Prediction.Status.values:
+                raise ValidationError({"status": [f"status must be one of {', '.join(Prediction.Status.values)}."]})
+            predictions = predictions.filter(status=wanted)
+        return predictions.order_by("pk")
+
+    @extend_schema(request=None, responses={200: s.PredictionSerializer, 409: CONFLICT})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Score a failed prediction again."""
+        prediction = self.get_object()
+        if not access.can_edit_case(request.user, prediction.image.lesion.case):
+            raise NotFound()
+        if not services.retry_prediction(user=request.user, prediction=prediction, request=request):
+            raise queue.ClaimError("This prediction has not failed; there is nothing to retry.")
+        return Response(self.get_serializer(self.get_queryset().get(pk=prediction.pk)).data)
+
+
+@extend_schema_view(list=extend_schema(parameters=_int_filters("case", "lesion")))
+class ReviewViewSet(ReadViewSet):
+    """Dermatologists' reviews of lesions the user may see (signed records: read only)."""
+
+    serializer_class = s.ReviewSerializer
+    queryset = Review.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        reviews = Review.objects.select_related("reviewer", "lesion").filter(
+            lesion__in=access.visible_lesions(self.request.user))
+        return _filtered(reviews, self.request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+
+
+class IsReviewer(permissions.BasePermission):
+    message = "The review queue is for dermatologists."
+
+    def has_permission(self, request, view) -> bool:
+        return access.is_reviewer(request.user)
+
+
+class QueueViewSet(SingleValuedQueryMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Flagged cases waiting for a dermatologist, most suspicious first (claim them at /cases/{id}/claim/)."""
+
+    serializer_class = s.QueueEntrySerializer
+    permission_classes = [permissions.IsAuthenticated, IsReviewer]
+
+    def get_queryset(self):
+        return queue.review_queue()
+
+
+class ModelVersionViewSet(SingleValuedQueryMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                          viewsets.GenericViewSet):
+    """The model registry (read only): versions, their status, thresholds and headline metrics."""
+
+    serializer_class = s.ModelVersionSerializer
+    queryset = ModelVersion.objects.order_by("-created_at", "pk")
+
+
+class MeView(APIView):
+    """Who the token belongs to: roles and clinic."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request):
+        clinic = access.clinic_of(request.user)
+        return Response({
+            "username": request.user.get_username(), "name": s.person(request.user),
+            "clinic": {"id": clinic.pk, "name": clinic.name} if clinic else None,
+            "clinician": access.is_clinician(request.user), "reviewer": access.is_reviewer(request.user),
+        })

@@ -1,0 +1,156 @@
+"""The API client: one method per thing an integration does, pagination and errors handled."""
+from __future__ import annotations
+
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import requests
+
+API = "/api/v1"
+# prediction states that will not change without someone acting
+SETTLED = {"done", "failed"}
+RESULT_COLUMNS = ["case", "lesion", "anatomic_site", "image", "status", "melanoma_probability",
+                  "melanoma_threshold", "malignancy_score", "malignancy_threshold", "flagged", "assessable",
+                  "assessment_notes", "model_version", "error"]
+
+
+class ApiError(Exception):
+    """The API refused a call; ``status`` is the HTTP status, ``detail`` its JSON body (or text)."""
+
+    def __init__(self, status: int, detail: Any, url: str) -> None:
+        self.status, self.detail, self.url = status, detail, url
+        super().__init__(f"HTTP {status} from {url}: {detail}")
+
+
+class SecondLookClient:
+    """Talks to one SecondLook server with one user's API token."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        if not token:
+            raise ValueError("An API token is required (ask an admin to issue one).")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers.update({"Authorization": f"Token {token}", "Accept": "application/json"})
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base_url}{API}/{path.lstrip('/')}"
+
+    def request(self, method: str, path: str, *, retries: int = 3, **kwargs) -> Any:
+        """One call; a 429 waits for Retry-After and tries again (up to ``retries`` times)."""
+        url = self._url(path)
+        for attempt in range(retries + 1):
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            if response.status_code == 429 and attempt < retries:
+                time.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
+            break
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        if response.status_code >= 400 and not (response.status_code == 400 and _is_upload_result(body)):
+            raise ApiError(response.status_code, body, url)
+        return body
+
+    def paginate(self, path: str, **params) -> Iterator[dict]:
+        """Every row of a list endpoint, following its ``next`` links."""
+        page = self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+        while True:
+            yield from page["results"]
+            if not page.get("next"):
+                return
+            page = self.request("GET", page["next"])
+
+    # --- records --------------------------------------------------------------------------
+    def me(self) -> dict:
+        return self.request("GET", "me/")
+
+    def patients(self, q: str | None = None) -> list[dict]:
+        return list(self.paginate("patients/", q=q))
+
+    def create_patient(self, *, identifier: str, birth_year: int, sex: str = "unknown",
+                       fitzpatrick_type: int | None = None) -> dict:
+        return self.request("POST", "patients/", json={"identifier": identifier, "birth_year": birth_year, "sex": sex,
+                                                       "fitzpatrick_type": fitzpatrick_type})
+
+    def create_case(self, *, patient: int, clinical_question: str, notes: str = "") -> dict:
+        return self.request("POST", "cases/", json={"patient": patient, "clinical_question": clinical_question,
+                                                    "notes": notes})
+
+    def create_lesion(self, *, case: int, anatomic_site: str, description: str = "") -> dict:
+        return self.request("POST", "lesions/", json={"case": case, "anatomic_site": anatomic_site,
+                                                      "description": description})
+
+    def upload(self, *, lesion: int, paths: Iterable[str | Path], kind: str = "dermoscopic") -> dict:
+        """Upload image files (JPEG, PNG, TIFF or DICOM) to a lesion; returns accepted, duplicates
+        and rejected files with reasons. Raises ApiError only when the call itself is refused."""
+        handles = [Path(p).open("rb") for p in paths]
+        try:
+            files = [("images", (Path(h.name).name, h, mimetypes.guess_type(h.name)[0] or "application/octet-stream"))
+                     for h in handles]
+            return self.request("POST", f"lesions/{lesion}/images/", files=files, data={"kind": kind})
+        finally:
+            for handle in handles:
+                handle.close()
+
+    def predictions(self, *, case: int | None = None, lesion: int | None = None) -> list[dict]:
+        return list(self.paginate("predictions/", case=case, lesion=lesion))
+
+    def results(self, *, case: int, wait: float = 0.0, poll: float = 2.0) -> list[dict]:
+        """One row per image of the case with its latest prediction; with ``wait`` > 0, first wait
+        up to that many seconds for every prediction to be done or failed."""
+        deadline = time.monotonic() + wait
+        while True:
+            images = list(self.paginate("images/", case=case))
+            pending = [i for i in images if (i["latest_prediction"] or {}).get("status") not in SETTLED]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        lesions = {row["id"]: row for row in self.paginate("lesions/", case=case)}
+        return result_rows(images, lesions)
+
+    def fhir(self, *, case: int) -> dict:
+        return self.request("GET", f"cases/{case}/fhir/")
+
+    # --- review queue ---------------------------------------------------------------------
+    def queue(self) -> list[dict]:
+        return list(self.paginate("queue/"))
+
+    def claim(self, *, case: int) -> dict:
+        return self.request("POST", f"cases/{case}/claim/")
+
+    def release(self, *, case: int) -> dict:
+        return self.request("POST", f"cases/{case}/release/")
+
+    def review(self, *, case: int, reviews: list[dict]) -> list[dict]:
+        return self.request("POST", f"cases/{case}/reviews/", json={"reviews": reviews})
+
+
+def _is_upload_result(body: Any) -> bool:
+    return isinstance(body, dict) and {"accepted", "rejected"} <= set(body)
+
+
+def result_rows(images: list[dict], lesions: dict[int, dict]) -> list[dict]:
+    """Flat rows (RESULT_COLUMNS) from images with their latest prediction, for a CSV."""
+    rows = []
+    for image in images:
+        prediction = image.get("latest_prediction") or {}
+        lesion = lesions.get(image["lesion"], {})
+        rows.append({
+            "case": lesion.get("case"), "lesion": image["lesion"], "anatomic_site": lesion.get("anatomic_site"),
+            "image": image["id"], "status": prediction.get("status", "not scored"),
+            "melanoma_probability": prediction.get("melanoma_probability"),
+            "melanoma_threshold": prediction.get("melanoma_threshold"),
+            "malignancy_score": prediction.get("malignancy_score"),
+            "malignancy_threshold": prediction.get("malignancy_threshold"),
+            "flagged": prediction.get("flagged"), "assessable": prediction.get("assessable"),
+            "assessment_notes": "; ".join(prediction.get("assessment_notes") or []),
+            "model_version": (prediction.get("model_version") or {}).get("version"),
+            "error": prediction.get("error", ""),
+        })
+    return rows

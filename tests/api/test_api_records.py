@@ -1,0 +1,187 @@
+"""The API's records: the same scoping as the pages (two clinics and a user with no access), the
+same validation as the forms, the same services for writes, and reads audited like the pages."""
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from audit.models import AuditEvent
+from cases.models import Case, Lesion, LesionImage, Patient, Prediction
+from tests.support.case_helpers import make_image
+from tests.support.imagegen import jpeg
+
+
+def _detail_urls(world) -> list[str]:
+    image = make_image(world)
+    prediction = Prediction.objects.create(image=image, model_version_id=1)
+    return [f"/api/v1/patients/{world.patient_a.pk}/", f"/api/v1/cases/{world.case_a.pk}/",
+            f"/api/v1/lesions/{world.lesion_a.pk}/", f"/api/v1/images/{image.pk}/",
+            f"/api/v1/images/{image.pk}/file/", f"/api/v1/predictions/{prediction.pk}/",
+            f"/api/v1/cases/{world.case_a.pk}/fhir/"]
+
+
+def test_own_clinic_sees_its_records_other_clinic_and_no_role_get_404(api, world):
+    urls = _detail_urls(world)
+    for url in urls:
+        assert api.clin_a.get(url).status_code == 200, url
+        assert api.clin_b.get(url).status_code == 404, url
+        assert api.norole.get(url).status_code == 404, url
+        assert api.admin.get(url).status_code == 200, url
+
+
+def test_lists_are_scoped(api, world):
+    for path in ("patients", "cases", "lesions"):
+        mine = api.clin_a.get(f"/api/v1/{path}/").json()
+        assert mine["count"] == 1, path
+        other = api.clin_b.get(f"/api/v1/{path}/").json()["results"]
+        assert [row["id"] for row in other] != [row["id"] for row in mine["results"]]
+        assert api.norole.get(f"/api/v1/{path}/").json()["count"] == 0
+    assert api.admin.get("/api/v1/patients/").json()["count"] == 2
+
+
+def test_filters_are_validated_not_500(api, world):
+    response = api.clin_a.get("/api/v1/lesions/?case=abc")
+    assert response.status_code == 400 and "case must be an integer" in response.json()["case"][0]
+    assert api.clin_a.get("/api/v1/cases/?status=nope").status_code == 400
+    assert api.clin_a.get(f"/api/v1/lesions/?case={world.case_b.pk}").json()["count"] == 0
+    twice = api.clin_a.get("/api/v1/patients/?page=1&page=2")
+    assert twice.status_code == 400 and twice.json() == {"page": ["Give page once."]}
+
+
+def test_reads_are_audited_like_pages(api, world):
+    api.clin_a.get(f"/api/v1/patients/{world.patient_a.pk}/")
+    event = AuditEvent.objects.filter(action="view", object_type="patient").get()
+    assert event.actor == world.clin_a and event.clinic_id == world.clinic_a.pk
+
+
+def test_clinician_creates_patient_case_and_lesion_through_the_services(api, world):
+    created = api.clin_a.post("/api/v1/patients/", {"identifier": "PA-2", "birth_year": 1990, "sex": "male"},
+                              format="json")
+    assert created.status_code == 201, created.json()
+    patient = Patient.objects.get(identifier="PA-2")
+    assert patient.clinic == world.clinic_a and created.json()["id"] == patient.pk
+    case = api.clin_a.post("/api/v1/cases/", {"patient": patient.pk, "clinical_question": "New mole?"}, format="json")
+    assert case.status_code == 201, case.json()
+    lesion = api.clin_a.post("/api/v1/lesions/", {"case": case.json()["id"], "anatomic_site": "upper extremity"},
+                             format="json")
+    assert lesion.status_code == 201, lesion.json()
+    assert Lesion.objects.get(pk=lesion.json()["id"]).case_id == case.json()["id"]
+    assert set(AuditEvent.objects.filter(action="create").values_list("object_type", flat=True)) == {
+        "patient", "case", "lesion"}
+
+
+def test_bad_input_gets_the_forms_messages_and_changes_nothing(api, world):
+    before = Patient.objects.count()
+    duplicate = api.clin_a.post("/api/v1/patients/", {"identifier": "PA-1", "birth_year": 1990, "sex": "male"},
+                                format="json")
+    assert duplicate.status_code == 400
+    assert duplicate.json()["identifier"] == ["Your clinic already has a patient with this identifier."]
+    future = api.clin_a.post("/api/v1/patients/", {"identifier": "PA-9", "birth_year": 2099, "sex": "male"},
+                             format="json")
+    assert future.status_code == 400 and "future" in future.json()["birth_year"][0]
+    bad_site = api.clin_a.post("/api/v1/lesions/", {"case": world.case_a.pk, "anatomic_site": "elbow"}, format="json")
+    assert bad_site.status_code == 400 and "anatomic_site" in bad_site.json()
+    other_clinic = api.clin_a.post("/api/v1/cases/", {"patient": world.patient_b.pk, "clinical_question": "?"},
+                                   format="json")
+    assert other_clinic.status_code == 400 and "patient" in other_clinic.json()
+    assert Patient.objects.count() == before and Case.objects.count() == 2
+
+
+def test_dermatologist_may_not_create_patients(api, world):
+    response = api.derm.post("/api/v1/patients/", {"identifier": "X-1", "birth_year": 1990, "sex": "male"},
+                             format="json")
+    assert response.status_code == 403
+
+
+def test_upload_judges_each_file_on_its_own(api, world, dispatched, django_capture_on_commit_callbacks):
+    files = [SimpleUploadedFile("good.jpg", jpeg(seed=1), content_type="image/jpeg"),
+             SimpleUploadedFile("notes.txt", b"just some text", content_type="text/plain")]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                                   {"images": files, "kind": "dermoscopic"}, format="multipart")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert [item["name"] for item in body["accepted"]] == ["good.jpg"]
+    assert body["rejected"][0]["name"] == "notes.txt"
+    assert "Only JPEG, PNG" in body["rejected"][0]["error"] and "text file" in body["rejected"][0]["error"]
+    image = LesionImage.objects.get()
+    assert dispatched == [image.predictions.get().pk]
+    again = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                            {"images": [SimpleUploadedFile("copy.jpg", jpeg(seed=1))]}, format="multipart")
+    assert again.status_code == 201 and again.json()["duplicates"][0]["image"] == image.pk
+
+
+def test_upload_with_only_bad_files_is_400_and_stores_nothing(api, world, dispatched):
+    response = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                               {"images": [SimpleUploadedFile("empty.png", b"")]}, format="multipart")
+    assert response.status_code == 400 and response.json()["rejected"][0]["error"] == "The file is empty (0 bytes)."
+    missing = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/", {}, format="multipart")
+    assert missing.status_code == 400 and "images" in missing.json()
+    assert LesionImage.objects.count() == 0 and dispatched == []
+
+
+def test_other_clinic_and_dermatologist_cannot_upload(api, world, dispatched):
+    files = {"images": [SimpleUploadedFile("good.jpg", jpeg(seed=2))]}
+    assert api.clin_b.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/", files, format="multipart").status_code == 404
+    world.lesion_a.flagged = world.lesion_a.awaiting_review = True
+    world.lesion_a.save()
+    files = {"images": [SimpleUploadedFile("good.jpg", jpeg(seed=2))]}
+    assert api.derm.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/", files, format="multipart").status_code == 403
+    assert LesionImage.objects.count() == 0
+
+
+@pytest.fixture
+def queued(world):
+    """Clinic A's lesion flagged and waiting for review, with a scored image."""
+    image = make_image(world)
+    Prediction.objects.create(image=image, model_version_id=1, status="done", melanoma_probability=0.8,
+                              malignancy_score=0.9, flagged=True, finished_at=image.uploaded_at)
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
+    return world.case_a
+
+
+def test_queue_claim_review_round_trip(api, world, queued):
+    rows = api.derm.get("/api/v1/queue/").json()["results"]
+    assert [row["id"] for row in rows] == [queued.pk] and rows[0]["top_melanoma_probability"] == 0.8
+    assert api.clin_a.get("/api/v1/queue/").status_code == 403
+    assert api.clin_a.post(f"/api/v1/cases/{queued.pk}/claim/").status_code == 404
+    claimed = api.derm.post(f"/api/v1/cases/{queued.pk}/claim/")
+    assert claimed.status_code == 200 and claimed.json()["claimed_by"] == "Derm"
+    taken = api.derm2.post(f"/api/v1/cases/{queued.pk}/claim/")
+    assert taken.status_code == 409 and "already claimed by Derm" in taken.json()["detail"]
+    incomplete = api.derm.post(f"/api/v1/cases/{queued.pk}/reviews/", {"reviews": [
+        {"lesion": world.lesion_b.pk, "agreement": "agree", "final_diagnosis": "melanoma", "management": "excision"}]},
+        format="json")
+    assert incomplete.status_code == 409
+    done = api.derm.post(f"/api/v1/cases/{queued.pk}/reviews/", {"reviews": [
+        {"lesion": world.lesion_a.pk, "agreement": "agree", "final_diagnosis": "melanoma", "management": "excision"}]},
+        format="json")
+    assert done.status_code == 201, done.json()
+    assert done.json()[0]["reviewer"] == "Derm"
+    assert Case.objects.get(pk=queued.pk).status == "reviewed"
+    assert api.derm.get("/api/v1/queue/").json()["count"] == 0
+    reviews = api.clin_a.get(f"/api/v1/reviews/?case={queued.pk}").json()
+    assert reviews["count"] == 1 and reviews["results"][0]["final_diagnosis"] == "melanoma"
+    assert api.clin_b.get(f"/api/v1/reviews/?case={queued.pk}").json()["count"] == 0
+
+
+def test_release_of_an_unclaimed_case_is_a_conflict(api, world, queued):
+    assert api.derm.post(f"/api/v1/cases/{queued.pk}/release/").status_code == 409
+    api.derm.post(f"/api/v1/cases/{queued.pk}/claim/")
+    released = api.derm.post(f"/api/v1/cases/{queued.pk}/release/")
+    assert released.status_code == 200 and released.json()["claimed_by"] is None
+
+
+def test_predictions_show_scores_thresholds_and_model_version(api, world, queued):
+    rows = api.clin_a.get(f"/api/v1/predictions/?case={queued.pk}").json()["results"]
+    assert rows[0]["melanoma_probability"] == 0.8 and rows[0]["melanoma_threshold"] == 0.5
+    assert rows[0]["model_version"]["version"] == "unit-test-v1" and rows[0]["flagged"] is True
+    image = api.clin_a.get(f"/api/v1/images/{rows[0]['image']}/").json()
+    assert image["latest_prediction"]["id"] == rows[0]["id"]
+    assert image["file_url"].endswith(f"/api/v1/images/{rows[0]['image']}/file/")
+
+
+def test_model_registry_is_readable(api, world):
+    rows = api.norole.get("/api/v1/models/").json()["results"]
+    assert rows[0]["version"] == "unit-test-v1" and rows[0]["melanoma_threshold"] == 0.5
+    assert api.norole.post("/api/v1/models/", {}).status_code == 405

@@ -1,0 +1,108 @@
+"""The Python client and its command line, against a running app (live server), using only the
+public API; end to end with a real Celery worker scoring the uploads."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from secondlook_client import ApiError, SecondLookClient
+from tests.api.conftest import issue_token
+from tests.support.case_helpers import World
+from tests.support.imagegen import jpeg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _cli(*args: str, url: str, token: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter with no Django settings in its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update(SECONDLOOK_URL=url, SECONDLOOK_TOKEN=token, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "secondlook_client", *args], capture_output=True, text=True,
+                          env=env, timeout=60, cwd=ROOT)
+
+
+@pytest.fixture
+def served(live_server, transactional_db, media_root, fast_passwords, monkeypatch):
+    from classifier.models import ModelVersion
+
+    ModelVersion.objects.create(version="client-test-v1", status=ModelVersion.Status.ACTIVE,
+                                artifact_path="/nonexistent/model", melanoma_threshold=0.5, malignancy_threshold=0.6)
+    monkeypatch.setattr("cases.scoring.dispatch_prediction", lambda pk, **kwargs: True)
+    world = World()
+    return world, SecondLookClient(live_server.url, issue_token(world.clin_a))
+
+
+@pytest.mark.slow
+def test_client_creates_records_and_pages_through_lists(served, settings):
+    world, client = served
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "PAGE_SIZE": 2}
+    assert client.me()["clinic"]["name"] == "Clinic A"
+    for n in range(4):
+        client.create_patient(identifier=f"PX-{n}", birth_year=1980 + n, sex="female")
+    assert [p["identifier"] for p in client.patients()] == ["PA-1", "PX-0", "PX-1", "PX-2", "PX-3"]
+    with pytest.raises(ApiError) as refused:
+        client.create_patient(identifier="PX-0", birth_year=1980)
+    assert refused.value.status == 400 and "already has a patient" in refused.value.detail["identifier"][0]
+    with pytest.raises(ApiError) as hidden:
+        client.fhir(case=world.case_b.pk)
+    assert hidden.value.status == 404
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_bad_token_and_missing_files_clearly(served, live_server, tmp_path):
+    bad = _cli("whoami", url=live_server.url, token="sl_wrong")
+    assert bad.returncode == 1 and "HTTP 401" in bad.stderr and "Invalid token." in bad.stderr
+    missing = _cli("upload", "--lesion", "1", str(tmp_path / "nope.jpg"), url=live_server.url, token="x")
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    no_token = _cli("whoami", url=live_server.url, token="")
+    assert no_token.returncode == 2 and "token is required" in no_token.stderr
+
+
+def test_client_imports_without_django():
+    probe = "import sys, secondlook_client, secondlook_client.__main__; print('django' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_upload_and_results_end_to_end_through_a_worker(live_server, media_root, fast_passwords, use_tiny_model,
+                                                         celery_worker_process, tmp_path):
+    from classifier.registry import activate, register_artifact
+
+    version = activate(register_artifact(use_tiny_model))
+    world = World()
+    token = issue_token(world.clin_a)
+    client = SecondLookClient(live_server.url, token)
+    patient = client.create_patient(identifier="API-7", birth_year=1961, sex="male")
+    case = client.create_case(patient=patient["id"], clinical_question="Changing lesion on the back?")
+    lesion = client.create_lesion(case=case["id"], anatomic_site="posterior torso")
+    good, bad = tmp_path / "back-1.jpg", tmp_path / "notes.txt"
+    good.write_bytes(jpeg(size=(96, 96), seed=3))
+    bad.write_text("not an image")
+
+    uploaded = _cli("upload", "--lesion", str(lesion["id"]), str(good), str(bad), url=live_server.url, token=token)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert "accepted   back-1.jpg -> image" in uploaded.stdout
+    assert "rejected   notes.txt: Only JPEG" in uploaded.stdout
+
+    started = time.monotonic()
+    rows = client.results(case=case["id"], wait=90, poll=0.5)
+    assert rows and rows[0]["status"] == "done", (rows, celery_worker_process.log_path.read_text()[-3000:])
+    assert time.monotonic() - started < 90
+    assert rows[0]["model_version"] == version.version and 0.0 <= rows[0]["melanoma_probability"] <= 1.0
+
+    out_csv = tmp_path / "results.csv"
+    written = _cli("results", "--case", str(case["id"]), "--csv", str(out_csv), url=live_server.url, token=token)
+    assert written.returncode == 0, written.stderr
+    with out_csv.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 1 and table[0]["status"] == "done" and table[0]["anatomic_site"] == "posterior torso"
+    assert float(table[0]["melanoma_probability"]) == pytest.approx(rows[0]["melanoma_probability"])
