@@ -5,7 +5,7 @@ from django import forms
 from django.conf import settings
 from django.utils import timezone
 
-from cases.models import BIRTH_YEAR_MIN, Case, Lesion, LesionImage, Patient, Review
+from cases.models import BIRTH_YEAR_MIN, Case, Lesion, LesionImage, Patient, PatientLesion, Review
 from cases.uploads import megabytes
 
 
@@ -49,23 +49,80 @@ class CaseForm(_NoColon, forms.ModelForm):
 
     class Meta:
         model = Case
-        fields = ["clinical_question", "notes"]
+        fields = ["visit_date", "clinical_question", "notes"]
         widgets = {
+            "visit_date": forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
             "clinical_question": forms.Textarea(attrs={"rows": 3}),
             "notes": forms.Textarea(attrs={"rows": 3}),
         }
-        help_texts = {"clinical_question": "What would you like a second opinion on?"}
+        labels = {"visit_date": "Visit date"}
+        help_texts = {"clinical_question": "What would you like a second opinion on?",
+                      "visit_date": "The day the patient was seen (today unless you record an earlier visit)."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["visit_date"].required = False  # empty means today
+
+    def clean_visit_date(self):
+        day = self.cleaned_data.get("visit_date") or timezone.localdate()
+        if day > timezone.localdate():
+            raise forms.ValidationError("The visit date can't be in the future.")
+        return day
 
 
 class LesionForm(_NoColon, forms.ModelForm):
-    """A lesion on the case."""
+    """A lesion at this visit: a new one, or one of the patient's lesions seen at an earlier visit;
+    where it is (the body map fills the site, side and point; the lists work without it)."""
+
+    same_as = forms.ModelChoiceField(
+        queryset=PatientLesion.objects.none(), required=False, label="Seen before?",
+        empty_label="No: a new lesion",
+        help_text="Choose the patient's lesion if it was seen at an earlier visit: its visits form one timeline.")
+    side = forms.ChoiceField(label="Left/right", choices=PatientLesion.Side.choices, required=False)
+    map_view = forms.ChoiceField(choices=[("", "")] + PatientLesion.View.choices, required=False,
+                                 widget=forms.HiddenInput)
+    map_x = forms.FloatField(min_value=0.0, max_value=1.0, required=False, widget=forms.HiddenInput)
+    map_y = forms.FloatField(min_value=0.0, max_value=1.0, required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = Lesion
-        fields = ["anatomic_site", "description"]
+        fields = ["same_as", "anatomic_site", "side", "description", "map_view", "map_x", "map_y"]
         help_texts = {"description": "Size, colour, change over time… (optional)",
                       "anatomic_site": "The model weighs the site with the patient's age and sex; "
                                        "choose Unknown rather than guess."}
+
+    def __init__(self, *args, case=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if case is not None:
+            self.fields["same_as"].queryset = (PatientLesion.objects.filter(patient=case.patient)
+                                               .exclude(visits__case=case).order_by("number"))
+            self.fields["same_as"].label_from_instance = _tracked_label
+        if not self.fields["same_as"].queryset.exists():
+            del self.fields["same_as"]
+        else:
+            self.fields["anatomic_site"].required = False  # an earlier visit's site is the default
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if not data.get("anatomic_site") and "anatomic_site" not in self.errors:
+            earlier = data.get("same_as")
+            latest = earlier.visits.order_by("-case__visit_date", "-pk").first() if earlier else None
+            if latest is None:
+                self.add_error("anatomic_site", "Choose the site (or Unknown).")
+            else:
+                data["anatomic_site"] = latest.anatomic_site
+        point = [data.get("map_view"), data.get("map_x"), data.get("map_y")]
+        if any(v not in (None, "") for v in point) and not all(v not in (None, "") for v in point):
+            raise forms.ValidationError("The body-map point is incomplete; click the map again or clear it.")
+        return data
+
+
+def _tracked_label(tracked: PatientLesion) -> str:
+    latest = tracked.visits.select_related("case").order_by("-case__visit_date", "-pk").first()
+    where = latest.get_anatomic_site_display() if latest else "no visits yet"
+    side = f", {tracked.get_side_display().lower()}" if tracked.side else ""
+    when = f", last seen {latest.case.visit_date:%Y-%m-%d}" if latest else ""
+    return f"{tracked.label}: {where}{side}{when}"
 
 
 # What the file picker offers; the server still judges every file by its content. DICOM files
@@ -109,17 +166,21 @@ class UploadForm(_NoColon, forms.Form):
 class ReviewForm(_NoColon, forms.ModelForm):
     """A dermatologist's review of one flagged lesion."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, earlier_visits: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         # Radio buttons need no "---------" choice: required fields start with nothing checked.
         self.fields["agreement"].choices = Review.Agreement.choices
         self.fields["management"].choices = Review.Management.choices
+        if not earlier_visits:
+            del self.fields["lesion_changed"]  # nothing to compare with
 
     class Meta:
         model = Review
-        fields = ["agreement", "final_diagnosis", "management", "notes"]
+        fields = ["agreement", "final_diagnosis", "management", "lesion_changed", "notes"]
         widgets = {
             "agreement": forms.RadioSelect,
             "management": forms.RadioSelect,
+            "lesion_changed": forms.NullBooleanSelect(),
             "notes": forms.Textarea(attrs={"rows": 2}),
         }
+        labels = {"lesion_changed": "Changed since the earlier visit?"}

@@ -12,7 +12,8 @@ import re
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Max, Q
+from django.utils import timezone
 
 from mlcore.labels import CLASSES
 
@@ -121,6 +122,8 @@ class Case(models.Model):
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
     referring_clinician = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="referred_cases")
+    # the day the patient was seen (a case is one visit); images of a lesion are compared by it
+    visit_date = models.DateField(default=timezone.localdate)
     clinical_question = models.TextField(max_length=2000)
     notes = models.TextField(max_length=5000, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
@@ -151,8 +154,68 @@ class Case(models.Model):
         return f"Case {self.pk} ({self.patient})"
 
 
+ISIC_SITES = [
+    "anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital",
+    "palms/soles", "posterior torso", "upper extremity", "unknown",
+]
+
+
+class PatientLesion(models.Model):
+    """One lesion of a patient, followed over visits: its number, where it is on the body map,
+    and each visit's record of it (``Lesion``, one per case that looked at it)."""
+
+    class Side(models.TextChoices):
+        LEFT = "left", "Left"
+        RIGHT = "right", "Right"
+        MIDLINE = "midline", "Midline"
+        UNKNOWN = "", "Not recorded"
+
+    class View(models.TextChoices):
+        FRONT = "front", "Front"
+        BACK = "back", "Back"
+
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="tracked_lesions")
+    number = models.PositiveIntegerField(help_text="L1, L2, … per patient, in the order first seen.")
+    side = models.CharField("left/right", max_length=8, choices=Side.choices, blank=True)
+    # where the clinician placed it on the body map: which outline, and the point as fractions of
+    # the outline's width and height (None: placed from the list, not the map)
+    map_view = models.CharField(max_length=5, choices=View.choices, blank=True)
+    map_x = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    map_y = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["patient", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "number"], name="patient_lesion_number_unique"),
+            models.CheckConstraint(condition=Q(side__in=["left", "right", "midline", ""]), name="patient_lesion_side_valid"),
+            models.CheckConstraint(condition=Q(map_view__in=["front", "back", ""]), name="patient_lesion_view_valid"),
+            models.CheckConstraint(
+                condition=(Q(map_view="", map_x__isnull=True, map_y__isnull=True)
+                           | Q(map_view__in=["front", "back"], map_x__gte=0, map_x__lte=1, map_y__gte=0, map_y__lte=1)),
+                name="patient_lesion_map_point_complete",
+            ),
+        ]
+
+    @property
+    def label(self) -> str:
+        return f"L{self.number}"
+
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.patient_id, self.patient.clinic_id
+
+    def __str__(self) -> str:
+        return f"{self.label} of {self.patient}"
+
+    @classmethod
+    def next_number(cls, patient: Patient) -> int:
+        return (cls.objects.filter(patient=patient).aggregate(n=Max("number"))["n"] or 0) + 1
+
+
 class Lesion(models.Model):
-    """A skin lesion of the case's patient, at an ISIC anatomic site."""
+    """A lesion as seen at one visit (case): its ISIC anatomic site, images, flag and reviews.
+    The same lesion at other visits shares ``tracked`` (the patient's lesion)."""
 
     class Site(models.TextChoices):
         ANTERIOR_TORSO = "anterior torso", "Anterior torso"
@@ -166,6 +229,8 @@ class Lesion(models.Model):
         UNKNOWN = "unknown", "Unknown"
 
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="lesions")
+    tracked = models.ForeignKey(PatientLesion, on_delete=models.PROTECT, related_name="visits", null=True,
+                                blank=True, help_text="The patient's lesion this visit's record belongs to.")
     anatomic_site = models.CharField(max_length=32, choices=Site.choices)
     description = models.CharField(max_length=500, blank=True)
     # Set by scoring when any image of the lesion is flagged; cleared by a dermatologist's review.
@@ -178,14 +243,21 @@ class Lesion(models.Model):
         ordering = ["created_at", "pk"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(anatomic_site__in=[
-                    "anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital",
-                    "palms/soles", "posterior torso", "upper extremity", "unknown",
-                ]),
+                condition=Q(anatomic_site__in=ISIC_SITES),
                 name="lesion_site_valid",
             ),
             models.CheckConstraint(condition=Q(awaiting_review=False) | Q(flagged=True), name="lesion_review_needs_flag"),
+            # a patient's lesion is seen at most once per visit
+            models.UniqueConstraint(fields=["case", "tracked"], name="lesion_once_per_visit"),
         ]
+
+    def save(self, *args, **kwargs) -> None:
+        # every writer (services, admin, shell, fixtures) gets a patient lesion: a lesion recorded
+        # without saying which earlier one it is, is a new one
+        if self.tracked_id is None and self.case_id is not None:
+            self.tracked = PatientLesion.objects.create(patient=self.case.patient,
+                                                        number=PatientLesion.next_number(self.case.patient))
+        super().save(*args, **kwargs)
 
     def audit_scope(self) -> tuple[int | None, int | None]:
         """(patient id, clinic id) for the audit trail."""
@@ -346,6 +418,8 @@ class Review(models.Model):
     agreement = models.CharField("agreement with the AI", max_length=10, choices=Agreement.choices)
     final_diagnosis = models.CharField(max_length=40, choices=DIAGNOSIS_CHOICES)
     management = models.CharField(max_length=10, choices=Management.choices)
+    # asked when the lesion was seen at an earlier visit: has it changed since? (None: not asked)
+    lesion_changed = models.BooleanField("changed since the earlier visit", null=True, blank=True)
     notes = models.TextField(max_length=5000, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -41,10 +41,17 @@ def review_queue() -> QuerySet[Case]:
         awaiting_done.filter(assessable=True).order_by("-melanoma_probability").values("melanoma_probability")[:1]
     )
     cannot_assess = Exists(awaiting_done.filter(assessable=False))
+    # a flagged lesion of the case that was seen at an earlier visit (sequential dermoscopy)
+    earlier = Lesion.objects.filter(tracked=OuterRef("tracked")).filter(
+        Q(case__visit_date__lt=OuterRef("case__visit_date"))
+        | Q(case__visit_date=OuterRef("case__visit_date"), case__created_at__lt=OuterRef("case__created_at")))
+    followed = Exists(Lesion.objects.filter(case=OuterRef("pk"), awaiting_review=True).filter(Exists(earlier)))
+    waiting_since = Lesion.objects.filter(case=OuterRef("pk"), awaiting_review=True).order_by("flagged_at")
     return (
         Case.objects.filter(_awaiting())
         .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
-        .annotate(top_melanoma=Coalesce(Subquery(top_melanoma), 0.0), cannot_assess=cannot_assess)
+        .annotate(top_melanoma=Coalesce(Subquery(top_melanoma), 0.0), cannot_assess=cannot_assess,
+                  has_earlier_visits=followed, waiting_since=Subquery(waiting_since.values("flagged_at")[:1]))
         .annotate(queue_rank=Greatest(F("top_melanoma"), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),
                                                                  default=Value(0.0), output_field=FloatField())))
         .order_by("-queue_rank", "created_at", "pk")
@@ -124,6 +131,7 @@ class LesionReview:
     final_diagnosis: str
     management: str
     notes: str = ""
+    lesion_changed: bool | None = None
 
 
 def lesions_to_review(case: Case) -> QuerySet[Lesion]:
@@ -146,11 +154,12 @@ def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request
         saved = []
         for entry in reviews:
             review = Review(lesion=entry.lesion, reviewer=reviewer, agreement=entry.agreement,
-                            final_diagnosis=entry.final_diagnosis, management=entry.management, notes=entry.notes)
+                            final_diagnosis=entry.final_diagnosis, management=entry.management, notes=entry.notes,
+                            lesion_changed=entry.lesion_changed)
             review.full_clean()
             review.save()
             audit_log.record(action="review", obj=review, actor=reviewer, request=request, new=audit_log.snapshot(
-                review, ("lesion", "agreement", "final_diagnosis", "management", "notes")))
+                review, ("lesion", "agreement", "final_diagnosis", "management", "lesion_changed", "notes")))
             saved.append(review)
         Lesion.objects.filter(pk__in=pending).update(awaiting_review=False)
         old_status = locked.status

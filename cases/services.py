@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
 from typing import Iterable
 
@@ -17,20 +18,22 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest
+from django.utils import timezone
 
 from audit import log as audit_log
 from cases import prediction_states, scoring
 from classifier.registry import active_version
 from cases.access import can_edit_case, clinic_of, is_clinician
-from cases.models import Case, Lesion, LesionImage, Patient, Prediction
+from cases.models import Case, Lesion, LesionImage, Patient, PatientLesion, Prediction
 from cases.uploads import NormalisedImage, UploadRejected, normalise_upload, sanitize_filename
 
 log = logging.getLogger(__name__)
 
 IMAGE_DIR = "lesion-images"
 PATIENT_FIELDS = ("identifier", "birth_year", "sex", "fitzpatrick_type")
-CASE_FIELDS = ("clinical_question", "notes", "status")
-LESION_FIELDS = ("anatomic_site", "description")
+CASE_FIELDS = ("visit_date", "clinical_question", "notes", "status")
+LESION_FIELDS = ("tracked", "anatomic_site", "description")
+TRACKED_FIELDS = ("number", "side", "map_view", "map_x", "map_y")
 IMAGE_AUDIT_FIELDS = ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format",
                       "acquired_on", "source_body_site")
 
@@ -56,22 +59,47 @@ def _save_new(obj, *, fields, user, request: HttpRequest | None):
 
 
 @transaction.atomic
-def create_case(*, user, patient: Patient, clinical_question: str, notes: str = "",
+def create_case(*, user, patient: Patient, clinical_question: str, notes: str = "", visit_date: date | None = None,
                 request: HttpRequest | None = None) -> Case:
-    """A new case for a patient of the user's clinic."""
+    """A new case (a visit, today unless ``visit_date`` says otherwise) for a patient of the user's clinic."""
     if not (is_clinician(user) and clinic_of(user) == patient.clinic):
         raise PermissionDenied("Only clinicians of the patient's clinic can open a case.")
-    case = Case(patient=patient, referring_clinician=user, clinical_question=clinical_question, notes=notes)
+    case = Case(patient=patient, referring_clinician=user, clinical_question=clinical_question, notes=notes,
+                visit_date=visit_date or timezone.localdate())
     return _save_new(case, fields=CASE_FIELDS, user=user, request=request)
 
 
 @transaction.atomic
-def add_lesion(*, user, case: Case, anatomic_site: str, description: str = "",
+def add_lesion(*, user, case: Case, anatomic_site: str, description: str = "", same_as: PatientLesion | None = None,
+               side: str = "", map_view: str = "", map_x: float | None = None, map_y: float | None = None,
                request: HttpRequest | None = None) -> Lesion:
-    """A lesion on the case."""
+    """A lesion at this visit: a new patient lesion, or ``same_as`` (one of the patient's lesions
+    seen at an earlier visit), so its visits form one timeline. A body-map point or side given
+    for an existing lesion corrects where it is (audited)."""
     if not can_edit_case(user, case):
         raise PermissionDenied("Only clinicians of the patient's clinic can add lesions.")
-    lesion = Lesion(case=case, anatomic_site=anatomic_site, description=description)
+    if same_as is None:
+        tracked = PatientLesion(patient=case.patient, number=PatientLesion.next_number(case.patient),
+                                side=side or "", map_view=map_view or "", map_x=map_x, map_y=map_y)
+        _save_new(tracked, fields=TRACKED_FIELDS, user=user, request=request)
+    else:
+        tracked = same_as
+        if tracked.patient_id != case.patient_id:
+            raise ValidationError("That lesion belongs to another patient.")
+        if Lesion.objects.filter(case=case, tracked=tracked).exists():
+            raise ValidationError(f"{tracked.label} is already part of this visit.")
+        # a side or point given now corrects the recorded one; left empty, the old one stays
+        correction = ({"side": side} if side else {}) | (
+            {"map_view": map_view, "map_x": map_x, "map_y": map_y} if map_view else {})
+        if correction:
+            old = audit_log.snapshot(tracked, TRACKED_FIELDS)
+            for name, value in correction.items():
+                setattr(tracked, name, value)
+            tracked.full_clean()
+            tracked.save()
+            audit_log.record(action="update", obj=tracked, actor=user, request=request, old=old,
+                             new=audit_log.snapshot(tracked, TRACKED_FIELDS))
+    lesion = Lesion(case=case, tracked=tracked, anatomic_site=anatomic_site, description=description)
     return _save_new(lesion, fields=LESION_FIELDS, user=user, request=request)
 
 

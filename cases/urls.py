@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cases import views
+from cases import report_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -8,8 +8,10 @@ urlpatterns = [
     path("patients/new/", views.patient_create, name="patient_create"),
     path("patients/<int:pk>/", views.patient_detail, name="patient_detail"),
     path("patients/<int:patient_pk>/cases/new/", views.case_create, name="case_create"),
+    path("patients/<int:patient_pk>/lesions/<int:number>/", views.tracked_lesion, name="tracked_lesion"),
     path("cases/<int:pk>/", views.case_detail, name="case_detail"),
     path("cases/<int:pk>/status.json", views.case_status, name="case_status"),
+    path("cases/<int:pk>/report.pdf", report_views.case_report, name="case_report"),
     path("cases/<int:case_pk>/lesions/new/", views.lesion_create, name="lesion_create"),
     path("cases/<int:pk>/claim/", views.case_claim, name="case_claim"),
     path("cases/<int:pk>/release/", views.case_release, name="case_release"),

@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.db.models import Count, Prefetch
+from django.db.models import Count, Prefetch, Q, prefetch_related_objects
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -18,9 +18,9 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import log as audit_log
-from cases import access, queue, services
+from cases import access, body_map, followup, queue, services
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
-from cases.models import Case, LesionImage, Prediction
+from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
 from cases.presentation import age_caveat, prediction_context
 
 PRIVATE = "private, no-store"
@@ -80,8 +80,15 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
     patient = get_object_or_404(access.visible_patients(request.user), pk=pk)
     cases = access.visible_cases(request.user).filter(patient=patient).annotate(lesion_count=Count("lesions"))
     audit_log.record(action="view", obj=patient, request=request)
+    lesions = followup.patient_map(patient, access.visible_lesions(request.user))
+    markers = [body_map.Marker(*body_map.marker_position(item.tracked.map_view, item.tracked.map_x, item.tracked.map_y),
+                               label=item.tracked.label, status=item.status,
+                               title=f"{item.tracked.label}: {item.latest.get_anatomic_site_display()}, {item.status_label}",
+                               url=reverse("tracked_lesion", args=[patient.pk, item.tracked.number]))
+               for item in lesions if item.tracked.map_view]
     return render(request, "cases/patient_detail.html", {
-        "patient": patient, "cases": cases,
+        "patient": patient, "cases": cases, "map_lesions": lesions, "map": body_map.svg_context(markers),
+        "status_labels": followup.STATUS_LABELS,
         "can_create_case": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic,
     })
 
@@ -113,7 +120,8 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
         "lesions": lesions,
         "can_edit": can_edit,
         "is_reviewer": access.is_reviewer(request.user),
-        "lesion_form": LesionForm(),
+        "lesion_form": LesionForm(case=case),
+        "map": body_map.svg_context(interactive=True),
         "upload_form": UploadForm(),
         "any_active": Prediction.objects.filter(
             image__lesion__case=case, status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
@@ -135,7 +143,7 @@ def lesion_create(request: HttpRequest, case_pk: int) -> HttpResponse:
     case = get_object_or_404(access.visible_cases(request.user), pk=case_pk)
     if not access.can_edit_case(request.user, case):
         raise PermissionDenied("Only clinicians of the patient's clinic can add lesions.")
-    form = LesionForm(request.POST)
+    form = LesionForm(request.POST, case=case)
     if not form.is_valid():
         context = _case_page_context(request, case) | {"lesion_form": form}
         return render(request, "cases/case_detail.html", context, status=400)
@@ -167,6 +175,42 @@ def lesion_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "cases/lesion_detail.html", {
         "lesion": lesion, "case": lesion.case, "images": images, "form": form, "can_edit": can_edit,
     }, status=status)
+
+
+@require_GET
+def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpResponse:
+    """One patient lesion over its visits: images per visit, the melanoma probability per visit
+    as a small plot, "changed" markers, and two chosen visits compared side by side."""
+    patient = get_object_or_404(access.visible_patients(request.user), pk=patient_pk)
+    tracked = get_object_or_404(PatientLesion, patient=patient, number=number)
+    visits = followup.timeline(tracked, access.visible_lesions(request.user))
+    if not visits:
+        raise Http404  # no visit of it in the user's scope
+    audit_log.record(action="view", obj=tracked, request=request)
+    by_id = {visit.lesion.pk: visit for visit in visits}
+
+    def chosen(name: str, default):
+        try:
+            return by_id.get(int(request.GET.get(name, "")), default)
+        except ValueError:
+            return default
+
+    first, second = chosen("a", visits[0]), chosen("b", visits[-1])
+    threshold = next((p.model_version.melanoma_threshold for v in reversed(visits) for i in v.images
+                      if (p := followup.latest_scored(i)) is not None), None)
+    plot = followup.score_plot(visits)
+    if threshold is not None:
+        plot["threshold_y"] = plot["height"] - plot["pad"] - threshold * (plot["height"] - 2 * plot["pad"])
+    markers = []
+    if tracked.map_view:
+        x, y = body_map.marker_position(tracked.map_view, tracked.map_x, tracked.map_y)
+        markers = [body_map.Marker(x, y, label=tracked.label, status=followup.status(tracked, visits[-1].lesion),
+                                   title=tracked.label, url="#")]
+    return _no_store(render(request, "cases/tracked_lesion.html", {
+        "patient": patient, "tracked": tracked, "visits": visits, "latest": visits[-1], "plot": plot,
+        "threshold": threshold, "compare": (first, second), "map": body_map.svg_context(markers),
+        "rise": settings.FOLLOW_UP_SCORE_RISE,
+    }))
 
 
 def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> None:
@@ -282,9 +326,27 @@ def _require_reviewer(request: HttpRequest) -> None:
 def review_queue(request: HttpRequest) -> HttpResponse:
     """Flagged cases waiting for a dermatologist, most suspicious first."""
     _require_reviewer(request)
-    page = _page(request, queue.review_queue())
-    return render(request, "cases/queue.html", {"cases": page.object_list, "page_obj": page,
-                                                "cannot_assess_rank": queue.CANNOT_ASSESS_RANK})
+    cases = queue.review_queue()
+    query = request.GET.get("q", "").strip()
+    if query:
+        cases = cases.filter(Q(patient__identifier__icontains=query) | Q(clinical_question__icontains=query))
+    claim = request.GET.get("claim", "")
+    if claim == "unclaimed":
+        cases = cases.filter(claimed_by__isnull=True)
+    elif claim == "mine":
+        cases = cases.filter(claimed_by=request.user)
+    if request.GET.get("followed") == "1":
+        cases = cases.filter(has_earlier_visits=True)
+    page = _page(request, cases)
+    rows = list(page.object_list)
+    awaiting = Lesion.objects.filter(awaiting_review=True).prefetch_related("images").order_by("pk")
+    prefetch_related_objects(rows, Prefetch("lesions", queryset=awaiting, to_attr="awaiting"))
+    for row in rows:
+        row.patient_age = row.visit_date.year - row.patient.birth_year
+    return render(request, "cases/queue.html", {
+        "cases": rows, "page_obj": page, "cannot_assess_rank": queue.CANNOT_ASSESS_RANK,
+        "filters": {"q": query, "claim": claim, "followed": request.GET.get("followed") == "1"},
+        "now": timezone.now()})
 
 
 @require_POST
@@ -326,7 +388,8 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("case_detail", case.pk)
     lesions = list(queue.lesions_to_review(case).prefetch_related("images__predictions__model_version"))
     patient_age = timezone.localdate().year - case.patient.birth_year
-    forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}") for lesion in lesions]
+    forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}",
+                        earlier_visits=followup.earlier_visits(lesion).exists()) for lesion in lesions]
     if request.method == "POST" and forms and all(form.is_valid() for form in forms):
         entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data) for lesion, form in zip(lesions, forms)]
         try:

@@ -67,7 +67,7 @@ def test_clinician_creates_patient_case_and_lesion_through_the_services(api, wor
     assert lesion.status_code == 201, lesion.json()
     assert Lesion.objects.get(pk=lesion.json()["id"]).case_id == case.json()["id"]
     assert set(AuditEvent.objects.filter(action="create").values_list("object_type", flat=True)) == {
-        "patient", "case", "lesion"}
+        "patient", "case", "patientlesion", "lesion"}
 
 
 def test_bad_input_gets_the_forms_messages_and_changes_nothing(api, world):

@@ -153,7 +153,8 @@ def test_every_page_fits_a_phone_screen_and_log_out_stays_reachable(live_server,
     Lesion.objects.create(case=case, anatomic_site="posterior torso")
     page.set_viewport_size({"width": 390, "height": 844})
     log_in(page, base, "phone")
-    for path in ("/", "/patients/", f"/patients/{patient.pk}/", f"/cases/{case.pk}/", "/no-such-page/"):
+    for path in ("/", "/patients/", f"/patients/{patient.pk}/", f"/cases/{case.pk}/",
+                 f"/patients/{patient.pk}/lesions/1/", "/no-such-page/"):
         page.goto(f"{base}{path}")
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, (path, overflow)

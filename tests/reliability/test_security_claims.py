@@ -25,18 +25,22 @@ PUBLIC = {"/accounts/login/", "/health/", "/health/live", "/admin/login/"}
 
 
 def _concrete(route: str) -> str:
+    route = re.sub(r"\(\?P<\w+>[^)]*\)", "1", route.replace("^", "").replace("$", ""))  # routers' regexes
     route = re.sub(r"<int:[^>]+>", "1", route)
     return re.sub(r"<(?:str|slug|path|uuid):[^>]+>|<[^>]+>", "x", route)
 
 
-def site_urls() -> list[str]:
-    """Every route of the site outside the admin (the admin has its own login), made concrete."""
+def site_urls(*, api: bool = False) -> list[str]:
+    """Every route of the site outside the admin (the admin has its own login) and the API (its
+    own tokens), made concrete; with ``api``, the API's routes only."""
     urls: list[str] = []
 
     def walk(patterns, prefix: str) -> None:
         for p in patterns:
             route = str(p.pattern)
-            if route.startswith("^") or route.startswith("admin/"):
+            if (route.startswith("^") and not api) or route.startswith("admin/") or "format" in route:
+                continue
+            if not prefix and (route.startswith("api/") != api):
                 continue
             if isinstance(p, URLResolver):
                 walk(p.url_patterns, prefix + route)
@@ -65,6 +69,24 @@ def test_every_post_route_enforces_csrf(world):
     for url in site_urls():
         response = strict.post(url, {"x": "1"})
         assert response.status_code == 403, url
+
+
+# API routes an anonymous caller can read: the schema and its docs page (no records in either)
+API_PUBLIC = {"/api/v1/schema/", "/api/v1/docs/"}
+
+
+def test_every_api_route_but_the_schema_and_docs_needs_a_token(client):
+    urls = site_urls(api=True)
+    assert "/api/v1/lesions/1/images/" in urls and len(urls) > 20
+    public = {url for url in urls if client.get(url).status_code != 401}
+    assert public == API_PUBLIC
+
+
+def test_the_api_used_with_a_session_enforces_csrf(world):
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(world.clin_a)
+    response = strict.post("/api/v1/patients/", {"identifier": "X-1", "birth_year": 1990, "sex": "male"})
+    assert response.status_code == 403 and "CSRF" in response.json()["detail"]
 
 
 def test_cookies_and_headers(client, world):

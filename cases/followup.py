@@ -1,0 +1,146 @@
+"""Lesions followed over visits (sequential dermoscopy): each patient lesion's timeline, what
+changed between visits, and its status on the body map. Read-only; no Django views here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db.models import Prefetch, Q, QuerySet
+
+from cases.models import Lesion, LesionImage, PatientLesion, Prediction, Review
+
+BENIGN_DIAGNOSES = {"nevus", "seborrheic keratosis", "pigmented benign keratosis", "dermatofibroma",
+                    "vascular lesion"}
+
+
+def earlier_visits(lesion: Lesion) -> QuerySet[Lesion]:
+    """The same patient lesion at visits before this one (by visit date, then by when opened)."""
+    if lesion.tracked_id is None:
+        return Lesion.objects.none()
+    case = lesion.case
+    before = Q(case__visit_date__lt=case.visit_date) | Q(case__visit_date=case.visit_date,
+                                                          case__created_at__lt=case.created_at)
+    return Lesion.objects.filter(before, tracked_id=lesion.tracked_id).exclude(pk=lesion.pk)
+
+
+def latest_scored(image: LesionImage) -> Prediction | None:
+    """The image's newest prediction, if it is done (from a prefetched ``predictions``)."""
+    latest = max(image.predictions.all(), key=lambda p: (p.created_at, p.pk), default=None)
+    return latest if latest is not None and latest.status == Prediction.Status.DONE else None
+
+
+@dataclass
+class Visit:
+    """One visit's record of the lesion, as the timeline shows it."""
+
+    lesion: Lesion
+    images: list[LesionImage]
+    melanoma: float | None  # the highest melanoma probability of its assessable, scored images
+    cannot_assess: bool
+    review: Review | None
+    changed_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changed_reasons)
+
+
+def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
+    """The patient lesion's visits that ``visible`` allows, oldest first, each with its score and
+    a "changed" marker: the score rose by more than FOLLOW_UP_SCORE_RISE since the previous
+    visit, or the dermatologist recorded a change."""
+    predictions = Prediction.objects.select_related("model_version")
+    images = LesionImage.objects.prefetch_related(Prefetch("predictions", queryset=predictions)).order_by("pk")
+    lesions = (visible.filter(tracked=tracked).select_related("case")
+               .prefetch_related(Prefetch("images", queryset=images), "reviews__reviewer")
+               .order_by("case__visit_date", "case__created_at", "pk"))
+    visits: list[Visit] = []
+    for lesion in lesions:
+        scored = [p for p in (latest_scored(i) for i in lesion.images.all()) if p is not None]
+        assessable = [p.melanoma_probability for p in scored if p.assessable]
+        reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
+        visit = Visit(lesion=lesion, images=list(lesion.images.all()), melanoma=max(assessable, default=None),
+                      cannot_assess=any(not p.assessable for p in scored), review=reviews[-1] if reviews else None)
+        visit.changed_reasons = _changes(visits[-1] if visits else None, visit)
+        visits.append(visit)
+    return visits
+
+
+def _changes(previous: Visit | None, visit: Visit) -> list[str]:
+    reasons = []
+    rise = settings.FOLLOW_UP_SCORE_RISE
+    if previous is not None and previous.melanoma is not None and visit.melanoma is not None:
+        if visit.melanoma - previous.melanoma > rise:
+            reasons.append(f"melanoma probability rose by {visit.melanoma - previous.melanoma:.0%} "
+                           f"(more than {rise:.0%}) since {previous.lesion.case.visit_date:%Y-%m-%d}")
+    if visit.review is not None and visit.review.lesion_changed:
+        who = visit.review.reviewer.get_full_name() or visit.review.reviewer.username
+        reasons.append(f"{who} recorded a change")
+    return reasons
+
+
+@dataclass(frozen=True)
+class PlotPoint:
+    x: float
+    y: float
+    label: str
+    value: float
+    changed: bool
+
+
+def score_plot(visits: list[Visit], *, width: int = 320, height: int = 120, pad: int = 24) -> dict:
+    """Coordinates of a small SVG line plot of the melanoma probability per visit (0..1 on y)."""
+    scored = [v for v in visits if v.melanoma is not None]
+    span = max(len(scored) - 1, 1)
+    points = [PlotPoint(x=pad + i * (width - 2 * pad) / span, y=height - pad - v.melanoma * (height - 2 * pad),
+                        label=f"{v.lesion.case.visit_date:%Y-%m-%d}", value=v.melanoma, changed=v.changed)
+              for i, v in enumerate(scored)]
+    return {"width": width, "height": height, "pad": pad, "points": points,
+            "polyline": " ".join(f"{p.x:.1f},{p.y:.1f}" for p in points),
+            "y_for": {"0": height - pad, "50": height / 2, "100": pad}}
+
+
+def status(tracked: PatientLesion, latest: Lesion | None) -> str:
+    """The lesion's status on the body map, from its latest visit: flagged (waiting for a
+    dermatologist), in review (claimed), reviewed, benign (reviewed benign or scored and not
+    flagged) or not scored."""
+    if latest is None:
+        return "not-scored"
+    if latest.awaiting_review:
+        return "in-review" if latest.case.claimed_by_id else "flagged"
+    review = max(latest.reviews.all(), key=lambda r: r.created_at, default=None)
+    if review is not None:
+        return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES else "reviewed"
+    scored = [p for p in (latest_scored(i) for i in latest.images.all()) if p is not None]
+    return "benign" if scored and not latest.flagged else "not-scored"
+
+
+STATUS_LABELS = {"flagged": "Flagged, awaiting review", "in-review": "In review", "reviewed": "Reviewed",
+                 "benign": "Benign", "not-scored": "Not scored yet"}
+
+
+@dataclass
+class MapLesion:
+    tracked: PatientLesion
+    latest: Lesion | None
+    status: str
+    visit_count: int
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS[self.status]
+
+
+def patient_map(patient, visible: QuerySet[Lesion]) -> list[MapLesion]:
+    """Every patient lesion with at least one visible visit, for the map and its list."""
+    predictions = Prediction.objects.order_by()
+    lesions = (visible.filter(case__patient=patient).select_related("case", "tracked")
+               .prefetch_related("reviews", Prefetch("images__predictions", queryset=predictions))
+               .order_by("case__visit_date", "case__created_at", "pk"))
+    by_tracked: dict[int, list[Lesion]] = {}
+    for lesion in lesions:
+        if lesion.tracked_id is not None:
+            by_tracked.setdefault(lesion.tracked_id, []).append(lesion)
+    tracked = PatientLesion.objects.filter(pk__in=by_tracked).order_by("number")
+    return [MapLesion(tracked=t, latest=by_tracked[t.pk][-1], status=status(t, by_tracked[t.pk][-1]),
+                      visit_count=len(by_tracked[t.pk])) for t in tracked]

@@ -1,0 +1,435 @@
+"""The second-opinion report of a case as a PDF, rendered server-side with ReportLab (platypus).
+
+A copy of the record at the time it is generated: the patient (pseudonymous), the visit and the
+clinical question; for each lesion its site on a body map, each image beside its Grad-CAM, the
+newest scores against the thresholds (or why the model could not assess the image), and the
+dermatologists' reviews; then what the numbers mean, the model version's measured limits, the
+intended-use statement and the data attribution (cases.statements, as on the web pages).
+
+Every text taken from the record is escaped before it goes into ReportLab's paragraph markup.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from datetime import date, datetime
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db.models import Prefetch
+from django.utils import timezone
+from PIL import Image as PILImage
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from cases import statements
+from cases.models import Case, Lesion, LesionImage, Prediction
+from cases.presentation import age_caveat
+from cases.report_bodymap import body_map, map_point_of
+from cases.report_model import models_section, reading_section
+from cases.report_style import (CONTENT_WIDTH, FLAG_BG, FLAG_EDGE, MARGIN, RULE, WARN_BG, WARN_EDGE, Fonts, bold,
+                                boxed, bullets, esc, facts_table, grid, para, person, plain, report_fonts, when)
+from cases.scoring import CANNOT_ASSESS
+from cases.templatetags.cases_extras import percent
+from classifier.models import ModelVersion
+
+log = logging.getLogger(__name__)
+
+HEADER = "SecondLook second-opinion report"
+PICTURE_W, PICTURE_H = 80 * mm, 62 * mm
+PICTURE_MAX_PX = 900  # enough for print at this size; keeps the PDF small
+NOT_REVIEWED = "Not yet reviewed by a dermatologist"
+
+
+def visit_date(case: Case) -> date:
+    """The day the patient was seen: the case's visit date where the model has one, else the day
+    the case was opened."""
+    visit = getattr(case, "visit_date", None)
+    return visit or timezone.localtime(case.created_at).date()
+
+
+# --- Page furniture ------------------------------------------------------------------------------
+
+def _canvas_class(footer: str, fonts: Fonts) -> type[Canvas]:
+    """A canvas that holds its pages back until the end, so each footer can say "page x of y"."""
+
+    class NumberedCanvas(Canvas):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._pages: list[dict] = []
+
+        def showPage(self) -> None:  # noqa: N802 (ReportLab's name)
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self) -> None:
+            total = len(self._pages)
+            for state in self._pages:
+                self.__dict__.update(state)
+                self._furniture(total)
+                super().showPage()
+            super().save()
+
+        def _furniture(self, total: int) -> None:
+            width, height = self._pagesize
+            self.saveState()
+            self.setStrokeColor(RULE)
+            self.setLineWidth(0.5)
+            self.line(MARGIN, height - 12 * mm, width - MARGIN, height - 12 * mm)
+            self.line(MARGIN, 13 * mm, width - MARGIN, 13 * mm)
+            self.setFont(fonts.bold, 9)
+            self.drawString(MARGIN, height - 10.5 * mm, HEADER)
+            self.setFont(fonts.regular, 8)
+            self.drawRightString(width - MARGIN, height - 10.5 * mm, "Confidential: patient data")
+            self.drawString(MARGIN, 9 * mm, plain(footer))
+            self.drawRightString(width - MARGIN, 9 * mm, f"page {self._pageNumber} of {total}")
+            self.restoreState()
+
+    return NumberedCanvas
+
+
+# --- Pictures ------------------------------------------------------------------------------------
+
+def picture(name: str, *, max_w: float = PICTURE_W, max_h: float = PICTURE_H) -> Flowable | None:
+    """A stored image, scaled to fit; None when it is missing or unreadable (the report says so
+    instead of failing: a lost file must not hide the rest of the record)."""
+    if not name:
+        return None
+    try:
+        with default_storage.open(name, "rb") as handle:
+            data = handle.read()
+        with PILImage.open(io.BytesIO(data)) as source:
+            image = source.convert("RGB")
+    except Exception:  # FileNotFoundError locally, a storage client error on S3, a broken file
+        log.warning("report: stored image %s could not be read", name, exc_info=True)
+        return None
+    image.thumbnail((PICTURE_MAX_PX, PICTURE_MAX_PX))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    buffer.seek(0)
+    ratio = min(max_w / image.width, max_h / image.height)
+    return Image(buffer, width=image.width * ratio, height=image.height * ratio)
+
+
+def _cell(flowable: Flowable | None, caption: str, missing: str) -> list[Flowable]:
+    if flowable is None:
+        return [para(esc(missing), "small"), para(esc(caption), "small")]
+    return [flowable, Spacer(1, 2), para(esc(caption), "small")]
+
+
+def image_pair(image: LesionImage, prediction: Prediction | None) -> Table:
+    """The stored image and its Grad-CAM side by side."""
+    left = _cell(picture(image.file.name), f"{image.get_kind_display()} image, {image.width}×{image.height}",
+                 "The stored image file was not found.")
+    if prediction is None or prediction.status != Prediction.Status.DONE:
+        right = [para("No Grad-CAM: the image has no result yet.", "small")]
+    elif not prediction.assessable:
+        right = [para("No Grad-CAM: the model could not assess this image.", "small")]
+    elif not prediction.heatmap:
+        right = [para("No Grad-CAM was stored for this result.", "small")]
+    else:
+        right = _cell(picture(prediction.heatmap.name),
+                      "Grad-CAM for the melanoma class: where the model looked (warmer = raised the score); "
+                      "not a lesion map.", "The Grad-CAM file was not found.")
+    table = Table([[left, right]], colWidths=[CONTENT_WIDTH / 2] * 2)
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
+    return table
+
+
+# --- The record ----------------------------------------------------------------------------------
+
+def _lesions(case: Case) -> list[Lesion]:
+    predictions = Prediction.objects.select_related("model_version").order_by("-created_at", "-pk")
+    images = LesionImage.objects.order_by("uploaded_at", "pk").prefetch_related(
+        Prefetch("predictions", queryset=predictions))
+    related = ["tracked"] if any(f.name == "tracked" for f in Lesion._meta.get_fields()) else []
+    return list(case.lesions.select_related(*related).prefetch_related(
+        Prefetch("images", queryset=images), "reviews__reviewer").order_by("created_at", "pk"))
+
+
+def latest(image: LesionImage) -> Prediction | None:
+    """The newest prediction (prefetched newest first), as the case page shows it."""
+    predictions = list(image.predictions.all())
+    return predictions[0] if predictions else None
+
+
+def age_at(case: Case) -> int | None:
+    birth_year = case.patient.birth_year
+    return visit_date(case).year - birth_year if birth_year else None
+
+
+def patient_section(case: Case) -> list[Flowable]:
+    patient = case.patient
+    age = age_at(case)
+    born = f"{patient.birth_year}" + (f" (about {age} years old at the visit)" if age is not None else "")
+    rows = [
+        ("Patient identifier", bold(patient.identifier) + esc(" (pseudonymous)")),
+        ("Born", esc(born)),
+        ("Sex", esc(patient.get_sex_display())),
+        ("Fitzpatrick skin type", esc(patient.get_fitzpatrick_type_display() if patient.fitzpatrick_type
+                                      else "Not recorded")),
+        ("Clinic", esc(patient.clinic.name)),
+        ("Visit", esc(f"{visit_date(case):%Y-%m-%d}") + esc(f" (case {case.pk} opened {when(case.created_at)})")),
+        ("Referring clinician", esc(person(case.referring_clinician))),
+        ("Case status", esc(case.get_status_display())),
+        ("Clinical question", esc(case.clinical_question)),
+    ]
+    if case.notes:
+        rows.append(("Case notes", esc(case.notes)))
+    return [para("Patient and visit", "h2"), facts_table(rows)]
+
+
+def ai_summary(lesion: Lesion) -> str:
+    """One phrase for the summary table: the lesion's AI state as a whole."""
+    if not lesion.images.all():
+        return "No images"
+    scored = [p for p in (latest(i) for i in lesion.images.all()) if p is not None]
+    if any(p.status == Prediction.Status.DONE and not p.assessable for p in scored):
+        return "Model could not assess an image"
+    if lesion.flagged:
+        return "Flagged for review"
+    if any(p.is_active for p in scored):
+        return "Scoring not finished"
+    if any(p.status == Prediction.Status.FAILED for p in scored):
+        return "Scoring failed"
+    return "Not flagged" if scored else "Not scored"
+
+
+def review_summary(lesion: Lesion) -> str:
+    reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
+    if not reviews:
+        return NOT_REVIEWED
+    last = reviews[-1]
+    return f"{last.get_final_diagnosis_display()}; {last.get_management_display()} ({person(last.reviewer)})"
+
+
+def lesion_name(lesion: Lesion, number: int) -> str:
+    """"Lesion L2" where the patient's lesions are numbered (as on the case page), else "Lesion 2"."""
+    tracked = getattr(lesion, "tracked", None)
+    return f"Lesion {getattr(tracked, 'label', None) or number}"
+
+
+def lesion_title(lesion: Lesion, number: int) -> str:
+    return f"{lesion_name(lesion, number)} · {lesion.get_anatomic_site_display()}"
+
+
+def summary_section(lesions: list[Lesion]) -> list[Flowable]:
+    if not lesions:
+        return [para("Lesions", "h2"), para("No lesions were recorded for this case.")]
+    width = CONTENT_WIDTH
+    rows = [["Lesion", "Site", "AI result", "Dermatologist"]]
+    for number, lesion in enumerate(lesions, 1):
+        rows.append([esc(lesion_name(lesion, number)), esc(lesion.get_anatomic_site_display()),
+                     esc(ai_summary(lesion)), esc(review_summary(lesion))])
+    return [para("Summary", "h2"), grid(rows, [0.14 * width, 0.2 * width, 0.26 * width, 0.4 * width])]
+
+
+def site_text(lesion: Lesion, *, mapped: bool) -> str:
+    """The site in words, side included, and how the map shows it."""
+    tracked = getattr(lesion, "tracked", None)
+    side = tracked.get_side_display() if tracked is not None and getattr(tracked, "side", "") else ""
+    text = lesion.get_anatomic_site_display() + (f", {side.lower()}" if side else "")
+    point = map_point_of(lesion)
+    if lesion.anatomic_site == "unknown" and point is None:
+        return text + " (site not recorded)"
+    if not mapped:
+        return text
+    if point is not None:
+        return text + f" (marked on the body map, {point.view} view)"
+    return text + " (shaded on the body map; no point was marked)"
+
+
+def lesion_header(lesion: Lesion, number: int) -> list[Flowable]:
+    """Title, then the body map beside the site, description and flag state."""
+    drawing = body_map(lesion.anatomic_site, map_point_of(lesion))
+    rows = [para(bold("Site: ") + esc(site_text(lesion, mapped=drawing is not None)))]
+    if lesion.description:
+        rows.append(para(bold("Description: ") + esc(lesion.description)))
+    if lesion.awaiting_review:
+        state = "Flagged — awaiting dermatologist review"
+    elif lesion.flagged:
+        state = "Flagged — reviewed"
+    else:
+        state = "Not flagged"
+    rows.append(para(bold("Status: ") + esc(state)))
+    title = para(esc(lesion_title(lesion, number)), "h2")
+    if drawing is None:
+        return [title, *rows]
+    table = Table([[drawing, rows]], colWidths=[drawing.width + 10, CONTENT_WIDTH - drawing.width - 10])
+    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (0, 0), 0)]))
+    return [title, table]
+
+
+def scores_table(prediction: Prediction) -> Table:
+    version = prediction.model_version
+    width = CONTENT_WIDTH
+    rows = [["Score", "Value", "Threshold", "Reached"]]
+    for label, value, threshold in (("Melanoma probability", prediction.melanoma_probability,
+                                     version.melanoma_threshold),
+                                    ("Malignancy score", prediction.malignancy_score, version.malignancy_threshold)):
+        reached = "—" if threshold is None else ("Yes" if value >= threshold else "No")
+        rows.append([esc(label), bold(percent(value)), esc(percent(threshold) if threshold is not None else "none"),
+                     esc(reached)])
+    return grid(rows, [0.4 * width, 0.2 * width, 0.2 * width, 0.2 * width])
+
+
+def cannot_assess_box(prediction: Prediction) -> Table:
+    """The prominent warning in place of scores: they are kept in the record, never shown here."""
+    content = [para(esc(CANNOT_ASSESS), "warn"),
+               para(esc("This image is outside what the model can judge: its scores are not reliable and are not "
+                        "shown. The lesion was sent to a dermatologist for review.")),
+               para(bold("Why:"))]
+    content += bullets(prediction.assessment_notes or ["no reason was recorded"])
+    ood = (prediction.assessment or {}).get("ood") if isinstance(prediction.assessment, dict) else None
+    if isinstance(ood, dict) and isinstance(ood.get("score"), (int, float)):
+        limit = ood.get("threshold")
+        content.append(para(esc(f"Unfamiliarity score {ood['score']:.0f}"
+                                + (f" (limit {limit:.0f})" if isinstance(limit, (int, float)) else "")), "small"))
+    return boxed(content, WARN_BG, WARN_EDGE)
+
+
+def flag_box(prediction: Prediction) -> Flowable:
+    if not prediction.flagged:
+        return para(bold("Not flagged") + esc(" at the model's operating thresholds."))
+    content = [para(bold("Flagged") + esc(" for dermatologist review"))] + bullets(prediction.flag_reasons or [])
+    return boxed(content, FLAG_BG, FLAG_EDGE)
+
+
+def done_result(prediction: Prediction, case: Case) -> list[Flowable]:
+    parts: list[Flowable] = [flag_box(prediction), Spacer(1, 4), scores_table(prediction)]
+    if prediction.prediction_set:
+        names = ", ".join(str(c).capitalize() for c in prediction.prediction_set)
+        parts.append(para(bold("Diagnoses the model cannot rule out: ") + esc(names)))
+    caveat = age_caveat(prediction.model_version.metrics or {}, age_at(case))
+    if caveat:
+        parts.append(para(bold("Reliability: ") + esc(caveat)))
+    context = prediction.clinical_context
+    if context:
+        parts.append(para(esc(f"Scores include the clinical context: age {context.get('age', 'unknown')}, "
+                              f"sex {context.get('sex') or 'unknown'}, site {context.get('site') or 'unknown'}."),
+                          "small"))
+    else:
+        parts.append(para("Scored from the image alone.", "small"))
+    return parts
+
+
+def result(prediction: Prediction | None, case: Case) -> list[Flowable]:
+    """The newest result of one image, or plainly why there is none."""
+    if prediction is None:
+        return [para("Not scored: no model was available when the image was uploaded.")]
+    version = prediction.model_version.version
+    not_yet = esc(f" No result yet at the time of this report (model {version}).")
+    if prediction.status == Prediction.Status.PENDING:
+        return [para(bold("Waiting to be scored.") + not_yet)]
+    if prediction.status == Prediction.Status.RUNNING:
+        return [para(bold("Scoring in progress.") + not_yet)]
+    if prediction.status == Prediction.Status.FAILED:
+        return [para(bold("Scoring failed: ") + esc(prediction.error_for_display or "no reason recorded")
+                     + esc(". There is no result for this image."))]
+    stamp = para(esc(f"Model version {version} · scored {when(prediction.finished_at)}"), "small")
+    if not prediction.assessable:
+        return [cannot_assess_box(prediction), stamp]
+    return done_result(prediction, case) + [stamp]
+
+
+def image_section(image: LesionImage, number: int, case: Case) -> list[Flowable]:
+    prediction = latest(image)
+    heading = para(esc(f"Image {number} · {image.get_kind_display()} · uploaded {when(image.uploaded_at)}"
+                       + (f" · taken {image.acquired_on:%Y-%m-%d}" if image.acquired_on else "")), "h3")
+    outcome = result(prediction, case)
+    # the picture, its flag and its scores on one page where they fit
+    parts: list[Flowable] = [KeepTogether([heading, image_pair(image, prediction)] + outcome[:3])] + outcome[3:]
+    earlier = len(image.predictions.all()) - 1
+    if earlier > 0:
+        parts.append(para(esc(f"{earlier} earlier result(s) of this image are kept in the record; this report "
+                              "shows the newest."), "small"))
+    return parts
+
+
+def review_section(lesion: Lesion) -> list[Flowable]:
+    reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
+    parts: list[Flowable] = [para("Dermatologist review", "h3")]
+    if not reviews:
+        why = " (in the review queue)." if lesion.awaiting_review else (
+            "." if lesion.flagged else " (not flagged by the model: no review was requested).")
+        return parts + [para(bold(NOT_REVIEWED) + esc(why))]
+    for review in reviews:
+        rows = [("Reviewer", esc(person(review.reviewer))), ("Date", esc(when(review.created_at))),
+                ("Agreement", esc(review.get_agreement_display())),
+                ("Final diagnosis", bold(review.get_final_diagnosis_display())),
+                ("Management", bold(review.get_management_display()))]
+        changed = getattr(review, "lesion_changed", None)
+        if changed is not None:
+            rows.append(("Changed since the earlier visit", esc("Yes" if changed else "No")))
+        if review.notes:
+            rows.append(("Notes", esc(review.notes)))
+        parts += [facts_table(rows), Spacer(1, 4)]
+    return parts
+
+
+def lesion_section(lesion: Lesion, number: int, case: Case) -> list[Flowable]:
+    images = list(lesion.images.all())
+    if not images:
+        return lesion_header(lesion, number) + [para("No images were uploaded for this lesion.")] + \
+            review_section(lesion)
+    first = image_section(images[0], 1, case)
+    # never the lesion's title and body map alone at the foot of a page
+    parts: list[Flowable] = [KeepTogether(lesion_header(lesion, number) + first[:1])] + first[1:]
+    for index, image in enumerate(images[1:], 2):
+        parts += image_section(image, index, case)
+    return parts + review_section(lesion)
+
+
+def versions_used(lesions: list[Lesion]) -> list[ModelVersion]:
+    """The model versions of the results the report shows (usually one)."""
+    seen: dict[int, ModelVersion] = {}
+    for lesion in lesions:
+        for image in lesion.images.all():
+            prediction = latest(image)
+            if prediction is not None:
+                seen.setdefault(prediction.model_version_id, prediction.model_version)
+    return list(seen.values())
+
+
+def closing_section() -> list[Flowable]:
+    # one block: the statements are read together, never split by a page break
+    return [KeepTogether([para("Intended use", "h2"),
+                          para(bold(statements.INTENDED_USE_LEAD) + " " + esc(statements.intended_use())),
+                          para("Data attribution", "h2"), para(esc(statements.DATA_ATTRIBUTION))])]
+
+
+# --- The document --------------------------------------------------------------------------------
+
+def story(case: Case, *, generated_by, now: datetime) -> list[Flowable]:
+    lesions = _lesions(case)
+    parts: list[Flowable] = [
+        para(esc(f"Second-opinion report · case {case.pk}"), "title"),
+        para(esc(f"Generated {when(now)} ({timezone.get_current_timezone_name()}) by {person(generated_by)}. "
+                 "A copy of the record at that time; the case page shows the current record."), "small"),
+        Spacer(1, 4),
+        boxed([para(bold(statements.INTENDED_USE_LEAD) + esc(" Not a diagnosis: a clinician makes every diagnostic "
+                                                            "and management decision (see Intended use)."))],
+              FLAG_BG, FLAG_EDGE),
+    ]
+    parts += patient_section(case) + summary_section(lesions)
+    for number, lesion in enumerate(lesions, 1):
+        parts += lesion_section(lesion, number, case)
+    versions = versions_used(lesions)
+    return parts + reading_section(versions) + models_section(versions) + closing_section()
+
+
+def build_case_report(case: Case, *, generated_by, now: datetime | None = None) -> bytes:
+    """The case's second-opinion report as PDF bytes (A4)."""
+    now = now or timezone.now()
+    fonts = report_fonts()
+    footer = f"Patient {case.patient.identifier} · Case {case.pk} · generated {when(now)}"
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer, pagesize=A4, leftMargin=MARGIN, rightMargin=MARGIN, topMargin=18 * mm, bottomMargin=18 * mm,
+        title=f"{HEADER}, case {case.pk}", author=settings.SITE_NAME, subject="AI second opinion (decision support)",
+        creator=settings.SITE_NAME,
+    )
+    document.build(story(case, generated_by=generated_by, now=now), canvasmaker=_canvas_class(footer, fonts))
+    return buffer.getvalue()

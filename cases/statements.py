@@ -1,0 +1,46 @@
+"""The fixed texts every output carries: the intended-use statement and the data attribution.
+
+One place for them, so that the web pages (through the ``site`` context processor) and the PDF
+report (cases.report) can never drift apart. Plain text: templates escape it, the report
+escapes it for ReportLab's markup.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+
+# The footer of every page: a short lead, then the statement itself.
+INTENDED_USE_LEAD = "Decision support only."
+INTENDED_USE_TEMPLATE = (
+    "{site_name} gives clinicians a second opinion on dermoscopic images. It does not diagnose; "
+    "a clinician makes every diagnostic and management decision."
+)
+
+# The notice above a score (after "Intended use:"), where the scores themselves are the point.
+RESULT_INTENDED_USE = (
+    "decision support for clinicians. These scores are not a diagnosis; "
+    "a clinician makes every diagnostic and management decision."
+)
+
+DATA_ATTRIBUTION = (
+    "Model trained on images from the ISIC Archive (International Skin Imaging Collaboration; "
+    "CC-0 / CC BY-NC 4.0) and HAM10000 (Tschandl, Rosendahl & Kittler, Sci. Data 5, 180161 (2018); "
+    "ViDIR Group, Medical University of Vienna; CC BY-NC 4.0). Tested on another hospital's images: "
+    "the PH2 database (Mendonça et al., IEEE EMBC 2013; Hospital Pedro Hispano, Matosinhos; "
+    "research and education use). Non-commercial use."
+)
+
+# What the shipped model's validation could not cover (README, "Known limits"); a model card
+# that lists its own "limitations" replaces these in the report.
+MODEL_LIMITS = (
+    "Trained and tested mostly on light-skinned patients from two public collections: darker skin "
+    "types (Fitzpatrick V-VI) are barely represented, so its accuracy for them is unknown.",
+    "Images from a different dermatoscope or clinic are often out of domain for it (on the PH2 "
+    "hospital's images it could not assess 40 % and flagged almost every lesion it did assess).",
+    "Validated for dermoscopic images only: clinical (close-up) photos are refused.",
+    "A score below the threshold does not rule out melanoma or another malignancy.",
+)
+
+
+def intended_use(site_name: str | None = None) -> str:
+    """The intended-use statement, naming the site."""
+    return INTENDED_USE_TEMPLATE.format(site_name=site_name or settings.SITE_NAME)

@@ -1,0 +1,191 @@
+"""Lesions followed over visits: one patient lesion per physical lesion, a timeline of its visits
+with "changed" markers, the body map, and the queue telling a reviewer about earlier visits."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from cases import body_map, followup, queue, services
+from cases.forms import CaseForm, LesionForm, ReviewForm
+from cases.models import Case, Lesion, PatientLesion, Prediction, Review
+from tests.support.case_helpers import make_image
+
+
+def _visit(world, day: date, question: str = "Follow-up") -> Case:
+    return services.create_case(user=world.clin_a, patient=world.patient_a, clinical_question=question,
+                                visit_date=day)
+
+
+def _score(world, lesion: Lesion, melanoma: float, *, sha: str, assessable: bool = True) -> Prediction:
+    image = make_image(world, sha=sha, lesion=lesion)
+    return Prediction.objects.create(image=image, model_version_id=1, status="done", melanoma_probability=melanoma,
+                                     malignancy_score=melanoma, finished_at=timezone.now(), assessable=assessable)
+
+
+def test_every_lesion_belongs_to_a_numbered_patient_lesion(world):
+    assert world.lesion_a.tracked.patient == world.patient_a and world.lesion_a.tracked.label == "L1"
+    second = services.add_lesion(user=world.clin_a, case=world.case_a, anatomic_site="head/neck", side="left",
+                                 map_view="front", map_x=0.4, map_y=0.1)
+    assert second.tracked.number == 2 and second.tracked.side == "left" and second.tracked.map_view == "front"
+    assert world.lesion_b.tracked.number == 1  # numbered per patient
+
+
+def test_a_later_visit_adds_to_the_same_lesion_and_inherits_its_site(world):
+    later = _visit(world, timezone.localdate() + timedelta(days=0))
+    form = LesionForm({"same_as": world.lesion_a.tracked.pk, "anatomic_site": "", "description": "grown"}, case=later)
+    assert form.is_valid(), form.errors
+    lesion = services.add_lesion(user=world.clin_a, case=later, **form.cleaned_data)
+    assert lesion.tracked == world.lesion_a.tracked and lesion.anatomic_site == "posterior torso"
+    assert list(followup.earlier_visits(lesion)) == [world.lesion_a]
+    # the lesion is offered once per visit
+    again = LesionForm({"same_as": world.lesion_a.tracked.pk, "anatomic_site": ""}, case=later)
+    assert "same_as" not in again.fields
+    with pytest.raises(ValidationError, match="already part of this visit"):
+        services.add_lesion(user=world.clin_a, case=later, anatomic_site="unknown", same_as=world.lesion_a.tracked)
+
+
+def test_another_patients_lesion_is_refused(world):
+    with pytest.raises(ValidationError, match="another patient"):
+        services.add_lesion(user=world.clin_a, case=world.case_a, anatomic_site="unknown",
+                            same_as=world.lesion_b.tracked)
+
+
+def test_correcting_where_a_lesion_is_is_audited(world):
+    later = _visit(world, timezone.localdate())
+    services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso", same_as=world.lesion_a.tracked,
+                        side="right", map_view="back", map_x=0.6, map_y=0.3)
+    tracked = PatientLesion.objects.get(pk=world.lesion_a.tracked_id)
+    assert (tracked.side, tracked.map_view, tracked.map_x) == ("right", "back", 0.6)
+    event = AuditEvent.objects.get(action="update", object_type="patientlesion")
+    assert event.old_values["map_view"] == "" and event.new_values["map_view"] == "back"
+
+
+def test_an_incomplete_map_point_is_refused(world):
+    form = LesionForm({"anatomic_site": "head/neck", "map_view": "front", "map_x": "0.5"}, case=world.case_a)
+    assert not form.is_valid() and "body-map point is incomplete" in str(form.errors)
+
+
+def test_visit_date_defaults_to_today_and_cannot_be_in_the_future(world):
+    assert CaseForm({"clinical_question": "?"}).is_valid()
+    tomorrow = (timezone.localdate() + timedelta(days=1)).isoformat()
+    form = CaseForm({"clinical_question": "?", "visit_date": tomorrow})
+    assert not form.is_valid() and "future" in form.errors["visit_date"][0]
+    assert world.case_a.visit_date == timezone.localdate()
+
+
+def test_timeline_marks_a_rise_and_a_recorded_change(world, settings):
+    settings.FOLLOW_UP_SCORE_RISE = 0.10
+    today = timezone.localdate()
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=today - timedelta(days=180))
+    world.case_a.refresh_from_db()
+    second = _visit(world, today - timedelta(days=90))
+    third = _visit(world, today)
+    l2 = services.add_lesion(user=world.clin_a, case=second, anatomic_site="posterior torso",
+                             same_as=world.lesion_a.tracked)
+    l3 = services.add_lesion(user=world.clin_a, case=third, anatomic_site="posterior torso",
+                             same_as=world.lesion_a.tracked)
+    _score(world, world.lesion_a, 0.20, sha="1" * 64)
+    _score(world, l2, 0.25, sha="2" * 64)
+    _score(world, l2, 0.90, sha="3" * 64, assessable=False)  # not assessable: not the visit's score
+    _score(world, l3, 0.45, sha="4" * 64)
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert [v.lesion for v in visits] == [world.lesion_a, l2, l3]
+    assert [v.melanoma for v in visits] == [0.20, 0.25, 0.45]
+    assert [v.changed for v in visits] == [False, False, True]
+    assert "rose by 20%" in visits[2].changed_reasons[0] and visits[1].cannot_assess
+    Review.objects.create(lesion=l2, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
+                          management="follow_up", lesion_changed=True)
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert visits[1].changed and "recorded a change" in visits[1].changed_reasons[0]
+    plot = followup.score_plot(visits)
+    assert len(plot["points"]) == 3 and plot["points"][0].y > plot["points"][2].y  # higher score, higher on the plot
+
+
+def test_review_asks_about_change_only_when_there_are_earlier_visits(world):
+    assert "lesion_changed" not in ReviewForm().fields
+    assert "lesion_changed" in ReviewForm(earlier_visits=True).fields
+
+
+def test_map_status_follows_the_latest_visit(world):
+    status = lambda: followup.patient_map(world.patient_a, Lesion.objects.all())[0].status  # noqa: E731
+    assert status() == "not-scored"
+    _score(world, world.lesion_a, 0.05, sha="5" * 64)
+    assert status() == "benign"
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
+    assert status() == "flagged"
+    Case.objects.filter(pk=world.case_a.pk).update(claimed_by=world.derm, claimed_at=timezone.now())
+    assert status() == "in-review"
+
+
+def test_queue_says_when_a_flagged_lesion_was_seen_before(world):
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=timezone.localdate() - timedelta(days=60))
+    world.case_a.refresh_from_db()
+    later = _visit(world, timezone.localdate())
+    lesion = services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso",
+                                 same_as=world.lesion_a.tracked)
+    Lesion.objects.filter(pk=lesion.pk).update(flagged=True, awaiting_review=True, flagged_at=timezone.now())
+    Lesion.objects.filter(pk=world.lesion_b.pk).update(flagged=True, awaiting_review=True)
+    rows = {case.pk: case for case in queue.review_queue()}
+    assert rows[later.pk].has_earlier_visits and not rows[world.case_b.pk].has_earlier_visits
+
+
+def test_timeline_page_is_scoped_and_compares_two_visits(client, world):
+    later = _visit(world, timezone.localdate())
+    l2 = services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso",
+                             same_as=world.lesion_a.tracked)
+    _score(world, world.lesion_a, 0.2, sha="6" * 64)
+    _score(world, l2, 0.5, sha="7" * 64)
+    url = f"/patients/{world.patient_a.pk}/lesions/1/"
+    client.force_login(world.clin_a)
+    page = client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Seen at 2 visits" in html and "Changed" in html and 'class="score-plot"' in html
+    assert page.context["compare"][0].lesion == world.lesion_a and page.context["compare"][1].lesion == l2
+    chosen = client.get(url, {"a": l2.pk, "b": world.lesion_a.pk})
+    assert chosen.context["compare"][0].lesion == l2
+    assert client.get(url, {"a": "junk"}).status_code == 200
+    assert AuditEvent.objects.filter(action="view", object_type="patientlesion").exists()
+    for other in (world.clin_b, world.norole, world.derm):
+        client.force_login(other)
+        assert client.get(url).status_code == 404
+
+
+def test_patient_page_shows_the_map_and_the_list(client, world):
+    services.add_lesion(user=world.clin_a, case=world.case_a, anatomic_site="upper extremity", side="left",
+                        map_view="front", map_x=0.8, map_y=0.3)
+    client.force_login(world.clin_a)
+    html = client.get(f"/patients/{world.patient_a.pk}/").content.decode()
+    assert html.count('class="marker status-') == 1  # L1 has no point; L2 was placed on the map
+    assert "not on the map" in html and f"/patients/{world.patient_a.pk}/lesions/2/" in html
+
+
+def test_body_map_regions_and_sides():
+    assert body_map.region_at("front", 90, 100).site == "anterior torso"
+    assert body_map.region_at("back", 90, 100).site == "posterior torso"
+    assert body_map.region_at("front", 40, 225).site == "palms/soles"
+    assert body_map.region_at("back", 70, 380).site == "palms/soles"
+    assert body_map.region_at("front", 90, 192).site == "oral/genital"
+    assert body_map.region_at("front", 5, 5) is None
+    assert body_map.side_at("front", 30) == "right" and body_map.side_at("back", 30) == "left"
+    assert body_map.side_at("front", 90) == "midline"
+    sites = {r.site for r in body_map.REGIONS}
+    assert sites == {"anterior torso", "head/neck", "lateral torso", "lower extremity", "oral/genital",
+                     "palms/soles", "posterior torso", "upper extremity"}
+
+
+def test_backfill_gives_existing_lesions_a_patient_lesion(world):
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("cases.migrations.0010_lesions_followed_over_visits")
+    Lesion.objects.update(tracked=None)
+    PatientLesion.objects.all().delete()
+    migration.backfill(apps, None)
+    assert Lesion.objects.get(pk=world.lesion_a.pk).tracked.number == 1
+    assert Lesion.objects.get(pk=world.lesion_b.pk).tracked.patient == world.patient_b
