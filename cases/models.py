@@ -119,6 +119,7 @@ class Case(models.Model):
         OPEN = "open", "Open"
         IN_REVIEW = "in_review", "In review"
         REVIEWED = "reviewed", "Reviewed"
+        CLOSED = "closed", "Closed"
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="cases")
     referring_clinician = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="referred_cases")
@@ -131,13 +132,18 @@ class Case(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="claimed_cases"
     )
     claimed_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                  related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.CheckConstraint(condition=Q(status__in=["open", "in_review", "reviewed"]), name="case_status_valid"),
+            models.CheckConstraint(condition=Q(status__in=["open", "in_review", "reviewed", "closed"]),
+                                   name="case_status_valid"),
+            models.CheckConstraint(condition=~Q(status="closed") | Q(closed_at__isnull=False), name="case_closed_has_time"),
             models.CheckConstraint(
                 condition=Q(claimed_by__isnull=True, claimed_at__isnull=True)
                 | Q(claimed_by__isnull=False, claimed_at__isnull=False),
@@ -333,6 +339,10 @@ class Prediction(models.Model):
     # the task run (Celery task id) and worker (node name) that claimed it while running: a
     # redelivered message resumes its own run at once, and the sweep re-queues a dead worker's
     run_by = models.CharField(max_length=64, blank=True)
+    # 0 for a model version's first score of the image; a correction of the model's input (site,
+    # age, sex) scores it again as the next revision, with the reason, and the old one stays
+    context_revision = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=300, blank=True, help_text="Why this score was made, when not an upload.")
     # set when this score (a re-score with a newer version) disagrees with the dermatologist's
     # review of the same image; the lesion is then listed for the admin, not put back in the queue
     review_disagreement = models.CharField(max_length=300, blank=True)
@@ -356,7 +366,8 @@ class Prediction(models.Model):
     class Meta:
         ordering = ["-created_at", "pk"]
         constraints = [
-            models.UniqueConstraint(fields=["image", "model_version"], name="prediction_unique_per_version"),
+            models.UniqueConstraint(fields=["image", "model_version", "context_revision"],
+                                    name="prediction_unique_per_version"),
             models.CheckConstraint(
                 condition=Q(status__in=["pending", "running", "done", "failed"]), name="prediction_status_valid"
             ),
@@ -421,6 +432,10 @@ class Review(models.Model):
     # asked when the lesion was seen at an earlier visit: has it changed since? (None: not asked)
     lesion_changed = models.BooleanField("changed since the earlier visit", null=True, blank=True)
     notes = models.TextField(max_length=5000, blank=True)
+    # a signed review is never edited: an amendment is a new review that refers to it
+    amends = models.OneToOneField("self", on_delete=models.PROTECT, null=True, blank=True,
+                                  related_name="amended_by")
+    amendment_reason = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -433,6 +448,8 @@ class Review(models.Model):
             models.CheckConstraint(
                 condition=Q(management__in=["reassure", "follow_up", "excision", "biopsy"]), name="review_management_valid"
             ),
+            models.CheckConstraint(condition=Q(amends__isnull=True) | ~Q(amendment_reason=""),
+                                   name="review_amendment_has_reason"),
         ]
 
     def audit_scope(self) -> tuple[int | None, int | None]:

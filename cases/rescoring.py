@@ -48,7 +48,9 @@ def run_rescore(*, job_id: int) -> int:
     ids = list(images.values_list("pk", flat=True))
     for start in range(0, len(ids), CHUNK):
         for image_id in ids[start:start + CHUNK]:
-            prediction, created = Prediction.objects.get_or_create(image_id=image_id, model_version=job.model_version)
+            # the version's first score of the image (revision 0); corrections add later revisions
+            prediction, created = Prediction.objects.get_or_create(image_id=image_id, model_version=job.model_version,
+                                                                   context_revision=0)
             if created or prediction.enqueued_at is None:
                 scoring.dispatch_prediction(prediction.pk, queue=scoring.RESCORE_QUEUE)
             queued += 1

@@ -142,7 +142,8 @@ def create_missing_predictions() -> list[int]:
     if not orphans:
         return []
     version = active_version()
-    return [Prediction.objects.get_or_create(image_id=pk, model_version=version)[0].pk for pk in orphans]
+    return [Prediction.objects.get_or_create(image_id=pk, model_version=version, context_revision=0)[0].pk
+            for pk in orphans]
 
 
 def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelta | None = None,

@@ -23,7 +23,7 @@ def reviewed_records(export_dir: Path) -> list:
     """Training records for every image of a lesion whose newest review names one of the 9 classes."""
     export_dir.mkdir(parents=True, exist_ok=True)
     newest: dict[int, Review] = {}
-    for review in Review.objects.select_related("reviewer").order_by("lesion_id", "-created_at"):
+    for review in Review.objects.select_related("reviewer", "lesion").order_by("lesion_id", "-created_at"):
         newest.setdefault(review.lesion_id, review)
     records = []
     for lesion_id, review in newest.items():
@@ -36,7 +36,9 @@ def reviewed_records(export_dir: Path) -> list:
                     path.write_bytes(src.read())
             context = image_context(image)
             records.append(ImageRecord(
-                path=str(path), isic_id=f"REVIEW_{image.pk:07d}", lesion_id=f"app-lesion-{lesion_id}",
+                path=str(path), isic_id=f"REVIEW_{image.pk:07d}",
+                # the patient's lesion, not the visit: every visit of one lesion falls on one side of the split
+                lesion_id=f"app-lesion-{review.lesion.tracked_id or lesion_id}",
                 allowed=frozenset({review.final_diagnosis}), source=REVIEW_SOURCE,
                 ham_code=CLASS_TO_HAM[review.final_diagnosis],
                 dx_type=f"dermatologist review by {review.reviewer.get_username()} on {review.created_at:%Y-%m-%d}",
