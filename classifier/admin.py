@@ -15,6 +15,7 @@ from classifier.forms import TrainingForm
 from classifier.models import ModelVersion
 
 PLOTS = ("roc", "confusion_matrix", "reliability", "training_curves")
+GATE_PLOT = "benchmark_roc"  # the paired ROC on the frozen benchmark, shown with the gate
 
 
 def _fmt(value) -> str:
@@ -93,6 +94,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
                                                                                  f"{name}.png").exists()],
             "model_card": card_md.read_text() if card_md and card_md.exists() else "",
             "gate": lifecycle.gate_for(version) if version.status in ("ready", "retired") else None,
+            "gate_plot": bool(version.artifact_path
+                              and Path(version.artifact_path, "plots", f"{GATE_PLOT}.png").exists()),
         }
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -167,7 +170,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def plot_view(self, request, pk: int, name: str) -> FileResponse:
         version = get_object_or_404(ModelVersion, pk=pk)
-        if name not in PLOTS or not version.artifact_path:
+        if name not in (*PLOTS, GATE_PLOT) or not version.artifact_path:
             raise Http404("no such plot")
         plot = Path(version.artifact_path, "plots", f"{name}.png")
         if not plot.is_file():

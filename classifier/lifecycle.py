@@ -18,6 +18,7 @@ from audit import log as audit_log
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 from classifier.registry import activate
+from training.benchmark import BenchmarkError, current_benchmark
 from training.config import TrainConfig
 
 TRAIN_TASK = "classifier.tasks.train_model"
@@ -141,12 +142,17 @@ def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
 
 
 def gate_for(version: ModelVersion) -> GateResult:
-    """The promotion gate for ``version`` against the model active now."""
+    """The promotion gate for ``version``: its paired comparison on the frozen benchmark, valid
+    while the model it was compared with is still the active one and the benchmark is unchanged
+    (``python manage.py compare_on_benchmark VERSION`` measures it again)."""
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
     target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
-    return evaluate_gate(
-        version.metrics.get("gate"), active_version=active.version if active else None, target_sensitivity=target
-    )
+    try:
+        benchmark = current_benchmark().version
+    except BenchmarkError as exc:  # a damaged benchmark file must not let anything through
+        return GateResult(False, [str(exc)])
+    return evaluate_gate(version.metrics.get("gate"), active_version=active.version if active else None,
+                         target_sensitivity=target, benchmark_version=benchmark)
 
 
 def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:

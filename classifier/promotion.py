@@ -1,84 +1,474 @@
 """The promotion gate: may a candidate model replace the active one?
 
-Both models are measured on the same held-out set (the candidate's test split, which neither
-trained on); the figures arrive here as plain dicts so the rule is testable without Django.
+Both models are scored on the SAME images: the frozen benchmark (``training.benchmark``: the
+shipped model's held-out lesions, which no training run may use), so neither trained on them.
+The comparison is paired: a lesion-level bootstrap resamples lesions with replacement (all
+images of a drawn lesion come along, weighted by how often it was drawn), computes each metric
+for both models on the same resample and takes the difference, candidate minus active. The
+95 % interval is the 2.5th-97.5th percentile of those differences.
+
+Rules (each one a reason in the result):
+
+* melanoma sensitivity, each model at its own melanoma threshold: lower bound of the difference
+  >= -MAX_SENSITIVITY_DROP (non-inferior);
+* melanoma AUC and malignancy AUC: lower bound of the difference >= -MAX_AUC_DROP;
+* calibration: the candidate's top-label ECE on the benchmark (as ``training.evaluate`` computes
+  it) <= MAX_ECE, an absolute cap (the active model's ECE and the difference are reported);
+* subgroups (source, sex, age band): in every group with at least MIN_SUBGROUP_MELANOMAS
+  melanoma lesions (and as many other lesions), the candidate's melanoma AUC is at most
+  MAX_SUBGROUP_AUC_DROP below the active model's (the observed difference: a subgroup's interval
+  is too wide to ask for non-inferiority at this margin; it is shown). Smaller groups are
+  reported, not gated.
+
+PH2 (external) is scored for both models and reported beside the benchmark, never gated. With no
+active model (the first one), the candidate needs the calibration cap and its melanoma
+sensitivity at its threshold reaching the target sensitivity.
+
+Point figures use scikit-learn (``roc_auc_score``) and ``training.evaluate``; the 1,000
+resamples use the same metrics written as weighted sums over the resample counts (vectorised;
+``weighted_auc`` equals ``roc_auc_score`` with ``sample_weight``, tested). No Django here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
 
-MAX_MELANOMA_AUC_DROP = 0.01
+import numpy as np
+
+GATE_FORMAT = 2  # metrics["gate"]["format"]: 2 = paired comparison on the frozen benchmark
+MAX_SENSITIVITY_DROP = 0.05
+MAX_AUC_DROP = 0.02
+MAX_ECE = 0.05
+MAX_SUBGROUP_AUC_DROP = 0.05
+MIN_SUBGROUP_MELANOMAS = 10
+SUBGROUP_ATTRIBUTES = ("source", "sex", "age")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
 class GateResult:
-    """The decision, the reasons for it, and a side-by-side table for the admin."""
+    """The decision, one reason per rule, and the tables the admin shows."""
 
     allowed: bool
     reasons: list[str] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # metric, candidate, active, difference, ci_low, ci_high, margin, passed
+    subgroups: list[dict] = field(default_factory=list)
+    external: list[dict] = field(default_factory=list)  # PH2, reported only
+    benchmark: dict = field(default_factory=dict)
+    candidate: dict = field(default_factory=dict)  # version, model_sha256, thresholds
+    active: dict | None = None
+    bootstrap: dict = field(default_factory=dict)
+    rules: dict = field(default_factory=dict)
+    plot: str | None = None  # plots/<name>.png of the candidate's artifact
+
+    def to_dict(self) -> dict:
+        """What metrics["gate"] stores (JSON: NaN becomes None)."""
+        return _json_safe({"format": GATE_FORMAT, **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GateResult":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
-COMPARED = (
-    ("melanoma_auc", "Melanoma AUC"),
-    ("malignancy_auc", "Malignancy AUC"),
-    ("melanoma_sensitivity", "Melanoma sensitivity at threshold"),
-    ("melanoma_specificity", "Melanoma specificity at threshold"),
-    ("malignancy_sensitivity", "Malignancy sensitivity at threshold"),
-    ("malignancy_specificity", "Malignancy specificity at threshold"),
-    ("balanced_accuracy_7", "Balanced accuracy (7 HAM codes)"),
-)
+def current_rules() -> dict:
+    return {"max_sensitivity_drop": MAX_SENSITIVITY_DROP, "max_auc_drop": MAX_AUC_DROP, "max_ece": MAX_ECE,
+            "max_subgroup_auc_drop": MAX_SUBGROUP_AUC_DROP, "min_subgroup_melanomas": MIN_SUBGROUP_MELANOMAS,
+            "subgroup_attributes": list(SUBGROUP_ATTRIBUTES)}
 
 
-def evaluate_gate(
-    gate: dict | None,
-    *,
-    active_version: str | None,
-    target_sensitivity: float,
-    max_auc_drop: float = MAX_MELANOMA_AUC_DROP,
-) -> GateResult:
-    """Apply the rule to a comparison measured by the training worker.
+# ----------------------------------------------------------------------------- the bootstrap
+def lesion_weights(lesion_ids: Sequence, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, N) image weights: each row draws the lesions with replacement (as many draws
+    as there are lesions); an image's weight is how often its lesion was drawn."""
+    _, inverse = np.unique(np.asarray(lesion_ids).astype(str), return_inverse=True)
+    k = int(inverse.max()) + 1 if len(inverse) else 0
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=n_resamples) if k else np.zeros((n_resamples, 0))
+    return counts[:, inverse].astype(np.float64)
 
-    ``gate`` is ``{"heldout": {...}, "candidate": {metric: value}, "active": {"version": str, metric: value}}``.
-    The candidate passes when its melanoma AUC is at most ``max_auc_drop`` below the active model's
-    on the same set, and its melanoma sensitivity at its own threshold reaches the target.
-    """
-    if not gate or "candidate" not in gate:
-        return GateResult(False, ["No held-out comparison has been measured for this version."])
-    candidate, active = gate["candidate"], gate.get("active") or {}
-    rows = [
-        {
-            "metric": label,
-            "candidate": candidate.get(key),
-            "active": active.get(key),
-            "delta": None if candidate.get(key) is None or active.get(key) is None else candidate[key] - active[key],
-        }
-        for key, label in COMPARED
+
+def weighted_auc(positives: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC per row of ``weights`` (R, N) (ties count one half): roc_auc_score(positives,
+    scores, sample_weight=row) for every row at once; NaN where a row lacks either class."""
+    w = np.atleast_2d(weights)
+    order = np.argsort(scores, kind="mergesort")
+    s, y, w = np.asarray(scores)[order], np.asarray(positives, bool)[order], w[:, order]
+    neg, pos = w * ~y, w * y
+    cum_neg = np.cumsum(neg, axis=1)
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1] if len(s) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(s)] - 1
+    block = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(s)]))
+    below = (cum_neg[:, starts] - neg[:, starts])[:, block]  # negatives strictly below the score
+    equal = (cum_neg[:, ends] - (cum_neg[:, starts] - neg[:, starts]))[:, block]  # tied negatives
+    den = pos.sum(1) * neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (pos * (below + 0.5 * equal)).sum(1) / den, np.nan)
+
+
+def weighted_rate(hits: np.ndarray, among: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted share of ``hits`` among the ``among`` images, per row of ``weights``."""
+    w = np.atleast_2d(weights)
+    den = w @ among.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (w @ (hits & among).astype(float)) / den, np.nan)
+
+
+def weighted_ece(probs: np.ndarray, masks: np.ndarray, weights: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """training.evaluate.expected_calibration_error (top label, single-label images, equal-width
+    bins (lo, hi]) per row of ``weights``."""
+    from training.evaluate import targets
+
+    t = targets(masks)
+    single = t["single"]
+    conf, correct = probs[single].max(1), (probs[single].argmax(1) == t["cls9"][single]).astype(float)
+    w = np.atleast_2d(weights)[:, single]
+    bins = np.searchsorted(np.linspace(0, 1, n_bins + 1), conf, side="left") - 1
+    onehot = (bins[:, None] == np.arange(n_bins)[None, :]).astype(float)
+    gap = np.abs(w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None])).sum(1)
+    total = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, gap / total, np.nan)
+
+
+def _interval(values: np.ndarray) -> tuple[float | None, float | None]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None, None
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+# ----------------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class Metric:
+    """A figure of one model on a set of images: point (scikit-learn) and per resample."""
+
+    key: str
+    label: str
+    point: Callable  # (scored) -> float
+    resampled: Callable  # (scored, weights) -> (R,) array
+
+
+def _auc_point(positives: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    positives = np.asarray(positives, bool)
+    return float(roc_auc_score(positives, scores)) if positives.any() and (~positives).any() else float("nan")
+
+
+def _truth(scored) -> dict:
+    from training.evaluate import targets
+
+    return targets(scored.images.masks)
+
+
+def _metrics() -> list[Metric]:
+    from training.evaluate import expected_calibration_error, sens_spec
+
+    def mel(s):
+        return s.probs[:, _melanoma_index()]
+
+    def mal(s):
+        from mlcore.scoring import malignancy_score
+
+        return malignancy_score(s.probs)
+
+    def flagged_mel(s):
+        return mel(s) >= s.thresholds.melanoma
+
+    def flagged_mal(s):
+        return mal(s) >= s.thresholds.malignancy
+
+    def ece_point(s):
+        t = _truth(s)
+        return expected_calibration_error(s.probs[t["single"]], t["cls9"][t["single"]])[0]
+
+    return [
+        Metric("melanoma_sensitivity", "Melanoma sensitivity at its own threshold",
+               lambda s: sens_spec(mel(s), _truth(s)["melanoma"], s.thresholds.melanoma)[0],
+               lambda s, w: weighted_rate(flagged_mel(s), _truth(s)["melanoma"], w)),
+        Metric("melanoma_auc", "Melanoma AUC", lambda s: _auc_point(_truth(s)["melanoma"], mel(s)),
+               lambda s, w: weighted_auc(_truth(s)["melanoma"], mel(s), w)),
+        Metric("malignancy_auc", "Malignancy AUC", lambda s: _auc_point(_truth(s)["malignant"], mal(s)),
+               lambda s, w: weighted_auc(_truth(s)["malignant"], mal(s), w)),
+        Metric("ece", "Calibration error (ECE, top label)", ece_point,
+               lambda s, w: weighted_ece(s.probs, s.images.masks, w)),
+        Metric("melanoma_specificity", "Melanoma specificity at its own threshold",
+               lambda s: sens_spec(mel(s), _truth(s)["melanoma"], s.thresholds.melanoma)[1],
+               lambda s, w: weighted_rate(~flagged_mel(s), ~_truth(s)["melanoma"], w)),
+        Metric("malignancy_sensitivity", "Malignancy sensitivity at its own threshold",
+               lambda s: sens_spec(mal(s), _truth(s)["malignant"], s.thresholds.malignancy)[0],
+               lambda s, w: weighted_rate(flagged_mal(s), _truth(s)["malignant"], w)),
+        Metric("malignancy_specificity", "Malignancy specificity at its own threshold",
+               lambda s: sens_spec(mal(s), _truth(s)["malignant"], s.thresholds.malignancy)[1],
+               lambda s, w: weighted_rate(~flagged_mal(s), ~_truth(s)["malignant"], w)),
     ]
-    reasons: list[str] = []
-    allowed = True
-    if active_version is not None:
-        if active.get("version") != active_version:
-            return GateResult(
-                False,
-                [f"The comparison was made against {active.get('version') or 'no model'}, but {active_version} "
-                 "is active now: re-run the comparison."],
-                rows,
-            )
-        drop = active["melanoma_auc"] - candidate["melanoma_auc"]
-        if drop > max_auc_drop:
-            allowed = False
-            reasons.append(
-                f"Melanoma AUC {candidate['melanoma_auc']:.3f} is {drop:.3f} below the active model's "
-                f"{active['melanoma_auc']:.3f} (allowed drop {max_auc_drop:.2f})."
-            )
+
+
+def _melanoma_index() -> int:
+    from mlcore.labels import CLASSES
+
+    return CLASSES.index("melanoma")
+
+
+# margin per gated metric: ("noninferior", m) = lower CI bound of the difference >= -m;
+# ("cap", m) = the candidate's own value <= m
+GATED = {"melanoma_sensitivity": ("noninferior", MAX_SENSITIVITY_DROP), "melanoma_auc": ("noninferior", MAX_AUC_DROP),
+         "malignancy_auc": ("noninferior", MAX_AUC_DROP), "ece": ("cap", MAX_ECE)}
+PH2_METRICS = ("melanoma_auc", "melanoma_sensitivity", "melanoma_specificity")
+
+
+def _check_paired(candidate, active) -> None:
+    a, b = candidate.images, active.images
+    if list(a.image_ids) != list(b.image_ids) or not np.array_equal(a.masks, b.masks):
+        raise ValueError("the two models were not scored on the same images: a paired comparison needs them")
+
+
+def paired_rows(candidate, active, metrics: Sequence[Metric], weights: np.ndarray) -> list[dict]:
+    """One row per metric: both point figures, the difference and its paired 95 % interval
+    (``active`` None: the candidate's figures alone)."""
+    rows = []
+    for m in metrics:
+        c = _num(m.point(candidate))
+        row = {"key": m.key, "metric": m.label, "candidate": c, "active": None, "difference": None,
+               "ci_low": None, "ci_high": None}
+        if active is not None:
+            a = _num(m.point(active))
+            diffs = m.resampled(candidate, weights) - m.resampled(active, weights)
+            low, high = _interval(diffs)
+            row |= {"active": a, "difference": None if c is None or a is None else c - a, "ci_low": low,
+                    "ci_high": high}
+        rows.append(row)
+    return rows
+
+
+def _num(value) -> float | None:
+    return None if value is None or value != value else float(value)
+
+
+def _judge(row: dict, has_active: bool, target_sensitivity: float) -> tuple[bool, str]:
+    """Apply a gated metric's rule to its row (sets ``margin`` and ``rule``); (passed, reason),
+    the reason empty where the rule does not apply (no active model to compare with)."""
+    kind, margin = GATED[row["key"]]
+    name, c = row["metric"], row["candidate"]
+    if kind == "cap":
+        row |= {"margin": margin, "rule": f"candidate <= {margin:.2f}"}
+        ok = c is not None and c <= margin
+        versus = f" (active {row['active']:.3f})" if row.get("active") is not None else ""
+        return ok, f"{name} {_f(c)}{versus} is {'within' if ok else 'above'} the cap {margin:.2f}."
+    if not has_active:
+        if row["key"] != "melanoma_sensitivity":
+            return True, ""
+        row |= {"margin": None, "rule": f"candidate >= {target_sensitivity:.2f} (no active model)"}
+        ok = c is not None and c >= target_sensitivity
+        return ok, (f"{name} {_f(c)} {'reaches' if ok else 'is below'} the target {target_sensitivity:.2f} "
+                    "(no active model to compare with).")
+    row |= {"margin": margin, "rule": f"95 % CI low >= -{margin:.2f}"}
+    low = row["ci_low"]
+    ok = low is not None and low >= -margin
+    return ok, (f"{name}: {_f(c)} vs active {_f(row['active'])}, difference {_sf(row['difference'])} "
+                f"[95 % CI {_sf(low)}, {_sf(row['ci_high'])}]; "
+                + (f"non-inferior (lower bound >= -{margin:.2f})." if ok else
+                   f"the lower bound is below -{margin:.2f}: not shown to be non-inferior."))
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _sf(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
+
+
+def subgroup_rows(candidate, active, weights: np.ndarray) -> list[dict]:
+    """Melanoma AUC of both models per subgroup value, with the paired interval of the
+    difference; ``gated`` where the group has enough melanomas and other images."""
+    from training.evaluate import targets
+
+    images = candidate.images
+    y = targets(images.masks)["melanoma"]
+    mel_c, mel_a = candidate.probs[:, _melanoma_index()], active.probs[:, _melanoma_index()]
+    lesion_ids = np.asarray(images.lesion_ids).astype(str)
+    rows = []
+    for attribute in SUBGROUP_ATTRIBUTES:
+        values = images.groups.get(attribute)
+        if values is None:
+            continue
+        values = np.asarray(values).astype(str)
+        for value in sorted(set(values)):
+            sel = values == value
+            n_mel, n_other = int((y & sel).sum()), int((~y & sel).sum())
+            # lesions are the independent unit: a group of 3 melanomas photographed 4 times is 3
+            lesions_mel = len(set(lesion_ids[y & sel].tolist()))
+            lesions_other = len(set(lesion_ids[~y & sel].tolist()))
+            gated = lesions_mel >= MIN_SUBGROUP_MELANOMAS and lesions_other >= MIN_SUBGROUP_MELANOMAS
+            c, a = _num(_auc_point(y[sel], mel_c[sel])), _num(_auc_point(y[sel], mel_a[sel]))
+            low = high = None
+            if n_mel and n_other:
+                w = weights * sel
+                low, high = _interval(weighted_auc(y, mel_c, w) - weighted_auc(y, mel_a, w))
+            diff = None if c is None or a is None else c - a
+            rows.append({"attribute": attribute, "value": str(value), "images": int(sel.sum()),
+                         "lesions": len(set(lesion_ids[sel].tolist())), "melanomas": n_mel,
+                         "melanoma_lesions": lesions_mel,
+                         "candidate": c, "active": a, "difference": diff, "ci_low": low, "ci_high": high,
+                         "margin": MAX_SUBGROUP_AUC_DROP if gated else None,
+                         "rule": f"difference >= -{MAX_SUBGROUP_AUC_DROP:.2f}" if gated else
+                         f"reported (< {MIN_SUBGROUP_MELANOMAS} melanoma or other lesions)", "gated": gated,
+                         "passed": (diff is not None and diff >= -MAX_SUBGROUP_AUC_DROP) if gated else None})
+    return rows
+
+
+def _subgroup_reason(rows: list[dict]) -> tuple[bool, str]:
+    gated = [r for r in rows if r["gated"]]
+    failed = [r for r in gated if not r["passed"]]
+    if failed:
+        return False, "Subgroups losing more than {:.2f} melanoma AUC: {}.".format(
+            MAX_SUBGROUP_AUC_DROP, "; ".join(
+                f"{r['attribute']} {r['value']} ({r['melanoma_lesions']} melanoma lesions): {_f(r['candidate'])} vs "
+                f"{_f(r['active'])}, {_sf(r['difference'])} [95 % CI {_sf(r['ci_low'])}, {_sf(r['ci_high'])}]"
+                for r in failed))
+    worst = min(gated, key=lambda r: r["difference"] if r["difference"] is not None else 0.0, default=None)
+    return True, (f"No subgroup loses more than {MAX_SUBGROUP_AUC_DROP:.2f} melanoma AUC ({len(gated)} of "
+                  f"{len(rows)} groups have >= {MIN_SUBGROUP_MELANOMAS} melanoma lesions and are gated"
+                  + (f"; largest change {worst['attribute']} {worst['value']} {_sf(worst['difference'])})."
+                     if worst else ")."))
+
+
+def paired_gate(candidate, active=None, *, external: tuple | None = None, target_sensitivity: float = 0.90,
+                n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED, plot: str | None = None) -> GateResult:
+    """The gate on per-image scores (``training.benchmark.scoring.ScoredImages``, or anything with
+    ``images`` (image_ids, lesion_ids, masks, groups, name, content_sha256), ``probs``,
+    ``thresholds``, ``model_version``, ``model_sha256``) of the candidate and the active model
+    on the same benchmark images; ``external`` = (candidate, active) on PH2, reported only."""
+    if active is not None:
+        _check_paired(candidate, active)
+    images = candidate.images
+    weights = lesion_weights(images.lesion_ids, n_resamples, seed)
+    metrics = _metrics()
+    rows = paired_rows(candidate, active, metrics, weights)
+    allowed, reasons = True, []
+    for row in rows:
+        row |= {"margin": None, "rule": "reported"}
+        if row["key"] in GATED:
+            ok, reason = _judge(row, active is not None, target_sensitivity)
+            row["gated"], row["passed"] = bool(reason), ok if reason else None
+            allowed &= ok
+            if reason:
+                reasons.append(reason)
         else:
-            reasons.append(f"Melanoma AUC {candidate['melanoma_auc']:.3f} vs active {active['melanoma_auc']:.3f}: OK.")
-    sensitivity = candidate.get("melanoma_sensitivity")
-    if sensitivity is None or sensitivity < target_sensitivity:
-        allowed = False
-        reasons.append(f"Melanoma sensitivity at its threshold is {sensitivity if sensitivity is not None else 'unknown'}"
-                       f", below the target {target_sensitivity:.2f}.")
-    else:
-        reasons.append(f"Melanoma sensitivity {sensitivity:.3f} reaches the target {target_sensitivity:.2f}.")
-    return GateResult(allowed, reasons, rows)
+            row["gated"], row["passed"] = False, None
+    subgroups = subgroup_rows(candidate, active, weights) if active is not None else []
+    if active is not None:
+        ok, reason = _subgroup_reason(subgroups)
+        allowed &= ok
+        reasons.append(reason)
+    return GateResult(
+        allowed=bool(allowed), reasons=reasons, rows=rows, subgroups=subgroups,
+        external=_external_rows(external, n_resamples, seed + 1, metrics) if external else [],
+        benchmark=_set_summary(images), candidate=_model_summary(candidate),
+        active=_model_summary(active) if active is not None else None,
+        bootstrap={"resamples": n_resamples, "seed": seed, "unit": "lesion", "interval": "95 % percentile",
+                   "difference": "candidate - active"},
+        rules=current_rules(), plot=plot)
+
+
+def _external_rows(external: tuple, n_resamples: int, seed: int, metrics: Sequence[Metric]) -> list[dict]:
+    candidate, active = external
+    if candidate is None:
+        return []
+    if active is not None:
+        _check_paired(candidate, active)
+    weights = lesion_weights(candidate.images.lesion_ids, n_resamples, seed)
+    rows = paired_rows(candidate, active, [m for m in metrics if m.key in PH2_METRICS], weights)
+    for row in rows:
+        row |= {"dataset": candidate.images.name, "gated": False, "passed": None, "margin": None,
+                "rule": "reported (external)"}
+    return rows
+
+
+def _set_summary(images) -> dict:
+    from training.evaluate import targets
+
+    units = np.asarray(images.lesion_ids).astype(str)
+    lesions = getattr(images, "lesions", None)
+    return {"version": images.name, "content_sha256": images.content_sha256, "images": len(units),
+            "lesions": len(set(np.asarray(lesions if lesions is not None else units).astype(str).tolist())),
+            "resampling_groups": len(set(units.tolist())),
+            "melanomas": int(targets(images.masks)["melanoma"].sum())}
+
+
+def _model_summary(scored) -> dict:
+    return {"version": scored.model_version, "model_sha256": scored.model_sha256,
+            "thresholds": {"melanoma": float(scored.thresholds.melanoma),
+                           "malignancy": float(scored.thresholds.malignancy)}}
+
+
+def _json_safe(o):
+    if isinstance(o, dict):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, (np.floating, float)):
+        return None if o != o else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    return o
+
+
+# ----------------------------------------------------------------------------- measuring and reading
+def compare_artifacts(candidate_dir: Path, active_dir: Path | None, data_root: Path, cache_dir: Path | None, *,
+                      benchmark=None, external: bool = True, target_sensitivity: float = 0.90,
+                      n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                      plot_to: Path | None = None) -> GateResult:
+    """Score both artifacts on the frozen benchmark (and PH2) and apply the gate; ``plot_to``
+    writes the paired melanoma ROC there."""
+    from training.benchmark.plots import plot_paired_roc
+    from training.benchmark.scoring import resolve_sets, score_artifact
+
+    sets = resolve_sets(data_root, cache_dir, benchmark=benchmark, external=external)
+    cand = score_artifact(candidate_dir, data_root, cache_dir, image_sets=sets)
+    act = score_artifact(active_dir, data_root, cache_dir, image_sets=sets) if active_dir is not None else {}
+    if plot_to is not None:
+        plot_paired_roc(cand["benchmark"], act.get("benchmark"), Path(plot_to))
+    ph2 = (cand["ph2"], act.get("ph2")) if "ph2" in cand else None
+    return paired_gate(cand["benchmark"], act.get("benchmark"), external=ph2, target_sensitivity=target_sensitivity,
+                       n_resamples=n_resamples, seed=seed, plot=Path(plot_to).stem if plot_to is not None else None)
+
+
+def evaluate_gate(gate: dict | None, *, active_version: str | None, target_sensitivity: float | None = None,
+                  benchmark_version: str | None = None) -> GateResult:
+    """The stored gate of a version (metrics["gate"]) read against the registry as it is now:
+    refused when nothing was measured, when it was measured the old way (on the candidate's own
+    test split), against another active version, or on another benchmark version.
+    ``target_sensitivity`` is kept for callers of the old gate: the first-model rule applied it
+    when the comparison was measured."""
+    if not gate:
+        return GateResult(False, ["No comparison on the frozen benchmark has been measured for this version."])
+    if gate.get("format") != GATE_FORMAT:
+        return GateResult(False, ["This comparison was measured on the candidate's own test split, which the active "
+                                  "model may have trained on: re-measure it on the frozen benchmark."])
+    if gate.get("error"):
+        return GateResult(False, [f"The comparison on the frozen benchmark could not be measured: {gate['error']}"])
+    result = GateResult.from_dict(gate)
+    measured_against = (gate.get("active") or {}).get("version")
+    rerun = f"re-run the comparison (python manage.py compare_on_benchmark {result.candidate.get('version', 'VERSION')})."
+    if measured_against != active_version:
+        result.allowed = False
+        result.reasons = [f"The comparison was made against {measured_against or 'no model'}, but "
+                          f"{active_version or 'no model'} is active now: {rerun}"] + result.reasons
+    elif benchmark_version is not None and (gate.get("benchmark") or {}).get("version") != benchmark_version:
+        result.allowed = False
+        result.reasons = [f"The comparison was made on {(gate.get('benchmark') or {}).get('version')}, but the frozen "
+                          f"benchmark is {benchmark_version} now: {rerun}"] + result.reasons
+    return result
+
+
+def failed_measurement(error: str) -> dict:
+    """What metrics["gate"] stores when the comparison could not be measured (the run stays usable)."""
+    return {"format": GATE_FORMAT, "error": error, "allowed": False, "reasons": [error]}

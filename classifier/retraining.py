@@ -2,10 +2,13 @@
 
 Learning from reviews: images of lesions with a dermatologist's final diagnosis become labelled
 training records (reviewer and date kept as provenance); they pass through the same audit and
-lesion-level split as the public datasets.
+lesion-level split as the public datasets (which keeps the frozen benchmark's lesions out of
+training). When the run has finished, the new version and the active one are compared on the
+frozen benchmark (``measure_gate``): that comparison is the promotion gate.
 """
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from datetime import timedelta
@@ -20,9 +23,9 @@ from django.utils import timezone
 from classifier import artifact_store
 from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
+from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement
 from classifier.registry import register_artifact
-from mlcore.labels import CLASSES
-from mlcore.model_store import get_model
+from training.benchmark.plots import PLOT_NAME
 from training.config import TrainConfig
 from training.train import TrainingCancelled, train
 
@@ -44,17 +47,27 @@ def reviewed_records(export_dir: Path) -> list:
     return _reviewed_records_provider(export_dir) if _reviewed_records_provider else []
 
 
-class ReferenceModel:
-    """The active model, adapted to what the training gate comparison needs."""
+GATE_FILE = "gate.json"  # read into metrics["gate"] by registry.register_artifact
 
-    def __init__(self, version: ModelVersion) -> None:
-        self.loaded = get_model(artifact_store.local_dir(version))
-        self.version = version.version
-        self.thresholds = self.loaded.thresholds
 
-    def predict_probs(self, images: np.ndarray, contexts=None) -> np.ndarray:
-        predictions = self.loaded.predict(list(images), contexts=contexts)
-        return np.array([[p.class_probabilities[c] for c in CLASSES] for p in predictions])
+def measure_gate(candidate_dir: Path, active: ModelVersion | None, *, target_sensitivity: float,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """The paired comparison of the candidate artifact with ``active`` on the frozen benchmark
+    (and PH2, reported), written to the artifact's gate.json with the paired ROC in
+    plots/benchmark_roc.png. When it cannot be measured (benchmark images missing from the data,
+    an unloadable model) the reason is stored instead: the version stays usable, not promotable."""
+    candidate_dir = Path(candidate_dir)
+    try:
+        gate = compare_artifacts(
+            candidate_dir, artifact_store.local_dir(active) if active else None, settings.SECONDLOOK_DATA_DIR,
+            Path(settings.SECONDLOOK_CACHE_DIR), target_sensitivity=target_sensitivity, n_resamples=n_resamples,
+            plot_to=candidate_dir / "plots" / f"{PLOT_NAME}.png").to_dict()
+    except Exception as exc:  # e.g. BenchmarkError: the data lack benchmark images; ModelLoadError
+        log.exception("comparing %s on the frozen benchmark failed", candidate_dir)
+        gate = failed_measurement(f"{type(exc).__name__}: {exc}")
+    candidate_dir.mkdir(parents=True, exist_ok=True)
+    (candidate_dir / GATE_FILE).write_text(json.dumps(gate, indent=1))
+    return gate
 
 
 def training_config(version: ModelVersion):
@@ -85,6 +98,17 @@ def _fail(version_id: int, error: str) -> None:
     )
 
 
+def remeasure_gate(version: ModelVersion) -> dict:
+    """Compare ``version`` again with the model active now (after another activation, or with a
+    new benchmark version) and store the result in its metrics["gate"]."""
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+    target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
+    gate = measure_gate(artifact_store.local_dir(version), active, target_sensitivity=target)
+    ModelVersion.objects.filter(pk=version.pk).update(metrics=dict(version.metrics, gate=gate))
+    version.refresh_from_db()
+    return gate
+
+
 def run_training(*, version_id: int) -> str:
     """Run the training for ``version_id`` to a ready (or failed) registry version."""
     if not _claim(version_id):
@@ -102,13 +126,15 @@ def run_training(*, version_id: int) -> str:
         extra = reviewed_records(cache_dir / "reviewed") if REVIEWS in sources else []
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         out_dir = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
+        config = training_config(version)
         train(
-            training_config(version), settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir,
+            config, settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir,
             version=version.version, verbose=0, sources=sorted(sources - {REVIEWS}), extra_records=extra,
             on_progress=lambda progress: _save_progress(version_id, progress),
             should_stop=lambda: ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists(),
-            reference=ReferenceModel(active) if active else None,
         )
+        _save_progress(version_id, {"phase": "comparing with the active model on the frozen benchmark"})
+        measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity, n_resamples=config.bootstrap)
     except TrainingCancelled:
         _fail(version_id, "Cancelled by an administrator.")
         return "cancelled"

@@ -1,4 +1,4 @@
-"""CLI: python -m training audit|train|evaluate ..."""
+"""CLI: python -m training audit|train|evaluate|ensemble|assess|recalibrate|benchmark ..."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,12 @@ def main(argv=None) -> int:
     _common(s)
     s.add_argument("--model", type=Path, required=True)
     s.add_argument("--dry-run", action="store_true", help="print the figures, do not write the artifact")
+    b = sub.add_parser("benchmark", help="the frozen benchmark: its version, size and whether it resolves against "
+                                         "the data; --build-from writes a new version from a model's test split")
+    _common(b)
+    b.add_argument("--build-from", type=Path, default=None, metavar="MODEL_DIR")
+    b.add_argument("--version", default=None, help="the new version's name (with --build-from)")
+    b.add_argument("--out", type=Path, default=None, help="default training/benchmark/<version>.json")
     args = ap.parse_args(argv)
     droot = args.data or data_dir()
     cdir = args.cache or cache_dir()
@@ -141,6 +147,21 @@ def main(argv=None) -> int:
         from .assessment import assess_artifact
 
         print(json.dumps(assess_artifact(args.model, droot, cdir, write=not args.dry_run), indent=1))
+        return 0
+    if args.cmd == "benchmark":
+        from .benchmark import BENCHMARK_DIR, build_from_model, current_benchmark
+        from .benchmark.scoring import benchmark_images
+
+        if args.build_from is not None:
+            if not args.version:
+                ap.error("--build-from needs --version (e.g. frozen-v2)")
+            bench = build_from_model(args.build_from, droot, cdir, args.out or BENCHMARK_DIR / f"{args.version}.json",
+                                     args.version)
+        else:
+            bench = current_benchmark()
+        images = benchmark_images(droot, cdir, bench)
+        print(json.dumps({**bench.summary(), "file": bench.path, "created_from": bench.created_from,
+                          "resolved_images": len(images.image_ids)}, indent=1))
         return 0
     if args.cmd == "recalibrate":
         from .recalibrate import recalibrate

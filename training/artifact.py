@@ -99,8 +99,9 @@ def card_markdown(card: dict) -> str:
               f"- data fingerprint `{card.get('data_fingerprint')}`",
               "- split sizes: " + ", ".join(f"{k} {len(x)}" for k, x in card.get("split_ids", {}).items()),
               f"- audit: clean images {a.get('clean_images')}, dropped conflicting {a.get('dropped_conflicting')}, "
-              f"resolution {a.get('resolution')}",
-              ""]
+              f"resolution {a.get('resolution')}"]
+    lines += _benchmark_lines(card.get("benchmark"))
+    lines += [""]
     lines += _ensemble_lines(card["ensemble"], f) if card.get("ensemble") else _training_lines(card["training"], f)
     lines.append("")
     return "\n".join(lines)
@@ -131,6 +132,15 @@ def _assessment_lines(assessment: dict | None, f) -> list[str]:
                      + (f"; prediction-set coverage {f(cov.get('coverage'))}, mean size {f(cov.get('mean_set_size'))}"
                         if cov else ""))
     return lines
+
+
+def _benchmark_lines(benchmark: dict | None) -> list[str]:
+    """Which frozen benchmark the run kept out of training and validation."""
+    if not benchmark:
+        return []
+    return [f"- frozen benchmark `{benchmark['version']}` (sha256 `{str(benchmark.get('content_sha256'))[:12]}`, "
+            f"{benchmark.get('lesions')} lesions): kept out of {' and '.join(benchmark.get('kept_out_of', []))}; "
+            f"{benchmark.get('images_in_test')} of its images are in this run's test split"]
 
 
 def _training_lines(training: dict, f) -> list[str]:
@@ -179,9 +189,12 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                     validation: dict, metrics: dict, history: dict, audit_report: dict,
                     split: dict[str, list[str]], test_probs=None, test_masks=None,
                     version: str | None = None, plots: bool = True,
-                    data_sources: list[str] | None = None, clinical=None, ensemble: dict | None = None) -> Path:
+                    data_sources: list[str] | None = None, clinical=None, ensemble: dict | None = None,
+                    benchmark: dict | None = None) -> Path:
     """Write the artifact. ``ensemble`` (training.ensemble: the members' summaries) marks a
-    model that averages several CNNs; its weights are stored as float16."""
+    model that averages several CNNs; its weights are stored as float16. ``benchmark`` (the
+    frozen benchmark's summary, training.benchmark) records which benchmark version was kept out
+    of training and validation."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
@@ -234,6 +247,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "model_file": MODEL_FILE,
         "model_sha256": sha,
         "split_ids": split,
+        "benchmark": benchmark,
     }
     if ensemble:
         members = ensemble.get("members", [])

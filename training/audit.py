@@ -154,6 +154,9 @@ class AuditResult:
     groups: dict[str, str]  # isic_id -> split group id
     report: dict
     problems: list[Problem] = field(default_factory=list)
+    # isic_id -> the other ids merged into it (identical pixels): a frozen-benchmark image may
+    # hide under any of them (training.benchmark)
+    aliases: dict[str, list[str]] = field(default_factory=dict)
 
 
 def data_fingerprint(records: list[ImageRecord]) -> str:
@@ -284,6 +287,8 @@ def audit_records(load: LoadResult, cache_file: Path | None = None, workers: int
     for nd in near_diff:
         g.union("L:" + uf.find(nd["a"]), "L:" + uf.find(nd["b"]))
     groups = {r.isic_id: g.find("L:" + r.isic_id) for r in clean}
+    aliases = {root: sorted({r.isic_id for r in v} - {root}) for root, v in ident.items()
+               if root in groups and len({r.isic_id for r in v}) > 1}
 
     ids_clean = [r.isic_id for r in clean]
     assert len(ids_clean) == len(set(ids_clean)), "identity appears twice in the cleaned set"
@@ -330,7 +335,7 @@ def audit_records(load: LoadResult, cache_file: Path | None = None, workers: int
             "problems": [p.to_dict() for p in problems],
         },
     }
-    return AuditResult(records=clean, groups=groups, report=report, problems=problems)
+    return AuditResult(records=clean, groups=groups, report=report, problems=problems, aliases=aliases)
 
 
 def run_audit(data_root: Path, cache_dir: Path | None = None, workers: int = 2,

@@ -52,6 +52,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
 
     audit = run_audit(data_root, cache_dir)
     by_id = {r.isic_id: r for r in audit.records}
+    kept_out = _keep_benchmark_out(audit, split)
 
     def arrays(name):
         recs = [by_id[i] for i in split[name]]
@@ -71,7 +72,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
                     thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
                     history=history, audit_report=audit.report, split=split, test_probs=probs,
                     test_masks=m_te, version=version, clinical=clinical, data_sources=data_sources,
-                    ensemble=ensemble)
+                    ensemble=ensemble, benchmark=kept_out)
     return {"out": str(out_dir), "tta": cfg.tta, "temperature": cal["temperature"],
             "thresholds": cal["thresholds"].to_dict(),
             "melanoma_auc": metrics["melanoma_auc"], "malignancy_auc": metrics["malignancy_auc"],
@@ -79,3 +80,17 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
             "melanoma_op": metrics["operating_points"]["melanoma"],
             "validation_melanoma_auc": cal["validation"]["melanoma_auc"],
             "validation_malignancy_auc": cal["validation"]["malignancy_auc"]}
+
+
+def _keep_benchmark_out(audit, split: dict) -> dict:
+    """Refuse to fit the clinical offset, temperature or thresholds on frozen-benchmark lesions
+    (an artifact split before the benchmark existed may hold some); the card's benchmark entry."""
+    from .benchmark import check_not_in_training, current_benchmark, frozen_groups
+
+    benchmark = current_benchmark()
+    by_id = {r.isic_id: r for r in audit.records}
+    frozen = frozen_groups(benchmark, audit.records, audit.groups, audit.aliases)
+    check_not_in_training(benchmark, {s: [by_id[i] for i in split[s] if i in by_id] for s in ("train", "val")},
+                          groups=audit.groups, frozen=frozen, aliases=audit.aliases)
+    return {**benchmark.summary(), "kept_out_of": ["train", "val"], "lesion_groups_in_data": len(frozen),
+            "images_in_test": len(set(split["test"]) & benchmark.image_ids)}

@@ -336,14 +336,14 @@ def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
 def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | None,
           version: str | None = None, verbose: int = 1, *, sources: Sequence[str] | None = None,
           extra_records: Sequence = (), on_progress: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, reference=None) -> Path:
+          should_stop: Callable[[], bool] | None = None, benchmark=None) -> Path:
     """Audit, split by lesion, train, calibrate, evaluate on the held-out split and export.
 
     ``sources`` keeps only those datasets ("isic-9class", "ham10000"); ``extra_records`` (e.g.
     dermatologist-reviewed images) join before the audit, so de-duplication and the lesion-level
-    split apply to them too. ``reference`` (an object with ``version``, ``thresholds`` and
-    ``predict_probs(images, contexts)``) is evaluated on the same held-out images for the promotion gate;
-    the comparison is written to ``gate.json`` in the artifact.
+    split apply to them too. The lesions of ``benchmark`` (default: the current frozen benchmark,
+    ``training.benchmark``) are pinned to the test split and never trained, validated or
+    calibrated on; the model card records which benchmark version was kept out.
     """
     from .artifact import export_artifact
     from .audit import audit_records
@@ -353,6 +353,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from mlcore.clinical import contexts_of
     from mlcore.labels import mask_from_classes
     from mlcore.scoring import softmax_with_temperature
+    from .benchmark import check_not_in_training, current_benchmark, frozen_groups
     from .splits import split_by_lesion
     from .subgroups import lesion_ids_of, subgroup_labels
 
@@ -373,9 +374,17 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         raise ValueError("no training images: check the data sources")
     audit = audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None)
     _emit(f"[train] audit: {json.dumps(audit.report['counts']['resolution'])} clean={len(audit.records)}")
+    benchmark = benchmark or current_benchmark()
+    frozen = frozen_groups(benchmark, audit.records, audit.groups, audit.aliases)
     split = split_by_lesion(audit.records, audit.groups, seed=cfg.effective_split_seed, val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction)
+                            test_fraction=cfg.test_fraction, test_only=frozen)
     by_id = {r.isic_id: r for r in audit.records}
+    # the point where the training and validation sets are fixed: refuse any benchmark lesion
+    check_not_in_training(benchmark, {s: [by_id[i] for i in split[s]] for s in ("train", "val")},
+                          groups=audit.groups, frozen=frozen, aliases=audit.aliases)
+    kept_out = {**benchmark.summary(), "kept_out_of": ["train", "val"], "lesion_groups_in_data": len(frozen),
+                "images_in_test": len(set(split["test"]) & benchmark.image_ids)}
+    _emit(f"[train] frozen benchmark {benchmark.version}: {len(frozen)} lesion groups kept out of training")
     recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]
     progress("loading images", images=len(recs))
     images = load_images([r.path for r in recs], cfg.image_size, cache_dir)
@@ -408,7 +417,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         model, Path(out_dir), cfg=cfg, temperature=cal["temperature"], thresholds=cal["thresholds"],
         validation=cal["validation"], metrics=metrics, history=history, audit_report=audit.report,
         split=split, test_probs=probs, test_masks=masks[sl["test"]], version=version,
-        data_sources=sorted({src for r in audit.records for src in r.source.split("+")}), clinical=clinical)
+        data_sources=sorted({src for r in audit.records for src in r.source.split("+")}), clinical=clinical,
+        benchmark=kept_out)
     if cfg.assessment:
         progress("fitting the quality, out-of-domain and prediction-set checks")
         from mlcore.artifact import read_card
@@ -421,42 +431,5 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         _emit("[train] assessment: ood threshold={} test not assessable={:.3f} non-dermoscopic caught={}/{}".format(
             (assessment.get("ood") or {}).get("threshold"), measured["test"]["not_assessable_rate"],
             measured["non_dermoscopic"]["not_assessable"], measured["non_dermoscopic"]["images"]))
-    if reference is not None:
-        progress("comparing with the active model")
-        gate = gate_comparison(probs, masks[sl["test"]], cal["thresholds"], reference, images[sl["test"]],
-                               split["test"], cfg, contexts=test_contexts)
-        (Path(out) / "gate.json").write_text(json.dumps(gate, indent=1))
     _emit(f"[train] exported {out} in {history['total_seconds'] / 60:.1f} min")
     return out
-
-
-def _gate_figures(metrics: dict) -> dict:
-    points = metrics.get("operating_points", {})
-    return {
-        "melanoma_auc": metrics.get("melanoma_auc"),
-        "malignancy_auc": metrics.get("malignancy_auc"),
-        "balanced_accuracy_7": metrics.get("balanced_accuracy_7"),
-        "melanoma_sensitivity": points.get("melanoma", {}).get("sensitivity"),
-        "melanoma_specificity": points.get("melanoma", {}).get("specificity"),
-        "malignancy_sensitivity": points.get("malignancy", {}).get("sensitivity"),
-        "malignancy_specificity": points.get("malignancy", {}).get("specificity"),
-    }
-
-
-def gate_comparison(candidate_probs, masks, candidate_thresholds, reference, test_images, test_ids,
-                    cfg: TrainConfig, contexts=None) -> dict:
-    """Both models' figures on the same held-out images (and clinical ``contexts``), each at its
-    own operating thresholds."""
-    import hashlib
-
-    from .evaluate import evaluate_probs
-
-    ref_probs = np.asarray(reference.predict_probs(test_images, contexts), dtype=np.float64)
-    candidate = evaluate_probs(candidate_probs, masks, candidate_thresholds, cfg.bootstrap, cfg.seed)
-    active = evaluate_probs(ref_probs, masks, reference.thresholds, cfg.bootstrap, cfg.seed)
-    return {
-        "heldout": {"n_images": len(test_ids),
-                    "ids_sha256": hashlib.sha256("\n".join(sorted(test_ids)).encode()).hexdigest()},
-        "candidate": _gate_figures(candidate),
-        "active": {"version": reference.version, **_gate_figures(active)},
-    }

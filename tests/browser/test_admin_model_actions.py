@@ -3,6 +3,8 @@ admin's change form, where a nested <form> would be dropped and the click would 
 form instead)."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from tests.support.browser_helpers import PASSWORD
 from django.contrib.auth import get_user_model
@@ -22,19 +24,39 @@ def admin_log_in(page, base):
     page.get_by_role("button", name="Log in").click()
 
 
-def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_dir, browser_page, artifacts_dir):
+def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_dir, browser_page, artifacts_dir,
+                                                      tmp_path):
     from playwright.sync_api import expect
 
+    from classifier.promotion import paired_gate
+    from tests.support.gate_helpers import scored, synthetic_set
+    from training.benchmark import CURRENT_VERSION
+    from training.benchmark.plots import plot_paired_roc
+
     page, base = browser_page, live_server.url
-    ready = register_artifact(tiny_model_dir)
+    shutil.copytree(tiny_model_dir, tmp_path / "ready")  # the paired ROC goes into its plots/
+    ready = register_artifact(tmp_path / "ready")
     ready.status = ModelVersion.Status.READY
-    ready.metrics = dict(ready.metrics, gate={"candidate": {"melanoma_auc": 0.91, "melanoma_sensitivity": 0.95},
-                                              "active": {}})
+    # the first version (nothing active): a comparison on the frozen benchmark's version, synthetic scores
+    images, probs = synthetic_set(1500, name=CURRENT_VERSION)
+    candidate = scored(images, probs, version=ready.version)
+    plot_paired_roc(candidate, None, tmp_path / "ready" / "plots" / "benchmark_roc.png")
+    ready.metrics = dict(ready.metrics, gate=paired_gate(candidate, None, target_sensitivity=0.5, n_resamples=100,
+                                                         plot="benchmark_roc").to_dict())
     ready.save()
     running = ModelVersion.objects.create(version="run-in-progress", status=ModelVersion.Status.TRAINING)
     admin_log_in(page, base)
 
     page.goto(f"{base}/admin/classifier/modelversion/{ready.pk}/change/")
+    # the gate's comparison table and the paired ROC on the frozen benchmark
+    expect(page.locator("#gate-table")).to_be_visible()
+    expect(page.locator("#gate-table")).to_contain_text("Melanoma sensitivity at its own threshold")
+    expect(page.locator("#gate-table")).to_contain_text("Calibration error")
+    expect(page.locator("#promotion-gate h2")).to_contain_text(CURRENT_VERSION)
+    roc = page.locator("#gate-roc")
+    expect(roc).to_be_visible()
+    assert roc.evaluate("img => img.complete && img.naturalWidth > 0"), "the paired ROC image did not load"
+    page.screenshot(path=str(artifacts_dir / "29-admin-gate.png"), full_page=True)
     page.get_by_role("button", name="Activate this version").click()
     expect(page.locator(".messagelist")).to_contain_text("is now active")
     ready.refresh_from_db()

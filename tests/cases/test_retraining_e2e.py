@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,28 @@ def make_fake_dataset(root: Path, per_class: int = 30) -> Path:
     return root
 
 
+def make_fake_benchmark(data: Path, out: Path) -> Path:
+    """A frozen benchmark for the generated dataset, made the way frozen-v1 was: the held-out
+    lesions of a split. Training keeps them out; the gate scores both models on them."""
+    from training.audit import run_audit
+    from training.benchmark import images_of_split, write_benchmark
+    from training.splits import split_by_lesion
+
+    audit = run_audit(data, None, progress=False)
+    held_out = split_by_lesion(audit.records, audit.groups, seed=0, test_fraction=0.3)["test"]
+    write_benchmark(out, "fake-v1", images_of_split(audit.records, audit.groups, held_out), {"from": "generated data"})
+    return out
+
+
 @pytest.fixture
 def training_worker(tmp_path, monkeypatch, request, tiny_version):
-    """A real worker whose training runs use a small generated dataset and the tiny configuration."""
+    """A real worker whose training runs use a small generated dataset, a frozen benchmark drawn
+    from it and the tiny configuration."""
     overrides = tiny_config(seed=0).to_dict() | {"bootstrap": 30, "epochs": 4}
-    monkeypatch.setenv("SECONDLOOK_DATA_DIR", str(make_fake_dataset(tmp_path / "data")))
+    # enough images (and epochs, below) that the better model is shown non-inferior on every rule
+    data = make_fake_dataset(tmp_path / "data", per_class=90)
+    monkeypatch.setenv("SECONDLOOK_BENCHMARK_FILE", str(make_fake_benchmark(data, tmp_path / "fake-v1.json")))
+    monkeypatch.setenv("SECONDLOOK_DATA_DIR", str(data))
     monkeypatch.setenv("SECONDLOOK_TRAINING_OVERRIDES", json.dumps(overrides))
     monkeypatch.setenv("SECONDLOOK_MODELS_ROOT", str(tmp_path / "models"))
     monkeypatch.setenv("SECONDLOOK_CACHE_DIR", str(tmp_path / "cache"))
@@ -72,7 +90,7 @@ def test_train_gate_activate_and_score_with_the_new_version(client, people, tiny
     Review.objects.create(lesion=people.lesion_a, reviewer=people.derm, agreement="agree",
                           final_diagnosis="melanoma", management="excision")
 
-    good = lifecycle.start_training(sources=["isic-9class", "ham10000", "reviews"], epochs=4, seed=0,
+    good = lifecycle.start_training(sources=["isic-9class", "ham10000", "reviews"], epochs=15, seed=0,
                                     target_sensitivity=0.9, user=people.admin)
     good = wait_trained(good, training_worker)
     assert good.status == "ready", good.error
@@ -80,8 +98,13 @@ def test_train_gate_activate_and_score_with_the_new_version(client, people, tiny
     assert "1 reviewed images" in good.notes
     assert Path(good.artifact_path, "model.keras").is_file() and len(good.sha256) == 64
     gate = good.metrics["gate"]
-    assert gate["active"]["version"] == tiny_version.version
-    assert gate["heldout"]["n_images"] > 0
+    assert gate["format"] == 2 and gate["active"]["version"] == tiny_version.version, gate
+    assert gate["benchmark"]["version"] == "fake-v1" and gate["benchmark"]["images"] > 0
+    assert Path(good.artifact_path, "plots", "benchmark_roc.png").is_file()
+    card = json.loads(Path(good.artifact_path, "model_card.json").read_text())
+    assert card["benchmark"]["version"] == "fake-v1" and card["benchmark"]["kept_out_of"] == ["train", "val"]
+    held_out = {row[0] for row in json.loads(Path(os.environ["SECONDLOOK_BENCHMARK_FILE"]).read_text())["images"]}
+    assert held_out <= set(card["split_ids"]["test"])
     assert set(good.data_sources) >= {"isic-9class", "ham10000", "review"}
 
     # A model that learned nothing (learning rate ~0) is refused by the gate.

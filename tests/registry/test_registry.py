@@ -4,11 +4,12 @@ from django.db import IntegrityError, transaction
 
 from classifier import lifecycle, registry
 from classifier.models import ModelVersion
+from tests.support.gate_helpers import stored_gate
 
 
-def _gate_metrics(auc: float, sensitivity: float, active: str) -> dict:
-    return {"gate": {"candidate": {"melanoma_auc": auc, "melanoma_sensitivity": sensitivity},
-                     "active": {"version": active, "melanoma_auc": 0.85}}}
+def _gate_metrics(allowed: bool, active: str) -> dict:
+    """A paired comparison on the frozen benchmark that passes (or not), against ``active``."""
+    return {"gate": stored_gate(allowed=allowed, active=active)}
 
 
 @pytest.mark.django_db
@@ -33,9 +34,9 @@ def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, 
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     worse = ModelVersion.objects.create(version="worse", status="ready", target_sensitivity=0.9,
-                                        metrics=_gate_metrics(0.80, 0.95, shipped.version))
+                                        metrics=_gate_metrics(False, shipped.version))
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
-                                         metrics=_gate_metrics(0.88, 0.93, shipped.version))
+                                         metrics=_gate_metrics(True, shipped.version))
     with pytest.raises(lifecycle.LifecycleError, match="gate refused"):
         lifecycle.activate_version(version=worse, user=admin)
     lifecycle.activate_version(version=better, user=admin)
@@ -79,7 +80,7 @@ def test_registry_actions_need_the_change_permission(client, django_user_model, 
 
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            metrics=_gate_metrics(0.99, 0.99, shipped.version))
+                                            metrics=_gate_metrics(True, shipped.version))
     staff = django_user_model.objects.create_user("viewer", password="x-very-long-pass-2", is_staff=True)
     staff.user_permissions.add(Permission.objects.get(codename="view_modelversion"))
     client.force_login(staff)
@@ -94,11 +95,13 @@ def test_registry_actions_need_the_change_permission(client, django_user_model, 
 def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_model):
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            metrics=_gate_metrics(0.99, 0.99, shipped.version))
+                                            metrics=_gate_metrics(True, shipped.version))
     listing = admin_client.get("/admin/classifier/modelversion/").content.decode()
     assert shipped.version in listing and "Train a new version" in listing
     page = admin_client.get(f"/admin/classifier/modelversion/{candidate.pk}/change/").content.decode()
     assert "Promotion gate" in page and "Activate this version" in page
+    assert 'id="gate-table"' in page and "95 % CI of the difference" in page and 'id="gate-subgroups"' in page
+    assert "Melanoma sensitivity at its own threshold" in page and "pass" in page
     detail = admin_client.get(f"/admin/classifier/modelversion/{shipped.pk}/change/").content.decode()
     assert "Model card" in detail
     response = admin_client.post(f"/admin/classifier/modelversion/{candidate.pk}/activate/")
@@ -184,3 +187,66 @@ def test_a_failed_run_can_be_retried_with_its_settings_or_deleted(data_here, mon
         lifecycle.delete_failed(version=run, user=admin)
     lifecycle.delete_failed(version=failed, user=admin)
     assert not ModelVersion.objects.filter(pk=failed.pk).exists()
+
+
+@pytest.mark.data
+@pytest.mark.django_db
+def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmark(
+        admin_client, use_tiny_model, settings, tmp_path, monkeypatch):
+    """measure_gate (what a finished admin run calls) on a small benchmark drawn from frozen-v1:
+    both models scored on the same images, the comparison stored with the version and its paired
+    ROC served on the version page."""
+    import json
+    import shutil
+
+    from classifier.retraining import measure_gate
+    from training import benchmark as bm
+
+    full = bm.load_benchmark(bm.benchmark_file(bm.CURRENT_VERSION))
+    small = bm.write_benchmark(tmp_path / "small.json", bm.CURRENT_VERSION, full.images[::80], {"from": "frozen-v1"})
+    monkeypatch.setenv(bm.ENV_FILE, str(tmp_path / "small.json"))
+    settings.SECONDLOOK_CACHE_DIR = tmp_path / "cache"
+    active = registry.ensure_default_registered()
+    candidate_dir = tmp_path / "candidate"
+    shutil.copytree(use_tiny_model, candidate_dir)
+    card = json.loads((candidate_dir / "model_card.json").read_text())
+    (candidate_dir / "model_card.json").write_text(json.dumps(card | {"version": "tiny-candidate"}))
+
+    gate = measure_gate(candidate_dir, active, target_sensitivity=0.9, n_resamples=50)
+    assert gate["format"] == 2 and gate["benchmark"]["images"] == len(small.images) == 20
+    assert gate["active"]["version"] == active.version and gate["candidate"]["version"] == "tiny-candidate"
+    assert all(r["difference"] in (0, None) for r in gate["rows"])  # the same model, the same images
+    assert (candidate_dir / "plots" / "benchmark_roc.png").is_file()
+
+    version = registry.register_artifact(candidate_dir)
+    assert version.metrics["gate"] == json.loads((candidate_dir / "gate.json").read_text())
+    page = admin_client.get(f"/admin/classifier/modelversion/{version.pk}/change/").content.decode()
+    assert 'id="gate-table"' in page and 'id="gate-roc"' in page
+    plot = admin_client.get(f"/admin/classifier/modelversion/{version.pk}/plot/benchmark_roc.png")
+    assert plot.status_code == 200 and plot["Content-Type"] == "image/png"
+
+
+@pytest.mark.django_db
+def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeypatch):
+    """After another activation the stored comparison is stale (refused); the command measures it
+    against the version active now and stores the result."""
+    from django.core.management import call_command
+
+    from classifier import retraining
+
+    shipped = registry.ensure_default_registered()
+    candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
+                                            artifact_path=str(use_tiny_model),
+                                            metrics={"melanoma_auc": 0.9, **_gate_metrics(True, "older")})
+    assert "re-run the comparison" in lifecycle.gate_for(candidate).reasons[0]
+    asked = []
+
+    def measure(candidate_dir, active, *, target_sensitivity, n_resamples=1000):
+        asked.append((active.version, target_sensitivity))
+        return stored_gate(allowed=True, active=active.version)
+
+    monkeypatch.setattr(retraining, "measure_gate", measure)
+    call_command("compare_on_benchmark", "cand")
+    candidate.refresh_from_db()
+    assert asked == [(shipped.version, 0.9)] and candidate.metrics["melanoma_auc"] == 0.9
+    assert lifecycle.gate_for(candidate).allowed
