@@ -107,14 +107,34 @@ class ReviewSerializer(serializers.ModelSerializer):
         return person(review.reviewer)
 
 
+LOCATION_FIELDS = ("same_as", "side", "map_view", "map_x", "map_y")
+
+
 class LesionSerializer(serializers.ModelSerializer):
     images = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    patient_lesion = serializers.SerializerMethodField(help_text="the patient's lesion this visit's record belongs to")
+    same_as = serializers.IntegerField(write_only=True, required=False, allow_null=True,
+                                       help_text="id of the patient's lesion seen at an earlier visit (patient_lesion.id)")
+    side = serializers.ChoiceField(choices=["left", "right", "midline", ""], write_only=True, required=False)
+    map_view = serializers.ChoiceField(choices=["front", "back", ""], write_only=True, required=False)
+    map_x = serializers.FloatField(min_value=0, max_value=1, write_only=True, required=False, allow_null=True)
+    map_y = serializers.FloatField(min_value=0, max_value=1, write_only=True, required=False, allow_null=True)
 
     class Meta:
         model = Lesion
-        fields = ["id", "case", "anatomic_site", "description", "flagged", "awaiting_review", "flagged_at",
-                  "created_at", "images"]
+        fields = ["id", "case", "patient_lesion", "anatomic_site", "description", "flagged", "awaiting_review",
+                  "flagged_at", "created_at", "images", *LOCATION_FIELDS]
         read_only_fields = ["id", "flagged", "awaiting_review", "flagged_at", "created_at", "images"]
+        extra_kwargs = {"anatomic_site": {"required": False}}
+
+    @extend_schema_field({"type": "object", "nullable": True, "properties": {
+        "id": {"type": "integer"}, "label": {"type": "string"}, "side": {"type": "string"},
+        "map_view": {"type": "string"}, "map_x": {"type": "number", "nullable": True},
+        "map_y": {"type": "number", "nullable": True}}})
+    def get_patient_lesion(self, lesion: Lesion) -> dict | None:
+        t = lesion.tracked
+        return None if t is None else {"id": t.pk, "label": t.label, "side": t.side, "map_view": t.map_view,
+                                       "map_x": t.map_x, "map_y": t.map_y}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -123,9 +143,13 @@ class LesionSerializer(serializers.ModelSerializer):
             self.fields["case"].queryset = access.visible_cases(request.user)
 
     def validate(self, attrs: dict) -> dict:
-        data = {"anatomic_site": self.initial_data.get("anatomic_site", ""),
-                "description": self.initial_data.get("description", "")}
-        return {"case": attrs["case"], **form_validated(LesionForm, data)}
+        data = {name: self.initial_data.get(name, "") for name in ("anatomic_site", "description", *LOCATION_FIELDS)}
+        data = {k: ("" if v is None else v) for k, v in data.items()}
+        form = LesionForm(data=data, case=attrs["case"])
+        if data["same_as"] != "" and "same_as" not in form.fields:
+            raise serializers.ValidationError({"same_as": [
+                "Not one of this patient's lesions that can be added to this visit."]})
+        return {"case": attrs["case"], **form_validated(LesionForm, data, case=attrs["case"])}
 
 
 class CaseSerializer(serializers.ModelSerializer):
@@ -135,7 +159,8 @@ class CaseSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Case
-        fields = ["id", "patient", "clinical_question", "notes", "status", "referring_clinician", "claimed_by",
+        fields = ["id", "patient", "visit_date", "clinical_question", "notes", "status", "referring_clinician",
+                  "claimed_by",
                   "claimed_at", "created_at", "updated_at", "lesions"]
         read_only_fields = ["id", "status", "claimed_at", "created_at", "updated_at", "lesions"]
 
@@ -152,8 +177,7 @@ class CaseSerializer(serializers.ModelSerializer):
         return person(case.claimed_by)
 
     def validate(self, attrs: dict) -> dict:
-        data = {"clinical_question": self.initial_data.get("clinical_question", ""),
-                "notes": self.initial_data.get("notes", "")}
+        data = {name: self.initial_data.get(name) or "" for name in ("visit_date", "clinical_question", "notes")}
         return {"patient": attrs["patient"], **form_validated(CaseForm, data)}
 
 

@@ -112,7 +112,8 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         data = serializer.validated_data
         serializer.instance = services.create_case(user=self.request.user, patient=data["patient"],
                                                    clinical_question=data["clinical_question"],
-                                                   notes=data.get("notes", ""), request=self.request)
+                                                   notes=data.get("notes", ""), visit_date=data.get("visit_date"),
+                                                   request=self.request)
 
     def _reviewer_case(self) -> Case:
         # clinicians must not learn that the review endpoints exist for their cases (as on the pages)
@@ -168,7 +169,7 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         return Response(bundle, content_type=FHIR_JSON)
 
 
-@extend_schema_view(list=extend_schema(parameters=_int_filters("case")))
+@extend_schema_view(list=extend_schema(parameters=_int_filters("case", "patient_lesion")))
 class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
     """Lesions of visible cases; images are uploaded to a lesion."""
 
@@ -176,14 +177,16 @@ class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
     queryset = Lesion.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        lesions = _filtered(access.visible_lesions(self.request.user), self.request, {"case": "case_id"})
-        return lesions.prefetch_related("images").order_by("pk")
+        lesions = _filtered(access.visible_lesions(self.request.user), self.request,
+                            {"case": "case_id", "patient_lesion": "tracked_id"})
+        return lesions.select_related("tracked").prefetch_related("images").order_by("pk")
 
     def perform_create(self, serializer):
         data = serializer.validated_data
-        serializer.instance = services.add_lesion(user=self.request.user, case=data["case"],
-                                                  anatomic_site=data["anatomic_site"],
-                                                  description=data.get("description", ""), request=self.request)
+        serializer.instance = services.add_lesion(
+            user=self.request.user, case=data["case"], anatomic_site=data["anatomic_site"],
+            description=data.get("description", ""), same_as=data.get("same_as"), side=data.get("side", ""),
+            map_view=data.get("map_view", ""), map_x=data.get("map_x"), map_y=data.get("map_y"), request=self.request)
 
     @extend_schema(request={"multipart/form-data": s.UploadSerializer},
                    responses={201: s.UploadResultSerializer, 400: s.UploadResultSerializer})

@@ -82,7 +82,10 @@ def visible_predictions(user) -> QuerySet[Prediction]:
 
 
 def can_edit_case(user, case: Case) -> bool:
-    """Clinicians of the case's clinic (and admins) add lesions, upload images and retry scoring."""
+    """Clinicians of the case's clinic (and admins) add lesions, upload images and retry scoring,
+    while the case is not closed."""
+    if case.status == Case.Status.CLOSED:
+        return False
     if is_admin(user):
         return True
     return is_clinician(user) and clinic_of(user) == case.patient.clinic

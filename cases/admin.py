@@ -335,3 +335,7 @@ class RescoreJobAdmin(admin.ModelAdmin):
         url = (reverse("admin:cases_prediction_changelist")
                + f"?disagrees=yes&model_version__id__exact={obj.model_version_id}")
         return format_html('<a href="{}">{}</a>', url, count)
+
+
+# Histopathology outcomes and the Monitoring page (imported last: they build on the classes above)
+from cases import admin_monitoring  # noqa: E402,F401

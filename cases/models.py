@@ -458,3 +458,42 @@ class Review(models.Model):
 
     def __str__(self) -> str:
         return f"Review of lesion {self.lesion_id} by {self.reviewer}"
+
+
+class Outcome(models.Model):
+    """A histopathology result for a lesion at the visit it was excised or biopsied at, entered
+    by its clinic. Append-only: a correction is a new outcome that ``supersedes`` the earlier one,
+    with the reason; the current result of a lesion is the one nothing supersedes."""
+
+    lesion = models.ForeignKey(Lesion, on_delete=models.PROTECT, related_name="outcomes")
+    diagnosis = models.CharField("histopathological diagnosis", max_length=40, choices=DIAGNOSIS_CHOICES)
+    diagnosis_date = models.DateField("date of the report")
+    report_reference = models.CharField("laboratory report reference", max_length=100,
+                                        help_text="The laboratory's report id, to find the report again.")
+    entered_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    entered_at = models.DateTimeField(auto_now_add=True)
+    supersedes = models.OneToOneField("self", on_delete=models.PROTECT, null=True, blank=True,
+                                      related_name="superseded_by")
+    reason = models.CharField("reason for the correction", max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-entered_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(diagnosis__in=[*CLASSES, "other"]), name="outcome_diagnosis_valid"),
+            models.CheckConstraint(condition=~Q(report_reference=""), name="outcome_reference_not_empty"),
+            models.CheckConstraint(condition=Q(supersedes__isnull=True) | ~Q(reason=""),
+                                   name="outcome_correction_has_reason"),
+        ]
+
+    def save(self, *args, **kwargs) -> None:
+        # a result, once entered, is part of the record: it is corrected by a new outcome
+        if not self._state.adding:
+            raise ValueError("Outcomes are append-only: record a correction that supersedes this one.")
+        super().save(*args, **kwargs)
+
+    def audit_scope(self) -> tuple[int | None, int | None]:
+        """(patient id, clinic id) for the audit trail."""
+        return self.lesion.audit_scope()
+
+    def __str__(self) -> str:
+        return f"Histopathology of lesion {self.lesion_id}: {self.diagnosis} ({self.report_reference})"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cases import report_views, views
+from cases import correction_views, outcome_views, report_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -22,4 +22,10 @@ urlpatterns = [
     path("predictions/<int:pk>/heatmap/", views.heatmap_file, name="heatmap_file"),
     path("predictions/<int:pk>/retry/", views.prediction_retry, name="prediction_retry"),
     path("queue/", views.review_queue, name="review_queue"),
+    path("patients/<int:pk>/correct/", correction_views.patient_correct, name="patient_correct"),
+    path("cases/<int:pk>/correct/", correction_views.case_correct, name="case_correct"),
+    path("cases/<int:pk>/close/", correction_views.case_close, name="case_close"),
+    path("lesions/<int:pk>/correct/", correction_views.lesion_correct, name="lesion_correct"),
+    path("reviews/<int:pk>/amend/", correction_views.review_amend, name="review_amend"),
+    path("lesions/<int:pk>/outcome/", outcome_views.lesion_outcome, name="lesion_outcome"),
 ]

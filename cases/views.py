@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import log as audit_log
-from cases import access, body_map, followup, queue, services
+from cases import access, body_map, corrections, followup, queue, services
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
 from cases.presentation import age_caveat, prediction_context
@@ -87,7 +87,8 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
                                url=reverse("tracked_lesion", args=[patient.pk, item.tracked.number]))
                for item in lesions if item.tracked.map_view]
     return render(request, "cases/patient_detail.html", {
-        "patient": patient, "cases": cases, "map_lesions": lesions, "map": body_map.svg_context(markers),
+        "patient": patient, "cases": cases, "map_lesions": lesions,
+        "may_correct": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic, "map": body_map.svg_context(markers),
         "status_labels": followup.STATUS_LABELS,
         "can_create_case": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic,
     })
@@ -119,6 +120,7 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
         "case": case,
         "lesions": lesions,
         "can_edit": can_edit,
+        "may_correct": corrections.may_correct(request.user, case),
         "is_reviewer": access.is_reviewer(request.user),
         "lesion_form": LesionForm(case=case),
         "map": body_map.svg_context(interactive=True),

@@ -185,3 +185,22 @@ def test_model_registry_is_readable(api, world):
     rows = api.norole.get("/api/v1/models/").json()["results"]
     assert rows[0]["version"] == "unit-test-v1" and rows[0]["melanoma_threshold"] == 0.5
     assert api.norole.post("/api/v1/models/", {}).status_code == 405
+
+
+def test_a_later_visit_records_the_same_lesion(api, world):
+    later = api.clin_a.post("/api/v1/cases/", {"patient": world.patient_a.pk, "clinical_question": "Follow-up",
+                                               "visit_date": "2026-01-15"}, format="json")
+    assert later.status_code == 201 and later.json()["visit_date"] == "2026-01-15"
+    tracked = world.lesion_a.tracked
+    same = api.clin_a.post("/api/v1/lesions/", {"case": later.json()["id"], "same_as": tracked.pk}, format="json")
+    assert same.status_code == 201, same.json()
+    assert same.json()["patient_lesion"]["id"] == tracked.pk and same.json()["anatomic_site"] == "posterior torso"
+    visits = api.clin_a.get(f"/api/v1/lesions/?patient_lesion={tracked.pk}").json()
+    assert visits["count"] == 2
+    mapped = api.clin_a.post("/api/v1/lesions/", {"case": later.json()["id"], "anatomic_site": "head/neck",
+                                                  "side": "left", "map_view": "front", "map_x": 0.45, "map_y": 0.08},
+                             format="json")
+    assert mapped.status_code == 201 and mapped.json()["patient_lesion"]["map_view"] == "front"
+    foreign = api.clin_a.post("/api/v1/lesions/", {"case": later.json()["id"], "same_as": world.lesion_b.tracked.pk},
+                              format="json")
+    assert foreign.status_code == 400 and "same_as" in foreign.json()

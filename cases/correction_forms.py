@@ -1,0 +1,42 @@
+"""Forms of the corrections: each is the record's own form plus the reason, which is required."""
+from __future__ import annotations
+
+from django import forms
+
+from cases.forms import CaseForm, PatientForm, ReviewForm, _NoColon
+from cases.models import Lesion, Patient
+
+REASON_HELP = "Why the record is corrected. Kept in the audit trail with the old and new values."
+
+
+class ReasonMixin(forms.Form):
+    reason = forms.CharField(label="Reason for the correction", max_length=300, help_text=REASON_HELP,
+                             widget=forms.TextInput(attrs={"size": 60}))
+
+
+class PatientCorrectionForm(PatientForm, ReasonMixin):
+    def clean_identifier(self) -> str:
+        identifier = self.cleaned_data["identifier"].strip()
+        taken = Patient.objects.filter(clinic=self.instance.clinic, identifier=identifier).exclude(pk=self.instance.pk)
+        if taken.exists():
+            raise forms.ValidationError("Your clinic already has a patient with this identifier.")
+        return identifier
+
+
+class CaseCorrectionForm(CaseForm, ReasonMixin):
+    pass
+
+
+class LesionSiteForm(_NoColon, ReasonMixin):
+    anatomic_site = forms.ChoiceField(label="Anatomic site", choices=Lesion.Site.choices)
+
+    field_order = ["anatomic_site", "reason"]
+
+
+class ReviewAmendmentForm(ReviewForm, ReasonMixin):
+    reason = forms.CharField(label="Reason for the amendment", max_length=500,
+                             help_text="The signed review stays as it was; this amendment is shown beside it.")
+
+
+class CloseCaseForm(_NoColon, forms.Form):
+    note = forms.CharField(label="Note (optional)", max_length=300, required=False)

@@ -1,0 +1,153 @@
+"""Corrections without losing history: patient, lesion site and case details corrected by their
+clinic, cases closed, signed reviews amended.
+
+Every correction is audited with its old and new values and the reason. A correction that changes
+what the model sees (the patient's birth year or sex, the lesion's site) scores the affected
+images again as a new prediction revision carrying the reason; the earlier scores stay. AI outputs
+and signed reviews are never edited in place.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.http import HttpRequest
+from django.utils import timezone
+
+from audit import log as audit_log
+from cases import scoring
+from cases.access import can_edit_case, clinic_of, is_clinician, is_reviewer
+from cases.roles import is_admin
+from cases.models import Case, Lesion, LesionImage, Patient, Prediction, Review
+from classifier.registry import active_version
+
+PATIENT_FIELDS = ("identifier", "birth_year", "sex", "fitzpatrick_type")
+CASE_FIELDS = ("visit_date", "clinical_question", "notes")
+MODEL_INPUTS = {"birth_year": "birth year", "sex": "sex"}  # what the model reads of the patient
+
+
+def may_correct(user, case: Case) -> bool:
+    """The case's clinic (and admins) may correct its records, closed or not."""
+    return is_admin(user) or (is_clinician(user) and clinic_of(user) == case.patient.clinic)
+
+
+def _need_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the record is corrected (it is kept in the audit trail)."})
+    return reason
+
+
+def _apply(obj, fields: Iterable[str], values: dict, *, user, request, reason: str) -> dict:
+    """Set the changed fields, validate, save and audit; returns {field: (old, new)} of the changes."""
+    old = audit_log.snapshot(obj, fields)
+    for name in fields:
+        if name in values:
+            setattr(obj, name, values[name])
+    obj.full_clean()
+    new = audit_log.snapshot(obj, fields)
+    changed = {name: (old[name], new[name]) for name in fields if old[name] != new[name]}
+    if changed:
+        obj.save()
+        audit_log.record(action="update", obj=obj, actor=user, request=request,
+                         old={k: v[0] for k, v in changed.items()},
+                         new={**{k: v[1] for k, v in changed.items()}, "reason": reason})
+    return changed
+
+
+def rescore(images: Iterable[LesionImage], *, reason: str) -> list[Prediction]:
+    """Score images again with the active version as the next revision, with the reason; sent after commit."""
+    version = active_version()
+    created = []
+    for image in images:
+        latest = Prediction.objects.filter(image=image, model_version=version).aggregate(n=Max("context_revision"))["n"]
+        revision = 0 if latest is None else latest + 1
+        prediction = Prediction.objects.create(image=image, model_version=version, context_revision=revision,
+                                               reason=reason[:300])
+        transaction.on_commit(partial(scoring.dispatch_prediction, prediction.pk))
+        created.append(prediction)
+    return created
+
+
+@transaction.atomic
+def correct_patient(*, user, patient: Patient, reason: str, values: dict,
+                    request: HttpRequest | None = None) -> list[Prediction]:
+    """Correct a patient's record; a changed birth year or sex re-scores the patient's images."""
+    if not (is_admin(user) or (is_clinician(user) and clinic_of(user) == patient.clinic)):
+        raise PermissionDenied("Only clinicians of the patient's clinic can correct the record.")
+    reason = _need_reason(reason)
+    changed = _apply(patient, PATIENT_FIELDS, values, user=user, request=request, reason=reason)
+    inputs = [f"{MODEL_INPUTS[k]} corrected from {v[0]} to {v[1]}" for k, v in changed.items() if k in MODEL_INPUTS]
+    if not inputs:
+        return []
+    images = LesionImage.objects.filter(lesion__case__patient=patient)
+    return rescore(images, reason=f"{'; '.join(inputs)}: {reason}")
+
+
+@transaction.atomic
+def correct_lesion_site(*, user, lesion: Lesion, anatomic_site: str, reason: str,
+                        request: HttpRequest | None = None) -> list[Prediction]:
+    """Correct where a lesion is; its images are scored again with the corrected site."""
+    if not may_correct(user, lesion.case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can correct the lesion.")
+    reason = _need_reason(reason)
+    changed = _apply(lesion, ("anatomic_site",), {"anatomic_site": anatomic_site}, user=user, request=request,
+                     reason=reason)
+    if not changed:
+        return []
+    old, new = changed["anatomic_site"]
+    return rescore(lesion.images.all(), reason=f"site corrected from {old} to {new}: {reason}")
+
+
+@transaction.atomic
+def correct_case(*, user, case: Case, reason: str, values: dict, request: HttpRequest | None = None) -> dict:
+    """Correct a case's visit date, clinical question or notes (the model reads none of them)."""
+    if not may_correct(user, case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can correct the case.")
+    return _apply(case, CASE_FIELDS, values, user=user, request=request, reason=_need_reason(reason))
+
+
+@transaction.atomic
+def close_case(*, user, case: Case, note: str = "", request: HttpRequest | None = None) -> None:
+    """Close a case: nothing more is added to it. Refused while a flagged lesion waits for a
+    dermatologist or an image is still being scored (nothing flagged is dropped silently)."""
+    if not can_edit_case(user, case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can close the case.")
+    locked = Case.objects.select_for_update().get(pk=case.pk)
+    if locked.status == Case.Status.CLOSED:
+        raise ValidationError("The case is already closed.")
+    if locked.lesions.filter(awaiting_review=True).exists():
+        raise ValidationError("A flagged lesion of this case is waiting for a dermatologist's review; "
+                              "close the case after the review.")
+    if Prediction.objects.filter(image__lesion__case=locked, status__in=["pending", "running"]).exists():
+        raise ValidationError("An image of this case is still being scored; close the case when it is done.")
+    now = timezone.now()
+    old_status = locked.status
+    Case.objects.filter(pk=locked.pk).update(status=Case.Status.CLOSED, closed_at=now, closed_by=user,
+                                             claimed_by=None, claimed_at=None)
+    audit_log.record(action="update", obj=locked, actor=user, request=request, old={"status": old_status},
+                     new={"status": Case.Status.CLOSED, "closed_at": now.isoformat(), "reason": note.strip()})
+
+
+REVIEW_FIELDS = ("agreement", "final_diagnosis", "management", "lesion_changed", "notes")
+
+
+@transaction.atomic
+def amend_review(*, user, review: Review, reason: str, values: dict, request: HttpRequest | None = None) -> Review:
+    """A new review that amends a signed one (which stays as it was, marked as amended)."""
+    if not is_reviewer(user):
+        raise PermissionDenied("Only dermatologists can amend a review.")
+    reason = _need_reason(reason)
+    if Review.objects.filter(amends=review).exists():
+        raise ValidationError("This review was already amended; amend the newest version.")
+    amendment = Review(lesion=review.lesion, reviewer=user, amends=review, amendment_reason=reason,
+                       **{name: values.get(name, getattr(review, name)) for name in REVIEW_FIELDS})
+    amendment.full_clean()
+    amendment.save()
+    audit_log.record(action="review", obj=amendment, actor=user, request=request, old=audit_log.snapshot(
+        review, ("id", *REVIEW_FIELDS)), new={**audit_log.snapshot(amendment, ("amends", *REVIEW_FIELDS)),
+                                              "reason": reason})
+    return amendment

@@ -1,0 +1,116 @@
+"""PNG plots of the monitoring report (cases.drift), drawn with matplotlib's Agg canvas on request.
+
+Figures are built without pyplot (no global figure state: safe in a threaded web server), and
+matplotlib is imported only when a plot is asked for (it is slow to import).
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Callable
+
+from cases.drift import MonitoringReport, WeekStats, week_label
+
+PLOTS = ("flag-rate", "psi", "performance")
+
+
+def _figure(rows: int, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, height), dpi=90)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _values(series: list[WeekStats], value: Callable[[WeekStats], float | None]) -> list[float]:
+    return [math.nan if (v := value(s)) is None else v for s in series]  # NaN: a gap in the line
+
+
+def _weeks_axis(ax, report: MonitoringReport) -> None:
+    labels = [week_label(w) for w in report.weeks]
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+
+
+def _lines(ax, report: MonitoringReport, value, *, ylabel: str) -> None:
+    x = range(len(report.weeks))
+    for cid, name in report.groups:
+        ax.plot(x, _values(report.series(cid), value), marker="o", markersize=3, label=name,
+                linewidth=2.2 if cid is None else 1.2)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def flag_rate_png(report: MonitoringReport) -> bytes:
+    """Flag rate (with the reference ± bound band of the pooled or only clinic) and abstentions per week."""
+    fig, (top, bottom) = _figure(2, 6)
+    _lines(top, report, lambda s: s.flag_rate, ylabel="flag rate")
+    reference = report.references.get(None if len(report.groups) > 1 else report.groups[0][0])
+    if reference is not None and reference.flag_rate is not None:
+        bound = report.bounds.flag_rate
+        top.axhspan(reference.flag_rate - bound, reference.flag_rate + bound, color="tab:green", alpha=0.12,
+                    label=f"reference ± {bound:.2f}")
+        top.axhline(reference.flag_rate, color="tab:green", linestyle=":", linewidth=1)
+    top.set_ylim(0, 1)
+    top.set_title("Flag rate per week (flagged / scored)")
+    top.legend(fontsize=7, loc="upper left")
+    _lines(bottom, report, lambda s: s.abstention_rate, ylabel="could not assess")
+    bottom.set_ylim(0, 1)
+    bottom.set_title("Abstentions per week (not assessable / scored)")
+    _weeks_axis(bottom, report)
+    return _png(fig)
+
+
+def psi_png(report: MonitoringReport) -> bytes:
+    """PSI of the melanoma probability against the reference, per week, with the alert bound."""
+    fig, (ax,) = _figure(1, 4)
+    _lines(ax, report, lambda s: s.psi, ylabel="PSI")
+    ax.axhline(report.bounds.psi, color="tab:red", linestyle="--", label=f"alert bound {report.bounds.psi:.2f}")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Score distribution vs reference (population stability index)")
+    ax.legend(fontsize=7, loc="upper left")
+    _weeks_axis(ax, report)
+    return _png(fig)
+
+
+def _cumulative(series: list[WeekStats], hit: str, miss: str) -> list[float]:
+    """Running rate hit / (hit + miss) over the weeks so far (NaN until there is a case)."""
+    hits = total = 0
+    out = []
+    for stats in series:
+        hits += getattr(stats, hit)
+        total += getattr(stats, hit) + getattr(stats, miss)
+        out.append(hits / total if total else math.nan)
+    return out
+
+
+def performance_png(report: MonitoringReport) -> bytes:
+    """Cumulative sensitivity and specificity of the flag for melanoma on confirmed outcomes."""
+    fig, (top, bottom) = _figure(2, 6)
+    x = range(len(report.weeks))
+    for ax, hit, miss, title in ((top, "true_positive", "false_negative", "Sensitivity for melanoma"),
+                                 (bottom, "true_negative", "false_positive", "Specificity")):
+        for cid, name in report.groups:
+            series = report.series(cid)
+            n = sum(getattr(s, hit) + getattr(s, miss) for s in series)
+            ax.plot(x, _cumulative(series, hit, miss), marker="o", markersize=3, label=f"{name} (n={n})",
+                    linewidth=2.2 if cid is None else 1.2)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("cumulative")
+        ax.set_title(f"{title} (histopathology outcomes, cumulative over the weeks shown)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    _weeks_axis(bottom, report)
+    return _png(fig)
+
+
+def render(name: str, report: MonitoringReport) -> bytes:
+    """The named plot as PNG bytes (KeyError for an unknown name)."""
+    return {"flag-rate": flag_rate_png, "psi": psi_png, "performance": performance_png}[name](report)
