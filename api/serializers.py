@@ -8,7 +8,9 @@ from rest_framework import serializers
 
 from cases import access
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm
-from cases.models import Case, Lesion, LesionImage, Patient, Prediction, Review
+from cases.models import Case, Lesion, LesionImage, Outcome, Patient, Prediction, Review
+from cases.outcome_forms import OutcomeForm
+from cases.outcomes import current_outcome
 from classifier.models import ModelVersion
 
 
@@ -237,3 +239,34 @@ class CaseReviewInputSerializer(serializers.Serializer):
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
+
+
+class OutcomeSerializer(serializers.ModelSerializer):
+    """A histopathology result; a correction names the result it ``supersedes`` and a reason."""
+
+    entered_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Outcome
+        fields = ["id", "lesion", "diagnosis", "diagnosis_date", "report_reference", "supersedes", "reason",
+                  "entered_by", "entered_at"]
+        read_only_fields = ["id", "entered_by", "entered_at"]
+        extra_kwargs = {"supersedes": {"queryset": Outcome.objects.all()}}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            self.fields["lesion"].queryset = access.visible_lesions(request.user)
+
+    def get_entered_by(self, outcome: Outcome) -> str | None:
+        return person(outcome.entered_by)
+
+    def validate(self, attrs: dict) -> dict:
+        lesion = attrs["lesion"]
+        data = {name: self.initial_data.get(name) or "" for name in
+                ("diagnosis", "diagnosis_date", "report_reference", "reason")}
+        data["supersedes"] = attrs["supersedes"].pk if attrs.get("supersedes") else ""
+        cleaned = form_validated(OutcomeForm, data, lesion=lesion, current=current_outcome(lesion))
+        return {"lesion": lesion, "supersedes": attrs.get("supersedes"), **{
+            k: cleaned.get(k, "") for k in ("diagnosis", "diagnosis_date", "report_reference", "reason")}}

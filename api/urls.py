@@ -15,6 +15,7 @@ router.register("lesions", views.LesionViewSet, basename="lesion")
 router.register("images", views.ImageViewSet, basename="image")
 router.register("predictions", views.PredictionViewSet, basename="prediction")
 router.register("reviews", views.ReviewViewSet, basename="review")
+router.register("outcomes", views.OutcomeViewSet, basename="outcome")
 router.register("queue", views.QueueViewSet, basename="queue")
 router.register("models", views.ModelVersionViewSet, basename="model")
 

@@ -17,9 +17,9 @@ from rest_framework.views import APIView
 
 from api import serializers as s
 from audit import log as audit_log
-from cases import access, queue, services
+from cases import access, outcomes, queue, services
 from cases.fhir_export import FHIR_JSON, case_bundle
-from cases.models import Case, Lesion, LesionImage, Patient, Prediction, Review
+from cases.models import Case, Lesion, LesionImage, Outcome, Patient, Prediction, Review
 from cases.views import stream_png
 from classifier.models import ModelVersion
 
@@ -282,6 +282,23 @@ class ReviewViewSet(ReadViewSet):
         reviews = Review.objects.select_related("reviewer", "lesion").filter(
             lesion__in=access.visible_lesions(self.request.user))
         return _filtered(reviews, self.request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+
+
+@extend_schema_view(list=extend_schema(parameters=_int_filters("case", "lesion")))
+class OutcomeViewSet(mixins.CreateModelMixin, ReadViewSet):
+    """Histopathology results of lesions the user may see; entered by the lesion's clinic."""
+
+    serializer_class = s.OutcomeSerializer
+    queryset = Outcome.objects.none()  # the model, for the schema; get_queryset scopes
+
+    def get_queryset(self):
+        rows = Outcome.objects.select_related("entered_by", "lesion").filter(
+            lesion__in=access.visible_lesions(self.request.user))
+        return _filtered(rows, self.request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+
+    def perform_create(self, serializer):
+        serializer.instance = outcomes.record_outcome(user=self.request.user, request=self.request,
+                                                      **serializer.validated_data)
 
 
 class IsReviewer(permissions.BasePermission):

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit import log as audit_log
 from cases import access, body_map, corrections, followup, queue, services
+from cases.case_filters import CaseFilterForm, filter_cases
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
 from cases.presentation import age_caveat, prediction_context
@@ -59,6 +60,18 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     return render(request, "cases/patient_list.html", {
         "patients": page.object_list, "page_obj": page, "q": query, "can_create": access.is_clinician(request.user),
     })
+
+
+@require_GET
+def case_list(request: HttpRequest) -> HttpResponse:
+    """Cases the user may see, newest visit first: search and filters (state, visit dates, reviewer)."""
+    form = CaseFilterForm(request.GET or None)
+    cases = access.visible_cases(request.user).annotate(lesion_count=Count("lesions"))
+    if form.is_bound and form.is_valid():
+        cases = filter_cases(cases, form.cleaned_data)
+    page = _page(request, cases.order_by("-visit_date", "-created_at", "pk"))
+    return render(request, "cases/case_list.html", {"form": form, "cases": page.object_list, "page_obj": page},
+                  status=400 if form.is_bound and not form.is_valid() else 200)
 
 
 def patient_create(request: HttpRequest) -> HttpResponse:

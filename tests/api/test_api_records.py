@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from cases.models import Case, Lesion, LesionImage, Patient, Prediction
@@ -204,3 +205,20 @@ def test_a_later_visit_records_the_same_lesion(api, world):
     foreign = api.clin_a.post("/api/v1/lesions/", {"case": later.json()["id"], "same_as": world.lesion_b.tracked.pk},
                               format="json")
     assert foreign.status_code == 400 and "same_as" in foreign.json()
+
+
+def test_histopathology_results_through_the_api(api, world):
+    body = {"lesion": world.lesion_a.pk, "diagnosis": "melanoma", "diagnosis_date": timezone.localdate().isoformat(),
+            "report_reference": "PATH-2026-0042"}
+    assert api.clin_b.post("/api/v1/outcomes/", body, format="json").status_code == 400  # not its lesion
+    created = api.clin_a.post("/api/v1/outcomes/", body, format="json")
+    assert created.status_code == 201, created.json()
+    assert created.json()["entered_by"] == "Clin_A"
+    twice = api.clin_a.post("/api/v1/outcomes/", body, format="json")
+    assert twice.status_code == 400
+    fix = api.clin_a.post("/api/v1/outcomes/", {**body, "diagnosis": "nevus", "supersedes": created.json()["id"],
+                                                "reason": "lab corrected the report"}, format="json")
+    assert fix.status_code == 201, fix.json()
+    rows = api.clin_a.get(f"/api/v1/outcomes/?lesion={world.lesion_a.pk}").json()
+    assert rows["count"] == 2 and api.clin_b.get("/api/v1/outcomes/").json()["count"] == 0
+    assert api.derm.post("/api/v1/outcomes/", body, format="json").status_code in (400, 403)
