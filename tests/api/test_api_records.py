@@ -222,3 +222,20 @@ def test_histopathology_results_through_the_api(api, world):
     rows = api.clin_a.get(f"/api/v1/outcomes/?lesion={world.lesion_a.pk}").json()
     assert rows["count"] == 2 and api.clin_b.get("/api/v1/outcomes/").json()["count"] == 0
     assert api.derm.post("/api/v1/outcomes/", body, format="json").status_code in (400, 403)
+
+
+def test_dicom_upload_through_the_api(api, world, dispatched):
+    from tests.support.dicomgen import PATIENT_NAME, dicom_file
+
+    good = dicom_file(AcquisitionDateTime="20261105101500")
+    ct = dicom_file(sop_class="1.2.840.10008.5.1.4.1.1.2")
+    response = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                               {"images": [SimpleUploadedFile("derm.dcm", good), SimpleUploadedFile("ct.dcm", ct)]},
+                               format="multipart")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert [i["name"] for i in body["accepted"]] == ["derm.dcm"] and "CT Image Storage" in body["rejected"][0]["error"]
+    image = api.clin_a.get(f"/api/v1/images/{body['accepted'][0]['image']}/").json()
+    assert image["original_format"] == "DICOM" and image["acquired_on"] == "2026-11-05"
+    stored = api.clin_a.get(image["file_url"])
+    assert stored.status_code == 200 and PATIENT_NAME.encode() not in b"".join(stored.streaming_content)
