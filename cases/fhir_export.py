@@ -58,6 +58,7 @@ from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cases.models import DIAGNOSIS_CHOICES, Case, Lesion, LesionImage, Patient, Prediction, Review
+from cases.outcomes import current_outcome
 from cases.scoring import CANNOT_ASSESS
 from classifier.models import ModelVersion
 
@@ -100,7 +101,8 @@ DIAGNOSIS_LABELS = dict(DIAGNOSIS_CHOICES)
 
 GENDER = {Patient.Sex.FEMALE: "female", Patient.Sex.MALE: "male", Patient.Sex.OTHER: "other",
           Patient.Sex.UNKNOWN: "unknown"}
-CASE_STATUS = {Case.Status.OPEN: "active", Case.Status.IN_REVIEW: "active", Case.Status.REVIEWED: "completed"}
+CASE_STATUS = {Case.Status.OPEN: "active", Case.Status.IN_REVIEW: "active", Case.Status.REVIEWED: "completed",
+               Case.Status.CLOSED: "completed"}
 NOT_DONE_NOTE = {
     Prediction.Status.PENDING: "AI scoring: waiting to be scored; no result yet.",
     Prediction.Status.RUNNING: "AI scoring: in progress; no result yet.",
@@ -387,6 +389,27 @@ def diagnostic_report(review: Review, lesion: Lesion, case: Case, latest: dict[i
     ))
 
 
+def pathology_report(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleEntry:
+    """The lesion's current histopathology result, as entered by the clinic (its lab report id kept)."""
+    url = urls.urn("outcome", outcome.pk)
+    return _entry(url, DiagnosticReport(
+        id=_resource_id(url),
+        identifier=[{"system": urls.system("histopathology-report"), "value": outcome.report_reference}],
+        basedOn=[_ref(urls.urn("case", case.pk))],
+        status="final" if outcome.supersedes_id is None else "corrected",
+        category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "SP",
+                               "display": "Surgical Pathology"}]}],
+        code={"text": "Histopathology of the excised or biopsied lesion"},
+        subject=_ref(urls.urn("patient", case.patient_id)),
+        effectiveDateTime=outcome.diagnosis_date.isoformat(),
+        issued=_when(outcome.entered_at),
+        conclusion=(f"Histopathological diagnosis: {outcome.get_diagnosis_display()} (report "
+                    f"{outcome.report_reference}, {outcome.diagnosis_date:%Y-%m-%d})."
+                    + (f" Corrects an earlier entry: {outcome.reason}" if outcome.supersedes_id else "")),
+        conclusionCode=[diagnosis_concept(outcome.diagnosis, urls)],
+    ))
+
+
 # --- The Bundle --------------------------------------------------------------------------------
 
 def _lesions(case: Case) -> list[Lesion]:
@@ -429,6 +452,8 @@ def case_bundle(case: Case, *, base_url: str, now: datetime | None = None) -> di
     reviews = [(review, lesion) for lesion in lesions for review in lesion.reviews.all()]
     entries += [practitioner(review.reviewer, urls) for review, _ in reviews]
     entries += [diagnostic_report(review, lesion, case, latest, urls) for review, lesion in reviews]
+    entries += [pathology_report(outcome, lesion, case, urls) for lesion in lesions
+                if (outcome := current_outcome(lesion)) is not None]
 
     bundle_urn = urls.urn("export", f"case/{case.pk}/{now.isoformat()}")
     bundle = Bundle(id=_resource_id(bundle_urn), type="collection", timestamp=now,

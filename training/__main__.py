@@ -90,6 +90,11 @@ def main(argv=None) -> int:
     _common(s)
     s.add_argument("--model", type=Path, required=True)
     s.add_argument("--dry-run", action="store_true", help="print the figures, do not write the artifact")
+    x = sub.add_parser("external", help="score an artifact on PH2 (external test set: reported, never tuned on); "
+                                        "--record writes the figures into its model card and metrics")
+    _common(x)
+    x.add_argument("--model", type=Path, required=True)
+    x.add_argument("--record", action="store_true")
     b = sub.add_parser("benchmark", help="the frozen benchmark: its version, size and whether it resolves against "
                                          "the data; --build-from writes a new version from a model's test split")
     _common(b)
@@ -147,6 +152,16 @@ def main(argv=None) -> int:
         from .assessment import assess_artifact
 
         print(json.dumps(assess_artifact(args.model, droot, cdir, write=not args.dry_run), indent=1))
+        return 0
+    if args.cmd == "external":
+        from .artifact import add_test_figures
+        from .evaluate_artifact import evaluate_external
+
+        res = evaluate_external(args.model, droot)
+        print(json.dumps(res, indent=1))
+        if args.record:
+            add_test_figures(args.model, external={"ph2": res})
+            print(f"recorded the PH2 figures in {args.model}")
         return 0
     if args.cmd == "benchmark":
         from .benchmark import BENCHMARK_DIR, build_from_model, current_benchmark

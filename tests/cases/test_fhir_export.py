@@ -11,7 +11,7 @@ from django.utils import timezone
 from fhir.resources.R4B.bundle import Bundle
 
 from cases.fhir_export import FHIR_JSON, SITE_SNOMED, SNOMED, case_bundle, site_concept, Urls
-from cases.models import Lesion, LesionImage, Prediction, Review
+from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from cases.scoring import CANNOT_ASSESS
 from classifier.models import ModelVersion
 from tests.support.case_helpers import make_image, make_user
@@ -275,3 +275,23 @@ def test_an_image_taken_on_a_known_date_says_so(scene):
     _, media = _media_of(_export(scene), image)
     assert media["createdDateTime"] == "2026-11-30"
     assert media["issued"].endswith(("Z", "+00:00"))
+
+
+def test_a_histopathology_result_is_a_pathology_report_and_a_closed_case_exports(scene, world):
+    from fhir.resources.R4B.bundle import Bundle
+
+    from cases.outcomes import record_outcome
+
+    first = record_outcome(user=world.clin_a, lesion=scene["lesion"], diagnosis="melanoma",
+                           diagnosis_date=timezone.localdate(), report_reference="PATH-77")
+    record_outcome(user=world.clin_a, lesion=scene["lesion"], diagnosis="nevus", diagnosis_date=timezone.localdate(),
+                   report_reference="PATH-77b", supersedes=first, reason="lab amended the report")
+    Case.objects.filter(pk=world.case_a.pk).update(status="closed", closed_at=timezone.now())
+    bundle = _export(scene)
+    Bundle.model_validate(bundle)
+    pathology = [r for r in _resources(bundle, "DiagnosticReport")
+                 if r["code"]["text"].startswith("Histopathology")]
+    assert len(pathology) == 1  # only the current result
+    assert pathology[0]["identifier"][0]["value"] == "PATH-77b" and pathology[0]["status"] == "corrected"
+    assert "lab amended the report" in pathology[0]["conclusion"]
+    assert _resources(bundle, "ServiceRequest")[0]["status"] == "completed"
