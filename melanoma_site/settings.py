@@ -95,6 +95,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "melanoma_site.middleware.RejectNulQueryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -343,6 +344,7 @@ SPECTACULAR_SETTINGS = {
         "CaseStatusEnum": "cases.models.Case.Status",
         "PredictionStatusEnum": "cases.models.Prediction.Status",
         "ModelVersionStatusEnum": "classifier.models.ModelVersion.Status",
+        "DiagnosisEnum": "cases.models.DIAGNOSIS_CHOICES",
     },
 }
 

@@ -7,6 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from audit.models import AuditEvent
+from classifier.models import ModelVersion
 from cases.models import Case, Lesion, LesionImage, Patient, Prediction
 from tests.support.case_helpers import make_image
 from tests.support.imagegen import jpeg
@@ -14,7 +15,7 @@ from tests.support.imagegen import jpeg
 
 def _detail_urls(world) -> list[str]:
     image = make_image(world)
-    prediction = Prediction.objects.create(image=image, model_version_id=1)
+    prediction = Prediction.objects.create(image=image, model_version=ModelVersion.objects.get())
     return [f"/api/v1/patients/{world.patient_a.pk}/", f"/api/v1/cases/{world.case_a.pk}/",
             f"/api/v1/lesions/{world.lesion_a.pk}/", f"/api/v1/images/{image.pk}/",
             f"/api/v1/images/{image.pk}/file/", f"/api/v1/predictions/{prediction.pk}/",
@@ -45,6 +46,8 @@ def test_filters_are_validated_not_500(api, world):
     assert response.status_code == 400 and "case must be an integer" in response.json()["case"][0]
     assert api.clin_a.get("/api/v1/cases/?status=nope").status_code == 400
     assert api.clin_a.get(f"/api/v1/lesions/?case={world.case_b.pk}").json()["count"] == 0
+    nul = api.clin_a.get("/api/v1/patients/?q=P%00")
+    assert nul.status_code == 400 and "NUL" in nul.json()["detail"]
     twice = api.clin_a.get("/api/v1/patients/?page=1&page=2")
     assert twice.status_code == 400 and twice.json() == {"page": ["Give page once."]}
 
@@ -135,7 +138,7 @@ def test_other_clinic_and_dermatologist_cannot_upload(api, world, dispatched):
 def queued(world):
     """Clinic A's lesion flagged and waiting for review, with a scored image."""
     image = make_image(world)
-    Prediction.objects.create(image=image, model_version_id=1, status="done", melanoma_probability=0.8,
+    Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="done", melanoma_probability=0.8,
                               malignancy_score=0.9, flagged=True, finished_at=image.uploaded_at)
     Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
     return world.case_a

@@ -50,7 +50,7 @@ def test_dicom_upload_through_the_lesion_page(live_server, browser_page, artifac
     messages = page.locator(".messages")
     expect(messages).to_contain_text("1 image(s) uploaded")
     expect(messages).to_contain_text("“scan.dcm” was rejected: This DICOM file is a CT Image Storage object")
-    expect(page.get_by_role("heading", name=re.compile(r"Lesion 1 · Upper extremity"))).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"Lesion L1 · Upper extremity"))).to_be_visible()
     page.screenshot(path=str(artifacts_dir / "30-dicom-uploaded.png"), full_page=True)
 
     page.get_by_role("img", name=re.compile("image 1 of lesion at upper extremity")).click()

@@ -36,3 +36,9 @@ def test_filters(client, world):
     assert _ids(client.get("/cases/", {"reviewer": world.derm.pk})) == [world.case_b.pk]
     bad = client.get("/cases/", {"visit_from": "2026-02-01", "visit_to": "2026-01-01"})
     assert bad.status_code == 400 and "is after" in bad.content.decode()
+
+
+def test_a_nul_in_a_search_is_refused_not_a_database_error(client, world):
+    client.force_login(world.clin_a)
+    for url in ("/patients/?q=P%00", "/cases/?q=%00", "/queue/?q=%00"):
+        assert client.get(url).status_code == 400, url

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from cases import corrections
+from classifier.models import ModelVersion
 from cases.models import Case, Lesion, Prediction, Review
 from tests.support.case_helpers import make_image
 
@@ -15,7 +16,7 @@ from tests.support.case_helpers import make_image
 @pytest.fixture
 def scored(world):
     image = make_image(world)
-    Prediction.objects.create(image=image, model_version_id=1, status="done", melanoma_probability=0.2,
+    Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="done", melanoma_probability=0.2,
                               malignancy_score=0.2, finished_at=timezone.now())
     return image
 

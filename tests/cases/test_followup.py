@@ -11,6 +11,7 @@ from django.utils import timezone
 from audit.models import AuditEvent
 from cases import body_map, followup, queue, services
 from cases.forms import CaseForm, LesionForm, ReviewForm
+from classifier.models import ModelVersion
 from cases.models import Case, Lesion, PatientLesion, Prediction, Review
 from tests.support.case_helpers import make_image
 
@@ -22,7 +23,7 @@ def _visit(world, day: date, question: str = "Follow-up") -> Case:
 
 def _score(world, lesion: Lesion, melanoma: float, *, sha: str, assessable: bool = True) -> Prediction:
     image = make_image(world, sha=sha, lesion=lesion)
-    return Prediction.objects.create(image=image, model_version_id=1, status="done", melanoma_probability=melanoma,
+    return Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="done", melanoma_probability=melanoma,
                                      malignancy_score=melanoma, finished_at=timezone.now(), assessable=assessable)
 
 

@@ -198,7 +198,9 @@ def test_scoring_returns_per_image_scores_for_a_small_benchmark_subset(data_dir,
     full = load_benchmark(bm.benchmark_file(bm.CURRENT_VERSION))
     pick = [i for i in full.images if i.source == "ham10000"][:2] + [i for i in full.images if i.source == "isic-9class"][:2]
     small = write_benchmark(tmp_path / "small.json", "small-v0", pick, {"from": "frozen-v1"})
-    images = benchmark_images(data_dir, tmp_path / "cache", small)
+    from training.config import cache_dir
+
+    images = benchmark_images(data_dir, cache_dir(), small)  # the suite's audit cache: audited once per run
     scored = score(tiny_model_dir, images, tmp_path / "cache")
     assert scored.probs.shape == (4, 9) and np.allclose(scored.probs.sum(1), 1, atol=1e-5)
     rows = scored.rows()
@@ -223,8 +225,10 @@ def test_a_benchmark_image_missing_from_the_data_is_an_error(data_dir, tmp_path)
 
     ghost = write_benchmark(tmp_path / "ghost.json", "ghost-v0", [BenchmarkImage("ISIC_9999999", "X", "X", "ham10000")],
                             {"from": "nowhere"})
+    from training.config import cache_dir
+
     with pytest.raises(BenchmarkError, match="not in the data"):
-        benchmark_images(data_dir, tmp_path / "cache", ghost)
+        benchmark_images(data_dir, cache_dir(), ghost)
 
 
 @pytest.mark.data
@@ -235,8 +239,10 @@ def test_the_gate_command_prints_the_paired_table(data_dir, tiny_model_dir, tmp_
 
     full = load_benchmark(bm.benchmark_file(bm.CURRENT_VERSION))
     write_benchmark(tmp_path / "small.json", "small-v0", full.images[::100], {"from": "frozen-v1"})
+    from training.config import cache_dir
+
     env = dict(os.environ, SECONDLOOK_BENCHMARK_FILE=str(tmp_path / "small.json"), SECONDLOOK_DATA_DIR=str(data_dir),
-               SECONDLOOK_CACHE_DIR=str(tmp_path / "cache"))
+               SECONDLOOK_CACHE_DIR=str(cache_dir()))
     r = subprocess.run([sys.executable, "-m", "classifier", "gate", "--candidate", str(tiny_model_dir), "--active",
                         str(tiny_model_dir), "--bootstrap", "50", "--no-external", "--plot", str(tmp_path / "roc.png"),
                         "--json", str(tmp_path / "gate.json")], env=env, capture_output=True, text=True, timeout=240)
