@@ -46,6 +46,12 @@ def _filtered(queryset: QuerySet, request, filters: dict[str, str]) -> QuerySet:
     return queryset
 
 
+def _of_visible_lesions(model, request, *related: str) -> QuerySet:
+    """Records attached to lesions the user may see, filterable by ``case`` and ``lesion``."""
+    rows = model.objects.select_related(*related).filter(lesion__in=access.visible_lesions(request.user))
+    return _filtered(rows, request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+
+
 def _int_filters(*names: str) -> list[OpenApiParameter]:
     return [OpenApiParameter(name, int, description=f"only those of this {name}") for name in names]
 
@@ -279,9 +285,7 @@ class ReviewViewSet(ReadViewSet):
     queryset = Review.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        reviews = Review.objects.select_related("reviewer", "lesion").filter(
-            lesion__in=access.visible_lesions(self.request.user))
-        return _filtered(reviews, self.request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+        return _of_visible_lesions(Review, self.request, "reviewer", "lesion")
 
 
 @extend_schema_view(list=extend_schema(parameters=_int_filters("case", "lesion")))
@@ -292,9 +296,7 @@ class OutcomeViewSet(mixins.CreateModelMixin, ReadViewSet):
     queryset = Outcome.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        rows = Outcome.objects.select_related("entered_by", "lesion").filter(
-            lesion__in=access.visible_lesions(self.request.user))
-        return _filtered(rows, self.request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+        return _of_visible_lesions(Outcome, self.request, "entered_by", "lesion")
 
     def perform_create(self, serializer):
         serializer.instance = outcomes.record_outcome(user=self.request.user, request=self.request,
