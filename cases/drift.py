@@ -19,14 +19,13 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   flag (any image of the lesion flagged by its latest score); other diagnoses, "other" included,
   are negatives. Counts come with every rate.
 
-Reference. The shipped model's metrics hold no distribution of the melanoma probability (the
-reliability bins are of the top-label confidence, the operating points only thresholds with their
-sensitivity and specificity) and the held-out predictions are not kept. So the reference is
-production itself: each clinic's first ``MONITOR_REFERENCE_WEEKS`` weeks from its first upload
-(the pooled row: the first weeks of all clinics in view). A model version whose metrics carry
-``melanoma_probability_histogram`` (10 counts on the bins above, from its held-out test split) is
-compared with that for the PSI instead; the flag-rate reference is always the production period,
-since referral populations differ from the public test sets.
+Reference. The score distribution is compared with the model version's validation
+split: its metrics carry ``melanoma_probability_histogram`` (10 counts on the bins above, written
+by training, or for an older artifact by ``python -m training evaluate --split val
+--record-reference``). A version without one falls back to production itself: each clinic's first
+``MONITOR_REFERENCE_WEEKS`` weeks from its first upload (the pooled row: the first weeks of all
+clinics in view). The flag-rate reference is always the production period, since referral
+populations differ from the public sets.
 
 Alert. For the latest complete week, after the reference period, with at least
 ``MONITOR_MIN_IMAGES`` scored images (and a reference of at least as many): an alert when
@@ -45,10 +44,11 @@ from django.utils import timezone
 from cases.models import Clinic, LesionImage, Outcome, Prediction, Review
 from classifier.models import ModelVersion
 from mlcore.labels import MELANOMA
+from mlcore.scoring import SCORE_BINS, SCORE_HISTOGRAM_KEY, score_bin, score_histogram
 
-BINS = 10
+BINS = SCORE_BINS
 PSI_EPSILON = 1e-4
-VALIDATION_HISTOGRAM_KEY = "melanoma_probability_histogram"
+VALIDATION_HISTOGRAM_KEY = SCORE_HISTOGRAM_KEY
 ALL_CLINICS = "All clinics in view"
 CLINIC_PATH = "lesion__case__patient__clinic_id"
 
@@ -76,16 +76,8 @@ def _start_of(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
-def bin_index(probability: float) -> int:
-    """Fixed bin of a probability: [0, 0.1) → 0, …, [0.9, 1.0] → 9."""
-    return min(max(int(probability * BINS), 0), BINS - 1)
-
-
-def histogram(probabilities: Iterable[float]) -> list[int]:
-    counts = [0] * BINS
-    for p in probabilities:
-        counts[bin_index(p)] += 1
-    return counts
+bin_index = score_bin
+histogram = score_histogram
 
 
 def psi(reference: Sequence[float], current: Sequence[float], *, epsilon: float = PSI_EPSILON) -> float | None:
@@ -298,7 +290,7 @@ def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, we
 
 
 def validation_histogram(version) -> list[int] | None:
-    """The held-out test histogram a model version's metrics may carry (10 counts), else None."""
+    """The validation histogram a model version's metrics carry (10 counts), else None."""
     counts = (getattr(version, "metrics", None) or {}).get(VALIDATION_HISTOGRAM_KEY)
     if isinstance(counts, list) and len(counts) == BINS and all(isinstance(c, (int, float)) for c in counts):
         return list(counts)

@@ -24,6 +24,26 @@ def melanoma_probability(probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs)[..., MELANOMA_INDEX]
 
 
+# fixed bins of a probability for distribution checks ([0, 0.1) … [0.9, 1.0]): the validation
+# histogram a model card carries and the production histograms it is compared with (PSI)
+SCORE_BINS = 10
+SCORE_HISTOGRAM_KEY = "melanoma_probability_histogram"
+
+
+def score_bin(probability: float) -> int:
+    """Fixed bin of a probability: [0, 0.1) → 0, …, [0.9, 1.0] → 9."""
+    return min(max(int(probability * SCORE_BINS), 0), SCORE_BINS - 1)
+
+
+def score_histogram(probabilities) -> list[int]:
+    """Counts of the probabilities in the SCORE_BINS fixed bins."""
+    counts = [0] * SCORE_BINS
+    values = probabilities.ravel() if isinstance(probabilities, np.ndarray) else probabilities
+    for p in values:  # any iterable (a generator of database values included)
+        counts[score_bin(float(p))] += 1
+    return counts
+
+
 def malignancy_score(probs: np.ndarray) -> np.ndarray:
     """P(melanoma)+P(basal cell carcinoma)+P(squamous cell carcinoma)+P(actinic keratosis)."""
     p = np.asarray(probs)

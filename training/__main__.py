@@ -58,6 +58,9 @@ def main(argv=None) -> int:
     e.add_argument("--model", type=Path, default=None)
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--plots", type=Path, default=None, help="write plots to this dir")
+    e.add_argument("--record-reference", action="store_true",
+                   help="with --split val: record the melanoma-probability histogram in the artifact "
+                        "(the admin's monitoring compares production scores with it)")
     e.add_argument("--add-subgroups", action="store_true",
                    help="write the per-subgroup test figures into the artifact's model card")
     r = sub.add_parser("recalibrate", help="re-fit temperature/thresholds on validation and re-evaluate "
@@ -128,6 +131,14 @@ def main(argv=None) -> int:
             model_dir = default_model_dir()
         res = evaluate_artifact(model_dir, droot, cdir, split=args.split, plots_dir=args.plots)
         print(json.dumps(res, indent=1))
+        if args.record_reference:
+            if args.split != "val":
+                ap.error("--record-reference records the validation split's histogram (--split val)")
+            from .artifact import add_test_figures
+            from mlcore.scoring import SCORE_HISTOGRAM_KEY
+
+            add_test_figures(model_dir, **{SCORE_HISTOGRAM_KEY: res[SCORE_HISTOGRAM_KEY]})
+            print(f"recorded the validation histogram in {model_dir}")
         if args.add_subgroups:
             if args.split != "test":
                 ap.error("--add-subgroups records held-out (test) figures only")

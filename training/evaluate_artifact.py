@@ -48,7 +48,10 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
             "malignancy_auc_ci95", "balanced_accuracy_7", "balanced_accuracy_7_ci95", "balanced_accuracy_9",
             "balanced_accuracy_9_ci95", "ece_top_label", "operating_points", "flag_rate", "per_code_7",
             "ci_resampling", "n_lesions")
+    from mlcore.scoring import SCORE_HISTOGRAM_KEY, melanoma_probability, score_histogram
+
     return {"model_dir": str(m.model_dir), "model_version": m.version, "split": split,
+            SCORE_HISTOGRAM_KEY: score_histogram(melanoma_probability(probs)),
             "data_fingerprint_matches": fp_ok, "temperature": m.temperature,
             "clinical_context": bool(clinical and m.clinical is not None),
             "thresholds": m.thresholds.to_dict(), "metrics": {k: metrics.get(k) for k in keep},

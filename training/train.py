@@ -308,8 +308,9 @@ def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
 def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
     """Temperature and thresholds from validation logits (see ``calibrate``)."""
     from .evaluate import operating_point_report, targets
-    from mlcore.scoring import (Thresholds, fit_temperature, malignancy_score, melanoma_probability, set_nll,
-                          softmax_with_temperature, threshold_for_sensitivity)
+    from mlcore.scoring import (SCORE_HISTOGRAM_KEY, Thresholds, fit_temperature, malignancy_score,
+                                melanoma_probability, score_histogram, set_nll, softmax_with_temperature,
+                                threshold_for_sensitivity)
 
     temp = fit_temperature(logits, m_val)
     p1 = softmax_with_temperature(logits, 1.0)
@@ -327,6 +328,8 @@ def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
             "melanoma_auc": _auc_or_nan(t["melanoma"], mel),
             "malignancy_auc": _auc_or_nan(t["malignant"], mal),
             "tta": cfg.tta,
+            # the reference the admin's monitoring compares production scores with (PSI)
+            SCORE_HISTOGRAM_KEY: score_histogram(mel),
             "melanoma": operating_point_report(mel, t["melanoma"], thr.melanoma, cfg.bootstrap, cfg.seed),
             "malignancy": operating_point_report(mal, t["malignant"], thr.malignancy, cfg.bootstrap, cfg.seed + 1),
         },
@@ -352,7 +355,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .evaluate import evaluate_probs
     from mlcore.clinical import contexts_of
     from mlcore.labels import mask_from_classes
-    from mlcore.scoring import softmax_with_temperature
+    from mlcore.scoring import SCORE_HISTOGRAM_KEY, softmax_with_temperature
     from .benchmark import check_not_in_training, current_benchmark, frozen_groups
     from .splits import split_by_lesion
     from .subgroups import lesion_ids_of, subgroup_labels
@@ -413,6 +416,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
               metrics["operating_points"]["melanoma"]["sensitivity"],
               metrics["operating_points"]["melanoma"]["specificity"]))
     history["total_seconds"] = time.time() - t_start
+    metrics[SCORE_HISTOGRAM_KEY] = cal["validation"][SCORE_HISTOGRAM_KEY]  # the registry reads metrics
     out = export_artifact(
         model, Path(out_dir), cfg=cfg, temperature=cal["temperature"], thresholds=cal["thresholds"],
         validation=cal["validation"], metrics=metrics, history=history, audit_report=audit.report,
