@@ -26,6 +26,7 @@ from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate,
 
 from cases import statements
 from cases.models import Case, Lesion, LesionImage, Prediction
+from cases.outcomes import current_outcome
 from cases.presentation import age_caveat
 from cases.report_bodymap import body_map, map_point_of
 from cases.report_model import models_section, reading_section
@@ -365,21 +366,36 @@ def review_section(lesion: Lesion) -> list[Flowable]:
             rows.append(("Changed since the earlier visit", esc("Yes" if changed else "No")))
         if review.notes:
             rows.append(("Notes", esc(review.notes)))
+        if review.amends_id:
+            rows.append(("Amends", esc(f"the review of {when(review.amends.created_at)}: {review.amendment_reason}")))
         parts += [facts_table(rows), Spacer(1, 4)]
     return parts
+
+
+def histopathology_section(lesion: Lesion) -> list[Flowable]:
+    """The lesion's current histopathology result, when the clinic entered one."""
+    outcome = current_outcome(lesion)
+    if outcome is None:
+        return []
+    rows = [("Diagnosis", bold(outcome.get_diagnosis_display())), ("Report date", esc(f"{outcome.diagnosis_date:%Y-%m-%d}")),
+            ("Report reference", esc(outcome.report_reference)),
+            ("Entered by", esc(f"{person(outcome.entered_by)}, {when(outcome.entered_at)}"))]
+    if outcome.supersedes_id:
+        rows.append(("Corrects an earlier entry", esc(outcome.reason)))
+    return [para("Histopathology", "h3"), facts_table(rows), Spacer(1, 4)]
 
 
 def lesion_section(lesion: Lesion, number: int, case: Case) -> list[Flowable]:
     images = list(lesion.images.all())
     if not images:
         return lesion_header(lesion, number) + [para("No images were uploaded for this lesion.")] + \
-            review_section(lesion)
+            review_section(lesion) + histopathology_section(lesion)
     first = image_section(images[0], 1, case)
     # never the lesion's title and body map alone at the foot of a page
     parts: list[Flowable] = [KeepTogether(lesion_header(lesion, number) + first[:1])] + first[1:]
     for index, image in enumerate(images[1:], 2):
         parts += image_section(image, index, case)
-    return parts + review_section(lesion)
+    return parts + review_section(lesion) + histopathology_section(lesion)
 
 
 def versions_used(lesions: list[Lesion]) -> list[ModelVersion]:

@@ -331,3 +331,21 @@ def test_pages_and_report_share_one_wording(client, world, reported):
     assert escape(statements.DATA_ATTRIBUTION) in home and "Rosendahl &amp; Kittler" in home
     result = client.get(f"/images/{scored.image_id}/").content.decode()
     assert f"<strong>Intended use:</strong> {escape(statements.RESULT_INTENDED_USE)}" in result
+
+
+def test_histopathology_and_amended_reviews_are_in_the_report(world, reported):
+    from django.utils import timezone
+
+    from cases import corrections
+    from cases.outcomes import record_outcome
+    from cases.report import build_case_report
+
+    case, _ = reported
+    signed = world.lesion_a.reviews.get()
+    corrections.amend_review(user=world.derm, review=signed, reason="second look at the margins",
+                             values={"management": "biopsy"})
+    record_outcome(user=world.clin_a, lesion=world.lesion_a, diagnosis="melanoma",
+                   diagnosis_date=timezone.localdate(), report_reference="HP-2026-118")
+    text = pdf_text(build_case_report(case, generated_by=world.clin_a))
+    assert "Histopathology" in text and "HP-2026-118" in text
+    assert "Amends the review of" in text and "second look at the margins" in text
