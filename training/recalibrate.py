@@ -46,7 +46,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
     from mlcore.clinical import contexts_of
     from .evaluate import evaluate_probs
     from mlcore.labels import mask_from_classes
-    from mlcore.scoring import softmax_with_temperature
+    from mlcore.scoring import SCORE_HISTOGRAM_KEY, softmax_with_temperature
     from .subgroups import lesion_ids_of, subgroup_labels
     from .train import adjusted_logits, calibrate, fit_clinical
 
@@ -68,6 +68,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
         cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(test_recs), lesions=lesion_ids_of(test_recs))
+    metrics[SCORE_HISTOGRAM_KEY] = cal["validation"][SCORE_HISTOGRAM_KEY]  # the monitoring's reference
     export_artifact(keras_model, Path(out_dir), cfg=cfg, temperature=cal["temperature"],
                     thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,
                     history=history, audit_report=audit.report, split=split, test_probs=probs,
