@@ -4,7 +4,7 @@ from __future__ import annotations
 from django import forms
 
 from cases.forms import CaseForm, PatientForm, ReviewForm, _NoColon
-from cases.models import Lesion, Patient
+from cases.models import Lesion, Patient, PatientLesion
 
 REASON_HELP = "Why the record is corrected. Kept in the audit trail with the old and new values."
 
@@ -36,6 +36,18 @@ class LesionSiteForm(_NoColon, ReasonMixin):
 class ReviewAmendmentForm(ReviewForm, ReasonMixin):
     reason = forms.CharField(label="Reason for the amendment", max_length=500,
                              help_text="The signed review stays as it was; this amendment is shown beside it.")
+
+
+class PlaceLesionForm(_NoColon, ReasonMixin):
+    """Where a patient's lesion is on the body map: the map fills these (or the side list alone)."""
+
+    side = forms.ChoiceField(label="Left/right", choices=PatientLesion.Side.choices, required=False)
+    map_view = forms.ChoiceField(choices=PatientLesion.View.choices, widget=forms.HiddenInput,
+                                 error_messages={"required": "Click the body map where the lesion is."})
+    map_x = forms.FloatField(min_value=0.0, max_value=1.0, widget=forms.HiddenInput)
+    map_y = forms.FloatField(min_value=0.0, max_value=1.0, widget=forms.HiddenInput)
+
+    field_order = ["side", "reason", "map_view", "map_x", "map_y"]
 
 
 class CloseCaseForm(_NoColon, forms.Form):

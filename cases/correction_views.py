@@ -8,10 +8,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from cases import access, corrections, followup
+from cases import access, body_map, corrections, followup
 from cases.correction_forms import (CaseCorrectionForm, CloseCaseForm, LesionSiteForm, PatientCorrectionForm,
-                                    ReviewAmendmentForm)
-from cases.models import Review
+                                    PlaceLesionForm, ReviewAmendmentForm)
+from cases.models import PatientLesion, Review
 
 
 def _form_page(request, *, title: str, form, back: str, explain: str, status: int = 200) -> HttpResponse:
@@ -81,6 +81,27 @@ def case_correct(request: HttpRequest, pk: int) -> HttpResponse:
     return _form_page(request, title=f"Correct case {case.pk}", form=form, back=back,
                       explain="The visit date, question and notes are not read by the model: nothing is re-scored.",
                       status=400 if request.method == "POST" else 200)
+
+
+def lesion_place(request: HttpRequest, patient_pk: int, number: int) -> HttpResponse:
+    """Place or move a patient's lesion on the body map (audited with the reason)."""
+    patient = get_object_or_404(access.visible_patients(request.user), pk=patient_pk)
+    tracked = get_object_or_404(PatientLesion, patient=patient, number=number)
+    latest = tracked.visits.select_related("case__patient").order_by("-case__visit_date", "-pk").first()
+    if latest is None or not corrections.may_correct(request.user, latest.case):
+        raise Http404
+    initial = {"side": tracked.side, "map_view": tracked.map_view, "map_x": tracked.map_x, "map_y": tracked.map_y}
+    form = PlaceLesionForm(request.POST or None, initial=initial)
+    back = reverse("tracked_lesion", args=[patient.pk, tracked.number])
+    if request.method == "POST" and form.is_valid():
+        values = {k: form.cleaned_data[k] for k in corrections.PLACE_FIELDS}
+        changed = corrections.place_lesion(user=request.user, tracked=tracked, reason=form.cleaned_data["reason"],
+                                           values=values, request=request)
+        messages.success(request, f"{tracked.label} placed on the body map." if changed else "Nothing was changed.")
+        return redirect(back)
+    return render(request, "cases/lesion_place.html", {
+        "title": f"Place {tracked.label} on the body map", "form": form, "back": back,
+        "map": body_map.svg_context(interactive=True)}, status=400 if request.method == "POST" else 200)
 
 
 @require_POST

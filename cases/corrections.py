@@ -21,7 +21,7 @@ from audit import log as audit_log
 from cases import scoring
 from cases.access import can_edit_case, clinic_of, is_clinician, is_reviewer
 from cases.roles import is_admin
-from cases.models import Case, Lesion, LesionImage, Patient, Prediction, Review
+from cases.models import Case, Lesion, LesionImage, Patient, PatientLesion, Prediction, Review
 from classifier.registry import active_version
 
 PATIENT_FIELDS = ("identifier", "birth_year", "sex", "fitzpatrick_type")
@@ -108,6 +108,19 @@ def correct_case(*, user, case: Case, reason: str, values: dict, request: HttpRe
     if not may_correct(user, case):
         raise PermissionDenied("Only clinicians of the patient's clinic can correct the case.")
     return _apply(case, CASE_FIELDS, values, user=user, request=request, reason=_need_reason(reason))
+
+
+PLACE_FIELDS = ("side", "map_view", "map_x", "map_y")
+
+
+@transaction.atomic
+def place_lesion(*, user, tracked: PatientLesion, reason: str, values: dict,
+                 request: HttpRequest | None = None) -> dict:
+    """Place (or move) a patient's lesion on the body map; the model does not read the point."""
+    latest = tracked.visits.select_related("case__patient").order_by("-case__visit_date", "-pk").first()
+    if latest is None or not may_correct(user, latest.case):
+        raise PermissionDenied("Only clinicians of the patient's clinic can place the lesion.")
+    return _apply(tracked, PLACE_FIELDS, values, user=user, request=request, reason=_need_reason(reason))
 
 
 @transaction.atomic

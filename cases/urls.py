@@ -9,6 +9,7 @@ urlpatterns = [
     path("patients/<int:pk>/", views.patient_detail, name="patient_detail"),
     path("patients/<int:patient_pk>/cases/new/", views.case_create, name="case_create"),
     path("patients/<int:patient_pk>/lesions/<int:number>/", views.tracked_lesion, name="tracked_lesion"),
+    path("patients/<int:patient_pk>/lesions/<int:number>/place/", correction_views.lesion_place, name="lesion_place"),
     path("cases/", views.case_list, name="case_list"),
     path("cases/<int:pk>/", views.case_detail, name="case_detail"),
     path("cases/<int:pk>/status.json", views.case_status, name="case_status"),

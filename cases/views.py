@@ -225,6 +225,7 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
         "patient": patient, "tracked": tracked, "visits": visits, "latest": visits[-1], "plot": plot,
         "threshold": threshold, "compare": (first, second), "map": body_map.svg_context(markers),
         "rise": settings.FOLLOW_UP_SCORE_RISE,
+        "may_correct": corrections.may_correct(request.user, visits[-1].lesion.case),
     }))
 
 

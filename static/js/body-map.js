@@ -20,7 +20,8 @@
   function choose(region, fx, fy) {
     const view = region.dataset.view;
     const x = fx * figureW;
-    field("anatomic_site").value = region.dataset.site;
+    const site = field("anatomic_site");  // absent where only the place is corrected
+    if (site) site.value = region.dataset.site;
     const side = sideAt(view, x);
     field("side").value = side;
     field("map_view").value = view;

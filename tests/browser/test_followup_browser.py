@@ -100,3 +100,12 @@ def test_body_map_visits_and_timeline(live_server, browser_page, artifacts_dir):
     page.screenshot(path=str(artifacts_dir / "63-patient-body-map.png"), full_page=True)
     page.locator(".body-map .marker").first.click()
     expect(page).to_have_url(f"{base}/patients/{patient.pk}/lesions/1/")
+
+    # Moving a lesion on the map: a click on the back figure and a reason; audited, not re-scored.
+    page.get_by_role("link", name="Move on the body map").click()
+    page.locator('.body-map.is-interactive rect[data-view="back"][data-site="upper extremity"]').last.click()
+    page.get_by_label("Reason for the correction").fill("it is on the back of the arm")
+    page.get_by_role("button", name="Save place").click()
+    expect(page.locator(".messages")).to_contain_text("L1 placed on the body map")
+    tracked.refresh_from_db()
+    assert tracked.map_view == "back" and tracked.side == "right"

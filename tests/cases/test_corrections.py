@@ -93,3 +93,22 @@ def test_correction_pages_are_scoped(client, world, scored):
         client.force_login(other)
         for url in urls:
             assert client.get(url).status_code == 404, (other, url)
+
+
+def test_placing_a_lesion_on_the_map_is_audited_and_scoped(client, world):
+    url = f"/patients/{world.patient_a.pk}/lesions/1/place/"
+    client.force_login(world.clin_a)
+    assert client.get(url).status_code == 200
+    missing = client.post(url, {"side": "left", "reason": "placed from the photo"})
+    assert missing.status_code == 400 and "Click the body map" in missing.content.decode()
+    done = client.post(url, {"side": "left", "map_view": "back", "map_x": "0.3", "map_y": "0.4",
+                             "reason": "placed from the photo"})
+    assert done.status_code == 302
+    tracked = world.lesion_a.tracked
+    tracked.refresh_from_db()
+    assert (tracked.map_view, tracked.map_x, tracked.side) == ("back", 0.3, "left")
+    event = AuditEvent.objects.get(object_type="patientlesion", action="update")
+    assert event.new_values["reason"] == "placed from the photo" and event.old_values["map_view"] == ""
+    for other in (world.clin_b, world.derm, world.norole):
+        client.force_login(other)
+        assert client.get(url).status_code == 404
