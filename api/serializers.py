@@ -11,12 +11,13 @@ from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm
 from cases.models import Case, Lesion, LesionImage, Outcome, Patient, Prediction, Review
 from cases.outcome_forms import OutcomeForm
 from cases.outcomes import current_outcome
+from cases.roles import display_name
 from classifier.models import ModelVersion
 
 
 def person(user) -> str | None:
     """A user as other people see them: the full name, else the username."""
-    return (user.get_full_name() or user.username) if user is not None else None
+    return display_name(user) if user is not None else None
 
 
 def form_validated(form_class, data: dict, **form_kwargs) -> dict:
@@ -94,7 +95,7 @@ class ImageSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(PredictionSerializer(allow_null=True))
     def get_latest_prediction(self, image: LesionImage) -> dict | None:
-        latest = max(image.predictions.all(), key=lambda p: (p.created_at, p.pk), default=None)
+        latest = image.newest_prediction()
         return PredictionSerializer(latest, context=self.context).data if latest is not None else None
 
 

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from cases.models import Case, Lesion, Review
-from cases.roles import DERMATOLOGIST
+from cases.roles import DERMATOLOGIST, display_name
 
 STATES = [
     ("", "Any"),
@@ -32,7 +32,7 @@ class CaseFilterForm(forms.Form):
         super().__init__(*args, **kwargs)
         users = get_user_model().objects.filter(groups__name=DERMATOLOGIST).order_by("last_name", "username")
         self.fields["reviewer"].queryset = users
-        self.fields["reviewer"].label_from_instance = lambda u: u.get_full_name() or u.username
+        self.fields["reviewer"].label_from_instance = display_name
 
     def clean(self):
         data = super().clean()

@@ -87,8 +87,7 @@ def lesion_place(request: HttpRequest, patient_pk: int, number: int) -> HttpResp
     """Place or move a patient's lesion on the body map (audited with the reason)."""
     patient = get_object_or_404(access.visible_patients(request.user), pk=patient_pk)
     tracked = get_object_or_404(PatientLesion, patient=patient, number=number)
-    latest = tracked.visits.select_related("case__patient").order_by("-case__visit_date", "-pk").first()
-    if latest is None or not corrections.may_correct(request.user, latest.case):
+    if not corrections.may_place(request.user, tracked):
         raise Http404
     initial = {"side": tracked.side, "map_view": tracked.map_view, "map_x": tracked.map_x, "map_y": tracked.map_y}
     form = PlaceLesionForm(request.POST or None, initial=initial)

@@ -34,6 +34,12 @@ def may_correct(user, case: Case) -> bool:
     return is_admin(user) or (is_clinician(user) and clinic_of(user) == case.patient.clinic)
 
 
+def may_place(user, tracked: PatientLesion) -> bool:
+    """The clinic of the lesion's latest visit may place it on the body map."""
+    latest = tracked.latest_visit()
+    return latest is not None and may_correct(user, latest.case)
+
+
 def _need_reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason:
@@ -117,8 +123,7 @@ PLACE_FIELDS = ("side", "map_view", "map_x", "map_y")
 def place_lesion(*, user, tracked: PatientLesion, reason: str, values: dict,
                  request: HttpRequest | None = None) -> dict:
     """Place (or move) a patient's lesion on the body map; the model does not read the point."""
-    latest = tracked.visits.select_related("case__patient").order_by("-case__visit_date", "-pk").first()
-    if latest is None or not may_correct(user, latest.case):
+    if not may_place(user, tracked):
         raise PermissionDenied("Only clinicians of the patient's clinic can place the lesion.")
     return _apply(tracked, PLACE_FIELDS, values, user=user, request=request, reason=_need_reason(reason))
 

@@ -263,12 +263,6 @@ def display_name(user) -> str:
 
 # --- AI results --------------------------------------------------------------------------------
 
-def latest_prediction(image: LesionImage) -> Prediction | None:
-    """The newest prediction of the image, the one the case page shows (model ordering)."""
-    predictions = list(image.predictions.all())
-    return predictions[0] if predictions else None
-
-
 def _score_observation(prediction: Prediction, score: tuple[str, str, str, str], common: dict,
                        urls: Urls) -> Observation:
     code, display, field, threshold_field = score
@@ -439,7 +433,7 @@ def case_bundle(case: Case, *, base_url: str, now: datetime | None = None) -> di
     now = _when(now or timezone.now())
     case = Case.objects.select_related("patient__clinic").get(pk=case.pk)
     lesions = _lesions(case)
-    latest = {image.pk: latest_prediction(image) for lesion in lesions for image in lesion.images.all()}
+    latest = {image.pk: image.newest_prediction() for lesion in lesions for image in lesion.images.all()}
     done = {pk: p for pk, p in latest.items() if p is not None and p.status == Prediction.Status.DONE}
     image_lesion = {image.pk: lesion for lesion in lesions for image in lesion.images.all()}
 

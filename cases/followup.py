@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 
 from cases.models import Lesion, LesionImage, PatientLesion, Prediction, Review
+from cases.roles import display_name
 
 BENIGN_DIAGNOSES = {"nevus", "seborrheic keratosis", "pigmented benign keratosis", "dermatofibroma",
                     "vascular lesion"}
@@ -25,7 +26,7 @@ def earlier_visits(lesion: Lesion) -> QuerySet[Lesion]:
 
 def latest_scored(image: LesionImage) -> Prediction | None:
     """The image's newest prediction, if it is done (from a prefetched ``predictions``)."""
-    latest = max(image.predictions.all(), key=lambda p: (p.created_at, p.pk), default=None)
+    latest = image.newest_prediction()
     return latest if latest is not None and latest.status == Prediction.Status.DONE else None
 
 
@@ -74,8 +75,7 @@ def _changes(previous: Visit | None, visit: Visit) -> list[str]:
             reasons.append(f"melanoma probability rose by {visit.melanoma - previous.melanoma:.0%} "
                            f"(more than {rise:.0%}) since {previous.lesion.case.visit_date:%Y-%m-%d}")
     if visit.review is not None and visit.review.lesion_changed:
-        who = visit.review.reviewer.get_full_name() or visit.review.reviewer.username
-        reasons.append(f"{who} recorded a change")
+        reasons.append(f"{display_name(visit.review.reviewer)} recorded a change")
     return reasons
 
 

@@ -106,7 +106,7 @@ class LesionForm(_NoColon, forms.ModelForm):
         data = super().clean()
         if not data.get("anatomic_site") and "anatomic_site" not in self.errors:
             earlier = data.get("same_as")
-            latest = earlier.visits.order_by("-case__visit_date", "-pk").first() if earlier else None
+            latest = earlier.latest_visit() if earlier else None
             if latest is None:
                 self.add_error("anatomic_site", "Choose the site (or Unknown).")
             else:
@@ -118,7 +118,7 @@ class LesionForm(_NoColon, forms.ModelForm):
 
 
 def _tracked_label(tracked: PatientLesion) -> str:
-    latest = tracked.visits.select_related("case").order_by("-case__visit_date", "-pk").first()
+    latest = tracked.latest_visit()
     where = latest.get_anatomic_site_display() if latest else "no visits yet"
     side = f", {tracked.get_side_display().lower()}" if tracked.side else ""
     when = f", last seen {latest.case.visit_date:%Y-%m-%d}" if latest else ""

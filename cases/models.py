@@ -214,6 +214,10 @@ class PatientLesion(models.Model):
     def __str__(self) -> str:
         return f"{self.label} of {self.patient}"
 
+    def latest_visit(self) -> "Lesion | None":
+        """This lesion as seen at its most recent visit."""
+        return self.visits.select_related("case__patient").order_by("-case__visit_date", "-pk").first()
+
     @classmethod
     def next_number(cls, patient: Patient) -> int:
         return (cls.objects.filter(patient=patient).aggregate(n=Max("number"))["n"] or 0) + 1
@@ -311,6 +315,11 @@ class LesionImage(models.Model):
 
     def __str__(self) -> str:
         return f"Image {self.pk} of lesion {self.lesion_id}"
+
+    def newest_prediction(self) -> "Prediction | None":
+        """The newest prediction (of any model version), the one the pages show; uses prefetched
+        ``predictions`` whatever their order."""
+        return max(self.predictions.all(), key=lambda p: (p.created_at, p.pk), default=None)
 
 
 class Prediction(models.Model):

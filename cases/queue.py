@@ -15,6 +15,7 @@ from django.utils import timezone
 from audit import log as audit_log
 from cases.access import is_reviewer
 from cases.models import Case, Lesion, Prediction, Review
+from cases.roles import display_name
 
 
 class ClaimError(Exception):
@@ -92,8 +93,7 @@ def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> N
     if current.claimed_by_id == reviewer.pk:
         return  # already ours: claiming twice is harmless
     if current.claimed_by_id is not None:
-        who = current.claimed_by.get_full_name() or current.claimed_by.username
-        raise ClaimError(f"This case was already claimed by {who} at {timezone.localtime(current.claimed_at):%H:%M}.")
+        raise ClaimError(f"This case was already claimed by {display_name(current.claimed_by)} at {timezone.localtime(current.claimed_at):%H:%M}.")
     raise ClaimError("This case is no longer waiting for review.")
 
 

@@ -150,12 +150,6 @@ def _lesions(case: Case) -> list[Lesion]:
         Prefetch("images", queryset=images), "reviews__reviewer").order_by("created_at", "pk"))
 
 
-def latest(image: LesionImage) -> Prediction | None:
-    """The newest prediction (prefetched newest first), as the case page shows it."""
-    predictions = list(image.predictions.all())
-    return predictions[0] if predictions else None
-
-
 def age_at(case: Case) -> int | None:
     birth_year = case.patient.birth_year
     return visit_date(case).year - birth_year if birth_year else None
@@ -186,7 +180,7 @@ def ai_summary(lesion: Lesion) -> str:
     """One phrase for the summary table: the lesion's AI state as a whole."""
     if not lesion.images.all():
         return "No images"
-    scored = [p for p in (latest(i) for i in lesion.images.all()) if p is not None]
+    scored = [p for p in (i.newest_prediction() for i in lesion.images.all()) if p is not None]
     if any(p.status == Prediction.Status.DONE and not p.assessable for p in scored):
         return "Model could not assess an image"
     if lesion.flagged:
@@ -336,7 +330,7 @@ def result(prediction: Prediction | None, case: Case) -> list[Flowable]:
 
 
 def image_section(image: LesionImage, number: int, case: Case) -> list[Flowable]:
-    prediction = latest(image)
+    prediction = image.newest_prediction()
     heading = para(esc(f"Image {number} · {image.get_kind_display()} · uploaded {when(image.uploaded_at)}"
                        + (f" · taken {image.acquired_on:%Y-%m-%d}" if image.acquired_on else "")), "h3")
     outcome = result(prediction, case)
@@ -403,7 +397,7 @@ def versions_used(lesions: list[Lesion]) -> list[ModelVersion]:
     seen: dict[int, ModelVersion] = {}
     for lesion in lesions:
         for image in lesion.images.all():
-            prediction = latest(image)
+            prediction = image.newest_prediction()
             if prediction is not None:
                 seen.setdefault(prediction.model_version_id, prediction.model_version)
     return list(seen.values())

@@ -15,6 +15,8 @@ from xml.sax.saxutils import escape
 
 from django.conf import settings
 from django.utils import timezone
+
+from cases.roles import display_name
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
@@ -144,9 +146,7 @@ def bullets(items: Iterable[str], style: str = "bullet") -> list[Paragraph]:
 
 def person(user) -> str:
     """A user as the pages name them: full name, else username."""
-    if user is None:
-        return "the system"
-    return user.get_full_name() or user.username
+    return "the system" if user is None else display_name(user)
 
 
 def when(moment: datetime | None) -> str:

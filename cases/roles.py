@@ -17,6 +17,11 @@ def has_role(user: AbstractBaseUser | AnonymousUser, role: str) -> bool:
     return user.groups.filter(name=role).exists()
 
 
+def display_name(user) -> str:
+    """A user as other people see them: the full name, else the username."""
+    return user.get_full_name() or user.username
+
+
 def is_admin(user: AbstractBaseUser | AnonymousUser) -> bool:
     """Admins see everything: staff superusers."""
     return bool(user.is_authenticated and user.is_staff and user.is_superuser)
