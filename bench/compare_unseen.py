@@ -44,11 +44,11 @@ def main() -> int:
         ids = [i for i in new.card["split_ids"][split]
                if i not in seen and by[i].lesion_id not in seen_groups and audit.groups.get(i) not in seen_groups]
         recs = [by[i] for i in ids]
-        imgs = load_images([r.path for r in recs], new.input_size, cache_dir()).astype(np.float32)
         masks = np.stack([mask_from_classes(r.allowed) for r in recs])
         res = {"images": len(ids), "melanomas": int(masks[:, 3].sum())}
         for name, m in (("old", old), ("new", new)):
-            logits = m.predict_logits(imgs)
+            imgs = load_images([r.path for r in recs], m.input_size, cache_dir(), framing=m.framing)
+            logits = m.predict_logits(imgs.astype(np.float32))
             if m.clinical is not None:
                 logits = m.clinical.apply(logits, contexts_of(recs))
             e = evaluate_probs(softmax_with_temperature(logits, m.temperature), masks, m.thresholds,

@@ -177,15 +177,15 @@ def probs_of(m, images_f32, temperature):
     return softmax_with_temperature(m.predict_logits(images_f32), temperature)
 
 
-def decode_check(blobs, size, reps) -> dict:
-    """Full decode vs reduced (draft) decode: time and parity, on the real images and on 4x
-    upscaled camera-sized versions of a few of them."""
+def decode_check(blobs, size, reps, framing: str = "squash") -> dict:
+    """Full decode vs reduced (draft) decode, framed the model's way (mlcore.framing): time and
+    parity, on the real images and on 4x upscaled camera-sized versions of a few of them."""
     from PIL import Image
 
     from mlcore.preprocess import decode_image, prepare_batch
 
-    same = all(np.array_equal(prepare_batch([decode_image(b)], size), prepare_batch([decode_image(b, size)], size))
-               for b in blobs)
+    same = all(np.array_equal(prepare_batch([decode_image(b)], size, framing),
+                              prepare_batch([decode_image(b, size)], size, framing)) for b in blobs)
     big = []
     for b in blobs[:8]:
         img = Image.open(io.BytesIO(b)).convert("RGB")
@@ -203,14 +203,15 @@ def decode_check(blobs, size, reps) -> dict:
                 ts.append(time.perf_counter() - t)
         return round(float(np.median(ts)) * 1000, 2)
 
-    full_b = prepare_batch([decode_image(b) for b in big], size)
-    red_b = prepare_batch([decode_image(b, size) for b in big], size)
+    full_b = prepare_batch([decode_image(b) for b in big], size, framing)
+    red_b = prepare_batch([decode_image(b, size) for b in big], size, framing)
     return {
         "dataset_images_bitwise_identical_to_training_preprocessing": bool(same),
-        "dataset_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d, size)], size), blobs[:16]),
+        "dataset_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d, size)], size, framing),
+                                         blobs[:16]),
         "camera_size": list(Image.open(io.BytesIO(big[0])).size),
-        "camera_full_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d)], size), big[:4]),
-        "camera_reduced_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d, size)], size), big[:4]),
+        "camera_full_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d)], size, framing), big[:4]),
+        "camera_reduced_decode_resize_ms": t_of(lambda d: prepare_batch([decode_image(d, size)], size, framing), big[:4]),
         "camera_pixel_max_abs_diff": float(np.abs(full_b - red_b).max()),
         "camera_pixel_mean_abs_diff": round(float(np.abs(full_b - red_b).mean()), 3),
         "_full": full_b, "_reduced": red_b,
@@ -324,7 +325,7 @@ def main() -> None:
     out["flops_per_image"] = fl
     out["peak"] = matmul_peak(2048 if a.quick else 4096, 4 if a.quick else 8)
 
-    imgs = prepare_batch([decode_image(b) for b in blobs], size)
+    imgs = prepare_batch([decode_image(b) for b in blobs], size, base.framing)
     # a model with an out-of-domain detector computes its features in the same forward pass
     runner_model, runner_sha = km, base.sha256
     if base.ood_detector is not None:
@@ -367,7 +368,7 @@ def main() -> None:
     out["results"] = results
     out["assessment_overhead"] = assessment_overhead(base, km, blobs, size, reps_single, runner_model, runner_sha)
 
-    dec = decode_check(blobs, size, 3 if a.quick else 10)
+    dec = decode_check(blobs, size, 3 if a.quick else 10, base.framing)
     os.environ["SECONDLOOK_TTA"] = "none"
     pf = softmax_with_temperature(base.predict_logits_reference(dec.pop("_full")), temp)
     pr = softmax_with_temperature(base.predict_logits_reference(dec.pop("_reduced")), temp)

@@ -6,6 +6,7 @@ import io
 import numpy as np
 
 from .imageio import as_rgb_array
+from .framing import lesion_crop_box
 from .preprocess import prepare_batch
 
 
@@ -65,7 +66,7 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
         raise ValueError(f"unknown class {class_name!r}")
     idx = model.classes.index(class_name)
     fn = _gradcam_fn(model)
-    x = tf.convert_to_tensor(prepare_batch([img], model.input_size))
+    x = tf.convert_to_tensor(prepare_batch([img], model.input_size, model.framing))
     with model._lock:
         convs, grads = fn(x, tf.constant(idx, tf.int32))
     cam = None
@@ -77,9 +78,13 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
     cam = np.maximum(cam, 0)
     if cam.max() > 0:
         cam = cam / cam.max()
+    # the map covers what the model saw: the lesion crop when the model frames one (mlcore.framing)
     h, wd = img.shape[:2]
-    cam_img = Image.fromarray((cam * 255).astype(np.uint8)).resize((wd, h), Image.BILINEAR)
-    return np.asarray(cam_img, np.float32) / 255.0
+    x0, y0, x1, y1 = lesion_crop_box(img) if model.framing == "lesion" else (0, 0, wd, h)
+    cam_img = Image.fromarray((cam * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR)
+    full = np.zeros((h, wd), np.float32)
+    full[y0:y1, x0:x1] = np.asarray(cam_img, np.float32) / 255.0
+    return full
 
 
 def _colormap(h: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def predict_images(model, images: list[np.ndarray], batch_size: int = 32,
     if contexts is not None and len(contexts) != len(images):
         raise ValueError(f"{len(contexts)} clinical contexts for {len(images)} images")
     t0 = time.perf_counter()
-    batch = prepare_batch(images, model.input_size)
+    batch = prepare_batch(images, model.input_size, getattr(model, "framing", "squash"))
     logits, features = model.predict_logits_and_features(batch)
     checks = assess_batch(model, batch, features)
     clinical = getattr(model, "clinical", None)

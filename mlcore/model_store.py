@@ -48,6 +48,13 @@ class LoadedModel:
         return int(self.card["input_size"])
 
     @property
+    def framing(self) -> str:
+        """How images are framed before the resize (mlcore.framing); older cards squash."""
+        from .framing import DEFAULT_FRAMING
+
+        return str(self.card.get("framing") or DEFAULT_FRAMING)
+
+    @property
     def temperature(self) -> float:
         return float(self.card["temperature"])
 

@@ -60,6 +60,9 @@ def card_markdown(card: dict) -> str:
         f"- {card['input_size']}x{card['input_size']} RGB, uint8 0..255 fed as float32; "
         f"{card['preprocessing']['resize']}; EXIF orientation applied; any mode converted to RGB "
         "(alpha composited on white, 16-bit scaled).",
+        "- Framing (`mlcore.framing`): " + ("a square crop centred on the lesion (1.5x its bounding box), "
+                                            "then the resize" if card.get("framing") == "lesion"
+                                            else "the whole frame, squashed to the square") + ".",
         f"- Classes (softmax order): {', '.join(card['classes'])}.",
         f"- Temperature {card['temperature']:.4f}. Melanoma probability = P(melanoma); malignancy score = "
         f"P({') + P('.join(sorted(MALIGNANT_CLASSES))}).",
@@ -218,8 +221,10 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "ham_codes": {k: sorted(v) for k, v in HAM_TO_CLASSES.items()},
         "malignant_classes": sorted(MALIGNANT_CLASSES),
         "input_size": int(cfg.image_size),
+        # mlcore.framing: how the image is framed before the resize (inference reads this field)
+        "framing": cfg.framing,
         "preprocessing": {"color": "RGB", "dtype": "uint8 0..255 as float32 (scaling inside the model)",
-                          "resize": RESIZE_METHOD, "exif_transpose": True},
+                          "framing": cfg.framing, "resize": RESIZE_METHOD, "exif_transpose": True},
         "output": "logits (float32); probabilities = softmax((logits + clinical offset) / temperature)",
         # mlcore.clinical.ClinicalAdjustment: per-class logit offset from age, sex and site
         "clinical_context": clinical.to_dict() if clinical is not None else None,

@@ -123,13 +123,16 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
     ``splits["test"]`` and, with ``external``, on PH2 (under ``data_root``, when present) and the
     non-dermoscopic set. Returns (assessment with its "measured" report, detector)."""
     from mlcore.clinical import ClinicalAdjustment, contexts_of
-    from mlcore.imageio import decode_file, resize_rgb
+    from mlcore.framing import DEFAULT_FRAMING
+    from mlcore.imageio import decode_file
+    from mlcore.preprocess import prepare_image
     from mlcore.labels import mask_from_classes
     from .nondermoscopic import build as build_nondermoscopic
     from .ph2 import load_ph2, ph2_masks
     from mlcore.scoring import softmax_with_temperature
 
     size = int(card["input_size"])
+    framing = card.get("framing") or DEFAULT_FRAMING
     temperature = float(card["temperature"])
     clinical = ClinicalAdjustment.from_dict(card["clinical_context"]) if card.get("clinical_context") else None
 
@@ -157,14 +160,14 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
         ph2 = load_ph2(data_root) if data_root is not None else None
         if ph2 is None:
             raise FileNotFoundError("no data root")
-        ph_imgs = np.stack([resize_rgb(decode_file(i.path), size) for i in ph2])
+        ph_imgs = np.stack([prepare_image(decode_file(i.path), size, framing) for i in ph2])
         ph_logits, ph_feats = logits_and_features(keras_model, ph_imgs)
         report["ph2"] = measure(assessment, detector, images=ph_imgs, features=ph_feats,
                                 probs=softmax_with_temperature(ph_logits, temperature), masks=ph2_masks(ph2))
     except FileNotFoundError as exc:
         report["ph2"] = {"error": f"PH2 not measured: {exc}"}
     nd = build_nondermoscopic()
-    nd_imgs = np.stack([resize_rgb(img, size) for _, img in nd])
+    nd_imgs = np.stack([prepare_image(img, size, framing) for _, img in nd])
     _, nd_feats = logits_and_features(keras_model, nd_imgs)
     q_fail, unfam = _decisions(assessment, detector, nd_imgs, nd_feats)
     m = measure(assessment, detector, images=nd_imgs, features=nd_feats, decisions=(q_fail, unfam))
@@ -190,7 +193,8 @@ def assess_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, *,
     splits = {}
     for name in ("train", "val", "test"):
         recs = [by_id[i] for i in card["split_ids"][name]]
-        splits[name] = (recs, load_images([r.path for r in recs], int(card["input_size"]), cache_dir))
+        splits[name] = (recs, load_images([r.path for r in recs], int(card["input_size"]), cache_dir,
+                                          framing=card.get("framing") or "squash"))
     assessment, detector = assess(km, card, splits, data_root)
     if write:
         save(model_dir, assessment, detector)

@@ -69,6 +69,9 @@ class TrainConfig:
     aug_device: float = 1.0  # strength of the device augmentation (temperature, gamma, blur, vignette)
     # colour constancy as the model's first layer (mlcore.colour): shades_of_gray | none
     colour_constancy: str = "shades_of_gray"
+    # how an image is framed before the resize (mlcore.framing): squash (the whole frame) |
+    # lesion (a square crop centred on the lesion, so its size in the input is device-independent)
+    framing: str = "squash"
     bootstrap: int = 1000
     tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
     # add a per-class logit offset from age, sex and anatomic site (mlcore.clinical), fitted on
@@ -79,6 +82,12 @@ class TrainConfig:
     # (training.assessment) after export
     assessment: bool = True
     pretrained: str = ""  # optional path of a weights file; none exists here
+
+    def __post_init__(self) -> None:
+        from mlcore.framing import FRAMINGS
+
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, not {self.framing!r}")
 
     @property
     def effective_split_seed(self) -> int:
@@ -113,6 +122,7 @@ class TrainConfig:
         d.setdefault("aug_device", 0.0)
         d.setdefault("aug_zoom_out", 0.0)
         d.setdefault("aug_hair", 0.0)
+        d.setdefault("framing", "squash")
         if "stages" in d:
             d["stages"] = tuple(d["stages"])
         known = {f for f in cls.__dataclass_fields__}

@@ -114,6 +114,7 @@ def check_compatible(members: Sequence) -> None:
     for m in members[1:]:
         for what, a, b in (("lesion split", first.card.get("split_ids"), m.card.get("split_ids")),
                            ("input size", first.input_size, m.input_size),
+                           ("framing", first.framing, m.framing),
                            ("classes", first.classes, m.classes)):
             if a != b:
                 raise EnsembleError(f"{m.version} and {first.version} differ in their {what}: "

@@ -31,7 +31,7 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
         raise RuntimeError(f"{len(missing)} {split} ids of the model card are not in the cleaned data "
                            f"(e.g. {missing[:3]}); data changed?")
     recs = [by_id[i] for i in ids]
-    images = load_images([r.path for r in recs], m.input_size, cache_dir)
+    images = load_images([r.path for r in recs], m.input_size, cache_dir, framing=m.framing)
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     logits = m.predict_logits(images.astype(np.float32), batch_size=128)
     if clinical and m.clinical is not None:

@@ -56,7 +56,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
 
     def arrays(name):
         recs = [by_id[i] for i in split[name]]
-        x = load_images([r.path for r in recs], input_size, cache_dir)
+        x = load_images([r.path for r in recs], input_size, cache_dir, framing=cfg.framing)
         return x, np.stack([mask_from_classes(r.allowed) for r in recs]), recs
 
     clinical = fit_clinical(keras_model, cfg, *arrays("train")) if cfg.clinical_context else None

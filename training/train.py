@@ -390,7 +390,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     _emit(f"[train] frozen benchmark {benchmark.version}: {len(frozen)} lesion groups kept out of training")
     recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]
     progress("loading images", images=len(recs))
-    images = load_images([r.path for r in recs], cfg.image_size, cache_dir)
+    images = load_images([r.path for r in recs], cfg.image_size, cache_dir, framing=cfg.framing)
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     n_tr, n_va = len(split["train"]), len(split["val"])
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}

@@ -57,6 +57,10 @@ def test_one_member_or_different_splits_are_refused(member_dirs, tmp_path):
     b.card = dict(b.card, split_ids={**b.card["split_ids"], "test": b.card["split_ids"]["test"][:-1]})
     with pytest.raises(EnsembleError, match="lesion split"):
         check_compatible([a, b])
+    b = load_model(member_dirs[1])
+    b.card = dict(b.card, framing="lesion")  # members must see the same crop of an image
+    with pytest.raises(EnsembleError, match="framing"):
+        check_compatible([a, b])
 
 
 def _weight_bytes(path) -> int:

@@ -170,16 +170,17 @@ def _predict(model, images: ImageSet, cache_dir: Path | None) -> tuple[np.ndarra
 
 
 def _inputs(model, images: ImageSet, cache_dir: Path | None):
-    """The images (decode cache for the benchmark, file decode for PH2) and clinical contexts."""
-    if images.name == PH2_NAME:
-        from mlcore.preprocess import decode_image
+    """The decoded images (the model's own framing and resize happen in ``model.predict``, as for
+    an upload) and, for the benchmark, the clinical contexts. ``cache_dir`` is unused: a decode
+    cache holds images already framed and resized, which ``predict`` would frame again."""
+    from mlcore.preprocess import decode_image
 
-        return [decode_image(Path(p).read_bytes(), target_size=model.input_size) for p in images.paths], None
+    pixels = [decode_image(Path(p).read_bytes(), target_size=model.input_size) for p in images.paths]
+    if images.name == PH2_NAME:
+        return pixels, None
     from mlcore.clinical import contexts_of
 
-    from ..cache import load_images
-
-    return load_images(images.paths, model.input_size, cache_dir, progress=False), contexts_of(images.records)
+    return pixels, contexts_of(images.records)
 
 
 def score(model_dir: Path, images: ImageSet, cache_dir: Path | None) -> ScoredImages:
