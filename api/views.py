@@ -12,10 +12,10 @@ from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from api import serializers as s
+from api.throttling import ScopedRateThrottle
 from audit import log as audit_log
 from cases import access, outcomes, queue, services
 from cases.fhir_export import FHIR_JSON, case_bundle
@@ -75,8 +75,21 @@ class AuditedRetrieveMixin(mixins.RetrieveModelMixin):
         return Response(self.get_serializer(instance).data)
 
 
-class ReadViewSet(SingleValuedQueryMixin, AuditedRetrieveMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
-    """List and retrieve."""
+class AuditedListMixin(mixins.ListModelMixin):
+    """A list call is audited as opening each record it returns would be: one "view" event per
+    record of the page (``via: list``), so a bulk read through the API leaves the same trail."""
+
+    def list(self, request, *args, **kwargs):
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        records = list(page if page is not None else queryset)
+        audit_log.record_many(action="view", objs=records, request=request, new={"via": "list"})
+        data = self.get_serializer(records, many=True).data
+        return self.get_paginated_response(data) if page is not None else Response(data)
+
+
+class ReadViewSet(SingleValuedQueryMixin, AuditedRetrieveMixin, AuditedListMixin, viewsets.GenericViewSet):
+    """List and retrieve, both audited."""
 
 
 
@@ -310,7 +323,7 @@ class IsReviewer(permissions.BasePermission):
         return access.is_reviewer(request.user)
 
 
-class QueueViewSet(SingleValuedQueryMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+class QueueViewSet(SingleValuedQueryMixin, AuditedListMixin, viewsets.GenericViewSet):
     """Flagged cases waiting for a dermatologist, most suspicious first (claim them at /cases/{id}/claim/)."""
 
     serializer_class = s.QueueEntrySerializer

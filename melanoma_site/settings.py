@@ -248,6 +248,22 @@ SECONDLOOK_FAULT_SCORING_DELAY_S = float(os.environ.get("SECONDLOOK_FAULT_SCORIN
 
 # --- Celery (Redis broker) ------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The shared cache, which holds the API's rate-limit counters: Redis in production, so every web
+# worker counts against one limit (a per-process memory cache would let N workers allow N times
+# the rate); a memory cache in development and tests unless CACHE_URL names a Redis.
+CACHE_URL = os.environ.get("CACHE_URL", REDIS_URL if PRODUCTION else "").strip()
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,
+        "KEY_PREFIX": "secondlook-cache",
+        # a slow or absent Redis must not hold a request up (the throttles then let it through)
+        "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+    }}
+elif CACHE_URL in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL must be redis://..., rediss://..., unix://... or locmem://, "
+                               f"not {CACHE_URL!r}")
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -318,8 +334,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": LIST_PAGE_SIZE,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle",
-                                 "rest_framework.throttling.AnonRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.UserRateThrottle", "api.throttling.AnonRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {
         "user": os.environ.get("API_RATE_USER", "600/minute"),
         "anon": os.environ.get("API_RATE_ANON", "60/minute"),

@@ -58,6 +58,30 @@ def test_reads_are_audited_like_pages(api, world):
     assert event.actor == world.clin_a and event.clinic_id == world.clinic_a.pk
 
 
+def test_a_list_call_audits_each_record_it_returned(api, world, monkeypatch):
+    for n in range(2, 5):
+        Patient.objects.create(clinic=world.clinic_a, identifier=f"PA-{n}", birth_year=1970, sex="female",
+                               created_by=world.clin_a)
+    monkeypatch.setattr("rest_framework.pagination.PageNumberPagination.page_size", 3)
+    page = api.clin_a.get("/api/v1/patients/").json()
+    returned = {row["id"] for row in page["results"]}
+    events = AuditEvent.objects.filter(action="view", object_type="patient")
+    assert len(returned) == 3 and {int(e.object_id) for e in events} == returned
+    assert {(e.actor_id, e.clinic_id, e.new_values["via"]) for e in events} == {(world.clin_a.pk, world.clinic_a.pk, "list")}
+    assert all(e.patient_id == int(e.object_id) for e in events)
+    second = api.clin_a.get(page["next"]).json()["results"]  # the next page audits its own records only
+    audited = list(AuditEvent.objects.filter(action="view").values_list("object_id", flat=True))
+    assert sorted(audited) == sorted(str(pk) for pk in returned | {second[0]["id"]})
+    assert str(world.patient_b.pk) not in audited
+
+
+def test_a_nested_record_is_audited_under_its_patient(api, world):
+    lesions = api.clin_b.get("/api/v1/lesions/").json()["results"]
+    assert [row["id"] for row in lesions] == [world.lesion_b.pk]
+    event = AuditEvent.objects.get(action="view", object_type="lesion")
+    assert (event.patient_id, event.clinic_id, event.actor) == (world.patient_b.pk, world.clinic_b.pk, world.clin_b)
+
+
 def test_clinician_creates_patient_case_and_lesion_through_the_services(api, world):
     created = api.clin_a.post("/api/v1/patients/", {"identifier": "PA-2", "birth_year": 1990, "sex": "male"},
                               format="json")

@@ -7,6 +7,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from api.models import ApiToken, hash_key
+from melanoma_site.embedded_redis import free_port
 from tests.api.conftest import issue_token
 
 
@@ -56,9 +57,48 @@ def test_last_use_is_recorded(world):
 
 
 def test_rate_limit_answers_429(world, monkeypatch):
-    from rest_framework.throttling import UserRateThrottle
+    from api.throttling import UserRateThrottle
 
     monkeypatch.setattr(UserRateThrottle, "rate", "3/minute", raising=False)
     client = _client(issue_token(world.clin_a))
     codes = [client.get("/api/v1/me/").status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
+
+
+def _redis_cache(url: str) -> dict:
+    return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+                        "KEY_PREFIX": "secondlook-cache-test",
+                        "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}}}
+
+
+def test_rate_limit_counters_are_shared_through_redis(world, monkeypatch, settings):
+    """Two web workers count against one limit: the counters live in Redis, not in a process."""
+    import redis
+
+    from api.throttling import UserRateThrottle
+    from tests.conftest import BROKER_URL
+
+    settings.CACHES = _redis_cache(BROKER_URL)
+    monkeypatch.setattr(UserRateThrottle, "rate", "3/minute", raising=False)
+    client = _client(issue_token(world.clin_a))
+    assert [client.get("/api/v1/me/").status_code for _ in range(2)] == [200, 200]
+    keys = redis.Redis.from_url(BROKER_URL).keys("secondlook-cache-test:*throttle_user_*")
+    assert len(keys) == 1
+    # what another worker sees: the same two calls, so its third is the last allowed
+    from django.core.cache import caches
+
+    caches.close_all()
+    assert [client.get("/api/v1/me/").status_code for _ in range(2)] == [200, 429]
+    redis.Redis.from_url(BROKER_URL).delete(*keys)
+
+
+def test_an_unreachable_cache_lets_requests_through_and_says_so(world, monkeypatch, settings, caplog):
+    from api.throttling import UserRateThrottle
+
+    settings.CACHES = _redis_cache(f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    monkeypatch.setattr(UserRateThrottle, "rate", "1/minute", raising=False)
+    client = _client(issue_token(world.clin_a))
+    with caplog.at_level("WARNING", logger="api.throttling"):
+        codes = [client.get("/api/v1/me/").status_code for _ in range(2)]
+    assert codes == [200, 200]
+    assert "rate limit not checked" in caplog.text and "UserRateThrottle" in caplog.text

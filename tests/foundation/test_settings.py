@@ -44,3 +44,20 @@ def test_migrations_are_complete():
 def test_development_defaults_need_no_environment(settings):
     assert settings.SECRET_KEY and len(settings.SECRET_KEY) >= 50
     assert settings.MEDIA_URL is None  # images only through authenticated views
+
+
+def test_production_keeps_rate_limits_in_redis_and_a_bad_cache_url_is_refused():
+    env = dict(DJANGO_ENV="production", SECRET_KEY="k" * 60, ALLOWED_HOSTS="secondlook.example.org",
+               DATABASE_URL="postgres://app@db.example.org:5432/secondlook", REDIS_URL="redis://cache.example.org:6379/0")
+    show = ("shell", "-c", "from django.conf import settings; c = settings.CACHES['default']; "
+            "print(c['BACKEND'], c.get('LOCATION'))")
+    result = _manage(*show, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["django.core.cache.backends.redis.RedisCache",
+                                                    "redis://cache.example.org:6379/0"]
+    result = _manage("check", **env, CACHE_URL="memcached://somewhere")
+    assert result.returncode != 0 and "CACHE_URL must be" in result.stderr
+
+
+def test_development_cache_is_in_memory(settings):
+    assert settings.CACHES["default"]["BACKEND"] == "django.core.cache.backends.locmem.LocMemCache"
