@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 
-from .imageio import as_rgb_array
 from .framing import lesion_crop_box
+from .imageio import as_rgb_array
 from .preprocess import prepare_batch
+
+CROP_OUTLINE = (255, 255, 255)  # the frame of a lesion-cropping model's input on the overlay
 
 
 def _gradcam_fn(model):
@@ -108,7 +111,11 @@ def gradcam_overlay_png(model, image: np.ndarray, class_name: str = "melanoma", 
     heat = gradcam(model, img, class_name)
     blend = (img.astype(np.float32) * (1 - alpha * heat[..., None]) +
              _colormap(heat).astype(np.float32) * alpha * heat[..., None])
-    out = Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8))
+    pixels = np.clip(blend, 0, 255).astype(np.uint8)
+    if model.framing == "lesion":  # outline what the model looked at
+        x0, y0, x1, y1 = lesion_crop_box(img)
+        cv2.rectangle(pixels, (x0, y0), (x1 - 1, y1 - 1), CROP_OUTLINE, max(1, round(max(img.shape[:2]) / 300)))
+    out = Image.fromarray(pixels)
     buf = io.BytesIO()
     out.save(buf, format=fmt)
     return buf.getvalue()

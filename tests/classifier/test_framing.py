@@ -141,3 +141,20 @@ def test_a_training_config_refuses_an_unknown_framing_and_old_cards_squash():
         TrainConfig(framing="pad")
     assert TrainConfig.from_dict({"seed": 1}).framing == "squash"
     assert TrainConfig.from_dict({"framing": "lesion"}).framing == "lesion"
+
+
+def test_the_overlay_outlines_what_a_framing_model_looked_at(tmp_path, tiny_model_dir):
+    from mlcore.explain import CROP_OUTLINE, gradcam_overlay_png
+    from mlcore.model_store import load_model
+
+    framed_dir = tmp_path / "framed"
+    shutil.copytree(tiny_model_dir, framed_dir)
+    card = json.loads((framed_dir / "model_card.json").read_text())
+    card["framing"] = "lesion"
+    (framed_dir / "model_card.json").write_text(json.dumps(card))
+    img = with_lesion(skin(), cx=200, cy=200, rx=40, ry=40)
+    x0, y0, x1, y1 = lesion_crop_box(img)
+    framed = np.asarray(Image.open(io.BytesIO(gradcam_overlay_png(load_model(framed_dir), img))))
+    plain = np.asarray(Image.open(io.BytesIO(gradcam_overlay_png(load_model(tiny_model_dir), img))))
+    assert tuple(framed[y0, (x0 + x1) // 2]) == CROP_OUTLINE and tuple(framed[(y0 + y1) // 2, x1 - 1]) == CROP_OUTLINE
+    assert tuple(plain[y0, (x0 + x1) // 2]) != CROP_OUTLINE
