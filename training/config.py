@@ -43,6 +43,10 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.05
     class_weight_power: float = 0.75  # 0 = none, 1 = fully balanced per HAM code
+    # > 0: also weight each image by (P(code) / P(code | its source))**source_balance, so that
+    # weighted, every collection has the union's class mix and the look of a collection (its
+    # device, its resizing) says nothing about the diagnosis. 0 = off.
+    source_balance: float = 0.0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     target_sensitivity: float = 0.90

@@ -30,6 +30,27 @@ def class_weights_for(masks: np.ndarray, power: float) -> np.ndarray:
     return (w / w.mean()).astype(np.float32)
 
 
+SOURCE_WEIGHT_RANGE = (0.1, 10.0)  # a rare (source, code) cell may not dominate the loss
+
+
+def source_balance_weights(masks: np.ndarray, sources, power: float) -> np.ndarray:
+    """Per-sample weight (P(code) / P(code | source))**power by HAM code, clipped to
+    SOURCE_WEIGHT_RANGE, mean 1: a collection whose images are mostly melanomas (the ISIC-archive
+    copies: 54 % of its training images) no longer teaches "looks like this collection = melanoma"."""
+    codes = (masks @ ham_membership_matrix()).argmax(1)
+    sources = np.asarray(sources, dtype=object)
+    if len(sources) != len(codes):
+        raise ValueError(f"{len(sources)} sources for {len(codes)} images")
+    overall = np.bincount(codes, minlength=len(HAM_CODES)) / len(codes)
+    w = np.ones(len(codes), dtype=np.float64)
+    for source in set(sources):
+        rows = sources == source
+        within = np.bincount(codes[rows], minlength=len(HAM_CODES)) / rows.sum()
+        w[rows] = (overall[codes[rows]] / within[codes[rows]]) ** power
+    w = np.clip(w, *SOURCE_WEIGHT_RANGE)
+    return (w / w.mean()).astype(np.float32)
+
+
 def _val_metrics(logits: np.ndarray, masks: np.ndarray) -> dict:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
@@ -107,8 +128,11 @@ class TrainingCancelled(RuntimeError):
 
 def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int = 1,
               on_progress: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None):
+              should_stop: Callable[[], bool] | None = None, sources=None):
     """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history).
+
+    ``sources`` (one collection name per training image) is needed when ``cfg.source_balance``
+    is on (`source_balance_weights`).
 
     ``on_progress`` gets a dict per epoch (epoch, epochs, loss, validation metrics, eta_s);
     ``should_stop`` is polled every few batches and raises TrainingCancelled when it says so.
@@ -127,6 +151,11 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     if cfg.pretrained and Path(cfg.pretrained).is_file():
         model.load_weights(cfg.pretrained, skip_mismatch=True)
     weights = class_weights_for(m_train, cfg.class_weight_power)
+    if cfg.source_balance > 0:
+        if sources is None:
+            raise ValueError("source_balance needs the source of every training image")
+        weights = weights * source_balance_weights(m_train, sources, cfg.source_balance)
+        weights = (weights / weights.mean()).astype(np.float32)
     size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
     ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
@@ -397,7 +426,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     _emit("[train] split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
     model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
                                masks[sl["val"]], verbose=verbose, on_progress=on_progress,
-                               should_stop=should_stop)
+                               should_stop=should_stop, sources=[r.source for r in recs[sl["train"]]])
     progress("calibrating and evaluating")
     clinical = fit_clinical(model, cfg, images[sl["train"]], masks[sl["train"]], recs[sl["train"]])
     test_contexts = contexts_of(recs[sl["test"]])

@@ -207,3 +207,21 @@ def test_hair_occlusion_draws_thin_dark_strands_on_the_chosen_share_of_images():
     assert np.allclose(plain, 230.0)
     darkened = (haired.min(axis=(1, 2, 3)) < 120.0).mean()
     assert darkened == 1.0 and haired.mean() > 150.0  # every image has dark hairs; most skin untouched
+
+
+def test_source_balance_gives_every_collection_the_same_weighted_class_mix():
+    from training.train import source_balance_weights
+
+    mel, nv = mask_from_classes({"melanoma"}), mask_from_classes({"nevus"})
+    # collection A: half melanomas (like the ISIC-archive copies), B: one in ten
+    masks = np.stack([mel] * 50 + [nv] * 50 + [mel] * 20 + [nv] * 180)
+    sources = ["A"] * 100 + ["B"] * 200
+    w = source_balance_weights(masks, sources, 1.0)
+    assert w.mean() == pytest.approx(1.0, abs=1e-6)
+    is_mel = masks[:, CLASSES.index("melanoma")] > 0
+    src = np.asarray(sources)
+    share = {s: w[(src == s) & is_mel].sum() / w[src == s].sum() for s in ("A", "B")}
+    assert share["A"] == pytest.approx(share["B"], abs=1e-6) == pytest.approx(70 / 300, abs=1e-6)
+    assert np.allclose(source_balance_weights(masks, sources, 0.0), 1.0)
+    with pytest.raises(ValueError, match="sources for"):
+        source_balance_weights(masks, sources[:-1], 1.0)
