@@ -6,7 +6,7 @@ import io
 import cv2
 import numpy as np
 
-from .framing import lesion_crop_box
+from .framing import crop_box
 from .imageio import as_rgb_array
 from .preprocess import prepare_batch
 
@@ -61,15 +61,22 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
 
     For an ensemble the channels of every member's last conv layer count together (the class
     score is the mean of the members' logits), so the map shows the evidence of the whole model."""
+    return _gradcam_in_box(model, as_rgb_array(image), class_name)[0]
+
+
+def _gradcam_in_box(model, img: np.ndarray, class_name: str):
+    """(heatmap at the image's size, the (x0, y0, x1, y1) part of the image the model saw)."""
     import tensorflow as tf
     from PIL import Image
 
-    img = as_rgb_array(image)
     if class_name not in model.classes:
         raise ValueError(f"unknown class {class_name!r}")
     idx = model.classes.index(class_name)
     fn = _gradcam_fn(model)
-    x = tf.convert_to_tensor(prepare_batch([img], model.input_size, model.framing))
+    h, wd = img.shape[:2]
+    # the lesion is located once; cropping here is exactly what the model's framing does
+    x0, y0, x1, y1 = crop_box(img, model.framing)
+    x = tf.convert_to_tensor(prepare_batch([img[y0:y1, x0:x1]], model.input_size))
     with model._lock:
         convs, grads = fn(x, tf.constant(idx, tf.int32))
     cam = None
@@ -82,12 +89,10 @@ def gradcam(model, image: np.ndarray, class_name: str = "melanoma") -> np.ndarra
     if cam.max() > 0:
         cam = cam / cam.max()
     # the map covers what the model saw: the lesion crop when the model frames one (mlcore.framing)
-    h, wd = img.shape[:2]
-    x0, y0, x1, y1 = lesion_crop_box(img) if model.framing == "lesion" else (0, 0, wd, h)
     cam_img = Image.fromarray((cam * 255).astype(np.uint8)).resize((x1 - x0, y1 - y0), Image.BILINEAR)
     full = np.zeros((h, wd), np.float32)
     full[y0:y1, x0:x1] = np.asarray(cam_img, np.float32) / 255.0
-    return full
+    return full, (x0, y0, x1, y1)
 
 
 def _colormap(h: np.ndarray) -> np.ndarray:
@@ -108,12 +113,11 @@ def gradcam_overlay_png(model, image: np.ndarray, class_name: str = "melanoma", 
         s = max_size / max(img.shape[:2])
         img = np.asarray(Image.fromarray(img).resize((max(1, int(img.shape[1] * s)), max(1, int(img.shape[0] * s))),
                                                      Image.BILINEAR))
-    heat = gradcam(model, img, class_name)
+    heat, (x0, y0, x1, y1) = _gradcam_in_box(model, img, class_name)
     blend = (img.astype(np.float32) * (1 - alpha * heat[..., None]) +
              _colormap(heat).astype(np.float32) * alpha * heat[..., None])
     pixels = np.clip(blend, 0, 255).astype(np.uint8)
     if model.framing == "lesion":  # outline what the model looked at
-        x0, y0, x1, y1 = lesion_crop_box(img)
         cv2.rectangle(pixels, (x0, y0), (x1 - 1, y1 - 1), CROP_OUTLINE, max(1, round(max(img.shape[:2]) / 300)))
     out = Image.fromarray(pixels)
     buf = io.BytesIO()

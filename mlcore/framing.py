@@ -76,11 +76,16 @@ def lesion_crop_box(rgb: np.ndarray) -> tuple[int, int, int, int]:
     return (left, top, left + cw, top + ch)
 
 
+def crop_box(rgb: np.ndarray, framing: str = DEFAULT_FRAMING) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the part of ``rgb`` a model with this framing sees."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
+    return lesion_crop_box(rgb) if framing == "lesion" else (0, 0, rgb.shape[1], rgb.shape[0])
+
+
 def frame(rgb: np.ndarray, framing: str = DEFAULT_FRAMING) -> np.ndarray:
     """``rgb`` (uint8 HxWx3) framed the model's way, before the resize to its input."""
     if framing == "squash":
         return rgb
-    if framing != "lesion":
-        raise ValueError(f"framing must be one of {FRAMINGS}, not {framing!r}")
-    x0, y0, x1, y1 = lesion_crop_box(rgb)
+    x0, y0, x1, y1 = crop_box(rgb, framing)
     return np.ascontiguousarray(rgb[y0:y1, x0:x1])

@@ -96,18 +96,24 @@ def test_training_cache_and_inference_frame_an_image_identically(tmp_path):
                                       framing="lesion"), cached)
 
 
-def test_a_model_card_chooses_the_framing_inference_uses(tmp_path, tiny_model_dir):
+@pytest.fixture
+def framed_dir(tmp_path, tiny_model_dir):
+    """The tiny model with ``framing: lesion`` in its card."""
+    path = tmp_path / "framed"
+    shutil.copytree(tiny_model_dir, path)
+    card = json.loads((path / "model_card.json").read_text())
+    card["framing"] = "lesion"
+    (path / "model_card.json").write_text(json.dumps(card))
+    return path
+
+
+def test_a_model_card_chooses_the_framing_inference_uses(framed_dir, tiny_model_dir):
     from mlcore.inference import predict_images
     from mlcore.model_store import load_model
 
     img = with_lesion(skin(), cx=200, cy=200, rx=40, ry=40)
     squash = load_model(tiny_model_dir)
     assert squash.framing == "squash"
-    framed_dir = tmp_path / "framed"
-    shutil.copytree(tiny_model_dir, framed_dir)
-    card = json.loads((framed_dir / "model_card.json").read_text())
-    card["framing"] = "lesion"
-    (framed_dir / "model_card.json").write_text(json.dumps(card))
     framed = load_model(framed_dir)
     assert framed.framing == "lesion"
     by_framing = predict_images(framed, [img])[0].class_probabilities
@@ -116,15 +122,10 @@ def test_a_model_card_chooses_the_framing_inference_uses(tmp_path, tiny_model_di
     assert predict_images(squash, [img])[0].class_probabilities != pytest.approx(by_crop, abs=1e-6)
 
 
-def test_the_heatmap_of_a_framing_model_covers_the_crop_only(tmp_path, tiny_model_dir):
+def test_the_heatmap_of_a_framing_model_covers_the_crop_only(framed_dir):
     from mlcore.explain import gradcam
     from mlcore.model_store import load_model
 
-    framed_dir = tmp_path / "framed"
-    shutil.copytree(tiny_model_dir, framed_dir)
-    card = json.loads((framed_dir / "model_card.json").read_text())
-    card["framing"] = "lesion"
-    (framed_dir / "model_card.json").write_text(json.dumps(card))
     img = with_lesion(skin(), cx=200, cy=200, rx=40, ry=40)
     cam = gradcam(load_model(framed_dir), img)
     assert cam.shape == img.shape[:2]
@@ -143,15 +144,10 @@ def test_a_training_config_refuses_an_unknown_framing_and_old_cards_squash():
     assert TrainConfig.from_dict({"framing": "lesion"}).framing == "lesion"
 
 
-def test_the_overlay_outlines_what_a_framing_model_looked_at(tmp_path, tiny_model_dir):
+def test_the_overlay_outlines_what_a_framing_model_looked_at(framed_dir, tiny_model_dir):
     from mlcore.explain import CROP_OUTLINE, gradcam_overlay_png
     from mlcore.model_store import load_model
 
-    framed_dir = tmp_path / "framed"
-    shutil.copytree(tiny_model_dir, framed_dir)
-    card = json.loads((framed_dir / "model_card.json").read_text())
-    card["framing"] = "lesion"
-    (framed_dir / "model_card.json").write_text(json.dumps(card))
     img = with_lesion(skin(), cx=200, cy=200, rx=40, ry=40)
     x0, y0, x1, y1 = lesion_crop_box(img)
     framed = np.asarray(Image.open(io.BytesIO(gradcam_overlay_png(load_model(framed_dir), img))))
