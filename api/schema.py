@@ -1,5 +1,8 @@
-"""OpenAPI: describe the token scheme to drf-spectacular."""
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+"""OpenAPI: describe the token scheme to drf-spectacular, and the errors every operation can give."""
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer
+
+from api import serializers as s
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):
@@ -9,6 +12,26 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "Authorization",
                 "description": "`Token <key>`: a key issued by an admin (Admin → API tokens)."}
+
+
+class StrictUploadInputErrors(OpenApiSerializerExtension):
+    """No other keys and at least one: an upload's 400 is then exactly one of its two shapes (the
+    per-file result has ``accepted``, which this one forbids), as ``oneOf`` requires."""
+
+    target_class = "api.serializers.UploadInputErrorSerializer"
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False, "minProperties": 1}
+
+
+def upload_refused() -> OpenApiResponse:
+    """The upload's 400: every file rejected (the per-file result), or the call itself invalid."""
+    return OpenApiResponse(
+        PolymorphicProxySerializer(component_name="UploadRefused", resource_type_field_name=None,
+                                   serializers=[s.UploadResultSerializer, s.UploadInputErrorSerializer]),
+        description="No file was stored: either every file was rejected (each with its reason), or the request "
+                    "itself is invalid (messages per field).")
 
 
 ERROR = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}

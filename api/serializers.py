@@ -58,6 +58,51 @@ class ModelVersionSerializer(serializers.ModelSerializer):
                   "melanoma_auc", "malignancy_auc", "notes"]
 
 
+class QualitySerializer(serializers.Serializer):
+    ok = serializers.BooleanField(help_text="the image passed every quality check")
+    failed = serializers.ListField(child=serializers.CharField(), help_text="codes of the checks it failed")
+    measures = serializers.DictField(child=serializers.FloatField(), help_text="each quality measure's value")
+
+
+class OutOfDomainSerializer(serializers.Serializer):
+    score = serializers.FloatField(help_text="how unlike the training images the model's features are")
+    threshold = serializers.FloatField(help_text="scores above this are out of domain")
+    unfamiliar = serializers.BooleanField(help_text="score > threshold")
+
+
+class AssessmentSerializer(serializers.Serializer):
+    """What decided `assessable`: the quality checks and the out-of-domain detector."""
+
+    quality = QualitySerializer(allow_null=True, help_text="null: the model has no fitted quality checks")
+    ood = OutOfDomainSerializer(allow_null=True, help_text="null: the model has no out-of-domain detector")
+
+
+def assessment_of(stored) -> dict | None:
+    """The documented subset of a stored ``Prediction.assessment`` (None when nothing was assessed);
+    the stored JSON is the worker's, so every part is optional and messages stay in assessment_notes."""
+    if not isinstance(stored, dict):
+        return None
+    quality, ood = stored.get("quality"), stored.get("ood")
+    return {
+        "quality": {"ok": bool(quality.get("ok", not quality.get("failed"))),
+                    "failed": [str(code) for code in quality.get("failed") or []],
+                    "measures": {str(k): float(v) for k, v in (quality.get("measures") or {}).items()}}
+        if isinstance(quality, dict) else None,
+        "ood": {"score": float(ood["score"]), "threshold": float(ood["threshold"]),
+                "unfamiliar": bool(ood.get("unfamiliar", ood["score"] > ood["threshold"]))}
+        if isinstance(ood, dict) and {"score", "threshold"} <= set(ood) else None,
+    }
+
+
+# Outputs of the scores that the pages and the FHIR export never show for an image the model could
+# not assess (they are kept in the record, unreliable): the API answers null for them. The flag
+# stays: such an image is flagged for review ("Model could not assess…"), as on the pages and in FHIR,
+# so an integration filtering on flagged never misses it.
+UNRELIABLE_WHEN_NOT_ASSESSABLE = ("melanoma_probability", "malignancy_score", "class_probabilities",
+                                  "prediction_set")
+NOT_ASSESSABLE_HELP = "null when the model could not assess the image (assessable false: see assessment_notes)"
+
+
 class PredictionSerializer(serializers.ModelSerializer):
     model_version = ModelVersionSummarySerializer(read_only=True)
     error = serializers.CharField(source="error_for_display", read_only=True)
@@ -67,13 +112,28 @@ class PredictionSerializer(serializers.ModelSerializer):
                                                 allow_null=True)
     malignancy_threshold = serializers.FloatField(source="model_version.malignancy_threshold", read_only=True,
                                                   allow_null=True)
+    assessment = serializers.SerializerMethodField(
+        help_text="what decided assessable: quality measures and failed checks, the out-of-domain score and its "
+                  "threshold; null for a model without these checks")
 
     class Meta:
         model = Prediction
         fields = ["id", "image", "lesion", "case", "status", "melanoma_probability", "malignancy_score",
                   "melanoma_threshold", "malignancy_threshold", "flagged", "flag_reasons", "assessable",
-                  "assessment_notes", "prediction_set", "class_probabilities", "error", "attempts",
+                  "assessment_notes", "assessment", "prediction_set", "class_probabilities", "error", "attempts",
                   "model_version", "created_at", "finished_at"]
+        extra_kwargs = {name: {"allow_null": True, "help_text": NOT_ASSESSABLE_HELP}
+                        for name in UNRELIABLE_WHEN_NOT_ASSESSABLE}
+
+    @extend_schema_field(AssessmentSerializer(allow_null=True, read_only=True))
+    def get_assessment(self, prediction: Prediction) -> dict | None:
+        return assessment_of(prediction.assessment)
+
+    def to_representation(self, prediction: Prediction) -> dict:
+        data = super().to_representation(prediction)
+        if not prediction.assessable:
+            data.update(dict.fromkeys(UNRELIABLE_WHEN_NOT_ASSESSABLE))
+        return data
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -218,6 +278,15 @@ class UploadResultSerializer(serializers.Serializer):
     duplicates = UploadItemSerializer(many=True)
     rejected = UploadItemSerializer(many=True)
     scoring_unavailable = serializers.CharField(allow_blank=True)
+
+
+class UploadInputErrorSerializer(serializers.Serializer):
+    """The upload call itself was invalid (no files under `images`, too many, an unknown `kind`, a body
+    that could not be read): messages per field, and no file was judged."""
+
+    images = serializers.ListField(child=serializers.CharField(), required=False)
+    kind = serializers.ListField(child=serializers.CharField(), required=False)
+    detail = serializers.CharField(required=False, help_text="the request body could not be read")
 
 
 class LesionReviewInputSerializer(serializers.Serializer):

@@ -11,10 +11,12 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
+from api.schema import upload_refused
 from api.throttling import ScopedRateThrottle
 from audit import log as audit_log
 from cases import access, outcomes, queue, services
@@ -24,6 +26,13 @@ from cases.views import stream_png
 from classifier.models import ModelVersion
 
 CONFLICT = OpenApiResponse(s.ErrorSerializer, description="the case is not in a state that allows this")
+
+
+class FhirJsonRenderer(JSONRenderer):
+    """Lets a FHIR client ask for ``Accept: application/fhir+json`` (otherwise a 406)."""
+
+    media_type = FHIR_JSON
+    format = "json"  # the same JSON body: no second ?format= value
 
 
 def _int_param(request, name: str) -> int | None:
@@ -158,8 +167,9 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
             raise queue.ClaimError("You have not claimed this case.")
         return Response(self.get_serializer(self.get_queryset().get(pk=case.pk)).data)
 
+    # pagination_class=None: the answer is the saved reviews as a plain list, and the schema says so
     @extend_schema(request=s.CaseReviewInputSerializer, responses={201: s.ReviewSerializer(many=True), 409: CONFLICT})
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], pagination_class=None)
     def reviews(self, request, pk=None):
         """Review every flagged lesion of a case you claimed; the case leaves the queue."""
         case = self._reviewer_case()
@@ -178,7 +188,8 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         return Response(s.ReviewSerializer(saved, many=True).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
-    @action(detail=True, methods=["get"], url_path="fhir")
+    # JSON first: an error answers application/json unless the client asked for FHIR
+    @action(detail=True, methods=["get"], url_path="fhir", renderer_classes=[JSONRenderer, FhirJsonRenderer])
     def fhir(self, request, pk=None):
         """The case as a FHIR R4 Bundle: Patient (pseudonymous), BodyStructures, Media, Device,
         Observations of the scores and DiagnosticReports of the reviews."""
@@ -208,15 +219,17 @@ class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
             map_view=data.get("map_view", ""), map_x=data.get("map_x"), map_y=data.get("map_y"), request=self.request)
 
     @extend_schema(request={"multipart/form-data": s.UploadSerializer},
-                   responses={201: s.UploadResultSerializer, 400: s.UploadResultSerializer})
+                   responses={201: s.UploadResultSerializer, 400: upload_refused()})
     @action(detail=True, methods=["post"], url_path="images")
     def upload(self, request, pk=None):
         """Upload one or more images (multipart, field ``images``). Each file is judged on its own:
         the response lists accepted, duplicate and rejected files with the reason; 400 when none
-        was stored."""
+        was stored: every file rejected (the same per-file result), or the request itself invalid
+        (messages per field, for example no ``images``)."""
         lesion = self.get_object()
+        # request.POST, not request.data: a body that is not a form (a JSON list, say) has no kind
         payload = s.UploadSerializer(data={"images": request.FILES.getlist("images"),
-                                           "kind": request.data.get("kind", "dermoscopic")})
+                                           "kind": request.POST.get("kind", "dermoscopic")})
         payload.is_valid(raise_exception=True)
         outcome = services.upload_images(user=request.user, lesion=lesion, files=payload.validated_data["images"],
                                          kind=payload.validated_data["kind"], request=request)

@@ -14,9 +14,9 @@ The Bundle (type ``collection``) holds:
   clinical question. The case's free-text notes are not exported.
 - ``BodyStructure`` per lesion: ``location`` coded with the ISIC site (a local code system) and
   SNOMED CT where one concept means the same region (``SITE_SNOMED``); "unknown" is text only.
-- ``Media`` per image: the stored PNG by URL (never the client's file name, which may name the
-  patient); ``createdDateTime`` the date it was taken where the file said so, else its upload
-  (also ``issued``). A newest prediction that is not done adds a note instead of Observations.
+- ``Media`` per image: the stored PNG by the API's URL (``/api/v1/images/{id}/file/``, fetched with
+  an API token; never the client's file name, which may name the patient); ``createdDateTime``
+  the date it was taken where the file said so, else its upload (also ``issued``). A newest prediction that is not done adds a note instead of Observations.
 - ``Device`` per model version used: the CNN, its version, "decision support; not a diagnosis".
 - ``Observation`` ×3 per image whose newest prediction is done (as the case page shows it):
   melanoma probability, malignancy score (``valueQuantity``, UCUM ``1``, the flagging threshold
@@ -232,7 +232,8 @@ def media(image: LesionImage, lesion: Lesion, case: Case, latest: Prediction | N
         bodySite=site_concept(lesion.anatomic_site, urls),
         width=image.width,
         height=image.height,
-        content={"contentType": "image/png", "url": urls.base + reverse("image_file", args=[image.pk]),
+        # the API's route: a receiving system holds a token, not a browser session
+        content={"contentType": "image/png", "url": urls.base + reverse("api:image-file", args=[image.pk]),
                  "size": image.size_bytes, "creation": _when(image.uploaded_at)},
         note=note,
     ))

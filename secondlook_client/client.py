@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -78,13 +79,30 @@ class SecondLookClient:
         return self.request("POST", "patients/", json={"identifier": identifier, "birth_year": birth_year, "sex": sex,
                                                        "fitzpatrick_type": fitzpatrick_type})
 
-    def create_case(self, *, patient: int, clinical_question: str, notes: str = "") -> dict:
-        return self.request("POST", "cases/", json={"patient": patient, "clinical_question": clinical_question,
-                                                    "notes": notes})
+    def create_case(self, *, patient: int, clinical_question: str, notes: str = "",
+                    visit_date: date | str | None = None) -> dict:
+        """A case (visit); ``visit_date`` (a date or ``YYYY-MM-DD``) defaults to today on the server."""
+        body = {"patient": patient, "clinical_question": clinical_question, "notes": notes}
+        if visit_date is not None:
+            body["visit_date"] = visit_date.isoformat() if isinstance(visit_date, date) else visit_date
+        return self.request("POST", "cases/", json=body)
 
-    def create_lesion(self, *, case: int, anatomic_site: str, description: str = "") -> dict:
-        return self.request("POST", "lesions/", json={"case": case, "anatomic_site": anatomic_site,
-                                                      "description": description})
+    def create_lesion(self, *, case: int, anatomic_site: str | None = None, description: str = "",
+                      same_as: int | None = None) -> dict:
+        """A lesion of a case. ``same_as`` (a ``patient_lesion`` id from an earlier visit) records the
+        same lesion again, to follow it over visits; its site is then the one already known."""
+        if anatomic_site is None and same_as is None:
+            raise ValueError("Give anatomic_site, or same_as for a lesion seen at an earlier visit.")
+        body: dict[str, Any] = {"case": case, "description": description}
+        if anatomic_site is not None:
+            body["anatomic_site"] = anatomic_site
+        if same_as is not None:
+            body["same_as"] = same_as
+        return self.request("POST", "lesions/", json=body)
+
+    def lesion_history(self, *, patient_lesion: int) -> list[dict]:
+        """Every visit's record of one patient lesion (the ``patient_lesion.id`` of a lesion)."""
+        return list(self.paginate("lesions/", patient_lesion=patient_lesion))
 
     def upload(self, *, lesion: int, paths: Iterable[str | Path], kind: str = "dermoscopic") -> dict:
         """Upload image files (JPEG, PNG, TIFF or DICOM) to a lesion; returns accepted, duplicates
@@ -115,6 +133,7 @@ class SecondLookClient:
         return result_rows(images, lesions)
 
     def fhir(self, *, case: int) -> dict:
+        """The case as a FHIR R4 (4.3, R4B) Bundle, as a dict."""
         return self.request("GET", f"cases/{case}/fhir/")
 
     # --- review queue ---------------------------------------------------------------------
@@ -135,13 +154,19 @@ def _is_upload_result(body: Any) -> bool:
     return isinstance(body, dict) and {"accepted", "rejected"} <= set(body)
 
 
+# the score columns left empty when the model could not assess the image (as the pages show it);
+# "flagged" stays: such an image is flagged for review
+UNRELIABLE_COLUMNS = ("melanoma_probability", "malignancy_score")
+
+
 def result_rows(images: list[dict], lesions: dict[int, dict]) -> list[dict]:
-    """Flat rows (RESULT_COLUMNS) from images with their latest prediction, for a CSV."""
+    """Flat rows (RESULT_COLUMNS) from images with their latest prediction, for a CSV. An image the
+    model could not assess has no scores (the server sends none; an older one might), and stays flagged."""
     rows = []
     for image in images:
         prediction = image.get("latest_prediction") or {}
         lesion = lesions.get(image["lesion"], {})
-        rows.append({
+        row = {
             "case": lesion.get("case"), "lesion": image["lesion"], "anatomic_site": lesion.get("anatomic_site"),
             "image": image["id"], "status": prediction.get("status", "not scored"),
             "melanoma_probability": prediction.get("melanoma_probability"),
@@ -152,5 +177,8 @@ def result_rows(images: list[dict], lesions: dict[int, dict]) -> list[dict]:
             "assessment_notes": "; ".join(prediction.get("assessment_notes") or []),
             "model_version": (prediction.get("model_version") or {}).get("version"),
             "error": prediction.get("error", ""),
-        })
+        }
+        if prediction.get("assessable") is False:
+            row.update(dict.fromkeys(UNRELIABLE_COLUMNS))
+        rows.append(row)
     return rows

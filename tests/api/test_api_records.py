@@ -266,3 +266,113 @@ def test_dicom_upload_through_the_api(api, world, dispatched):
     assert image["original_format"] == "DICOM" and image["acquired_on"] == "2026-11-05"
     stored = api.clin_a.get(image["file_url"])
     assert stored.status_code == 200 and PATIENT_NAME.encode() not in b"".join(stored.streaming_content)
+
+
+def test_reviews_and_outcomes_are_404_across_clinics(api, world, queued):
+    from cases.models import Outcome, Review
+
+    review = Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree",
+                                   final_diagnosis="nevus", management="reassure")
+    outcome = Outcome.objects.create(lesion=world.lesion_a, diagnosis="nevus", diagnosis_date=timezone.localdate(),
+                                     report_reference="PATH-1", entered_by=world.clin_a)
+    for url, model in ((f"/api/v1/reviews/{review.pk}/", "Review"), (f"/api/v1/outcomes/{outcome.pk}/", "Outcome")):
+        assert api.clin_a.get(url).status_code == 200, url
+        refused = api.clin_b.get(url)
+        assert refused.status_code == 404 and refused.json() == {"detail": f"No {model} matches the given query."}
+        assert api.norole.get(url).status_code == 404, url
+
+
+def test_a_dermatologist_of_another_clinic_sees_a_case_only_while_it_waits_for_review(api, world):
+    from cases.roles import DERMATOLOGIST
+    from tests.api.conftest import issue_token
+    from tests.support.case_helpers import make_user
+    from rest_framework.test import APIClient
+
+    derm_b = APIClient()
+    derm_b.credentials(HTTP_AUTHORIZATION="Token " + issue_token(
+        make_user("derm_b", role=DERMATOLOGIST, clinic=world.clinic_b)))
+    urls = _detail_urls(world)
+    for url in urls:
+        assert derm_b.get(url).status_code == 404, url
+    assert derm_b.post(f"/api/v1/cases/{world.case_a.pk}/claim/").status_code == 404
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
+    assert derm_b.get(f"/api/v1/cases/{world.case_a.pk}/").status_code == 200  # the shared review queue
+
+
+def _not_assessable(world):
+    image = make_image(world, sha="b" * 64)
+    assessment = {"quality": {"measures": {"sharpness": 3.2, "exposure": 0.41}, "failed": ["blur"],
+                              "messages": ["image too blurred"], "ok": False},
+                  "ood": {"score": 812.4, "threshold": 640.0, "unfamiliar": True}}
+    return Prediction.objects.create(
+        image=image, model_version=ModelVersion.objects.get(), status="done", melanoma_probability=0.9,
+        malignancy_score=0.95, class_probabilities={"melanoma": 0.9, "nevus": 0.1}, prediction_set=["melanoma"],
+        flagged=True, flag_reasons=["Model could not assess this image: image too blurred"], assessable=False,
+        assessment_notes=["image too blurred"], assessment=assessment, finished_at=timezone.now())
+
+
+def test_scores_of_an_image_the_model_could_not_assess_are_not_given(api, world):
+    prediction = _not_assessable(world)
+    row = api.clin_a.get(f"/api/v1/predictions/{prediction.pk}/").json()
+    for name in ("melanoma_probability", "malignancy_score", "class_probabilities", "prediction_set"):
+        assert row[name] is None, name
+    # still flagged for review, with the reason, as the pages and the FHIR export say
+    assert row["flagged"] is True and row["flag_reasons"] == ["Model could not assess this image: image too blurred"]
+    assert row["assessable"] is False and row["assessment_notes"] == ["image too blurred"]
+    assert row["melanoma_threshold"] == 0.5 and row["status"] == "done"
+    latest = api.clin_a.get(f"/api/v1/images/{prediction.image_id}/").json()["latest_prediction"]
+    assert latest["melanoma_probability"] is None and latest["assessable"] is False
+    listed = api.clin_a.get(f"/api/v1/predictions/?image={prediction.image_id}").json()["results"]
+    assert listed[0]["malignancy_score"] is None
+    assert Prediction.objects.get(pk=prediction.pk).melanoma_probability == 0.9  # kept in the record
+
+
+def test_predictions_give_the_quality_and_out_of_domain_result(api, world, queued):
+    prediction = _not_assessable(world)
+    row = api.clin_a.get(f"/api/v1/predictions/{prediction.pk}/").json()
+    assert row["assessment"] == {
+        "quality": {"ok": False, "failed": ["blur"], "measures": {"sharpness": 3.2, "exposure": 0.41}},
+        "ood": {"score": 812.4, "threshold": 640.0, "unfamiliar": True}}
+    # a model without fitted checks stored nothing; one with quality checks only has no ood part
+    older = Prediction.objects.exclude(pk=prediction.pk).get()
+    assert api.clin_a.get(f"/api/v1/predictions/{older.pk}/").json()["assessment"] is None
+    Prediction.objects.filter(pk=prediction.pk).update(
+        assessment={"quality": {"measures": {}, "failed": [], "messages": [], "ok": True}})
+    assert api.clin_a.get(f"/api/v1/predictions/{prediction.pk}/").json()["assessment"] == {
+        "quality": {"ok": True, "failed": [], "measures": {}}, "ood": None}
+
+
+def test_the_served_fhir_bundle_is_valid_r4b_audited_and_links_the_api_file(api, world, queued):
+    from fhir.resources.R4B.bundle import Bundle
+
+    response = api.clin_a.get(f"/api/v1/cases/{queued.pk}/fhir/")
+    assert response.status_code == 200 and response["Content-Type"] == "application/fhir+json"
+    bundle = Bundle.model_validate_json(response.content)
+    assert bundle.type == "collection"
+    kinds = {entry.resource.get_resource_type() for entry in bundle.entry}
+    assert {"Patient", "BodyStructure", "Media", "Observation", "Device"} <= kinds
+    event = AuditEvent.objects.get(action="download", object_type="case")
+    assert (event.object_id, event.actor, event.clinic_id) == (str(queued.pk), world.clin_a, world.clinic_a.pk)
+    (media,) = [e.resource for e in bundle.entry if e.resource.get_resource_type() == "Media"]
+    image_file = api.clin_a.get(media.content.url)  # a token, not a browser session, opens it
+    assert image_file.status_code == 200 and image_file["Content-Type"] == "image/png"
+    asked = api.clin_a.get(f"/api/v1/cases/{queued.pk}/fhir/", HTTP_ACCEPT="application/fhir+json")
+    assert asked.status_code == 200 and asked["Content-Type"] == "application/fhir+json"
+    assert api.clin_a.get(f"/api/v1/cases/{world.case_b.pk}/fhir/")["Content-Type"] == "application/json"
+
+
+def test_an_upload_a_file_download_and_a_claim_are_audited(api, world, queued, dispatched):
+    uploaded = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                               {"images": [SimpleUploadedFile("new.jpg", jpeg(seed=5))]}, format="multipart")
+    assert uploaded.status_code == 201, uploaded.json()
+    image_pk = uploaded.json()["accepted"][0]["image"]
+    upload = AuditEvent.objects.get(action="upload")
+    assert (upload.object_type, upload.object_id, upload.actor) == ("lesionimage", str(image_pk), world.clin_a)
+    assert (upload.patient_id, upload.clinic_id) == (world.patient_a.pk, world.clinic_a.pk)
+    b"".join(api.clin_a.get(f"/api/v1/images/{image_pk}/file/").streaming_content)
+    download = AuditEvent.objects.get(action="download")
+    assert (download.object_type, download.object_id, download.actor) == ("lesionimage", str(image_pk), world.clin_a)
+    assert api.derm.post(f"/api/v1/cases/{queued.pk}/claim/").status_code == 200
+    claim = AuditEvent.objects.get(action="claim")
+    assert (claim.object_type, claim.object_id, claim.actor) == ("case", str(queued.pk), world.derm)
+    assert not AuditEvent.objects.filter(action="download", actor=world.clin_b).exists()

@@ -1,14 +1,17 @@
 """The OpenAPI schema: valid, documented with local assets, and honoured by the running app.
 
 The property-based test (schemathesis) sends generated requests, valid and invalid, to every
-operation of a live server, authenticated as a clinician of a populated clinic, and checks that no
-answer is a 5xx and every answer matches the schema.
+operation of a live server, authenticated as a clinician of a populated clinic and as a
+dermatologist with that clinic's flagged case in the queue, and checks that no answer is a 5xx and
+every answer matches the schema. Answers that random ids rarely reach (a successful claim, review
+or refused upload) are then requested on purpose and held to the same schema.
 """
 from __future__ import annotations
 
 import re
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings as hypothesis_settings
 from rest_framework.test import APIClient
@@ -40,9 +43,8 @@ def test_docs_page_uses_only_local_assets(client):
     assert external == []
 
 
-@pytest.fixture
-def populated(transactional_db, media_root, fast_passwords):
-    """Two clinics, a scored and flagged image in clinic A, and a token for clinic A's clinician."""
+def _populate() -> World:
+    """Two clinics and a scored, flagged image in clinic A whose case waits in the review queue."""
     from classifier.models import ModelVersion
 
     version = ModelVersion.objects.create(version="schema-test-v1", status=ModelVersion.Status.ACTIVE,
@@ -54,7 +56,30 @@ def populated(transactional_db, media_root, fast_passwords):
                               malignancy_score=0.8, flagged=True, finished_at=image.uploaded_at,
                               class_probabilities={"melanoma": 0.7})
     Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
-    return issue_token(world.clin_a)
+    return world
+
+
+@pytest.fixture
+def world_served(transactional_db, media_root, fast_passwords) -> World:
+    return _populate()
+
+
+@pytest.fixture
+def populated(world_served) -> str:
+    """A token for clinic A's clinician."""
+    return issue_token(world_served.clin_a)
+
+
+# the queued case's id while the dermatologist's property test runs (read by the hook below)
+QUEUED: dict[str, int] = {}
+
+
+@pytest.fixture
+def reviewer_token(world_served):
+    """A token for a dermatologist with clinic A's flagged case in the queue."""
+    QUEUED["id"] = world_served.case_a.pk
+    yield issue_token(world_served.derm)
+    QUEUED.clear()
 
 
 def _generated_schema() -> dict:
@@ -86,3 +111,81 @@ def test_every_operation_honours_its_schema(case, live_server, populated, no_thr
     # caller's clinic or that an identifier is already taken, so those refusals are correct 4xx.
     case.call_and_validate(base_url=live_server.url, headers={"Authorization": f"Token {populated}"},
                            excluded_checks=[schemathesis.checks.positive_data_acceptance])
+
+
+# What a dermatologist does differently: the queue and the case operations (claim, release, review);
+# the clinician's run above already covers the rest of the schema.
+reviewer_schema = schema.include(path_regex=r"^/api/v1/(queue|cases)/")
+
+
+@reviewer_schema.hook
+def map_path_parameters(context, path_parameters):
+    """Aim a generated case id at the queued case, so that retrieve, claim, release and the FHIR
+    export answer success (random ids are another clinic's 404s, which the clinician's run covers).
+    Only a schema-valid id: one generated to be invalid must stay invalid. (Hooks are shared by
+    the filtered schemas, so this acts only while the dermatologist's test runs.)"""
+    if QUEUED and path_parameters and isinstance(path_parameters.get("id"), int):
+        path_parameters["id"] = QUEUED["id"]
+    return path_parameters
+
+
+@reviewer_schema.parametrize()
+@hypothesis_settings(max_examples=12, derandomize=True, deadline=None, database=None,
+                     suppress_health_check=list(HealthCheck))
+def test_review_operations_honour_their_schema_as_a_dermatologist(case, live_server, reviewer_token,
+                                                                  no_throttle_no_broker):
+    case.call_and_validate(base_url=live_server.url, headers={"Authorization": f"Token {reviewer_token}"},
+                           excluded_checks=[schemathesis.checks.positive_data_acceptance])
+
+
+def _validated(response: requests.Response, path: str, method: str) -> dict:
+    """The response, after schemathesis held it to the schema of its operation (raises if not)."""
+    schema[path][method].validate_response(response)
+    return response.json()
+
+
+def test_a_refused_upload_answers_in_its_documented_shape(live_server, world_served, no_throttle_no_broker):
+    url = f"{live_server.url}/api/v1/lesions/{world_served.lesion_a.pk}/images/"
+    headers = {"Authorization": f"Token {issue_token(world_served.clin_a)}"}
+    documented = schema.raw_schema["components"]["schemas"]
+    result_keys = set(documented["UploadResult"]["required"])
+    error_keys = set(documented["UploadInputError"]["properties"])
+
+    def post(**kwargs) -> dict:
+        response = requests.post(url, headers=headers, timeout=30, **kwargs)
+        assert response.status_code == 400, response.text
+        return _validated(response, "/api/v1/lesions/{id}/images/", "POST")
+
+    missing = post(data={"kind": "dermoscopic"})
+    assert set(missing) == {"images"} <= error_keys and missing["images"][0].startswith("This list may not be empty")
+    bad_kind = post(data={"kind": "x-ray"}, files=[("images", ("a.jpg", b"\xff\xd8", "image/jpeg"))])
+    assert set(bad_kind) == {"kind"} and "not a valid choice" in bad_kind["kind"][0]
+    not_a_form = post(json=["images"])
+    assert set(not_a_form) == {"images"}
+    every_file_rejected = post(files=[("images", ("empty.png", b"", "image/png"))])
+    assert set(every_file_rejected) == result_keys
+    assert every_file_rejected["rejected"][0]["error"] == "The file is empty (0 bytes)."
+    # what the documented shapes tell apart: a per-file result is never read as input errors
+    for body in (missing, bad_kind, not_a_form):
+        assert not set(body) & result_keys
+
+
+def test_review_answers_match_the_schema(live_server, world_served, no_throttle_no_broker):
+    """A dermatologist's queue, claim, release and review, each answer validated by schemathesis."""
+    headers = {"Authorization": f"Token {issue_token(world_served.derm)}"}
+    case_id, lesion_id = world_served.case_a.pk, world_served.lesion_a.pk
+
+    def call(method: str, path: str, **kwargs) -> dict:
+        response = requests.request(method, live_server.url + path.format(id=case_id), headers=headers,
+                                    timeout=30, **kwargs)
+        assert response.status_code < 300, response.text
+        return _validated(response, path, method)
+
+    assert [row["id"] for row in call("GET", "/api/v1/queue/")["results"]] == [case_id]
+    assert call("POST", "/api/v1/cases/{id}/claim/")["claimed_by"] == "Derm"
+    assert call("POST", "/api/v1/cases/{id}/release/")["claimed_by"] is None
+    call("POST", "/api/v1/cases/{id}/claim/")
+    reviews = call("POST", "/api/v1/cases/{id}/reviews/", json={"reviews": [
+        {"lesion": lesion_id, "agreement": "agree", "final_diagnosis": "melanoma", "management": "excision"}]})
+    assert [r["lesion"] for r in reviews] == [lesion_id]
+    assert call("GET", "/api/v1/queue/")["count"] == 0

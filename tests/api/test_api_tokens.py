@@ -102,3 +102,37 @@ def test_an_unreachable_cache_lets_requests_through_and_says_so(world, monkeypat
         codes = [client.get("/api/v1/me/").status_code for _ in range(2)]
     assert codes == [200, 200]
     assert "rate limit not checked" in caplog.text and "UserRateThrottle" in caplog.text
+
+
+def test_uploads_have_their_own_rate_limit(world, monkeypatch):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from api.throttling import ScopedRateThrottle
+
+    # a scoped throttle reads its rate from THROTTLE_RATES on every call
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"uploads": "2/minute"})
+    client = _client(issue_token(world.clin_a))
+
+    def upload() -> int:
+        empty = SimpleUploadedFile("empty.png", b"")  # refused per file (400): cheap, stores nothing
+        return client.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/", {"images": [empty]},
+                           format="multipart").status_code
+
+    assert [upload() for _ in range(3)] == [400, 400, 429]
+    limited = client.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/", {}, format="multipart")
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+    assert "throttled" in limited.json()["detail"]
+    assert client.get("/api/v1/me/").status_code == 200  # other calls are not counted as uploads
+    assert _client(issue_token(world.clin_b)).post(f"/api/v1/lesions/{world.lesion_b.pk}/images/", {},
+                                                   format="multipart").status_code == 400  # per user
+
+
+def test_anonymous_calls_have_a_rate_limit(world, monkeypatch):
+    from api.throttling import AnonRateThrottle
+
+    monkeypatch.setattr(AnonRateThrottle, "rate", "2/minute", raising=False)
+    anonymous = APIClient()
+    codes = [anonymous.get("/api/v1/schema/?format=json").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    assert int(anonymous.get("/api/v1/schema/?format=json")["Retry-After"]) > 0
+    assert _client(issue_token(world.clin_a)).get("/api/v1/me/").status_code == 200  # a token is not anonymous

@@ -106,3 +106,75 @@ def test_upload_and_results_end_to_end_through_a_worker(live_server, media_root,
         table = list(csv.DictReader(handle))
     assert len(table) == 1 and table[0]["status"] == "done" and table[0]["anatomic_site"] == "posterior torso"
     assert float(table[0]["melanoma_probability"]) == pytest.approx(rows[0]["melanoma_probability"])
+
+
+@pytest.mark.slow
+def test_client_follows_a_lesion_over_visits_and_fetches_the_fhir_bundle(served):
+    from datetime import date
+
+    from fhir.resources.R4B.bundle import Bundle
+
+    world, client = served
+    first = client.create_case(patient=world.patient_a.pk, clinical_question="Baseline", visit_date="2025-06-02")
+    assert first["visit_date"] == "2025-06-02"
+    seen = client.create_lesion(case=first["id"], anatomic_site="lower extremity", description="left shin")
+    later = client.create_case(patient=world.patient_a.pk, clinical_question="Follow-up", visit_date=date(2026, 1, 5))
+    assert later["visit_date"] == "2026-01-05"
+    again = client.create_lesion(case=later["id"], same_as=seen["patient_lesion"]["id"])
+    assert again["patient_lesion"]["id"] == seen["patient_lesion"]["id"]
+    assert again["anatomic_site"] == "lower extremity"
+    history = client.lesion_history(patient_lesion=seen["patient_lesion"]["id"])
+    assert [row["case"] for row in history] == [first["id"], later["id"]]
+    with pytest.raises(ApiError) as foreign:
+        client.create_lesion(case=later["id"], same_as=world.lesion_b.tracked.pk)
+    assert foreign.value.status == 400 and "same_as" in foreign.value.detail
+    with pytest.raises(ValueError):
+        client.create_lesion(case=later["id"])
+
+    bundle = Bundle.model_validate(client.fhir(case=later["id"]))
+    structures = [e.resource for e in bundle.entry if e.resource.get_resource_type() == "BodyStructure"]
+    assert [s.location.text for s in structures] == ["Lower extremity"]
+
+
+def _not_assessable_image(world):
+    from classifier.models import ModelVersion
+    from django.utils import timezone
+
+    from cases.models import Prediction
+    from tests.support.case_helpers import make_image
+
+    image = make_image(world)
+    Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="done",
+                              melanoma_probability=0.9, malignancy_score=0.95, flagged=True,
+                              flag_reasons=["Model could not assess this image: image too dark"], assessable=False,
+                              assessment_notes=["image too dark"], finished_at=timezone.now())
+    return image
+
+
+@pytest.mark.slow
+def test_results_csv_leaves_the_scores_of_an_unassessable_image_empty(served, live_server, tmp_path):
+    world, _ = served
+    image = _not_assessable_image(world)
+    out_csv = tmp_path / "results.csv"
+    written = _cli("results", "--case", str(world.case_a.pk), "--csv", str(out_csv), url=live_server.url,
+                   token=issue_token(world.clin_a))
+    assert written.returncode == 0, written.stderr
+    with out_csv.open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["image"] == str(image.pk) and row["status"] == "done"
+    assert (row["melanoma_probability"], row["malignancy_score"], row["flagged"]) == ("", "", "True")
+    assert row["assessable"] == "False" and row["assessment_notes"] == "image too dark"
+    assert row["melanoma_threshold"] == "0.5"
+
+
+def test_result_rows_drop_scores_a_server_sent_for_an_unassessable_image():
+    from secondlook_client import result_rows
+
+    image = {"id": 7, "lesion": 3, "latest_prediction": {
+        "status": "done", "melanoma_probability": 0.9, "malignancy_score": 0.95, "flagged": True,
+        "assessable": False, "assessment_notes": ["image too dark"], "model_version": {"version": "v1"}}}
+    scored = {**image, "id": 8, "latest_prediction": {**image["latest_prediction"], "assessable": True}}
+    rows = result_rows([image, scored], {3: {"case": 1, "anatomic_site": "posterior torso"}})
+    assert [rows[0][k] for k in ("melanoma_probability", "malignancy_score", "flagged")] == [None, None, True]
+    assert rows[0]["assessment_notes"] == "image too dark" and rows[0]["model_version"] == "v1"
+    assert rows[1]["melanoma_probability"] == 0.9 and rows[1]["flagged"] is True

@@ -178,7 +178,7 @@ def test_images_are_media_with_their_file_url(scene):
     image = scene["images"][0]
     _, media = _media_of(bundle, image)
     assert media["status"] == "completed"
-    assert media["content"]["url"] == f"{BASE}/images/{image.pk}/file/"
+    assert media["content"]["url"] == f"{BASE}/api/v1/images/{image.pk}/file/"  # the API's, not the page's
     assert media["content"]["contentType"] == "image/png"
     assert (media["width"], media["height"]) == (96, 64)
     assert media["createdDateTime"] == media["issued"] and media["issued"].endswith(("Z", "+00:00"))
