@@ -12,6 +12,9 @@ from dataclasses import dataclass
 FIGURE_W, FIGURE_H = 180, 400
 GAP = 30  # between the front and back figures in the combined SVG
 MIDLINE_BAND = 5  # points this close to the vertical midline are "midline"
+EDGE_TOLERANCE = 3  # a click this close to a region (its drawn outline) counts as on it
+# this close to the midline a click cannot tell the patient's side reliably: the side given is kept
+SIDE_AMBIGUOUS_BAND = 12
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,54 @@ def region_at(view: str, x: float, y: float) -> Region | None:
     return min(hits, key=lambda r: r.coords[2] * (r.coords[3] if r.shape == "rect" else r.coords[2]), default=None)
 
 
+def regions_near(view: str, x: float, y: float, tolerance: float = EDGE_TOLERANCE) -> list[Region]:
+    """Every region within ``tolerance`` of a point (figure coordinates): a click on an outline's
+    edge (or where two regions meet) may belong to either side of it."""
+    def near(region: Region) -> bool:
+        if region.shape == "circle":
+            cx, cy, r = region.coords
+            return (x - cx) ** 2 + (y - cy) ** 2 <= (r + tolerance) ** 2
+        rx, ry, w, h = region.coords
+        return rx - tolerance <= x <= rx + w + tolerance and ry - tolerance <= y <= ry + h + tolerance
+    return [r for r in REGIONS if r.view == view and near(r)]
+
+
+def point_region(view: str, fx: float, fy: float) -> Region | None:
+    """The region a point (fractions of one figure) is on, allowing for a click on an edge."""
+    x, y = fx * FIGURE_W, fy * FIGURE_H
+    return region_at(view, x, y) or next(iter(regions_near(view, x, y)), None)
+
+
+def describe(region: Region) -> str:
+    """A region as the error messages name it: "back view, right arm (site “upper extremity”)"."""
+    return f"{region.view} view, {region.name} (site “{region.site}”)"
+
+
+OFF_OUTLINE = "The point is not on the body outline: click on the figure where the lesion is."
+
+
+def site_problem(view: str, fx: float, fy: float, site: str) -> str | None:
+    """Why a body-map point contradicts the anatomic site recorded with it, or None when they
+    agree. The point and the site the model reads must never disagree."""
+    near = regions_near(view, fx * FIGURE_W, fy * FIGURE_H)
+    if not near:
+        return OFF_OUTLINE
+    if site in {r.site for r in near}:
+        return None
+    return (f"The point on the body map is on the {describe(point_region(view, fx, fy))}, but the site given is "
+            f"“{site}”. Click the map where the lesion is, or choose the site that matches the point.")
+
+
+def side_problem(view: str, fx: float, side: str) -> str | None:
+    """Why a body-map point contradicts the patient's side recorded with it, or None. Near the
+    midline a click cannot tell the side, and the side given stands."""
+    x = fx * FIGURE_W
+    if not side or abs(x - FIGURE_W / 2) <= SIDE_AMBIGUOUS_BAND or side == side_at(view, x):
+        return None
+    return (f"The point on the body map is on the patient's {side_at(view, x)}, but the side given is “{side}”. "
+            f"Click the map again, or choose the side that matches the point.")
+
+
 def side_at(view: str, x: float) -> str:
     """The patient's side of a point: "left", "right" or "midline"."""
     if abs(x - FIGURE_W / 2) <= MIDLINE_BAND:
@@ -124,8 +175,9 @@ def marker_position(view: str, fx: float, fy: float) -> tuple[float, float]:
     return offset(view) + fx * FIGURE_W, fy * FIGURE_H
 
 
-def svg_context(markers: list[Marker] | None = None, *, interactive: bool = False) -> dict:
-    """Everything templates/cases/partials/body_map.html needs."""
-    return {"regions": drawn_regions(), "markers": markers or [], "interactive": interactive,
+def svg_context(markers: list[Marker] | None = None, *, interactive: bool = False, clearable: bool = False) -> dict:
+    """Everything templates/cases/partials/body_map.html needs (``clearable``: the form's point is
+    optional, and a button takes it off again)."""
+    return {"regions": drawn_regions(), "markers": markers or [], "interactive": interactive, "clearable": clearable,
             "width": SVG_WIDTH, "height": FIGURE_H, "figure_w": FIGURE_W, "back_x": offset("back"),
             "label_y": FIGURE_H - 2}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django import forms
 
+from cases import body_map
 from cases.forms import CaseForm, PatientForm, ReviewForm, _NoColon
 from cases.models import Lesion, Patient, PatientLesion
 
@@ -48,6 +49,31 @@ class PlaceLesionForm(_NoColon, ReasonMixin):
     map_y = forms.FloatField(min_value=0.0, max_value=1.0, widget=forms.HiddenInput)
 
     field_order = ["side", "reason", "map_view", "map_x", "map_y"]
+
+    def __init__(self, *args, latest: Lesion | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.latest = latest  # the lesion's latest visit: its site is what the model read
+
+    def clean(self) -> dict:
+        data = super().clean()
+        view, x, y = data.get("map_view"), data.get("map_x"), data.get("map_y")
+        if not view or x is None or y is None:
+            return data
+        site = self.latest.anatomic_site if self.latest is not None else None
+        problem = body_map.site_problem(view, x, y, site) if site else None
+        if problem:
+            region = body_map.point_region(view, x, y)
+            if region is not None:
+                # a move never changes the site the model read: that is a site correction, re-scored with a reason
+                problem = (f"That point is on the {body_map.describe(region)}, but at its latest visit "
+                           f"({self.latest.case.visit_date:%Y-%m-%d}) the lesion's site is “{site}”, which the "
+                           "model read. Moving a lesion on the map does not change its site: use “Correct the site” "
+                           "first (its images are scored again, with your reason), then place it here.")
+            raise forms.ValidationError(problem)
+        problem = body_map.side_problem(view, x, data.get("side") or "")
+        if problem:
+            self.add_error("side", problem)
+        return data
 
 
 class CloseCaseForm(_NoColon, forms.Form):

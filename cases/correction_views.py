@@ -52,11 +52,15 @@ def lesion_correct(request: HttpRequest, pk: int) -> HttpResponse:
     form = LesionSiteForm(request.POST or None, initial={"anatomic_site": lesion.anatomic_site})
     back = f"{reverse('case_detail', args=[lesion.case_id])}#lesion-{lesion.pk}"
     if request.method == "POST" and form.is_valid():
+        placed = bool(lesion.tracked and lesion.tracked.map_view)
         rescored = corrections.correct_lesion_site(user=request.user, lesion=lesion,
                                                    anatomic_site=form.cleaned_data["anatomic_site"],
                                                    reason=form.cleaned_data["reason"], request=request)
         messages.success(request, "Lesion site corrected." if rescored else "The site was unchanged.")
         _rescored(request, rescored)
+        if placed and not PatientLesion.objects.get(pk=lesion.tracked_id).map_view:
+            messages.warning(request, f"{lesion.tracked.label}'s point on the body map was outside the corrected "
+                                      "site, so it was taken off the map: place it again from its timeline.")
         return redirect(back)
     return _form_page(request, title=f"Correct the site of lesion {lesion.tracked.label if lesion.tracked else lesion.pk}",
                       form=form, back=back,
@@ -90,7 +94,8 @@ def lesion_place(request: HttpRequest, patient_pk: int, number: int) -> HttpResp
     if not corrections.may_place(request.user, tracked):
         raise Http404
     initial = {"side": tracked.side, "map_view": tracked.map_view, "map_x": tracked.map_x, "map_y": tracked.map_y}
-    form = PlaceLesionForm(request.POST or None, initial=initial)
+    latest = tracked.latest_visit()
+    form = PlaceLesionForm(request.POST or None, initial=initial, latest=latest)
     back = reverse("tracked_lesion", args=[patient.pk, tracked.number])
     if request.method == "POST" and form.is_valid():
         values = {k: form.cleaned_data[k] for k in corrections.PLACE_FIELDS}
@@ -99,7 +104,8 @@ def lesion_place(request: HttpRequest, patient_pk: int, number: int) -> HttpResp
         messages.success(request, f"{tracked.label} placed on the body map." if changed else "Nothing was changed.")
         return redirect(back)
     return render(request, "cases/lesion_place.html", {
-        "title": f"Place {tracked.label} on the body map", "form": form, "back": back,
+        "title": f"Place {tracked.label} on the body map", "form": form, "back": back, "latest": latest,
+        "correct_url": reverse("lesion_correct", args=[latest.pk]) if latest else None,
         "map": body_map.svg_context(interactive=True)}, status=400 if request.method == "POST" else 200)
 
 

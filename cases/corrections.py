@@ -18,9 +18,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit import log as audit_log
-from cases import scoring
+from cases import body_map, scoring
 from cases.access import can_edit_case, clinic_of, is_clinician, is_reviewer
-from cases.roles import is_admin
+from cases.roles import display_name, is_admin
 from cases.models import Case, Lesion, LesionImage, Patient, PatientLesion, Prediction, Review
 from classifier.registry import active_version
 
@@ -90,7 +90,7 @@ def correct_patient(*, user, patient: Patient, reason: str, values: dict,
     if not inputs:
         return []
     images = LesionImage.objects.filter(lesion__case__patient=patient)
-    return rescore(images, reason=f"{'; '.join(inputs)}: {reason}")
+    return rescore(images, reason=f"{'; '.join(inputs)} by {display_name(user)}: {reason}")
 
 
 @transaction.atomic
@@ -105,7 +105,19 @@ def correct_lesion_site(*, user, lesion: Lesion, anatomic_site: str, reason: str
     if not changed:
         return []
     old, new = changed["anatomic_site"]
-    return rescore(lesion.images.all(), reason=f"site corrected from {old} to {new}: {reason}")
+    _unplace_if_contradicted(lesion, user=user, request=request, reason=f"site corrected to {new}: {reason}")
+    return rescore(lesion.images.all(), reason=f"site corrected from {old} to {new} by {display_name(user)}: {reason}")
+
+
+def _unplace_if_contradicted(lesion: Lesion, *, user, request, reason: str) -> None:
+    """A corrected site that the lesion's body-map point contradicts takes the point off the map
+    (audited), so the map never shows a site the model did not read; the clinician places it again."""
+    tracked = PatientLesion.objects.select_for_update().filter(pk=lesion.tracked_id).first()
+    if tracked is None or not tracked.map_view or tracked.latest_visit() != lesion:
+        return
+    if body_map.site_problem(tracked.map_view, tracked.map_x, tracked.map_y, lesion.anatomic_site):
+        _apply(tracked, ("map_view", "map_x", "map_y"), {"map_view": "", "map_x": None, "map_y": None},
+               user=user, request=request, reason=reason)
 
 
 @transaction.atomic

@@ -102,8 +102,9 @@ def score_plot(visits: list[Visit], *, width: int = 320, height: int = 120, pad:
 
 def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     """The lesion's status on the body map, from its latest visit: flagged (waiting for a
-    dermatologist), in review (claimed), reviewed, benign (reviewed benign or scored and not
-    flagged) or not scored."""
+    dermatologist), in review (claimed), reviewed, benign (a dermatologist's benign diagnosis),
+    not flagged (scored below the thresholds, never reviewed: the model never says "benign") or
+    not scored."""
     if latest is None:
         return "not-scored"
     if latest.awaiting_review:
@@ -112,11 +113,11 @@ def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     if review is not None:
         return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES else "reviewed"
     scored = [p for p in (latest_scored(i) for i in latest.images.all()) if p is not None]
-    return "benign" if scored and not latest.flagged else "not-scored"
+    return "not-flagged" if scored and not latest.flagged else "not-scored"
 
 
 STATUS_LABELS = {"flagged": "Flagged, awaiting review", "in-review": "In review", "reviewed": "Reviewed",
-                 "benign": "Benign", "not-scored": "Not scored yet"}
+                 "benign": "Reviewed: benign", "not-flagged": "Not flagged", "not-scored": "Not scored yet"}
 
 
 @dataclass

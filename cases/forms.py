@@ -5,6 +5,7 @@ from django import forms
 from django.conf import settings
 from django.utils import timezone
 
+from cases import body_map
 from cases.models import BIRTH_YEAR_MIN, Case, Lesion, LesionImage, Patient, PatientLesion, Review
 from cases.uploads import megabytes
 
@@ -114,7 +115,25 @@ class LesionForm(_NoColon, forms.ModelForm):
         point = [data.get("map_view"), data.get("map_x"), data.get("map_y")]
         if any(v not in (None, "") for v in point) and not all(v not in (None, "") for v in point):
             raise forms.ValidationError("The body-map point is incomplete; click the map again or clear it.")
+        self._check_point(data, point)
         return data
+
+    def _check_point(self, data: dict, point: list) -> None:
+        """The point (given now, or kept from the earlier visit) must lie in the site and on the side."""
+        earlier = data.get("same_as")
+        if not point[0] and earlier is not None and earlier.map_view:
+            point = [earlier.map_view, earlier.map_x, earlier.map_y]
+        if not point[0]:
+            return
+        side = data.get("side") or (earlier.side if earlier is not None else "")
+        if data.get("anatomic_site") and "anatomic_site" not in self.errors:
+            problem = body_map.site_problem(*point, data["anatomic_site"])
+            if problem:
+                self.add_error("anatomic_site", problem)
+                return
+        problem = body_map.side_problem(point[0], point[1], side)
+        if problem and "side" not in self.errors:
+            self.add_error("side", problem)
 
 
 def _tracked_label(tracked: PatientLesion) -> str:

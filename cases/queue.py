@@ -72,6 +72,27 @@ def claim_expired_before(now=None):
     return (now or timezone.now()) - timedelta(hours=settings.CLAIM_EXPIRY_HOURS)
 
 
+def claim_expires_at(case: Case):
+    """When the case's claim lapses (None when nobody holds it)."""
+    if case.claimed_by_id is None or case.claimed_at is None:
+        return None
+    return case.claimed_at + timedelta(hours=settings.CLAIM_EXPIRY_HOURS)
+
+
+def claim_expired(case: Case, now=None) -> bool:
+    """Whether someone claimed the case and the claim has lapsed, so another reviewer may take it over."""
+    expires = claim_expires_at(case)
+    return expires is not None and expires < (now or timezone.now())
+
+
+def mark_claims(cases, now=None) -> None:
+    """Set ``claim_expires_at`` and ``claim_expired`` on each case, for the pages that show a claim."""
+    now = now or timezone.now()
+    for case in cases:
+        case.claim_expires_at = claim_expires_at(case)
+        case.claim_expired = claim_expired(case, now)
+
+
 def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> None:
     """Claim a queued case with one conditional UPDATE; raises ClaimError if someone else has it
     (a claim older than CLAIM_EXPIRY_HOURS is taken over)."""

@@ -27,7 +27,7 @@ from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate,
 from cases import statements
 from cases.models import Case, Lesion, LesionImage, Prediction
 from cases.outcomes import current_outcome
-from cases.presentation import age_caveat
+from cases.presentation import age_at_visit, age_caveat
 from cases.report_bodymap import body_map, map_point_of
 from cases.report_model import models_section, reading_section
 from cases.report_style import (CONTENT_WIDTH, FLAG_BG, FLAG_EDGE, MARGIN, RULE, WARN_BG, WARN_EDGE, Fonts, bold,
@@ -150,9 +150,7 @@ def _lesions(case: Case) -> list[Lesion]:
         Prefetch("images", queryset=images), "reviews__reviewer").order_by("created_at", "pk"))
 
 
-def age_at(case: Case) -> int | None:
-    birth_year = case.patient.birth_year
-    return visit_date(case).year - birth_year if birth_year else None
+age_at = age_at_visit  # the same age at the visit as the pages show
 
 
 def patient_section(case: Case) -> list[Flowable]:

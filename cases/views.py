@@ -22,7 +22,8 @@ from cases import access, body_map, corrections, followup, queue, services
 from cases.case_filters import CaseFilterForm, filter_cases
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
-from cases.presentation import age_caveat, prediction_context
+from cases.presentation import age_at_visit, age_caveat, prediction_context
+from cases.roles import display_name
 
 PRIVATE = "private, no-store"
 
@@ -44,12 +45,12 @@ def home(request: HttpRequest) -> HttpResponse:
 
 # --- Patients --------------------------------------------------------------------------------
 
-@require_GET
 def _page(request: HttpRequest, rows):
     """One page of ``rows`` (settings.LIST_PAGE_SIZE per page; a bad page number gives the nearest page)."""
     return Paginator(rows, settings.LIST_PAGE_SIZE).get_page(request.GET.get("page"))
 
 
+@require_GET
 def patient_list(request: HttpRequest) -> HttpResponse:
     """Patients the user may see, searchable by identifier."""
     patients = access.visible_patients(request.user).annotate(case_count=Count("cases"))
@@ -129,14 +130,16 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
         "reviews__reviewer",
     )
     can_edit = access.can_edit_case(request.user, case)
+    queue.mark_claims([case])
     return {
         "case": case,
+        "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS,
         "lesions": lesions,
         "can_edit": can_edit,
         "may_correct": corrections.may_correct(request.user, case),
         "is_reviewer": access.is_reviewer(request.user),
         "lesion_form": LesionForm(case=case),
-        "map": body_map.svg_context(interactive=True),
+        "map": body_map.svg_context(interactive=True, clearable=True),
         "upload_form": UploadForm(),
         "any_active": Prediction.objects.filter(
             image__lesion__case=case, status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
@@ -293,9 +296,7 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
                "can_edit": access.can_edit_case(request.user, image.lesion.case)}
     if prediction is not None:
         context |= prediction_context(prediction)
-        birth_year = image.lesion.case.patient.birth_year
-        context["age_caveat"] = age_caveat(prediction.model_version.metrics or {},
-                                           image.uploaded_at.year - birth_year if birth_year else None)
+        context["age_caveat"] = age_caveat(prediction.model_version.metrics or {}, age_at_visit(image.lesion.case))
     return _no_store(render(request, "cases/image_detail.html", context))
 
 
@@ -347,8 +348,8 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     if query:
         cases = cases.filter(Q(patient__identifier__icontains=query) | Q(clinical_question__icontains=query))
     claim = request.GET.get("claim", "")
-    if claim == "unclaimed":
-        cases = cases.filter(claimed_by__isnull=True)
+    if claim == "unclaimed":  # an expired claim is as good as none: anyone may take the case over
+        cases = cases.filter(Q(claimed_by__isnull=True) | Q(claimed_at__lt=queue.claim_expired_before()))
     elif claim == "mine":
         cases = cases.filter(claimed_by=request.user)
     if request.GET.get("followed") == "1":
@@ -357,12 +358,14 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     rows = list(page.object_list)
     awaiting = Lesion.objects.filter(awaiting_review=True).prefetch_related("images").order_by("pk")
     prefetch_related_objects(rows, Prefetch("lesions", queryset=awaiting, to_attr="awaiting"))
+    now = timezone.now()
+    queue.mark_claims(rows, now)
     for row in rows:
-        row.patient_age = row.visit_date.year - row.patient.birth_year
+        row.patient_age = age_at_visit(row)
     return render(request, "cases/queue.html", {
         "cases": rows, "page_obj": page, "cannot_assess_rank": queue.CANNOT_ASSESS_RANK,
         "filters": {"q": query, "claim": claim, "followed": request.GET.get("followed") == "1"},
-        "now": timezone.now()})
+        "now": now, "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS})
 
 
 @require_POST
@@ -370,12 +373,15 @@ def case_claim(request: HttpRequest, pk: int) -> HttpResponse:
     """Claim a queued case for review (atomic: a second reviewer is told who has it)."""
     case = get_object_or_404(access.visible_cases(request.user), pk=pk)
     _require_reviewer_or_404(request)
+    taking_over = case.claimed_by_id not in (None, request.user.pk) and queue.claim_expired(case)
+    lapsed = case.claimed_by if taking_over else None
     try:
         queue.claim_case(case=case, reviewer=request.user, request=request)
     except queue.ClaimError as exc:
         messages.error(request, str(exc))
         return redirect("review_queue")
-    messages.success(request, "Case claimed. Review each flagged lesion.")
+    taken = f" You took it over from {display_name(lapsed)}, whose claim had expired." if lapsed else ""
+    messages.success(request, f"Case claimed.{taken} Review each flagged lesion.")
     return redirect("case_review", case.pk)
 
 
@@ -403,7 +409,7 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, "Claim this case from the queue before reviewing it.")
         return redirect("case_detail", case.pk)
     lesions = list(queue.lesions_to_review(case).prefetch_related("images__predictions__model_version"))
-    patient_age = timezone.localdate().year - case.patient.birth_year
+    patient_age = age_at_visit(case)
     forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}",
                         earlier_visits=followup.earlier_visits(lesion).exists()) for lesion in lesions]
     if request.method == "POST" and forms and all(form.is_valid() for form in forms):

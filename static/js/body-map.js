@@ -33,6 +33,28 @@
     region.classList.add("is-chosen");
     const name = region.querySelector("title").textContent;
     caption.textContent = `Chosen: ${name} — site “${region.dataset.site}”, ${side}.`;
+    const clearButton = form.querySelector(".map-clear");
+    if (clearButton) clearButton.hidden = false;
+  }
+
+  const clear = form.querySelector(".map-clear");
+  if (clear) {
+    clear.addEventListener("click", () => {
+      ["map_view", "map_x", "map_y"].forEach((name) => { field(name).value = ""; });
+      marker.setAttribute("cx", -20);
+      marker.setAttribute("cy", -20);
+      svg.querySelectorAll(".region.is-chosen").forEach((el) => el.classList.remove("is-chosen"));
+      caption.textContent = "No point on the map: the site and side come from the lists.";
+      clear.hidden = true;
+    });
+  }
+
+  // A form sent back with an error keeps its point: show it again.
+  if (field("map_view").value && field("map_x").value && field("map_y").value) {
+    const view = field("map_view").value;
+    marker.setAttribute("cx", (view === "back" ? backX : 0) + Number(field("map_x").value) * figureW);
+    marker.setAttribute("cy", Number(field("map_y").value) * height);
+    if (clear) clear.hidden = false;
   }
 
   svg.addEventListener("click", (event) => {

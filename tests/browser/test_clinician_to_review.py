@@ -139,27 +139,75 @@ def test_the_patient_list_pages_through_many_patients(live_server, browser_page,
     expect(page.locator(".pagination")).to_contain_text("Page 2 of 3")
 
 
-def test_every_page_fits_a_phone_screen_and_log_out_stays_reachable(live_server, browser_page, artifacts_dir):
-    """At 390 px wide the header wraps, no page scrolls sideways, and Log out is on screen and works."""
-    from playwright.sync_api import expect
+def _phone_record(clinic, clinician, dermatologist):
+    """A patient with a lesion placed on the body map, a scored and flagged image, the case claimed
+    by the dermatologist: every page of the app has something to show."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from django.utils import timezone
 
-    from cases.models import Case, Lesion, Patient
+    from cases.models import Lesion, LesionImage, Patient, PatientLesion, Prediction
+    from classifier.models import ModelVersion
+    from tests.support.imagegen import png
+
+    version = ModelVersion.objects.create(version="phone-v1", status=ModelVersion.Status.ACTIVE,
+                                          artifact_path="/nonexistent", melanoma_threshold=0.3,
+                                          malignancy_threshold=0.5)
+    patient = Patient.objects.create(clinic=clinic, identifier="PHONE-1", birth_year=1980, sex="female",
+                                     created_by=clinician)
+    case = Case.objects.create(patient=patient, referring_clinician=clinician,
+                               clinical_question="Itchy mole on the back?", notes="Grew over the summer.")
+    lesion = Lesion.objects.create(case=case, anatomic_site="posterior torso", flagged=True, awaiting_review=True,
+                                   flagged_at=timezone.now())
+    PatientLesion.objects.filter(pk=lesion.tracked_id).update(map_view="back", map_x=0.5, map_y=0.35, side="midline")
+    name = default_storage.save("lesion-images/phone.png", ContentFile(png(size=(640, 480))))
+    image = LesionImage.objects.create(lesion=lesion, file=name, sha256="9" * 64, size_bytes=10, width=640, height=480,
+                                       uploaded_by=clinician)
+    Prediction.objects.create(image=image, model_version=version, status="done", melanoma_probability=0.62,
+                              malignancy_score=0.7, flagged=True, flag_reasons=["Melanoma probability above 30%"],
+                              class_probabilities={"melanoma": 0.62, "nevus": 0.38}, finished_at=timezone.now())
+    Case.objects.filter(pk=case.pk).update(claimed_by=dermatologist, claimed_at=timezone.now(), status="in_review")
+    return patient, case, image
+
+
+def _fits_a_phone(page, url: str) -> None:
+    """No sideways scroll, and Log out on screen."""
+    page.goto(url)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, (url, overflow, page.evaluate(WIDER_THAN_THE_SCREEN))
+    box = page.get_by_role("button", name="Log out").bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (url, box)
+
+
+# the elements that reach past the right edge, to say what widened the page
+WIDER_THAN_THE_SCREEN = """[...document.querySelectorAll('body *')]
+  .filter((el) => el.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+  .slice(0, 8).map((el) => `${el.tagName.toLowerCase()}.${el.className}`)"""
+
+
+def test_every_page_fits_a_phone_screen_and_log_out_stays_reachable(live_server, browser_page, artifacts_dir):
+    """At 390 px wide the header wraps, no page scrolls sideways, and Log out is on screen and works:
+    the clinician's pages (lists, forms, the patient's body map, the timeline, the result) and the
+    dermatologist's (queue, review)."""
+    from playwright.sync_api import expect
 
     page, base = browser_page, live_server.url
     clinic = Clinic.objects.create(name="Phone clinic")
-    user = make_user("phone", "Phone Clinician", CLINICIAN, clinic)
-    patient = Patient.objects.create(clinic=clinic, identifier="PHONE-1", birth_year=1980, created_by=user)
-    case = Case.objects.create(patient=patient, referring_clinician=user, clinical_question="Itchy mole on the back?")
-    Lesion.objects.create(case=case, anatomic_site="posterior torso")
+    clinician = make_user("phone", "Phone Clinician", CLINICIAN, clinic)
+    derm = make_user("phoned", "Phone Dermatologist", DERMATOLOGIST)
+    patient, case, image = _phone_record(clinic, clinician, derm)
     page.set_viewport_size({"width": 390, "height": 844})
     log_in(page, base, "phone")
-    for path in ("/", "/patients/", f"/patients/{patient.pk}/", f"/cases/{case.pk}/",
-                 f"/patients/{patient.pk}/lesions/1/", "/no-such-page/"):
-        page.goto(f"{base}{path}")
-        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        assert overflow <= 0, (path, overflow)
-        box = page.get_by_role("button", name="Log out").bounding_box()
-        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (path, box)
+    for path in ("/", "/patients/", "/patients/new/", f"/patients/{patient.pk}/", f"/patients/{patient.pk}/cases/new/",
+                 "/cases/", f"/cases/{case.pk}/", f"/images/{image.pk}/", f"/patients/{patient.pk}/lesions/1/",
+                 "/no-such-page/"):
+        _fits_a_phone(page, f"{base}{path}")
+    page.goto(f"{base}/patients/{patient.pk}/")
+    expect(page.locator(".body-map .marker")).to_have_count(1)
+    page.screenshot(path=str(artifacts_dir / "21-patient-map-phone.png"), full_page=True)
+    page.goto(f"{base}/patients/{patient.pk}/lesions/1/")
+    expect(page.locator(".score-plot circle")).to_have_count(1)
+    page.screenshot(path=str(artifacts_dir / "22-lesion-timeline-phone.png"), full_page=True)
     page.goto(f"{base}/cases/{case.pk}/")
     page.screenshot(path=str(artifacts_dir / "20-case-phone.png"), full_page=True)
     page.emulate_media(media="print")  # printed, the page keeps the record and drops the controls
@@ -168,3 +216,11 @@ def test_every_page_fits_a_phone_screen_and_log_out_stays_reachable(live_server,
     page.emulate_media(media="screen")
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_role("button", name="Log in")).to_be_visible()
+
+    log_in(page, base, "phoned")
+    for path in ("/queue/", f"/cases/{case.pk}/review/", f"/images/{image.pk}/"):
+        _fits_a_phone(page, f"{base}{path}")
+    expect(page.get_by_text("Melanoma probability").first).to_be_visible()
+    page.goto(f"{base}/cases/{case.pk}/review/")
+    expect(page.locator("#review-context")).to_contain_text("Grew over the summer.")
+    page.screenshot(path=str(artifacts_dir / "23-review-phone.png"), full_page=True)

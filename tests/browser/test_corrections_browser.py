@@ -44,7 +44,8 @@ def test_correct_close_and_amend(live_server, browser_page, artifacts_dir, monke
     page.get_by_label("Reason for the correction").fill("arm, not leg: dictation error")
     page.get_by_role("button", name="Save correction").click()
     expect(page.locator(".messagelist, .messages").first).to_contain_text("Lesion site corrected")
-    expect(page.locator(".rescore-reason").first).to_contain_text("site corrected from lower extremity to upper extremity")
+    expect(page.locator(".rescore-reason").first).to_contain_text(
+        "site corrected from lower extremity to upper extremity by Cora Correct")  # who, next to the reason
     assert Prediction.objects.filter(image=image).count() == 2
     page.screenshot(path=str(artifacts_dir / "70-site-corrected.png"), full_page=True)
 

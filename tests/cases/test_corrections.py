@@ -26,7 +26,8 @@ def test_site_correction_rescores_as_a_new_revision(world, scored, dispatched, d
         created = corrections.correct_lesion_site(user=world.clin_a, lesion=world.lesion_a, anatomic_site="head/neck",
                                                   reason="wrong site picked")
     assert [p.context_revision for p in created] == [1] and dispatched == [created[0].pk]
-    assert created[0].reason == "site corrected from posterior torso to head/neck: wrong site picked"
+    # the re-score names who corrected the site, next to the reason
+    assert created[0].reason == "site corrected from posterior torso to head/neck by Clin_A: wrong site picked"
     assert Prediction.objects.filter(image=scored).count() == 2  # the first score is kept
     event = AuditEvent.objects.get(action="update", object_type="lesion")
     assert event.old_values == {"anatomic_site": "posterior torso"}
@@ -48,7 +49,7 @@ def test_patient_correction_rescores_only_when_the_model_reads_the_field(world, 
     assert none == []
     again = corrections.correct_patient(user=world.clin_a, patient=world.patient_a, reason="registry said 1971",
                                         values={"birth_year": 1971})
-    assert len(again) == 1 and "birth year corrected from 1970 to 1971" in again[0].reason
+    assert len(again) == 1 and "birth year corrected from 1970 to 1971 by Clin_A" in again[0].reason
     with pytest.raises(ValidationError):
         corrections.correct_patient(user=world.clin_a, patient=world.patient_a, reason="x", values={"birth_year": 1800})
 
@@ -101,12 +102,12 @@ def test_placing_a_lesion_on_the_map_is_audited_and_scoped(client, world):
     assert client.get(url).status_code == 200
     missing = client.post(url, {"side": "left", "reason": "placed from the photo"})
     assert missing.status_code == 400 and "Click the body map" in missing.content.decode()
-    done = client.post(url, {"side": "left", "map_view": "back", "map_x": "0.3", "map_y": "0.4",
+    done = client.post(url, {"side": "left", "map_view": "back", "map_x": "0.4", "map_y": "0.4",
                              "reason": "placed from the photo"})
     assert done.status_code == 302
     tracked = world.lesion_a.tracked
     tracked.refresh_from_db()
-    assert (tracked.map_view, tracked.map_x, tracked.side) == ("back", 0.3, "left")
+    assert (tracked.map_view, tracked.map_x, tracked.side) == ("back", 0.4, "left")
     event = AuditEvent.objects.get(object_type="patientlesion", action="update")
     assert event.new_values["reason"] == "placed from the photo" and event.old_values["map_view"] == ""
     for other in (world.clin_b, world.derm, world.norole):

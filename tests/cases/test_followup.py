@@ -115,7 +115,11 @@ def test_map_status_follows_the_latest_visit(world):
     status = lambda: followup.patient_map(world.patient_a, Lesion.objects.all())[0].status  # noqa: E731
     assert status() == "not-scored"
     _score(world, world.lesion_a, 0.05, sha="5" * 64)
-    assert status() == "benign"
+    assert status() == "not-flagged"  # the model never says benign
+    review = Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree",
+                                   final_diagnosis="nevus", management="reassure")
+    assert status() == "benign"  # a dermatologist did
+    review.delete()
     Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
     assert status() == "flagged"
     Case.objects.filter(pk=world.case_a.pk).update(claimed_by=world.derm, claimed_at=timezone.now())
