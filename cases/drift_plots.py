@@ -11,7 +11,7 @@ from typing import Callable
 
 from cases.drift import MonitoringReport, WeekStats, week_label
 
-PLOTS = ("flag-rate", "psi", "performance")
+PLOTS = ("uploads", "flag-rate", "psi", "agreement", "performance")
 
 
 def _figure(rows: int, height: float):
@@ -46,6 +46,34 @@ def _lines(ax, report: MonitoringReport, value, *, ylabel: str) -> None:
                 linewidth=2.2 if cid is None else 1.2)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+
+
+def uploads_png(report: MonitoringReport) -> bytes:
+    """Images uploaded per week, per clinic and all clinics in view."""
+    fig, (ax,) = _figure(1, 4)
+    _lines(ax, report, lambda s: s.uploads, ylabel="images")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Uploads per week (images)")
+    ax.legend(fontsize=7, loc="upper left")
+    _weeks_axis(ax, report)
+    return _png(fig)
+
+
+def agreement_png(report: MonitoringReport) -> bytes:
+    """Share of the week's signed reviews agreeing with the model's flag (a gap: no review)."""
+    fig, (ax,) = _figure(1, 4)
+    x = range(len(report.weeks))
+    for cid, name in report.groups:
+        series = report.series(cid)
+        ax.plot(x, _values(series, lambda s: s.agreement_rate), marker="o", markersize=3,
+                label=f"{name} (n={sum(s.reviews for s in series)} reviews)", linewidth=2.2 if cid is None else 1.2)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("agreeing")
+    ax.set_title("Reviewer agreement with the model per week (agree / reviews signed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    _weeks_axis(ax, report)
+    return _png(fig)
 
 
 def flag_rate_png(report: MonitoringReport) -> bytes:
@@ -113,4 +141,5 @@ def performance_png(report: MonitoringReport) -> bytes:
 
 def render(name: str, report: MonitoringReport) -> bytes:
     """The named plot as PNG bytes (KeyError for an unknown name)."""
-    return {"flag-rate": flag_rate_png, "psi": psi_png, "performance": performance_png}[name](report)
+    return {"uploads": uploads_png, "flag-rate": flag_rate_png, "psi": psi_png, "agreement": agreement_png,
+            "performance": performance_png}[name](report)

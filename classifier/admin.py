@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -10,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.utils.html import format_html
 
-from classifier import lifecycle
+from classifier import ensemble_training, lifecycle
 from classifier.forms import TrainingForm
 from classifier.models import ModelVersion
 
@@ -20,6 +21,12 @@ GATE_PLOT = "benchmark_roc"  # the paired ROC on the frozen benchmark, shown wit
 
 def _fmt(value) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+def _cancel_message(version: ModelVersion) -> str:
+    if version.status == ModelVersion.Status.FAILED:  # no worker had started it: it ended at once
+        return f"The run {version.version} was cancelled before it started."
+    return f"Cancellation of {version.version} requested; it stops after the current step."
 
 
 @admin.register(ModelVersion)
@@ -32,8 +39,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
     readonly_fields = ("version", "status", "artifact_path", "sha256", "created_at", "activated_at", "started_at",
                        "finished_at", "data_fingerprint", "data_sources", "temperature", "melanoma_threshold",
                        "malignancy_threshold", "target_sensitivity", "training_config", "progress", "error",
-                       "cancel_requested", "created_by", "metrics")
-    fields = ("version", "status", "notes", "created_at", "activated_at", "artifact_path", "sha256",
+                       "cancel_requested", "created_by", "metrics", "model_kind")
+    fields = ("version", "status", "model_kind", "notes", "created_at", "activated_at", "artifact_path", "sha256",
               "data_sources", "data_fingerprint", "temperature", "melanoma_threshold", "malignancy_threshold",
               "target_sensitivity", "training_config", "started_at", "finished_at", "error", "created_by")
     change_form_template = "admin/classifier/modelversion/change_form.html"
@@ -48,6 +55,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: ModelVersion):
         return format_html('<span class="model-status model-status-{}">{}</span>', obj.status, obj.get_status_display())
+
+    @admin.display(description="Kind")
+    def model_kind(self, obj: ModelVersion) -> str:
+        return ensemble_training.describe(obj)
 
     @admin.display(description="Melanoma AUC")
     def mel_auc(self, obj):
@@ -115,7 +126,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                                                            "opts": self.model._meta}
         return render(request, "admin/classifier/modelversion/train_form.html", context)
 
-    def _post_action(self, request, action, success: str, pk: int | None = None):
+    def _post_action(self, request, action, success: str | Callable[[ModelVersion], str], pk: int | None = None):
         if request.method != "POST":
             return HttpResponse(status=405)
         if not self.has_change_permission(request):
@@ -125,7 +136,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
         except lifecycle.LifecycleError as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(request, success.format(version=version.version))
+            text = success(version) if callable(success) else success.format(version=version.version)
+            messages.success(request, text)
         if pk is not None:
             return redirect("admin:classifier_modelversion_change", pk)
         return redirect("admin:classifier_modelversion_changelist")
@@ -138,7 +150,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def cancel_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
         return self._post_action(request, lambda: lifecycle.request_cancel(version=version, user=request.user),
-                                 "Cancellation of {version} requested.", pk)
+                                 _cancel_message, pk)
 
     def retry_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)

@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import log as audit_log
+from classifier import ensemble_training
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 from classifier.registry import activate
@@ -42,10 +43,13 @@ class TrainingRequest:
     epochs: int
     seed: int
     target_sensitivity: float
+    members: tuple[int, ...] = ()  # an ensemble's member seeds; () trains a single CNN
 
 
-def validate_training_request(*, sources, epochs: int, seed: int, target_sensitivity: float) -> TrainingRequest:
-    """Check a training request and normalise it."""
+def validate_training_request(*, sources, epochs: int, seed: int, target_sensitivity: float, members=(),
+                              overrides: dict | None = None) -> TrainingRequest:
+    """Check a training request and normalise it (``members``: an ensemble's seeds, the first one
+    also its ``seed``)."""
     sources = tuple(sorted(set(sources)))
     unknown = set(sources) - set(DATA_SOURCES)
     if not sources:
@@ -63,19 +67,27 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
         raise LifecycleError(
             f"Not on this server: {', '.join(DATA_SOURCES[s] for s in missing)} (no {', '.join(missing)} folder in "
             f"the training data directory). Untick it, or install the data and set SECONDLOOK_DATA_DIR.")
-    return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity))
-
-
-def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None,
-                   overrides: dict | None = None) -> ModelVersion:
-    """Create a version in status "training" and enqueue its run on the training queue.
-
-    ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form).
-    """
-    request = validate_training_request(sources=sources, epochs=epochs, seed=seed, target_sensitivity=target_sensitivity)
     unknown = set(overrides or {}) - set(TrainConfig.__dataclass_fields__)
     if unknown:
         raise LifecycleError(f"Unknown training setting(s): {', '.join(sorted(unknown))}.")
+    if members:
+        try:
+            members = ensemble_training.validate_members(members, overrides=overrides)
+        except ensemble_training.EnsembleRequestError as exc:
+            raise LifecycleError(str(exc)) from None
+        seed = members[0]
+    return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity), tuple(members or ()))
+
+
+def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None,
+                   overrides: dict | None = None, members=()) -> ModelVersion:
+    """Create a version in status "training" and enqueue its run on the training queue.
+
+    ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form);
+    ``members`` (2-3 distinct seeds) trains an ensemble of that many CNNs instead of one.
+    """
+    request = validate_training_request(sources=sources, epochs=epochs, seed=seed,
+                                        target_sensitivity=target_sensitivity, members=members, overrides=overrides)
     busy = LifecycleError("A training run is already in progress; wait for it or cancel it.")
     if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).exists():
         raise busy
@@ -87,22 +99,37 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
     return version
 
 
+def _free_name(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``…: a retry in the same second as its failed run's start
+    must not collide with that run's (unique) name."""
+    taken = set(ModelVersion.objects.filter(version__startswith=base).values_list("version", flat=True))
+    return next(name for name in (base, *(f"{base}-{n}" for n in range(2, len(taken) + 2))) if name not in taken)
+
+
 def _create_run(request: TrainingRequest, overrides: dict | None, user) -> ModelVersion:
     """The new run's registry row, its audit event and its task (sent after commit)."""
+    asked = {"epochs": request.epochs, "seed": request.seed, "target_sensitivity": request.target_sensitivity,
+             "overrides": dict(overrides or {})}
+    limits = {}
+    if request.members:  # N trainings in a row: N times the single run's time limits
+        soft, hard = ensemble_training.time_limits_s(len(request.members))
+        asked |= {"kind": ensemble_training.ENSEMBLE, "members": list(request.members), "time_limit_s": hard}
+        limits = {"soft_time_limit": soft, "time_limit": hard}
+    prefix = f"ens{len(request.members)}-train" if request.members else "train"
     version = ModelVersion.objects.create(
-        version=f"train-{timezone.now():%Y%m%d-%H%M%S}",
+        version=_free_name(f"{prefix}-{timezone.now():%Y%m%d-%H%M%S}"),
         status=ModelVersion.Status.TRAINING,
         data_sources=list(request.sources),
         target_sensitivity=request.target_sensitivity,
-        training_config={"epochs": request.epochs, "seed": request.seed,
-                         "target_sensitivity": request.target_sensitivity, "overrides": dict(overrides or {})},
+        training_config=asked,
         progress={"phase": "queued"},
         created_by=user,
     )
+    members = {"members": list(request.members)} if request.members else {}
     audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
-                                       "seed": request.seed})
+                                       "seed": request.seed} | members)
     # by name: classifier.tasks imports the services it wraps
-    transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk]))
+    transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk], **limits))
     return version
 
 
@@ -113,7 +140,8 @@ def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:
     asked = version.training_config
     return start_training(sources=version.data_sources, epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
                           target_sensitivity=asked.get("target_sensitivity", version.target_sensitivity or 0.9),
-                          overrides=asked.get("overrides") or None, user=user)
+                          overrides=asked.get("overrides") or None, user=user,
+                          members=asked.get("members") if asked.get("kind") == ensemble_training.ENSEMBLE else ())
 
 
 def delete_failed(*, version: ModelVersion, user=None) -> ModelVersion:
@@ -129,14 +157,25 @@ def delete_failed(*, version: ModelVersion, user=None) -> ModelVersion:
     return version
 
 
+CANCELLED_BEFORE_START = "Cancelled by an administrator before a training worker started it."
+
+
 def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Ask a running training to stop after the current step."""
-    updated = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(
-        cancel_requested=True
-    )
-    if not updated:
+    """Stop a training run: one no worker has started yet ends failed at once (it would otherwise
+    block every new run until the stale-run sweep), a running one stops after the current step.
+
+    Both are conditional UPDATEs, and the worker claims a run with one too (``started_at`` set
+    where it is null): whichever comes first wins, and a task that arrives for a run cancelled
+    before it started finds nothing to claim and does nothing."""
+    not_started = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING,
+                                              started_at__isnull=True)
+    if not_started.update(status=ModelVersion.Status.FAILED, cancel_requested=True, error=CANCELLED_BEFORE_START,
+                          finished_at=timezone.now(), progress={"phase": "cancelled before it started"}):
+        audit_registry_event(user, "cancel", version, new={"ended": "before it started"})
+    elif ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(cancel_requested=True):
+        audit_registry_event(user, "cancel", version)
+    else:
         raise LifecycleError(f"{version.version} is not training.")
-    audit_registry_event(user, "cancel", version)
     version.refresh_from_db()
     return version
 

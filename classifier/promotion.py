@@ -36,6 +36,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mlcore.artifact import json_safe
+
 GATE_FORMAT = 2  # metrics["gate"]["format"]: 2 = paired comparison on the frozen benchmark
 MAX_SENSITIVITY_DROP = 0.05
 MAX_AUC_DROP = 0.02
@@ -45,6 +47,7 @@ MIN_SUBGROUP_MELANOMAS = 10
 SUBGROUP_ATTRIBUTES = ("source", "sex", "age")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+PH2_NOT_FOUND = "PH2 not scored: dataset not found on this server"
 
 
 @dataclass
@@ -56,6 +59,7 @@ class GateResult:
     rows: list[dict] = field(default_factory=list)  # metric, candidate, active, difference, ci_low, ci_high, margin, passed
     subgroups: list[dict] = field(default_factory=list)
     external: list[dict] = field(default_factory=list)  # PH2, reported only
+    external_note: str | None = None  # why PH2 was not scored, shown in its place
     benchmark: dict = field(default_factory=dict)
     candidate: dict = field(default_factory=dict)  # version, model_sha256, thresholds
     active: dict | None = None
@@ -65,7 +69,7 @@ class GateResult:
 
     def to_dict(self) -> dict:
         """What metrics["gate"] stores (JSON: NaN becomes None)."""
-        return _json_safe({"format": GATE_FORMAT, **asdict(self)})
+        return json_safe({"format": GATE_FORMAT, **asdict(self)})
 
     @classmethod
     def from_dict(cls, d: dict) -> "GateResult":
@@ -407,38 +411,36 @@ def _model_summary(scored) -> dict:
                            "malignancy": float(scored.thresholds.malignancy)}}
 
 
-def _json_safe(o):
-    if isinstance(o, dict):
-        return {str(k): _json_safe(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_json_safe(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return None if o != o else float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
-
-
 # ----------------------------------------------------------------------------- measuring and reading
 def compare_artifacts(candidate_dir: Path, active_dir: Path | None, data_root: Path, cache_dir: Path | None, *,
                       benchmark=None, external: bool = True, target_sensitivity: float = 0.90,
                       n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                      plot_to: Path | None = None) -> GateResult:
+                      plot_to: Path | None = None, on_step: Callable[[str], None] | None = None) -> GateResult:
     """Score both artifacts on the frozen benchmark (and PH2) and apply the gate; ``plot_to``
-    writes the paired melanoma ROC there."""
+    writes the paired melanoma ROC there. ``on_step`` is told each scoring step before it starts
+    (a training run's heartbeat: no single step outlasts the stale-run window)."""
     from training.benchmark.plots import plot_paired_roc
     from training.benchmark.scoring import resolve_sets, score_artifact
 
+    def scored(role: str, model_dir: Path) -> dict:
+        out = {}
+        for image_set in sets:
+            if on_step is not None:
+                on_step(f"scoring the {role} model on {image_set.name}")
+            out.update(score_artifact(model_dir, data_root, cache_dir, image_sets=[image_set]))
+        return out
+
     sets = resolve_sets(data_root, cache_dir, benchmark=benchmark, external=external)
-    cand = score_artifact(candidate_dir, data_root, cache_dir, image_sets=sets)
-    act = score_artifact(active_dir, data_root, cache_dir, image_sets=sets) if active_dir is not None else {}
+    cand = scored("candidate", candidate_dir)
+    act = scored("active", active_dir) if active_dir is not None else {}
     if plot_to is not None:
         plot_paired_roc(cand["benchmark"], act.get("benchmark"), Path(plot_to))
     ph2 = (cand["ph2"], act.get("ph2")) if "ph2" in cand else None
-    return paired_gate(cand["benchmark"], act.get("benchmark"), external=ph2, target_sensitivity=target_sensitivity,
-                       n_resamples=n_resamples, seed=seed, plot=Path(plot_to).stem if plot_to is not None else None)
+    result = paired_gate(cand["benchmark"], act.get("benchmark"), external=ph2, target_sensitivity=target_sensitivity,
+                         n_resamples=n_resamples, seed=seed, plot=Path(plot_to).stem if plot_to is not None else None)
+    if external and ph2 is None:  # resolve_sets leaves PH2 out when its folder is missing: say so
+        result.external_note = PH2_NOT_FOUND
+    return result
 
 
 def evaluate_gate(gate: dict | None, *, active_version: str | None, target_sensitivity: float | None = None,

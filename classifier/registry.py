@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from classifier import artifact_store
 from classifier.models import ModelVersion
-from mlcore.artifact import MODEL_FILE, read_card
+from mlcore.artifact import MODEL_FILE, json_safe, read_card
 from mlcore.artifact import sha256_file as file_sha256
 
 
@@ -43,6 +43,8 @@ def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READ
     gate_file = model_dir / "gate.json"
     if gate_file.exists():  # the held-out comparison with the model active when it was trained
         fields["metrics"] = dict(fields["metrics"], gate=json.loads(gate_file.read_text()))
+    # a card written before the pipeline wrote strict JSON may hold NaN, which the database refuses
+    fields = json_safe(fields)
     version, created = ModelVersion.objects.get_or_create(
         version=card["version"], defaults=fields | {"status": status, "notes": notes}
     )

@@ -3,7 +3,8 @@
 Learning from reviews: images of lesions with a dermatologist's final diagnosis become labelled
 training records (reviewer and date kept as provenance); they pass through the same audit and
 lesion-level split as the public datasets (which keeps the frozen benchmark's lesions out of
-training). When the run has finished, the new version and the active one are compared on the
+training). A run trains one CNN, or an ensemble of one CNN per member seed combined into one
+artifact (``training.ensemble.train_ensemble``; see ``classifier.ensemble_training``). When the run has finished, the new version and the active one are compared on the
 frozen benchmark (``measure_gate``): that comparison is the promotion gate.
 """
 from __future__ import annotations
@@ -18,15 +19,18 @@ from typing import Callable
 import numpy as np
 from django.conf import settings
 from django.db.models import F
+from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
-from classifier import artifact_store
+from classifier import artifact_store, ensemble_training
 from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
 from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement
 from classifier.registry import register_artifact
+from mlcore.artifact import read_card
 from training.benchmark.plots import PLOT_NAME
 from training.config import TrainConfig
+from training.ensemble import train_ensemble
 from training.train import TrainingCancelled, train
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ GATE_FILE = "gate.json"  # read into metrics["gate"] by registry.register_artifa
 
 
 def measure_gate(candidate_dir: Path, active: ModelVersion | None, *, target_sensitivity: float,
-                 n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, on_step: Callable[[str], None] | None = None) -> dict:
     """The paired comparison of the candidate artifact with ``active`` on the frozen benchmark
     (and PH2, reported), written to the artifact's gate.json with the paired ROC in
     plots/benchmark_roc.png. When it cannot be measured (benchmark images missing from the data,
@@ -61,7 +65,7 @@ def measure_gate(candidate_dir: Path, active: ModelVersion | None, *, target_sen
         gate = compare_artifacts(
             candidate_dir, artifact_store.local_dir(active) if active else None, settings.SECONDLOOK_DATA_DIR,
             Path(settings.SECONDLOOK_CACHE_DIR), target_sensitivity=target_sensitivity, n_resamples=n_resamples,
-            plot_to=candidate_dir / "plots" / f"{PLOT_NAME}.png").to_dict()
+            plot_to=candidate_dir / "plots" / f"{PLOT_NAME}.png", on_step=on_step).to_dict()
     except Exception as exc:  # e.g. BenchmarkError: the data lack benchmark images; ModelLoadError
         log.exception("comparing %s on the frozen benchmark failed", candidate_dir)
         gate = failed_measurement(f"{type(exc).__name__}: {exc}")
@@ -127,26 +131,42 @@ def run_training(*, version_id: int) -> str:
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         out_dir = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
         config = training_config(version)
-        train(
-            config, settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir,
+        seeds = ensemble_training.member_seeds(version)
+        run = dict(
             version=version.version, verbose=0, sources=sorted(sources - {REVIEWS}), extra_records=extra,
             on_progress=lambda progress: _save_progress(version_id, progress),
             should_stop=lambda: ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists(),
         )
+        if seeds:  # the members one after the other (each cancellable), then one artifact of them all
+            train_ensemble(config, seeds, settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir, **run)
+        else:
+            train(config, settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir, **run)
         _save_progress(version_id, {"phase": "comparing with the active model on the frozen benchmark"})
-        measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity, n_resamples=config.bootstrap)
+        measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity, n_resamples=config.bootstrap,
+                     on_step=lambda step: _save_progress(version_id, {"phase": f"frozen benchmark: {step}"}))
     except TrainingCancelled:
         _fail(version_id, "Cancelled by an administrator.")
         return "cancelled"
+    except SoftTimeLimitExceeded:  # Celery's soft limit: say it in words, the hard limit is next
+        limit_min = ensemble_training.time_limits_s(max(1, len(ensemble_training.member_seeds(version))))[0] // 60
+        _fail(version_id, f"Stopped: the run exceeded its training time limit ({limit_min} minutes). "
+                          "Retry with fewer epochs or fewer ensemble members.")
+        return "failed"
     except Exception as exc:  # the run failed: say why in the admin, keep the traceback in the log
         log.exception("training %s failed", version.version)
         _fail(version_id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}")
         return "failed"
     try:
         registered = register_artifact(out_dir)
+        notes = f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images."
+        extra_fields = {}
+        if seeds:
+            notes = f"{ensemble_training.describe(version)}. {notes}"
+            extra_fields["metrics"] = dict(registered.metrics, architecture=ensemble_training.architecture(
+                seeds, read_card(out_dir, required=())))
         ModelVersion.objects.filter(pk=version_id).update(
             status=ModelVersion.Status.READY, finished_at=timezone.now(),
-            progress=F("progress"), notes=f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images.",
+            progress=F("progress"), notes=notes, **extra_fields,
         )
     except Exception as exc:  # trained, but not registered: never leave it "training"
         log.exception("registering %s failed", version.version)
@@ -164,9 +184,10 @@ def sweep_stale_runs(*, now=None) -> list[str]:
     for version in ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING):
         updated = version.progress.get("updated_at")
         last = timezone.datetime.fromisoformat(updated) if updated else (version.started_at or version.created_at)
-        if version.started_at and now - version.started_at > timedelta(seconds=settings.TRAINING_TIME_LIMIT):
-            reason = (f"The run exceeded the training time limit ({settings.TRAINING_TIME_LIMIT // 60} minutes) "
-                      "and was stopped.")
+        # an ensemble run has its own, longer limit (its members train one after the other)
+        limit = int(version.training_config.get("time_limit_s") or settings.TRAINING_TIME_LIMIT)
+        if version.started_at and now - version.started_at > timedelta(seconds=limit):
+            reason = f"The run exceeded the training time limit ({limit // 60} minutes) and was stopped."
         elif now - last > STALE_AFTER:
             reason = ("No training worker picked the run up within 15 minutes: start one (celery worker -Q training)"
                       " and retry." if version.started_at is None else

@@ -274,6 +274,8 @@ CELERY_TASK_ROUTES = {"classifier.tasks.train_model": {"queue": "training"},
 # Idempotent tasks: acknowledge after they finish, and redeliver if a worker dies mid-task.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One task reserved per worker process (Celery's default is 4): a re-scoring task already fetched
+# would otherwise wait ahead of an upload that arrives after it, whatever the queue order.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = 120
 # A prediction whose worker dies while scoring it is sent again after SCORING_BACKOFF_S (doubling

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 MODEL_FILE = "model.keras"
 CARD_FILE = "model_card.json"
@@ -52,6 +55,26 @@ def read_card(model_dir: Path, *, required: tuple[str, ...] = REQUIRED_FIELDS) -
     return card
 
 
+def json_safe(o: Any) -> Any:
+    """``o`` as strict JSON: numpy scalars and arrays as Python numbers and lists, tuples as lists,
+    and non-finite floats (an AUC undefined on a subgroup with one class) as None. ``NaN`` and
+    ``Infinity`` are not JSON: SQLite's JSON_VALID and PostgreSQL's jsonb refuse them. The one
+    sanitiser of cards, metrics files, gate results and the registry's metrics."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    return o
+
+
 def write_card(model_dir: Path, card: dict[str, Any]) -> None:
-    """Write ``model_card.json`` (indented, as the pipeline always has)."""
-    (Path(model_dir) / CARD_FILE).write_text(json.dumps(card, indent=1))
+    """Write ``model_card.json`` (indented, as the pipeline always has), as strict JSON."""
+    (Path(model_dir) / CARD_FILE).write_text(json.dumps(json_safe(card), indent=1, allow_nan=False))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import REPO_ROOT, TrainConfig
-from mlcore.artifact import MODEL_FILE, read_card, sha256_file, write_card
+from mlcore.artifact import MODEL_FILE, json_safe, read_card, sha256_file, write_card
 from mlcore.imageio import RESIZE_METHOD
 from mlcore.labels import CLASSES, HAM_TO_CLASSES, MALIGNANT_CLASSES
 from mlcore.scoring import Thresholds
@@ -29,20 +29,6 @@ def git_revision() -> str | None:
         return rev + ("-dirty" if dirty else "")
     except Exception:
         return None
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, float) and o != o:
-        return None
-    return o
 
 
 def card_markdown(card: dict) -> str:
@@ -262,9 +248,9 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
             "train_minutes": sum(m.get("train_minutes") or 0 for m in members),
             "total_minutes": sum(m.get("total_minutes") or 0 for m in members),
             "precision_policy": members[0].get("precision_policy") if members else None})
-    card = _jsonable(card)
-    (out_dir / "metrics.json").write_text(json.dumps(_jsonable(dict(metrics, history=history)), indent=1))
-    (out_dir / "audit.json").write_text(json.dumps(_jsonable(audit_report), indent=1))
+    card = json_safe(card)
+    (out_dir / "metrics.json").write_text(json.dumps(json_safe(dict(metrics, history=history)), indent=1))
+    (out_dir / "audit.json").write_text(json.dumps(json_safe(audit_report), indent=1))
     if plots and test_probs is not None:
         from .evaluate import plot_all
 
@@ -279,11 +265,11 @@ def add_test_figures(model_dir: Path, **figures) -> dict:
     model_card.json, model_card.md and metrics.json. The model file and everything else stay."""
     model_dir = Path(model_dir)
     card = read_card(model_dir, required=())
-    figures = _jsonable(figures)
+    figures = json_safe(figures)
     card["metrics"] = dict(card.get("metrics", {}), **figures)
     metrics_file = model_dir / "metrics.json"
     if metrics_file.is_file():
-        metrics_file.write_text(json.dumps(dict(json.loads(metrics_file.read_text()), **figures), indent=1))
+        metrics_file.write_text(json.dumps(json_safe(dict(json.loads(metrics_file.read_text()), **figures)), indent=1))
     write_card(model_dir, card)
     (model_dir / "model_card.md").write_text(card_markdown(card))
     return card

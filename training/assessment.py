@@ -178,9 +178,11 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
     return assessment, detector
 
 
-def assess_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, *, write: bool = True) -> dict:
+def assess_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, *, write: bool = True,
+                    audit=None) -> dict:
     """Fit and measure the assessment of a saved artifact on its recorded splits (data from
-    ``data_root``) and, with ``write``, store it in the artifact."""
+    ``data_root``; ``audit``, default the audit of all of it, holds their records) and, with
+    ``write``, store it in the artifact."""
     from .audit import run_audit
     from .cache import load_images
     from mlcore.keras_model import load_keras_model
@@ -188,7 +190,7 @@ def assess_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, *,
     model_dir = Path(model_dir)
     card = read_card(model_dir, required=())
     km = load_keras_model(model_dir / card.get("model_file", "model.keras"))
-    audit = run_audit(data_root, cache_dir)
+    audit = audit if audit is not None else run_audit(data_root, cache_dir)
     by_id = {r.isic_id: r for r in audit.records}
     splits = {}
     for name in ("train", "val", "test"):

@@ -26,12 +26,13 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .data import HAM_SOURCES, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
 from mlcore.imageio import decode_file
-from .parallel import imap
+from .parallel import counted, imap
 from mlcore.labels import ham_code_of
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def _stat_key(path: str) -> str:
 
 
 def hash_files(paths: list[str], cache_file: Path | None = None, workers: int = 2,
-               progress: bool = True) -> dict[str, dict]:
-    """Pixel sha256 + pHash per file, cached by (path, size, mtime) in `cache_file`."""
+               progress: bool = True, on_item: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+    """Pixel sha256 + pHash per file, cached by (path, size, mtime) in `cache_file`; ``on_item(done,
+    total)`` is called after each file hashed (a heartbeat for long runs on a cold cache)."""
     cache: dict = {}
     if cache_file and cache_file.is_file():
         try:
@@ -98,9 +100,9 @@ def hash_files(paths: list[str], cache_file: Path | None = None, workers: int = 
                     from tqdm import tqdm
 
                     results = tqdm(results, total=len(it), desc="hashing images", unit="img")
-                res_list = list(results)
+                res_list = list(counted(results, len(it), on_item))
         else:
-            res_list = [hash_file(p) for p in it]
+            res_list = list(counted(map(hash_file, it), len(it), on_item))
         for (p, key), r in zip(todo, res_list):
             r = dict(r, key=key)
             out[p] = r
@@ -190,10 +192,11 @@ def _resolve_identity(recs: list[ImageRecord]) -> tuple[ImageRecord | None, str]
 
 
 def audit_records(load: LoadResult, cache_file: Path | None = None, workers: int = 2,
-                  progress: bool = True) -> AuditResult:
+                  progress: bool = True, on_item: Callable[[int, int], None] | None = None) -> AuditResult:
     recs = list(load.records)
     problems = list(load.problems)
-    hashes = hash_files([r.path for r in recs], cache_file=cache_file, workers=workers, progress=progress)
+    hashes = hash_files([r.path for r in recs], cache_file=cache_file, workers=workers, progress=progress,
+                        on_item=on_item)
     ok: list[ImageRecord] = []
     for r in recs:
         h = hashes.get(r.path, {})

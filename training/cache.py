@@ -6,13 +6,14 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from mlcore.framing import DEFAULT_FRAMING
 from mlcore.imageio import RESIZE_METHOD, decode_file
 from mlcore.preprocess import prepare_image
-from .parallel import imap
+from .parallel import counted, imap
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ def cache_key(paths: list[str], size: int, framing: str = DEFAULT_FRAMING) -> st
 
 
 def load_images(paths: list[str], size: int, cache_dir: Path | None, workers: int = 2,
-                progress: bool = True, framing: str = DEFAULT_FRAMING) -> np.ndarray:
+                progress: bool = True, framing: str = DEFAULT_FRAMING,
+                on_item: Callable[[int, int], None] | None = None) -> np.ndarray:
     """(N, size, size, 3) uint8, in the order of `paths`, framed (mlcore.framing) and resized the
-    way inference does; cached in `cache_dir` as .npy."""
+    way inference does; cached in `cache_dir` as .npy. ``on_item(done, total)`` is called after
+    each image decoded (a heartbeat: a cold cache takes long)."""
     f = None
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
@@ -56,11 +59,11 @@ def load_images(paths: list[str], size: int, cache_dir: Path | None, workers: in
                 from tqdm import tqdm
 
                 it = tqdm(it, total=len(args), desc=f"decoding {size}px", unit="img")
-            for i, a in enumerate(it):
+            for i, a in enumerate(counted(it, len(args), on_item)):
                 out[i] = a
     else:
-        for i, a in enumerate(args):
-            out[i] = _load_one(a)
+        for i, a in enumerate(counted(map(_load_one, args), len(args), on_item)):
+            out[i] = a
     if f is not None:
         tmp = f.with_suffix(".tmp.npy")
         np.save(tmp, out)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from mlcore.keras_model import MEMBER_PREFIX
@@ -25,6 +26,10 @@ WEIGHTS_ENTRY = "model.weights.h5"  # the weights file inside a .keras archive
 
 class EnsembleError(ValueError):
     """The members cannot be combined (different splits, input sizes or classes)."""
+
+
+class EnsembleMemberFailed(RuntimeError):
+    """Training one member of an ensemble failed; the message names the member and the reason."""
 
 
 def combine(models: Sequence, *, name: str = "ensemble"):
@@ -123,11 +128,12 @@ def check_compatible(members: Sequence) -> None:
 
 
 def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, cache_dir: Path | None,
-                   *, version: str | None = None) -> dict:
+                   *, version: str | None = None, audit=None) -> dict:
     """Combine trained member artifacts into one ensemble artifact: mean of the members' logits,
     weights rounded to float16, then the clinical offset (training split), temperature and
     thresholds (validation) refitted and the held-out test split evaluated, exactly as
-    ``python -m training recalibrate`` does for one model."""
+    ``python -m training recalibrate`` does for one model. ``audit`` (default: the audit of all
+    of ``data_root``) must hold the records the members were split from."""
     from .config import TrainConfig
     from .recalibrate import refit_and_export
 
@@ -139,7 +145,7 @@ def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, 
         model, cfg, members[0].card["split_ids"], Path(out_dir), data_root, cache_dir,
         input_size=members[0].input_size, history=history,
         version=version or default_version, data_sources=members[0].card.get("data_sources"),
-        ensemble=ensemble)
+        ensemble=ensemble, audit=audit)
 
 
 def load_ensemble(member_dirs: Sequence[Path]):
@@ -160,6 +166,19 @@ def load_ensemble(member_dirs: Sequence[Path]):
     return members, model, ensemble, {"members": histories}
 
 
+def member_config(base, seed: int, split_seed: int):
+    """``base`` (a TrainConfig) with a member's own seed, on the shared lesion split."""
+    from .config import TrainConfig
+
+    return TrainConfig.from_dict({**base.to_dict(), "seed": int(seed), "split_seed": int(split_seed)})
+
+
+def members_dir_for(out_dir: Path) -> Path:
+    """Where the members of the ensemble ``out_dir`` are trained: ``<out_dir>.members``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".members")
+
+
 def train_members(seeds: Sequence[int], members_dir: Path, data_root: Path, cache_dir: Path | None,
                   overrides: dict | None = None, *, split_seed: int | None = None,
                   verbose: int = 1) -> list[Path]:
@@ -170,12 +189,96 @@ def train_members(seeds: Sequence[int], members_dir: Path, data_root: Path, cach
     from .train import train
 
     split_seed = seeds[0] if split_seed is None else split_seed
+    base = TrainConfig.from_dict({**TrainConfig().to_dict(), **(overrides or {})})
     out = []
     for seed in seeds:
         d = Path(members_dir) / f"seed{seed}"
         if not (d / CARD_FILE).is_file():
-            cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **(overrides or {}),
-                                         "seed": seed, "split_seed": split_seed})
-            train(cfg, data_root, d, cache_dir, verbose=verbose)
+            train(member_config(base, seed, split_seed), data_root, d, cache_dir, verbose=verbose)
         out.append(d)
     return out
+
+
+def audit_of(data_root: Path, cache_dir: Path | None, *, sources: Sequence[str] | None = None,
+             extra_records: Sequence = ()):
+    """The data audit ``training.train.train`` runs for these ``sources`` and ``extra_records``:
+    the records its split ids refer to (the image hashes come from the cache by then)."""
+    from .audit import audit_records
+    from .data import ALL_SOURCES, load_all
+
+    load = load_all(Path(data_root))
+    if sources is not None:
+        load.records = [r for r in load.records if r.source in set(sources)]
+        load.problems = [p for p in load.problems if not any(
+            str(p.path).startswith(str(Path(data_root) / src)) for src in (set(ALL_SOURCES) - set(sources)))]
+    load.records = list(load.records) + list(extra_records)
+    return audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None,
+                         progress=False)
+
+
+def train_ensemble(cfg, seeds: Sequence[int], data_root: Path, out_dir: Path, cache_dir: Path | None, *,
+                   version: str | None = None, sources: Sequence[str] | None = None, extra_records: Sequence = (),
+                   on_progress: Callable[[dict], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None, verbose: int = 0) -> Path:
+    """Train one member per seed with the config ``cfg`` and the same data (``sources``,
+    ``extra_records``: as ``training.train.train``), all on the lesion split of ``cfg.split_seed``
+    (default: the first seed), into ``members_dir_for(out_dir)``; combine them into the ensemble
+    artifact ``out_dir`` (``build_ensemble``) and, when ``cfg.assessment``, fit its image checks.
+
+    ``on_progress`` gets each member's progress with ``member``/``members`` and its phase as
+    "member i/n (seed s): ..."; ``should_stop`` is polled during each member and between them
+    (training.train.TrainingCancelled). A member that fails raises EnsembleMemberFailed.
+    """
+    from .train import TrainingCancelled, train
+
+    seeds = [int(s) for s in seeds]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise EnsembleError(f"an ensemble needs at least two members with distinct seeds, not {seeds}")
+    n, out_dir = len(seeds), Path(out_dir)
+    split_seed = seeds[0] if cfg.split_seed is None else cfg.split_seed
+    durations: list[float] = []
+
+    def emit(progress: dict) -> None:
+        if on_progress is not None:
+            on_progress(progress)
+
+    def stop_requested() -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("training cancelled on request")
+
+    def member_progress(i: int, seed: int) -> Callable[[dict], None]:
+        def send(progress: dict) -> None:
+            progress = {**progress, "phase": f"member {i}/{n} (seed {seed}): {progress.get('phase', '')}",
+                        "member": i, "members": n}
+            if progress.get("eta_s") is not None:  # this member's, plus the members still to train
+                per_member = sum(durations) / len(durations) if durations else cfg.time_budget_min * 60.0
+                progress["eta_s"] = progress["eta_s"] + (n - i) * per_member
+            emit(progress)
+        return send
+
+    member_dirs = []
+    for i, seed in enumerate(seeds, 1):
+        stop_requested()
+        started = time.time()
+        d = members_dir_for(out_dir) / f"seed{seed}"
+        try:
+            train(member_config(cfg, seed, split_seed), data_root, d, cache_dir,
+                  version=f"{version}-member{i}-seed{seed}" if version else None, verbose=verbose, sources=sources,
+                  extra_records=extra_records, on_progress=member_progress(i, seed), should_stop=should_stop)
+        except TrainingCancelled:
+            raise
+        except Exception as exc:
+            raise EnsembleMemberFailed(f"member {i}/{n} (seed {seed}) failed: {type(exc).__name__}: {exc}") from exc
+        durations.append(time.time() - started)
+        member_dirs.append(d)
+    stop_requested()
+    emit({"phase": f"combining the {n} members into one model", "members": n})
+    audit = audit_of(data_root, cache_dir, sources=sources, extra_records=extra_records)
+    build_ensemble(member_dirs, out_dir, data_root, cache_dir, version=version, audit=audit)
+    if cfg.assessment:
+        stop_requested()
+        emit({"phase": "fitting the ensemble's quality and prediction-set checks", "members": n})
+        from .assessment import assess_artifact
+
+        assess_artifact(out_dir, data_root, cache_dir, audit=audit)
+    return out_dir

@@ -17,3 +17,12 @@ def imap(fn: Callable, items: Iterable, workers: int, chunksize: int = 32) -> It
     else:
         with multiprocessing.Pool(workers) as pool:
             yield pool.imap(fn, items, chunksize=chunksize)
+
+
+def counted(items: Iterable, total: int, on_item: Callable[[int, int], None] | None) -> Iterator:
+    """``items`` unchanged, calling ``on_item(done, total)`` after each one (when given): the
+    heartbeat of a long decode, so a training run is not taken for a stalled one."""
+    for done, item in enumerate(items, 1):
+        yield item
+        if on_item is not None:
+            on_item(done, total)

@@ -36,10 +36,11 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
 
 def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Path, cache_dir: Path | None, *,
                      input_size: int, history: dict, version: str, data_sources=None,
-                     ensemble: dict | None = None) -> dict:
+                     ensemble: dict | None = None, audit=None) -> dict:
     """Fit the clinical adjustment on the recorded training split (when ``cfg`` asks for it), the
     temperature and thresholds on validation, evaluate on test, and export an artifact of
-    ``keras_model``; returns the headline figures."""
+    ``keras_model``; returns the headline figures. ``audit`` (default: the audit of all of
+    ``data_root``) must hold the split's records."""
     from .artifact import export_artifact
     from .audit import run_audit
     from .cache import load_images
@@ -50,7 +51,7 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
     from .subgroups import lesion_ids_of, subgroup_labels
     from .train import adjusted_logits, calibrate, fit_clinical
 
-    audit = run_audit(data_root, cache_dir)
+    audit = audit if audit is not None else run_audit(data_root, cache_dir)
     by_id = {r.isic_id: r for r in audit.records}
     kept_out = _keep_benchmark_out(audit, split)
 

@@ -20,6 +20,31 @@ def _emit(msg: str) -> None:
     print(msg, flush=True)
 
 
+# A long step (hashing or decoding thousands of images on a cold cache, an epoch on a CPU) reports
+# its phase again at least this often: the registry fails a run after 15 minutes without progress.
+HEARTBEAT_SECONDS = 60.0
+
+
+def heartbeat(report: Callable[[dict], None] | None, progress: dict) -> Callable[..., None]:
+    """A hook for a long step: each call re-reports ``progress`` (with the call's keyword
+    arguments, e.g. how many images are done) when HEARTBEAT_SECONDS have passed since the last."""
+    last = time.monotonic()
+
+    def beat(*_, **extra) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if report is not None and now - last >= HEARTBEAT_SECONDS:
+            last = now
+            report(progress | extra)
+
+    return beat
+
+
+def _counting(beat: Callable[..., None]) -> Callable[[int, int], None]:
+    """``beat`` as an ``on_item(done, total)`` hook of the image loaders."""
+    return lambda done, total: beat(done=done, of=total)
+
+
 def class_weights_for(masks: np.ndarray, power: float) -> np.ndarray:
     """Per-sample weight = (N / (K * n_code))**power by HAM code (7 groups), mean 1."""
     codes = (masks @ ham_membership_matrix()).argmax(1)
@@ -195,11 +220,15 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             state["lr"] = lr
 
         def on_train_batch_end(self, batch, logs=None):
+            state["beat"](batch=batch + 1, steps=steps_per_epoch)
             if should_stop is not None and batch % 10 == 0 and should_stop():
                 raise TrainingCancelled("training cancelled on request")
 
         def on_epoch_begin(self, epoch, logs=None):
             state["epoch"] = epoch
+            # within an epoch, the figures of the last one finished are reported again with the batch reached
+            state["beat"] = heartbeat(on_progress, state.get("reported") or {
+                "phase": "training", "epoch": epoch, "epochs": state["epochs"]})
             state["t_epoch"] = time.time()
             state["size"] = cfg.image_size
             if size_var is not None:
@@ -240,13 +269,14 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             _emit(f"[epoch {epoch + 1}/{state['epochs']}] loss={history['loss'][-1]:.4f} {val_text} "
                   f"lr={state.get('lr', 0):.2e} size={state['size']} epoch_s={dt:.0f} elapsed_min={elapsed / 60:.1f} "
                   f"eta_min={eta / 60:.1f}{mark}")
+            state["reported"] = {"phase": "training", "epoch": epoch + 1, "epochs": state["epochs"],
+                                 "loss": history["loss"][-1], "val_loss": vm["val_loss"],
+                                 "val_melanoma_auc": vm["val_melanoma_auc"],
+                                 "val_malignancy_auc": vm["val_malignancy_auc"],
+                                 "val_balanced_accuracy_7": vm["val_balanced_accuracy_7"], "eta_s": eta,
+                                 "best_epoch": best.epoch}
             if on_progress is not None:
-                on_progress({"phase": "training", "epoch": epoch + 1, "epochs": state["epochs"],
-                             "loss": history["loss"][-1], "val_loss": vm["val_loss"],
-                             "val_melanoma_auc": vm["val_melanoma_auc"],
-                             "val_malignancy_auc": vm["val_malignancy_auc"],
-                             "val_balanced_accuracy_7": vm["val_balanced_accuracy_7"], "eta_s": eta,
-                             "best_epoch": best.epoch})
+                on_progress(state["reported"])
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training cancelled on request")
             if (epoch + 1 >= state["epochs"] or best.exhausted
@@ -404,7 +434,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     load.records = list(load.records) + list(extra_records)
     if not load.records:
         raise ValueError("no training images: check the data sources")
-    audit = audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None)
+    audit = audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None,
+                          on_item=_counting(heartbeat(on_progress, {"phase": "auditing data"})))
     _emit(f"[train] audit: {json.dumps(audit.report['counts']['resolution'])} clean={len(audit.records)}")
     benchmark = benchmark or current_benchmark()
     frozen = frozen_groups(benchmark, audit.records, audit.groups, audit.aliases)
@@ -419,7 +450,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     _emit(f"[train] frozen benchmark {benchmark.version}: {len(frozen)} lesion groups kept out of training")
     recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]
     progress("loading images", images=len(recs))
-    images = load_images([r.path for r in recs], cfg.image_size, cache_dir, framing=cfg.framing)
+    images = load_images([r.path for r in recs], cfg.image_size, cache_dir, framing=cfg.framing,
+                         on_item=_counting(heartbeat(on_progress, {"phase": "loading images", "images": len(recs)})))
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     n_tr, n_va = len(split["train"]), len(split["val"])
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}

@@ -44,7 +44,8 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
     ready.metrics = dict(ready.metrics, gate=paired_gate(candidate, None, target_sensitivity=0.5, n_resamples=100,
                                                          plot="benchmark_roc").to_dict())
     ready.save()
-    running = ModelVersion.objects.create(version="run-in-progress", status=ModelVersion.Status.TRAINING)
+    running = ModelVersion.objects.create(version="run-in-progress", status=ModelVersion.Status.TRAINING,
+                                         started_at=timezone.now())  # a worker has it
     admin_log_in(page, base)
 
     page.goto(f"{base}/admin/classifier/modelversion/{ready.pk}/change/")
@@ -69,6 +70,7 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
     assert f"model_version__id__exact={ready.pk}" in page.url
 
     page.goto(f"{base}/admin/classifier/modelversion/{running.pk}/change/")
+    expect(page.locator("#training-progress")).not_to_contain_text("{#")  # no template comment shown as text
     page.get_by_role("button", name="Cancel this run").click()
     expect(page.locator(".messagelist")).to_contain_text("Cancellation of run-in-progress requested")
     running.refresh_from_db()

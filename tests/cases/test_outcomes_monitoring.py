@@ -332,6 +332,44 @@ def test_the_monitoring_page_and_its_plots_for_a_superuser(client, world, model_
     assert client.get(reverse("admin:cases_monitoring") + "?weeks=30").status_code == 200
 
 
+def _drawn(monkeypatch, name: str, report) -> dict[str, list]:
+    """The lines the named plot draws: label -> y values (NaN as None), per axes title."""
+    figures = []
+    monkeypatch.setattr(drift_plots, "_png", lambda fig: figures.append(fig) or PNG_SIGNATURE)
+    drift_plots.render(name, report)
+    (fig,) = figures
+    return {ax.get_title(): {line.get_label(): [None if math.isnan(y) else y for y in line.get_ydata()]
+                             for line in ax.get_lines() if not line.get_label().startswith("_")}
+            for ax in fig.axes}
+
+
+def test_uploads_and_reviewer_agreement_are_plotted_per_week_and_clinic(world, model_version, monkeypatch):
+    scored_images(world.lesion_a, when=at(LAST_WEEK), version=model_version, probabilities=[0.1, 0.2, 0.9])
+    scored_images(world.lesion_b, when=at(THIS_WEEK), version=model_version, probabilities=[0.3])
+    reviews = [Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement=agreement,
+                                     final_diagnosis="nevus", management="reassure")
+               for agreement in ("agree", "disagree", "agree", "agree")]
+    Review.objects.filter(pk__in=[r.pk for r in reviews]).update(created_at=at(LAST_WEEK))
+    report = drift.monitoring_report([world.clinic_a, world.clinic_b], today=TODAY, weeks=3)
+    assert {"uploads", "agreement"} <= set(drift_plots.PLOTS)
+
+    (uploads,) = _drawn(monkeypatch, "uploads", report).values()
+    assert uploads == {"Clinic A": [0, 3, 0], "Clinic B": [0, 0, 1], drift.ALL_CLINICS: [0, 3, 1]}
+    (agreement,) = _drawn(monkeypatch, "agreement", report).values()
+    assert agreement == {"Clinic A (n=4 reviews)": [None, 0.75, None], "Clinic B (n=0 reviews)": [None] * 3,
+                         f"{drift.ALL_CLINICS} (n=4 reviews)": [None, 0.75, None]}
+
+
+def test_the_page_says_the_psi_reference_is_the_validation_split(client, world, model_version):
+    model_version.metrics = {drift.VALIDATION_HISTOGRAM_KEY: [10] * 10}
+    model_version.save()
+    client.force_login(world.admin)
+    page = client.get(reverse("admin:cases_monitoring")).content.decode()
+    assert "melanoma probability on its validation split" in page and "held-out test" not in page
+    for name in ("uploads", "agreement"):
+        assert f'<img id="plot-{name}" src="{name}.png"' in page
+
+
 def test_the_monitoring_page_is_for_staff_only_and_scoped_to_the_clinic(client, world, model_version):
     scored_images(world.lesion_b, when=timezone.now(), version=model_version, probabilities=[0.2])
     url = reverse("admin:cases_monitoring")

@@ -47,3 +47,51 @@ def test_rescore_chosen_images_only(world, model_version, dispatched, monkeypatc
     run_rescore(job_id=job.pk)
     assert list(Prediction.objects.filter(model_version=model_version).values_list("image_id", flat=True)) == [second.pk]
 
+
+
+def _rescored(world, model_version):
+    """A new version's scores of two reviewed images: one disagrees with the review, one agrees;
+    an older version's score that disagreed too."""
+    new_version = activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x"))
+    first, second = _image(world, "a", "a" * 64), _image(world, "b", "b" * 64)
+    done = {"status": "done", "melanoma_probability": 0.7, "malignancy_score": 0.7, "finished_at": timezone.now()}
+    disagrees = Prediction.objects.create(image=first, model_version=new_version, flagged=True, **done,
+                                          review_disagreement="New model disagrees with review: it flags a nevus.")
+    agrees = Prediction.objects.create(image=second, model_version=new_version, flagged=False, **done)
+    older = Prediction.objects.create(image=first, model_version=model_version, flagged=True, **done,
+                                      review_disagreement="older")
+    return new_version, disagrees, agrees, older
+
+
+@pytest.mark.django_db
+def test_the_predictions_filter_new_model_vs_review(world, model_version, client):
+    from django.urls import reverse
+
+    new_version, disagrees, agrees, older = _rescored(world, model_version)
+    client.force_login(world.admin)
+    url = reverse("admin:cases_prediction_changelist")
+    everything = client.get(url).context["cl"].result_list
+    assert {p.pk for p in everything} == {disagrees.pk, agrees.pk, older.pk}
+    page = client.get(url, {"disagrees": "yes", "model_version__id__exact": new_version.pk})
+    assert [p.pk for p in page.context["cl"].result_list] == [disagrees.pk]
+    assert {p.pk for p in client.get(url, {"disagrees": "yes"}).context["cl"].result_list} == {disagrees.pk, older.pk}
+    assert "New model disagrees with review" in client.get(url).content.decode()  # the filter's choice
+
+
+@pytest.mark.django_db
+def test_the_jobs_disagreement_column_counts_its_versions_and_links_to_them(world, model_version, client):
+    from django.contrib import admin
+    from django.urls import reverse
+
+    from cases.rescoring import disagreement_count
+
+    new_version, disagrees, _, _ = _rescored(world, model_version)
+    job = RescoreJob.objects.create(model_version=new_version, status="done")
+    chosen = RescoreJob.objects.create(model_version=new_version, status="done", image_ids=[disagrees.image_id + 1])
+    column = admin.site.get_model_admin(RescoreJob).disagreements
+    assert disagreement_count(job) == 1 and disagreement_count(chosen) == 0
+    link = reverse("admin:cases_prediction_changelist") + f"?disagrees=yes&amp;model_version__id__exact={new_version.pk}"
+    assert column(job) == f'<a href="{link}">1</a>' and column(chosen) == "0"
+    client.force_login(world.admin)
+    listing = client.get(reverse("admin:classifier_rescorejob_changelist")).content.decode()
+    assert f'<a href="{link}">1</a>' in listing

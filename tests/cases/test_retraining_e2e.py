@@ -2,63 +2,20 @@
 refusing a worse model and accepting a good one, and the next upload scored by the new version."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from cases.models import Prediction, Review
 from classifier import lifecycle
 from classifier.models import ModelVersion
 from test_integration_scoring import status_of, upload_one, wait_for
-from mlcore.labels import CLASS_TO_HAM, CLASSES
-from training.testing import synthetic_images, tiny_config
+from tests.support.training_data import make_fake_benchmark, make_fake_dataset
+from training.testing import tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def make_fake_dataset(root: Path, per_class: int = 30) -> Path:
-    """Both public layouts, small: ISIC class folders and a HAM10000 image folder + metadata CSV.
-    No clinical context: the active tiny model learned one from other synthetic data, and the gate
-    should compare the two models on the images alone."""
-    n = per_class * len(CLASSES)
-    images, _, _ = synthetic_images(n, size=48, seed=7)
-    ham_rows = []
-    for i, pixels in enumerate(images):
-        cls = CLASSES[i % len(CLASSES)]
-        if i % 2:
-            folder = root / "isic-9class" / ("Test" if i % 10 == 1 else "Train") / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(folder / f"ISIC_{9000000 + i}.jpg", quality=95)
-        else:
-            folder = root / "ham10000" / "images"
-            folder.mkdir(parents=True, exist_ok=True)
-            image_id = f"ISIC_{8000000 + i}"
-            Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=95)
-            ham_rows.append({"lesion_id": f"HAM_{i // 4:07d}_{cls[:3]}", "image_id": image_id,
-                             "dx": CLASS_TO_HAM[cls], "dx_type": "histo", "age": "", "sex": "unknown",
-                             "localization": "unknown"})
-    with open(root / "ham10000" / "HAM10000_metadata.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(ham_rows[0]))
-        writer.writeheader()
-        writer.writerows(ham_rows)
-    return root
-
-
-def make_fake_benchmark(data: Path, out: Path) -> Path:
-    """A frozen benchmark for the generated dataset, made the way frozen-v1 was: the held-out
-    lesions of a split. Training keeps them out; the gate scores both models on them."""
-    from training.audit import run_audit
-    from training.benchmark import images_of_split, write_benchmark
-    from training.splits import split_by_lesion
-
-    audit = run_audit(data, None, progress=False)
-    held_out = split_by_lesion(audit.records, audit.groups, seed=0, test_fraction=0.3)["test"]
-    write_benchmark(out, "fake-v1", images_of_split(audit.records, audit.groups, held_out), {"from": "generated data"})
-    return out
 
 
 @pytest.fixture

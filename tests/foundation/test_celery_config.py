@@ -46,3 +46,18 @@ def test_tensorflow_not_imported_by_worker_parent():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_inference_worker_reserves_one_task_per_process():
+    """Prefetch 1 with late acks: a worker of "inference,rescoring" holds no re-scoring task
+    beyond those it is running, so an upload that arrives later is the next task it takes
+    (queue_order_strategy "priority"). Built as the dev server starts it, never started."""
+    from melanoma_site.devserver import _services
+
+    command = _services({"INFERENCE_CONCURRENCY": "3"}, "127.0.0.1", 8000)["inference-worker"]
+    assert not any(arg.startswith(("--prefetch-multiplier", "-O")) for arg in command)  # nothing overrides it
+    queues = command[command.index("-Q") + 1].split(",")
+    worker = app.WorkController(hostname="inference@test", pool_cls="prefork", queues=queues,
+                                concurrency=int(command[command.index("--concurrency") + 1]))
+    assert worker.consumer.prefetch_multiplier == 1
+    assert worker.consumer.initial_prefetch_count == 3  # one per process, none waiting behind them

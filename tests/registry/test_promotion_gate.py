@@ -44,3 +44,63 @@ def test_a_failed_measurement_is_refused_with_its_error():
 
 def test_the_first_model_keeps_its_stored_decision():
     assert evaluate_gate(_stored(True, active=None), active_version=None).allowed
+
+
+def _score_synthetic(monkeypatch, *, ph2: bool):
+    """compare_artifacts' scoring on synthetic scores: the benchmark always, PH2 when ``ph2``
+    (otherwise the real PH2 loader finds no folder)."""
+    from tests.support.gate_helpers import scored, synthetic_set
+    from training.benchmark import CURRENT_VERSION
+    from training.benchmark import scoring
+
+    sets = {CURRENT_VERSION: synthetic_set(400, name=CURRENT_VERSION), scoring.PH2_NAME: synthetic_set(
+        60, seed=1, name=scoring.PH2_NAME)}
+    monkeypatch.setattr(scoring, "benchmark_images", lambda *a, **k: sets[CURRENT_VERSION][0])
+    if ph2:
+        monkeypatch.setattr(scoring, "ph2_images", lambda data_root: sets[scoring.PH2_NAME][0])
+    monkeypatch.setattr(scoring, "score", lambda model_dir, images, cache_dir: scored(images, sets[images.name][1]))
+
+
+def test_a_missing_ph2_is_said_in_place_of_its_table(monkeypatch, tmp_path):
+    from classifier.promotion import PH2_NOT_FOUND, compare_artifacts
+
+    _score_synthetic(monkeypatch, ph2=False)
+    missing = compare_artifacts(tmp_path / "cand", None, tmp_path / "no-data", None, n_resamples=20)
+    assert missing.external == [] and missing.external_note == PH2_NOT_FOUND
+    assert GateResult.from_dict(missing.to_dict()).external_note == PH2_NOT_FOUND  # stored with the gate
+    assert compare_artifacts(tmp_path / "cand", None, tmp_path / "no-data", None, external=False,
+                             n_resamples=20).external_note is None  # not asked for: nothing to say
+
+    _score_synthetic(monkeypatch, ph2=True)
+    found = compare_artifacts(tmp_path / "cand", None, tmp_path / "no-data", None, n_resamples=20)
+    assert found.external and found.external_note is None
+
+
+def test_the_version_page_says_ph2_was_not_scored(admin_client, monkeypatch, tmp_path, db):
+    from classifier.models import ModelVersion
+    from classifier.promotion import compare_artifacts
+
+    _score_synthetic(monkeypatch, ph2=False)
+    gate = compare_artifacts(tmp_path / "cand", None, tmp_path / "no-data", None, target_sensitivity=0.5,
+                             n_resamples=20).to_dict()
+    version = ModelVersion.objects.create(version="cand", status="ready", metrics={"gate": gate})
+    page = admin_client.get(f"/admin/classifier/modelversion/{version.pk}/change/").content.decode()
+    assert 'id="gate-table"' in page and 'id="gate-external"' not in page
+    assert '<p style="padding:.5rem 1rem" id="gate-external-note">PH2 not scored: dataset not found on this server.' \
+           in page
+
+
+def test_each_scoring_step_of_the_comparison_is_announced_before_it_starts(monkeypatch, tmp_path):
+    """A training run's heartbeat: the run reports each model x image-set step, so a slow
+    comparison never looks like a dead worker to the stale-run sweep."""
+    from classifier.promotion import compare_artifacts
+    from training.benchmark import CURRENT_VERSION, scoring
+
+    _score_synthetic(monkeypatch, ph2=True)
+    steps = []
+    compare_artifacts(tmp_path / "cand", tmp_path / "act", tmp_path / "no-data", None, n_resamples=20,
+                      on_step=steps.append)
+    assert steps == [f"scoring the candidate model on {CURRENT_VERSION}",
+                     f"scoring the candidate model on {scoring.PH2_NAME}",
+                     f"scoring the active model on {CURRENT_VERSION}",
+                     f"scoring the active model on {scoring.PH2_NAME}"]

@@ -250,3 +250,176 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
     candidate.refresh_from_db()
     assert asked == [(shipped.version, 0.9)] and candidate.metrics["melanoma_auc"] == 0.9
     assert lifecycle.gate_for(candidate).allowed
+
+
+# --- metrics the database accepts, runs kept alive, cancelled before they start, time limits -----
+
+def _refuse_non_json(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
+
+
+@pytest.mark.django_db
+def test_a_version_whose_metrics_hold_a_numpy_nan_registers_with_null(tmp_path, tiny_model_dir):
+    """An AUC undefined on a subgroup with one class (numpy NaN) is written and stored as null:
+    SQLite's JSON_VALID check and PostgreSQL's jsonb refuse NaN (the registration crash of issue 21)."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from mlcore.artifact import CARD_FILE
+    from training.artifact import add_test_figures
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "nan-model")
+    undefined = np.float64("nan")  # what a numpy AUC is on a subgroup with one class
+    add_test_figures(model_dir, subgroups={"sex": {"female": {"n": np.int64(6), "melanoma_auc": undefined,
+                                                              "ece": np.float32(np.inf)}}})
+    for name in (CARD_FILE, "metrics.json"):  # strict JSON on disk
+        json.loads((model_dir / name).read_text(), parse_constant=_refuse_non_json)
+
+    version = registry.register_artifact(model_dir)
+    version.refresh_from_db()
+    assert version.metrics["subgroups"] == {"sex": {"female": {"n": 6, "melanoma_auc": None, "ece": None}}}
+
+    # a card written before the pipeline wrote strict JSON registers too
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    card["metrics"]["melanoma_auc"] = float("nan")
+    (model_dir / CARD_FILE).write_text(json.dumps(card))
+    assert "NaN" in (model_dir / CARD_FILE).read_text()
+    version = registry.register_artifact(model_dir)
+    version.refresh_from_db()
+    assert version.metrics["melanoma_auc"] is None and version.melanoma_auc is None
+
+
+def test_image_loading_and_hashing_report_each_image_to_a_heartbeat(tmp_path):
+    from PIL import Image
+
+    from training.audit import hash_files
+    from training.cache import load_images
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"img-{i}.png"))
+        Image.new("RGB", (20, 20), (40 * i, 90, 120)).save(paths[-1])
+    decoded, hashed = [], []
+    load_images(paths, 16, tmp_path / "cache", workers=1, progress=False, on_item=lambda *a: decoded.append(a))
+    hash_files(paths, workers=1, progress=False, on_item=lambda *a: hashed.append(a))
+    assert decoded == hashed == [(1, 3), (2, 3), (3, 3)]
+
+
+class _StopBeforeTraining(Exception):
+    pass
+
+
+@pytest.mark.django_db
+def test_a_long_audit_or_image_loading_keeps_the_run_alive(tmp_path, monkeypatch):
+    """A run that spends longer than the sweep's 15 minutes auditing and decoding images (a cold
+    cache) keeps reporting while it does: the stale-run sweep leaves it alone."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    import training.train
+    from classifier.retraining import _save_progress, sweep_stale_runs
+    from tests.support.training_data import make_fake_ham
+    from training.testing import tiny_config
+
+    data = make_fake_ham(tmp_path / "data")
+    long_ago = timezone.now() - timedelta(minutes=20)
+    version = ModelVersion.objects.create(version="cold-cache", status="training", started_at=long_ago,
+                                          progress={"phase": "auditing data", "updated_at": long_ago.isoformat()})
+    reported = []
+
+    def on_progress(progress):
+        reported.append(progress)
+        _save_progress(version.pk, progress)
+
+    def stop(*args, **kwargs):
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(training.train, "HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setattr(training.train, "fit_model", stop)
+    with pytest.raises(_StopBeforeTraining):
+        training.train.train(tiny_config(), data, tmp_path / "out", tmp_path / "cache", verbose=0,
+                             on_progress=on_progress)
+    beats = {(p["phase"], p.get("done"), p.get("of")) for p in reported}
+    loaded = next(p["images"] for p in reported if p["phase"] == "loading images")
+    assert {("auditing data", n, 24) for n in range(1, 25)} <= beats  # every image hashed
+    assert loaded > 20 and {("loading images", n, loaded) for n in range(1, loaded + 1)} <= beats
+    assert sweep_stale_runs() == []
+    version.refresh_from_db()
+    assert version.status == "training" and version.progress["phase"] == "loading images"
+
+
+def test_an_epoch_reports_a_heartbeat_between_batches(monkeypatch):
+    import dataclasses
+
+    import training.train
+    from training.testing import synthetic_images, tiny_config
+
+    monkeypatch.setattr(training.train, "HEARTBEAT_SECONDS", 0.0)
+    x, m, _ = synthetic_images(64)
+    reported = []
+    training.train.fit_model(dataclasses.replace(tiny_config(), epochs=1), x, m, x[:16], m[:16], verbose=0,
+                             on_progress=reported.append)
+    assert [p["batch"] for p in reported if "batch" in p] == [1, 2]
+    assert reported[0] == {"phase": "training", "epoch": 0, "epochs": 1, "batch": 1, "steps": 2}
+    assert reported[-1]["epoch"] == 1 and "batch" not in reported[-1]
+
+
+@pytest.mark.django_db
+def test_cancelling_a_run_no_worker_started_ends_it_at_once_and_its_task_does_nothing(data_here, monkeypatch):
+    from classifier import retraining
+
+    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda *a, **k: None)
+    queued = lifecycle.start_training(sources=["ham10000"], epochs=1, seed=0, target_sensitivity=0.9)
+    lifecycle.request_cancel(version=queued)
+    queued.refresh_from_db()
+    assert queued.status == "failed" and queued.error == lifecycle.CANCELLED_BEFORE_START
+    assert queued.finished_at is not None and queued.started_at is None
+    assert not ModelVersion.objects.filter(status="training").exists()  # the next run is not blocked
+
+    # the task arrives after all: it trains nothing and leaves the cancelled run as it is
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: pytest.fail("a cancelled run was trained"))
+    retraining.run_training(version_id=queued.pk)
+    retraining.run_training(version_id=queued.pk)
+    queued.refresh_from_db()
+    assert queued.status == "failed" and queued.error == lifecycle.CANCELLED_BEFORE_START
+    assert queued.started_at is None
+    with pytest.raises(lifecycle.LifecycleError, match="is not training"):
+        lifecycle.request_cancel(version=queued)
+
+
+@pytest.mark.django_db
+def test_cancelling_a_run_a_worker_started_asks_it_to_stop(data_here, monkeypatch):
+    from django.utils import timezone
+
+    running = ModelVersion.objects.create(version="running", status="training", started_at=timezone.now())
+    lifecycle.request_cancel(version=running)
+    running.refresh_from_db()
+    assert running.status == "training" and running.cancel_requested and not running.error
+
+
+@pytest.mark.django_db
+def test_a_run_stopped_by_the_soft_time_limit_ends_failed_naming_the_limit(data_here, settings, tmp_path,
+                                                                           monkeypatch):
+    """Celery raises SoftTimeLimitExceeded inside the task when TRAINING_SOFT_TIME_LIMIT passes."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from classifier import retraining
+
+    settings.SECONDLOOK_MODELS_ROOT = tmp_path / "models"
+    version = ModelVersion.objects.create(version="too-long", status="training", data_sources=["ham10000"],
+                                          training_config={"epochs": 1})
+
+    def out_of_time(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(retraining, "train", out_of_time)
+    assert retraining.run_training(version_id=version.pk) == "failed"
+    version.refresh_from_db()
+    assert version.status == "failed" and version.finished_at is not None
+    limit_min = settings.TRAINING_SOFT_TIME_LIMIT // 60
+    assert version.error == (f"Stopped: the run exceeded its training time limit ({limit_min} minutes). "
+                             "Retry with fewer epochs or fewer ensemble members.")
+    assert not ModelVersion.objects.filter(status="training").exists()  # a new run may start

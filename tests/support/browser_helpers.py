@@ -24,3 +24,14 @@ def log_in(page, base, username):
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{base}/")
+
+
+def admin_log_in(page, base, username="root"):
+    """Create a superuser and log in through the admin's own login page."""
+    get_user_model().objects.create_superuser(username, f"{username}@example.org", PASSWORD)
+    page.goto(f"{base}/admin/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base}/admin/")
+    return get_user_model().objects.get(username=username)

@@ -2,7 +2,6 @@
 and scored per image through the app's inference path."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.training_data import make_fake_ham
 from training import benchmark as bm
 from training.benchmark import (Benchmark, BenchmarkError, BenchmarkImage, BenchmarkLeakError, check_not_in_training,
                                 frozen_groups, load_benchmark, write_benchmark)
@@ -90,23 +90,6 @@ def test_a_forced_benchmark_lesion_in_training_data_raises(tmp_path):
         check_not_in_training(bench, {"train": [twin]}, aliases={"I9999": ["I0003"]})
 
 
-def _fake_ham(root: Path, n_lesions: int = 12) -> Path:
-    """A HAM10000-layout folder: two 24 px images per lesion, half melanomas."""
-    (root / "ham10000" / "images").mkdir(parents=True)
-    rows = []
-    for i in range(2 * n_lesions):
-        image_id = f"ISIC_{7000000 + i}"
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
-            root / "ham10000" / "images" / f"{image_id}.jpg")
-        rows.append({"lesion_id": f"HAM_{i // 2:07d}", "image_id": image_id, "dx": ("mel", "nv")[(i // 2) % 2],
-                     "dx_type": "histo", "age": "55", "sex": "male", "localization": "back"})
-    with open(root / "ham10000" / "HAM10000_metadata.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
 class _Stop(Exception):
     pass
 
@@ -117,7 +100,7 @@ def test_training_keeps_the_benchmark_out_and_refuses_a_forced_split(tmp_path, m
     from training.testing import tiny_config
     from training.train import train
 
-    data = _fake_ham(tmp_path / "data")
+    data = make_fake_ham(tmp_path / "data")
     bench = _benchmark(tmp_path, [("ISIC_7000000", "HAM_0000000", "HAM_0000000", "ham10000")])
     made = {}
     real_split = training.splits.split_by_lesion

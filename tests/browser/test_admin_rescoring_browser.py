@@ -1,0 +1,94 @@
+"""The registry's list buttons clicked in a real browser: "Re-score all images", "Roll back", the
+re-scoring job's "new model disagrees with review" count (a link to those predictions), and
+"Cancel this run" on a run no worker has started."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from cases.models import Prediction, Review
+from classifier.models import ModelVersion, RescoreJob
+from classifier.registry import activate
+from tests.support.browser_helpers import admin_log_in
+from tests.support.case_helpers import World, make_image
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def _versions() -> tuple[ModelVersion, ModelVersion]:
+    """v1 active first, then v2: v2 is active and v1 is the version to roll back to."""
+    earlier = activate(ModelVersion.objects.create(version="v1-earlier", status="ready", artifact_path="/x"))
+    ModelVersion.objects.filter(pk=earlier.pk).update(activated_at=timezone.now() - timedelta(days=3))
+    return earlier, activate(ModelVersion.objects.create(version="v2-current", status="ready", artifact_path="/x"))
+
+
+def test_rescore_all_then_roll_back_by_clicking(live_server, browser_page, monkeypatch, artifacts_dir):
+    from playwright.sync_api import expect
+
+    sent = []
+    monkeypatch.setattr("cases.rescoring.enqueue", sent.append)  # no broker: the job's task is recorded
+    page, base = browser_page, live_server.url
+    earlier, current = _versions()
+    admin_log_in(page, base)
+
+    page.goto(f"{base}/admin/classifier/modelversion/")
+    page.get_by_role("button", name="Re-score all images with the active version").click()
+    expect(page.locator(".messagelist")).to_contain_text("Re-scoring all images with v2-current in the background")
+    job = RescoreJob.objects.get()
+    assert job.model_version == current and job.image_ids == [] and sent == [job.pk]
+    expect(page.locator("table", has=page.locator("caption", has_text="Recent re-scoring jobs"))).to_contain_text(
+        "v2-current")
+    page.screenshot(path=str(artifacts_dir / "50-admin-rescore-queued.png"), full_page=True)
+
+    page.get_by_role("button", name="Roll back to the previous active version").click()
+    expect(page.locator(".messagelist")).to_contain_text("Rolled back: v1-earlier is active again")
+    assert ModelVersion.objects.get(status="active") == earlier
+    current.refresh_from_db()
+    assert current.status == "ready"
+    expect(page.locator("#content")).to_contain_text("Active model: v1-earlier")
+
+
+def test_the_jobs_disagreement_count_opens_the_disagreeing_predictions(live_server, browser_page):
+    from playwright.sync_api import expect
+
+    page, base = browser_page, live_server.url
+    world = World()
+    earlier, current = _versions()
+    reviewed, agreeing = make_image(world, sha="a" * 64), make_image(world, sha="b" * 64)
+    Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
+                          management="reassure")
+    done = {"status": "done", "melanoma_probability": 0.7, "malignancy_score": 0.7, "finished_at": timezone.now()}
+    disagreeing = Prediction.objects.create(
+        image=reviewed, model_version=current, flagged=True, **done,
+        review_disagreement="New model disagrees with review: it flags a lesion reviewed as nevus (reassure).")
+    Prediction.objects.create(image=agreeing, model_version=current, flagged=False, **done)
+    Prediction.objects.create(image=agreeing, model_version=earlier, flagged=True, review_disagreement="older", **done)
+    RescoreJob.objects.create(model_version=current, status="done", total=2, queued=2)
+    admin_log_in(page, base)
+
+    page.goto(f"{base}/admin/classifier/rescorejob/")
+    page.locator("#result_list").get_by_role("link", name="1", exact=True).click()
+    assert "disagrees=yes" in page.url and f"model_version__id__exact={current.pk}" in page.url
+    rows = page.locator("#result_list tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(str(disagreeing.pk))
+    expect(page.locator("#changelist-filter")).to_contain_text("New model disagrees with review")
+
+
+def test_cancelling_a_run_no_worker_started_ends_it_at_once(live_server, browser_page):
+    from playwright.sync_api import expect
+
+    page, base = browser_page, live_server.url
+    queued = ModelVersion.objects.create(version="train-queued", status=ModelVersion.Status.TRAINING,
+                                         progress={"phase": "queued"})
+    admin_log_in(page, base)
+
+    page.goto(f"{base}/admin/classifier/modelversion/{queued.pk}/change/")
+    page.get_by_role("button", name="Cancel this run").click()
+    expect(page.locator(".messagelist")).to_contain_text("The run train-queued was cancelled before it started")
+    expect(page.locator("pre", has_text="before a training worker started it")).to_be_visible()
+    queued.refresh_from_db()
+    assert queued.status == ModelVersion.Status.FAILED and not ModelVersion.objects.filter(status="training").exists()
+    expect(page.get_by_role("button", name="Retry this run")).to_be_visible()
