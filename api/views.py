@@ -38,12 +38,22 @@ class FhirJsonRenderer(JSONRenderer):
 def _int_param(request, name: str) -> int | None:
     """An integer query filter; a malformed one is a 400, never a 500."""
     raw = request.query_params.get(name)
-    if raw in (None, ""):
+    if raw is None:
         return None
     try:
         return int(raw)
-    except ValueError:
+    except ValueError:  # "" too: a filter sent empty is a mistake to say, not to ignore
         raise ValidationError({name: [f"{name} must be an integer."]}) from None
+
+
+def _status_filtered(queryset: QuerySet, request, values: list[str]) -> QuerySet:
+    """Apply ``?status=``: one of ``values`` (the schema's enum); anything else, empty included, is a 400."""
+    wanted = request.query_params.get("status")
+    if wanted is None:
+        return queryset
+    if wanted not in values:
+        raise ValidationError({"status": [f"status must be one of {', '.join(values)}."]})
+    return queryset.filter(status=wanted)
 
 
 def _filtered(queryset: QuerySet, request, filters: dict[str, str]) -> QuerySet:
@@ -129,11 +139,7 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
 
     def get_queryset(self):
         cases = _filtered(access.visible_cases(self.request.user), self.request, {"patient": "patient_id"})
-        wanted = self.request.query_params.get("status")
-        if wanted:
-            if wanted not in Case.Status.values:
-                raise ValidationError({"status": [f"status must be one of {', '.join(Case.Status.values)}."]})
-            cases = cases.filter(status=wanted)
+        cases = _status_filtered(cases, self.request, Case.Status.values)
         return cases.prefetch_related("lesions").order_by("-created_at", "pk")
 
     def perform_create(self, serializer):
@@ -284,11 +290,7 @@ class PredictionViewSet(ReadViewSet):
     def get_queryset(self):
         predictions = _filtered(access.visible_predictions(self.request.user), self.request,
                                 {"case": "image__lesion__case_id", "lesion": "image__lesion_id", "image": "image_id"})
-        wanted = self.request.query_params.get("status")
-        if wanted:
-            if wanted not in Prediction.Status.values:
-                raise ValidationError({"status": [f"status must be one of {', '.join(Prediction.Status.values)}."]})
-            predictions = predictions.filter(status=wanted)
+        predictions = _status_filtered(predictions, self.request, Prediction.Status.values)
         return predictions.order_by("pk")
 
     @extend_schema(request=None, responses={200: s.PredictionSerializer, 409: CONFLICT})

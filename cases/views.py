@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.db.models import Count, Prefetch, Q, prefetch_related_objects
+from django.db.models import Count, Prefetch, prefetch_related_objects
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -19,7 +19,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from audit import log as audit_log
 from cases import access, body_map, corrections, followup, queue, services
-from cases.case_filters import CaseFilterForm, filter_cases
+from cases.case_filters import (CaseFilterForm, PatientFilterForm, QueueFilterForm, filter_cases, filter_patients,
+                                filter_queue, with_last_visit)
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
 from cases.presentation import age_at_visit, age_caveat, prediction_context
@@ -52,15 +53,21 @@ def _page(request: HttpRequest, rows):
 
 @require_GET
 def patient_list(request: HttpRequest) -> HttpResponse:
-    """Patients the user may see, searchable by identifier."""
-    patients = access.visible_patients(request.user).annotate(case_count=Count("cases"))
-    query = request.GET.get("q", "").strip()
-    if query:
-        patients = patients.filter(identifier__icontains=query)
+    """Patients the user may see: search by identifier, filters (lesion status, last visit, reviewer)."""
+    form = PatientFilterForm(request.GET or None)
+    cases = access.visible_cases(request.user)
+    patients = with_last_visit(access.visible_patients(request.user), cases).annotate(case_count=Count("cases"))
+    if form.is_bound and form.is_valid():
+        patients = filter_patients(patients, form.cleaned_data, cases)
     page = _page(request, patients.order_by("clinic__name", "identifier", "pk"))
     return render(request, "cases/patient_list.html", {
-        "patients": page.object_list, "page_obj": page, "q": query, "can_create": access.is_clinician(request.user),
-    })
+        "form": form, "patients": page.object_list, "page_obj": page, "can_create": access.is_clinician(request.user),
+    }, status=_filter_status(form))
+
+
+def _filter_status(form) -> int:
+    # a bad filter shows the message and the unfiltered list, as a 400 so scripts notice
+    return 400 if form.is_bound and not form.is_valid() else 200
 
 
 @require_GET
@@ -72,7 +79,7 @@ def case_list(request: HttpRequest) -> HttpResponse:
         cases = filter_cases(cases, form.cleaned_data)
     page = _page(request, cases.order_by("-visit_date", "-created_at", "pk"))
     return render(request, "cases/case_list.html", {"form": form, "cases": page.object_list, "page_obj": page},
-                  status=400 if form.is_bound and not form.is_valid() else 200)
+                  status=_filter_status(form))
 
 
 def patient_create(request: HttpRequest) -> HttpResponse:
@@ -341,19 +348,13 @@ def _require_reviewer(request: HttpRequest) -> None:
 
 @require_GET
 def review_queue(request: HttpRequest) -> HttpResponse:
-    """Flagged cases waiting for a dermatologist, most suspicious first."""
+    """Flagged cases waiting for a dermatologist, most suspicious first: search and filters
+    (claim, claim holder, visit dates, earlier visits)."""
     _require_reviewer(request)
+    form = QueueFilterForm(request.GET or None)
     cases = queue.review_queue()
-    query = request.GET.get("q", "").strip()
-    if query:
-        cases = cases.filter(Q(patient__identifier__icontains=query) | Q(clinical_question__icontains=query))
-    claim = request.GET.get("claim", "")
-    if claim == "unclaimed":  # an expired claim is as good as none: anyone may take the case over
-        cases = cases.filter(Q(claimed_by__isnull=True) | Q(claimed_at__lt=queue.claim_expired_before()))
-    elif claim == "mine":
-        cases = cases.filter(claimed_by=request.user)
-    if request.GET.get("followed") == "1":
-        cases = cases.filter(has_earlier_visits=True)
+    if form.is_bound and form.is_valid():
+        cases = filter_queue(cases, form.cleaned_data, request.user, queue.claim_expired_before())
     page = _page(request, cases)
     rows = list(page.object_list)
     awaiting = Lesion.objects.filter(awaiting_review=True).prefetch_related("images").order_by("pk")
@@ -363,9 +364,8 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     for row in rows:
         row.patient_age = age_at_visit(row)
     return render(request, "cases/queue.html", {
-        "cases": rows, "page_obj": page, "cannot_assess_rank": queue.CANNOT_ASSESS_RANK,
-        "filters": {"q": query, "claim": claim, "followed": request.GET.get("followed") == "1"},
-        "now": now, "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS})
+        "form": form, "cases": rows, "page_obj": page, "cannot_assess_rank": queue.CANNOT_ASSESS_RANK,
+        "now": now, "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS}, status=_filter_status(form))
 
 
 @require_POST

@@ -15,7 +15,10 @@ def imap(fn: Callable, items: Iterable, workers: int, chunksize: int = 32) -> It
         with ThreadPoolExecutor(workers) as pool:
             yield pool.map(fn, items)
     else:
-        with multiprocessing.Pool(workers) as pool:
+        # forkserver, not fork: the caller may be a threaded process (a test run with live servers,
+        # TensorFlow's thread pools, a progress bar's monitor); a child forked from it can inherit a
+        # lock some other thread held and hang, and a pool never hears of a lost child's work
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
             yield pool.imap(fn, items, chunksize=chunksize)
 
 

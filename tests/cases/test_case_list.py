@@ -36,6 +36,9 @@ def test_filters(client, world):
     assert _ids(client.get("/cases/", {"reviewer": world.derm.pk})) == [world.case_b.pk]
     bad = client.get("/cases/", {"visit_from": "2026-02-01", "visit_to": "2026-01-01"})
     assert bad.status_code == 400 and "is after" in bad.content.decode()
+    junk = client.get("/cases/", {"visit_from": "junk"})  # a field's own error is said too, not only the form's
+    assert junk.status_code == 400 and "Enter a valid date" in junk.content.decode()
+    assert "the list below is unfiltered" in junk.content.decode()
 
 
 def test_a_nul_in_a_search_is_refused_not_a_database_error(client, world):
