@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 from mlcore.labels import CLASSES, HAM_TO_CLASSES, label_key
 
@@ -208,3 +209,16 @@ def load_all(data_root: Path, verify: bool = True) -> LoadResult:
     res.extend(load_ham(data_root / SRC_HAM, verify=verify, source=SRC_HAM))
     res.extend(load_ham(data_root / SRC_HAM_MORE, verify=verify, source=SRC_HAM_MORE))
     return res
+
+
+def load_sources(data_root: Path, sources: Sequence[str] | None = None, extra_records: Sequence = ()) -> LoadResult:
+    """``load_all`` kept to ``sources`` (None: all), records and problems alike, plus ``extra_records``
+    (e.g. dermatologist-reviewed images): what a training run audits."""
+    load = load_all(Path(data_root))
+    if sources is not None:
+        left_out = set(ALL_SOURCES) - set(sources)
+        load.records = [r for r in load.records if r.source in set(sources)]
+        load.problems = [p for p in load.problems if not any(
+            str(p.path).startswith(str(Path(data_root) / src)) for src in left_out)]
+    load.records = list(load.records) + list(extra_records)
+    return load

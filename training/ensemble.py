@@ -204,15 +204,9 @@ def audit_of(data_root: Path, cache_dir: Path | None, *, sources: Sequence[str] 
     """The data audit ``training.train.train`` runs for these ``sources`` and ``extra_records``:
     the records its split ids refer to (the image hashes come from the cache by then)."""
     from .audit import audit_records
-    from .data import ALL_SOURCES, load_all
+    from .data import load_sources
 
-    load = load_all(Path(data_root))
-    if sources is not None:
-        load.records = [r for r in load.records if r.source in set(sources)]
-        load.problems = [p for p in load.problems if not any(
-            str(p.path).startswith(str(Path(data_root) / src)) for src in (set(ALL_SOURCES) - set(sources)))]
-    load.records = list(load.records) + list(extra_records)
-    return audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None,
+    return audit_records(load_sources(data_root, sources, extra_records), cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None,
                          progress=False)
 
 

@@ -410,7 +410,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     from .artifact import export_artifact
     from .audit import audit_records
     from .cache import load_images
-    from .data import ALL_SOURCES, load_all
+    from .data import load_sources
     from .evaluate import evaluate_probs
     from mlcore.clinical import contexts_of
     from mlcore.labels import mask_from_classes
@@ -426,12 +426,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
             on_progress({"phase": phase, **extra})
 
     progress("auditing data")
-    load = load_all(Path(data_root))
-    if sources is not None:
-        load.records = [r for r in load.records if r.source in set(sources)]
-        load.problems = [p for p in load.problems if not any(
-            str(p.path).startswith(str(Path(data_root) / src)) for src in (set(ALL_SOURCES) - set(sources)))]
-    load.records = list(load.records) + list(extra_records)
+    load = load_sources(data_root, sources, extra_records)
     if not load.records:
         raise ValueError("no training images: check the data sources")
     audit = audit_records(load, cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None,
