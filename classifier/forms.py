@@ -45,8 +45,8 @@ class TrainingForm(forms.Form):
         self.fields["kind"].help_text = (
             f"An ensemble trains its members one after the other, so it takes about as many times as long as a "
             f"single CNN, and its time limit is the single run's ({ens.format_minutes(soft / 60)}) per member. It "
-            f"costs as many times the inference time per image, and it has the quality checks and prediction sets "
-            f"but no out-of-domain detector (that one reads a single CNN's features).")
+            f"costs as many times the inference time per image; its quality checks, prediction sets and "
+            f"out-of-domain detector (over every member's features) are fitted like a single CNN's.")
 
     def clean(self) -> dict:
         """An ensemble's seeds parsed and checked; the form's choice folded into ``members``."""

@@ -11,7 +11,9 @@ groups. The threshold is the validation quantile that lets ``OOD_PASS_TARGET`` (
 validation images pass: a larger score marks the image as unfamiliar.
 
 The scoring model (``with_features``) outputs the logits and the features as one tensor, so the
-fast runners (LiteRT, tf.function) evaluate both in the forward pass they already do.
+fast runners (LiteRT, tf.function) evaluate both in the forward pass they already do. For an
+ensemble (``training.ensemble``) the groups are every member's, one after the other: an image is
+unfamiliar when any member finds it unusual at any depth.
 """
 from __future__ import annotations
 
@@ -30,12 +32,19 @@ STATS_FILE = "ood.npz"
 
 
 def has_feature_layer(keras_model) -> bool:
-    """Whether the model has the penultimate layer the detector reads."""
+    """Whether the model, or each of an ensemble's members, has the penultimate layer the detector reads."""
+    return bool(_feature_models(keras_model))
+
+
+def _feature_models(keras_model) -> list:
+    """The model itself when it has the feature layer, else each ensemble member that has it (in
+    order); empty when there is none."""
+    from mlcore.keras_model import conv_members
+
     try:
-        keras_model.get_layer(FEATURE_LAYER)
+        return [m for m, _ in conv_members(keras_model, FEATURE_LAYER)]
     except ValueError:
-        return False
-    return True
+        return []
 
 
 def _layer_or_none(keras_model, name: str):
@@ -48,7 +57,24 @@ def _layer_or_none(keras_model, name: str):
 def with_features(keras_model):
     """A Keras model computing ``concat([logits, pooled block outputs..., penultimate features])``
     from the same input (for each block output the model has, its channels' spatial mean and
-    standard deviation)."""
+    standard deviation). For an ensemble: the mean of its members' logits, then each member's
+    feature groups in member order, so that every member's view of the image is checked."""
+    import keras
+
+    models = _feature_models(keras_model)
+    if models == [keras_model]:
+        return _single_with_features(keras_model)
+    from mlcore.labels import NUM_CLASSES
+
+    inp = keras.Input(keras_model.input_shape[1:], name="image")
+    outs = [_single_with_features(m)(inp) for m in models]
+    logits = keras.layers.Average(dtype="float32", name="logits_mean")([o[:, :NUM_CLASSES] for o in outs])
+    out = keras.layers.Concatenate(axis=-1, dtype="float32", name="logits_and_features")(
+        [logits, *[o[:, NUM_CLASSES:] for o in outs]])
+    return keras.Model(inp, out, name=f"{keras_model.name}_with_features")
+
+
+def _single_with_features(keras_model):
     import keras
 
     ops = keras.ops
@@ -68,10 +94,14 @@ def with_features(keras_model):
 
 
 def feature_widths(keras_model) -> list[int]:
-    """The widths of the feature groups ``with_features`` appends after the logits, in order."""
-    widths = [2 * int(layer.output.shape[-1]) for name in INTERMEDIATE_LAYERS
-              if (layer := _layer_or_none(keras_model, name)) is not None]
-    return widths + [int(keras_model.get_layer(FEATURE_LAYER).output.shape[-1])]
+    """The widths of the feature groups ``with_features`` appends after the logits, in order (an
+    ensemble: each member's groups, member after member)."""
+    widths = []
+    for m in _feature_models(keras_model):
+        widths += [2 * int(layer.output.shape[-1]) for name in INTERMEDIATE_LAYERS
+                   if (layer := _layer_or_none(m, name)) is not None]
+        widths.append(int(m.get_layer(FEATURE_LAYER).output.shape[-1]))
+    return widths
 
 
 @dataclass

@@ -88,30 +88,40 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False, assessed
     out = _export_tiny(model, cfg, Path(path), seed=seed, history=history,
                        version=f"tiny-test-{seed}" + ("-assessed" if assessed else ""), plots=plots)
     if assessed:
-        from mlcore.artifact import read_card
-        from .assessment import assess, save
-        from .data import ImageRecord
-        from mlcore.labels import ham_code_of
-
-        splits = {}
-        for k, n, s in (("train", 270, seed), ("val", 90, seed + 1), ("test", 90, seed + 2)):
-            x, _, sets = synthetic_images(n, seed=s)
-            splits[k] = ([ImageRecord(path="", isic_id=f"SYN_{k}_{i:04d}", lesion_id=f"SYN_{k}_{i:04d}",
-                                      allowed=st, source="synthetic", ham_code=ham_code_of(st))
-                          for i, st in enumerate(sets)], x)
-        assessment, detector = assess(model, read_card(out), splits, None, external=False)
-        save(out, assessment, detector)
+        _assess_tiny(model, out, seed)
     return out
 
 
-def make_tiny_ensemble_dir(path: Path, member_dirs, seed: int = 0, plots: bool = False) -> Path:
+def make_tiny_ensemble_dir(path: Path, member_dirs, seed: int = 0, plots: bool = False,
+                           assessed: bool = False) -> Path:
     """A complete ensemble artifact (training.ensemble) of tiny member artifacts, calibrated and
-    evaluated on synthetic data like ``make_tiny_model_dir``."""
+    evaluated on synthetic data like ``make_tiny_model_dir`` (``assessed`` as there)."""
     from .ensemble import load_ensemble
 
     _, model, ensemble, history = load_ensemble(member_dirs)
-    return _export_tiny(model, tiny_config(seed), Path(path), seed=seed, history=history,
-                        version=f"tiny-ensemble-{seed}", plots=plots, ensemble=ensemble)
+    out = _export_tiny(model, tiny_config(seed), Path(path), seed=seed, history=history,
+                       version=f"tiny-ensemble-{seed}" + ("-assessed" if assessed else ""), plots=plots,
+                       ensemble=ensemble)
+    if assessed:
+        _assess_tiny(model, out, seed)
+    return out
+
+
+def _assess_tiny(model, out: Path, seed: int) -> None:
+    """Fit the quality checks, out-of-domain detector and prediction sets on the synthetic splits."""
+    from mlcore.artifact import read_card
+    from .assessment import assess, save
+    from .data import ImageRecord
+    from mlcore.labels import ham_code_of
+
+    splits = {}
+    for k, n, s in (("train", 270, seed), ("val", 90, seed + 1), ("test", 90, seed + 2)):
+        x, _, sets = synthetic_images(n, seed=s)
+        splits[k] = ([ImageRecord(path="", isic_id=f"SYN_{k}_{i:04d}", lesion_id=f"SYN_{k}_{i:04d}",
+                                  allowed=st, source="synthetic", ham_code=ham_code_of(st))
+                      for i, st in enumerate(sets)], x)
+    assessment, detector = assess(model, read_card(out), splits, None, external=False)
+    save(out, assessment, detector)
 
 
 def _export_tiny(model, cfg, path: Path, *, seed: int, history: dict, version: str, plots: bool,

@@ -193,3 +193,33 @@ def test_split_seed_trains_another_seed_on_the_same_split():
     cfg = TrainConfig(seed=2026, split_seed=1234)
     assert cfg.effective_split_seed == 1234
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_ensemble_gets_an_out_of_domain_detector_over_every_members_features(member_dirs, tmp_path,
+                                                                               inference_options):
+    from mlcore import ood
+    from mlcore.keras_model import predict_logits
+    from mlcore.model_store import load_model
+    from training.testing import make_tiny_ensemble_dir
+
+    members = [load_model(d).keras_model for d in member_dirs]
+    ens_dir = make_tiny_ensemble_dir(tmp_path / "ens", member_dirs, assessed=True)
+    m = load_model(ens_dir)
+    assert ood.has_feature_layer(m.keras_model)
+    widths = ood.feature_widths(m.keras_model)
+    assert widths == ood.feature_widths(members[0]) + ood.feature_widths(members[1])
+    x = _images(4)
+    both = np.asarray(ood.with_features(m.keras_model)(x, training=False))
+    # the logits are the ensemble's own, then each member's feature groups in order
+    np.testing.assert_allclose(both[:, :9], predict_logits(m.keras_model, x), atol=1e-5)
+    assert both.shape[1] == 9 + sum(widths)
+    for i, k in enumerate(members):
+        start = 9 + sum(ood.feature_widths(members[0])) * i
+        own = np.asarray(ood.with_features(k)(x, training=False))[:, 9:]
+        np.testing.assert_allclose(both[:, start:start + own.shape[1]], own, atol=2e-2)  # float16 weights
+    detector = m.ood_detector
+    assert detector is not None and len(detector.parts) == len(widths)
+    inference_options(cache_dir=tmp_path / "model-cache")
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    (pred,) = m.predict([noise])
+    assert pred.assessment["ood"]["threshold"] == pytest.approx(detector.threshold, abs=1e-3)
