@@ -59,9 +59,9 @@ def fit(*, train_images: np.ndarray, train_codes, train_features: np.ndarray | N
         val_scores = detector.score(val_features)
         detector.threshold = ood.threshold_for(val_scores)
         ood_info = {"method": "per feature group (three pooled block outputs and the penultimate gap "
-                              "features) the min class Mahalanobis distance with a shared Ledoit-Wolf "
-                              "covariance fitted on the training split, divided by its validation "
-                              "median; the score is the largest",
+                              "features; an ensemble: every member's groups) the min class Mahalanobis "
+                              "distance with a shared Ledoit-Wolf covariance fitted on the training "
+                              "split, divided by its validation median; the score is the largest",
                     "feature_groups": list(feature_widths or [int(train_features.shape[1])]),
                     "threshold": detector.threshold, "target_pass": ood.OOD_PASS_TARGET,
                     "validation_pass_rate": float((val_scores <= detector.threshold).mean()),
