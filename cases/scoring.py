@@ -27,6 +27,7 @@ from cases import prediction_states as states
 from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from classifier import artifact_store
+from classifier.dispatch import broker_connection
 from classifier.registry import active_version
 from mlcore.labels import MALIGNANT_CLASSES
 
@@ -65,7 +66,7 @@ def dispatch_prediction(prediction_id: int, *, connection=None, queue: str = INT
         if connection is not None:
             _send(prediction_id, connection, queue)
         else:
-            with _broker_connection() as fresh:
+            with broker_connection() as fresh:
                 _send(prediction_id, fresh, queue)
     except Exception as exc:  # broker down: the upload stands, the sweep sends it later
         log.warning("could not enqueue prediction %s (%s: %s); the sweep will retry", prediction_id,
@@ -73,19 +74,6 @@ def dispatch_prediction(prediction_id: int, *, connection=None, queue: str = INT
         states.release_dispatch(prediction_id, enqueued_at=now)
         return False
     return True
-
-
-def _broker_connection():
-    """A connection that fails fast when Redis is down.
-
-    Celery's default publish retries the connection for seconds, which would stall the upload
-    request; the sweep is our retry instead. A fresh connection also follows the current
-    broker_url rather than a pooled one.
-    """
-    timeout = settings.BROKER_PUBLISH_TIMEOUT_S
-    options = dict(current_app.conf.broker_transport_options or {}, socket_timeout=timeout,
-                   socket_connect_timeout=timeout)
-    return current_app.connection_for_write(connect_timeout=timeout, transport_options=options)
 
 
 def _send(prediction_id: int, connection, queue: str = INTERACTIVE_QUEUE) -> None:
@@ -178,7 +166,7 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
                 .values_list("pk", "enqueued_at", "rescore")[:500])
     if not rows:
         return sent
-    with _broker_connection() as connection:
+    with broker_connection() as connection:
         for prediction_id, enqueued_at, rescore in rows:
             # Re-claim with a conditional UPDATE on the value we read: a concurrent sweep loses.
             if enqueued_at is not None and not states.release_dispatch(prediction_id, enqueued_at=enqueued_at):

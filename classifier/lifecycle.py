@@ -19,6 +19,7 @@ from classifier import ensemble_training
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 from classifier.registry import activate
+from classifier.warmup import warm_after_commit
 from training.benchmark import BenchmarkError, current_benchmark
 from training.config import TrainConfig
 
@@ -206,6 +207,7 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
         activate(version)
         audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
                new={"active": version.version})
+        warm_after_commit(version)
     return version
 
 
@@ -224,6 +226,7 @@ def rollback(*, user=None) -> ModelVersion:
         activate(previous)
         audit_registry_event(user, "rollback", previous, old={"active": current.version if current else None},
                new={"active": previous.version})
+        warm_after_commit(previous)
     return previous
 
 

@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 
 from classifier.retraining import run_training, sweep_stale_runs
+from classifier.warmup import warm_version
 
 
 @shared_task(
@@ -29,3 +30,10 @@ def train_model(self, version_id: int) -> str:
 def sweep_training_runs() -> list[str]:
     """Periodic (beat): fail the training runs that cannot still be running, with the reason."""
     return sweep_stale_runs()
+
+
+@shared_task(name="classifier.tasks.warm_model", ignore_result=True, soft_time_limit=120, time_limit=180)
+def warm_model(version_id: int) -> str:
+    """Load a newly active version on this inference worker before uploads need it (best effort;
+    idempotent: a second run finds the model cached)."""
+    return warm_version(version_id=int(version_id))

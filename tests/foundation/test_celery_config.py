@@ -10,6 +10,7 @@ def test_queues_and_routing():
     assert app.amqp.router.route({}, "classifier.tasks.train_model")["queue"].name == "training"
     assert app.amqp.router.route({}, "cases.tasks.score_image")["queue"].name == "inference"
     assert app.amqp.router.route({}, "cases.tasks.rescore_images")["queue"].name == "rescoring"
+    assert app.amqp.router.route({}, "classifier.tasks.warm_model")["queue"].name == "inference"
     # a worker of both queues drains the interactive one first
     assert app.conf.broker_transport_options["queue_order_strategy"] == "priority"
 
