@@ -27,7 +27,7 @@ from cases import prediction_states as states
 from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from classifier import artifact_store
-from classifier.dispatch import broker_connection
+from classifier.dispatch import broker_connection, send
 from classifier.registry import active_version
 from mlcore.labels import MALIGNANT_CLASSES
 
@@ -77,9 +77,8 @@ def dispatch_prediction(prediction_id: int, *, connection=None, queue: str = INT
 
 
 def _send(prediction_id: int, connection, queue: str = INTERACTIVE_QUEUE) -> None:
-    connection.ensure_connection(max_retries=0)  # one try: the sweep is the retry
-    # by name: cases.tasks imports this module (the task wraps run_prediction)
-    current_app.send_task(SCORE_TASK, args=[prediction_id], queue=queue, connection=connection, retry=False)
+    # one try (the sweep is the retry); by name: cases.tasks imports this module
+    send(SCORE_TASK, [prediction_id], connection=connection, queue=queue)
 
 
 def _requeue(prediction_id: int, *, started_before: datetime, now: datetime, worker: str | None = None) -> bool:

@@ -16,3 +16,10 @@ def broker_connection():
     options = dict(current_app.conf.broker_transport_options or {}, socket_timeout=timeout,
                    socket_connect_timeout=timeout)
     return current_app.connection_for_write(connect_timeout=timeout, transport_options=options)
+
+
+def send(task: str, args: list, *, connection, queue: str | None = None) -> None:
+    """Publish ``task`` by name on ``connection`` with one connection try and no publish retry
+    (raises when the broker is down: the caller decides what a lost send means)."""
+    connection.ensure_connection(max_retries=0)
+    current_app.send_task(task, args=args, queue=queue, connection=connection, retry=False)

@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from celery import current_app
 from django.db import transaction
 
 from classifier import artifact_store
-from classifier.dispatch import broker_connection
+from classifier.dispatch import broker_connection, send
 from classifier.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -46,12 +45,11 @@ def warm_version(*, version_id: int) -> str:
 def warm_after_commit(version: ModelVersion) -> None:
     """Once the current transaction commits, ask an inference worker to warm ``version``; a broker
     that is down is logged and ignored."""
-    def send() -> None:
+    def ask() -> None:
         try:
             with broker_connection() as connection:
-                connection.ensure_connection(max_retries=0)
-                current_app.send_task(WARM_TASK, args=[version.pk], connection=connection, retry=False)
+                send(WARM_TASK, [version.pk], connection=connection)
         except Exception as exc:
             log.warning("could not ask a worker to warm %s (%s: %s)", version.version, type(exc).__name__, exc)
 
-    transaction.on_commit(send)
+    transaction.on_commit(ask)

@@ -206,8 +206,8 @@ def audit_of(data_root: Path, cache_dir: Path | None, *, sources: Sequence[str] 
     from .audit import audit_records
     from .data import load_sources
 
-    return audit_records(load_sources(data_root, sources, extra_records), cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None,
-                         progress=False)
+    return audit_records(load_sources(data_root, sources, extra_records),
+                         cache_file=(Path(cache_dir) / "image_hashes.json") if cache_dir else None, progress=False)
 
 
 def train_ensemble(cfg, seeds: Sequence[int], data_root: Path, out_dir: Path, cache_dir: Path | None, *,

@@ -24,7 +24,7 @@ def sent(monkeypatch):
             return self
 
     monkeypatch.setattr(warmup, "broker_connection", FakeConnection)
-    monkeypatch.setattr(warmup.current_app, "send_task",
+    monkeypatch.setattr("classifier.dispatch.current_app.send_task",
                         lambda name, args, **kw: calls.append((name, args[0])))
     return calls
 
