@@ -27,7 +27,8 @@ OOD_PASS_TARGET = 0.95
 # channel): early layers see colour and texture statistics (text, charts, flat colours), the last
 # one the lesion classes
 FEATURE_LAYER = "gap"
-INTERMEDIATE_LAYERS = ("s0b0_out", "s1b1_out", "s2b1_out")
+# (the residual CNN's names, then MobileNetV2's at the same depths: a model has one set)
+INTERMEDIATE_LAYERS = ("s0b0_out", "s1b1_out", "s2b1_out", "block_2_add", "block_5_add", "block_12_add")
 STATS_FILE = "ood.npz"
 
 

@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     b.add_argument("--build-from", type=Path, default=None, metavar="MODEL_DIR")
     b.add_argument("--version", default=None, help="the new version's name (with --build-from)")
     b.add_argument("--out", type=Path, default=None, help="default training/benchmark/<version>.json")
+    ib = sub.add_parser("import-backbone", help="rebuild the bundled ImageNet MobileNetV2 weights "
+                        "(training/backbones/) from the nsfwjs npm tarball (npm pack nsfwjs@4.3.0)")
+    _common(ib)
+    ib.add_argument("--tarball", type=Path, required=True)
     args = ap.parse_args(argv)
     droot = args.data or data_dir()
     cdir = args.cache or cache_dir()
@@ -173,6 +177,11 @@ def main(argv=None) -> int:
         if args.record:
             add_test_figures(args.model, external={"ph2": res})
             print(f"recorded the PH2 figures in {args.model}")
+        return 0
+    if args.cmd == "import-backbone":
+        from .backbone import import_nsfwjs
+
+        print(json.dumps(import_nsfwjs(args.tarball), indent=1))
         return 0
     if args.cmd == "benchmark":
         from .benchmark import BENCHMARK_DIR, build_from_model, current_benchmark

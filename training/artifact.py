@@ -214,7 +214,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "output": "logits (float32); probabilities = softmax((logits + clinical offset) / temperature)",
         # mlcore.clinical.ClinicalAdjustment: per-class logit offset from age, sex and site
         "clinical_context": clinical.to_dict() if clinical is not None else None,
-        "last_conv_layer": "last_conv",
+        "last_conv_layer": cfg.last_conv_layer,
         "tta": cfg.tta,
         "temperature": float(temperature),
         "thresholds": thresholds.to_dict(),
@@ -240,6 +240,10 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         "split_ids": split,
         "benchmark": benchmark,
     }
+    if cfg.backbone != "scratch":
+        from .backbone import describe
+
+        card["training"]["backbone"] = describe()
     if ensemble:
         members = ensemble.get("members", [])
         card["ensemble"] = ensemble

@@ -23,6 +23,7 @@ def cache_dir() -> Path:
 # 80 in all on the project's 2-core CPU). The default itself, which the admin's "Train a new
 # version" uses, stays inside 60 minutes.
 SHIPPED_RECIPE = {"time_budget_min": 75.0}
+BACKBONES = ("scratch", "mobilenet_v2")
 
 
 @dataclass
@@ -85,13 +86,20 @@ class TrainConfig:
     # fit the image-quality checks, the out-of-domain detector and the conformal prediction sets
     # (training.assessment) after export
     assessment: bool = True
-    pretrained: str = ""  # optional path of a weights file; none exists here
+    pretrained: str = ""  # optional path of a weights file to warm-start from
+    # the network: "scratch" (training.model.build_model: the residual CNN above, random init) or
+    # "mobilenet_v2" (Keras MobileNetV2 starting from the bundled ImageNet weights,
+    # training.backbone; width/stages/stem_stride do not apply)
+    backbone: str = "scratch"
+    freeze_blocks: int = 0  # mobilenet_v2: keep its stem and blocks 0..k-1 frozen
 
     def __post_init__(self) -> None:
         from mlcore.framing import FRAMINGS
 
         if self.framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {self.framing!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
 
     @property
     def effective_split_seed(self) -> int:
@@ -103,12 +111,23 @@ class TrainConfig:
         """Whether training uses progressive resizing (a start size below the full size)."""
         return 0 < self.progressive_min_size < self.image_size
 
+    @property
+    def last_conv_layer(self) -> str:
+        """The layer Grad-CAM reads (the last convolutional block's output)."""
+        from .model import LAST_CONV, MOBILENET_LAST_CONV
+
+        return MOBILENET_LAST_CONV if self.backbone == "mobilenet_v2" else LAST_CONV
+
     def build_model(self, *, any_size: bool = False):
         """The Keras model this configuration describes (under the current dtype policy);
         ``any_size`` accepts every square input size (for progressive resizing)."""
         from mlcore.labels import NUM_CLASSES
-        from .model import build_model
+        from .model import build_mobilenet_v2, build_model
 
+        if self.backbone == "mobilenet_v2":
+            return build_mobilenet_v2(None if any_size else self.image_size, NUM_CLASSES, self.dropout,
+                                      seed=self.seed, colour_constancy=self.colour_constancy,
+                                      freeze_blocks=self.freeze_blocks)
         return build_model(None if any_size else self.image_size, NUM_CLASSES, self.width, self.stages, self.dropout,
                            seed=self.seed, stem_stride=self.stem_stride,
                            colour_constancy=self.colour_constancy)

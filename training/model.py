@@ -91,6 +91,55 @@ def build_model(image_size: int | None, num_classes: int = 9, width: int = 32,
     return keras.Model(inp, out, name="secondlook_cnn")
 
 
+MOBILENET_LAST_CONV = "out_relu"
+BN_MOMENTUM = 0.99
+
+
+def _mobilenet_block(layer_name: str) -> int:
+    """The MobileNetV2 block a Keras layer belongs to: -1 for the stem (``Conv1``...), 0 for
+    ``expanded_conv*``, i for ``block_i_*``, 99 for the layers after the last block."""
+    if layer_name.startswith(("Conv1", "bn_Conv1")):
+        return -1
+    if layer_name.startswith("expanded_conv"):
+        return 0
+    if layer_name.startswith("block_"):
+        return int(layer_name.split("_")[1])
+    return 99
+
+
+def build_mobilenet_v2(image_size: int | None, num_classes: int = 9, dropout: float = 0.2,
+                       seed: int = 0, colour_constancy: str = "none", freeze_blocks: int = 0):
+    """Keras MobileNetV2 (alpha 1.0) on the same input contract as `build_model` (float32 RGB
+    0..255, colour constancy as the first layer, logits out; penultimate layer 'gap'). Its layers
+    keep Keras's names, so the bundled ImageNet weights (`training.backbone`) load by name.
+
+    ``freeze_blocks`` k > 0 keeps the stem and blocks 0..k-1 frozen (BatchNorm in inference mode):
+    the high-resolution blocks cost most of the backward pass, and their edge and colour filters
+    need the least adapting."""
+    import keras
+    from keras import layers
+
+    from mlcore.colour import apply_layer
+
+    inp = keras.Input((image_size, image_size, 3), name="image")
+    x = apply_layer(inp, colour_constancy)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
+    base = keras.applications.MobileNetV2(input_tensor=x, include_top=False, weights=None, alpha=1.0)
+    for layer in base.layers:
+        if freeze_blocks > 0 and _mobilenet_block(layer.name) < freeze_blocks and layer.weights:
+            layer.trainable = False
+        elif isinstance(layer, layers.BatchNormalization):
+            # Keras builds these with momentum 0.999: over a short fine-tuning run the moving
+            # statistics would stay close to ImageNet's, and validation (which uses them) lag
+            # far behind training (measured: validation loss rising while training loss fell)
+            layer.momentum = BN_MOMENTUM
+    x = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    out = layers.Dense(num_classes, dtype="float32", name="logits",
+                       kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+    return keras.Model(inp, out, name="secondlook_mobilenet_v2")
+
+
 def set_loss(label_smoothing: float = 0.0):
     """loss = -log(sum_{c in allowed} p_c), computed stably in float32 from logits.
     y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE."""

@@ -70,18 +70,20 @@ def tiny_config(seed: int = 0):
                        colour_constancy="none", aug_device=0.0, aug_zoom_out=0.0)
 
 
-def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False, assessed: bool = False) -> Path:
+def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False, assessed: bool = False,
+                        **config) -> Path:
     """Generate synthetic images, train a very small model briefly, fit temperature/thresholds on
     synthetic validation data and export a complete artifact (same format as the real one).
     ``assessed`` also fits the quality checks, out-of-domain detector and prediction sets
     (training.assessment) on the synthetic splits; without it the artifact is like one from
-    before them (every image assessable)."""
+    before them (every image assessable). ``config`` overrides fields of `tiny_config`."""
+    import dataclasses
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .train import fit_model
 
-    cfg = tiny_config(seed)
+    cfg = dataclasses.replace(tiny_config(seed), **config)
     x_tr, m_tr, _ = synthetic_images(270, seed=seed)
     x_va, m_va, _ = synthetic_images(90, seed=seed + 1)
     model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)

@@ -173,6 +173,10 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     keras.utils.set_random_seed(cfg.seed)
     policy = set_precision(cfg.mixed_precision)
     model = cfg.build_model(any_size=cfg.progressive)
+    if cfg.backbone == "mobilenet_v2":
+        from .backbone import assign_backbone, load_backbone_weights
+
+        assign_backbone(model, load_backbone_weights())
     if cfg.pretrained and Path(cfg.pretrained).is_file():
         model.load_weights(cfg.pretrained, skip_mismatch=True)
     weights = class_weights_for(m_train, cfg.class_weight_power)
