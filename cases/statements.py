@@ -26,7 +26,9 @@ DATA_ATTRIBUTION = (
     "CC-0 / CC BY-NC 4.0) and HAM10000 (Tschandl, Rosendahl & Kittler, Sci. Data 5, 180161 (2018); "
     "ViDIR Group, Medical University of Vienna; CC BY-NC 4.0). Tested on another hospital's images: "
     "the PH2 database (Mendonça et al., IEEE EMBC 2013; Hospital Pedro Hispano, Matosinhos; "
-    "research and education use). Non-commercial use."
+    "research and education use). The network starts from Keras's ImageNet MobileNetV2 weights "
+    "(Keras Applications, Apache-2.0; ImageNet, Deng et al. 2009), as bundled in the nsfwjs 4.3.0 "
+    "npm package (MIT). Non-commercial use."
 )
 
 # What the shipped model's validation could not cover (README, "Known limits"); a model card
@@ -35,7 +37,7 @@ MODEL_LIMITS = (
     "Trained and tested mostly on light-skinned patients from two public collections: darker skin "
     "types (Fitzpatrick V-VI) are barely represented, so its accuracy for them is unknown.",
     "Images from a different dermatoscope or clinic are often out of domain for it (on the PH2 "
-    "hospital's images it could not assess 40 % and flagged almost every lesion it did assess).",
+    "hospital's images it could not assess 44 % and flagged two thirds of the nevi).",
     "Validated for dermoscopic images only: clinical (close-up) photos are refused.",
     "A score below the threshold does not rule out melanoma or another malignancy.",
 )

@@ -60,7 +60,8 @@ def synthetic_contexts(sets, seed: int = 0) -> list:
 def tiny_config(seed: int = 0):
     from .config import TrainConfig
 
-    return TrainConfig(seed=seed, image_size=TINY_SIZE, width=8, stages=(1, 1), stem_stride=2, dropout=0.0, epochs=6,
+    return TrainConfig(seed=seed, backbone="scratch", freeze_blocks=0, image_size=TINY_SIZE, width=8, stages=(1, 1),
+                       stem_stride=2, dropout=0.0, epochs=6,
                        batch_size=32, learning_rate=1e-2, weight_decay=1e-4, warmup_epochs=0.5,
                        label_smoothing=0.0, class_weight_power=0.5, mixed_precision="fp32",
                        time_budget_min=0.0, patience=100, aug_zoom=0.05, aug_color=0.05, bootstrap=50,

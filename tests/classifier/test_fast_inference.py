@@ -133,6 +133,25 @@ def test_bf16_clone_keeps_the_whole_stem_in_float32(stem_stride, stem):
     assert not any(name.startswith("s0b0") for name in kept)
 
 
+def test_bf16_clone_of_the_model_with_its_domain_features_keeps_their_float32_casts():
+    """The out-of-domain feature groups are cast to float32 inside the graph; the bfloat16 clone
+    must leave those casts alone (a policy name is not a dtype) and still agree with float32."""
+    from mlcore.ood import with_features
+    from mlcore.runners import _bf16_clone, _fp32_stem
+    from training.config import TrainConfig
+
+    model = with_features(TrainConfig(backbone="mobilenet_v2", image_size=64, mixed_precision="fp32").build_model())
+    config = model.get_config()
+    assert any(layer["class_name"] == "Cast" for layer in config["layers"])
+    kept = _fp32_stem(config)
+    assert {"Conv1", "expanded_conv_project_BN", "block_9_add"} <= kept and not kept & {"block_10_expand", "logits"}
+    clone = _bf16_clone(model)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    got = np.asarray(clone(x, training=False))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.asarray(model(x, training=False)), atol=0.5)
+
+
 @pytest.mark.slow
 def test_a_tampered_converted_model_is_converted_again_not_served(tiny_model_dir, inference_options, tmp_path):
     from mlcore.model_store import load_model

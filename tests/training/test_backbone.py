@@ -79,6 +79,19 @@ def test_bundled_weights_load_by_name_and_freeze_the_early_blocks():
         TrainConfig(backbone="resnet50")
 
 
+def test_the_default_is_the_pretrained_backbone_and_older_cards_stay_scratch_cnns():
+    """New runs (the admin's included) start from the ImageNet weights; a card written before the
+    option existed records no backbone and describes the residual CNN it was trained as."""
+    from training.config import SHIPPED_RECIPE, TrainConfig
+    from training.testing import tiny_config
+
+    assert TrainConfig().backbone == TrainConfig(**SHIPPED_RECIPE).backbone == "mobilenet_v2"
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("backbone", "freeze_blocks")}
+    legacy = TrainConfig.from_dict(old)
+    assert (legacy.backbone, legacy.freeze_blocks, legacy.last_conv_layer) == ("scratch", 0, "last_conv")
+    assert tiny_config().backbone == "scratch"
+
+
 def test_mismatched_shapes_are_refused():
     from training.backbone import assign_backbone, load_backbone_weights
     from training.config import TrainConfig
