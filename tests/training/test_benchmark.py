@@ -38,7 +38,11 @@ def test_the_committed_benchmark_is_the_shipped_models_held_out_split():
     assert b.version == "frozen-v1" and len(b.content_sha256) == 64
     assert sorted(b.image_ids) == sorted(card["split_ids"]["test"])
     assert (len(b.images), b.n_lesions) == (1596, 1242)
-    assert b.created_from["model_version"] == card["version"]
+    # frozen: it keeps the provenance of the model it was drawn from (v2), and each shipped model
+    # since records that it was kept out of its training and validation
+    assert b.created_from["model_version"] == "cnn160-20261201-1105-184d47d4"
+    assert card["benchmark"]["version"] == b.version and card["benchmark"]["content_sha256"] == b.content_sha256
+    assert card["benchmark"]["kept_out_of"] == ["train", "val"]
     assert not b.image_ids & set(card["split_ids"]["train"] + card["split_ids"]["val"])
     assert {i.source for i in b.images} <= {"isic-9class", "ham10000", "ham10000-more", "ham10000+isic-9class",
                                             "ham10000-more+isic-9class"}
