@@ -1,4 +1,4 @@
-"""CLI: python -m training audit|train|evaluate|ensemble|assess|recalibrate|benchmark ..."""
+"""CLI: python -m training audit|train|evaluate|ensemble|assess|recalibrate|benchmark|pack|fit-pack|finish ..."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,29 @@ def main(argv=None) -> int:
                         "(training/backbones/) from the nsfwjs npm tarball (npm pack nsfwjs@4.3.0)")
     _common(ib)
     ib.add_argument("--tarball", type=Path, required=True)
+    pk = sub.add_parser("pack", help="write the training and validation images of a config's split, WebP-encoded, "
+                                     "with their masks and weights: the input of fit-pack on an accelerator")
+    _common(pk)
+    pk.add_argument("--out", type=Path, required=True)
+    pk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    fp = sub.add_parser("fit-pack", help="train the network from a pack on this machine's Keras backend "
+                                         "(KERAS_BACKEND=jax on an accelerator); writes NAME.weights.npz + "
+                                         "NAME.history.json")
+    _common(fp)
+    fp.add_argument("--pack", type=Path, required=True)
+    fp.add_argument("--out", type=Path, required=True)
+    fp.add_argument("--name", required=True)
+    fp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the pack's config (not its split or image size)")
+    fp.add_argument("--deadline", type=float, default=None, help="unix time by which training must end")
+    fp.add_argument("--log", type=Path, default=None)
+    fp.add_argument("--threads", type=int, default=12, help="augmentation threads")
+    fi = sub.add_parser("finish", help="calibrate, evaluate, export and assess a network fit-pack trained")
+    _common(fi)
+    fi.add_argument("--weights", type=Path, required=True)
+    fi.add_argument("--history", type=Path, required=True)
+    fi.add_argument("--out", type=Path, required=True)
+    fi.add_argument("--version", default=None)
     args = ap.parse_args(argv)
     droot = args.data or data_dir()
     cdir = args.cache or cache_dir()
@@ -197,6 +220,27 @@ def main(argv=None) -> int:
         images = benchmark_images(droot, cdir, bench)
         print(json.dumps({**bench.summary(), "file": bench.path, "created_from": bench.created_from,
                           "resolved_images": len(images.image_ids)}, indent=1))
+        return 0
+    if args.cmd == "pack":
+        from .accelerated import write_pack
+
+        cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **_overrides(ap, args.set)})
+        print(json.dumps(write_pack(cfg, droot, cdir, args.out), indent=1))
+        return 0
+    if args.cmd == "fit-pack":
+        from .accelerated import PACK_FIXED, fit_pack, read_pack
+
+        pack = read_pack(args.pack)
+        sets = _overrides(ap, args.set)
+        if PACK_FIXED & set(sets):
+            ap.error(f"the pack fixes {', '.join(sorted(PACK_FIXED & set(sets)))}")
+        cfg = TrainConfig.from_dict({**pack["config"], **sets})
+        fit_pack(pack, cfg, args.out, args.name, deadline=args.deadline, log_file=args.log, threads=args.threads)
+        return 0
+    if args.cmd == "finish":
+        from .accelerated import finish
+
+        print(finish(args.weights, args.history, droot, args.out, cdir, version=args.version))
         return 0
     if args.cmd == "recalibrate":
         from .recalibrate import recalibrate

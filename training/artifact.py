@@ -135,7 +135,9 @@ def _benchmark_lines(benchmark: dict | None) -> list[str]:
 def _training_lines(training: dict, f) -> list[str]:
     return ["## Training", "",
             f"- seed {training.get('config', {}).get('seed')}, best epoch {training.get('best_epoch')}, "
-            f"train time {f(training.get('train_minutes'))} min, precision {training.get('precision_policy')}",
+            f"train time {f(training.get('train_minutes'))} min, precision {training.get('precision_policy')}, "
+            f"on {training.get('accelerator', 'cpu')} ({training.get('backend', 'tensorflow')}), "
+            f"{f(training.get('total_minutes'))} min in all",
             f"- config: `{json.dumps(training.get('config'))}`"]
 
 
@@ -233,7 +235,11 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                      "epochs_run": len(history.get("loss", [])),
                      "train_minutes": (history.get("train_seconds") or 0) / 60.0,
                      "total_minutes": (history.get("total_seconds") or 0) / 60.0,
-                     "precision_policy": history.get("precision_policy")},
+                     "precision_policy": history.get("precision_policy"),
+                     # where the loop ran: "cpu" (training.train) or the accelerator that ran
+                     # training.accelerated.fit_pack, with its Keras backend
+                     "accelerator": history.get("accelerator", "cpu"),
+                     "backend": history.get("backend", "tensorflow")},
         "code_revision": git_revision(),
         "model_file": MODEL_FILE,
         "model_sha256": sha,

@@ -142,17 +142,19 @@ def build_mobilenet_v2(image_size: int | None, num_classes: int = 9, dropout: fl
 
 def set_loss(label_smoothing: float = 0.0):
     """loss = -log(sum_{c in allowed} p_c), computed stably in float32 from logits.
-    y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE."""
-    import tensorflow as tf
+    y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE.
+    Written with ``keras.ops``, so the same loss trains on any Keras backend (TensorFlow here,
+    JAX on an accelerator: `training.accelerated`)."""
+    from keras import ops
 
     def loss(y_true, logits):
-        logits = tf.cast(logits, tf.float32)
-        mask = tf.cast(y_true, tf.float32)
-        lse_all = tf.reduce_logsumexp(logits, axis=-1)
-        masked = tf.where(mask > 0.5, logits, tf.fill(tf.shape(logits), -1e9))
-        nll = lse_all - tf.reduce_logsumexp(masked, axis=-1)
+        logits = ops.cast(logits, "float32")
+        mask = ops.cast(y_true, "float32")
+        lse_all = ops.logsumexp(logits, axis=-1)
+        masked = ops.where(mask > 0.5, logits, ops.full_like(logits, -1e9))
+        nll = lse_all - ops.logsumexp(masked, axis=-1)
         if label_smoothing > 0:
-            uni = lse_all - tf.reduce_mean(logits, axis=-1)
+            uni = lse_all - ops.mean(logits, axis=-1)
             nll = (1.0 - label_smoothing) * nll + label_smoothing * uni
         return nll
 

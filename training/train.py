@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -399,37 +400,39 @@ def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
     }
 
 
-def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | None,
-          version: str | None = None, verbose: int = 1, *, sources: Sequence[str] | None = None,
-          extra_records: Sequence = (), on_progress: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, benchmark=None) -> Path:
-    """Audit, split by lesion, train, calibrate, evaluate on the held-out split and export.
+@dataclass
+class PreparedData:
+    """The audited records, their lesion-level split and the decoded images (train, val, test in
+    that order; ``slices`` says where each split lies)."""
 
-    ``sources`` keeps only those datasets ("isic-9class", "ham10000"); ``extra_records`` (e.g.
-    dermatologist-reviewed images) join before the audit, so de-duplication and the lesion-level
-    split apply to them too. The lesions of ``benchmark`` (default: the current frozen benchmark,
-    ``training.benchmark``) are pinned to the test split and never trained, validated or
-    calibrated on; the model card records which benchmark version was kept out.
-    """
-    from .artifact import export_artifact
+    audit: object
+    split: dict
+    records: list
+    images: np.ndarray
+    masks: np.ndarray
+    slices: dict
+    kept_out: dict
+
+
+def _phase(on_progress, phase: str, **extra) -> None:
+    if on_progress is not None:
+        on_progress({"phase": phase, **extra})
+
+
+def prepare_data(cfg: TrainConfig, data_root: Path, cache_dir: Path | None, *,
+                 sources: Sequence[str] | None = None, extra_records: Sequence = (), benchmark=None,
+                 on_progress: Callable[[dict], None] | None = None) -> PreparedData:
+    """Audit, split by lesion (the frozen benchmark pinned to test) and decode the images: the
+    data every training run starts from, the same for `train` and for a data pack
+    (`training.accelerated`)."""
     from .audit import audit_records
     from .cache import load_images
     from .data import load_sources
-    from .evaluate import evaluate_probs
-    from mlcore.clinical import contexts_of
     from mlcore.labels import mask_from_classes
-    from mlcore.scoring import SCORE_HISTOGRAM_KEY, softmax_with_temperature
     from .benchmark import check_not_in_training, current_benchmark, frozen_groups
     from .splits import split_by_lesion
-    from .subgroups import lesion_ids_of, subgroup_labels
 
-    t_start = time.time()
-    _emit(f"[train] config {json.dumps(cfg.to_dict())}")
-    def progress(phase: str, **extra) -> None:
-        if on_progress is not None:
-            on_progress({"phase": phase, **extra})
-
-    progress("auditing data")
+    _phase(on_progress, "auditing data")
     load = load_sources(data_root, sources, extra_records)
     if not load.records:
         raise ValueError("no training images: check the data sources")
@@ -448,16 +451,52 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
                 "images_in_test": len(set(split["test"]) & benchmark.image_ids)}
     _emit(f"[train] frozen benchmark {benchmark.version}: {len(frozen)} lesion groups kept out of training")
     recs = [by_id[i] for s in ("train", "val", "test") for i in split[s]]
-    progress("loading images", images=len(recs))
+    _phase(on_progress, "loading images", images=len(recs))
     images = load_images([r.path for r in recs], cfg.image_size, cache_dir, framing=cfg.framing,
                          on_item=_counting(heartbeat(on_progress, {"phase": "loading images", "images": len(recs)})))
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     n_tr, n_va = len(split["train"]), len(split["val"])
     sl = {"train": slice(0, n_tr), "val": slice(n_tr, n_tr + n_va), "test": slice(n_tr + n_va, None)}
     _emit("[train] split sizes: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
-    model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
-                               masks[sl["val"]], verbose=verbose, on_progress=on_progress,
-                               should_stop=should_stop, sources=[r.source for r in recs[sl["train"]]])
+    return PreparedData(audit, split, recs, images, masks, sl, kept_out)
+
+
+def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | None,
+          version: str | None = None, verbose: int = 1, *, sources: Sequence[str] | None = None,
+          extra_records: Sequence = (), on_progress: Callable[[dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, benchmark=None, fitted=None) -> Path:
+    """Audit, split by lesion, train, calibrate, evaluate on the held-out split and export.
+
+    ``sources`` keeps only those datasets ("isic-9class", "ham10000"); ``extra_records`` (e.g.
+    dermatologist-reviewed images) join before the audit, so de-duplication and the lesion-level
+    split apply to them too. The lesions of ``benchmark`` (default: the current frozen benchmark,
+    ``training.benchmark``) are pinned to the test split and never trained, validated or
+    calibrated on; the model card records which benchmark version was kept out. ``fitted``
+    (model, history) skips the training loop: a network trained elsewhere on this very split
+    (`training.accelerated`) is calibrated, evaluated and exported here.
+    """
+    from .artifact import export_artifact
+    from .evaluate import evaluate_probs
+    from mlcore.clinical import contexts_of
+    from mlcore.scoring import SCORE_HISTOGRAM_KEY, softmax_with_temperature
+    from .subgroups import lesion_ids_of, subgroup_labels
+
+    t_start = time.time()
+    _emit(f"[train] config {json.dumps(cfg.to_dict())}")
+
+    def progress(phase: str, **extra) -> None:
+        _phase(on_progress, phase, **extra)
+
+    data = prepare_data(cfg, data_root, cache_dir, sources=sources, extra_records=extra_records,
+                        benchmark=benchmark, on_progress=on_progress)
+    audit, split, recs, images, masks, sl, kept_out = (data.audit, data.split, data.records, data.images,
+                                                       data.masks, data.slices, data.kept_out)
+    if fitted is None:
+        model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
+                                   masks[sl["val"]], verbose=verbose, on_progress=on_progress,
+                                   should_stop=should_stop, sources=[r.source for r in recs[sl["train"]]])
+    else:
+        model, history = fitted
     progress("calibrating and evaluating")
     clinical = fit_clinical(model, cfg, images[sl["train"]], masks[sl["train"]], recs[sl["train"]])
     test_contexts = contexts_of(recs[sl["test"]])
@@ -475,7 +514,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
               metrics.get("balanced_accuracy_9", float("nan")),
               metrics["operating_points"]["melanoma"]["sensitivity"],
               metrics["operating_points"]["melanoma"]["specificity"]))
-    history["total_seconds"] = time.time() - t_start
+    # a network fitted elsewhere (``fitted``): its training time counts as well
+    history["total_seconds"] = time.time() - t_start + (history.get("train_seconds", 0.0) if fitted else 0.0)
     metrics[SCORE_HISTOGRAM_KEY] = cal["validation"][SCORE_HISTOGRAM_KEY]  # the registry reads metrics
     out = export_artifact(
         model, Path(out_dir), cfg=cfg, temperature=cal["temperature"], thresholds=cal["thresholds"],

@@ -144,7 +144,7 @@ def test_bf16_clone_of_the_model_with_its_domain_features_keeps_their_float32_ca
     config = model.get_config()
     assert any(layer["class_name"] == "Cast" for layer in config["layers"])
     kept = _fp32_stem(config)
-    assert {"Conv1", "expanded_conv_project_BN", "block_9_add"} <= kept and not kept & {"block_10_expand", "logits"}
+    assert {"Conv1", "expanded_conv_project_BN", "block_11_add"} <= kept and not kept & {"block_12_expand", "logits"}
     clone = _bf16_clone(model)
     x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     got = np.asarray(clone(x, training=False))

@@ -78,9 +78,10 @@ def test_shipped_model_split_matches_data():
 
 
 def test_shipped_model_was_trained_with_the_shipped_recipe():
-    """Every CNN in the shipped model is what `python -m training train` with the shipped recipe
-    (SHIPPED_RECIPE: the default config, longer budget) trains, as the README says; the default the
-    admin retrains with stays inside 60 minutes; an ensemble's members all share one split."""
+    """Every CNN in the shipped model was trained with the shipped recipe (SHIPPED_RECIPE: the
+    default config with every block fine-tuned, on an accelerator), as the README says, and its
+    card says where its loop ran; the default the admin retrains with stays inside 60 minutes; an
+    ensemble's members all share one split."""
     import json
 
     from mlcore.model_store import SHIPPED_MODEL_DIR
@@ -96,5 +97,6 @@ def test_shipped_model_was_trained_with_the_shipped_recipe():
         assert set(shipped) <= set(TrainConfig().to_dict())
         assert TrainConfig.from_dict(shipped) == recipe
         assert member["total_minutes"] <= recipe.time_budget_min + 15
+        assert member.get("accelerator", "cpu") != "cpu" and member.get("backend") == "jax"
     assert TrainConfig().time_budget_min <= 55  # the admin's default run: <= 60 minutes in all
     assert TrainConfig.from_dict(card["training"]["config"]).effective_split_seed == TrainConfig().seed
