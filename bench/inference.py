@@ -125,13 +125,14 @@ def naive_baseline(km, blobs, size, reps_single, tta) -> dict:
     """A notebook's loop: PIL decode, resize, expand_dims, model.predict, one image at a time."""
     from PIL import Image
 
-    from mlcore.keras_model import dihedral_views
+    from mlcore.keras_model import TTA_VIEWS, dihedral_views
 
     def one(data):
         img = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BILINEAR)
         x = np.expand_dims(np.asarray(img, dtype=np.float32), 0)
-        if tta == "dihedral8":
-            return np.mean([km.predict(np.ascontiguousarray(v), verbose=0) for v in dihedral_views(x)], axis=0)
+        if TTA_VIEWS[tta] > 1:
+            return np.mean([km.predict(np.ascontiguousarray(v), verbose=0)
+                            for v in dihedral_views(x, TTA_VIEWS[tta])], axis=0)
         return km.predict(x, verbose=0)
 
     for d in blobs[:3]:
@@ -333,11 +334,17 @@ def main() -> None:
 
         runner_model, runner_sha = with_features(km), base.sha256 + ":features"
     results = {}
-    saved_tta = os.environ.get("SECONDLOOK_TTA")
-    for tta in ("none", "dihedral8"):
-        os.environ["SECONDLOOK_TTA"] = tta
+    from mlcore.options import configure, current
+
+    # the TTA the runners serve is the configured option (mlcore.options), read when they run: the
+    # environment variable alone is read once, at start-up
+    saved_tta = current().tta
+    from mlcore.keras_model import TTA_VIEWS
+
+    for tta in ("none", "flip4", "dihedral8"):
+        configure(tta=tta)
         ref = softmax_with_temperature(base.predict_logits_reference(imgs), temp)
-        n_naive = reps_single if tta == "none" else max(5, reps_single // 4)
+        n_naive = reps_single if tta == "none" else max(5, reps_single // TTA_VIEWS[tta])
         results[f"naive_keras_predict/tta={tta}"] = naive_baseline(km, blobs, size, n_naive, tta)
         for engine, prec in (("tflite", "fp32"), ("tf", "fp32"), ("tf", "bf16")):
             from mlcore.runners import build_runner
@@ -350,33 +357,27 @@ def main() -> None:
             r["max_abs_prob_diff_vs_keras"] = float(np.abs(p - ref).max())
             r["flag_decisions_differ"] = int(((p[:, 3] >= base.thresholds.melanoma) != (ref[:, 3] >= base.thresholds.melanoma)).sum())
             peak = out["peak"]["bf16_gflops" if prec == "bf16" else "fp32_gflops"]
-            views = 8 if tta == "dihedral8" else 1
+            views = TTA_VIEWS[tta]
             r["achieved_gflops"] = round(r["images_per_s"] * views * fl["total_flops"] / 1e9, 1)
             r["fraction_of_peak"] = round(r["achieved_gflops"] / peak, 3)
             results[key] = r
         naive = results[f"naive_keras_predict/tta={tta}"]
-        naive["achieved_gflops"] = round(naive["images_per_s"] * (8 if tta == "dihedral8" else 1) * fl["total_flops"] / 1e9, 1)
+        naive["achieved_gflops"] = round(naive["images_per_s"] * TTA_VIEWS[tta] * fl["total_flops"] / 1e9, 1)
         naive["fraction_of_peak"] = round(naive["achieved_gflops"] / out["peak"]["fp32_gflops"], 3)
         for k, r in results.items():
             if k.startswith("project/") and k.endswith(f"tta={tta}"):
                 r["speedup_throughput_vs_naive"] = round(r["images_per_s"] / naive["images_per_s"], 1)
                 r["speedup_p50_vs_naive"] = round(naive["p50_ms"] / r["p50_ms"], 1)
-    if saved_tta is None:
-        os.environ.pop("SECONDLOOK_TTA", None)
-    else:
-        os.environ["SECONDLOOK_TTA"] = saved_tta
+    configure(tta=saved_tta)
     out["results"] = results
     out["assessment_overhead"] = assessment_overhead(base, km, blobs, size, reps_single, runner_model, runner_sha)
 
     dec = decode_check(blobs, size, 3 if a.quick else 10, base.framing)
-    os.environ["SECONDLOOK_TTA"] = "none"
+    configure(tta="none")
     pf = softmax_with_temperature(base.predict_logits_reference(dec.pop("_full")), temp)
     pr = softmax_with_temperature(base.predict_logits_reference(dec.pop("_reduced")), temp)
     dec["camera_prob_max_abs_diff_reduced_vs_full"] = float(np.abs(pf - pr).max())
-    if saved_tta is None:
-        os.environ.pop("SECONDLOOK_TTA", None)
-    else:
-        os.environ["SECONDLOOK_TTA"] = saved_tta
+    configure(tta=saved_tta)
     out["decode"] = dec
 
     # Grad-CAM heatmap, which the worker also computes for every prediction (mlcore.explain)

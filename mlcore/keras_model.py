@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-TTA_MODES = ("none", "dihedral8")
+TTA_MODES = ("none", "flip4", "dihedral8")
+# views per image: flip4 = the image and its three flips (no transposes), half of dihedral8's cost
+TTA_VIEWS = {"none": 1, "flip4": 4, "dihedral8": 8}
 # the name prefix of an ensemble's member sub-models (training.ensemble builds them)
 MEMBER_PREFIX = "member_"
 
@@ -20,23 +22,24 @@ def load_keras_model(path):
     return keras.models.load_model(path, compile=False)
 
 
-def dihedral_views(x: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips/rotations of a (N, H, W, C) square batch."""
+def dihedral_views(x: np.ndarray, count: int = 8) -> list[np.ndarray]:
+    """The first ``count`` of the 8 flips/rotations of a (N, H, W, C) square batch: the image, its
+    horizontal, vertical and double flip, then the same of its transpose."""
     views = []
     for t in (x, np.swapaxes(x, 1, 2)):
         views += [t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1]]
-    return views
+    return views[:count]
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 128, tta: str = "none") -> np.ndarray:
-    """float32 logits; tta='dihedral8' averages the logits over the 8 dihedral views."""
+    """float32 logits; tta 'flip4' / 'dihedral8' averages the logits over 4 / 8 dihedral views."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta mode {tta!r}")
     out = []
     for i in range(0, len(images), batch_size):
         xb = np.asarray(images[i:i + batch_size], dtype=np.float32)
-        if tta == "dihedral8":
-            views = [np.ascontiguousarray(v) for v in dihedral_views(xb)]
+        if TTA_VIEWS[tta] > 1:
+            views = [np.ascontiguousarray(v) for v in dihedral_views(xb, TTA_VIEWS[tta])]
             out.append(np.mean([np.asarray(model(v, training=False), np.float32) for v in views], axis=0))
         else:
             out.append(np.asarray(model(xb, training=False), dtype=np.float32))

@@ -52,11 +52,12 @@ def tta_setting(card_tta: str) -> str:
     return t
 
 
-def dihedral_stack(x: np.ndarray) -> np.ndarray:
-    """(n, S, S, C) -> (8n, S, S, C): the 8 views of training.model.dihedral_views, view-major."""
+def dihedral_stack(x: np.ndarray, count: int = 8) -> np.ndarray:
+    """(n, S, S, C) -> (count*n, S, S, C): the first ``count`` views of
+    mlcore.keras_model.dihedral_views, view-major."""
     from mlcore.keras_model import dihedral_views
 
-    return np.concatenate([np.ascontiguousarray(v) for v in dihedral_views(x)], axis=0)
+    return np.concatenate([np.ascontiguousarray(v) for v in dihedral_views(x, count)], axis=0)
 
 
 class Runner:
@@ -77,7 +78,9 @@ class Runner:
         n = len(images)
         if n == 0:
             return np.zeros((0, 9), np.float32)
-        views = 8 if tta == "dihedral8" else 1
+        from mlcore.keras_model import TTA_VIEWS
+
+        views = TTA_VIEWS[tta]
         step = max(1, max_views // views)
         out = []
         for i in range(0, n, step):
@@ -85,7 +88,7 @@ class Runner:
             if views == 1:
                 out.append(self(xb))
             else:
-                lg = self(dihedral_stack(xb)).reshape(8, len(xb), -1)
+                lg = self(dihedral_stack(xb, views)).reshape(views, len(xb), -1)
                 out.append(lg.mean(axis=0, dtype=np.float32))
         return np.concatenate(out).astype(np.float32)
 

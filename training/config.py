@@ -82,7 +82,7 @@ class TrainConfig:
     # lesion (a square crop centred on the lesion, so its size in the input is device-independent)
     framing: str = "squash"
     bootstrap: int = 1000
-    tta: str = "none"  # none | dihedral8 (average logits over 8 flips/rotations at inference)
+    tta: str = "none"  # none | flip4 | dihedral8 (average logits over 4 / 8 flips/rotations at inference)
     # add a per-class logit offset from age, sex and anatomic site (mlcore.clinical), fitted on
     # the training split after the CNN; images without that context keep the CNN's logits
     clinical_context: bool = True

@@ -13,7 +13,8 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
                 tta: str | None = None, target_sensitivity: float | None = None,
                 version: str | None = None, clinical_context: bool | None = None) -> dict:
     """``clinical_context`` True (re)fits the clinical adjustment on the training split, False
-    drops it, None keeps what the config says."""
+    drops it, None keeps what the config says. The assessment (quality thresholds, out-of-domain
+    detector, prediction sets) is fitted again for the new artifact when the config asks for it."""
     from mlcore.model_store import load_model
 
     from .config import TrainConfig
@@ -28,10 +29,17 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
         cfg.clinical_context = clinical_context
     old_metrics = json.loads((Path(model_dir) / "metrics.json").read_text())
     suffix = "" if cfg.tta == "none" else f"-{cfg.tta}"
-    return refit_and_export(m.keras_model, cfg, m.card["split_ids"], Path(out_dir), data_root, cache_dir,
-                            input_size=m.input_size, history=old_metrics.get("history", {}),
-                            version=version or (m.version + suffix), data_sources=m.card.get("data_sources"),
-                            ensemble=m.card.get("ensemble"))
+    res = refit_and_export(m.keras_model, cfg, m.card["split_ids"], Path(out_dir), data_root, cache_dir,
+                           input_size=m.input_size, history=old_metrics.get("history", {}),
+                           version=version or (m.version + suffix), data_sources=m.card.get("data_sources"),
+                           ensemble=m.card.get("ensemble"))
+    if cfg.assessment:
+        # the new artifact is served as it is: without this it would carry no quality, out-of-domain
+        # or prediction-set checks, and the app would never say it cannot judge an image
+        from .assessment import assess_artifact
+
+        assess_artifact(Path(out_dir), data_root, cache_dir)
+    return res
 
 
 def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Path, cache_dir: Path | None, *,

@@ -213,6 +213,12 @@ def test_tta_views_and_prediction(tiny):
     a = predict_logits(tiny.keras_model, x, tta="dihedral8")
     b = np.mean([predict_logits(tiny.keras_model, v) for v in views], axis=0)
     assert np.allclose(a, b, atol=1e-5)
+    # flip4: the image and its three flips, no transposes
+    flips = dihedral_views(x, 4)
+    assert [v.tobytes() for v in flips] == [v.tobytes() for v in views[:4]]
+    assert not any(np.array_equal(v, np.swapaxes(x, 1, 2)) for v in flips)
+    c = predict_logits(tiny.keras_model, x, tta="flip4")
+    assert np.allclose(c, np.mean([predict_logits(tiny.keras_model, v) for v in flips], axis=0), atol=1e-5)
 
 
 @pytest.mark.slow
