@@ -181,7 +181,7 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
 
     from .backbone import assign_backbone, load_backbone_weights
     from .model import hair_masks, set_loss, set_precision
-    from .train import _val_metrics, selection_score
+    from .train import _accumulate_average, _try_average, _val_metrics, scheduled_lr, selection_score
 
     t0 = time.time()
     keras.utils.set_random_seed(cfg.seed)
@@ -191,26 +191,19 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
         assign_backbone(model, load_backbone_weights())
     x_tr, m_tr, w_tr, x_va, m_va = (pack[k] for k in ("x_train", "m_train", "w_train", "x_val", "m_val"))
     steps = len(x_tr) // cfg.batch_size
-    total = steps * cfg.epochs
-    warm = max(int(cfg.warmup_epochs * steps), 1)
     budget = cfg.time_budget_min * 60.0
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, clipnorm=5.0)
     model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing))
 
-    def learning_rate(step: int) -> float:
-        """Linear warm-up, then cosine decay over max(step, time) progress, as `fit_model` does."""
-        if step < warm:
-            return cfg.learning_rate * (step + 1) / warm
-        prog = (step - warm) / max(total - warm, 1)
-        if budget > 0:
-            prog = max(prog, (time.time() - t0) / budget)
-        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(prog, 1.0)))
+    def progress(step_fraction: float) -> float:
+        """Steps done, or time spent when the budget runs out first, as `fit_model` counts it."""
+        return min(max(step_fraction, (time.time() - t0) / budget) if budget > 0 else step_fraction, 1.0)
 
     hair = hair_masks(size=cfg.image_size) if cfg.aug_hair > 0 else None
     history: dict = {"loss": [], "val_loss": [], "val_melanoma_auc": [], "val_malignancy_auc": [],
                      "val_balanced_accuracy_7": [], "lr": [], "epoch_seconds": [], "train_size": []}
     best = {"score": -math.inf, "epoch": 0, "weights": None}
-    avg = {"sum": None, "n": 0}
+    avg = {"avg": None, "n_avg": 0}
     pool = ThreadPoolExecutor(threads)
 
     def batch(epoch: int, i: int, order: np.ndarray):
@@ -234,7 +227,7 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
                 futures.append(pool.submit(batch, epoch, len(futures), order))
             # train_on_batch reads the optimiser's variables on every call (on JAX too), so the
             # learning rate set here is the one this step uses
-            lr = learning_rate(epoch * steps + i)
+            lr = scheduled_lr(cfg, epoch * steps + i, steps, cfg.epochs, progress)
             opt.learning_rate.assign(lr)
             losses.append(float(model.train_on_batch(x, m, sample_weight=w)))
         vm = _val_metrics(logits_of(x_va), m_va)
@@ -250,10 +243,7 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
             best.update(score=sc, epoch=epoch + 1, weights=[np.array(v) for v in model.get_weights()])
             mark = " *best*"
         if cfg.average_tail > 0 and lr <= cfg.average_tail * cfg.learning_rate:
-            ws = model.get_weights()
-            avg["sum"] = [np.asarray(w, np.float64) for w in ws] if avg["sum"] is None else \
-                [a + np.asarray(w, np.float64) for a, w in zip(avg["sum"], ws)]
-            avg["n"] += 1
+            _accumulate_average(avg, model.get_weights())
         _log(f"[epoch {epoch + 1}/{cfg.epochs}] {name} loss={history['loss'][-1]:.4f} val_loss={vm['val_loss']:.4f} "
              f"mel_auc={vm['val_melanoma_auc']:.4f} malig_auc={vm['val_malignancy_auc']:.4f} "
              f"bacc7={vm['val_balanced_accuracy_7']:.4f} lr={lr:.2e} epoch_s={time.time() - te:.1f} "
@@ -266,17 +256,10 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
             break
     pool.shutdown()
     model.set_weights(best["weights"])
-    if avg["n"] >= 2:
-        mean = [(a / avg["n"]).astype(np.float32) for a in avg["sum"]]
-        keep = model.get_weights()
-        model.set_weights(mean)
-        vm = _val_metrics(logits_of(x_va), m_va)
-        used = selection_score(vm) > best["score"]
-        if not used:
-            model.set_weights(keep)
-        history["weight_average"] = {"epochs": avg["n"], **vm, "used": used}
-        _log(f"[train] {name}: weight average of {avg['n']} epochs mel_auc={vm['val_melanoma_auc']:.4f} "
-             f"used={used}", log_file)
+    if avg["n_avg"] >= 2:
+        history["weight_average"] = wa = _try_average(model, avg, best["score"], x_va, m_va)
+        _log(f"[train] {name}: weight average of {wa['epochs']} epochs mel_auc={wa['val_melanoma_auc']:.4f} "
+             f"used={wa['used']}", log_file)
     history.update(best_epoch=best["epoch"], train_seconds=time.time() - t0, precision_policy=policy,
                    stopped_early=stopped, backend=keras.backend.backend(), config=cfg.to_dict(),
                    split_digest=pack["split_digest"], accelerator=_accelerator())
@@ -327,4 +310,5 @@ def finish(weights: Path, history_file: Path, data_root: Path, out_dir: Path, ca
     if _ids_digest(ids) != history["split_digest"]:
         raise ValueError("the weights were trained on another split than this data gives")
     model = load_fitted(cfg, weights)
-    return train(cfg, Path(data_root), Path(out_dir), cache_dir, version=version, fitted=(model, history))
+    return train(cfg, Path(data_root), Path(out_dir), cache_dir, version=version, fitted=(model, history),
+                 data=data)

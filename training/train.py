@@ -77,6 +77,18 @@ def source_balance_weights(masks: np.ndarray, sources, power: float) -> np.ndarr
     return (w / w.mean()).astype(np.float32)
 
 
+def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int, epochs: int,
+                 progress: Callable[[float], float] = lambda p: p) -> float:
+    """Linear warm-up over ``cfg.warmup_epochs``, then a cosine decay over ``progress`` of the
+    fraction of post-warm-up steps done (``progress`` may also count time spent of a budget)."""
+    total = max(epochs * steps_per_epoch, 1)
+    warm = max(cfg.warmup_epochs * steps_per_epoch, 1)
+    if step < warm:
+        return cfg.learning_rate * (step + 1) / warm
+    prog = progress((step - warm) / max(total - warm, 1))
+    return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * prog))
+
+
 def _val_metrics(logits: np.ndarray, masks: np.ndarray) -> dict:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
@@ -213,14 +225,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
 
     class Cb(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
-            step = state["epoch"] * steps_per_epoch + batch
-            total = max(state["epochs"] * steps_per_epoch, 1)
-            warm = max(cfg.warmup_epochs * steps_per_epoch, 1)
-            if step < warm:
-                lr = cfg.learning_rate * (step + 1) / warm
-            else:
-                prog = schedule_progress((step - warm) / max(total - warm, 1))
-                lr = cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * prog))
+            lr = scheduled_lr(cfg, state["epoch"] * steps_per_epoch + batch, steps_per_epoch,
+                              state["epochs"], schedule_progress)
             self.model.optimizer.learning_rate.assign(lr)
             state["lr"] = lr
 
@@ -464,7 +470,8 @@ def prepare_data(cfg: TrainConfig, data_root: Path, cache_dir: Path | None, *,
 def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | None,
           version: str | None = None, verbose: int = 1, *, sources: Sequence[str] | None = None,
           extra_records: Sequence = (), on_progress: Callable[[dict], None] | None = None,
-          should_stop: Callable[[], bool] | None = None, benchmark=None, fitted=None) -> Path:
+          should_stop: Callable[[], bool] | None = None, benchmark=None, fitted=None,
+          data: PreparedData | None = None) -> Path:
     """Audit, split by lesion, train, calibrate, evaluate on the held-out split and export.
 
     ``sources`` keeps only those datasets ("isic-9class", "ham10000"); ``extra_records`` (e.g.
@@ -473,7 +480,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     ``training.benchmark``) are pinned to the test split and never trained, validated or
     calibrated on; the model card records which benchmark version was kept out. ``fitted``
     (model, history) skips the training loop: a network trained elsewhere on this very split
-    (`training.accelerated`) is calibrated, evaluated and exported here.
+    (`training.accelerated`) is calibrated, evaluated and exported here; ``data`` is the
+    `prepare_data` result when the caller already has it.
     """
     from .artifact import export_artifact
     from .evaluate import evaluate_probs
@@ -487,8 +495,9 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     def progress(phase: str, **extra) -> None:
         _phase(on_progress, phase, **extra)
 
-    data = prepare_data(cfg, data_root, cache_dir, sources=sources, extra_records=extra_records,
-                        benchmark=benchmark, on_progress=on_progress)
+    if data is None:
+        data = prepare_data(cfg, data_root, cache_dir, sources=sources, extra_records=extra_records,
+                            benchmark=benchmark, on_progress=on_progress)
     audit, split, recs, images, masks, sl, kept_out = (data.audit, data.split, data.records, data.images,
                                                        data.masks, data.slices, data.kept_out)
     if fitted is None:
