@@ -1,6 +1,6 @@
 """CPU inference speed, side by side: the naive Keras baseline vs the project's inference path.
 
-    python bench/inference.py [--model DIR] [--images N] [--quick] [--no-footprint]
+    python bench/inference.py [--model DIR] [--images N] [--quick] [--no-footprint] [--baseline DIR]
 
 On the same JPEG bytes (real images from SECONDLOOK_DATA_DIR or ../shared/data when present,
 otherwise generated JPEGs) and the same model, prints JSON with:
@@ -15,6 +15,10 @@ otherwise generated JPEGs) and the same model, prints JSON with:
 - JPEG decode: time and parity of the reduced (draft) decode vs the full decode;
 - worker footprint: a fresh process's cold start (process start -> first prediction) and
   resident memory after warm-up.
+- with ``--baseline DIR``, the cost budget of issue 17 in this run: the shipped path's single-image
+  p50 against the baseline's (timed alternately; budget 1.2x) and its throughput against the naive
+  loop without TTA (floor 8x). The baseline the issue named is the ensemble shipped then:
+  ``git archive ca6de9a^ classifier/shipped_model | tar -x -C var/ens2 --strip-components=2``.
 The machine may be shared: every figure is a median over repeats after warm-up.
 """
 from __future__ import annotations
@@ -248,6 +252,51 @@ def assessment_overhead(base, km, blobs, size, reps, runner_model, runner_sha) -
             "engine": with_checks.runner().engine}
 
 
+def cost_budget(shipped, baseline, blobs, rounds: int, batch: int, naive_images_per_s: float,
+                block: int = 10) -> dict:
+    """Issue 17's cost rule in this run: the shipped path's single-image p50 (JPEG bytes ->
+    probabilities, with its checks and its card's TTA) against ``baseline``'s (the ensemble shipped
+    when the issue was filed), and its batched throughput against the naive Keras loop without TTA.
+
+    The two models take turns in blocks (``block`` single images, then one batch, per model and
+    round), so both see the same machine over the run while each block runs warm, as a worker that
+    serves one model does (timing them image by image instead evicts each other's weights from the
+    cache at every call, which costs the larger ensemble the most)."""
+    from mlcore.inference import predict_bytes, predict_many_bytes
+
+    for m in (shipped, baseline):
+        for d in blobs[:8]:
+            predict_bytes(m, d)
+        predict_many_bytes(m, blobs[:batch])
+    single: dict[int, list[float]] = {0: [], 1: []}
+    batched: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(rounds):
+        for k, m in enumerate((shipped, baseline)):
+            for j in range(block):
+                d = blobs[(r * block + j) % len(blobs)]
+                t = time.perf_counter()
+                predict_bytes(m, d)
+                single[k].append(time.perf_counter() - t)
+            chunk = [blobs[(r * batch + j) % len(blobs)] for j in range(batch)]
+            t = time.perf_counter()
+            predict_many_bytes(m, chunk)
+            batched[k].append(time.perf_counter() - t)
+
+    def summary(k: int, m) -> dict:
+        return {"version": m.version, "tta": m.tta, "engine": m.runner().engine, "checks": bool(m.assessment),
+                **_stats_ms(single[k]), "images_per_s": round(batch / float(np.median(batched[k])), 1)}
+
+    a, b = summary(0, shipped), summary(1, baseline)
+    return {
+        "shipped": a, "baseline": b,
+        "p50_ratio": round(a["p50_ms"] / b["p50_ms"], 3),
+        "p50_within_1_2x": a["p50_ms"] <= 1.2 * b["p50_ms"],
+        "naive_keras_tta_none_images_per_s": naive_images_per_s,
+        "throughput_x_naive": round(a["images_per_s"] / naive_images_per_s, 1),
+        "throughput_at_least_8x": a["images_per_s"] >= 8 * naive_images_per_s,
+    }
+
+
 FOOTPRINT_CODE = r"""
 import os, sys, time, json, resource
 t_import = time.time()
@@ -301,6 +350,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-footprint", action="store_true")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="the model the cost budget is measured against in this run (issue 17: the "
+                         "ensemble shipped when it was filed, classifier/shipped_model at ca6de9a^)")
     a = ap.parse_args()
     reps_single = 15 if a.quick else 60
     reps_batch = 2 if a.quick else 5
@@ -339,9 +391,9 @@ def main() -> None:
     # the TTA the runners serve is the configured option (mlcore.options), read when they run: the
     # environment variable alone is read once, at start-up
     saved_tta = current().tta
-    from mlcore.keras_model import TTA_VIEWS
+    from mlcore.keras_model import TTA_MODES, TTA_VIEWS
 
-    for tta in ("none", "flip4", "dihedral8"):
+    for tta in TTA_MODES:
         configure(tta=tta)
         ref = softmax_with_temperature(base.predict_logits_reference(imgs), temp)
         n_naive = reps_single if tta == "none" else max(5, reps_single // TTA_VIEWS[tta])
@@ -370,6 +422,9 @@ def main() -> None:
                 r["speedup_p50_vs_naive"] = round(naive["p50_ms"] / r["p50_ms"], 1)
     configure(tta=saved_tta)
     out["results"] = results
+    if a.baseline is not None:
+        out["cost_budget"] = cost_budget(base, load_model(a.baseline.resolve()), blobs, 4 if a.quick else 8, batch,
+                                         results["naive_keras_predict/tta=none"]["images_per_s"])
     out["assessment_overhead"] = assessment_overhead(base, km, blobs, size, reps_single, runner_model, runner_sha)
 
     dec = decode_check(blobs, size, 3 if a.quick else 10, base.framing)

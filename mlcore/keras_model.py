@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-TTA_MODES = ("none", "flip4", "dihedral8")
-# views per image: flip4 = the image and its three flips (no transposes), half of dihedral8's cost
-TTA_VIEWS = {"none": 1, "flip4": 4, "dihedral8": 8}
+TTA_MODES = ("none", "flip2", "flip4", "dihedral8")
+# views per image, the first ones of dihedral_views: flip2 = the image and its mirror image (left to
+# right), flip4 = the image and its three flips (no transposes), half of dihedral8's cost
+TTA_VIEWS = {"none": 1, "flip2": 2, "flip4": 4, "dihedral8": 8}
 # the name prefix of an ensemble's member sub-models (training.ensemble builds them)
 MEMBER_PREFIX = "member_"
 
@@ -32,7 +33,8 @@ def dihedral_views(x: np.ndarray, count: int = 8) -> list[np.ndarray]:
 
 
 def predict_logits(model, images: np.ndarray, batch_size: int = 128, tta: str = "none") -> np.ndarray:
-    """float32 logits; tta 'flip4' / 'dihedral8' averages the logits over 4 / 8 dihedral views."""
+    """float32 logits; tta 'flip2' / 'flip4' / 'dihedral8' averages the logits over the first 2 / 4 / 8
+    dihedral views."""
     if tta not in TTA_MODES:
         raise ValueError(f"unknown tta mode {tta!r}")
     out = []

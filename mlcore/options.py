@@ -22,7 +22,7 @@ DEFAULT_VAR_DIR = REPO_ROOT / "var"
 
 ENGINES = ("auto", "tf", "tflite", "keras")
 PRECISIONS = ("fp32", "bf16")
-TTA_OVERRIDES = ("", "none", "flip4", "dihedral8")  # "" = the model card's own setting
+TTA_OVERRIDES = ("", "none", "flip2", "flip4", "dihedral8")  # "" = the model card's own setting
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _precision(raw: str) -> str:
 
 def from_environ(env: Mapping[str, str], *, var_dir: Path | None = None) -> InferenceOptions:
     """Parse SECONDLOOK_MODEL_DIR, SECONDLOOK_INFERENCE_ENGINE (auto|tf|tflite|keras),
-    SECONDLOOK_INFERENCE_PRECISION (fp32|bf16) and SECONDLOOK_TTA (none|flip4|dihedral8, empty = the
+    SECONDLOOK_INFERENCE_PRECISION (fp32|bf16) and SECONDLOOK_TTA (none|flip2|flip4|dihedral8, empty = the
     card's) from ``env``; the converted-model cache goes under ``var_dir`` (SECONDLOOK_VAR_DIR,
     else the repository's ``var/``). Raises ValueError naming the variable on a bad value."""
     var = Path(var_dir or env.get("SECONDLOOK_VAR_DIR") or DEFAULT_VAR_DIR)

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from mlcore.keras_model import TTA_MODES
+
 
 def _common(ap):
     from .config import cache_dir, data_dir
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     _common(r)
     r.add_argument("--model", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--tta", choices=["none", "flip4", "dihedral8"], default=None)
+    r.add_argument("--tta", choices=list(TTA_MODES), default=None)
     r.add_argument("--target-sensitivity", type=float, default=None)
     r.add_argument("--version", default=None)
     r.add_argument("--clinical-context", choices=["on", "off"], default=None,

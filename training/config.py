@@ -25,8 +25,9 @@ def cache_dir() -> Path:
 # (`python -m training finish`). On this project's 2-core CPU the same loop would take about 4.4
 # hours (3.9 s per batch of 64 in fp32, 116 batches an epoch, 35 epochs). The default itself,
 # which the admin's "Train a new version" uses on the CPU, keeps blocks 0-5 frozen and stays
-# inside 60 minutes.
-SHIPPED_RECIPE = {"mixed_precision": "bf16", "freeze_blocks": 0, "epochs": 40, "time_budget_min": 5.1}
+# inside 60 minutes. The shipped model is served with flip2 test-time augmentation (the image and
+# its mirror image; chosen on validation within issue 17's cost budget, training/README.md).
+SHIPPED_RECIPE = {"mixed_precision": "bf16", "freeze_blocks": 0, "epochs": 40, "time_budget_min": 5.1, "tta": "flip2"}
 BACKBONES = ("scratch", "mobilenet_v2")
 
 
@@ -82,7 +83,7 @@ class TrainConfig:
     # lesion (a square crop centred on the lesion, so its size in the input is device-independent)
     framing: str = "squash"
     bootstrap: int = 1000
-    tta: str = "none"  # none | flip4 | dihedral8 (average logits over 4 / 8 flips/rotations at inference)
+    tta: str = "none"  # none | flip2 | flip4 | dihedral8 (average logits over 2 / 4 / 8 flips/rotations at inference)
     # add a per-class logit offset from age, sex and anatomic site (mlcore.clinical), fitted on
     # the training split after the CNN; images without that context keep the CNN's logits
     clinical_context: bool = True

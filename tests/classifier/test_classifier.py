@@ -219,6 +219,11 @@ def test_tta_views_and_prediction(tiny):
     assert not any(np.array_equal(v, np.swapaxes(x, 1, 2)) for v in flips)
     c = predict_logits(tiny.keras_model, x, tta="flip4")
     assert np.allclose(c, np.mean([predict_logits(tiny.keras_model, v) for v in flips], axis=0), atol=1e-5)
+    # flip2: the image and its left-right mirror image
+    mirror = dihedral_views(x, 2)
+    assert np.array_equal(mirror[0], x) and np.array_equal(mirror[1], x[:, :, ::-1])
+    d = predict_logits(tiny.keras_model, x, tta="flip2")
+    assert np.allclose(d, np.mean([predict_logits(tiny.keras_model, v) for v in mirror], axis=0), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlcore.keras_model import TTA_MODES
 from mlcore.scoring import softmax_with_temperature
 
 SHIPPED = Path(__file__).resolve().parents[2] / "classifier" / "shipped_model"
@@ -24,7 +25,7 @@ def _check(model_dir, n, engines, inference_options):
     m = load_model(model_dir)
     s = m.input_size
     x = np.random.default_rng(0).integers(0, 256, (n, s, s, 3)).astype(np.float32)
-    for tta in ("none", "flip4", "dihedral8"):
+    for tta in TTA_MODES:
         ref = _probs(predict_logits(m.keras_model, x, tta=tta), m.temperature)
         for engine, prec, tol in engines:
             r = build_runner(m.keras_model, s, sha256=m.sha256, engine=engine, precision=prec)
