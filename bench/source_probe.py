@@ -47,7 +47,7 @@ def main() -> int:
     for name in ("train", "val"):
         recs = [by_id[i] for i in m.card["split_ids"][name]]
         images = load_images([r.path for r in recs], m.input_size, cache_dir(), framing=m.framing)
-        split[name] = (recs, logits_and_features(m.keras_model, images)[1])
+        split[name] = (recs, logits_and_features(m.keras_model, images, tta=m.tta)[1])
     if split["train"][1] is None:
         raise SystemExit(f"{m.version} has no feature layer to probe")
     gap = ood.feature_widths(m.keras_model)[-1]  # the last group is the penultimate features

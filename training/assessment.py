@@ -28,19 +28,18 @@ log = logging.getLogger(__name__)
 ASSESSMENT_FILE = "assessment.json"
 
 
-def logits_and_features(keras_model, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits and (when the model has the feature layer) penultimate features of uint8/float images."""
+def logits_and_features(keras_model, images: np.ndarray, batch_size: int = 128,
+                        tta: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and (when the model has the feature layer) penultimate features of uint8/float images,
+    both averaged over the views of ``tta`` as the app's runners average them
+    (mlcore.runners.Runner.logits): the checks must be fitted on the features they will be served."""
+    from mlcore.keras_model import predict_logits
     from mlcore.labels import NUM_CLASSES
 
     images = np.asarray(images)
     if not ood.has_feature_layer(keras_model):
-        from mlcore.keras_model import predict_logits
-
-        return predict_logits(keras_model, images, batch_size=batch_size), None
-    fm = ood.with_features(keras_model)
-    out = [np.asarray(fm(np.asarray(images[i:i + batch_size], np.float32), training=False), np.float32)
-           for i in range(0, len(images), batch_size)]
-    both = np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+        return predict_logits(keras_model, images, batch_size=batch_size, tta=tta), None
+    both = predict_logits(ood.with_features(keras_model), images, batch_size=batch_size, tta=tta)
     return both[:, :NUM_CLASSES], both[:, NUM_CLASSES:]
 
 
@@ -135,10 +134,11 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
     framing = card.get("framing") or DEFAULT_FRAMING
     temperature = float(card["temperature"])
     clinical = ClinicalAdjustment.from_dict(card["clinical_context"]) if card.get("clinical_context") else None
+    tta = str(card.get("tta") or "none")  # the temperature and the served features assume it
 
     def scored(name):
         recs, imgs = splits[name]
-        logits, feats = logits_and_features(keras_model, imgs)
+        logits, feats = logits_and_features(keras_model, imgs, tta=tta)
         if clinical is not None:
             logits = clinical.apply(logits, contexts_of(recs))
         probs = softmax_with_temperature(logits, temperature)
@@ -161,14 +161,14 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
         if ph2 is None:
             raise FileNotFoundError("no data root")
         ph_imgs = np.stack([prepare_image(decode_file(i.path), size, framing) for i in ph2])
-        ph_logits, ph_feats = logits_and_features(keras_model, ph_imgs)
+        ph_logits, ph_feats = logits_and_features(keras_model, ph_imgs, tta=tta)
         report["ph2"] = measure(assessment, detector, images=ph_imgs, features=ph_feats,
                                 probs=softmax_with_temperature(ph_logits, temperature), masks=ph2_masks(ph2))
     except FileNotFoundError as exc:
         report["ph2"] = {"error": f"PH2 not measured: {exc}"}
     nd = build_nondermoscopic()
     nd_imgs = np.stack([prepare_image(img, size, framing) for _, img in nd])
-    _, nd_feats = logits_and_features(keras_model, nd_imgs)
+    _, nd_feats = logits_and_features(keras_model, nd_imgs, tta=tta)
     q_fail, unfam = _decisions(assessment, detector, nd_imgs, nd_feats)
     m = measure(assessment, detector, images=nd_imgs, features=nd_feats, decisions=(q_fail, unfam))
     m["missed_by_ood"] = [name for (name, _), u in zip(nd, unfam) if not u]

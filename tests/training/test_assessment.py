@@ -147,3 +147,32 @@ def test_cluster_bootstrap_is_wider_when_images_repeat_a_lesion():
     lo_i, hi_i = bootstrap_ci(_auc, [y, s], 300, 0)
     lo_l, hi_l = bootstrap_ci(_auc, [y, s], 300, 0, clusters=lesions)
     assert (hi_l - lo_l) > 2 * (hi_i - lo_i)
+
+
+@pytest.mark.slow
+def test_the_checks_are_fitted_on_the_features_the_app_serves_under_tta(tmp_path, monkeypatch):
+    """A model served with test-time augmentation averages its logits and features over the views
+    before the out-of-domain detector and the prediction sets read them: the assessment is fitted
+    and measured on those same averaged outputs, not on a single view."""
+    from mlcore.model_store import load_model
+    from training import assessment
+    from training.testing import make_tiny_model_dir
+
+    real = assessment.logits_and_features
+    seen = []
+
+    def spy(keras_model, images, batch_size=128, tta="none"):
+        seen.append(tta)
+        return real(keras_model, images, batch_size, tta)
+
+    monkeypatch.setattr(assessment, "logits_and_features", spy)
+    out = make_tiny_model_dir(tmp_path / "flip2", assessed=True, tta="flip2")
+    assert seen and set(seen) == {"flip2"}
+    m = load_model(out)
+    assert m.tta == "flip2" and m.ood_detector is not None
+    x = np.random.default_rng(3).integers(0, 256, (4, m.input_size, m.input_size, 3)).astype(np.float32)
+    served_logits, served_features = m.predict_logits_and_features(x)
+    logits, features = real(m.keras_model, x, tta="flip2")
+    np.testing.assert_allclose(features, served_features, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(logits, served_logits, rtol=1e-3, atol=1e-3)
+    assert not np.allclose(real(m.keras_model, x)[1], served_features, rtol=1e-3, atol=1e-3)
