@@ -16,7 +16,7 @@ otherwise generated JPEGs) and the same model, prints JSON with:
 - worker footprint: a fresh process's cold start (process start -> first prediction) and
   resident memory after warm-up.
 - with ``--baseline DIR``, the cost budget of issue 17 in this run: the shipped path's single-image
-  p50 against the baseline's (timed alternately; budget 1.2x) and its throughput against the naive
+  p50 against the baseline's (in alternating warm blocks; budget 1.2x) and its throughput against the naive
   loop without TTA (floor 8x). The baseline the issue named is the ensemble shipped then:
   ``git archive ca6de9a^ classifier/shipped_model | tar -x -C var/ens2 --strip-components=2``.
 The machine may be shared: every figure is a median over repeats after warm-up.

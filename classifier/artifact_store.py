@@ -45,7 +45,8 @@ def publish(model_dir: Path, sha256: str) -> list[str]:
     return written
 
 
-def _holds(model_dir: Path, sha256: str) -> bool:
+def holds(model_dir: Path, sha256: str) -> bool:
+    """Whether ``model_dir`` holds an artifact whose model file has this sha256."""
     model_file = Path(model_dir) / MODEL_FILE
     return model_file.is_file() and (Path(model_dir) / CARD_FILE).is_file() and sha256_file(model_file) == sha256
 
@@ -64,6 +65,42 @@ def _download(sha256: str, target: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
+def _host_copy(sha256: str) -> Path:
+    return Path(settings.VAR_DIR) / "model-store" / sha256
+
+
+def keep_local_copy(model_dir: Path, sha256: str) -> Path:
+    """Copy an artifact into this host's model store, where `local_dir` finds it once its
+    registered directory holds another model: the bundled model's directory is replaced by the
+    next release, and the version it held must stay loadable (roll-back, comparison, re-scoring)."""
+    cache = _host_copy(sha256)
+    if holds(cache, sha256):
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache.parent))
+    try:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        if not holds(staging, sha256):
+            raise ArtifactUnavailable(f"{model_dir} no longer holds the model {sha256[:12]}…: not copied")
+        try:
+            staging.rename(cache)  # atomic: a concurrent copy that won is just as good
+        except OSError:
+            if not holds(cache, sha256):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache
+
+
+def loadable(version: ModelVersion) -> bool:
+    """Whether this host can load ``version``'s very model (from its directory, its host copy or
+    the storage)."""
+    try:
+        return holds(local_dir(version), version.sha256) if version.sha256 else True
+    except (ArtifactUnavailable, OSError):
+        return False
+
+
 def local_dir(version: ModelVersion) -> Path:
     """A directory on this host holding ``version``'s artifact, checked against its sha256."""
     registered = Path(version.artifact_path) if version.artifact_path else None
@@ -71,10 +108,10 @@ def local_dir(version: ModelVersion) -> Path:
         if registered is not None:
             return registered
         raise ArtifactUnavailable(f"model version {version.version} has no artifact")
-    if registered is not None and _holds(registered, version.sha256):
+    if registered is not None and holds(registered, version.sha256):
         return registered
-    cache = Path(settings.VAR_DIR) / "model-store" / version.sha256
-    if _holds(cache, version.sha256):
+    cache = _host_copy(version.sha256)
+    if holds(cache, version.sha256):
         return cache
     if not settings.SECONDLOOK_MODELS_IN_STORAGE:
         if registered is None:
@@ -84,7 +121,7 @@ def local_dir(version: ModelVersion) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{version.sha256[:12]}-", dir=cache.parent))
     try:
         _download(version.sha256, staging)
-        if not _holds(staging, version.sha256):
+        if not holds(staging, version.sha256):
             raise ArtifactUnavailable(f"the stored model of {version.version} does not match its sha256 "
                                       f"{version.sha256[:12]}… (corrupt or replaced): refused")
         if read_card(staging).get("model_sha256") != version.sha256:
@@ -92,7 +129,7 @@ def local_dir(version: ModelVersion) -> Path:
         try:
             staging.rename(cache)  # atomic: a concurrent download that won is just as good
         except OSError:
-            if not _holds(cache, version.sha256):
+            if not holds(cache, version.sha256):
                 raise
         return cache
     finally:

@@ -15,12 +15,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import log as audit_log
-from classifier import ensemble_training
+from classifier import artifact_store, ensemble_training
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
-from classifier.registry import activate
+from classifier.registry import activate, register_artifact
 from classifier.warmup import warm_after_commit
 from training.benchmark import BenchmarkError, current_benchmark
+from mlcore.artifact import CardError, read_card
 from training.config import TrainConfig
 
 TRAIN_TASK = "classifier.tasks.train_model"
@@ -207,6 +208,42 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
         activate(version)
         audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
                new={"active": version.version})
+        warm_after_commit(version)
+    return version
+
+
+def adopt_bundled_release(*, user=None) -> ModelVersion | None:
+    """After an upgrade that brought another bundled model (the default model directory holds a
+    model the registry has not seen), register it. It waits, ready, for the promotion gate like any
+    new version, unless the active version was the bundled one and can no longer be loaded from
+    anywhere (its files were replaced and no copy of them was kept, as by releases before
+    `artifact_store.keep_local_copy`): then nothing could be scored, so the new one is activated at
+    once and the old one marked failed with the reason, so that neither roll-back nor activation
+    offers it. Audited either way. Returns the version registered, or None."""
+    bundled = Path(settings.SECONDLOOK_MODEL_DIR).resolve()
+    try:
+        card = read_card(bundled, required=("version", "model_sha256"))
+    except CardError:
+        return None
+    if ModelVersion.objects.filter(sha256=card["model_sha256"]).exists():
+        return None
+    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+    replaced = (active is not None and bool(active.artifact_path)
+                and Path(active.artifact_path).resolve() == bundled and not artifact_store.loadable(active))
+    with transaction.atomic():
+        if not replaced:
+            version = register_artifact(bundled, notes="Bundled with an upgrade of the software: compare it on "
+                                                       "the benchmark before activating it.")
+            audit_registry_event(user, "create", version, new={"version": version.version, "reason": "bundled release"})
+            return version
+        reason = (f"the upgrade replaced {active.version}'s files in {bundled} and no copy was kept: "
+                  f"{card['version']}, bundled with it, was activated in its place")
+        version = register_artifact(bundled, notes=f"Bundled with an upgrade of the software; {reason}.")
+        activate(version)
+        ModelVersion.objects.filter(pk=active.pk).update(
+            status=ModelVersion.Status.FAILED, notes=(active.notes + f"\nCannot be loaded any more: {reason}.").strip())
+        audit_registry_event(user, "activate", version, old={"active": active.version},
+                             new={"active": version.version, "reason": reason})
         warm_after_commit(version)
     return version
 

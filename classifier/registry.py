@@ -54,6 +54,8 @@ def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READ
         version.save()
     if settings.SECONDLOOK_MODELS_IN_STORAGE:  # so that workers on other hosts can load it
         artifact_store.publish(model_dir, sha)
+    elif model_dir == Path(settings.SECONDLOOK_MODEL_DIR).resolve():
+        artifact_store.keep_local_copy(model_dir, sha)  # the next release replaces that directory
     return version
 
 

@@ -423,3 +423,73 @@ def test_a_run_stopped_by_the_soft_time_limit_ends_failed_naming_the_limit(data_
     assert version.error == (f"Stopped: the run exceeded its training time limit ({limit_min} minutes). "
                              "Retry with fewer epochs or fewer ensemble members.")
     assert not ModelVersion.objects.filter(status="training").exists()  # a new run may start
+
+
+def _bundle(settings, tmp_path, model_dir):
+    """Lay ``model_dir`` out as the bundled default model (this host's files under tmp_path)."""
+    import shutil
+
+    bundled = tmp_path / "bundled"
+    shutil.rmtree(bundled, ignore_errors=True)
+    shutil.copytree(model_dir, bundled)
+    settings.SECONDLOOK_MODEL_DIR = bundled
+    settings.VAR_DIR = tmp_path / "var"
+    return bundled
+
+
+@pytest.mark.django_db
+def test_an_upgrade_keeps_the_active_bundled_model_and_registers_the_new_one_for_the_gate(
+        settings, tmp_path, tiny_model_dir):
+    from classifier import artifact_store
+    from training.testing import make_tiny_model_dir
+
+    _bundle(settings, tmp_path, tiny_model_dir)
+    old = registry.ensure_default_registered()
+    _bundle(settings, tmp_path, make_tiny_model_dir(tmp_path / "release", seed=1))  # the upgrade
+
+    new = lifecycle.adopt_bundled_release()
+    assert new.version == "tiny-test-1" and new.status == ModelVersion.Status.READY
+    assert ModelVersion.objects.get(status="active").pk == old.pk
+    # the old version still loads, from the copy kept when it was registered
+    assert artifact_store.loadable(old)
+    assert artifact_store.local_dir(old) == tmp_path / "var" / "model-store" / old.sha256
+    assert lifecycle.adopt_bundled_release() is None  # idempotent
+    with pytest.raises(lifecycle.LifecycleError, match="gate"):
+        lifecycle.activate_version(version=new)
+
+    from audit.models import AuditEvent
+
+    event = AuditEvent.objects.order_by("pk").last()
+    assert event.action == "create" and event.new_values["version"] == "tiny-test-1"
+
+
+@pytest.mark.django_db
+def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_the_new_one(
+        settings, tmp_path, tiny_model_dir):
+    import shutil
+
+    from django.core.management import call_command
+
+    from classifier import artifact_store
+    from training.testing import make_tiny_model_dir
+
+    _bundle(settings, tmp_path, tiny_model_dir)
+    old = registry.ensure_default_registered()
+    shutil.rmtree(tmp_path / "var" / "model-store")  # as registered by a release that kept no copy
+    _bundle(settings, tmp_path, make_tiny_model_dir(tmp_path / "release", seed=1))
+    assert not artifact_store.loadable(old)
+
+    call_command("register_default_model", stdout=(out := __import__("io").StringIO()))
+    assert "Bundled model tiny-test-1 activated" in out.getvalue()
+    active = ModelVersion.objects.get(status="active")
+    assert active.version == "tiny-test-1"
+    old.refresh_from_db()
+    assert old.status == ModelVersion.Status.FAILED and "Cannot be loaded any more" in old.notes
+    with pytest.raises(lifecycle.LifecycleError):
+        lifecycle.rollback()  # the old version is never offered again
+
+    from audit.models import AuditEvent
+
+    event = AuditEvent.objects.order_by("pk").last()
+    assert event.action == "activate" and event.old_values == {"active": old.version}
+    assert "replaced" in event.new_values["reason"]

@@ -79,11 +79,15 @@ def test_warm_up_loads_the_active_model_through_the_upload_path(use_tiny_model, 
 
 
 @pytest.mark.django_db
-def test_warm_up_skips_what_it_should_not_or_cannot_load(use_tiny_model, tmp_path):
+def test_warm_up_skips_what_it_should_not_or_cannot_load(use_tiny_model, tmp_path, settings):
+    import shutil
+
+    settings.VAR_DIR = tmp_path / "var"  # where registering the bundled model keeps its copy
     shipped = registry.ensure_default_registered()
     ready = ModelVersion.objects.create(version="ready-one", status="ready")
     assert warmup.warm_version(version_id=ready.pk) == "not warmed: ready-one is ready, not active"
     assert warmup.warm_version(version_id=10**9) == f"not warmed: no model version {10**9}"
     ModelVersion.objects.filter(pk=shipped.pk).update(artifact_path=str(tmp_path / "gone"))
+    shutil.rmtree(settings.VAR_DIR / "model-store")
     result = warmup.warm_version(version_id=shipped.pk)
     assert result.startswith("not warmed: ") and "gone" in result
