@@ -425,6 +425,14 @@ def test_a_run_stopped_by_the_soft_time_limit_ends_failed_naming_the_limit(data_
     assert not ModelVersion.objects.filter(status="training").exists()  # a new run may start
 
 
+@pytest.fixture(scope="module")
+def next_release_model(tmp_path_factory):
+    """The model a later release bundles (another tiny model, another sha256)."""
+    from training.testing import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("release"), seed=1)
+
+
 def _bundle(settings, tmp_path, model_dir):
     """Lay ``model_dir`` out as the bundled default model (this host's files under tmp_path)."""
     import shutil
@@ -439,13 +447,12 @@ def _bundle(settings, tmp_path, model_dir):
 
 @pytest.mark.django_db
 def test_an_upgrade_keeps_the_active_bundled_model_and_registers_the_new_one_for_the_gate(
-        settings, tmp_path, tiny_model_dir):
+        settings, tmp_path, tiny_model_dir, next_release_model):
     from classifier import artifact_store
-    from training.testing import make_tiny_model_dir
 
     _bundle(settings, tmp_path, tiny_model_dir)
     old = registry.ensure_default_registered()
-    _bundle(settings, tmp_path, make_tiny_model_dir(tmp_path / "release", seed=1))  # the upgrade
+    _bundle(settings, tmp_path, next_release_model)  # the upgrade
 
     new = lifecycle.adopt_bundled_release()
     assert new.version == "tiny-test-1" and new.status == ModelVersion.Status.READY
@@ -465,21 +472,22 @@ def test_an_upgrade_keeps_the_active_bundled_model_and_registers_the_new_one_for
 
 @pytest.mark.django_db
 def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_the_new_one(
-        settings, tmp_path, tiny_model_dir):
+        settings, tmp_path, tiny_model_dir, next_release_model):
+    import io
     import shutil
 
     from django.core.management import call_command
 
     from classifier import artifact_store
-    from training.testing import make_tiny_model_dir
 
     _bundle(settings, tmp_path, tiny_model_dir)
     old = registry.ensure_default_registered()
     shutil.rmtree(tmp_path / "var" / "model-store")  # as registered by a release that kept no copy
-    _bundle(settings, tmp_path, make_tiny_model_dir(tmp_path / "release", seed=1))
+    _bundle(settings, tmp_path, next_release_model)
     assert not artifact_store.loadable(old)
 
-    call_command("register_default_model", stdout=(out := __import__("io").StringIO()))
+    out = io.StringIO()
+    call_command("register_default_model", stdout=out)
     assert "Bundled model tiny-test-1 activated" in out.getvalue()
     active = ModelVersion.objects.get(status="active")
     assert active.version == "tiny-test-1"
