@@ -20,8 +20,8 @@ from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 from classifier.registry import activate, register_artifact
 from classifier.warmup import warm_after_commit
-from training.benchmark import BenchmarkError, current_benchmark
 from mlcore.artifact import CardError, read_card
+from training.benchmark import BenchmarkError, current_benchmark
 from training.config import TrainConfig
 
 TRAIN_TASK = "classifier.tasks.train_model"

@@ -293,10 +293,13 @@ def test_a_worker_sharing_no_disk_with_the_web_host_scores_with_the_activated_ve
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_broken_model_file_fails_clearly_keeps_the_app_working_and_retry_succeeds_once_fixed(
-        client, use_tiny_model, media_root, tmp_path, celery_worker_process, damage):
+        client, use_tiny_model, media_root, tmp_path, celery_worker_process, damage, settings):
     model_dir = tmp_path / "model-copy"
     shutil.copytree(use_tiny_model, model_dir)
-    register_active(model_dir)
+    version = register_active(model_dir)
+    # registering the bundled (tiny) model elsewhere keeps a verified copy of these very bytes on
+    # this host, which the worker would rightly load instead: here the damaged file must be all it has
+    shutil.rmtree(Path(settings.VAR_DIR) / "model-store" / version.sha256, ignore_errors=True)
     people = World()
     model_file = model_dir / "model.keras"
     good = model_file.read_bytes()
