@@ -65,7 +65,8 @@ def _download(sha256: str, target: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
-def _host_copy(sha256: str) -> Path:
+def host_copy(sha256: str) -> Path:
+    """Where this host keeps its verified copy of the artifact whose model file has ``sha256``."""
     return Path(settings.VAR_DIR) / "model-store" / sha256
 
 
@@ -73,7 +74,7 @@ def keep_local_copy(model_dir: Path, sha256: str) -> Path:
     """Copy an artifact into this host's model store, where `local_dir` finds it once its
     registered directory holds another model: the bundled model's directory is replaced by the
     next release, and the version it held must stay loadable (roll-back, comparison, re-scoring)."""
-    cache = _host_copy(sha256)
+    cache = host_copy(sha256)
     if holds(cache, sha256):
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,7 @@ def local_dir(version: ModelVersion) -> Path:
         raise ArtifactUnavailable(f"model version {version.version} has no artifact")
     if registered is not None and holds(registered, version.sha256):
         return registered
-    cache = _host_copy(version.sha256)
+    cache = host_copy(version.sha256)
     if holds(cache, version.sha256):
         return cache
     if not settings.SECONDLOOK_MODELS_IN_STORAGE:

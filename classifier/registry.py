@@ -86,17 +86,30 @@ def active_version() -> ModelVersion:
 
 
 def active_model_status() -> dict[str, Any]:
-    """Health summary of the active model: its version and whether its file is intact. Reads only
-    (a health check must never write): no active version yet is reported, not registered."""
+    """Health summary of the active model: its version and whether a copy the workers can load is
+    intact (its registered directory, else this host's verified copy, which `artifact_store.local_dir`
+    serves once a release replaced the bundled directory). Reads only (a health check must never
+    write): no active version yet is reported, not registered."""
     version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     if version is None:
         return {"ok": False, "error": "no active model version (the bundled one is registered at start-up)"}
-    model_file = Path(version.artifact_path) / MODEL_FILE
+    problem = _model_file_problem(Path(version.artifact_path) / MODEL_FILE, version.sha256)
+    if problem is None:
+        return {"ok": True, "version": version.version}
+    if version.sha256 and _model_file_problem(artifact_store.host_copy(version.sha256) / MODEL_FILE,
+                                              version.sha256) is None:
+        return {"ok": True, "version": version.version, "served_from": "host copy",
+                "warning": f"registered directory: {problem}"}
+    return {"ok": False, "version": version.version, "error": problem}
+
+
+def _model_file_problem(model_file: Path, sha256: str) -> str | None:
+    """What is wrong with ``model_file`` (missing, corrupt), or None when it is intact."""
     if not model_file.exists():
-        return {"ok": False, "version": version.version, "error": f"model file missing: {model_file}"}
-    if version.sha256 and _cached_sha256(model_file) != version.sha256:
-        return {"ok": False, "version": version.version, "error": f"model file corrupt (sha256 mismatch): {model_file}"}
-    return {"ok": True, "version": version.version}
+        return f"model file missing: {model_file}"
+    if sha256 and _cached_sha256(model_file) != sha256:
+        return f"model file corrupt (sha256 mismatch): {model_file}"
+    return None
 
 
 _sha_cache: dict[tuple[str, float, int], str] = {}

@@ -32,13 +32,33 @@ def test_health_reports_redis_down(client, settings, use_tiny_model):
 def test_health_reports_missing_model_file(client, settings, tmp_path, tiny_model_dir):
     import shutil
 
+    settings.VAR_DIR = tmp_path / "var"  # no host copy of this model (other tests keep one)
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)
-    settings.SECONDLOOK_MODEL_DIR = broken
     activate(register_artifact(broken))
     (broken / "model.keras").unlink()
     body = client.get(reverse("health"), **HEALTH_AUTH).json()
     assert body["model"]["ok"] is False and "missing" in body["model"]["error"]
+
+
+@pytest.mark.django_db
+def test_health_accepts_the_host_copy_the_workers_load_once_a_release_replaced_the_bundled_dir(
+        client, settings, tmp_path, tiny_model_dir):
+    import shutil
+
+    bundled = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bundled)
+    settings.SECONDLOOK_MODEL_DIR = bundled
+    settings.VAR_DIR = tmp_path / "var"
+    activate(register_artifact(bundled))  # keeps a verified copy under VAR_DIR/model-store
+    (bundled / "model.keras").write_bytes(b"the next release's weights")
+    model = client.get(reverse("health"), **HEALTH_AUTH).json()["model"]
+    assert model["ok"] is True and model["served_from"] == "host copy"
+    assert "corrupt" in model["warning"]
+
+    shutil.rmtree(settings.VAR_DIR / "model-store")  # no copy left anywhere: down, and says why
+    model = client.get(reverse("health"), **HEALTH_AUTH).json()["model"]
+    assert model["ok"] is False and "corrupt" in model["error"]
 
 
 @pytest.mark.integration
