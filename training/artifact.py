@@ -138,7 +138,14 @@ def _training_lines(training: dict, f) -> list[str]:
             f"train time {f(training.get('train_minutes'))} min, precision {training.get('precision_policy')}, "
             f"on {training.get('accelerator', 'cpu')} ({training.get('backend', 'tensorflow')}), "
             f"{f(training.get('total_minutes'))} min in all",
-            f"- config: `{json.dumps(training.get('config'))}`"]
+            f"- config: `{json.dumps(training.get('config'))}`"] + _warm_start_lines(training.get("warm_start"))
+
+
+def _warm_start_lines(warm_start: dict | None) -> list[str]:
+    if not warm_start:
+        return []
+    return [f"- warm-started from `{warm_start.get('version') or warm_start.get('file')}` "
+            f"(sha256 {str(warm_start.get('sha256'))[:12]}…)"]
 
 
 def _ensemble_lines(ensemble: dict, f) -> list[str]:
@@ -239,7 +246,9 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                      # where the loop ran: "cpu" (training.train) or the accelerator that ran
                      # training.accelerated.fit_pack, with its Keras backend
                      "accelerator": history.get("accelerator", "cpu"),
-                     "backend": history.get("backend", "tensorflow")},
+                     "backend": history.get("backend", "tensorflow"),
+                     # the artifact a warm-started run began from (cfg.pretrained), by version and sha256
+                     "warm_start": history.get("warm_start")},
         "code_revision": git_revision(),
         "model_file": MODEL_FILE,
         "model_sha256": sha,

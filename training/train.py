@@ -59,6 +59,19 @@ def class_weights_for(masks: np.ndarray, power: float) -> np.ndarray:
 SOURCE_WEIGHT_RANGE = (0.1, 10.0)  # a rare (source, code) cell may not dominate the loss
 
 
+def describe_warm_start(weights_file: Path) -> dict:
+    """What a model card records of the weights a run started from: the file, its sha256 and, when
+    it is an artifact's model file, that artifact's version. A configured file that is missing is
+    an error, not a silent start from ImageNet."""
+    from mlcore.artifact import CARD_FILE, sha256_file
+
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {weights_file}")
+    card_file = weights_file.parent / CARD_FILE
+    version = json.loads(card_file.read_text()).get("version") if card_file.is_file() else None
+    return {"file": weights_file.name, "sha256": sha256_file(weights_file), "version": version}
+
+
 def source_balance_weights(masks: np.ndarray, sources, power: float) -> np.ndarray:
     """Per-sample weight (P(code) / P(code | source))**power by HAM code, clipped to
     SOURCE_WEIGHT_RANGE, mean 1: a collection whose images are mostly melanomas (the ISIC-archive
@@ -190,7 +203,9 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         from .backbone import assign_backbone, load_backbone_weights
 
         assign_backbone(model, load_backbone_weights())
-    if cfg.pretrained and Path(cfg.pretrained).is_file():
+    warm_start = None
+    if cfg.pretrained:
+        warm_start = describe_warm_start(Path(cfg.pretrained))
         model.load_weights(cfg.pretrained, skip_mismatch=True)
     weights = class_weights_for(m_train, cfg.class_weight_power)
     if cfg.source_balance > 0:
@@ -212,6 +227,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
                                 "val_malignancy_auc": [], "val_balanced_accuracy_7": [], "lr": [],
                                 "epoch_seconds": [], "train_size": []}
+    if warm_start:
+        history["warm_start"] = warm_start
     t0 = time.time()
     budget = cfg.time_budget_min * 60.0
 

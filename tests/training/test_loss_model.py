@@ -225,3 +225,19 @@ def test_source_balance_gives_every_collection_the_same_weighted_class_mix():
     assert np.allclose(source_balance_weights(masks, sources, 0.0), 1.0)
     with pytest.raises(ValueError, match="sources for"):
         source_balance_weights(masks, sources[:-1], 1.0)
+
+
+def test_a_warm_start_is_recorded_by_version_and_sha256_and_a_missing_file_is_refused(tmp_path):
+    import hashlib
+    import json
+
+    from training.train import describe_warm_start
+
+    artifact = tmp_path / "v3"
+    artifact.mkdir()
+    (artifact / "model.keras").write_bytes(b"weights")
+    (artifact / "model_card.json").write_text(json.dumps({"version": "cnn160-v3"}))
+    assert describe_warm_start(artifact / "model.keras") == {
+        "file": "model.keras", "sha256": hashlib.sha256(b"weights").hexdigest(), "version": "cnn160-v3"}
+    with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
+        describe_warm_start(tmp_path / "gone.keras")
