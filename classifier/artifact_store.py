@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from django.conf import settings
 from django.core.files.base import File
@@ -74,15 +75,24 @@ def keep_local_copy(model_dir: Path, sha256: str) -> Path:
     """Copy an artifact into this host's model store, where `local_dir` finds it once its
     registered directory holds another model: the bundled model's directory is replaced by the
     next release, and the version it held must stay loadable (roll-back, comparison, re-scoring)."""
+    def copy(staging: Path) -> None:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        if not holds(staging, sha256):
+            raise ArtifactUnavailable(f"{model_dir} no longer holds the model {sha256[:12]}…: not copied")
+
+    return _install_host_copy(sha256, copy)
+
+
+def _install_host_copy(sha256: str, fill: Callable[[Path], None]) -> Path:
+    """This host's copy of the artifact ``sha256``: kept if already there, else ``fill``ed into a
+    staging directory (which ``fill`` checks, raising to refuse it) and renamed into place."""
     cache = host_copy(sha256)
     if holds(cache, sha256):
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache.parent))
     try:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-        if not holds(staging, sha256):
-            raise ArtifactUnavailable(f"{model_dir} no longer holds the model {sha256[:12]}…: not copied")
+        fill(staging)
         try:
             staging.rename(cache)  # atomic: a concurrent copy that won is just as good
         except OSError:
@@ -118,20 +128,13 @@ def local_dir(version: ModelVersion) -> Path:
         if registered is None:
             raise ArtifactUnavailable(f"model version {version.version} has no artifact path")
         return registered  # loading it says precisely what is wrong (missing, corrupt)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version.sha256[:12]}-", dir=cache.parent))
-    try:
+
+    def download(staging: Path) -> None:
         _download(version.sha256, staging)
         if not holds(staging, version.sha256):
             raise ArtifactUnavailable(f"the stored model of {version.version} does not match its sha256 "
                                       f"{version.sha256[:12]}… (corrupt or replaced): refused")
         if read_card(staging).get("model_sha256") != version.sha256:
             raise ArtifactUnavailable(f"the stored model card of {version.version} names another model: refused")
-        try:
-            staging.rename(cache)  # atomic: a concurrent download that won is just as good
-        except OSError:
-            if not holds(cache, version.sha256):
-                raise
-        return cache
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    return _install_host_copy(version.sha256, download)

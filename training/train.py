@@ -63,12 +63,12 @@ def describe_warm_start(weights_file: Path) -> dict:
     """What a model card records of the weights a run started from: the file, its sha256 and, when
     it is an artifact's model file, that artifact's version. A configured file that is missing is
     an error, not a silent start from ImageNet."""
-    from mlcore.artifact import CARD_FILE, sha256_file
+    from mlcore.artifact import CARD_FILE, read_card, sha256_file
 
     if not weights_file.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {weights_file}")
-    card_file = weights_file.parent / CARD_FILE
-    version = json.loads(card_file.read_text()).get("version") if card_file.is_file() else None
+    is_artifact = (weights_file.parent / CARD_FILE).is_file()
+    version = read_card(weights_file.parent, required=("version",))["version"] if is_artifact else None
     return {"file": weights_file.name, "sha256": sha256_file(weights_file), "version": version}
 
 
