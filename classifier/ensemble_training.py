@@ -53,9 +53,11 @@ def run_config(overrides: dict | None = None) -> TrainConfig:
 
 def estimate_minutes(members: int, config: TrainConfig | None = None) -> float:
     """Rough wall-clock minutes of a run of ``members`` CNNs (1: a single CNN): each member's
-    training loop stops at the config's time budget."""
+    training loop stops at the config's time budget, and its whole run within the run budget."""
     config = config or run_config()
     per_member = config.time_budget_min + MEMBER_OVERHEAD_MIN
+    if config.run_budget_min > 0:
+        per_member = min(per_member, config.run_budget_min)
     return members * per_member + (COMBINE_MIN if members > 1 else 0.0)
 
 

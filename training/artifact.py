@@ -132,13 +132,36 @@ def _benchmark_lines(benchmark: dict | None) -> list[str]:
             f"{benchmark.get('images_in_test')} of its images are in this run's test split"]
 
 
+def _budget_minutes(history: dict) -> dict | None:
+    if "run_budget_s" not in history:
+        return None
+    return {"run": history["run_budget_s"] / 60.0, "loop": (history.get("loop_budget_s") or 0) / 60.0,
+            "finishing_estimate": (history.get("finish_estimate_s") or 0) / 60.0}
+
+
+def record_total_minutes(model_dir: Path, seconds: float) -> None:
+    """Set the card's ``training.total_minutes`` to the run's final wall-clock time (the
+    assessment runs after the export)."""
+    card = read_card(model_dir, required=())
+    card["training"]["total_minutes"] = seconds / 60.0
+    write_card(model_dir, card)
+    (Path(model_dir) / "model_card.md").write_text(card_markdown(card))
+
+
 def _training_lines(training: dict, f) -> list[str]:
     return ["## Training", "",
             f"- seed {training.get('config', {}).get('seed')}, best epoch {training.get('best_epoch')}, "
             f"train time {f(training.get('train_minutes'))} min, precision {training.get('precision_policy')}, "
             f"on {training.get('accelerator', 'cpu')} ({training.get('backend', 'tensorflow')}), "
-            f"{f(training.get('total_minutes'))} min in all",
+            f"{f(training.get('total_minutes'))} min in all" + _budget_text(training.get("budget_minutes"), f),
             f"- config: `{json.dumps(training.get('config'))}`"] + _warm_start_lines(training.get("warm_start"))
+
+
+def _budget_text(budget: dict | None, f) -> str:
+    if not budget:
+        return ""
+    return (f" (run budget {f(budget['run'])} min: {f(budget['loop'])} min for the loop, "
+            f"{f(budget['finishing_estimate'])} min set aside for the finishing)")
 
 
 def _warm_start_lines(warm_start: dict | None) -> list[str]:
@@ -248,7 +271,9 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                      "accelerator": history.get("accelerator", "cpu"),
                      "backend": history.get("backend", "tensorflow"),
                      # the artifact a warm-started run began from (cfg.pretrained), by version and sha256
-                     "warm_start": history.get("warm_start")},
+                     "warm_start": history.get("warm_start"),
+                     # the whole run's budget, what it left the loop, and the finishing it set aside
+                     "budget_minutes": _budget_minutes(history)},
         "code_revision": git_revision(),
         "model_file": MODEL_FILE,
         "model_sha256": sha,

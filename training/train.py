@@ -179,8 +179,13 @@ class TrainingCancelled(RuntimeError):
 
 def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int = 1,
               on_progress: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, sources=None):
+              should_stop: Callable[[], bool] | None = None, sources=None,
+              run_deadline: float | None = None, finish_passes: float = 0.0):
     """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history).
+
+    ``run_deadline`` (a ``time.time()``) is when the whole run must end: after each validation
+    pass the loop's budget shrinks to what is left once ``finish_passes`` image passes (see
+    `finishing_passes`) at the speed just measured have been set aside.
 
     ``sources`` (one collection name per training image) is needed when ``cfg.source_balance``
     is on (`source_balance_weights`).
@@ -230,14 +235,17 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     if warm_start:
         history["warm_start"] = warm_start
     t0 = time.time()
-    budget = cfg.time_budget_min * 60.0
+    state["budget"] = loop_budget_s(cfg.time_budget_min * 60.0,
+                                    remaining_s=None if run_deadline is None else run_deadline - t0)
+    if run_deadline is not None:
+        history["run_budget_s"] = cfg.run_budget_min * 60.0
 
     def schedule_progress(step_fraction: float) -> float:
         """Progress through the schedule (0..1): steps done, or time spent when the budget runs out
         first, so the cosine decay and progressive resizing both complete within the budget."""
         prog = step_fraction
-        if budget > 0:
-            prog = max(prog, (time.time() - t0) / budget)
+        if state["budget"] > 0:
+            prog = max(prog, (time.time() - t0) / state["budget"])
         return min(prog, 1.0)
 
     class Cb(keras.callbacks.Callback):
@@ -268,7 +276,18 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         def on_epoch_end(self, epoch, logs=None):
             validated = len(x_val) > 0 and validates_epoch(epoch + 1, state["size"], cfg)
             scored = validated or not len(x_val)  # without a validation set the training loss scores
+            t_val = time.time()
             vm = _val_metrics(predict_logits(self.model, x_val), m_val) if validated else dict(SKIPPED_VALIDATION)
+            if validated and run_deadline is not None:
+                # only ever shrinks: a pass slowed by a busy CPU errs on the side of ending in time
+                finish_s = FINISH_MARGIN * finish_passes * (time.time() - t_val) / len(x_val)
+                budget = min(state["budget"], loop_budget_s(
+                    cfg.time_budget_min * 60.0, remaining_s=run_deadline - finish_s - t0))
+                if "finish_estimate_s" not in history or budget < state["budget"] - 60:
+                    _emit(f"[train] run budget {cfg.run_budget_min:g} min: finishing estimated at "
+                          f"{finish_s / 60:.1f} min, so the loop gets {budget / 60:.1f} min")
+                state["budget"] = budget
+                history["finish_estimate_s"] = finish_s
             history["loss"].append(float(logs.get("loss", float("nan"))))
             for k, v in vm.items():
                 history[k].append(v)
@@ -289,8 +308,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             # the LR schedule follows max(step, time) progress, so a slower CPU just means fewer
             # epochs with a completed cosine decay; no re-planning needed
             eta = (state["epochs"] - epoch - 1) * (elapsed / (epoch + 1))
-            if budget > 0:
-                eta = min(eta, max(budget - elapsed, 0.0))
+            if state["budget"] > 0:
+                eta = min(eta, max(state["budget"] - elapsed, 0.0))
             val_text = (f"val_loss={vm['val_loss']:.4f} mel_auc={vm['val_melanoma_auc']:.4f} "
                         f"malig_auc={vm['val_malignancy_auc']:.4f} bacc7={vm['val_balanced_accuracy_7']:.4f}"
                         if validated else "validation=skipped")
@@ -308,7 +327,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training cancelled on request")
             if (epoch + 1 >= state["epochs"] or best.exhausted
-                    or (budget > 0 and elapsed + dt > budget)):
+                    or (state["budget"] > 0 and elapsed + dt > state["budget"])):
                 if epoch + 1 < state["epochs"]:
                     _emit(f"[train] stopping after epoch {epoch + 1} (patience/time budget)")
                 self.model.stop_training = True
@@ -322,12 +341,45 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         history["weight_average"] = _try_average(model, state, best.score, x_val, m_val)
     history["best_epoch"] = best.epoch
     history["train_seconds"] = time.time() - t0
+    if run_deadline is not None:
+        history["loop_budget_s"] = state["budget"]
     history["precision_policy"] = policy
     # float32 copy for export / inference
     set_precision("fp32")
     m32 = cfg.build_model()
     m32.set_weights(model.get_weights())
     return m32, history
+
+
+# the finishing estimate's margin over (passes x measured seconds per validation image)
+FINISH_MARGIN = 1.15
+# PH2 and the non-dermoscopic set, which the assessment scores besides the three splits
+ASSESSMENT_EXTRA_IMAGES = 250
+
+
+def finishing_passes(cfg: TrainConfig, n_train: int, n_val: int, n_test: int) -> float:
+    """Single-view image passes through the network after the training loop: the tail average's
+    check on validation, the clinical offset (training split), calibration (validation) and
+    evaluation (test) at the config's test-time augmentation, then the assessment, which scores
+    the three splits, PH2 and the non-dermoscopic set again with their features."""
+    from mlcore.keras_model import TTA_VIEWS
+
+    views = TTA_VIEWS[cfg.tta]
+    passes = n_val if cfg.average_tail > 0 else 0
+    passes += views * ((n_train if cfg.clinical_context else 0) + n_val + n_test)
+    if cfg.assessment:
+        passes += views * (n_train + n_val + n_test + ASSESSMENT_EXTRA_IMAGES)
+    return float(passes)
+
+
+def loop_budget_s(config_budget_s: float, *, remaining_s: float | None) -> float:
+    """The training loop's budget in seconds: the config's (0 = none), capped by ``remaining_s``,
+    what the run's budget leaves the loop (None = no run budget; at least a millisecond, so a
+    spent budget still means 'stop after this epoch' rather than 'no budget')."""
+    if remaining_s is None:
+        return config_budget_s
+    remaining_s = max(remaining_s, 1e-3)
+    return remaining_s if config_budget_s <= 0 else min(config_budget_s, remaining_s)
 
 
 def _accumulate_average(state: dict, weights: list) -> None:
@@ -520,7 +572,9 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     if fitted is None:
         model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
                                    masks[sl["val"]], verbose=verbose, on_progress=on_progress,
-                                   should_stop=should_stop, sources=[r.source for r in recs[sl["train"]]])
+                                   should_stop=should_stop, sources=[r.source for r in recs[sl["train"]]],
+                                   run_deadline=t_start + cfg.run_budget_min * 60.0 if cfg.run_budget_min > 0 else None,
+                                   finish_passes=finishing_passes(cfg, *(len(split[k]) for k in ("train", "val", "test"))))
     else:
         model, history = fitted
     progress("calibrating and evaluating")
@@ -561,5 +615,10 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         _emit("[train] assessment: ood threshold={} test not assessable={:.3f} non-dermoscopic caught={}/{}".format(
             (assessment.get("ood") or {}).get("threshold"), measured["test"]["not_assessable_rate"],
             measured["non_dermoscopic"]["not_assessable"], measured["non_dermoscopic"]["images"]))
-    _emit(f"[train] exported {out} in {history['total_seconds'] / 60:.1f} min")
+    total = time.time() - t_start + (history.get("train_seconds", 0.0) if fitted else 0.0)
+    if cfg.assessment:
+        from .artifact import record_total_minutes
+
+        record_total_minutes(out, total)
+    _emit(f"[train] exported {out} in {total / 60:.1f} min")
     return out

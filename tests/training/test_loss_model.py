@@ -241,3 +241,70 @@ def test_a_warm_start_is_recorded_by_version_and_sha256_and_a_missing_file_is_re
         "file": "model.keras", "sha256": hashlib.sha256(b"weights").hexdigest(), "version": "cnn160-v3"}
     with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
         describe_warm_start(tmp_path / "gone.keras")
+
+
+def test_the_finishing_counts_every_pass_after_the_loop_at_the_served_views():
+    from dataclasses import replace
+
+    from training.config import TrainConfig
+    from training.train import ASSESSMENT_EXTRA_IMAGES, finishing_passes
+
+    cfg = TrainConfig()  # average_tail > 0, clinical offset, assessment, no TTA
+    n = 7000, 1500, 1400
+    assert finishing_passes(cfg, *n) == 1500 + (7000 + 1500 + 1400) + (9900 + ASSESSMENT_EXTRA_IMAGES)
+    flip2 = finishing_passes(replace(cfg, tta="flip2"), *n)
+    assert flip2 == 1500 + 2 * (9900 + 9900 + ASSESSMENT_EXTRA_IMAGES)
+    bare = replace(cfg, average_tail=0.0, clinical_context=False, assessment=False)
+    assert finishing_passes(bare, *n) == 1500 + 1400
+
+
+def test_the_loop_budget_is_the_configs_capped_by_what_the_run_budget_leaves():
+    from training.train import loop_budget_s
+
+    assert loop_budget_s(3300.0, remaining_s=None) == 3300.0
+    assert loop_budget_s(0.0, remaining_s=None) == 0.0  # no budget at all
+    assert loop_budget_s(3300.0, remaining_s=2900.0) == 2900.0
+    assert loop_budget_s(3300.0, remaining_s=4000.0) == 3300.0
+    assert loop_budget_s(0.0, remaining_s=2900.0) == 2900.0
+    # spent: still a budget (stop after this epoch), never 0 (which would mean none)
+    assert 0 < loop_budget_s(3300.0, remaining_s=-50.0) <= 1e-3
+
+
+def test_a_run_budget_the_finishing_would_overrun_ends_the_loop_after_the_first_epoch():
+    import time
+    from dataclasses import replace
+
+    from training.testing import synthetic_images, tiny_config
+    from training.train import fit_model
+
+    cfg = replace(tiny_config(seed=3), epochs=3)
+    x_tr, m_tr, _ = synthetic_images(64, seed=3)
+    x_va, m_va, _ = synthetic_images(32, seed=4)
+    _, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0,
+                           run_deadline=time.time() + 3600, finish_passes=1e12)
+    assert len(history["loss"]) == 1  # 1e12 image passes cannot fit in the hour left
+    assert history["finish_estimate_s"] > 3600 and history["run_budget_s"] == cfg.run_budget_min * 60
+    assert 0 < history["loop_budget_s"] <= 1e-3
+    _, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0,
+                           run_deadline=time.time() + 3600, finish_passes=10.0)
+    assert len(history["loss"]) == 3  # a small finishing leaves the loop all its epochs
+    assert 3000 < history["loop_budget_s"] <= 3600
+
+
+def test_the_card_states_the_run_budget_and_the_runs_final_wall_clock_time(tmp_path):
+    from mlcore.artifact import read_card, write_card
+    from training.artifact import _budget_minutes, card_markdown, record_total_minutes
+    from training.testing import make_tiny_model_dir
+
+    assert _budget_minutes({"loss": []}) is None  # a run without a run budget says nothing of one
+    budget = _budget_minutes({"run_budget_s": 3600.0, "loop_budget_s": 2850.0, "finish_estimate_s": 672.0})
+    assert budget == {"run": 60.0, "loop": 47.5, "finishing_estimate": 11.2}
+    model_dir = make_tiny_model_dir(tmp_path / "m", seed=1)
+    card = read_card(model_dir)
+    card["training"]["budget_minutes"] = budget
+    write_card(model_dir, card)
+    record_total_minutes(model_dir, 58.5 * 60)  # after the assessment, the run's real end
+    assert read_card(model_dir)["training"]["total_minutes"] == 58.5
+    text = (model_dir / "model_card.md").read_text()
+    assert "58.500 min in all (run budget 60.000 min: 47.500 min for the loop, 11.200 min set aside" in text
+    assert text == card_markdown(read_card(model_dir))
