@@ -154,7 +154,16 @@ def _training_lines(training: dict, f) -> list[str]:
             f"train time {f(training.get('train_minutes'))} min, precision {training.get('precision_policy')}, "
             f"on {training.get('accelerator', 'cpu')} ({training.get('backend', 'tensorflow')}), "
             f"{f(training.get('total_minutes'))} min in all" + _budget_text(training.get("budget_minutes"), f),
-            f"- config: `{json.dumps(training.get('config'))}`"] + _warm_start_lines(training.get("warm_start"))
+            f"- config: `{json.dumps(training.get('config'))}`"] + _tta_choice_lines(training.get("tta_choice"), f) \
+        + _warm_start_lines(training.get("warm_start"))
+
+
+def _tta_choice_lines(choice: dict | None, f) -> list[str]:
+    if not choice or "validation_scores" not in choice:
+        return []
+    scores = choice["validation_scores"]
+    return [f"- test-time augmentation chosen on validation: {choice['chosen']} (selection score "
+            f"none {f(scores['none'])}, flip2 {f(scores['flip2'])})"]
 
 
 def _budget_text(budget: dict | None, f) -> str:
@@ -273,7 +282,9 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                      # the artifact a warm-started run began from (cfg.pretrained), by version and sha256
                      "warm_start": history.get("warm_start"),
                      # the whole run's budget, what it left the loop, and the finishing it set aside
-                     "budget_minutes": _budget_minutes(history)},
+                     "budget_minutes": _budget_minutes(history),
+                     # tta "auto": the validation scores that chose the served mode (card["tta"])
+                     "tta_choice": history.get("tta_choice")},
         "code_revision": git_revision(),
         "model_file": MODEL_FILE,
         "model_sha256": sha,

@@ -30,6 +30,7 @@ def cache_dir() -> Path:
 SHIPPED_RECIPE = {"mixed_precision": "bf16", "freeze_blocks": 0, "epochs": 40, "time_budget_min": 5.1, "tta": "flip2",
                   "run_budget_min": 0.0}
 BACKBONES = ("scratch", "mobilenet_v2")
+TTA_AUTO = "auto"  # the test-time augmentation is chosen on validation after training
 
 
 @dataclass
@@ -89,7 +90,10 @@ class TrainConfig:
     # lesion (a square crop centred on the lesion, so its size in the input is device-independent)
     framing: str = "squash"
     bootstrap: int = 1000
-    tta: str = "none"  # none | flip2 | flip4 | dihedral8 (average logits over 2 / 4 / 8 flips/rotations at inference)
+    # none | flip2 | flip4 | dihedral8: average the logits over 2 / 4 / 8 flips/rotations at
+    # inference; auto: flip2 when it raises the validation selection score over none
+    # (training.train.choose_tta), the served mode is recorded in the card
+    tta: str = "auto"
     # add a per-class logit offset from age, sex and anatomic site (mlcore.clinical), fitted on
     # the training split after the CNN; images without that context keep the CNN's logits
     clinical_context: bool = True
@@ -111,6 +115,10 @@ class TrainConfig:
             raise ValueError(f"framing must be one of {FRAMINGS}, not {self.framing!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, not {self.backbone!r}")
+        from mlcore.keras_model import TTA_MODES
+
+        if self.tta not in (*TTA_MODES, TTA_AUTO):
+            raise ValueError(f"tta must be one of {(*TTA_MODES, TTA_AUTO)}, not {self.tta!r}")
 
     @property
     def effective_split_seed(self) -> int:

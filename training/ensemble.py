@@ -167,10 +167,13 @@ def load_ensemble(member_dirs: Sequence[Path]):
 
 
 def member_config(base, seed: int, split_seed: int):
-    """``base`` (a TrainConfig) with a member's own seed, on the shared lesion split."""
-    from .config import TrainConfig
+    """``base`` (a TrainConfig) with a member's own seed, on the shared lesion split; a member is
+    served with one view unless ``base`` names a mode (an ensemble already averages networks, and
+    "auto" choosing flip2 per member would double its cost)."""
+    from .config import TTA_AUTO, TrainConfig
 
-    return TrainConfig.from_dict({**base.to_dict(), "seed": int(seed), "split_seed": int(split_seed)})
+    tta = "none" if base.tta == TTA_AUTO else base.tta
+    return TrainConfig.from_dict({**base.to_dict(), "seed": int(seed), "split_seed": int(split_seed), "tta": tta})
 
 
 def members_dir_for(out_dir: Path) -> Path:

@@ -65,7 +65,7 @@ def tiny_config(seed: int = 0):
                        batch_size=32, learning_rate=1e-2, weight_decay=1e-4, warmup_epochs=0.5,
                        label_smoothing=0.0, class_weight_power=0.5, mixed_precision="fp32",
                        time_budget_min=0.0, patience=100, aug_zoom=0.05, aug_color=0.05, bootstrap=50,
-                       average_tail=0.0, progressive_min_size=0,
+                       average_tail=0.0, progressive_min_size=0, tta="none",
                        # the synthetic classes differ by colour: colour constancy and the device
                        # augmentation would erase what this tiny task is about
                        colour_constancy="none", aug_device=0.0, aug_zoom_out=0.0)

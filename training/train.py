@@ -5,7 +5,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -364,12 +364,37 @@ def finishing_passes(cfg: TrainConfig, n_train: int, n_val: int, n_test: int) ->
     the three splits, PH2 and the non-dermoscopic set again with their features."""
     from mlcore.keras_model import TTA_VIEWS
 
-    views = TTA_VIEWS[cfg.tta]
-    passes = n_val if cfg.average_tail > 0 else 0
+    from .config import TTA_AUTO
+
+    # auto: two passes over validation to choose, then (at worst) flip2's two views
+    views = TTA_VIEWS["flip2"] if cfg.tta == TTA_AUTO else TTA_VIEWS[cfg.tta]
+    passes = (n_val if cfg.average_tail > 0 else 0) + (2 * n_val if cfg.tta == TTA_AUTO else 0)
     passes += views * ((n_train if cfg.clinical_context else 0) + n_val + n_test)
     if cfg.assessment:
         passes += views * (n_train + n_val + n_test + ASSESSMENT_EXTRA_IMAGES)
     return float(passes)
+
+
+def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict]:
+    """Resolve ``cfg.tta`` "auto": serve the network with flip2 (the image and its mirror image,
+    averaged) only when that raises the validation selection score over one view, else none;
+    returns the config with the chosen mode and the record of the choice. Other modes pass through."""
+    from mlcore.keras_model import dihedral_views, predict_logits
+
+    from .config import TTA_AUTO
+
+    if cfg.tta != TTA_AUTO:
+        return cfg, None
+    if not len(x_val):
+        return replace(cfg, tta="none"), {"chosen": "none", "reason": "no validation images"}
+    one = predict_logits(model, x_val)
+    # flip2's views are the image and its horizontal flip: one more pass, not two
+    both = (one + predict_logits(model, dihedral_views(x_val, 2)[1])) / 2.0
+    scores = {"none": selection_score(_val_metrics(one, m_val)), "flip2": selection_score(_val_metrics(both, m_val))}
+    chosen = "flip2" if scores["flip2"] > scores["none"] else "none"
+    _emit(f"[train] test-time augmentation: validation score none={scores['none']:.4f} "
+          f"flip2={scores['flip2']:.4f} -> {chosen}")
+    return replace(cfg, tta=chosen), {"chosen": chosen, "validation_scores": scores}
 
 
 def loop_budget_s(config_budget_s: float, *, remaining_s: float | None) -> float:
@@ -578,6 +603,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     else:
         model, history = fitted
     progress("calibrating and evaluating")
+    cfg, history["tta_choice"] = choose_tta(model, cfg, images[sl["val"]], masks[sl["val"]])
     clinical = fit_clinical(model, cfg, images[sl["train"]], masks[sl["train"]], recs[sl["train"]])
     test_contexts = contexts_of(recs[sl["test"]])
     cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]], clinical=clinical,

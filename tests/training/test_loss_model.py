@@ -249,11 +249,13 @@ def test_the_finishing_counts_every_pass_after_the_loop_at_the_served_views():
     from training.config import TrainConfig
     from training.train import ASSESSMENT_EXTRA_IMAGES, finishing_passes
 
-    cfg = TrainConfig()  # average_tail > 0, clinical offset, assessment, no TTA
+    cfg = TrainConfig(tta="none")  # average_tail > 0, clinical offset, assessment
     n = 7000, 1500, 1400
     assert finishing_passes(cfg, *n) == 1500 + (7000 + 1500 + 1400) + (9900 + ASSESSMENT_EXTRA_IMAGES)
     flip2 = finishing_passes(replace(cfg, tta="flip2"), *n)
     assert flip2 == 1500 + 2 * (9900 + 9900 + ASSESSMENT_EXTRA_IMAGES)
+    # auto (the default): two passes over validation to choose, then flip2's views at worst
+    assert finishing_passes(TrainConfig(), *n) == flip2 + 2 * 1500
     bare = replace(cfg, average_tail=0.0, clinical_context=False, assessment=False)
     assert finishing_passes(bare, *n) == 1500 + 1400
 
@@ -308,3 +310,33 @@ def test_the_card_states_the_run_budget_and_the_runs_final_wall_clock_time(tmp_p
     text = (model_dir / "model_card.md").read_text()
     assert "58.500 min in all (run budget 60.000 min: 47.500 min for the loop, 11.200 min set aside" in text
     assert text == card_markdown(read_card(model_dir))
+
+
+def test_auto_tta_serves_the_mirror_image_too_only_when_it_raises_the_validation_score():
+    from dataclasses import replace
+
+    from mlcore.keras_model import predict_logits
+    from training.config import TrainConfig
+    from training.ensemble import member_config
+    from training.testing import synthetic_images, tiny_config
+    from training.train import _val_metrics, choose_tta, selection_score
+
+    cfg = replace(tiny_config(seed=2), tta="auto")
+    model = cfg.build_model()
+    x_va, m_va, _ = synthetic_images(48, seed=5)
+    chosen_cfg, choice = choose_tta(model, cfg, x_va, m_va)
+    scores = choice["validation_scores"]
+    assert chosen_cfg.tta == choice["chosen"] == ("flip2" if scores["flip2"] > scores["none"] else "none")
+    # one extra pass scores exactly what the served flip2 mode would
+    for mode in ("none", "flip2"):
+        assert scores[mode] == pytest.approx(selection_score(_val_metrics(predict_logits(model, x_va, tta=mode), m_va)),
+                                             abs=1e-6)
+    assert choose_tta(model, replace(cfg, tta="flip4"), x_va, m_va) == (replace(cfg, tta="flip4"), None)
+    empty = choose_tta(model, cfg, x_va[:0], m_va[:0])
+    assert empty[0].tta == "none" and empty[1]["chosen"] == "none"
+    assert TrainConfig().tta == "auto"
+    with pytest.raises(ValueError, match="tta must be one of"):
+        TrainConfig(tta="flip3")
+    # an ensemble averages its members already: "auto" members serve one view each
+    assert member_config(cfg, 7, 1234).tta == "none"
+    assert member_config(replace(cfg, tta="flip2"), 7, 1234).tta == "flip2"
