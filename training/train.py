@@ -276,14 +276,17 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         def on_epoch_end(self, epoch, logs=None):
             validated = len(x_val) > 0 and validates_epoch(epoch + 1, state["size"], cfg)
             scored = validated or not len(x_val)  # without a validation set the training loss scores
-            t_val = time.time()
-            vm = _val_metrics(predict_logits(self.model, x_val), m_val) if validated else dict(SKIPPED_VALIDATION)
+            vm = dict(SKIPPED_VALIDATION)
+            if validated:
+                logits, seconds_per_image = timed_logits(self.model, x_val)
+                vm = _val_metrics(logits, m_val)
             if validated and run_deadline is not None:
-                # only ever shrinks: a pass slowed by a busy CPU errs on the side of ending in time
-                finish_s = FINISH_MARGIN * finish_passes * (time.time() - t_val) / len(x_val)
-                budget = min(state["budget"], loop_budget_s(
-                    cfg.time_budget_min * 60.0, remaining_s=run_deadline - finish_s - t0))
-                if "finish_estimate_s" not in history or budget < state["budget"] - 60:
+                # the fastest pass so far: the first one also warms the network up, and a pass that
+                # shares the CPU with the input pipeline or a neighbour says little about the finishing
+                state["per_image"] = min(state.get("per_image", math.inf), seconds_per_image)
+                finish_s = FINISH_MARGIN * finish_passes * state["per_image"]
+                budget = loop_budget_s(cfg.time_budget_min * 60.0, remaining_s=run_deadline - finish_s - t0)
+                if "finish_estimate_s" not in history or abs(budget - state["budget"]) > 60:
                     _emit(f"[train] run budget {cfg.run_budget_min:g} min: finishing estimated at "
                           f"{finish_s / 60:.1f} min, so the loop gets {budget / 60:.1f} min")
                 state["budget"] = budget
@@ -395,6 +398,21 @@ def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict
     _emit(f"[train] test-time augmentation: validation score none={scores['none']:.4f} "
           f"flip2={scores['flip2']:.4f} -> {chosen}")
     return replace(cfg, tta=chosen), {"chosen": chosen, "validation_scores": scores}
+
+
+def timed_logits(model, images: np.ndarray, warm_up: int = 128) -> tuple[np.ndarray, float]:
+    """The model's logits on ``images`` (one view) and the seconds per image it took, timed after
+    the first ``warm_up`` images (the first batch also pays for the model's warm-up)."""
+    from mlcore.keras_model import predict_logits
+
+    if len(images) <= warm_up:
+        t = time.time()
+        logits = predict_logits(model, images)
+        return logits, (time.time() - t) / max(len(images), 1)
+    head = predict_logits(model, images[:warm_up])
+    t = time.time()
+    rest = predict_logits(model, images[warm_up:])
+    return np.concatenate([head, rest]), (time.time() - t) / (len(images) - warm_up)
 
 
 def loop_budget_s(config_budget_s: float, *, remaining_s: float | None) -> float:

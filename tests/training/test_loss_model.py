@@ -340,3 +340,16 @@ def test_auto_tta_serves_the_mirror_image_too_only_when_it_raises_the_validation
     # an ensemble averages its members already: "auto" members serve one view each
     assert member_config(cfg, 7, 1234).tta == "none"
     assert member_config(replace(cfg, tta="flip2"), 7, 1234).tta == "flip2"
+
+
+def test_validation_passes_are_timed_after_the_warm_up_batch():
+    from mlcore.keras_model import predict_logits
+    from training.testing import synthetic_images, tiny_config
+    from training.train import timed_logits
+
+    model = tiny_config(seed=1).build_model()
+    x, _, _ = synthetic_images(40, seed=6)
+    for warm_up in (16, 128):  # timed after 16 images, or all of them when there are fewer
+        logits, seconds = timed_logits(model, x, warm_up=warm_up)
+        np.testing.assert_allclose(logits, predict_logits(model, x), atol=1e-5)
+        assert seconds > 0
