@@ -96,6 +96,13 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def save_card(model_dir: Path, card: dict) -> None:
+    """Write an artifact's card in both forms: ``model_card.json`` and its ``model_card.md``
+    rendering, so the two never disagree."""
+    write_card(model_dir, card)
+    (Path(model_dir) / "model_card.md").write_text(card_markdown(card))
+
+
 def _assessment_lines(assessment: dict | None, f) -> list[str]:
     """When the model declines to answer: its fitted checks and how often they fired."""
     if not assessment:
@@ -144,8 +151,7 @@ def record_total_minutes(model_dir: Path, seconds: float) -> None:
     assessment runs after the export)."""
     card = read_card(model_dir, required=())
     card["training"]["total_minutes"] = seconds / 60.0
-    write_card(model_dir, card)
-    (Path(model_dir) / "model_card.md").write_text(card_markdown(card))
+    save_card(model_dir, card)
 
 
 def _training_lines(training: dict, f) -> list[str]:
@@ -310,8 +316,7 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
         from .evaluate import plot_all
 
         plot_all(np.asarray(test_probs), np.asarray(test_masks), metrics, history, out_dir / "plots")
-    write_card(out_dir, card)
-    (out_dir / "model_card.md").write_text(card_markdown(card))
+    save_card(out_dir, card)
     return out_dir
 
 
@@ -325,7 +330,6 @@ def add_test_figures(model_dir: Path, **figures) -> dict:
     metrics_file = model_dir / "metrics.json"
     if metrics_file.is_file():
         metrics_file.write_text(json.dumps(json_safe(dict(json.loads(metrics_file.read_text()), **figures)), indent=1))
-    write_card(model_dir, card)
-    (model_dir / "model_card.md").write_text(card_markdown(card))
+    save_card(model_dir, card)
     return card
 

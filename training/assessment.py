@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from mlcore import conformal, ood, quality
-from mlcore.artifact import read_card, sha256_file, write_card
+from mlcore.artifact import read_card, sha256_file
 
-from .artifact import card_markdown
+from .artifact import save_card
 
 log = logging.getLogger(__name__)
 ASSESSMENT_FILE = "assessment.json"
@@ -111,8 +111,7 @@ def save(model_dir: Path, assessment: dict, detector) -> dict:
     (model_dir / ASSESSMENT_FILE).write_text(json.dumps(assessment, indent=1))
     card = read_card(model_dir, required=())
     card["assessment"] = assessment
-    write_card(model_dir, card)
-    (model_dir / "model_card.md").write_text(card_markdown(card))
+    save_card(model_dir, card)
     return card
 
 

@@ -184,8 +184,9 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history).
 
     ``run_deadline`` (a ``time.time()``) is when the whole run must end: after each validation
-    pass the loop's budget shrinks to what is left once ``finish_passes`` image passes (see
-    `finishing_passes`) at the speed just measured have been set aside.
+    pass the loop's budget becomes what is left once ``finish_passes`` image passes (see
+    `finishing_passes`) have been set aside, timed at the fastest validation pass so far (after
+    its warm-up batch), so a slow first pass does not cut the budget for good.
 
     ``sources`` (one collection name per training image) is needed when ``cfg.source_balance``
     is on (`source_balance_weights`).
@@ -369,27 +370,29 @@ def finishing_passes(cfg: TrainConfig, n_train: int, n_val: int, n_test: int) ->
 
     from .config import TTA_AUTO
 
-    # auto: two passes over validation to choose, then (at worst) flip2's two views
+    # auto: two passes over validation to choose, which the calibration reuses; then (at worst)
+    # flip2's two views
     views = TTA_VIEWS["flip2"] if cfg.tta == TTA_AUTO else TTA_VIEWS[cfg.tta]
-    passes = (n_val if cfg.average_tail > 0 else 0) + (2 * n_val if cfg.tta == TTA_AUTO else 0)
-    passes += views * ((n_train if cfg.clinical_context else 0) + n_val + n_test)
+    passes = (n_val if cfg.average_tail > 0 else 0) + (2 * n_val if cfg.tta == TTA_AUTO else views * n_val)
+    passes += views * ((n_train if cfg.clinical_context else 0) + n_test)
     if cfg.assessment:
         passes += views * (n_train + n_val + n_test + ASSESSMENT_EXTRA_IMAGES)
     return float(passes)
 
 
-def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict]:
+def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict | None, np.ndarray | None]:
     """Resolve ``cfg.tta`` "auto": serve the network with flip2 (the image and its mirror image,
     averaged) only when that raises the validation selection score over one view, else none;
-    returns the config with the chosen mode and the record of the choice. Other modes pass through."""
+    returns the config with the chosen mode, the record of the choice and the validation logits at
+    the chosen mode (the calibration reuses them). Other modes pass through: ``(cfg, None, None)``."""
     from mlcore.keras_model import dihedral_views, predict_logits
 
     from .config import TTA_AUTO
 
     if cfg.tta != TTA_AUTO:
-        return cfg, None
+        return cfg, None, None
     if not len(x_val):
-        return replace(cfg, tta="none"), {"chosen": "none", "reason": "no validation images"}
+        return replace(cfg, tta="none"), {"chosen": "none", "reason": "no validation images"}, None
     one = predict_logits(model, x_val)
     # flip2's views are the image and its horizontal flip: one more pass, not two
     both = (one + predict_logits(model, dihedral_views(x_val, 2)[1])) / 2.0
@@ -397,7 +400,7 @@ def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict
     chosen = "flip2" if scores["flip2"] > scores["none"] else "none"
     _emit(f"[train] test-time augmentation: validation score none={scores['none']:.4f} "
           f"flip2={scores['flip2']:.4f} -> {chosen}")
-    return replace(cfg, tta=chosen), {"chosen": chosen, "validation_scores": scores}
+    return replace(cfg, tta=chosen), {"chosen": chosen, "validation_scores": scores}, (both if chosen == "flip2" else one)
 
 
 def timed_logits(model, images: np.ndarray, warm_up: int = 128) -> tuple[np.ndarray, float]:
@@ -621,11 +624,14 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     else:
         model, history = fitted
     progress("calibrating and evaluating")
-    cfg, history["tta_choice"] = choose_tta(model, cfg, images[sl["val"]], masks[sl["val"]])
+    cfg, history["tta_choice"], val_logits = choose_tta(model, cfg, images[sl["val"]], masks[sl["val"]])
     clinical = fit_clinical(model, cfg, images[sl["train"]], masks[sl["train"]], recs[sl["train"]])
     test_contexts = contexts_of(recs[sl["test"]])
-    cal = calibrate(model, cfg, images[sl["val"]], masks[sl["val"]], clinical=clinical,
-                    contexts=contexts_of(recs[sl["val"]]))
+    if val_logits is None:
+        val_logits = adjusted_logits(model, cfg, images[sl["val"]])
+    if clinical is not None:
+        val_logits = clinical.apply(val_logits, contexts_of(recs[sl["val"]]))
+    cal = calibrate_logits(val_logits, masks[sl["val"]], cfg)
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
     probs = softmax_with_temperature(
         adjusted_logits(model, cfg, images[sl["test"]], clinical=clinical, contexts=test_contexts),

@@ -254,8 +254,9 @@ def test_the_finishing_counts_every_pass_after_the_loop_at_the_served_views():
     assert finishing_passes(cfg, *n) == 1500 + (7000 + 1500 + 1400) + (9900 + ASSESSMENT_EXTRA_IMAGES)
     flip2 = finishing_passes(replace(cfg, tta="flip2"), *n)
     assert flip2 == 1500 + 2 * (9900 + 9900 + ASSESSMENT_EXTRA_IMAGES)
-    # auto (the default): two passes over validation to choose, then flip2's views at worst
-    assert finishing_passes(TrainConfig(), *n) == flip2 + 2 * 1500
+    # auto (the default): two passes over validation to choose, reused by the calibration; then
+    # flip2's views at worst: as many passes as flip2 itself
+    assert finishing_passes(TrainConfig(), *n) == flip2
     bare = replace(cfg, average_tail=0.0, clinical_context=False, assessment=False)
     assert finishing_passes(bare, *n) == 1500 + 1400
 
@@ -324,16 +325,18 @@ def test_auto_tta_serves_the_mirror_image_too_only_when_it_raises_the_validation
     cfg = replace(tiny_config(seed=2), tta="auto")
     model = cfg.build_model()
     x_va, m_va, _ = synthetic_images(48, seed=5)
-    chosen_cfg, choice = choose_tta(model, cfg, x_va, m_va)
+    chosen_cfg, choice, val_logits = choose_tta(model, cfg, x_va, m_va)
     scores = choice["validation_scores"]
     assert chosen_cfg.tta == choice["chosen"] == ("flip2" if scores["flip2"] > scores["none"] else "none")
     # one extra pass scores exactly what the served flip2 mode would
     for mode in ("none", "flip2"):
         assert scores[mode] == pytest.approx(selection_score(_val_metrics(predict_logits(model, x_va, tta=mode), m_va)),
                                              abs=1e-6)
-    assert choose_tta(model, replace(cfg, tta="flip4"), x_va, m_va) == (replace(cfg, tta="flip4"), None)
+    # the calibration reuses the chosen mode's validation logits: the served mode's, to rounding
+    np.testing.assert_allclose(val_logits, predict_logits(model, x_va, tta=chosen_cfg.tta), atol=1e-5)
+    assert choose_tta(model, replace(cfg, tta="flip4"), x_va, m_va) == (replace(cfg, tta="flip4"), None, None)
     empty = choose_tta(model, cfg, x_va[:0], m_va[:0])
-    assert empty[0].tta == "none" and empty[1]["chosen"] == "none"
+    assert empty[0].tta == "none" and empty[1]["chosen"] == "none" and empty[2] is None
     assert TrainConfig().tta == "auto"
     with pytest.raises(ValueError, match="tta must be one of"):
         TrainConfig(tta="flip3")
