@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.utils.html import format_html
 
-from classifier import ensemble_training, lifecycle
+from classifier import ensemble_training, fine_tuning, lifecycle
 from classifier.forms import TrainingForm
 from classifier.models import ModelVersion
 
@@ -58,7 +58,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Kind")
     def model_kind(self, obj: ModelVersion) -> str:
-        return ensemble_training.describe(obj)
+        start = fine_tuning.describe_start(obj)
+        return ensemble_training.describe(obj) + (f"; {start[0].lower()}{start[1:]}" if start else "")
 
     @admin.display(description="Melanoma AUC")
     def mel_auc(self, obj):

@@ -2,16 +2,21 @@
 from django import forms
 
 from classifier import ensemble_training as ens
+from classifier import fine_tuning
 from classifier.lifecycle import DATA_SOURCES
-from training.config import TrainConfig
+from classifier.models import ModelVersion
+from training.config import FINE_TUNE_RECIPE, TrainConfig
 
 SINGLE = "single"
 
 
 class TrainingForm(forms.Form):
-    """"Train a new version": one CNN or an ensemble, data sources, epochs, seed(s) and the target
-    sensitivity. ``cleaned_data`` holds the keyword arguments of ``lifecycle.start_training``."""
+    """"Train a new version": from ImageNet weights or the active model, one CNN or an ensemble, data
+    sources, epochs, seed(s) and the target sensitivity. ``cleaned_data`` holds the keyword
+    arguments of ``lifecycle.start_training``."""
 
+    start_from = forms.ChoiceField(label="Start from", widget=forms.RadioSelect, initial=fine_tuning.IMAGENET,
+                                   choices=[], required=False)
     kind = forms.ChoiceField(label="Model", widget=forms.RadioSelect, initial=SINGLE, choices=[])
     members = forms.CharField(
         label="Ensemble member seeds", required=False, initial="1234 2026",
@@ -41,6 +46,7 @@ class TrainingForm(forms.Form):
             (SINGLE, f"Single CNN (about {single})"),
             (ens.ENSEMBLE, f"Ensemble of {ens.MIN_MEMBERS}-{ens.MAX_MEMBERS} CNNs, one per member seed ({sizes})"),
         ]
+        self._offer_fine_tuning(single)
         soft, _ = ens.time_limits_s(1)
         self.fields["kind"].help_text = (
             f"An ensemble trains its members one after the other, so it takes about as many times as long as a "
@@ -48,10 +54,32 @@ class TrainingForm(forms.Form):
             f"costs as many times the inference time per image; its quality checks, prediction sets and "
             f"out-of-domain detector (over every member's features) are fitted like a single CNN's.")
 
+    def _offer_fine_tuning(self, single: str) -> None:
+        """Offer "the active model" when it can be fine-tuned; otherwise say why not."""
+        choices = [(fine_tuning.IMAGENET, f"ImageNet weights: a full training of the network (about {single})")]
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        try:
+            fine_tuning.check_fine_tunable(active)
+        except fine_tuning.FineTuneError as exc:
+            help_text = f"Fine-tuning the active model is not offered: {exc}"
+        else:
+            choices.append((fine_tuning.ACTIVE, (
+                f"The active model, {active.version}: its top blocks fine-tuned for up to "
+                f"{FINE_TUNE_RECIPE['epochs']} epochs (at most {FINE_TUNE_RECIPE['run_budget_min']:.0f} min)")))
+            help_text = ("Fine-tuning keeps the active model's settings and lesion split (no image it learned from is "
+                         "validated or tested on) and adds what the chosen data hold, such as reviewed cases; the new "
+                         "version goes through the same promotion gate. A single CNN only.")
+        self.fields["start_from"].choices = choices
+        self.fields["start_from"].help_text = help_text
+
     def clean(self) -> dict:
         """An ensemble's seeds parsed and checked; the form's choice folded into ``members``."""
         data = super().clean()
+        data["start_from"] = data.get("start_from") or fine_tuning.IMAGENET
         kind = data.pop("kind", SINGLE)
+        if kind == ens.ENSEMBLE and data["start_from"] == fine_tuning.ACTIVE:
+            self.add_error("start_from", "An ensemble trains each member from ImageNet weights; choose a single CNN "
+                                         "to fine-tune the active model.")
         text = data.pop("members", "") or ""
         data["members"] = ()
         if kind == ens.ENSEMBLE:

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import log as audit_log
-from classifier import artifact_store, ensemble_training
+from classifier import artifact_store, ensemble_training, fine_tuning
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 from classifier.registry import activate, register_artifact
@@ -46,12 +46,13 @@ class TrainingRequest:
     seed: int
     target_sensitivity: float
     members: tuple[int, ...] = ()  # an ensemble's member seeds; () trains a single CNN
+    start: dict | None = None  # the model a fine-tuning run continues (fine_tuning.start_record)
 
 
 def validate_training_request(*, sources, epochs: int, seed: int, target_sensitivity: float, members=(),
-                              overrides: dict | None = None) -> TrainingRequest:
+                              overrides: dict | None = None, start_from: str = fine_tuning.IMAGENET) -> TrainingRequest:
     """Check a training request and normalise it (``members``: an ensemble's seeds, the first one
-    also its ``seed``)."""
+    also its ``seed``; ``start_from`` "active" fine-tunes the active model)."""
     sources = tuple(sorted(set(sources)))
     unknown = set(sources) - set(DATA_SOURCES)
     if not sources:
@@ -78,18 +79,34 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
         except ensemble_training.EnsembleRequestError as exc:
             raise LifecycleError(str(exc)) from None
         seed = members[0]
-    return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity), tuple(members or ()))
+    start = None
+    if start_from == fine_tuning.ACTIVE:
+        if members:
+            raise LifecycleError("An ensemble trains each member from ImageNet weights; fine-tuning continues the "
+                                 "one active model.")
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        try:
+            fine_tuning.check_fine_tunable(active)
+        except fine_tuning.FineTuneError as exc:
+            raise LifecycleError(str(exc)) from None
+        start = fine_tuning.start_record(active)
+    elif start_from != fine_tuning.IMAGENET:
+        raise LifecycleError(f"Unknown starting point {start_from!r}: 'imagenet' or 'active'.")
+    return TrainingRequest(sources, int(epochs), int(seed), float(target_sensitivity), tuple(members or ()), start)
 
 
 def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None,
-                   overrides: dict | None = None, members=()) -> ModelVersion:
+                   overrides: dict | None = None, members=(), start_from: str = fine_tuning.IMAGENET) -> ModelVersion:
     """Create a version in status "training" and enqueue its run on the training queue.
 
     ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form);
-    ``members`` (2-3 distinct seeds) trains an ensemble of that many CNNs instead of one.
+    ``members`` (2-3 distinct seeds) trains an ensemble of that many CNNs instead of one;
+    ``start_from`` "active" fine-tunes the active model (`classifier.fine_tuning`) instead of
+    training from ImageNet weights.
     """
     request = validate_training_request(sources=sources, epochs=epochs, seed=seed,
-                                        target_sensitivity=target_sensitivity, members=members, overrides=overrides)
+                                        target_sensitivity=target_sensitivity, members=members, overrides=overrides,
+                                        start_from=start_from)
     busy = LifecycleError("A training run is already in progress; wait for it or cancel it.")
     if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).exists():
         raise busy
@@ -117,7 +134,9 @@ def _create_run(request: TrainingRequest, overrides: dict | None, user) -> Model
         soft, hard = ensemble_training.time_limits_s(len(request.members))
         asked |= {"kind": ensemble_training.ENSEMBLE, "members": list(request.members), "time_limit_s": hard}
         limits = {"soft_time_limit": soft, "time_limit": hard}
-    prefix = f"ens{len(request.members)}-train" if request.members else "train"
+    if request.start:
+        asked[fine_tuning.START_KEY] = request.start
+    prefix = f"ens{len(request.members)}-train" if request.members else ("tune" if request.start else "train")
     version = ModelVersion.objects.create(
         version=_free_name(f"{prefix}-{timezone.now():%Y%m%d-%H%M%S}"),
         status=ModelVersion.Status.TRAINING,
@@ -128,22 +147,25 @@ def _create_run(request: TrainingRequest, overrides: dict | None, user) -> Model
         created_by=user,
     )
     members = {"members": list(request.members)} if request.members else {}
+    start = {fine_tuning.START_KEY: request.start["version"]} if request.start else {}
     audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
-                                       "seed": request.seed} | members)
+                                       "seed": request.seed} | members | start)
     # by name: classifier.tasks imports the services it wraps
     transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk], **limits))
     return version
 
 
 def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Start a new run with what a failed run was asked (its data sources and settings)."""
+    """Start a new run with what a failed run was asked (its data sources and settings; a failed
+    fine-tuning run fine-tunes the model active now)."""
     if version.status != ModelVersion.Status.FAILED:
         raise LifecycleError(f"{version.version} did not fail; only a failed run can be retried.")
     asked = version.training_config
     return start_training(sources=version.data_sources, epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
                           target_sensitivity=asked.get("target_sensitivity", version.target_sensitivity or 0.9),
                           overrides=asked.get("overrides") or None, user=user,
-                          members=asked.get("members") if asked.get("kind") == ensemble_training.ENSEMBLE else ())
+                          members=asked.get("members") if asked.get("kind") == ensemble_training.ENSEMBLE else (),
+                          start_from=fine_tuning.ACTIVE if asked.get(fine_tuning.START_KEY) else fine_tuning.IMAGENET)
 
 
 def delete_failed(*, version: ModelVersion, user=None) -> ModelVersion:

@@ -22,7 +22,7 @@ from django.db.models import F
 from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
-from classifier import artifact_store, ensemble_training
+from classifier import artifact_store, ensemble_training, fine_tuning
 from classifier.lifecycle import REVIEWS
 from classifier.models import ModelVersion
 from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement
@@ -75,12 +75,17 @@ def measure_gate(candidate_dir: Path, active: ModelVersion | None, *, target_sen
 
 
 def training_config(version: ModelVersion):
-    """Default config, then ops overrides (settings.SECONDLOOK_TRAINING_OVERRIDES), then the run's own."""
+    """Default config, then ops overrides (settings.SECONDLOOK_TRAINING_OVERRIDES), then the run's own.
+    A fine-tuning run takes the settings of the model it continues instead of the defaults and the
+    ops overrides (`fine_tuning.run_config`): its network must be that model's."""
     overrides = dict(settings.SECONDLOOK_TRAINING_OVERRIDES)
     asked = {k: version.training_config[k] for k in ("epochs", "seed", "target_sensitivity")
              if k in version.training_config}
     # Per-run expert overrides (not offered in the admin form; used by ops and tests).
     per_run = version.training_config.get("overrides", {})
+    start = version.training_config.get(fine_tuning.START_KEY)
+    if start:  # the model it continues sets everything else (its architecture above all)
+        return fine_tuning.run_config(start, per_run=per_run, asked=asked)
     return TrainConfig.from_dict(TrainConfig().to_dict() | overrides | per_run | asked)
 
 
@@ -159,6 +164,8 @@ def run_training(*, version_id: int) -> str:
     try:
         registered = register_artifact(out_dir)
         notes = f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images."
+        if fine_tuning.describe_start(version):
+            notes = f"{fine_tuning.describe_start(version)}. {notes}"
         extra_fields = {}
         if seeds:
             notes = f"{ensemble_training.describe(version)}. {notes}"

@@ -54,6 +54,10 @@ def main(argv=None) -> int:
     t.add_argument("--config", type=Path, default=None, help="JSON file with TrainConfig overrides")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a TrainConfig field, e.g. --set epochs=3 (repeatable)")
+    t.add_argument("--fine-tune", type=Path, default=None, metavar="MODEL_DIR",
+                   help="continue this artifact instead of training from ImageNet: its settings, then the "
+                        "fine-tuning recipe (training.config.FINE_TUNE_RECIPE), then --config/--set, on its "
+                        "lesion split (what the admin's 'Start from: the active model' runs)")
     t.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
     e = sub.add_parser("evaluate", help="re-evaluate an artifact on its recorded held-out split")
     _common(e)
@@ -145,7 +149,12 @@ def main(argv=None) -> int:
         print(f"wrote {j} and {m}")
         return 0
     if args.cmd == "train":
-        cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **_overrides(ap, args.set, args.config)})
+        if args.fine_tune:
+            from .config import fine_tune_config
+
+            cfg = fine_tune_config(args.fine_tune, _overrides(ap, args.set, args.config))
+        else:
+            cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **_overrides(ap, args.set, args.config)})
         from .train import train
 
         train(cfg, droot, args.out, cdir, version=args.version, verbose=0 if args.quiet else 1)

@@ -182,8 +182,9 @@ def _budget_text(budget: dict | None, f) -> str:
 def _warm_start_lines(warm_start: dict | None) -> list[str]:
     if not warm_start:
         return []
+    kept = ", on its lesion split" if warm_start.get("keeps_split") else ""
     return [f"- warm-started from `{warm_start.get('version') or warm_start.get('file')}` "
-            f"(sha256 {str(warm_start.get('sha256'))[:12]}…)"]
+            f"(sha256 {str(warm_start.get('sha256'))[:12]}…){kept}"]
 
 
 def _ensemble_lines(ensemble: dict, f) -> list[str]:

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,9 +67,33 @@ def describe_warm_start(weights_file: Path) -> dict:
 
     if not weights_file.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {weights_file}")
-    is_artifact = (weights_file.parent / CARD_FILE).is_file()
-    version = read_card(weights_file.parent, required=("version",))["version"] if is_artifact else None
-    return {"file": weights_file.name, "sha256": sha256_file(weights_file), "version": version}
+    card = read_card(weights_file.parent, required=("version",)) if (weights_file.parent / CARD_FILE).is_file() else {}
+    return {"file": weights_file.name, "sha256": sha256_file(weights_file), "version": card.get("version"),
+            "keeps_split": "split_ids" in card}
+
+
+def warm_start_split(cfg: TrainConfig, aliases: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
+    """ISIC id -> split of the artifact ``cfg.pretrained`` was trained on (empty when the run starts
+    from ImageNet or a bare weights file): a warm-started run keeps that split, so no image its
+    network learned from lands in this run's validation or test split. Ids the audit has merged
+    into another image (``aliases``: kept id -> merged ids) pin the image they were merged into; an
+    image that was in training anywhere stays in training."""
+    from mlcore.artifact import CARD_FILE, read_card
+
+    if not cfg.pretrained:
+        return {}
+    model_dir = Path(cfg.pretrained).parent
+    if not (model_dir / CARD_FILE).is_file():
+        return {}
+    root = {merged: kept for kept, ids in (aliases or {}).items() for merged in ids}
+    order = {"train": 0, "val": 1, "test": 2}
+    pinned: dict[str, str] = {}
+    for split, ids in read_card(model_dir, required=("split_ids",))["split_ids"].items():
+        for i in ids:
+            key = root.get(i, i)
+            if key not in pinned or order[split] < order[pinned[key]]:
+                pinned[key] = split
+    return pinned
 
 
 def source_balance_weights(masks: np.ndarray, sources, power: float) -> np.ndarray:
@@ -562,8 +586,12 @@ def prepare_data(cfg: TrainConfig, data_root: Path, cache_dir: Path | None, *,
     _emit(f"[train] audit: {json.dumps(audit.report['counts']['resolution'])} clean={len(audit.records)}")
     benchmark = benchmark or current_benchmark()
     frozen = frozen_groups(benchmark, audit.records, audit.groups, audit.aliases)
+    pinned = warm_start_split(cfg, audit.aliases)
     split = split_by_lesion(audit.records, audit.groups, seed=cfg.effective_split_seed, val_fraction=cfg.val_fraction,
-                            test_fraction=cfg.test_fraction, test_only=frozen)
+                            test_fraction=cfg.test_fraction, test_only=frozen, pinned=pinned)
+    if pinned:
+        _emit(f"[train] warm start: the split of {Path(cfg.pretrained).parent} kept for "
+              f"{sum(i in pinned for ids in split.values() for i in ids)} images")
     by_id = {r.isic_id: r for r in audit.records}
     # the point where the training and validation sets are fixed: refuse any benchmark lesion
     check_not_in_training(benchmark, {s: [by_id[i] for i in split[s]] for s in ("train", "val")},

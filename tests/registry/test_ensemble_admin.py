@@ -75,9 +75,14 @@ def test_the_form_refuses_bad_seeds_field_by_field():
         form = TrainingForm(base | {"kind": "ensemble", "members": text})
         assert not form.is_valid() and message in form.errors["members"][0], form.errors
     form = TrainingForm(base | {"kind": "ensemble", "members": "7, 9"})
-    assert form.is_valid() and form.cleaned_data == base | {"members": (7, 9)}
+    assert form.is_valid() and form.cleaned_data == base | {"members": (7, 9), "start_from": "imagenet"}
     form = TrainingForm(base | {"kind": "single", "members": "7 7"})  # seeds are ignored for one CNN
-    assert form.is_valid() and form.cleaned_data == base | {"members": ()}
+    assert form.is_valid() and form.cleaned_data == base | {"members": (), "start_from": "imagenet"}
+    # nothing active: fine-tuning is not offered, and the form says why
+    assert [value for value, _ in form.fields["start_from"].choices] == ["imagenet"]
+    assert "No model is active" in form.fields["start_from"].help_text
+    form = TrainingForm(base | {"kind": "single", "start_from": "active"})
+    assert not form.is_valid() and "not one of the available choices" in form.errors["start_from"][0]
 
 
 @pytest.mark.django_db

@@ -238,3 +238,26 @@ def test_the_gate_command_prints_the_paired_table(data_dir, tiny_model_dir, tmp_
     stored = json.loads((tmp_path / "gate.json").read_text())
     assert stored["benchmark"]["images"] == 16 and (tmp_path / "roc.png").is_file()
     assert all(row["difference"] in (0, None) for row in stored["rows"])
+
+
+def test_a_pinned_split_keeps_every_image_where_it_was_and_deals_out_only_new_lesions():
+    recs = _records(300)
+    old = split_by_lesion(recs[:240], seed=1234)
+    pinned = {i: name for name, ids in old.items() for i in ids}
+    for seed in (1234, 7):  # another seed moves only the new lesions
+        new = split_by_lesion(recs, seed=seed, pinned=pinned)
+        for name, ids in old.items():
+            assert set(ids) <= set(new[name]), (seed, name)
+        assert sorted(sum(new.values(), [])) == sorted(r.isic_id for r in recs)
+        assert 35 < len(new["test"]) < 55 and 35 < len(new["val"]) < 55  # the shares still hold
+    assert split_by_lesion(recs[:240], seed=1234, pinned=pinned) == old
+
+
+def test_a_lesion_with_any_image_the_network_trained_on_stays_in_training():
+    recs = _records(30)
+    lesion = [r for r in recs if r.lesion_id == "L2"]  # three images
+    pinned = {lesion[0].isic_id: "test", lesion[1].isic_id: "train"}
+    split = split_by_lesion(recs, seed=0, pinned=pinned)
+    assert {r.isic_id for r in lesion} <= set(split["train"])
+    # a frozen benchmark lesion goes to test whatever a pin says (training refuses it later)
+    assert {r.isic_id for r in lesion} <= set(split_by_lesion(recs, seed=0, pinned=pinned, test_only={"L2"})["test"])

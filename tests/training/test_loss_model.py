@@ -238,9 +238,32 @@ def test_a_warm_start_is_recorded_by_version_and_sha256_and_a_missing_file_is_re
     (artifact / "model.keras").write_bytes(b"weights")
     (artifact / "model_card.json").write_text(json.dumps({"version": "cnn160-v3"}))
     assert describe_warm_start(artifact / "model.keras") == {
-        "file": "model.keras", "sha256": hashlib.sha256(b"weights").hexdigest(), "version": "cnn160-v3"}
+        "file": "model.keras", "sha256": hashlib.sha256(b"weights").hexdigest(), "version": "cnn160-v3",
+        "keeps_split": False}
     with pytest.raises(FileNotFoundError, match="pretrained weights not found"):
         describe_warm_start(tmp_path / "gone.keras")
+
+
+def test_a_run_warm_started_from_an_artifact_keeps_its_split(tmp_path):
+    import json
+
+    from training.config import TrainConfig
+    from training.train import describe_warm_start, warm_start_split
+
+    artifact = tmp_path / "active"
+    artifact.mkdir()
+    (artifact / "model.keras").write_bytes(b"weights")
+    (artifact / "model_card.json").write_text(json.dumps({"version": "v3", "split_ids": {
+        "train": ["A", "B"], "val": ["C", "D"], "test": ["E"]}}))
+    assert describe_warm_start(artifact / "model.keras")["keeps_split"] is True
+    cfg = TrainConfig(pretrained=str(artifact / "model.keras"))
+    assert warm_start_split(cfg) == {"A": "train", "B": "train", "C": "val", "D": "val", "E": "test"}
+    # the audit merged D into A and E into C: the kept images carry the most protective split
+    assert warm_start_split(cfg, {"A": ["D"], "C": ["E"]}) == {"A": "train", "B": "train", "C": "val"}
+    assert warm_start_split(TrainConfig()) == {}
+    bare = tmp_path / "w.weights.h5"
+    bare.write_bytes(b"w")
+    assert warm_start_split(TrainConfig(pretrained=str(bare))) == {}
 
 
 def test_the_finishing_counts_every_pass_after_the_loop_at_the_served_views():
@@ -356,3 +379,19 @@ def test_validation_passes_are_timed_after_the_warm_up_batch():
         logits, seconds = timed_logits(model, x, warm_up=warm_up)
         np.testing.assert_allclose(logits, predict_logits(model, x), atol=1e-5)
         assert seconds > 0
+
+
+def test_fine_tuning_an_artifact_takes_its_own_settings_then_the_recipe(tmp_path):
+    import json
+
+    from training.config import FINE_TUNE_RECIPE, TrainConfig, fine_tune_config
+
+    own = TrainConfig(image_size=128, width=24, seed=9, learning_rate=3e-3, colour_constancy="none").to_dict()
+    (tmp_path / "model_card.json").write_text(json.dumps({"training": {"config": own}}))
+    cfg = fine_tune_config(tmp_path, {"seed": 4})
+    assert (cfg.image_size, cfg.width, cfg.colour_constancy) == (128, 24, "none")  # its network and preprocessing
+    assert all(getattr(cfg, k) == v for k, v in FINE_TUNE_RECIPE.items())
+    assert cfg.seed == 4 and cfg.pretrained == str(tmp_path / "model.keras")
+    (tmp_path / "model_card.json").write_text(json.dumps({"training": {}}))
+    with pytest.raises(ValueError, match="does not record its training settings"):
+        fine_tune_config(tmp_path)
