@@ -87,6 +87,18 @@ def test_a_fine_tuning_run_records_its_start_and_takes_the_active_models_setting
     assert (cfg.seed, cfg.target_sensitivity, cfg.bootstrap) == (5, 0.9, 20)
     assert Path(cfg.pretrained) == Path(active.artifact_path) / "model.keras"
 
+    from audit.models import AuditEvent
+
+    event = AuditEvent.objects.order_by("pk").last()
+    assert event.action == "train" and event.new_values["start_from"] == active.version
+
+    # a failed fine-tuning run is retried as a fine-tuning run of the model active now
+    ModelVersion.objects.filter(pk=run.pk).update(status="failed", error="boom")
+    run.refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        again = lifecycle.retry_training(version=run)
+    assert again.version.startswith("tune-") and again.training_config == run.training_config
+
     # the model it continues was replaced in the registry: the run says so instead of training
     ModelVersion.objects.filter(pk=active.pk).update(sha256="0" * 64)
     with pytest.raises(fine_tuning.FineTuneError, match="no longer in the registry as it was"):
