@@ -15,26 +15,9 @@ from classifier import ensemble_training, lifecycle, retraining
 from classifier.models import ModelVersion
 from classifier.registry import activate, register_artifact
 from training.train import TrainingCancelled
+from tests.support.training_runs import data_here, sent  # noqa: F401 (fixtures)
 
 ENSEMBLE_TASK_LIMITS = {"soft_time_limit", "time_limit"}
-
-
-@pytest.fixture
-def data_here(settings, tmp_path):
-    (tmp_path / "data" / "ham10000").mkdir(parents=True)
-    settings.SECONDLOOK_DATA_DIR = tmp_path / "data"
-    settings.SECONDLOOK_MODELS_ROOT = tmp_path / "models"
-    settings.SECONDLOOK_CACHE_DIR = tmp_path / "cache"
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list:
-    """The training tasks sent to the broker, with their options."""
-    calls: list = []
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task",
-                        lambda name, args, **options: calls.append((name, args, options)))
-    return calls
 
 
 def start_ensemble(seeds, django_capture_on_commit_callbacks, **kwargs) -> ModelVersion:

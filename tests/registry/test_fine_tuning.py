@@ -15,23 +15,7 @@ from classifier import fine_tuning, lifecycle, retraining
 from classifier.models import ModelVersion
 from classifier.registry import activate, register_artifact
 from training.config import FINE_TUNE_RECIPE
-
-
-@pytest.fixture
-def sent(monkeypatch) -> list:
-    calls: list = []
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task",
-                        lambda name, args, **options: calls.append((name, args, options)))
-    return calls
-
-
-@pytest.fixture
-def data_here(settings, tmp_path):
-    (tmp_path / "data" / "ham10000").mkdir(parents=True)
-    settings.SECONDLOOK_DATA_DIR = tmp_path / "data"
-    settings.SECONDLOOK_MODELS_ROOT = tmp_path / "models"
-    settings.SECONDLOOK_CACHE_DIR = tmp_path / "cache"
-    return tmp_path / "data"
+from tests.support.training_runs import data_here, sent  # noqa: F401 (fixtures)
 
 
 def _tune(capture, **kwargs) -> ModelVersion:
