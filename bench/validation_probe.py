@@ -1,0 +1,99 @@
+"""A trained network on validation under variants that need no training: another clinical offset,
+another input size, another test-time augmentation. Prints one JSON line per variant with the
+validation selection figures (melanoma AUC, malignancy AUC, balanced accuracy over the 7 HAM codes,
+their mean, the ISIC-archive melanoma AUC), the temperature and thresholds refitted on validation
+as `python -m training recalibrate` does:
+
+    python bench/validation_probe.py --model DIR [--offset own none DIR ...] [--input-size 160 192 ...]
+                                     [--tta none flip2]
+
+``--offset``: ``own`` (the artifact's clinical offset), ``none`` (the image alone), or another
+artifact whose offset is applied to this network's logits. ``--input-size``: the same weights in
+the network rebuilt for that input (MobileNetV2 is convolutional up to its global pooling).
+Reads only the recorded validation split: use it to decide whether an experiment is worth its
+training time, never for test or PH2 figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ARCHIVE = "isic-9class"
+
+
+def main() -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from mlcore.clinical import contexts_of
+    from mlcore.keras_model import TTA_MODES, predict_logits
+    from mlcore.labels import mask_from_classes
+    from mlcore.model_store import load_model
+    from mlcore.scoring import softmax_with_temperature
+    from training.audit import run_audit
+    from training.cache import load_images
+    from training.config import TrainConfig, cache_dir, data_dir
+    from training.evaluate import evaluate_probs
+    from training.subgroups import lesion_ids_of, subgroup_labels
+    from training.train import calibrate_logits, selection_score
+
+    root = Path(__file__).resolve().parent.parent
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=str(root / "classifier" / "shipped_model"))
+    ap.add_argument("--offset", nargs="+", default=["own"], metavar="own|none|DIR")
+    ap.add_argument("--input-size", nargs="+", type=int, default=[], metavar="N",
+                    help="default: the artifact's own input size")
+    ap.add_argument("--tta", nargs="+", default=None, choices=list(TTA_MODES),
+                    help="default: the artifact's own")
+    ap.add_argument("--bootstrap", type=int, default=200)
+    args = ap.parse_args()
+
+    m = load_model(Path(args.model))
+    cfg = TrainConfig.from_dict(m.card["training"]["config"])
+    offsets = {}
+    for name in args.offset:
+        if name == "none":
+            offsets[name] = None
+        elif name == "own":
+            offsets[name] = m.clinical
+        else:
+            offsets[name] = load_model(Path(name)).clinical
+    by_id = {r.isic_id: r for r in run_audit(data_dir(), cache_dir()).records}
+    recs = [by_id[i] for i in m.card["split_ids"]["val"]]
+    masks = np.stack([mask_from_classes(r.allowed) for r in recs])
+    contexts = contexts_of(recs)
+    for size in args.input_size or [m.input_size]:
+        net = m.keras_model
+        if size != m.input_size:
+            cfg.image_size = size
+            net = cfg.build_model()
+            net.set_weights(m.keras_model.get_weights())
+        images = load_images([r.path for r in recs], size, cache_dir(), framing=m.framing).astype(np.float32)
+        for tta in args.tta or [m.tta]:
+            raw = predict_logits(net, images, batch_size=64, tta=tta)
+            for name, clinical in offsets.items():
+                logits = raw if clinical is None else clinical.apply(raw, contexts)
+                cfg.tta = tta
+                cal = calibrate_logits(logits, masks, cfg)
+                met = evaluate_probs(softmax_with_temperature(logits, cal["temperature"]), masks, cal["thresholds"],
+                                     args.bootstrap, cfg.seed, groups=subgroup_labels(recs),
+                                     lesions=lesion_ids_of(recs))
+                figures = {"val_melanoma_auc": met["melanoma_auc"], "val_malignancy_auc": met["malignancy_auc"],
+                           "val_balanced_accuracy_7": met["balanced_accuracy_7"]}
+                print(json.dumps({
+                    "model": m.version, "input_size": size, "tta": tta, "offset": name,
+                    **{k: round(v, 4) for k, v in figures.items()},
+                    "score": round(selection_score(figures), 4),
+                    "archive_melanoma_auc": met["subgroups"]["source"].get(ARCHIVE, {}).get("melanoma_auc"),
+                    "temperature": round(cal["temperature"], 4),
+                }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
