@@ -5,11 +5,13 @@ their mean, the ISIC-archive melanoma AUC), the temperature and thresholds refit
 as `python -m training recalibrate` does:
 
     python bench/validation_probe.py --model DIR [--offset own none DIR ...] [--input-size 160 192 ...]
-                                     [--tta none flip2]
+                                     [--tta none flip2] [--ensemble-with DIR ...]
 
 ``--offset``: ``own`` (the artifact's clinical offset), ``none`` (the image alone), or another
 artifact whose offset is applied to this network's logits. ``--input-size``: the same weights in
 the network rebuilt for that input (MobileNetV2 is convolutional up to its global pooling).
+``--ensemble-with``: the mean of this network's logits and those of other artifacts trained on the
+same lesion split (same views and size), as `python -m training ensemble` combines them.
 Reads only the recorded validation split: use it to decide whether an experiment is worth its
 training time, never for test or PH2 figures.
 """
@@ -50,10 +52,14 @@ def main() -> int:
                     help="default: the artifact's own input size")
     ap.add_argument("--tta", nargs="+", default=None, choices=list(TTA_MODES),
                     help="default: the artifact's own")
+    ap.add_argument("--ensemble-with", nargs="*", default=[], metavar="DIR")
     ap.add_argument("--bootstrap", type=int, default=200)
     args = ap.parse_args()
 
     m = load_model(Path(args.model))
+    others = [load_model(Path(d)) for d in args.ensemble_with]
+    if any(o.card["split_ids"] != m.card["split_ids"] for o in others):
+        raise SystemExit("--ensemble-with: every member must be trained on the same lesion split")
     cfg = TrainConfig.from_dict(m.card["training"]["config"])
     offsets = {}
     for name in args.offset:
@@ -68,14 +74,10 @@ def main() -> int:
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     contexts = contexts_of(recs)
     for size in args.input_size or [m.input_size]:
-        net = m.keras_model
-        if size != m.input_size:
-            cfg.image_size = size
-            net = cfg.build_model()
-            net.set_weights(m.keras_model.get_weights())
+        nets = [at_size(member, cfg, size) for member in (m, *others)]
         images = load_images([r.path for r in recs], size, cache_dir(), framing=m.framing).astype(np.float32)
         for tta in args.tta or [m.tta]:
-            raw = predict_logits(net, images, batch_size=64, tta=tta)
+            raw = np.mean([predict_logits(net, images, batch_size=64, tta=tta) for net in nets], axis=0)
             for name, clinical in offsets.items():
                 logits = raw if clinical is None else clinical.apply(raw, contexts)
                 cfg.tta = tta
@@ -86,13 +88,24 @@ def main() -> int:
                 figures = {"val_melanoma_auc": met["melanoma_auc"], "val_malignancy_auc": met["malignancy_auc"],
                            "val_balanced_accuracy_7": met["balanced_accuracy_7"]}
                 print(json.dumps({
-                    "model": m.version, "input_size": size, "tta": tta, "offset": name,
+                    "model": "+".join(x.version for x in (m, *others)), "input_size": size, "tta": tta, "offset": name,
                     **{k: round(v, 4) for k, v in figures.items()},
                     "score": round(selection_score(figures), 4),
                     "archive_melanoma_auc": met["subgroups"]["source"].get(ARCHIVE, {}).get("melanoma_auc"),
                     "temperature": round(cal["temperature"], 4),
                 }), flush=True)
     return 0
+
+
+def at_size(model, cfg, size: int):
+    """The model's Keras network, rebuilt for a ``size`` x ``size`` input when that is not its own."""
+    if size == model.input_size:
+        return model.keras_model
+    from dataclasses import replace
+
+    net = replace(cfg, image_size=size).build_model()
+    net.set_weights(model.keras_model.get_weights())
+    return net
 
 
 if __name__ == "__main__":
