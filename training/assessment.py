@@ -116,10 +116,12 @@ def save(model_dir: Path, assessment: dict, detector) -> dict:
 
 
 def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
-           external: bool = True) -> tuple[dict, object]:
+           external: bool = True, outputs=None) -> tuple[dict, object]:
     """Fit on ``splits["train"]`` and ``splits["val"]`` ((records, uint8 images) each), measure on
     ``splits["test"]`` and, with ``external``, on PH2 (under ``data_root``, when present) and the
-    non-dermoscopic set. Returns (assessment with its "measured" report, detector)."""
+    non-dermoscopic set. ``outputs`` (split name -> (logits before the clinical offset, features)
+    at the card's test-time augmentation, e.g. `training.train.SplitOutputs`) spares scoring the
+    splits again. Returns (assessment with its "measured" report, detector)."""
     from mlcore.clinical import ClinicalAdjustment, contexts_of
     from mlcore.framing import DEFAULT_FRAMING
     from mlcore.imageio import decode_file
@@ -137,7 +139,7 @@ def assess(keras_model, card: dict, splits: dict, data_root: Path | None, *,
 
     def scored(name):
         recs, imgs = splits[name]
-        logits, feats = logits_and_features(keras_model, imgs, tta=tta)
+        logits, feats = outputs[name] if outputs is not None else logits_and_features(keras_model, imgs, tta=tta)
         if clinical is not None:
             logits = clinical.apply(logits, contexts_of(recs))
         probs = softmax_with_temperature(logits, temperature)

@@ -128,12 +128,14 @@ def check_compatible(members: Sequence) -> None:
 
 
 def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, cache_dir: Path | None,
-                   *, version: str | None = None, audit=None) -> dict:
+                   *, version: str | None = None, audit=None, assess: bool | None = None) -> dict:
     """Combine trained member artifacts into one ensemble artifact: mean of the members' logits,
     weights rounded to float16, then the clinical offset (training split), temperature and
     thresholds (validation) refitted and the held-out test split evaluated, exactly as
     ``python -m training recalibrate`` does for one model. ``audit`` (default: the audit of all
-    of ``data_root``) must hold the records the members were split from."""
+    of ``data_root``) must hold the records the members were split from. ``assess`` (default: as
+    the members' config says) also fits the ensemble's quality checks, out-of-domain detector and
+    prediction sets from the same pass over the splits."""
     from .config import TrainConfig
     from .recalibrate import refit_and_export
 
@@ -145,7 +147,7 @@ def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, 
         model, cfg, members[0].card["split_ids"], Path(out_dir), data_root, cache_dir,
         input_size=members[0].input_size, history=history,
         version=version or default_version, data_sources=members[0].card.get("data_sources"),
-        ensemble=ensemble, audit=audit)
+        ensemble=ensemble, audit=audit, assess=cfg.assessment if assess is None else assess)
 
 
 def load_ensemble(member_dirs: Sequence[Path]):
@@ -271,11 +273,5 @@ def train_ensemble(cfg, seeds: Sequence[int], data_root: Path, out_dir: Path, ca
     stop_requested()
     emit({"phase": f"combining the {n} members into one model", "members": n})
     audit = audit_of(data_root, cache_dir, sources=sources, extra_records=extra_records)
-    build_ensemble(member_dirs, out_dir, data_root, cache_dir, version=version, audit=audit)
-    if cfg.assessment:
-        stop_requested()
-        emit({"phase": "fitting the ensemble's quality and prediction-set checks", "members": n})
-        from .assessment import assess_artifact
-
-        assess_artifact(out_dir, data_root, cache_dir, audit=audit)
+    build_ensemble(member_dirs, out_dir, data_root, cache_dir, version=version, audit=audit, assess=cfg.assessment)
     return out_dir

@@ -32,49 +32,43 @@ def recalibrate(model_dir: Path, out_dir: Path, data_root: Path, cache_dir: Path
     res = refit_and_export(m.keras_model, cfg, m.card["split_ids"], Path(out_dir), data_root, cache_dir,
                            input_size=m.input_size, history=old_metrics.get("history", {}),
                            version=version or (m.version + suffix), data_sources=m.card.get("data_sources"),
-                           ensemble=m.card.get("ensemble"))
-    if cfg.assessment:
-        # the new artifact is served as it is: without this it would carry no quality, out-of-domain
-        # or prediction-set checks, and the app would never say it cannot judge an image
-        from .assessment import assess_artifact
-
-        assess_artifact(Path(out_dir), data_root, cache_dir)
+                           ensemble=m.card.get("ensemble"), assess=cfg.assessment)
     return res
 
 
 def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Path, cache_dir: Path | None, *,
                      input_size: int, history: dict, version: str, data_sources=None,
-                     ensemble: dict | None = None, audit=None) -> dict:
+                     ensemble: dict | None = None, audit=None, assess: bool = False) -> dict:
     """Fit the clinical adjustment on the recorded training split (when ``cfg`` asks for it), the
     temperature and thresholds on validation, evaluate on test, and export an artifact of
-    ``keras_model``; returns the headline figures. ``audit`` (default: the audit of all of
-    ``data_root``) must hold the split's records."""
+    ``keras_model``; with ``assess``, also fit its quality checks, out-of-domain detector and
+    prediction sets from the same pass over the splits (the artifact is served as it is: without
+    them the app would never say it cannot judge an image). Returns the headline figures.
+    ``audit`` (default: the audit of all of ``data_root``) must hold the split's records."""
     from .artifact import export_artifact
     from .audit import run_audit
     from .cache import load_images
-    from mlcore.clinical import contexts_of
     from .evaluate import evaluate_probs
     from mlcore.labels import mask_from_classes
     from mlcore.scoring import SCORE_HISTOGRAM_KEY, softmax_with_temperature
     from .subgroups import lesion_ids_of, subgroup_labels
-    from .train import adjusted_logits, calibrate, fit_clinical
+    from .train import SplitOutputs, calibrate_logits, fit_clinical
 
     audit = audit if audit is not None else run_audit(data_root, cache_dir)
     by_id = {r.isic_id: r for r in audit.records}
     kept_out = _keep_benchmark_out(audit, split)
-
-    def arrays(name):
-        recs = [by_id[i] for i in split[name]]
-        x = load_images([r.path for r in recs], input_size, cache_dir, framing=cfg.framing)
-        return x, np.stack([mask_from_classes(r.allowed) for r in recs]), recs
-
-    clinical = fit_clinical(keras_model, cfg, *arrays("train")) if cfg.clinical_context else None
-    x_val, m_val, val_recs = arrays("val")
-    x_te, m_te, test_recs = arrays("test")
-    cal = calibrate(keras_model, cfg, x_val, m_val, clinical=clinical, contexts=contexts_of(val_recs))
-    probs = softmax_with_temperature(
-        adjusted_logits(keras_model, cfg, x_te, clinical=clinical, contexts=contexts_of(test_recs)),
-        cal["temperature"])
+    # the training images are needed only for the offset and the assessment
+    names = ("train", "val", "test") if cfg.clinical_context or assess else ("val", "test")
+    recs = {name: [by_id[i] for i in split[name]] for name in names}
+    images = {name: load_images([r.path for r in recs[name]], input_size, cache_dir, framing=cfg.framing)
+              for name in names}
+    masks = {name: np.stack([mask_from_classes(r.allowed) for r in recs[name]]) for name in names}
+    outputs = SplitOutputs(keras_model, cfg.tta, images)
+    clinical = (fit_clinical(cfg, outputs.logits("train"), masks["train"], recs["train"])
+                if cfg.clinical_context else None)
+    cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs["val"]), masks["val"], cfg)
+    test_recs, m_te = recs["test"], masks["test"]
+    probs = softmax_with_temperature(outputs.logits("test", clinical=clinical, records=test_recs), cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(test_recs), lesions=lesion_ids_of(test_recs))
     metrics[SCORE_HISTOGRAM_KEY] = cal["validation"][SCORE_HISTOGRAM_KEY]  # the monitoring's reference
@@ -83,6 +77,14 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
                     history=history, audit_report=audit.report, split=split, test_probs=probs,
                     test_masks=m_te, version=version, clinical=clinical, data_sources=data_sources,
                     ensemble=ensemble, benchmark=kept_out)
+    if assess:
+        from mlcore.artifact import read_card
+
+        from .assessment import assess as fit_assessment, save as save_assessment
+
+        save_assessment(Path(out_dir), *fit_assessment(
+            keras_model, read_card(Path(out_dir)), {k: (recs[k], images[k]) for k in names}, data_root,
+            outputs=outputs))
     return {"out": str(out_dir), "tta": cfg.tta, "temperature": cal["temperature"],
             "thresholds": cal["thresholds"].to_dict(),
             "melanoma_auc": metrics["melanoma_auc"], "malignancy_auc": metrics["malignancy_auc"],

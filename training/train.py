@@ -387,9 +387,10 @@ ASSESSMENT_EXTRA_IMAGES = 250
 
 def finishing_passes(cfg: TrainConfig, n_train: int, n_val: int, n_test: int) -> float:
     """Single-view image passes through the network after the training loop: the tail average's
-    check on validation, the clinical offset (training split), calibration (validation) and
-    evaluation (test) at the config's test-time augmentation, then the assessment, which scores
-    the three splits, PH2 and the non-dermoscopic set again with their features."""
+    check on validation, then each split once at the config's test-time augmentation (training
+    for the clinical offset and the assessment, validation for calibration, test for evaluation:
+    `SplitOutputs` keeps the logits and features, so the assessment scores none of them again),
+    and the assessment's PH2 and non-dermoscopic images."""
     from mlcore.keras_model import TTA_VIEWS
 
     from .config import TTA_AUTO
@@ -398,29 +399,60 @@ def finishing_passes(cfg: TrainConfig, n_train: int, n_val: int, n_test: int) ->
     # flip2's two views
     views = TTA_VIEWS["flip2"] if cfg.tta == TTA_AUTO else TTA_VIEWS[cfg.tta]
     passes = (n_val if cfg.average_tail > 0 else 0) + (2 * n_val if cfg.tta == TTA_AUTO else views * n_val)
-    passes += views * ((n_train if cfg.clinical_context else 0) + n_test)
+    passes += views * ((n_train if cfg.clinical_context or cfg.assessment else 0) + n_test)
     if cfg.assessment:
-        passes += views * (n_train + n_val + n_test + ASSESSMENT_EXTRA_IMAGES)
+        passes += views * ASSESSMENT_EXTRA_IMAGES
     return float(passes)
 
 
-def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict | None, np.ndarray | None]:
+class SplitOutputs:
+    """The trained network's logits (before the clinical offset) and penultimate features per
+    split, at the served test-time augmentation, each computed once on first use: the clinical
+    offset, the calibration, the evaluation and the assessment all read the same pass."""
+
+    def __init__(self, model, tta: str, images: dict[str, np.ndarray], known: dict | None = None) -> None:
+        self.model, self.tta, self.images = model, tta, images
+        self._done: dict[str, tuple[np.ndarray, np.ndarray | None]] = dict(known or {})
+
+    def __getitem__(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if name not in self._done:
+            from .assessment import logits_and_features
+
+            self._done[name] = logits_and_features(self.model, self.images[name], tta=self.tta)
+        return self._done[name]
+
+    def logits(self, name: str, *, clinical=None, records=None) -> np.ndarray:
+        """The split's logits, plus the ``clinical`` adjustment for its ``records`` when given."""
+        logits = self[name][0]
+        if clinical is None:
+            return logits
+        from mlcore.clinical import contexts_of
+
+        return clinical.apply(logits, contexts_of(records))
+
+
+def choose_tta(model, cfg: TrainConfig, x_val, m_val) -> tuple[TrainConfig, dict | None, tuple | None]:
     """Resolve ``cfg.tta`` "auto": serve the network with flip2 (the image and its mirror image,
     averaged) only when that raises the validation selection score over one view, else none;
-    returns the config with the chosen mode, the record of the choice and the validation logits at
-    the chosen mode (the calibration reuses them). Other modes pass through: ``(cfg, None, None)``."""
-    from mlcore.keras_model import dihedral_views, predict_logits
+    returns the config with the chosen mode, the record of the choice and the validation (logits,
+    features) at the chosen mode (`SplitOutputs` reuses them). Other modes pass through:
+    ``(cfg, None, None)``."""
+    from mlcore.keras_model import dihedral_views
 
+    from .assessment import logits_and_features
     from .config import TTA_AUTO
 
     if cfg.tta != TTA_AUTO:
         return cfg, None, None
     if not len(x_val):
         return replace(cfg, tta="none"), {"chosen": "none", "reason": "no validation images"}, None
-    one = predict_logits(model, x_val)
-    # flip2's views are the image and its horizontal flip: one more pass, not two
-    both = (one + predict_logits(model, dihedral_views(x_val, 2)[1])) / 2.0
-    scores = {"none": selection_score(_val_metrics(one, m_val)), "flip2": selection_score(_val_metrics(both, m_val))}
+    one = logits_and_features(model, x_val)
+    # flip2's views are the image and its horizontal flip: one more pass, not two; the features
+    # are averaged over the views as the app's runners average them
+    mirror = logits_and_features(model, dihedral_views(x_val, 2)[1])
+    both = tuple(None if a is None else (a + b) / 2.0 for a, b in zip(one, mirror))
+    scores = {"none": selection_score(_val_metrics(one[0], m_val)),
+              "flip2": selection_score(_val_metrics(both[0], m_val))}
     chosen = "flip2" if scores["flip2"] > scores["none"] else "none"
     _emit(f"[train] test-time augmentation: validation score none={scores['none']:.4f} "
           f"flip2={scores['flip2']:.4f} -> {chosen}")
@@ -500,15 +532,16 @@ def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=
     return calibrate_logits(adjusted_logits(model, cfg, x_val, clinical=clinical, contexts=contexts), m_val, cfg)
 
 
-def fit_clinical(model, cfg: TrainConfig, x_train, m_train, train_records):
+def fit_clinical(cfg: TrainConfig, train_logits: np.ndarray, m_train, train_records):
     """The clinical-context adjustment (mlcore.clinical) fitted on the training split's logits
-    with the CNN's class weights; None when the config turns it off."""
+    (at the served test-time augmentation) with the CNN's class weights; None when the config
+    turns it off."""
     if not cfg.clinical_context:
         return None
     from mlcore.clinical import contexts_of, fit_adjustment
 
     contexts = contexts_of(train_records)
-    adj = fit_adjustment(adjusted_logits(model, cfg, x_train), m_train, contexts,
+    adj = fit_adjustment(train_logits, m_train, contexts,
                          sample_weight=class_weights_for(m_train, cfg.class_weight_power), l2=cfg.clinical_l2)
     _emit(f"[train] clinical context fitted on {sum(c.known for c in contexts)} of {len(contexts)} training images")
     return adj
@@ -628,7 +661,6 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     """
     from .artifact import export_artifact
     from .evaluate import evaluate_probs
-    from mlcore.clinical import contexts_of
     from mlcore.scoring import SCORE_HISTOGRAM_KEY, softmax_with_temperature
     from .subgroups import lesion_ids_of, subgroup_labels
 
@@ -652,18 +684,15 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     else:
         model, history = fitted
     progress("calibrating and evaluating")
-    cfg, history["tta_choice"], val_logits = choose_tta(model, cfg, images[sl["val"]], masks[sl["val"]])
-    clinical = fit_clinical(model, cfg, images[sl["train"]], masks[sl["train"]], recs[sl["train"]])
-    test_contexts = contexts_of(recs[sl["test"]])
-    if val_logits is None:
-        val_logits = adjusted_logits(model, cfg, images[sl["val"]])
-    if clinical is not None:
-        val_logits = clinical.apply(val_logits, contexts_of(recs[sl["val"]]))
-    cal = calibrate_logits(val_logits, masks[sl["val"]], cfg)
+    cfg, history["tta_choice"], val_outputs = choose_tta(model, cfg, images[sl["val"]], masks[sl["val"]])
+    outputs = SplitOutputs(model, cfg.tta, {k: images[sl[k]] for k in ("train", "val", "test")},
+                           known={"val": val_outputs} if val_outputs is not None else None)
+    clinical = (fit_clinical(cfg, outputs.logits("train"), masks[sl["train"]], recs[sl["train"]])
+                if cfg.clinical_context else None)
+    cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs[sl["val"]]), masks[sl["val"]], cfg)
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
-    probs = softmax_with_temperature(
-        adjusted_logits(model, cfg, images[sl["test"]], clinical=clinical, contexts=test_contexts),
-        cal["temperature"])
+    probs = softmax_with_temperature(outputs.logits("test", clinical=clinical, records=recs[sl["test"]]),
+                                     cal["temperature"])
     metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed,
                              groups=subgroup_labels(recs[sl["test"]]), lesions=lesion_ids_of(recs[sl["test"]]))
     _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
@@ -687,7 +716,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         from .assessment import assess, save as save_assessment
 
         assessment, detector = assess(model, read_card(out), {
-            k: (recs[sl[k]], images[sl[k]]) for k in ("train", "val", "test")}, Path(data_root))
+            k: (recs[sl[k]], images[sl[k]]) for k in ("train", "val", "test")}, Path(data_root), outputs=outputs)
         save_assessment(out, assessment, detector)
         measured = assessment["measured"]
         _emit("[train] assessment: ood threshold={} test not assessable={:.3f} non-dermoscopic caught={}/{}".format(

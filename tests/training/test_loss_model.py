@@ -274,9 +274,12 @@ def test_the_finishing_counts_every_pass_after_the_loop_at_the_served_views():
 
     cfg = TrainConfig(tta="none")  # average_tail > 0, clinical offset, assessment
     n = 7000, 1500, 1400
-    assert finishing_passes(cfg, *n) == 1500 + (7000 + 1500 + 1400) + (9900 + ASSESSMENT_EXTRA_IMAGES)
+    # each split once (the assessment reuses those outputs), plus PH2 and the non-dermoscopic set
+    assert finishing_passes(cfg, *n) == 1500 + (7000 + 1500 + 1400) + ASSESSMENT_EXTRA_IMAGES
     flip2 = finishing_passes(replace(cfg, tta="flip2"), *n)
-    assert flip2 == 1500 + 2 * (9900 + 9900 + ASSESSMENT_EXTRA_IMAGES)
+    assert flip2 == 1500 + 2 * (9900 + ASSESSMENT_EXTRA_IMAGES)
+    # the assessment alone still needs the training split's features
+    assert finishing_passes(replace(cfg, clinical_context=False), *n) == finishing_passes(cfg, *n)
     # auto (the default): two passes over validation to choose, reused by the calibration; then
     # flip2's views at worst: as many passes as flip2 itself
     assert finishing_passes(TrainConfig(), *n) == flip2
@@ -348,7 +351,7 @@ def test_auto_tta_serves_the_mirror_image_too_only_when_it_raises_the_validation
     cfg = replace(tiny_config(seed=2), tta="auto")
     model = cfg.build_model()
     x_va, m_va, _ = synthetic_images(48, seed=5)
-    chosen_cfg, choice, val_logits = choose_tta(model, cfg, x_va, m_va)
+    chosen_cfg, choice, (val_logits, val_features) = choose_tta(model, cfg, x_va, m_va)
     scores = choice["validation_scores"]
     assert chosen_cfg.tta == choice["chosen"] == ("flip2" if scores["flip2"] > scores["none"] else "none")
     # one extra pass scores exactly what the served flip2 mode would
@@ -357,6 +360,15 @@ def test_auto_tta_serves_the_mirror_image_too_only_when_it_raises_the_validation
                                              abs=1e-6)
     # the calibration reuses the chosen mode's validation logits: the served mode's, to rounding
     np.testing.assert_allclose(val_logits, predict_logits(model, x_va, tta=chosen_cfg.tta), atol=1e-5)
+    # and its features, averaged over the views as the app's runners (and the assessment) serve them
+    from training.assessment import logits_and_features
+
+    served_logits, served_features = logits_and_features(model, x_va, tta=chosen_cfg.tta)
+    np.testing.assert_allclose(val_logits, served_logits, atol=1e-5)
+    if served_features is None:
+        assert val_features is None
+    else:
+        np.testing.assert_allclose(val_features, served_features, atol=1e-4)
     assert choose_tta(model, replace(cfg, tta="flip4"), x_va, m_va) == (replace(cfg, tta="flip4"), None, None)
     empty = choose_tta(model, cfg, x_va[:0], m_va[:0])
     assert empty[0].tta == "none" and empty[1]["chosen"] == "none" and empty[2] is None
