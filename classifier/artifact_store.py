@@ -9,6 +9,7 @@ registry's sha256 before use (a corrupt or swapped download is refused, never se
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -101,6 +102,27 @@ def _install_host_copy(sha256: str, fill: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return cache
+
+
+def card_of(version: ModelVersion) -> dict:
+    """``version``'s model card, without fetching its model: from a directory on this host that
+    holds the version (its registered one or the host copy), else from the storage, where it must
+    name the registered model. A web host that only shows a form needs nothing more."""
+    if version.sha256:
+        for model_dir in (Path(version.artifact_path) if version.artifact_path else None, host_copy(version.sha256)):
+            if model_dir is not None and holds(model_dir, version.sha256):
+                return read_card(model_dir, required=())
+        if settings.SECONDLOOK_MODELS_IN_STORAGE:
+            name = f"{storage_prefix(version.sha256)}/{CARD_FILE}"
+            try:
+                with default_storage.open(name, "rb") as handle:
+                    card = json.loads(handle.read())
+            except (OSError, ValueError) as exc:
+                raise ArtifactUnavailable(f"the stored model card of {version.version} cannot be read ({exc})") from None
+            if not isinstance(card, dict) or card.get("model_sha256") != version.sha256:
+                raise ArtifactUnavailable(f"the stored model card of {version.version} names another model: refused")
+            return card
+    return read_card(local_dir(version), required=())
 
 
 def loadable(version: ModelVersion) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from classifier import artifact_store
 from classifier.models import ModelVersion
-from mlcore.artifact import CardError, read_card
+from mlcore.artifact import CardError
 from training.config import FINE_TUNE_RECIPE, TrainConfig, fine_tune_config
 
 IMAGENET = "imagenet"
@@ -25,7 +25,7 @@ class FineTuneError(ValueError):
 
 def _card(version: ModelVersion) -> dict:
     try:
-        return read_card(artifact_store.local_dir(version), required=())
+        return artifact_store.card_of(version)
     except (artifact_store.ArtifactUnavailable, CardError, OSError) as exc:
         raise FineTuneError(f"The files of {version.version} are not usable on this server ({exc}).") from None
 

@@ -138,3 +138,30 @@ def test_the_form_offers_the_active_model_and_refuses_it_for_an_ensemble(data_he
     assert form.is_valid() and form.cleaned_data == base | {"members": ()}
     form = TrainingForm(base | {"kind": "ensemble", "members": "1 2"})
     assert not form.is_valid() and "choose a single CNN" in form.errors["start_from"][0]
+
+
+@pytest.mark.django_db
+def test_the_form_reads_a_stored_models_card_without_fetching_the_model(tiny_model_dir, tmp_path, settings,
+                                                                         media_root):
+    import shutil
+
+    from classifier import artifact_store
+
+    settings.SECONDLOOK_MODELS_IN_STORAGE = True
+    settings.VAR_DIR = tmp_path / "var"
+    web = _artifact_copy(tiny_model_dir, tmp_path / "release" / "model")
+    version = activate(register_artifact(web))
+    # a web host that has neither the registered directory (a later release) nor a copy of its own
+    shutil.rmtree(web)
+    shutil.rmtree(artifact_store.host_copy(version.sha256), ignore_errors=True)
+    card = fine_tuning.check_fine_tunable(version)
+    assert card["model_sha256"] == version.sha256 and card["split_ids"]["train"]
+    assert not artifact_store.host_copy(version.sha256).exists()  # the model itself was not fetched
+    # a stored card that names another model is refused, with the reason
+    stored = media_root / artifact_store.storage_prefix(version.sha256) / "model_card.json"
+    stored.write_text(json.dumps(card | {"model_sha256": "0" * 64}))
+    with pytest.raises(fine_tuning.FineTuneError, match="names another model"):
+        fine_tuning.check_fine_tunable(version)
+    stored.unlink()
+    with pytest.raises(fine_tuning.FineTuneError, match="cannot be read"):
+        fine_tuning.check_fine_tunable(version)
