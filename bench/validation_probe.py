@@ -7,8 +7,10 @@ as `python -m training recalibrate` does:
     python bench/validation_probe.py --model DIR [--offset own none DIR ...] [--input-size 160 192 ...]
                                      [--tta none flip2] [--ensemble-with DIR ...]
 
-``--offset``: ``own`` (the artifact's clinical offset), ``none`` (the image alone), or another
-artifact whose offset is applied to this network's logits. ``--input-size``: the same weights in
+``--offset``: ``own`` (the artifact's clinical offset), ``none`` (the image alone), ``prior`` (the
+context-only model's log-likelihood ratio, fitted on the training split's labels:
+``mlcore.clinical.prior_ratio``), ``prior-known`` (the same, fitted on the training images that carry
+context only), or another artifact whose offset is applied to this network's logits. ``--input-size``: the same weights in
 the network rebuilt for that input (MobileNetV2 is convolutional up to its global pooling).
 ``--ensemble-with``: the mean of this network's logits and those of other artifacts trained on the
 same lesion split (same views and size), as `python -m training ensemble` combines them.
@@ -32,7 +34,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from mlcore.clinical import contexts_of
+    from mlcore.clinical import contexts_of, prior_ratio
     from mlcore.keras_model import TTA_MODES, predict_logits
     from mlcore.labels import mask_from_classes
     from mlcore.model_store import load_model
@@ -42,12 +44,12 @@ def main() -> int:
     from training.config import TrainConfig, cache_dir, data_dir
     from training.evaluate import evaluate_probs
     from training.subgroups import lesion_ids_of, subgroup_labels
-    from training.train import calibrate_logits, selection_score
+    from training.train import calibrate_logits, class_weights_for, selection_score
 
     root = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(root / "classifier" / "shipped_model"))
-    ap.add_argument("--offset", nargs="+", default=["own"], metavar="own|none|DIR")
+    ap.add_argument("--offset", nargs="+", default=["own"], metavar="own|none|prior|prior-known|DIR")
     ap.add_argument("--input-size", nargs="+", type=int, default=[], metavar="N",
                     help="default: the artifact's own input size")
     ap.add_argument("--tta", nargs="+", default=None, choices=list(TTA_MODES),
@@ -61,15 +63,23 @@ def main() -> int:
     if any(o.card["split_ids"] != m.card["split_ids"] for o in others):
         raise SystemExit("--ensemble-with: every member must be trained on the same lesion split")
     cfg = TrainConfig.from_dict(m.card["training"]["config"])
+    by_id = {r.isic_id: r for r in run_audit(data_dir(), cache_dir()).records}
     offsets = {}
     for name in args.offset:
         if name == "none":
             offsets[name] = None
         elif name == "own":
             offsets[name] = m.clinical
+        elif name in ("prior", "prior-known"):
+            train = [by_id[i] for i in m.card["split_ids"]["train"]]
+            train_contexts = contexts_of(train)
+            if name == "prior-known":
+                train, train_contexts = zip(*[(r, c) for r, c in zip(train, train_contexts) if c.known])
+            m_train = np.stack([mask_from_classes(r.allowed) for r in train])
+            offsets[name] = prior_ratio(m_train, train_contexts, l2=cfg.clinical_l2,
+                                        sample_weight=class_weights_for(m_train, cfg.class_weight_power))
         else:
             offsets[name] = load_model(Path(name)).clinical
-    by_id = {r.isic_id: r for r in run_audit(data_dir(), cache_dir()).records}
     recs = [by_id[i] for i in m.card["split_ids"]["val"]]
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     contexts = contexts_of(recs)

@@ -123,9 +123,15 @@ class ClinicalAdjustment:
 
 
 def fit_adjustment(logits: np.ndarray, masks: np.ndarray, contexts: Sequence[ClinicalContext], *,
-                   sample_weight: np.ndarray | None = None, l2: float = 1e-3) -> ClinicalAdjustment:
+                   sample_weight: np.ndarray | None = None, l2: float = 1e-3,
+                   intercept: bool = False) -> ClinicalAdjustment:
     """Weights minimising the weighted set-valued NLL (-log of the allowed classes' summed
-    probability) of ``logits + features @ W`` plus ``l2/2 * |W|^2`` (L-BFGS; convex)."""
+    probability) of ``logits + features @ W`` plus ``l2/2 * |W|^2`` (L-BFGS; convex).
+
+    ``intercept``: fit an unpenalised per-class bias beside ``W`` and leave it out of the returned
+    adjustment. With zero ``logits`` that is the context-only model of the class, and ``W`` alone is
+    its log-likelihood ratio ``log p(c | context) - log p(c)`` up to a per-image constant (see
+    ``prior_ratio``)."""
     from scipy.optimize import minimize
     from scipy.special import logsumexp
 
@@ -134,17 +140,31 @@ def fit_adjustment(logits: np.ndarray, masks: np.ndarray, contexts: Sequence[Cli
     x = features(contexts)
     w = np.ones(len(z0)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     w = w / w.sum()
+    n_bias = z0.shape[1] if intercept else 0
     shape = (x.shape[1], z0.shape[1])
 
     def objective(theta):
-        weights = theta.reshape(shape)
-        z = z0 + x @ weights
+        bias, weights = theta[:n_bias], theta[n_bias:].reshape(shape)
+        z = z0 + x @ weights + (bias if intercept else 0.0)
         lse_all = logsumexp(z, axis=1)
         z_allowed = np.where(allowed, z, -np.inf)
         lse_allowed = logsumexp(z_allowed, axis=1)
         loss = float(w @ (lse_all - lse_allowed)) + 0.5 * l2 * float((weights ** 2).sum())
         grad_z = w[:, None] * (np.exp(z - lse_all[:, None]) - np.exp(z_allowed - lse_allowed[:, None]))
-        return loss, (x.T @ grad_z + l2 * weights).ravel()
+        grad = (x.T @ grad_z + l2 * weights).ravel()
+        return loss, (np.concatenate([grad_z.sum(axis=0), grad]) if intercept else grad)
 
-    res = minimize(objective, np.zeros(shape).ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 1000})
-    return ClinicalAdjustment(weights=res.x.reshape(shape), l2=l2)
+    res = minimize(objective, np.zeros(n_bias + shape[0] * shape[1]), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 1000})
+    return ClinicalAdjustment(weights=res.x[n_bias:].reshape(shape), l2=l2)
+
+
+def prior_ratio(masks: np.ndarray, contexts: Sequence[ClinicalContext], *,
+                sample_weight: np.ndarray | None = None, l2: float = 1e-3) -> ClinicalAdjustment:
+    """The offset a context-only model gives: ``log p(c | context) - log p(c)``, fitted on labels
+    alone (no image model), so it is the same whichever network it is added to. Adding it to an
+    image model's logits is Bayes' rule when image and context are independent given the class;
+    the joint fit (``fit_adjustment`` on the network's logits) does not assume that."""
+    masks = np.asarray(masks)
+    return fit_adjustment(np.zeros(masks.shape, dtype=np.float64), masks, contexts,
+                          sample_weight=sample_weight, l2=l2, intercept=True)

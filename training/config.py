@@ -109,6 +109,11 @@ class TrainConfig:
     # (training.assessment) after export
     assessment: bool = True
     pretrained: str = ""  # optional path of a weights file to warm-start from
+    # knowledge distillation (training.distill): an artifact directory whose network's probabilities
+    # (over distill_tta's views, no offset) the loss mixes with the labels at distill_weight
+    distill_from: str = ""
+    distill_tta: str = "dihedral8"
+    distill_weight: float = 0.5
     # the network: "scratch" (training.model.build_model: the residual CNN above, random init) or
     # "mobilenet_v2" (Keras MobileNetV2 starting from the bundled ImageNet weights,
     # training.backbone; width/stages/stem_stride do not apply)
@@ -126,6 +131,10 @@ class TrainConfig:
 
         if self.tta not in (*TTA_MODES, TTA_AUTO):
             raise ValueError(f"tta must be one of {(*TTA_MODES, TTA_AUTO)}, not {self.tta!r}")
+        if self.distill_tta not in TTA_MODES:
+            raise ValueError(f"distill_tta must be one of {TTA_MODES}, not {self.distill_tta!r}")
+        if not 0.0 < self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in (0, 1], not {self.distill_weight}")
 
     @property
     def effective_split_seed(self) -> int:

@@ -140,22 +140,29 @@ def build_mobilenet_v2(image_size: int | None, num_classes: int = 9, dropout: fl
     return keras.Model(inp, out, name="secondlook_mobilenet_v2")
 
 
-def set_loss(label_smoothing: float = 0.0):
+def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0):
     """loss = -log(sum_{c in allowed} p_c), computed stably in float32 from logits.
     y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE.
+    With ``distill_weight`` w > 0, y_true is the mask followed by a teacher's class probabilities q
+    (``training.distill``) and the loss is (1-w) * the above + w * cross-entropy(q, softmax(logits)).
     Written with ``keras.ops``, so the same loss trains on any Keras backend (TensorFlow here,
     JAX on an accelerator: `training.accelerated`)."""
     from keras import ops
 
     def loss(y_true, logits):
         logits = ops.cast(logits, "float32")
-        mask = ops.cast(y_true, "float32")
+        n_classes = ops.shape(logits)[-1]
+        y_true = ops.cast(y_true, "float32")
+        mask = y_true[:, :n_classes] if distill_weight > 0 else y_true
         lse_all = ops.logsumexp(logits, axis=-1)
         masked = ops.where(mask > 0.5, logits, ops.full_like(logits, -1e9))
         nll = lse_all - ops.logsumexp(masked, axis=-1)
         if label_smoothing > 0:
             uni = lse_all - ops.mean(logits, axis=-1)
             nll = (1.0 - label_smoothing) * nll + label_smoothing * uni
+        if distill_weight > 0:
+            soft = y_true[:, n_classes:]
+            nll = (1.0 - distill_weight) * nll + distill_weight * (lse_all - ops.sum(soft * logits, axis=-1))
         return nll
 
     loss.__name__ = "set_nll"

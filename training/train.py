@@ -243,15 +243,23 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             raise ValueError("source_balance needs the source of every training image")
         weights = weights * source_balance_weights(m_train, sources, cfg.source_balance)
         weights = (weights / weights.mean()).astype(np.float32)
+    y_train = m_train
+    distilled = None
+    if cfg.distill_from:
+        from .distill import teacher_probabilities
+
+        _emit(f"[train] teacher {cfg.distill_from} ({cfg.distill_tta}) scoring {len(x_train)} training images")
+        soft, distilled = teacher_probabilities(Path(cfg.distill_from), x_train, tta=cfg.distill_tta)
+        y_train = np.concatenate([m_train, soft], axis=1)
     size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
-    ds = make_train_dataset(x_train, m_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
+    ds = make_train_dataset(x_train, y_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
                             zoom_out=cfg.aug_zoom_out, device=cfg.aug_device, hair=cfg.aug_hair,
                             size_var=size_var)
     steps_per_epoch = int(ds.cardinality().numpy())
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
-    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing))
+    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, cfg.distill_weight if distilled else 0.0))
     state = {"epochs": cfg.epochs, "weights": None, "avg": None, "n_avg": 0}
     best = BestEpoch(cfg.patience)
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
@@ -259,6 +267,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
                                 "epoch_seconds": [], "train_size": []}
     if warm_start:
         history["warm_start"] = warm_start
+    if distilled:
+        history["distilled_from"] = distilled | {"weight": cfg.distill_weight}
     t0 = time.time()
     state["budget"] = loop_budget_s(cfg.time_budget_min * 60.0,
                                     remaining_s=None if run_deadline is None else run_deadline - t0)

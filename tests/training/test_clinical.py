@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mlcore.clinical import (FEATURES, ClinicalAdjustment, ClinicalContext, ClinicalContextError, features,
-                               fit_adjustment, site_group)
+                               fit_adjustment, prior_ratio, site_group)
 from training.data import ImageRecord
 from mlcore.labels import CLASSES, NUM_CLASSES, mask_from_classes
 
@@ -79,6 +79,29 @@ def test_fit_lowers_the_set_valued_loss_and_respects_sample_weights():
     w = np.where(masks[:, MEL] > 0.5, 0.0, 1.0)  # weight 0 on melanomas: nothing pulls melanoma up
     no_mel = fit_adjustment(logits, masks, contexts, sample_weight=w, l2=1e-3)
     assert no_mel.apply(np.zeros((1, 9), np.float32), [ClinicalContext(age=80)])[0, MEL] < 0
+
+
+def test_prior_ratio_is_the_context_likelihood_ratio_without_the_class_prior():
+    # melanoma odds 3:7 in men, 1:9 in women, 1:4 where sex is unknown (the intercept's images)
+    rng = np.random.default_rng(0)
+    nev = CLASSES.index("nevus")
+    contexts, labels = [], []
+    for sex, p_mel, n in (("male", 0.3, 3000), ("female", 0.1, 3000), (None, 0.2, 3000)):
+        contexts += [ClinicalContext(sex=sex)] * n
+        labels += list(np.where(rng.random(n) < p_mel, MEL, nev))
+    masks = np.stack([mask_from_classes({CLASSES[c]}) for c in labels])
+    adj = prior_ratio(masks, contexts, l2=1e-6)
+    z = adj.apply(np.zeros((3, NUM_CLASSES), np.float32),
+                  [ClinicalContext(sex="male"), ClinicalContext(sex="female"), ClinicalContext()])
+    log_odds = z[:, MEL] - z[:, nev]
+    # the offset is the odds relative to the intercept's images, not the odds themselves
+    assert log_odds[0] == pytest.approx(np.log(3 / 7) - np.log(1 / 4), abs=0.1)
+    assert log_odds[1] == pytest.approx(np.log(1 / 9) - np.log(1 / 4), abs=0.1)
+    assert log_odds[2] == 0.0
+    # without the intercept the same fit puts the class prior into the sex features: the odds themselves
+    joint = fit_adjustment(np.zeros(masks.shape), masks, contexts, l2=1e-6)
+    zj = joint.apply(np.zeros((1, NUM_CLASSES), np.float32), [ClinicalContext(sex="male")])[0]
+    assert zj[MEL] - zj[nev] == pytest.approx(np.log(3 / 7), abs=0.1)
 
 
 def test_card_round_trip_and_mismatched_features_are_refused():
