@@ -1,10 +1,10 @@
 """A trained network on validation under variants that need no training: another clinical offset,
 another input size, another test-time augmentation. Prints one JSON line per variant with the
 validation selection figures (melanoma AUC, malignancy AUC, balanced accuracy over the 7 HAM codes,
-their mean, the ISIC-archive melanoma AUC), the temperature and thresholds refitted on validation
-as `python -m training recalibrate` does:
+their mean, the ISIC-archive melanoma AUC, the recall of each HAM code), the temperature and
+thresholds refitted on validation as `python -m training recalibrate` does:
 
-    python bench/validation_probe.py --model DIR [--offset own none DIR ...] [--input-size 160 192 ...]
+    python bench/validation_probe.py --model DIR [--offset own none prior DIR ...] [--input-size 160 ...]
                                      [--tta none flip2] [--ensemble-with DIR ...]
 
 ``--offset``: ``own`` (the artifact's clinical offset), ``none`` (the image alone), ``prior`` (the
@@ -103,6 +103,7 @@ def main() -> int:
                     "score": round(selection_score(figures), 4),
                     "archive_melanoma_auc": met["subgroups"]["source"].get(ARCHIVE, {}).get("melanoma_auc"),
                     "temperature": round(cal["temperature"], 4),
+                    "recall_7": {c: round(v["recall"], 3) for c, v in met["per_code_7"].items()},
                 }), flush=True)
     return 0
 
