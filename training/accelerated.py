@@ -183,8 +183,9 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
     from .model import hair_masks, set_loss, set_precision
     from .train import _accumulate_average, _try_average, _val_metrics, scheduled_lr, selection_score
 
-    if cfg.distill_from:
-        raise ValueError("distill_from is not supported on the accelerator path; train it with `python -m training train`")
+    if cfg.distill_from or cfg.offset_in_loss_from:
+        raise ValueError("distill_from and offset_in_loss_from are not supported on the accelerator path; "
+                         "train with `python -m training train`")
     t0 = time.time()
     keras.utils.set_random_seed(cfg.seed)
     policy = set_precision(cfg.mixed_precision)

@@ -161,7 +161,8 @@ def _training_lines(training: dict, f) -> list[str]:
             f"on {training.get('accelerator', 'cpu')} ({training.get('backend', 'tensorflow')}), "
             f"{f(training.get('total_minutes'))} min in all" + _budget_text(training.get("budget_minutes"), f),
             f"- config: `{json.dumps(training.get('config'))}`"] + _tta_choice_lines(training.get("tta_choice"), f) \
-        + _warm_start_lines(training.get("warm_start")) + _distilled_lines(training.get("distilled_from"))
+        + _warm_start_lines(training.get("warm_start")) + _distilled_lines(training.get("distilled_from")) \
+        + _offset_in_loss_lines(training.get("offset_in_loss"))
 
 
 def _tta_choice_lines(choice: dict | None, f) -> list[str]:
@@ -185,6 +186,13 @@ def _warm_start_lines(warm_start: dict | None) -> list[str]:
     kept = ", on its lesion split" if warm_start.get("keeps_split") else ""
     return [f"- warm-started from `{warm_start.get('version') or warm_start.get('file')}` "
             f"(sha256 {str(warm_start.get('sha256'))[:12]}…){kept}"]
+
+
+def _offset_in_loss_lines(offset: dict | None) -> list[str]:
+    if not offset:
+        return []
+    return [f"- trained with the clinical offset of `{offset.get('version')}` added to its logits in the loss "
+            f"({offset.get('images_with_context')} training images with context)"]
 
 
 def _distilled_lines(teacher: dict | None) -> list[str]:
@@ -297,6 +305,8 @@ def export_artifact(model, out_dir: Path, *, cfg: TrainConfig, temperature: floa
                      "warm_start": history.get("warm_start"),
                      # the teacher a distilled run learnt from (cfg.distill_from): version, sha256, views
                      "distilled_from": history.get("distilled_from"),
+                     # the artifact whose clinical offset was added to the logits in the loss
+                     "offset_in_loss": history.get("offset_in_loss"),
                      # the whole run's budget, what it left the loop, and the finishing it set aside
                      "budget_minutes": _budget_minutes(history),
                      # tta "auto": the validation scores that chose the served mode (card["tta"])

@@ -114,6 +114,10 @@ class TrainConfig:
     distill_from: str = ""
     distill_tta: str = "dihedral8"
     distill_weight: float = 0.5
+    # an artifact whose clinical-context offset (mlcore.clinical), fixed, is added to the logits inside
+    # the training loss: the network then learns what age, sex and site do not already say (the
+    # exported network and its own offset, refitted after training, are unchanged in form)
+    offset_in_loss_from: str = ""
     # the network: "scratch" (training.model.build_model: the residual CNN above, random init) or
     # "mobilenet_v2" (Keras MobileNetV2 starting from the bundled ImageNet weights,
     # training.backbone; width/stages/stem_stride do not apply)

@@ -140,11 +140,14 @@ def build_mobilenet_v2(image_size: int | None, num_classes: int = 9, dropout: fl
     return keras.Model(inp, out, name="secondlook_mobilenet_v2")
 
 
-def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0):
+def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0, offset: bool = False):
     """loss = -log(sum_{c in allowed} p_c), computed stably in float32 from logits.
     y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE.
     With ``distill_weight`` w > 0, y_true is the mask followed by a teacher's class probabilities q
     (``training.distill``) and the loss is (1-w) * the above + w * cross-entropy(q, softmax(logits)).
+    With ``offset``, y_true ends with a fixed per-image logit offset (a clinical-context offset,
+    ``TrainConfig.offset_in_loss_from``) that is added to the logits before all of the above, so the
+    network is trained on what the offset does not already say.
     Written with ``keras.ops``, so the same loss trains on any Keras backend (TensorFlow here,
     JAX on an accelerator: `training.accelerated`)."""
     from keras import ops
@@ -153,7 +156,9 @@ def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0):
         logits = ops.cast(logits, "float32")
         n_classes = ops.shape(logits)[-1]
         y_true = ops.cast(y_true, "float32")
-        mask = y_true[:, :n_classes] if distill_weight > 0 else y_true
+        if offset:
+            logits = logits + y_true[:, -n_classes:]
+        mask = y_true[:, :n_classes]
         lse_all = ops.logsumexp(logits, axis=-1)
         masked = ops.where(mask > 0.5, logits, ops.full_like(logits, -1e9))
         nll = lse_all - ops.logsumexp(masked, axis=-1)
@@ -161,7 +166,7 @@ def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0):
             uni = lse_all - ops.mean(logits, axis=-1)
             nll = (1.0 - label_smoothing) * nll + label_smoothing * uni
         if distill_weight > 0:
-            soft = y_true[:, n_classes:]
+            soft = y_true[:, n_classes:2 * n_classes]
             nll = (1.0 - distill_weight) * nll + distill_weight * (lse_all - ops.sum(soft * logits, axis=-1))
         return nll
 

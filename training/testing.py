@@ -85,9 +85,9 @@ def make_tiny_model_dir(path: Path, seed: int = 0, plots: bool = False, assessed
     from .train import fit_model
 
     cfg = dataclasses.replace(tiny_config(seed), **config)
-    x_tr, m_tr, _ = synthetic_images(270, seed=seed)
+    x_tr, m_tr, s_tr = synthetic_images(270, seed=seed)
     x_va, m_va, _ = synthetic_images(90, seed=seed + 1)
-    model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0)
+    model, history = fit_model(cfg, x_tr, m_tr, x_va, m_va, verbose=0, contexts=synthetic_contexts(s_tr, seed))
     out = _export_tiny(model, cfg, Path(path), seed=seed, history=history,
                        version=f"tiny-test-{seed}" + ("-assessed" if assessed else ""), plots=plots)
     if assessed:

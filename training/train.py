@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .config import TrainConfig
+from mlcore.clinical import contexts_of
 from mlcore.labels import HAM_CODES, ham_membership_matrix
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class TrainingCancelled(RuntimeError):
 
 def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int = 1,
               on_progress: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, sources=None,
+              should_stop: Callable[[], bool] | None = None, sources=None, contexts=None,
               run_deadline: float | None = None, finish_passes: float = 0.0):
     """Train with bf16 (if enabled) and return (float32 model with the best-epoch weights, history).
 
@@ -214,6 +215,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
 
     ``sources`` (one collection name per training image) is needed when ``cfg.source_balance``
     is on (`source_balance_weights`).
+    ``contexts`` (one ``mlcore.clinical.ClinicalContext`` per training image) is needed when
+    ``cfg.offset_in_loss_from`` is set.
 
     ``on_progress`` gets a dict per epoch (epoch, epochs, loss, validation metrics, eta_s);
     ``should_stop`` is polled every few batches and raises TrainingCancelled when it says so.
@@ -251,6 +254,11 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         _emit(f"[train] teacher {cfg.distill_from} ({cfg.distill_tta}) scoring {len(x_train)} training images")
         soft, distilled = teacher_probabilities(Path(cfg.distill_from), x_train, tta=cfg.distill_tta)
         y_train = np.concatenate([m_train, soft], axis=1)
+    if cfg.offset_in_loss_from:
+        if contexts is None:
+            raise ValueError("offset_in_loss_from needs the clinical context of every training image")
+        offset, history_offset = offset_in_loss(Path(cfg.offset_in_loss_from), contexts, len(m_train))
+        y_train = np.concatenate([y_train, offset], axis=1)
     size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
     ds = make_train_dataset(x_train, y_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
@@ -259,7 +267,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     steps_per_epoch = int(ds.cardinality().numpy())
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
-    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, cfg.distill_weight if distilled else 0.0))
+    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, cfg.distill_weight if distilled else 0.0,
+                                               offset=bool(cfg.offset_in_loss_from)))
     state = {"epochs": cfg.epochs, "weights": None, "avg": None, "n_avg": 0}
     best = BestEpoch(cfg.patience)
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],
@@ -269,6 +278,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
         history["warm_start"] = warm_start
     if distilled:
         history["distilled_from"] = distilled | {"weight": cfg.distill_weight}
+    if cfg.offset_in_loss_from:
+        history["offset_in_loss"] = history_offset
     t0 = time.time()
     state["budget"] = loop_budget_s(cfg.time_budget_min * 60.0,
                                     remaining_s=None if run_deadline is None else run_deadline - t0)
@@ -542,6 +553,24 @@ def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=
     return calibrate_logits(adjusted_logits(model, cfg, x_val, clinical=clinical, contexts=contexts), m_val, cfg)
 
 
+def offset_in_loss(model_dir: Path, contexts, n: int) -> tuple[np.ndarray, dict]:
+    """(n, classes) float32: the clinical offset of the artifact at ``model_dir`` for each training
+    image's context (0 where unknown), and what the card records of it (version, images with
+    context)."""
+    from mlcore.artifact import read_card
+    from mlcore.clinical import ClinicalAdjustment
+    from mlcore.labels import NUM_CLASSES
+
+    card = read_card(model_dir, required=("version",))
+    if not card.get("clinical_context"):
+        raise ValueError(f"{model_dir}: the model card has no clinical-context offset to train with")
+    if len(contexts) != n:
+        raise ValueError(f"{len(contexts)} clinical contexts for {n} training images")
+    adj = ClinicalAdjustment.from_dict(card["clinical_context"])
+    offset = adj.apply(np.zeros((n, NUM_CLASSES), np.float32), contexts)
+    return offset, {"version": card["version"], "images_with_context": int(np.abs(offset).sum(1).astype(bool).sum())}
+
+
 def fit_clinical(cfg: TrainConfig, train_logits: np.ndarray, m_train, train_records):
     """The clinical-context adjustment (mlcore.clinical) fitted on the training split's logits
     (at the served test-time augmentation) with the CNN's class weights; None when the config
@@ -689,6 +718,7 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
         model, history = fit_model(cfg, images[sl["train"]], masks[sl["train"]], images[sl["val"]],
                                    masks[sl["val"]], verbose=verbose, on_progress=on_progress,
                                    should_stop=should_stop, sources=[r.source for r in recs[sl["train"]]],
+                                   contexts=contexts_of(recs[sl["train"]]),
                                    run_deadline=t_start + cfg.run_budget_min * 60.0 if cfg.run_budget_min > 0 else None,
                                    finish_passes=finishing_passes(cfg, *(len(split[k]) for k in ("train", "val", "test"))))
     else:

@@ -1,4 +1,5 @@
-"""Knowledge distillation: the mixed loss, the teacher's soft targets, what the card records."""
+"""Knowledge distillation and training with a fixed clinical offset in the loss: the loss, the targets,
+what the card records."""
 from __future__ import annotations
 
 import json
@@ -69,3 +70,48 @@ def test_a_distilled_run_learns_from_the_teachers_views_and_its_card_names_the_t
     assert card["training"]["config"]["distill_from"] == str(tiny_model_dir)
     assert f"distilled from `{teacher.version}`" in (student / "model_card.md").read_text()
     assert json.loads((student / "model_card.json").read_text())["version"] != teacher.version
+
+
+def test_an_offset_in_the_loss_is_added_to_the_logits_before_the_loss_and_after_a_teachers_targets():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, NUM_CLASSES)).astype(np.float32)
+    offset = rng.normal(size=(4, NUM_CLASSES)).astype(np.float32)
+    soft = rng.dirichlet(np.ones(NUM_CLASSES), size=4).astype(np.float32)
+    mask = np.stack([mask_from_classes(HAM_TO_CLASSES[c]) for c in ("bkl", "mel", "nv", "akiec")])
+    plain = set_loss(0.05)(tf.constant(mask), tf.constant(logits + offset)).numpy()
+    got = set_loss(0.05, offset=True)(tf.constant(np.concatenate([mask, offset], 1)), tf.constant(logits)).numpy()
+    assert np.allclose(got, plain, atol=1e-5)
+    both = set_loss(0.0, 0.5, offset=True)(tf.constant(np.concatenate([mask, soft, offset], 1)), tf.constant(logits))
+    ref = set_loss(0.0, 0.5)(tf.constant(np.concatenate([mask, soft], 1)), tf.constant(logits + offset))
+    assert np.allclose(both.numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_a_run_trained_with_an_artifacts_offset_records_it_and_refuses_an_artifact_without_one(
+        tiny_model_dir, tmp_path):
+    import shutil
+
+    from mlcore.artifact import read_card
+    from mlcore.clinical import ClinicalAdjustment, ClinicalContext
+    from training.artifact import save_card
+    from training.testing import make_tiny_model_dir
+    from training.train import offset_in_loss
+
+    card = read_card(tiny_model_dir)
+    contexts = [ClinicalContext(age=80, sex="male", site="back"), ClinicalContext()]
+    offset, record = offset_in_loss(tiny_model_dir, contexts, 2)
+    expected = ClinicalAdjustment.from_dict(card["clinical_context"]).apply(np.zeros((2, NUM_CLASSES)), contexts)
+    assert np.allclose(offset, expected) and not offset[1].any() and offset[0].any()
+    assert record == {"version": card["version"], "images_with_context": 1}
+    with pytest.raises(ValueError, match="2 clinical contexts for 3"):
+        offset_in_loss(tiny_model_dir, contexts, 3)
+
+    student = make_tiny_model_dir(tmp_path / "student", seed=2, offset_in_loss_from=str(tiny_model_dir))
+    trained = read_card(student)["training"]["offset_in_loss"]
+    assert trained["version"] == card["version"] and 0 < trained["images_with_context"] < 270
+    assert f"clinical offset of `{card['version']}`" in (student / "model_card.md").read_text()
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    save_card(bare, read_card(bare) | {"clinical_context": None})
+    with pytest.raises(ValueError, match="no clinical-context offset"):
+        offset_in_loss(bare, contexts, 2)
