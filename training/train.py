@@ -246,19 +246,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
             raise ValueError("source_balance needs the source of every training image")
         weights = weights * source_balance_weights(m_train, sources, cfg.source_balance)
         weights = (weights / weights.mean()).astype(np.float32)
-    y_train = m_train
-    distilled = None
-    if cfg.distill_from:
-        from .distill import teacher_probabilities
-
-        _emit(f"[train] teacher {cfg.distill_from} ({cfg.distill_tta}) scoring {len(x_train)} training images")
-        soft, distilled = teacher_probabilities(Path(cfg.distill_from), x_train, tta=cfg.distill_tta)
-        y_train = np.concatenate([m_train, soft], axis=1)
-    if cfg.offset_in_loss_from:
-        if contexts is None:
-            raise ValueError("offset_in_loss_from needs the clinical context of every training image")
-        offset, history_offset = offset_in_loss(Path(cfg.offset_in_loss_from), contexts, len(m_train))
-        y_train = np.concatenate([y_train, offset], axis=1)
+    y_train, target_records = loss_targets(cfg, x_train, m_train, contexts)
     size_var = tf.Variable(cfg.image_size, dtype=tf.int32, trainable=False) if cfg.progressive else None
     ds = make_train_dataset(x_train, y_train, weights, batch_size=cfg.batch_size, seed=cfg.seed,
                             rotate=cfg.aug_rotate, zoom=cfg.aug_zoom, color=cfg.aug_color,
@@ -267,7 +255,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     steps_per_epoch = int(ds.cardinality().numpy())
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
-    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, cfg.distill_weight if distilled else 0.0,
+    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, cfg.distill_weight if cfg.distill_from else 0.0,
                                                offset=bool(cfg.offset_in_loss_from)))
     state = {"epochs": cfg.epochs, "weights": None, "avg": None, "n_avg": 0}
     best = BestEpoch(cfg.patience)
@@ -276,10 +264,7 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
                                 "epoch_seconds": [], "train_size": []}
     if warm_start:
         history["warm_start"] = warm_start
-    if distilled:
-        history["distilled_from"] = distilled | {"weight": cfg.distill_weight}
-    if cfg.offset_in_loss_from:
-        history["offset_in_loss"] = history_offset
+    history.update(target_records)
     t0 = time.time()
     state["budget"] = loop_budget_s(cfg.time_budget_min * 60.0,
                                     remaining_s=None if run_deadline is None else run_deadline - t0)
@@ -447,8 +432,6 @@ class SplitOutputs:
         logits = self[name][0]
         if clinical is None:
             return logits
-        from mlcore.clinical import contexts_of
-
         return clinical.apply(logits, contexts_of(records))
 
 
@@ -553,6 +536,26 @@ def calibrate(model, cfg: TrainConfig, x_val, m_val, *, clinical=None, contexts=
     return calibrate_logits(adjusted_logits(model, cfg, x_val, clinical=clinical, contexts=contexts), m_val, cfg)
 
 
+def loss_targets(cfg: TrainConfig, x_train, m_train: np.ndarray, contexts=None) -> tuple[np.ndarray, dict]:
+    """What the loss reads as ``y_true`` (``training.model.set_loss``): the label masks, then the
+    teacher's probabilities when ``cfg.distill_from`` is set, then the clinical offset when
+    ``cfg.offset_in_loss_from`` is; and what the model card records of each (history entries)."""
+    parts, records = [m_train], {}
+    if cfg.distill_from:
+        from .distill import teacher_probabilities
+
+        _emit(f"[train] teacher {cfg.distill_from} ({cfg.distill_tta}) scoring {len(x_train)} training images")
+        soft, teacher = teacher_probabilities(Path(cfg.distill_from), x_train, tta=cfg.distill_tta)
+        parts.append(soft)
+        records["distilled_from"] = teacher | {"weight": cfg.distill_weight}
+    if cfg.offset_in_loss_from:
+        if contexts is None:
+            raise ValueError("offset_in_loss_from needs the clinical context of every training image")
+        offset, records["offset_in_loss"] = offset_in_loss(Path(cfg.offset_in_loss_from), contexts, len(m_train))
+        parts.append(offset)
+    return (np.concatenate(parts, axis=1) if len(parts) > 1 else m_train), records
+
+
 def offset_in_loss(model_dir: Path, contexts, n: int) -> tuple[np.ndarray, dict]:
     """(n, classes) float32: the clinical offset of the artifact at ``model_dir`` for each training
     image's context (0 where unknown), and what the card records of it (version, images with
@@ -568,7 +571,7 @@ def offset_in_loss(model_dir: Path, contexts, n: int) -> tuple[np.ndarray, dict]
         raise ValueError(f"{len(contexts)} clinical contexts for {n} training images")
     adj = ClinicalAdjustment.from_dict(card["clinical_context"])
     offset = adj.apply(np.zeros((n, NUM_CLASSES), np.float32), contexts)
-    return offset, {"version": card["version"], "images_with_context": int(np.abs(offset).sum(1).astype(bool).sum())}
+    return offset, {"version": card["version"], "images_with_context": sum(c.known for c in contexts)}
 
 
 def fit_clinical(cfg: TrainConfig, train_logits: np.ndarray, m_train, train_records):
@@ -577,7 +580,7 @@ def fit_clinical(cfg: TrainConfig, train_logits: np.ndarray, m_train, train_reco
     turns it off."""
     if not cfg.clinical_context:
         return None
-    from mlcore.clinical import contexts_of, fit_adjustment
+    from mlcore.clinical import fit_adjustment
 
     contexts = contexts_of(train_records)
     adj = fit_adjustment(train_logits, m_train, contexts,
