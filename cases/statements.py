@@ -37,8 +37,8 @@ MODEL_LIMITS = (
     "Trained and tested mostly on light-skinned patients from two public collections: darker skin "
     "types (Fitzpatrick V-VI) are barely represented, so its accuracy for them is unknown.",
     "Images from a different dermatoscope or clinic are often out of domain for it (on the PH2 "
-    "hospital's images it could not assess half of them, and its flags missed 18 % of the "
-    "melanomas there).",
+    "hospital's images it could not assess half of them, and it flagged about half of the nevi "
+    "there while its flags missed 5 % of the melanomas).",
     "Validated for dermoscopic images only: clinical (close-up) photos are refused.",
     "A score below the threshold does not rule out melanoma or another malignancy.",
 )

@@ -58,6 +58,9 @@ def main(argv=None) -> int:
                    help="continue this artifact instead of training from ImageNet: its settings, then the "
                         "fine-tuning recipe (training.config.FINE_TUNE_RECIPE), then --config/--set, on its "
                         "lesion split (what the admin's 'Start from: the active model' runs)")
+    t.add_argument("--restart", action="store_true",
+                   help="with --fine-tune: v3.2's recipe instead (training.config.RESTART_RECIPE: every block, "
+                        "a warm restart, that model's clinical offset inside the loss)")
     t.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
     e = sub.add_parser("evaluate", help="re-evaluate an artifact on its recorded held-out split")
     _common(e)
@@ -149,10 +152,13 @@ def main(argv=None) -> int:
         print(f"wrote {j} and {m}")
         return 0
     if args.cmd == "train":
+        if args.restart and not args.fine_tune:
+            ap.error("--restart continues a trained model: give it with --fine-tune MODEL_DIR")
         if args.fine_tune:
-            from .config import fine_tune_config
+            from .config import fine_tune_config, restart_config
 
-            cfg = fine_tune_config(args.fine_tune, _overrides(ap, args.set, args.config))
+            cfg = (restart_config if args.restart else fine_tune_config)(
+                args.fine_tune, _overrides(ap, args.set, args.config))
         else:
             cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **_overrides(ap, args.set, args.config)})
         from .train import train

@@ -407,3 +407,17 @@ def test_fine_tuning_an_artifact_takes_its_own_settings_then_the_recipe(tmp_path
     (tmp_path / "model_card.json").write_text(json.dumps({"training": {}}))
     with pytest.raises(ValueError, match="does not record its training settings"):
         fine_tune_config(tmp_path)
+
+
+def test_restarting_an_artifact_unfreezes_every_block_with_its_own_offset_in_the_loss(tmp_path):
+    import json
+
+    from training.config import RESTART_RECIPE, TrainConfig, restart_config
+
+    own = TrainConfig(image_size=128, seed=9, learning_rate=1e-3).to_dict()
+    (tmp_path / "model_card.json").write_text(json.dumps({"training": {"config": own}}))
+    cfg = restart_config(tmp_path, {"epochs": 2})
+    assert cfg.image_size == 128 and cfg.epochs == 2
+    assert all(getattr(cfg, k) == v for k, v in RESTART_RECIPE.items() if k != "epochs")
+    assert cfg.freeze_blocks == 0 and cfg.learning_rate == RESTART_RECIPE["learning_rate"]
+    assert cfg.offset_in_loss_from == str(tmp_path) and cfg.pretrained == str(tmp_path / "model.keras")

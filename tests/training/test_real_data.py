@@ -79,13 +79,14 @@ def test_shipped_model_split_matches_data():
 
 def test_shipped_model_was_trained_with_the_shipped_recipe():
     """Every CNN in the shipped model was trained with the shipped recipe (SHIPPED_RECIPE: the
-    default config with every block fine-tuned, on an accelerator), as the README says, and its
-    card says where its loop ran; the default the admin retrains with stays inside 60 minutes; an
-    ensemble's members all share one split."""
+    default config with every block fine-tuned, on an accelerator) or, since v3.2, is such a network
+    restarted on a CPU by RESTART_RECIPE on its lesion split with its offset inside the loss, as the
+    README says, and its card says where its loop ran and what it started from; the default the
+    admin retrains with stays inside 60 minutes; an ensemble's members all share one split."""
     import json
 
     from mlcore.model_store import SHIPPED_MODEL_DIR
-    from training.config import SHIPPED_RECIPE, TrainConfig
+    from training.config import RESTART_RECIPE, SHIPPED_RECIPE, TrainConfig
 
     card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
     members = card["ensemble"]["members"] if card.get("ensemble") else [card["training"]]
@@ -95,8 +96,21 @@ def test_shipped_model_was_trained_with_the_shipped_recipe():
         # every field the card records is a config field; a field added since (absent from the
         # card) must default to the behaviour the shipped model was trained with
         assert set(shipped) <= set(TrainConfig().to_dict())
-        assert TrainConfig.from_dict(shipped) == recipe
-        assert member["total_minutes"] <= recipe.time_budget_min + 15
-        assert member.get("accelerator", "cpu") != "cpu" and member.get("backend") == "jax"
+        start = member.get("warm_start")
+        if start:
+            # the paths the run read its start from (the card names that model by version and sha256),
+            # the precision the CPU allowed and the TTA the run chose on validation (tta=auto)
+            given = {k: shipped[k] for k in ("pretrained", "offset_in_loss_from", "mixed_precision", "tta")}
+            assert member["tta_choice"]["chosen"] == given["tta"]
+            expected = TrainConfig.from_dict(recipe.to_dict() | RESTART_RECIPE | given)
+            assert TrainConfig.from_dict(shipped) == expected and given["offset_in_loss_from"]
+            assert start["keeps_split"] and len(start["sha256"]) == 64
+            assert member["offset_in_loss"]["version"] == start["version"]
+            assert member["accelerator"] == "cpu"
+        else:
+            expected = recipe
+            assert TrainConfig.from_dict(shipped) == recipe
+            assert member.get("accelerator", "cpu") != "cpu" and member.get("backend") == "jax"
+            assert TrainConfig.from_dict(shipped).effective_split_seed == TrainConfig().seed
+        assert member["total_minutes"] <= expected.time_budget_min + 15
     assert 0 < TrainConfig().run_budget_min <= 60  # the admin's default run: <= 60 minutes in all
-    assert TrainConfig.from_dict(card["training"]["config"]).effective_split_seed == TrainConfig().seed
