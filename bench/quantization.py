@@ -6,10 +6,11 @@ Converts the model with its out-of-domain features (the graph the app serves, `m
 three ways with `tf.lite.TFLiteConverter`: float32 (the shipped runner), dynamic-range (int8 weights)
 and full-integer post-training quantization (int8 weights and activations, float input/output, the
 activation ranges from the first half of the real images). For each, prints one JSON line: the graph's
-size, the warm p50 of one interpreter invocation at batch 1, 2 (flip2) and 8 (dihedral8) on
-``--threads`` threads, and on the other half of the images the largest error against the Keras
+size, the warm p50 of one call of the app's LiteRT runner at batch 1, 2 (flip2) and 8 (dihedral8)
+on ``--threads`` threads, and on the other half of the images the largest error against the Keras
 model of a logit, a class probability (temperature 1) and an out-of-domain feature (or the error
-LiteRT raised: the full-integer graph can fail in the colour-constancy layer's division).
+LiteRT raised: the full-integer graph can fail in the colour-constancy layer's division, depending
+on the activation ranges the representative images gave it).
 Real images from SECONDLOOK_DATA_DIR or ../shared/data (bench/inference.py's sample); nothing is
 written. A timing, not a test: the figures depend on the CPU and on LiteRT's kernels for it.
 """
@@ -47,34 +48,17 @@ def convert(keras_model, mode: str, representative: np.ndarray) -> bytes:
         return conv.convert()
 
 
-def invoke_ms(content: bytes, images: np.ndarray, batch: int, threads: int, reps: int = 30) -> float:
-    """Warm p50 in ms of one invocation on ``batch`` images."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=content, num_threads=threads)
-    inp = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(inp, [batch, *images.shape[1:]])
-    it.allocate_tensors()
+def served_ms(fn, images: np.ndarray, batch: int, reps: int = 30) -> float:
+    """Warm p50 in ms of one call of the app's LiteRT runner (`mlcore.runners._TFLiteFn`) on
+    ``batch`` images."""
     times = []
     for k in range(reps + 5):
         start = (k * batch) % max(1, len(images) - batch)
-        it.set_tensor(inp, np.ascontiguousarray(images[start:start + batch]))
+        xb = images[start:start + batch]
         t = time.perf_counter()
-        it.invoke()
+        fn(xb)
         times.append(time.perf_counter() - t)
     return round(float(np.median(times[5:])) * 1000, 2)
-
-
-def outputs(content: bytes, images: np.ndarray, threads: int) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=content, num_threads=threads)
-    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-    it.resize_tensor_input(inp, list(images.shape))
-    it.allocate_tensors()
-    it.set_tensor(inp, np.ascontiguousarray(images))
-    it.invoke()
-    return it.get_tensor(out).copy()
 
 
 def main() -> int:
@@ -85,6 +69,7 @@ def main() -> int:
     from mlcore.model_store import load_model
     from mlcore.ood import with_features
     from mlcore.preprocess import decode_image, prepare_batch
+    from mlcore.runners import _TFLiteFn
     from mlcore.scoring import softmax_with_temperature
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -102,14 +87,15 @@ def main() -> int:
     print(json.dumps({"model": m.version, "images": source, "threads": args.threads}), flush=True)
     for mode in MODES:
         content = convert(net, mode, rep)
+        fn = _TFLiteFn(content, args.threads)
         try:
-            got = outputs(content, held, args.threads)
+            got = fn(held)
         except RuntimeError as exc:  # a quantized kernel refusing its input is a finding, not a crash
             print(json.dumps({"mode": mode, "size_mb": round(len(content) / 1e6, 1), "error": str(exc)}), flush=True)
             continue
         print(json.dumps({
             "mode": mode, "size_mb": round(len(content) / 1e6, 1),
-            "invoke_p50_ms_by_batch": {b: invoke_ms(content, x, b, args.threads) for b in BATCHES},
+            "p50_ms_by_batch": {b: served_ms(fn, x, b) for b in BATCHES},
             "max_logit_error": round(float(np.abs(got[:, :NUM_CLASSES] - ref[:, :NUM_CLASSES]).max()), 4),
             "max_probability_error": round(float(np.abs(
                 softmax_with_temperature(got[:, :NUM_CLASSES], 1.0)

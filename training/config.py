@@ -215,7 +215,6 @@ def fine_tune_config(model_dir: Path, overrides: dict | None = None) -> "TrainCo
                                  | {"pretrained": str(Path(model_dir) / MODEL_FILE)})
 
 
-
 def restart_config(model_dir: Path, overrides: dict | None = None) -> "TrainConfig":
     """The config that restarts the artifact in ``model_dir`` the way v3.2 was made: as
     `fine_tune_config`, with `RESTART_RECIPE` (every block, a warm restart) and the artifact's own
