@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ARCHIVE = "isic-9class"
+CROSSFIT = ("val-crossfit", "own+val-crossfit")
 
 
 def main() -> int:
@@ -49,7 +50,7 @@ def main() -> int:
     root = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(root / "classifier" / "shipped_model"))
-    ap.add_argument("--offset", nargs="+", default=["own"], metavar="own|none|prior|prior-known|DIR")
+    ap.add_argument("--offset", nargs="+", default=["own"], metavar="own|none|prior|prior-known|val-crossfit|own+val-crossfit|DIR")
     ap.add_argument("--input-size", nargs="+", type=int, default=[], metavar="N",
                     help="default: the artifact's own input size")
     ap.add_argument("--tta", nargs="+", default=None, choices=list(TTA_MODES),
@@ -78,6 +79,8 @@ def main() -> int:
             m_train = np.stack([mask_from_classes(r.allowed) for r in train])
             offsets[name] = prior_ratio(m_train, train_contexts, l2=cfg.clinical_l2,
                                         sample_weight=class_weights_for(m_train, cfg.class_weight_power))
+        elif name in CROSSFIT:
+            offsets[name] = name
         else:
             offsets[name] = load_model(Path(name)).clinical
     recs = [by_id[i] for i in m.card["split_ids"]["val"]]
@@ -89,7 +92,11 @@ def main() -> int:
         for tta in args.tta or [m.tta]:
             raw = np.mean([predict_logits(net, images, batch_size=64, tta=tta) for net in nets], axis=0)
             for name, clinical in offsets.items():
-                logits = raw if clinical is None else clinical.apply(raw, contexts)
+                if clinical in CROSSFIT:
+                    base = raw if clinical == "val-crossfit" else m.clinical.apply(raw, contexts)
+                    logits = crossfit_offset(base, masks, contexts, lesion_ids_of(recs), cfg)
+                else:
+                    logits = raw if clinical is None else clinical.apply(raw, contexts)
                 cfg.tta = tta
                 cal = calibrate_logits(logits, masks, cfg)
                 met = evaluate_probs(softmax_with_temperature(logits, cal["temperature"]), masks, cal["thresholds"],
@@ -106,6 +113,24 @@ def main() -> int:
                     "recall_7": {c: round(v["recall"], 3) for c, v in met["per_code_7"].items()},
                 }), flush=True)
     return 0
+
+
+def crossfit_offset(logits, masks, contexts, lesions, cfg, folds: int = 5):
+    """``logits`` plus a clinical offset fitted, for each of ``folds`` lesion-grouped folds, on the
+    other folds (as training fits it: same L2, same class weights)."""
+    import numpy as np
+    from sklearn.model_selection import GroupKFold
+
+    from mlcore.clinical import fit_adjustment
+    from training.train import class_weights_for
+
+    weights = class_weights_for(masks, cfg.class_weight_power)
+    out = np.zeros_like(logits)
+    for fit, held in GroupKFold(n_splits=folds).split(logits, groups=lesions):
+        adj = fit_adjustment(logits[fit], masks[fit], [contexts[i] for i in fit], sample_weight=weights[fit],
+                             l2=cfg.clinical_l2)
+        out[held] = adj.apply(logits[held], [contexts[i] for i in held])
+    return out
 
 
 def at_size(model, cfg, size: int):
