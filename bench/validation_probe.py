@@ -124,11 +124,11 @@ def crossfit_offset(logits, masks, contexts, lesions, cfg, folds: int = 5):
     from mlcore.clinical import fit_adjustment
     from training.train import class_weights_for
 
-    weights = class_weights_for(masks, cfg.class_weight_power)
     out = np.zeros_like(logits)
     for fit, held in GroupKFold(n_splits=folds).split(logits, groups=lesions):
-        adj = fit_adjustment(logits[fit], masks[fit], [contexts[i] for i in fit], sample_weight=weights[fit],
-                             l2=cfg.clinical_l2)
+        # the class weights too come from the fitting folds alone: the held-out labels stay unseen
+        adj = fit_adjustment(logits[fit], masks[fit], [contexts[i] for i in fit],
+                             sample_weight=class_weights_for(masks[fit], cfg.class_weight_power), l2=cfg.clinical_l2)
         out[held] = adj.apply(logits[held], [contexts[i] for i in held])
     return out
 

@@ -113,3 +113,33 @@ def test_card_round_trip_and_mismatched_features_are_refused():
         ClinicalAdjustment.from_dict(bad)
     with pytest.raises(ValueError, match="3 clinical contexts for 1 images"):
         adj.apply(np.zeros((1, 9)), [ClinicalContext()] * 3)
+
+
+def test_the_probes_cross_fitted_offset_scores_each_fold_with_an_offset_it_did_not_fit_on():
+    """bench/validation_probe.py --offset val-crossfit: a row's offset never sees that row's label,
+    and the offset still learns what the context says (older patients: melanoma)."""
+    from sklearn.metrics import roc_auc_score
+
+    from bench.validation_probe import crossfit_offset
+    from training.config import TrainConfig
+    from training.testing import synthetic_contexts
+
+    n = 200
+    sets = [{"melanoma"} if i % 3 == 0 else {"nevus"} for i in range(n)]
+    masks = np.stack([mask_from_classes(s) for s in sets])
+    contexts = synthetic_contexts(sets)
+    lesions = np.arange(n) // 2  # two images per lesion: a lesion stays in one fold
+    raw = np.zeros((n, NUM_CLASSES), np.float32)
+    out = crossfit_offset(raw, masks, contexts, lesions, TrainConfig())
+
+    is_mel = np.array(["melanoma" in s for s in sets])
+    known = np.array([c.known for c in contexts])
+    assert roc_auc_score(is_mel[known], out[known, MEL]) > 0.9
+    np.testing.assert_allclose(out[~known], raw[~known])  # no context: no offset
+
+    flipped = masks.copy()
+    rows = np.flatnonzero(lesions == 0)  # relabel one lesion: only the other folds' offsets may move
+    flipped[rows] = mask_from_classes({"nevus"})
+    again = crossfit_offset(raw, flipped, contexts, lesions, TrainConfig())
+    np.testing.assert_allclose(again[rows], out[rows], atol=1e-6)
+    assert np.abs(again - out).max() > 1e-4
