@@ -50,7 +50,8 @@ def main() -> int:
     root = Path(__file__).resolve().parent.parent
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(root / "classifier" / "shipped_model"))
-    ap.add_argument("--offset", nargs="+", default=["own"], metavar="own|none|prior|prior-known|val-crossfit|own+val-crossfit|DIR")
+    ap.add_argument("--offset", nargs="+", default=["own"],
+                    metavar="own|none|prior|prior-known|val-crossfit|own+val-crossfit|DIR")
     ap.add_argument("--input-size", nargs="+", type=int, default=[], metavar="N",
                     help="default: the artifact's own input size")
     ap.add_argument("--tta", nargs="+", default=None, choices=list(TTA_MODES),
@@ -65,43 +66,45 @@ def main() -> int:
         raise SystemExit("--ensemble-with: every member must be trained on the same lesion split")
     cfg = TrainConfig.from_dict(m.card["training"]["config"])
     by_id = {r.isic_id: r for r in run_audit(data_dir(), cache_dir()).records}
-    offsets = {}
+    recs = [by_id[i] for i in m.card["split_ids"]["val"]]
+    masks = np.stack([mask_from_classes(r.allowed) for r in recs])
+    contexts = contexts_of(recs)
+    lesions = lesion_ids_of(recs)
+
+    def adding(adjustment):
+        """The variant that adds ``adjustment`` (a ClinicalAdjustment, or None) to the logits."""
+        return lambda raw: raw if adjustment is None else adjustment.apply(raw, contexts)
+
+    offsets = {}  # variant name -> validation logits from the network's raw ones
     for name in args.offset:
         if name == "none":
-            offsets[name] = None
+            offsets[name] = adding(None)
         elif name == "own":
-            offsets[name] = m.clinical
+            offsets[name] = adding(m.clinical)
         elif name in ("prior", "prior-known"):
             train = [by_id[i] for i in m.card["split_ids"]["train"]]
             train_contexts = contexts_of(train)
             if name == "prior-known":
                 train, train_contexts = zip(*[(r, c) for r, c in zip(train, train_contexts) if c.known])
             m_train = np.stack([mask_from_classes(r.allowed) for r in train])
-            offsets[name] = prior_ratio(m_train, train_contexts, l2=cfg.clinical_l2,
-                                        sample_weight=class_weights_for(m_train, cfg.class_weight_power))
+            offsets[name] = adding(prior_ratio(m_train, train_contexts, l2=cfg.clinical_l2,
+                                               sample_weight=class_weights_for(m_train, cfg.class_weight_power)))
         elif name in CROSSFIT:
-            offsets[name] = name
+            base = adding(None if name == "val-crossfit" else m.clinical)
+            offsets[name] = lambda raw, base=base: crossfit_offset(base(raw), masks, contexts, lesions, cfg)
         else:
-            offsets[name] = load_model(Path(name)).clinical
-    recs = [by_id[i] for i in m.card["split_ids"]["val"]]
-    masks = np.stack([mask_from_classes(r.allowed) for r in recs])
-    contexts = contexts_of(recs)
+            offsets[name] = adding(load_model(Path(name)).clinical)
     for size in args.input_size or [m.input_size]:
         nets = [at_size(member, cfg, size) for member in (m, *others)]
         images = load_images([r.path for r in recs], size, cache_dir(), framing=m.framing).astype(np.float32)
         for tta in args.tta or [m.tta]:
             raw = np.mean([predict_logits(net, images, batch_size=64, tta=tta) for net in nets], axis=0)
-            for name, clinical in offsets.items():
-                if clinical in CROSSFIT:
-                    base = raw if clinical == "val-crossfit" else m.clinical.apply(raw, contexts)
-                    logits = crossfit_offset(base, masks, contexts, lesion_ids_of(recs), cfg)
-                else:
-                    logits = raw if clinical is None else clinical.apply(raw, contexts)
+            for name, with_offset in offsets.items():
+                logits = with_offset(raw)
                 cfg.tta = tta
                 cal = calibrate_logits(logits, masks, cfg)
                 met = evaluate_probs(softmax_with_temperature(logits, cal["temperature"]), masks, cal["thresholds"],
-                                     args.bootstrap, cfg.seed, groups=subgroup_labels(recs),
-                                     lesions=lesion_ids_of(recs))
+                                     args.bootstrap, cfg.seed, groups=subgroup_labels(recs), lesions=lesions)
                 figures = {"val_melanoma_auc": met["melanoma_auc"], "val_malignancy_auc": met["malignancy_auc"],
                            "val_balanced_accuracy_7": met["balanced_accuracy_7"]}
                 print(json.dumps({
@@ -117,7 +120,7 @@ def main() -> int:
 
 def crossfit_offset(logits, masks, contexts, lesions, cfg, folds: int = 5):
     """``logits`` plus a clinical offset fitted, for each of ``folds`` lesion-grouped folds, on the
-    other folds (as training fits it: same L2, same class weights)."""
+    other folds (as training fits it: same L2, class weights of the same power)."""
     import numpy as np
     from sklearn.model_selection import GroupKFold
 
