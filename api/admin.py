@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from api.models import ApiToken
 from audit import log as audit_log
+from cases.admin import in_own_clinic
 
 
 @admin.register(ApiToken)
@@ -15,6 +17,17 @@ class ApiTokenAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix", "user__username"]
     readonly_fields = ["prefix", "created_by", "created_at", "revoked_at", "last_used_at"]
     actions = ["revoke"]
+
+    def get_queryset(self, request):
+        # staff who are not superusers manage their own clinic's tokens only
+        return super().get_queryset(request).filter(user__in=in_own_clinic(get_user_model().objects, request.user))
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if db_field.name == "user" and not request.user.is_superuser:
+            # a token acts as its user: never one outside the clinic, nor a superuser's
+            field.queryset = in_own_clinic(field.queryset, request.user).filter(is_superuser=False)
+        return field
 
     def get_fields(self, request, obj=None):
         return ["user", "name", "expires_at"] if obj is None else ["user", "name", "expires_at", *self.readonly_fields]
@@ -44,7 +57,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # revoke instead: the record of who held which token stays
 
-    @admin.action(description="Revoke selected tokens")
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke(self, request, queryset) -> None:
         now = timezone.now()
         revoked = 0

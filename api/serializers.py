@@ -328,6 +328,8 @@ class OutcomeSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         if request is not None:
             self.fields["lesion"].queryset = access.visible_lesions(request.user)
+            # an outcome of a lesion the caller cannot see reads as "does not exist"
+            self.fields["supersedes"].queryset = Outcome.objects.filter(lesion__in=access.visible_lesions(request.user))
 
     def get_entered_by(self, outcome: Outcome) -> str | None:
         return person(outcome.entered_by)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -13,25 +15,55 @@ from cases.monitoring import RECENT_DAYS, assessment_rates
 from cases.rescoring import disagreement_count, scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
 from classifier.models import ModelVersion, RescoreJob
-from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Patient, Prediction,
+from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Outcome, Patient, Prediction,
                           Review)
 
 
-class ClinicalAdmin(admin.ModelAdmin):
-    """Admin of a clinical record: staff who are not superusers see only their own clinic's
-    records (as in the app), and every change made here is written to the audit trail with its
-    old and new values (``audit.log``), like a change made in the app."""
+# how each record reaches its clinic: the admin scopes lists and foreign-key choices with it
+CLINIC_PATHS = {Clinic: "pk", ClinicMembership: "clinic", Patient: "clinic", Case: "patient__clinic",
+                Lesion: "case__patient__clinic", LesionImage: "lesion__case__patient__clinic",
+                Prediction: "image__lesion__case__patient__clinic", Review: "lesion__case__patient__clinic",
+                Outcome: "lesion__case__patient__clinic", get_user_model(): "clinic_membership__clinic"}
 
-    clinic_path = ""  # lookup from this model to its Clinic ("" = the model is Clinic)
+
+def in_own_clinic(queryset, user):
+    """``queryset`` limited to ``user``'s clinic unless the user is a superuser (a staff user
+    without a clinic gets nothing). Models without a clinic are returned unchanged."""
+    path = CLINIC_PATHS.get(queryset.model)
+    if path is None or user.is_superuser:
+        return queryset
+    clinic = clinic_of(user)
+    return queryset.filter(**{path: clinic.pk}) if clinic is not None else queryset.none()
+
+
+class ClinicScopedChoices:
+    """Foreign keys of an admin form (and its inlines) offer, and accept, only records of the staff
+    user's own clinic: a list scoped to the clinic is not enough, since a form field would
+    otherwise take any id, and a staff user could move a record (or themselves) into another
+    clinic. An account field also accepts accounts without a clinic (the dermatologists who review
+    every clinic's queue), never one of another clinic."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if field is None or request.user.is_superuser:
+            return field
+        choices = in_own_clinic(field.queryset, request.user)
+        if field.queryset.model is get_user_model():
+            choices = choices | field.queryset.filter(clinic_membership__isnull=True)
+        field.queryset = choices
+        return field
+
+
+class ClinicalAdmin(ClinicScopedChoices, admin.ModelAdmin):
+    """Admin of a clinical record: staff who are not superusers see only their own clinic's
+    records (as in the app) and can link them only to records of that clinic, and every change
+    made here is written to the audit trail with its old and new values (``audit.log``), like a
+    change made in the app."""
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        clinic = clinic_of(request.user)
-        if clinic is None:
-            return queryset.none()
-        return queryset.filter(**{self.clinic_path or "pk": clinic.pk})
+        if self.model not in CLINIC_PATHS:  # unscoped, the list would show every clinic's records
+            raise ImproperlyConfigured(f"{self.model.__name__} has no entry in cases.admin.CLINIC_PATHS")
+        return in_own_clinic(super().get_queryset(request), request.user)
 
     def _fields(self, obj) -> list[str]:
         return [f.name for f in obj._meta.concrete_fields if f.editable and not f.primary_key]
@@ -80,7 +112,7 @@ class ReadOnlyAdmin(ClinicalAdmin):
         return False
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(ClinicScopedChoices, admin.TabularInline):
     model = ClinicMembership
     extra = 0
     autocomplete_fields = ["user"]
@@ -95,18 +127,16 @@ class ClinicAdmin(ClinicalAdmin):
 
 @admin.register(ClinicMembership)
 class ClinicMembershipAdmin(ClinicalAdmin):
-    clinic_path = "clinic"
     list_display = ["user", "clinic", "created_at"]
-    list_filter = ["clinic"]
+    list_filter = [("clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__username", "user__last_name", "clinic__name"]
     autocomplete_fields = ["user", "clinic"]
 
 
 @admin.register(Patient)
 class PatientAdmin(ClinicalAdmin):
-    clinic_path = "clinic"
     list_display = ["identifier", "clinic", "birth_year", "sex", "fitzpatrick_type", "created_at"]
-    list_filter = ["clinic", "sex", "fitzpatrick_type"]
+    list_filter = [("clinic", admin.RelatedOnlyFieldListFilter), "sex", "fitzpatrick_type"]
     search_fields = ["identifier"]
     readonly_fields = ["created_at"]
 
@@ -120,15 +150,14 @@ class LesionInline(admin.TabularInline):
 
 @admin.register(Case)
 class CaseAdmin(ClinicalAdmin):
-    clinic_path = "patient__clinic"
     actions = ["release_claims"]
 
-    @admin.action(description="Release the reviewer's claim (the case goes back to the queue)")
+    @admin.action(description="Release the reviewer's claim (the case goes back to the queue)", permissions=["change"])
     def release_claims(self, request, queryset):
         released = queue.release_claims(cases=queryset, admin=request.user, request=request)
         self.message_user(request, f"Released {released} claim(s); the case(s) are back in the review queue.")
     list_display = ["pk", "patient", "referring_clinician", "status", "claimed_by", "created_at"]
-    list_filter = ["status", "patient__clinic", "created_at"]
+    list_filter = ["status", ("patient__clinic", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["patient__identifier", "clinical_question", "referring_clinician__username"]
     raw_id_fields = ["patient", "referring_clinician", "claimed_by"]
     readonly_fields = ["created_at", "updated_at"]
@@ -137,7 +166,6 @@ class CaseAdmin(ClinicalAdmin):
 
 @admin.register(Lesion)
 class LesionAdmin(ClinicalAdmin):
-    clinic_path = "case__patient__clinic"
     list_display = ["pk", "case", "anatomic_site", "flagged", "awaiting_review", "flagged_at"]
     list_filter = ["anatomic_site", "flagged", "awaiting_review"]
     search_fields = ["case__patient__identifier", "description"]
@@ -151,7 +179,6 @@ def _file_link(url: str, label: str):
 
 @admin.register(LesionImage)
 class LesionImageAdmin(ClinicalAdmin):
-    clinic_path = "lesion__case__patient__clinic"
     exclude = ["file"]
     list_display = ["pk", "lesion", "kind", "width", "height", "size_bytes", "original_name", "uploaded_by", "uploaded_at"]
     list_filter = ["kind", "original_format", "uploaded_at"]
@@ -164,7 +191,7 @@ class LesionImageAdmin(ClinicalAdmin):
     def stored_file(self, image: LesionImage):
         return _file_link(reverse("image_file", args=[image.pk]), image.file.name) if image.pk else "—"
 
-    @admin.action(description="Re-score with the active model (earlier predictions are kept)")
+    @admin.action(description="Re-score with the active model (earlier predictions are kept)", permissions=["change"])
     def rescore_with_active_model(self, request, queryset):
         job = start_rescore(user=request.user, image_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Re-scoring {len(job.image_ids)} image(s) with {job.model_version.version} "
@@ -186,7 +213,6 @@ class DisagreesWithReviewFilter(admin.SimpleListFilter):
 
 @admin.register(Prediction)
 class PredictionAdmin(ReadOnlyAdmin):
-    clinic_path = "image__lesion__case__patient__clinic"
     exclude = ["heatmap"]
     change_list_template = "admin/cases/prediction/change_list.html"
 
@@ -213,7 +239,6 @@ class PredictionAdmin(ReadOnlyAdmin):
 
 @admin.register(Review)
 class ReviewAdmin(ReadOnlyAdmin):
-    clinic_path = "lesion__case__patient__clinic"
     list_display = ["pk", "lesion", "reviewer", "agreement", "final_diagnosis", "management", "created_at"]
     list_filter = ["agreement", "final_diagnosis", "management", "created_at"]
     search_fields = ["lesion__case__patient__identifier", "reviewer__username", "notes"]
@@ -227,7 +252,8 @@ class AuditClinicFilter(admin.SimpleListFilter):
     parameter_name = "clinic"
 
     def lookups(self, request, model_admin):
-        return [(str(pk), name) for pk, name in Clinic.objects.order_by("name").values_list("pk", "name")]
+        clinics = in_own_clinic(Clinic.objects.order_by("name"), request.user)
+        return [(str(pk), name) for pk, name in clinics.values_list("pk", "name")]
 
     def queryset(self, request, queryset):
         return queryset.filter(clinic_id=self.value()) if self.value() else queryset
@@ -261,11 +287,11 @@ class AuditEventAdmin(admin.ModelAdmin):
         return queryset.filter(clinic_id=clinic.pk) if clinic is not None else queryset.none()
 
     def get_search_results(self, request, queryset, search_term):
-        queryset, duplicates = super().get_search_results(request, queryset, search_term)
-        if search_term:  # also the patients whose identifier matches
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term:  # also the patients whose identifier matches, within the scoped, filtered trail
             ids = Patient.objects.filter(identifier__icontains=search_term).values_list("pk", flat=True)
-            queryset |= self.model.objects.filter(patient_id__in=list(ids))
-        return queryset, duplicates
+            found |= queryset.filter(patient_id__in=list(ids))
+        return found, duplicates
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]

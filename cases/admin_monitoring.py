@@ -24,10 +24,9 @@ MAX_WEEKS = 104
 class OutcomeAdmin(ReadOnlyAdmin):
     """Entered by the clinics on the case page; corrections are new outcomes, so nothing is edited here."""
 
-    clinic_path = "lesion__case__patient__clinic"
     list_display = ["pk", "lesion", "diagnosis", "diagnosis_date", "report_reference", "entered_by", "entered_at",
                     "supersedes"]
-    list_filter = ["diagnosis", "diagnosis_date", "lesion__case__patient__clinic"]
+    list_filter = ["diagnosis", "diagnosis_date", ("lesion__case__patient__clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["report_reference", "lesion__case__patient__identifier"]
     raw_id_fields = ["lesion", "supersedes"]
 

@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.db.models import Count, Prefetch, prefetch_related_objects
+from django.db.models import Count, Prefetch, Q, prefetch_related_objects
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -56,7 +56,8 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     """Patients the user may see: search by identifier, filters (lesion status, last visit, reviewer)."""
     form = PatientFilterForm(request.GET or None)
     cases = access.visible_cases(request.user)
-    patients = with_last_visit(access.visible_patients(request.user), cases).annotate(case_count=Count("cases"))
+    patients = with_last_visit(access.visible_patients(request.user), cases).annotate(
+        case_count=Count("cases", filter=Q(cases__in=cases)))  # only the visits this user may open
     if form.is_bound and form.is_valid():
         patients = filter_patients(patients, form.cleaned_data, cases)
     page = _page(request, patients.order_by("clinic__name", "identifier", "pk"))

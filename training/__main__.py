@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     en.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override for the members trained here (repeatable)")
     en.add_argument("--version", default=None)
+    en.add_argument("--tta", choices=list(TTA_MODES), default=None,
+                    help="views the ensemble is served with (default: the first member's mode)")
     en.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
     s = sub.add_parser("assess", help="fit the quality checks, out-of-domain detector and prediction sets "
                        "of an artifact on its own splits; measure them on test, PH2 and non-dermoscopic images")
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
                                      verbose=0 if args.quiet else 1)
         if len(members) < 2:
             ap.error("an ensemble needs at least two members (--members and/or --seeds)")
-        print(json.dumps(build_ensemble(members, args.out, droot, cdir, version=args.version), indent=1))
+        print(json.dumps(build_ensemble(members, args.out, droot, cdir, version=args.version, tta=args.tta), indent=1))
         return 0
     if args.cmd == "assess":
         from .assessment import assess_artifact

@@ -128,20 +128,25 @@ def check_compatible(members: Sequence) -> None:
 
 
 def build_ensemble(member_dirs: Sequence[Path], out_dir: Path, data_root: Path, cache_dir: Path | None,
-                   *, version: str | None = None, audit=None, assess: bool | None = None) -> dict:
+                   *, version: str | None = None, audit=None, assess: bool | None = None,
+                   tta: str | None = None) -> dict:
     """Combine trained member artifacts into one ensemble artifact: mean of the members' logits,
     weights rounded to float16, then the clinical offset (training split), temperature and
     thresholds (validation) refitted and the held-out test split evaluated, exactly as
     ``python -m training recalibrate`` does for one model. ``audit`` (default: the audit of all
     of ``data_root``) must hold the records the members were split from. ``assess`` (default: as
     the members' config says) also fits the ensemble's quality checks, out-of-domain detector and
-    prediction sets from the same pass over the splits."""
+    prediction sets from the same pass over the splits. ``tta`` (default: the first member's mode)
+    sets the views the ensemble is served with; "none" gives two members the cost of one network
+    with flip2."""
     from .config import TrainConfig
     from .recalibrate import refit_and_export
 
     members, model, ensemble, history = load_ensemble(member_dirs)
     cfg = TrainConfig.from_dict(members[0].card["training"]["config"])
     cfg.split_seed = cfg.effective_split_seed
+    if tta is not None:
+        cfg.tta = tta
     default_version = "ens{}-{}".format(len(members), "+".join(m.version for m in members))
     return refit_and_export(
         model, cfg, members[0].card["split_ids"], Path(out_dir), data_root, cache_dir,

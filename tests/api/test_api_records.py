@@ -380,3 +380,20 @@ def test_an_upload_a_file_download_and_a_claim_are_audited(api, world, queued, d
     claim = AuditEvent.objects.get(action="claim")
     assert (claim.object_type, claim.object_id, claim.actor) == ("case", str(queued.pk), world.derm)
     assert not AuditEvent.objects.filter(action="download", actor=world.clin_b).exists()
+
+
+def test_a_correction_cannot_probe_another_clinics_outcome_ids(api, world):
+    """Superseding an outcome of a lesion the caller cannot see reads exactly as one that does not exist."""
+    from cases.models import Outcome
+
+    day = timezone.localdate().isoformat()
+    theirs = Outcome.objects.create(lesion=world.lesion_b, diagnosis="melanoma", diagnosis_date=day,
+                                    report_reference="PATH-B-1", entered_by=world.clin_b)
+    body = {"lesion": world.lesion_a.pk, "diagnosis": "nevus", "diagnosis_date": day, "report_reference": "PATH-A-1",
+            "reason": "lab corrected"}
+    foreign = api.clin_a.post("/api/v1/outcomes/", {**body, "supersedes": theirs.pk}, format="json")
+    missing = api.clin_a.post("/api/v1/outcomes/", {**body, "supersedes": theirs.pk + 1000}, format="json")
+    assert foreign.status_code == missing.status_code == 400
+    assert str(foreign.json()["supersedes"]).replace(str(theirs.pk), "N") == \
+        str(missing.json()["supersedes"]).replace(str(theirs.pk + 1000), "N")
+    assert Outcome.objects.count() == 1

@@ -84,3 +84,96 @@ def test_staff_who_are_not_superusers_see_their_own_clinic_only(client, world, s
     client.force_login(nobody)
     assert "PA-1" not in client.get("/admin/cases/patient/").content.decode()
     assert Patient.objects.count() == 2
+
+
+def _staff(world, *codenames, name="staff_a"):
+    """A staff user of clinic A (not a superuser) with the given permissions."""
+    staff = make_user(name, clinic=world.clinic_a)
+    staff.is_staff = True
+    staff.save()
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return staff
+
+
+def test_searching_the_trail_stays_inside_the_staff_users_clinic(client, world):
+    client.force_login(_staff(world, "view_auditevent"))
+    for clinic, patient in ((world.clinic_a, world.patient_a), (world.clinic_b, world.patient_b)):
+        AuditEvent.objects.create(action="view", object_type="patient", object_id=f"obj-{patient.identifier}",
+                                  clinic_id=clinic.pk, patient_id=patient.pk)
+    for term in ("P", "PB", "1"):  # a patient identifier, as the search allows
+        page = client.get("/admin/audit/auditevent/", {"q": term}).content.decode()
+        assert "obj-PB-1" not in page, term
+    assert "obj-PA-1" in client.get("/admin/audit/auditevent/", {"q": "PA"}).content.decode()
+    # a list filter still applies to the rows the identifier search adds
+    filtered = client.get("/admin/audit/auditevent/", {"q": "PA", "action__exact": "update"}).content.decode()
+    assert "obj-PA-1" not in filtered
+    assert "Clinic B" not in client.get("/admin/audit/auditevent/").content.decode()  # nor in the clinic filter
+
+
+def test_staff_cannot_move_themselves_or_records_into_another_clinic(client, world):
+    from cases.models import Case, ClinicMembership
+
+    staff = _staff(world, "change_clinicmembership", "view_clinicmembership", "change_patient", "view_patient",
+                   "change_case", "view_case")
+    client.force_login(staff)
+    membership = ClinicMembership.objects.get(user=staff)
+    moved = client.post(f"/admin/cases/clinicmembership/{membership.pk}/change/",
+                        {"user": staff.pk, "clinic": world.clinic_b.pk})
+    assert moved.status_code == 200 and "Select a valid choice" in moved.content.decode()
+    taken = client.post(f"/admin/cases/clinicmembership/{membership.pk}/change/",
+                        {"user": world.clin_b.pk, "clinic": world.clinic_a.pk})  # another clinic's account
+    assert taken.status_code == 200 and "Select a valid choice" in taken.content.decode()
+    patient = world.patient_a
+    sent = client.post(f"/admin/cases/patient/{patient.pk}/change/", {
+        "clinic": world.clinic_b.pk, "identifier": "PA-1", "birth_year": patient.birth_year, "sex": patient.sex,
+        "fitzpatrick_type": "", "created_by": patient.created_by_id})
+    assert sent.status_code == 200 and "Select a valid choice" in sent.content.decode()
+    case = world.case_a
+    form = client.get(f"/admin/cases/case/{case.pk}/change/").context["adminform"].form
+    data = {**{k: v for k, v in form.initial.items() if v is not None}, "patient": world.patient_b.pk,
+            "lesions-TOTAL_FORMS": 0, "lesions-INITIAL_FORMS": 0}
+    relinked = client.post(f"/admin/cases/case/{case.pk}/change/", data)
+    assert relinked.status_code == 200 and "patient" in relinked.context["adminform"].form.errors
+    assert ClinicMembership.objects.get(user=staff).clinic == world.clinic_a
+    assert ClinicMembership.objects.get(user=world.clin_b).clinic == world.clinic_b
+    assert Patient.objects.get(pk=patient.pk).clinic == world.clinic_a
+    assert Case.objects.get(pk=case.pk).patient == world.patient_a
+    assert not AuditEvent.objects.filter(action="update").exists()
+    # the clinic filter names the staff user's own clinic only
+    assert "Clinic B" not in client.get("/admin/cases/patient/").content.decode()
+
+
+def test_record_actions_need_the_change_permission(client, world):
+    from cases.models import Case
+
+    Case.objects.filter(pk=world.case_a.pk).update(claimed_by=world.derm, claimed_at=timezone.now(),
+                                                   status=Case.Status.IN_REVIEW)
+    client.force_login(_staff(world, "view_case"))
+    page = client.get("/admin/cases/case/").content.decode()
+    assert "release_claims" not in page
+    client.post("/admin/cases/case/", {"action": "release_claims", "_selected_action": [world.case_a.pk]})
+    assert Case.objects.get(pk=world.case_a.pk).claimed_by == world.derm
+
+
+def test_staff_issue_and_revoke_tokens_of_their_own_clinic_only(client, world):
+    from api.models import ApiToken
+
+    theirs = ApiToken(user=world.clin_b, name="clinic B's integration")
+    theirs.issue()
+    theirs.save()
+    staff = _staff(world, "add_apitoken", "view_apitoken")
+    client.force_login(staff)
+    assert "clinic B&#x27;s integration" not in client.get("/admin/api/apitoken/").content.decode()
+    for user in (world.admin, world.clin_b, world.derm):  # a superuser, another clinic's account, no clinic
+        refused = client.post("/admin/api/apitoken/add/", {"user": user.pk, "name": "mine now"})
+        assert refused.status_code == 200 and "Select a valid choice" in refused.content.decode(), user
+    assert not ApiToken.objects.filter(name="mine now").exists()
+    issued = client.post("/admin/api/apitoken/add/", {"user": world.clin_a.pk, "name": "clinic A's EHR"})
+    assert issued.status_code == 302 and ApiToken.objects.get(name="clinic A's EHR").user == world.clin_a
+    # revoking needs the change permission, and only reaches the clinic's own tokens
+    mine = ApiToken.objects.get(name="clinic A's EHR")
+    client.post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [mine.pk, theirs.pk]})
+    assert not ApiToken.objects.filter(revoked_at__isnull=False).exists()
+    staff.user_permissions.add(Permission.objects.get(codename="change_apitoken"))
+    client.post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [mine.pk, theirs.pk]})
+    assert list(ApiToken.objects.filter(revoked_at__isnull=False)) == [mine]

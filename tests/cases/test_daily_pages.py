@@ -166,3 +166,15 @@ def test_403_404_and_500_are_the_styled_pages_not_the_debug_page(world, settings
         assert "/static/css/app.css" in html  # styled
         assert "Traceback" not in html and "a bug" not in html and "technical_500" not in html, status
     assert "The review queue is for dermatologists." in refused.content.decode()
+
+
+def test_the_patient_list_counts_only_the_visits_the_user_may_open(client, world):
+    """A dermatologist sees a patient through a case in the queue: the visit count must not reveal
+    the patient's other visits (as the last-visit column does not)."""
+    Case.objects.create(patient=world.patient_a, referring_clinician=world.clin_a, clinical_question="Routine check")
+    _flag(world, world.lesion_a)
+    client.force_login(world.derm)
+    (row,) = client.get("/patients/").context["patients"]
+    assert row == world.patient_a and row.case_count == 1
+    client.force_login(world.clin_a)
+    assert [p.case_count for p in client.get("/patients/").context["patients"]] == [2]

@@ -223,3 +223,23 @@ def test_ensemble_gets_an_out_of_domain_detector_over_every_members_features(mem
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
     (pred,) = m.predict([noise])
     assert pred.assessment["ood"]["threshold"] == pytest.approx(detector.threshold, abs=1e-3)
+
+
+@pytest.mark.parametrize("tta", [None, "none", "dihedral8"])
+def test_build_ensemble_serves_the_views_it_is_given(member_dirs, tmp_path, monkeypatch, tta):
+    """``--tta none`` lets two members cost what one network with flip2 costs; without it the
+    first member's mode is kept."""
+    import training.recalibrate
+    from mlcore.model_store import load_model
+    from training.ensemble import build_ensemble
+
+    seen = {}
+
+    def record(model, cfg, *args, **kwargs):
+        seen["tta"] = cfg.tta
+        return {}
+
+    monkeypatch.setattr(training.recalibrate, "refit_and_export", record)
+    build_ensemble(member_dirs, tmp_path / "ens", tmp_path, None, tta=tta)
+    first = load_model(member_dirs[0]).card["training"]["config"]["tta"]
+    assert seen["tta"] == (first if tta is None else tta)
