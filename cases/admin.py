@@ -339,7 +339,8 @@ admin.site.register(ModelVersion, ModelVersionWithRatesAdmin)
 
 @admin.register(RescoreJob)
 class RescoreJobAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "disagreements", "created_by")
+    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "disagreements", "created_by",
+                    "error")
     list_filter = ("status",)
     readonly_fields = [f.name for f in RescoreJob._meta.fields]
 

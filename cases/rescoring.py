@@ -1,12 +1,12 @@
 """Re-score images with the active model version, in the background, keeping earlier predictions."""
 from __future__ import annotations
 
-from celery import current_app
 from django.db import transaction
 from django.utils import timezone
 
 from cases.models import LesionImage, Prediction
 from cases import scoring
+from classifier.dispatch import broker_connection, broker_down_reason, on_commit_or_fail, publish
 from classifier.lifecycle import audit_registry_event
 from classifier.models import RescoreJob
 from classifier.registry import active_version
@@ -21,13 +21,21 @@ def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJo
     with transaction.atomic():
         job = RescoreJob.objects.create(model_version=version, image_ids=sorted(set(image_ids or [])), created_by=user)
         audit_registry_event(user, "rescore", version, new={"job": job.pk, "images": job.image_ids or "all"})
-        transaction.on_commit(lambda: enqueue(job.pk))
+        on_commit_or_fail(lambda: enqueue(job.pk),
+                          on_failure=lambda exc: fail_rescore(job_id=job.pk,
+                                                              reason=broker_down_reason(exc, "The re-scoring job")))
     return job
 
 
 def enqueue(job_id: int) -> None:
-    """Send the job's task (by name: cases.tasks imports this module)."""
-    current_app.send_task(RESCORE_TASK, args=[job_id])
+    """Send the job's task, failing fast (by name: cases.tasks imports this module)."""
+    publish(RESCORE_TASK, [job_id])
+
+
+def fail_rescore(*, job_id: int, reason: str) -> bool:
+    """Mark a queued or running job failed with its reason (a finished job stays as it is)."""
+    return bool(RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING])
+                .update(status=RescoreJob.Status.FAILED, error=reason, finished_at=timezone.now()))
 
 
 def run_rescore(*, job_id: int) -> int:
@@ -47,13 +55,14 @@ def run_rescore(*, job_id: int) -> int:
     queued = 0
     ids = list(images.values_list("pk", flat=True))
     for start in range(0, len(ids), CHUNK):
-        for image_id in ids[start:start + CHUNK]:
-            # the version's first score of the image (revision 0); corrections add later revisions
-            prediction, created = Prediction.objects.get_or_create(image_id=image_id, model_version=job.model_version,
-                                                                   context_revision=0)
-            if created or prediction.enqueued_at is None:
-                scoring.dispatch_prediction(prediction.pk, queue=scoring.RESCORE_QUEUE)
-            queued += 1
+        with broker_connection() as connection:  # one per chunk, not one per image
+            for image_id in ids[start:start + CHUNK]:
+                # the version's first score of the image (revision 0); corrections add later revisions
+                prediction, created = Prediction.objects.get_or_create(
+                    image_id=image_id, model_version=job.model_version, context_revision=0)
+                if created or prediction.enqueued_at is None:  # a lost send stays pending: the sweep sends it
+                    scoring.dispatch_prediction(prediction.pk, connection=connection, queue=scoring.RESCORE_QUEUE)
+                queued += 1
         RescoreJob.objects.filter(pk=job_id).update(queued=queued)
     RescoreJob.objects.filter(pk=job_id).update(status=RescoreJob.Status.DONE, finished_at=timezone.now())
     return queued

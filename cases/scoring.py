@@ -18,8 +18,8 @@ from celery import current_app
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -32,6 +32,10 @@ from classifier.registry import active_version
 from mlcore.labels import MALIGNANT_CLASSES
 
 log = logging.getLogger(__name__)
+
+# Transient: the database or broker hiccuped; the same task can simply run again later.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
+
 SCORE_TASK = "cases.tasks.score_image"
 INTERACTIVE_QUEUE = "inference"
 # re-scoring with a new version: consumed after the interactive queue (queue_order_strategy "priority")
@@ -155,13 +159,18 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     for prediction_id in list(stuck.values_list("pk", flat=True)[:500]):
         _requeue(prediction_id, started_before=now - running_stale_after, now=now)
     requeue_orphans(now=now, alive=alive, grace=timedelta(seconds=settings.SCORING_ORPHAN_GRACE_S))
-    candidates = Prediction.objects.filter(status=Status.PENDING).filter(
-        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - stale_after)
-    ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-    # a prediction of an image that already has another version's is a re-score: low priority
+    # a prediction of an image that already has another version's is a re-score: low priority,
+    # and one sent a while ago is most likely still waiting behind its own backlog
     earlier = Prediction.objects.filter(image_id=OuterRef("image_id")).exclude(pk=OuterRef("pk"))
+    rescore_stale_after = timedelta(seconds=settings.RESCORE_STALE_AFTER_S)
+    candidates = Prediction.objects.filter(status=Status.PENDING).annotate(rescore=Exists(earlier)).filter(
+        Q(enqueued_at__isnull=True)
+        | Q(rescore=False, enqueued_at__lt=now - stale_after)
+        | Q(rescore=True, enqueued_at__lt=now - max(stale_after, rescore_stale_after))
+    ).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
     sent: list[int] = []
-    rows = list(candidates.annotate(rescore=Exists(earlier)).order_by("pk")
+    # uploads first, never-sent first: a re-score backlog must not crowd an upload out of the batch
+    rows = list(candidates.order_by("rescore", F("enqueued_at").asc(nulls_first=True), "pk")
                 .values_list("pk", "enqueued_at", "rescore")[:500])
     if not rows:
         return sent
@@ -335,12 +344,19 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
         try:
             heatmap = _heatmap_png(model, pixels)
             what = _store_result(pred, started, results[i], heatmap)
-        except SoftTimeLimitExceeded:
+        except TRANSIENT_ERRORS:
+            raise  # the task retries and resumes its own running rows
+        except Exception as exc:  # a time limit, a full disk, a value the database refuses
+            if isinstance(exc, SoftTimeLimitExceeded):
+                reason = f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped."
+            else:
+                reason = f"The result could not be saved: {type(exc).__name__}: {exc}"
+                log.exception("saving prediction %s", pred.pk)
             if pred.pk == prediction_id:
-                _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
+                _fail(prediction_id, started_at, reason)
                 outcome = "failed"
             else:
-                _release(pred.pk, started)
+                _release(pred.pk, started)  # its own task tries again and says why if it fails too
             continue
         if pred.pk == prediction_id:
             outcome = what

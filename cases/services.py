@@ -150,7 +150,11 @@ def _save_image(*, lesion: Lesion, image: NormalisedImage, kind: str, user, mode
             _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request)
             if model_version is not None:
                 prediction = Prediction.objects.create(image=row, model_version=model_version)
-                transaction.on_commit(partial(scoring.dispatch_prediction, prediction.pk))
+                # robust: a failure after the commit (the database dropped while claiming the send)
+                # must not reach the cleanup below, which would delete the file of committed rows;
+                # the prediction stays pending and the sweep sends it (a lambda: Django's robust
+                # hook names the callable by __qualname__, which a partial lacks)
+                transaction.on_commit(lambda pk=prediction.pk: scoring.dispatch_prediction(pk), robust=True)
     except BaseException:
         _delete_quietly(name)
         lesion.anatomic_site = site_before  # the update, if any, was rolled back with the rows

@@ -8,17 +8,15 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
-from cases.rescoring import run_rescore
-from cases.scoring import requeue_previous_incarnation, run_prediction, sweep
+from cases.rescoring import fail_rescore, run_rescore
+from cases.scoring import TRANSIENT_ERRORS, requeue_previous_incarnation, run_prediction, sweep
 
 log = logging.getLogger(__name__)
 
-# Transient: the database or broker hiccuped; the same task can simply run again later.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 
 @shared_task(
@@ -51,18 +49,37 @@ def sweep_pending(stale_after_s: float | None = None, running_stale_after_s: flo
     return len(sent)
 
 
+RESCORE_SOFT_TIME_LIMIT_S = 1800
+
+
 @shared_task(
+    bind=True,
     name="cases.tasks.rescore_images",
     acks_late=True,
     autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=2,
     max_retries=5,
-    soft_time_limit=1800,
-    time_limit=1900,
+    soft_time_limit=RESCORE_SOFT_TIME_LIMIT_S,
+    time_limit=RESCORE_SOFT_TIME_LIMIT_S + 100,
 )
-def rescore_images(job_id: int) -> int:
-    """Queue predictions with the job's model version for the job's images (idempotent)."""
-    return run_rescore(job_id=int(job_id))
+def rescore_images(self, job_id: int) -> int:
+    """Queue predictions with the job's model version for the job's images (idempotent). A job
+    that cannot finish ends failed with the reason, never "running" for ever."""
+    try:
+        return run_rescore(job_id=int(job_id))
+    except TRANSIENT_ERRORS as exc:
+        if self.request.retries < self.max_retries:
+            raise  # autoretry_for sends it again later
+        fail_rescore(job_id=int(job_id), reason=f"The database or broker kept failing ({type(exc).__name__}: {exc}); "
+                                                "start the re-score again (images already queued are skipped).")
+        raise
+    except SoftTimeLimitExceeded:
+        fail_rescore(job_id=int(job_id), reason=f"Stopped after {RESCORE_SOFT_TIME_LIMIT_S // 60} minutes; start the "
+                                                "re-score again to go on (images already queued are skipped).")
+        raise
+    except Exception as exc:
+        fail_rescore(job_id=int(job_id), reason=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 @worker_ready.connect

@@ -9,13 +9,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery import current_app
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import log as audit_log
 from classifier import artifact_store, ensemble_training, fine_tuning
+from classifier.dispatch import broker_down_reason, on_commit_or_fail, publish
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate
 from classifier.registry import activate, register_artifact
@@ -150,9 +150,17 @@ def _create_run(request: TrainingRequest, overrides: dict | None, user) -> Model
     start = {fine_tuning.START_KEY: request.start["version"]} if request.start else {}
     audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
                                        "seed": request.seed} | members | start)
-    # by name: classifier.tasks imports the services it wraps
-    transaction.on_commit(lambda: current_app.send_task(TRAIN_TASK, args=[version.pk], **limits))
+    on_commit_or_fail(lambda: enqueue_training(version.pk, **limits),
+                      on_failure=lambda exc: ModelVersion.objects.filter(pk=version.pk).update(
+                          status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
+                          error=broker_down_reason(exc, "The training run")))
     return version
+
+
+def enqueue_training(version_id: int, **limits) -> None:
+    """Send the run's task (raises when the broker is down); by name: classifier.tasks imports
+    the services it wraps."""
+    publish(TRAIN_TASK, [version_id], **limits)
 
 
 def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:

@@ -107,6 +107,13 @@ def _fail(version_id: int, error: str) -> None:
     )
 
 
+def _fail_unless_failed(version_id: int, error: str) -> None:
+    """Fail a run that has not failed already (a sweep's reason is kept)."""
+    ModelVersion.objects.filter(pk=version_id).exclude(status=ModelVersion.Status.FAILED).update(
+        status=ModelVersion.Status.FAILED, error=error, finished_at=timezone.now()
+    )
+
+
 def remeasure_gate(version: ModelVersion) -> dict:
     """Compare ``version`` again with the model active now (after another activation, or with a
     new benchmark version) and store the result in its metrics["gate"]."""
@@ -161,6 +168,9 @@ def run_training(*, version_id: int) -> str:
         log.exception("training %s failed", version.version)
         _fail(version_id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}")
         return "failed"
+    if ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists():  # asked during the comparison
+        _fail(version_id, "Cancelled by an administrator.")
+        return "cancelled"
     try:
         registered = register_artifact(out_dir)
         notes = f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images."
@@ -171,7 +181,9 @@ def run_training(*, version_id: int) -> str:
             notes = f"{ensemble_training.describe(version)}. {notes}"
             extra_fields["metrics"] = dict(registered.metrics, architecture=ensemble_training.architecture(
                 seeds, read_card(out_dir, required=())))
-        ModelVersion.objects.filter(pk=version_id).update(
+        # only a run still training becomes ready: one cancelled or failed by the sweep meanwhile stays so
+        ready = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.TRAINING,
+                                            cancel_requested=False).update(
             status=ModelVersion.Status.READY, finished_at=timezone.now(),
             progress=F("progress"), notes=notes, **extra_fields,
         )
@@ -179,6 +191,9 @@ def run_training(*, version_id: int) -> str:
         log.exception("registering %s failed", version.version)
         _fail(version_id, f"Training finished but the model could not be registered: {type(exc).__name__}: {exc}")
         return "failed"
+    if not ready:
+        _fail_unless_failed(version_id, "Cancelled by an administrator.")
+        return "cancelled"
     _save_progress(version_id, {"phase": "done"})
     return registered.version
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from django.db import transaction
 
 from classifier import artifact_store
-from classifier.dispatch import broker_connection, send
+from classifier.dispatch import on_commit_or_fail, publish
 from classifier.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -45,11 +44,5 @@ def warm_version(*, version_id: int) -> str:
 def warm_after_commit(version: ModelVersion) -> None:
     """Once the current transaction commits, ask an inference worker to warm ``version``; a broker
     that is down is logged and ignored."""
-    def ask() -> None:
-        try:
-            with broker_connection() as connection:
-                send(WARM_TASK, [version.pk], connection=connection)
-        except Exception as exc:
-            log.warning("could not ask a worker to warm %s (%s: %s)", version.version, type(exc).__name__, exc)
-
-    transaction.on_commit(ask)
+    on_commit_or_fail(lambda: publish(WARM_TASK, [version.pk]), on_failure=lambda exc: log.warning(
+        "could not ask a worker to warm %s (%s: %s)", version.version, type(exc).__name__, exc))

@@ -282,6 +282,10 @@ CELERY_TASK_SOFT_TIME_LIMIT = 120
 # each time) and failed for good, with its reason, after SCORING_MAX_ATTEMPTS runs.
 SCORING_MAX_ATTEMPTS = int(os.environ.get("SCORING_MAX_ATTEMPTS", "3"))
 SCORING_BACKOFF_S = float(os.environ.get("SCORING_BACKOFF_S", "5"))
+# A pending re-score sent this long ago is sent again (its message may be lost). Longer than an
+# upload's: a re-score of every image waits behind its own backlog for hours, and sending that
+# backlog again every few minutes would only fill the broker with duplicates.
+RESCORE_STALE_AFTER_S = float(os.environ.get("RESCORE_STALE_AFTER_S", str(6 * 3600)))
 # A running prediction whose worker does not answer a ping is re-queued after this grace
 SCORING_ORPHAN_GRACE_S = float(os.environ.get("SCORING_ORPHAN_GRACE_S", "5"))
 # Publishing a task from a web request gives up after this (connect and socket), so a hung

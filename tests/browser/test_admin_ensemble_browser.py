@@ -17,8 +17,8 @@ def test_an_ensemble_is_started_from_the_training_form(live_server, browser_page
     from playwright.sync_api import expect
 
     sent = []
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task",
-                        lambda name, args, **options: sent.append((name, args, options)))  # no training here
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training",
+                        lambda pk, **options: sent.append(("classifier.tasks.train_model", [pk], options)))  # no training here
     (tmp_path / "ham10000").mkdir()
     settings.SECONDLOOK_DATA_DIR = tmp_path
     page, base = browser_page, live_server.url

@@ -18,8 +18,8 @@ def test_the_active_model_is_fine_tuned_from_the_training_form(live_server, brow
     from playwright.sync_api import expect
 
     sent = []
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task",
-                        lambda name, args, **options: sent.append((name, args, options)))  # no training here
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training",
+                        lambda pk, **options: sent.append(("classifier.tasks.train_model", [pk], options)))  # no training here
     (tmp_path / "ham10000").mkdir()
     settings.SECONDLOOK_DATA_DIR = tmp_path
     active = activate(register_artifact(tiny_model_dir))

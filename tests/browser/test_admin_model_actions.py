@@ -118,7 +118,7 @@ def test_a_failed_run_is_retried_and_another_deleted_by_clicking(live_server, br
                                                                  monkeypatch):
     from playwright.sync_api import expect
 
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda *a, **k: None)  # no training here
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training", lambda *a, **k: None)  # no training here
     (tmp_path / "ham10000").mkdir()
     settings.SECONDLOOK_DATA_DIR = tmp_path
     page, base = browser_page, live_server.url

@@ -115,3 +115,35 @@ def test_batch_error_releases_mates(world, model_version, fake, monkeypatch):
     a.refresh_from_db()
     b.refresh_from_db()
     assert a.status == "failed" and b.status == "pending" and b.attempts == 0
+
+
+def test_a_result_that_cannot_be_saved_fails_with_its_reason_and_releases_the_mates(world, model_version, fake,
+                                                                                    monkeypatch):
+    """A full disk (or a value the database refuses) while saving: the task's own prediction fails
+    with that reason at once, instead of staying "running" until the sweep blames the image."""
+    a, b = _pred(world, model_version, 0), _pred(world, model_version, 1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scoring, "_store_result", disk_full)
+    assert scoring.run_prediction(prediction_id=a.pk) == "failed"
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert a.status == "failed" and "could not be saved" in a.error and "No space left" in a.error
+    assert b.status == "pending"  # its own task tries again
+
+
+def test_a_database_hiccup_while_saving_is_left_to_the_tasks_retry(world, model_version, fake, monkeypatch):
+    from django.db import OperationalError
+
+    a = _pred(world, model_version, 0)
+
+    def dropped(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(scoring, "_store_result", dropped)
+    with pytest.raises(OperationalError):
+        scoring.run_prediction(prediction_id=a.pk, run_by="task-1")
+    a.refresh_from_db()
+    assert a.status == "running" and a.run_by == "task-1"  # the retry (same task id) resumes it

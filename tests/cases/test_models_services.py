@@ -7,10 +7,11 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from cases import queue, scoring
+from cases import queue, scoring, services
 from audit.models import AuditEvent
 from cases.models import Case, Lesion, Patient, Prediction, Review
 from classifier.models import ModelVersion
@@ -487,3 +488,51 @@ def test_rescoring_a_reviewed_image_does_not_reopen_it_and_lists_a_disagreement(
     scoring.run_prediction(prediction_id=fresh.pk)
     world.lesion_a.refresh_from_db()
     assert world.lesion_a.awaiting_review
+
+
+def test_sweep_sends_uploads_first_and_leaves_a_waiting_rescore_backlog_alone(world, model_version, monkeypatch,
+                                                                             settings):
+    """A re-score sent an hour ago is most likely still queued behind its backlog: it is not sent
+    again before RESCORE_STALE_AFTER_S, and an upload never sent goes first in the sweep's batch."""
+    from classifier.models import ModelVersion
+
+    sent = []
+    monkeypatch.setattr(scoring, "_send", lambda pk, connection, queue="inference": sent.append((pk, queue)))
+    settings.RESCORE_STALE_AFTER_S = 6 * 3600
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/nonexistent/model2")
+    hour_ago = timezone.now() - timedelta(hours=1)
+    images = [make_image(world, str(i) * 64) for i in range(3)]
+    for image in images:
+        Prediction.objects.create(image=image, model_version=model_version, status="done", melanoma_probability=0.1,
+                                  malignancy_score=0.1, finished_at=timezone.now())
+    waiting = Prediction.objects.create(image=images[0], model_version=newer, enqueued_at=hour_ago)
+    lost = Prediction.objects.create(image=images[1], model_version=newer,
+                                     enqueued_at=timezone.now() - timedelta(hours=7))
+    upload = Prediction.objects.create(image=make_image(world, "u" * 64), model_version=model_version)
+    assert scoring.sweep(alive=set()) == [upload.pk, lost.pk]  # the upload first, the lost re-score after
+    assert sent == [(upload.pk, scoring.INTERACTIVE_QUEUE), (lost.pk, scoring.RESCORE_QUEUE)]
+    waiting.refresh_from_db()
+    assert waiting.enqueued_at == hour_ago
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_whose_send_fails_after_the_commit_keeps_its_file(world, model_version, monkeypatch):
+    """The database drops just after the image's rows commit, while the send is being claimed:
+    the upload stands (rows and file), its prediction stays pending for the sweep."""
+    from django.core.files.storage import default_storage
+    from django.db import OperationalError
+
+    from cases import prediction_states
+    from cases.models import LesionImage
+    from tests.support.imagegen import png
+
+    def dropped(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(prediction_states, "claim_dispatch", dropped)
+    outcome = services.upload_images(lesion=world.lesion_a, files=[SimpleUploadedFile("a.png", png())],
+                                     user=world.clin_a)
+    (image,) = outcome.accepted
+    stored = LesionImage.objects.get(pk=image.pk)
+    assert default_storage.exists(stored.file.name)
+    assert Prediction.objects.get(image=stored).status == "pending"

@@ -95,3 +95,38 @@ def test_the_jobs_disagreement_column_counts_its_versions_and_links_to_them(worl
     client.force_login(world.admin)
     listing = client.get(reverse("admin:classifier_rescorejob_changelist")).content.decode()
     assert f'<a href="{link}">1</a>' in listing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rescore_the_broker_refuses_ends_failed_with_the_reason(world, model_version, monkeypatch):
+    def refused(job_id):
+        raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr("cases.rescoring.enqueue", refused)
+    job = start_rescore(user=world.admin)  # the request that started it does not fail
+    job.refresh_from_db()
+    assert job.status == RescoreJob.Status.FAILED and job.finished_at is not None
+    assert "could not be queued" in job.error and "Error 111" in job.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rescore_that_breaks_or_runs_out_of_time_ends_failed_not_running(world, model_version, monkeypatch):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from cases.tasks import rescore_images
+
+    monkeypatch.setattr("cases.rescoring.enqueue", lambda pk: None)
+    _image(world, "a", "a" * 64)
+    for error, words in ((ValueError("bad image list"), "ValueError: bad image list"),
+                         (SoftTimeLimitExceeded(), "Stopped after 30 minutes")):
+        job = start_rescore(user=world.admin)
+
+        def broken(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr("cases.rescoring.scoring.dispatch_prediction", broken)
+        with pytest.raises(type(error)):
+            rescore_images.apply(args=[job.pk], throw=True)
+        job.refresh_from_db()
+        assert job.status == RescoreJob.Status.FAILED and words in job.error, job.error
+        Prediction.objects.all().delete()

@@ -120,7 +120,7 @@ def data_here(settings, tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_database_allows_one_training_run_at_a_time(data_here, monkeypatch):
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda *a, **k: None)
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training", lambda *a, **k: None)
     ModelVersion.objects.create(version="run-1", status="training")
     with pytest.raises(IntegrityError), transaction.atomic():
         ModelVersion.objects.create(version="run-2", status="training")
@@ -174,7 +174,8 @@ def test_a_run_whose_registration_fails_ends_failed_not_training(monkeypatch, da
 @pytest.mark.django_db(transaction=True)
 def test_a_failed_run_can_be_retried_with_its_settings_or_deleted(data_here, monkeypatch, django_user_model):
     sent = []
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda name, args: sent.append((name, args)))
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training",
+                        lambda pk, **options: sent.append(("classifier.tasks.train_model", [pk])))
     admin = django_user_model.objects.create_superuser("root", "r@example.org", "pw-123456-long")
     failed = ModelVersion.objects.create(version="train-failed", status="failed", data_sources=["ham10000"],
                                          target_sensitivity=0.92, error="boom",
@@ -371,7 +372,7 @@ def test_an_epoch_reports_a_heartbeat_between_batches(monkeypatch):
 def test_cancelling_a_run_no_worker_started_ends_it_at_once_and_its_task_does_nothing(data_here, monkeypatch):
     from classifier import retraining
 
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task", lambda *a, **k: None)
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training", lambda *a, **k: None)
     queued = lifecycle.start_training(sources=["ham10000"], epochs=1, seed=0, target_sensitivity=0.9)
     lifecycle.request_cancel(version=queued)
     queued.refresh_from_db()
@@ -501,3 +502,37 @@ def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_th
     event = AuditEvent.objects.order_by("pk").last()
     assert event.action == "activate" and event.old_values == {"active": old.version}
     assert "replaced" in event.new_values["reason"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_the_broker_refuses_ends_failed_at_once_with_the_reason(data_here, monkeypatch):
+    """Not "No training worker picked the run up" after 15 minutes of blocking every new run."""
+    def refused(pk, **limits):
+        raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training", refused)
+    run = lifecycle.start_training(sources=["ham10000"], epochs=1, seed=0, target_sensitivity=0.9)
+    run.refresh_from_db()
+    assert run.status == "failed" and "could not be queued" in run.error and "Error 111" in run.error
+    assert not ModelVersion.objects.filter(status="training").exists()  # the next run is not blocked
+
+
+@pytest.mark.django_db
+def test_a_cancel_during_the_benchmark_comparison_ends_the_run_cancelled_not_ready(data_here, monkeypatch, tmp_path):
+    from django.utils import timezone
+
+    from classifier import retraining
+
+    run = ModelVersion.objects.create(version="run-c", status="training", data_sources=["ham10000"],
+                                      training_config={"epochs": 1, "seed": 0, "target_sensitivity": 0.9})
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
+
+    def measure(*args, **kwargs):  # the admin clicks Cancel while the run is being compared
+        lifecycle.request_cancel(version=ModelVersion.objects.get(pk=run.pk))
+
+    monkeypatch.setattr(retraining, "measure_gate", measure)
+    monkeypatch.setattr(retraining, "register_artifact",
+                        lambda *a, **k: pytest.fail("a cancelled run was registered"))
+    assert retraining.run_training(version_id=run.pk) == "cancelled"
+    run.refresh_from_db()
+    assert run.status == "failed" and run.error == "Cancelled by an administrator." and run.finished_at <= timezone.now()

@@ -23,7 +23,7 @@ def sent(monkeypatch):
         def ensure_connection(self, max_retries=None):
             return self
 
-    monkeypatch.setattr(warmup, "broker_connection", FakeConnection)
+    monkeypatch.setattr("classifier.dispatch.broker_connection", FakeConnection)
     monkeypatch.setattr("classifier.dispatch.current_app.send_task",
                         lambda name, args, **kw: calls.append((name, args[0])))
     return calls
@@ -53,7 +53,7 @@ def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_model, djan
     def down():
         raise ConnectionRefusedError("Redis is down")
 
-    monkeypatch.setattr(warmup, "broker_connection", down)
+    monkeypatch.setattr("classifier.dispatch.broker_connection", down)
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,

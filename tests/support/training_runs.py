@@ -18,6 +18,6 @@ def data_here(settings, tmp_path):
 def sent(monkeypatch) -> list:
     """The training tasks sent to the broker, with their options."""
     calls: list = []
-    monkeypatch.setattr("classifier.lifecycle.current_app.send_task",
-                        lambda name, args, **options: calls.append((name, args, options)))
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training",
+                        lambda pk, **options: calls.append(("classifier.tasks.train_model", [pk], options)))
     return calls
