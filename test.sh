@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole test suite. Uses DATABASE_URL / REDIS_URL when set (CI: PostgreSQL + Redis),
+# Run the whole test suite. Uses DATABASE_URL / SECONDLOOK_TEST_REDIS_URL when set (CI: PostgreSQL + Redis),
 # otherwise SQLite and an embedded Redis. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
