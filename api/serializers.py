@@ -161,10 +161,18 @@ class ImageSerializer(serializers.ModelSerializer):
 
 class ReviewSerializer(serializers.ModelSerializer):
     reviewer = serializers.SerializerMethodField()
+    amended_by = serializers.SerializerMethodField(
+        help_text="the review that amends this one (then this one is superseded); null while it is current")
 
     class Meta:
         model = Review
-        fields = ["id", "lesion", "reviewer", "agreement", "final_diagnosis", "management", "notes", "created_at"]
+        fields = ["id", "lesion", "reviewer", "agreement", "final_diagnosis", "management", "notes", "created_at",
+                  "amends", "amendment_reason", "amended_by"]
+        read_only_fields = ["amends", "amendment_reason"]
+
+    def get_amended_by(self, review: Review) -> int | None:
+        amended_by = getattr(review, "amended_by", None)  # the reverse one-to-one raises when absent
+        return amended_by.pk if amended_by is not None else None
 
     def get_reviewer(self, review: Review) -> str | None:
         return person(review.reviewer)
@@ -246,7 +254,9 @@ class CaseSerializer(serializers.ModelSerializer):
 
 class QueueEntrySerializer(serializers.ModelSerializer):
     patient_identifier = serializers.CharField(source="patient.identifier", read_only=True)
-    top_melanoma_probability = serializers.FloatField(source="top_melanoma", read_only=True)
+    top_melanoma_probability = serializers.FloatField(
+        source="top_melanoma", read_only=True, allow_null=True,
+        help_text="highest assessable melanoma probability of the case's flagged lesions; null when none")
     cannot_assess = serializers.BooleanField(read_only=True)
     claimed_by = serializers.SerializerMethodField()
 

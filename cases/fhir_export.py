@@ -341,6 +341,8 @@ def conclusion(review: Review) -> str:
     ]
     if review.notes.strip():
         parts.append(f"Notes: {review.notes.strip()}")
+    if review.amends_id:
+        parts.append(f"Amends the review of {_when(review.amends.created_at):%Y-%m-%d %H:%M %Z}: {review.amendment_reason}")
     # one statement a line: the notes are free text and may hold any punctuation
     return "\n".join(parts)
 
@@ -370,7 +372,7 @@ def diagnostic_report(review: Review, lesion: Lesion, case: Case, latest: dict[i
         id=_resource_id(url),
         identifier=[{"system": urls.system("review"), "value": str(review.pk)}],
         basedOn=[_ref(urls.urn("case", case.pk))],
-        status="final",
+        status="amended" if review.amends_id else "final",
         code={"text": "Dermatologist review of dermoscopy"},
         subject=_ref(urls.urn("patient", case.patient_id)),
         effectiveDateTime=_when(review.created_at),
@@ -444,7 +446,10 @@ def case_bundle(case: Case, *, base_url: str, now: datetime | None = None) -> di
     entries += [device(p.model_version, urls) for p in done.values()]
     for pk, prediction in done.items():
         entries += observations(prediction, image_lesion[pk], case, urls)
-    reviews = [(review, lesion) for lesion in lesions for review in lesion.reviews.all()]
+    # the current review of each lesion only: an amended one is superseded, and two "final"
+    # reports with different diagnoses would leave the receiving system to guess
+    amended = {review.amends_id for lesion in lesions for review in lesion.reviews.all() if review.amends_id}
+    reviews = [(review, lesion) for lesion in lesions for review in lesion.reviews.all() if review.pk not in amended]
     entries += [practitioner(review.reviewer, urls) for review, _ in reviews]
     entries += [diagnostic_report(review, lesion, case, latest, urls) for review, lesion in reviews]
     entries += [pathology_report(outcome, lesion, case, urls) for lesion in lesions

@@ -103,8 +103,9 @@ def score_plot(visits: list[Visit], *, width: int = 320, height: int = 120, pad:
 def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     """The lesion's status on the body map, from its latest visit: flagged (waiting for a
     dermatologist), in review (claimed), reviewed, benign (a dermatologist's benign diagnosis),
-    not flagged (scored below the thresholds, never reviewed: the model never says "benign") or
-    not scored."""
+    not flagged (every image scored below the thresholds, never reviewed: the model never says
+    "benign"), scoring failed (an image's newest prediction failed) or not scored (an image still
+    waits for its score, or there is none)."""
     if latest is None:
         return "not-scored"
     if latest.awaiting_review:
@@ -112,12 +113,17 @@ def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     review = max(latest.reviews.all(), key=lambda r: r.created_at, default=None)
     if review is not None:
         return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES else "reviewed"
-    scored = [p for p in (latest_scored(i) for i in latest.images.all()) if p is not None]
-    return "not-flagged" if scored and not latest.flagged else "not-scored"
+    newest = [image.newest_prediction() for image in latest.images.all()]
+    if any(p is not None and p.status == Prediction.Status.FAILED for p in newest):
+        return "scoring-failed"  # one image unjudged: the others' scores do not clear the lesion
+    if not newest or any(p is None or p.status != Prediction.Status.DONE for p in newest):
+        return "not-scored"
+    return "flagged" if latest.flagged else "not-flagged"
 
 
 STATUS_LABELS = {"flagged": "Flagged, awaiting review", "in-review": "In review", "reviewed": "Reviewed",
-                 "benign": "Reviewed: benign", "not-flagged": "Not flagged", "not-scored": "Not scored yet"}
+                 "benign": "Reviewed: benign", "not-flagged": "Not flagged",
+                 "scoring-failed": "Scoring failed: retry the image", "not-scored": "Not scored yet"}
 
 
 @dataclass

@@ -34,10 +34,16 @@ CANNOT_ASSESS_RANK = 0.5
 def review_queue() -> QuerySet[Case]:
     """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest. An
     image the model could not assess has no trustworthy score: its case is annotated
-    ``cannot_assess`` and ranks at CANNOT_ASSESS_RANK (or its other lesions' score, if higher)."""
+    ``cannot_assess`` and ranks at CANNOT_ASSESS_RANK (or its other lesions' score, if higher).
+    ``top_melanoma`` is None when no image has an assessable score. Each image counts with its
+    newest finished prediction."""
+    # each image's newest finished prediction only: an older revision or model version it replaced
+    # must neither lend the case a score nor mark it "could not assess"
+    newer_done = Prediction.objects.filter(image=OuterRef("image"), status=Prediction.Status.DONE).filter(
+        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")))
     awaiting_done = Prediction.objects.filter(
         image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True, status=Prediction.Status.DONE
-    )
+    ).exclude(Exists(newer_done))
     top_melanoma = (
         awaiting_done.filter(assessable=True).order_by("-melanoma_probability").values("melanoma_probability")[:1]
     )
@@ -51,9 +57,10 @@ def review_queue() -> QuerySet[Case]:
     return (
         Case.objects.filter(_awaiting())
         .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
-        .annotate(top_melanoma=Coalesce(Subquery(top_melanoma), 0.0), cannot_assess=cannot_assess,
+        # None when no image of the case has an assessable score (never a made-up 0.0)
+        .annotate(top_melanoma=Subquery(top_melanoma), cannot_assess=cannot_assess,
                   has_earlier_visits=followed, waiting_since=Subquery(waiting_since.values("flagged_at")[:1]))
-        .annotate(queue_rank=Greatest(F("top_melanoma"), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),
+        .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),
                                                                  default=Value(0.0), output_field=FloatField())))
         .order_by("-queue_rank", "created_at", "pk")
     )

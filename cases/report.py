@@ -33,7 +33,7 @@ from cases.report_model import models_section, reading_section
 from cases.report_style import (CONTENT_WIDTH, FLAG_BG, FLAG_EDGE, MARGIN, RULE, WARN_BG, WARN_EDGE, Fonts, bold,
                                 boxed, bullets, esc, facts_table, grid, para, person, plain, report_fonts, when)
 from cases.scoring import CANNOT_ASSESS
-from cases.templatetags.cases_extras import percent
+from cases.templatetags.cases_extras import percent, percent_against
 from classifier.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -244,8 +244,8 @@ def lesion_header(lesion: Lesion, number: int) -> list[Flowable]:
         state = "Flagged — awaiting dermatologist review"
     elif lesion.flagged:
         state = "Flagged — reviewed"
-    else:
-        state = "Not flagged"
+    else:  # the summary's words: "Not flagged" only when every image was scored below the thresholds
+        state = ai_summary(lesion)
     rows.append(para(bold("Status: ") + esc(state)))
     title = para(esc(lesion_title(lesion, number)), "h2")
     if drawing is None:
@@ -263,7 +263,8 @@ def scores_table(prediction: Prediction) -> Table:
                                      version.melanoma_threshold),
                                     ("Malignancy score", prediction.malignancy_score, version.malignancy_threshold)):
         reached = "—" if threshold is None else ("Yes" if value >= threshold else "No")
-        rows.append([esc(label), bold(percent(value)), esc(percent(threshold) if threshold is not None else "none"),
+        rows.append([esc(label), bold(percent_against(value, threshold)),
+                     esc(percent(threshold) if threshold is not None else "none"),
                      esc(reached)])
     return grid(rows, [0.4 * width, 0.2 * width, 0.2 * width, 0.2 * width])
 
@@ -345,8 +346,10 @@ def review_section(lesion: Lesion) -> list[Flowable]:
     reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
     parts: list[Flowable] = [para("Dermatologist review", "h3")]
     if not reviews:
+        state = ai_summary(lesion)
         why = " (in the review queue)." if lesion.awaiting_review else (
-            "." if lesion.flagged else " (not flagged by the model: no review was requested).")
+            "." if lesion.flagged else " (not flagged by the model: no review was requested)." if state == "Not flagged"
+            else f" ({state.lower()}: no review was requested yet).")
         return parts + [para(bold(NOT_REVIEWED) + esc(why))]
     for review in reviews:
         rows = [("Reviewer", esc(person(review.reviewer))), ("Date", esc(when(review.created_at))),
@@ -360,6 +363,9 @@ def review_section(lesion: Lesion) -> list[Flowable]:
             rows.append(("Notes", esc(review.notes)))
         if review.amends_id:
             rows.append(("Amends", esc(f"the review of {when(review.amends.created_at)}: {review.amendment_reason}")))
+        amended_by = [r for r in reviews if r.amends_id == review.pk]
+        if amended_by:  # superseded: say so where the reader meets it, not only further down
+            rows.insert(0, ("Superseded", bold(f"amended on {when(amended_by[-1].created_at)}; see below")))
         parts += [facts_table(rows), Spacer(1, 4)]
     return parts
 

@@ -90,7 +90,10 @@ def _run(client: SecondLookClient, args) -> int:
             print(text)
     elif args.command == "queue":
         for row in client.queue():
-            print(f"case {row['id']:>6}  {row['patient_identifier']:<16} melanoma {row['top_melanoma_probability']:.3f}"
+            top = row["top_melanoma_probability"]
+            score = "      —" if top is None else f"{top:.3f}"
+            assess = "  model could not assess" if row.get("cannot_assess") else ""
+            print(f"case {row['id']:>6}  {row['patient_identifier']:<16} melanoma {score}{assess}"
                   f"  {'claimed by ' + row['claimed_by'] if row['claimed_by'] else 'unclaimed'}")
     return 0
 

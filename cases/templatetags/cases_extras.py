@@ -6,7 +6,27 @@ register = template.Library()
 
 @register.filter
 def percent(value, digits: int = 1) -> str:
-    """0.1234 → '12.3%'; empty for missing values."""
+    """0.1234 → '12.3%'; "—" for missing values. A score short of certainty never reads as
+    "100.0%" (0.9996 → '>99.9%'), nor a non-zero one as "0.0%"."""
     if value is None or value == "":
         return "—"
-    return f"{float(value) * 100:.{int(digits)}f}%"
+    value, digits = float(value), int(digits)
+    text = f"{value * 100:.{digits}f}"
+    step = 10.0 ** -digits
+    if value < 1 and float(text) >= 100:
+        return f">{100 - step:.{digits}f}%"
+    if value > 0 and float(text) <= 0:
+        return f"<{step:.{digits}f}%"
+    return f"{text}%"
+
+
+@register.filter
+def percent_against(value, threshold) -> str:
+    """``value`` as a percent with as many decimals (up to 3) as it takes not to read as equal to
+    ``threshold`` when it is not: 0.4996 against 0.5 → '49.96%', never '50.0%'."""
+    if value is None or value == "" or threshold is None or threshold == "":
+        return percent(value)
+    for digits in (1, 2, 3):
+        if float(value) == float(threshold) or percent(value, digits) != percent(threshold, digits):
+            return percent(value, digits)
+    return percent(value, 3)

@@ -349,3 +349,24 @@ def test_histopathology_and_amended_reviews_are_in_the_report(world, reported):
     text = pdf_text(build_case_report(case, generated_by=world.clin_a))
     assert "Histopathology" in text and "HP-2026-118" in text
     assert "Amends the review of" in text and "second look at the margins" in text
+
+
+def test_a_lesion_whose_image_failed_is_not_called_not_flagged(world, model_version):
+    """The lesion header and the review section say what the summary says: scoring failed."""
+    image = stored_image(world.lesion_a, world.clin_a, seed=7)
+    Prediction.objects.create(image=image, model_version=model_version, status="failed", error="boom",
+                              finished_at=timezone.now())
+    text = pdf_text(build_case_report(world.case_a, generated_by=world.clin_a))
+    assert "Status: Scoring failed" in text and "Not flagged" not in text
+    assert "not flagged by the model" not in text
+
+
+def test_an_amended_review_is_marked_superseded_where_it_is_printed(world, reported):
+    case, _ = reported
+    lesion = case.lesions.first()
+    first = Review.objects.create(lesion=lesion, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
+                                  management="reassure")
+    Review.objects.create(lesion=lesion, reviewer=world.derm, agreement="disagree", final_diagnosis="melanoma",
+                          management="excision", amends=first, amendment_reason="second look at the border")
+    text = " ".join(pdf_text(build_case_report(case, generated_by=world.clin_a)).split())
+    assert "Superseded amended on" in text and text.index("Superseded") < text.index("second look at the border")

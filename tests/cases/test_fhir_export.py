@@ -295,3 +295,15 @@ def test_a_histopathology_result_is_a_pathology_report_and_a_closed_case_exports
     assert pathology[0]["identifier"][0]["value"] == "PATH-77b" and pathology[0]["status"] == "corrected"
     assert "lab amended the report" in pathology[0]["conclusion"]
     assert _resources(bundle, "ServiceRequest")[0]["status"] == "completed"
+
+
+def test_an_amended_review_is_exported_once_as_amended(scene, world):
+    original = Review.objects.filter(lesion=world.lesion_a).first()
+    Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="disagree", final_diagnosis="melanoma",
+                          management="excision", amends=original, amendment_reason="second look at the border")
+    reports = [r for r in _resources(_export(scene), "DiagnosticReport")
+               if r["code"]["text"] == "Dermatologist review of dermoscopy"]
+    assert len(reports) == 1  # the superseded one is not sent as a second "final" report
+    (report,) = reports
+    assert report["status"] == "amended" and "Final diagnosis: Melanoma" in report["conclusion"]
+    assert "Amends the review of" in report["conclusion"] and "second look at the border" in report["conclusion"]

@@ -1,0 +1,99 @@
+"""What the pages, the queue and the API show comes from each image's current (newest) score: a
+superseded revision or model version never lends a lesion its score or its "could not assess",
+an image the model could not assess never shows a score, and percentages never overstate."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from cases import followup, queue
+from cases.models import Lesion, Prediction
+from cases.templatetags.cases_extras import percent, percent_against
+from classifier.models import ModelVersion
+from tests.support.case_helpers import make_image
+
+pytestmark = pytest.mark.django_db
+
+
+def _done(image, version, *, melanoma, assessable=True, minutes_ago=0, revision=0):
+    return Prediction.objects.create(
+        image=image, model_version=version, status="done", melanoma_probability=melanoma, malignancy_score=melanoma,
+        flagged=True, assessable=assessable, context_revision=revision,
+        assessment_notes=[] if assessable else ["unlike the training images"],
+        created_at=timezone.now() - timedelta(minutes=minutes_ago), finished_at=timezone.now())
+
+
+def _queued(world):
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True, flagged_at=timezone.now())
+
+
+def test_the_queue_reads_each_images_newest_score(world, model_version):
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    image = make_image(world)
+    _queued(world)
+    old = _done(image, model_version, melanoma=0.30, minutes_ago=60)
+    current = _done(image, newer, melanoma=0.0, assessable=False)  # re-scored: could not assess
+    (case,) = queue.review_queue()
+    assert case.cannot_assess and case.top_melanoma is None  # not the superseded 30 %
+    assert case.queue_rank == queue.CANNOT_ASSESS_RANK
+    # the other way round: the newest judges it, the old "could not assess" is history
+    Prediction.objects.filter(pk=old.pk).update(assessable=False, melanoma_probability=0.0)
+    Prediction.objects.filter(pk=current.pk).update(assessable=True, melanoma_probability=0.04)
+    (case,) = queue.review_queue()
+    assert not case.cannot_assess and case.top_melanoma == pytest.approx(0.04)
+
+
+def test_the_api_queue_says_null_not_zero_when_nothing_could_be_assessed(world, model_version, client):
+    from api.models import ApiToken
+
+    _done(make_image(world), model_version, melanoma=0.0, assessable=False)
+    _queued(world)
+    token = ApiToken(user=world.derm, name="tests")
+    key = token.issue()
+    token.save()
+    rows = client.get("/api/v1/queue/", HTTP_AUTHORIZATION=f"Token {key}").json()["results"]
+    assert rows[0]["top_melanoma_probability"] is None and rows[0]["cannot_assess"] is True
+    client.force_login(world.derm)
+    assert "Model could not assess" in client.get("/queue/").content.decode()
+
+
+def test_the_image_history_never_shows_scores_the_model_could_not_stand_behind(world, model_version, client):
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    image = make_image(world)
+    _done(image, model_version, melanoma=0.123, minutes_ago=60)
+    _done(image, newer, melanoma=0.873, assessable=False)
+    client.force_login(world.clin_a)
+    page = client.get(f"/images/{image.pk}/").content.decode()
+    history = page[page.index('id="history"'):]
+    assert "0.123" in history and "0.873" not in history and "Model could not assess" in history
+
+
+def test_a_lesion_with_a_failed_or_waiting_image_is_not_called_not_flagged(world, model_version):
+    status = lambda: followup.patient_map(world.patient_a, Lesion.objects.all())[0].status  # noqa: E731
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=False)
+    first, second = make_image(world, sha="1" * 64), make_image(world, sha="2" * 64)
+    _done(first, model_version, melanoma=0.01)
+    Prediction.objects.filter(image=first).update(flagged=False)
+    waiting = Prediction.objects.create(image=second, model_version=model_version)
+    assert status() == "not-scored"
+    Prediction.objects.filter(pk=waiting.pk).update(status="failed", error="boom", finished_at=timezone.now())
+    assert status() == "scoring-failed"
+    assert followup.STATUS_LABELS["scoring-failed"].startswith("Scoring failed")
+    Prediction.objects.filter(pk=waiting.pk).update(status="done", melanoma_probability=0.02, malignancy_score=0.02,
+                                                    error="")
+    assert status() == "not-flagged"
+
+
+@pytest.mark.parametrize("value, want", [(0.1234, "12.3%"), (0.9996, ">99.9%"), (1.0, "100.0%"), (0.0004, "<0.1%"),
+                                         (0.0, "0.0%"), (None, "—")])
+def test_percent_never_rounds_to_certainty(value, want):
+    assert percent(value) == want
+
+
+@pytest.mark.parametrize("value, threshold, want", [(0.4996, 0.5, "49.96%"), (0.5, 0.5, "50.0%"),
+                                                    (0.5004, 0.5, "50.04%"), (0.31, 0.5, "31.0%"),
+                                                    (0.12, None, "12.0%")])
+def test_a_score_never_reads_as_equal_to_a_threshold_it_is_not(value, threshold, want):
+    assert percent_against(value, threshold) == want
