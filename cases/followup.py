@@ -67,6 +67,18 @@ def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
     return visits
 
 
+def scoring_versions(visits: list[Visit]) -> list[tuple[str, float | None]]:
+    """(version, melanoma threshold) of the model versions whose scores the timeline plots, in
+    the order of the visits: scores and thresholds of different versions are not on one scale."""
+    seen: dict[str, float | None] = {}
+    for visit in visits:
+        for image in visit.images:
+            prediction = latest_scored(image)
+            if prediction is not None and prediction.assessable:
+                seen.setdefault(prediction.model_version.version, prediction.model_version.melanoma_threshold)
+    return list(seen.items())
+
+
 def _changes(previous: Visit | None, visit: Visit) -> list[str]:
     reasons = []
     rise = settings.FOLLOW_UP_SCORE_RISE

@@ -224,6 +224,7 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
     first, second = chosen("a", visits[0]), chosen("b", visits[-1])
     threshold = next((p.model_version.melanoma_threshold for v in reversed(visits) for i in v.images
                       if (p := followup.latest_scored(i)) is not None), None)
+    versions = followup.scoring_versions(visits)  # more than one: the line is the latest version's only
     plot = followup.score_plot(visits)
     if threshold is not None:
         plot["threshold_y"] = plot["height"] - plot["pad"] - threshold * (plot["height"] - 2 * plot["pad"])
@@ -234,7 +235,7 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
                                    title=tracked.label, url="#")]
     return _no_store(render(request, "cases/tracked_lesion.html", {
         "patient": patient, "tracked": tracked, "visits": visits, "latest": visits[-1], "plot": plot,
-        "threshold": threshold, "compare": (first, second), "map": body_map.svg_context(markers),
+        "threshold": threshold, "versions": versions, "compare": (first, second), "map": body_map.svg_context(markers),
         "rise": settings.FOLLOW_UP_SCORE_RISE,
         "may_correct": corrections.may_correct(request.user, visits[-1].lesion.case),
     }))

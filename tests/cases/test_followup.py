@@ -194,3 +194,20 @@ def test_backfill_gives_existing_lesions_a_patient_lesion(world):
     migration.backfill(apps, None)
     assert Lesion.objects.get(pk=world.lesion_a.pk).tracked.number == 1
     assert Lesion.objects.get(pk=world.lesion_b.pk).tracked.patient == world.patient_b
+
+
+def test_the_timeline_says_when_its_visits_were_scored_by_different_versions(client, world):
+    """One dashed line cannot be every version's threshold: the page names each version's."""
+    later = _visit(world, timezone.localdate())
+    l2 = services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso",
+                             same_as=world.lesion_a.tracked)
+    _score(world, world.lesion_a, 0.2, sha="6" * 64)
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x", melanoma_threshold=0.3)
+    Prediction.objects.create(image=make_image(world, sha="7" * 64, lesion=l2), model_version=newer, status="done",
+                              melanoma_probability=0.25, malignancy_score=0.25, finished_at=timezone.now())
+    client.force_login(world.clin_a)
+    page = client.get(f"/patients/{world.patient_a.pk}/lesions/1/")
+    assert page.context["versions"] == [("unit-test-v1", 0.5), ("unit-test-v2", 0.3)]
+    html = page.content.decode()
+    assert "scored by different model versions" in html and "unit-test-v1: threshold 50.0%" in html
+    assert "of the model version that scored the latest visit" in html
