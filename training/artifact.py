@@ -76,7 +76,9 @@ def card_markdown(card: dict) -> str:
             lines.append(f"- at the {k} threshold: sensitivity {f(o['sensitivity'])} {ci(o['sensitivity_ci95'])}, "
                          f"specificity {f(o['specificity'])} {ci(o['specificity_ci95'])}")
     lines += _subgroup_lines(m.get("subgroups") or {}, f)
-    lines += ["", "## Validation operating points", ""]
+    unit = v.get("bootstrap_unit", "image")
+    lines += ["", "## Validation operating points", "",
+              f"In-sample: the thresholds were chosen on these validation images (95 % CIs resample {unit}s).", ""]
     for k in ("melanoma", "malignancy"):
         if k in v:
             o = v[k]

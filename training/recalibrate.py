@@ -66,7 +66,8 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
     outputs = SplitOutputs(keras_model, cfg.tta, images)
     clinical = (fit_clinical(cfg, outputs.logits("train"), masks["train"], recs["train"])
                 if cfg.clinical_context else None)
-    cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs["val"]), masks["val"], cfg)
+    cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs["val"]), masks["val"], cfg,
+                           lesions=lesion_ids_of(recs["val"]))
     test_recs, m_te = recs["test"], masks["test"]
     probs = softmax_with_temperature(outputs.logits("test", clinical=clinical, records=test_recs), cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,

@@ -97,6 +97,26 @@ def warm_start_split(cfg: TrainConfig, aliases: Mapping[str, Sequence[str]] | No
     return pinned
 
 
+def started_from(cfg: TrainConfig) -> dict[str, Path]:
+    """The artifacts whose networks this run builds on: the warm start, the distillation teacher and
+    the source of the offset inside the loss (those with a model card)."""
+    from mlcore.artifact import CARD_FILE
+
+    dirs = {"warm start": Path(cfg.pretrained).parent if cfg.pretrained else None,
+            "teacher": Path(cfg.distill_from) if cfg.distill_from else None,
+            "offset source": Path(cfg.offset_in_loss_from) if cfg.offset_in_loss_from else None}
+    return {role: d for role, d in dirs.items() if d is not None and (d / CARD_FILE).is_file()}
+
+
+def fitted_ids(model_dir: Path, aliases: Mapping[str, Sequence[str]] | None = None) -> set[str]:
+    """The image ids (as the audit keeps them) an artifact was trained or validated on."""
+    from mlcore.artifact import read_card
+
+    root = {merged: kept for kept, ids in (aliases or {}).items() for merged in ids}
+    split_ids = read_card(model_dir, required=("split_ids",))["split_ids"]
+    return {root.get(i, i) for s in ("train", "val") for i in split_ids.get(s, [])}
+
+
 def source_balance_weights(masks: np.ndarray, sources, power: float) -> np.ndarray:
     """Per-sample weight (P(code) / P(code | source))**power by HAM code, clipped to
     SOURCE_WEIGHT_RANGE, mean 1: a collection whose images are mostly melanomas (the ISIC-archive
@@ -589,8 +609,10 @@ def fit_clinical(cfg: TrainConfig, train_logits: np.ndarray, m_train, train_reco
     return adj
 
 
-def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
-    """Temperature and thresholds from validation logits (see ``calibrate``)."""
+def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig, lesions: np.ndarray | None = None) -> dict:
+    """Temperature and thresholds from validation logits (see ``calibrate``). ``lesions`` (one id
+    per image) makes the operating points' bootstrap resample lesions, not images; those figures
+    are in-sample, since the thresholds are chosen on the same images."""
     from .evaluate import operating_point_report, targets
     from mlcore.scoring import (SCORE_HISTOGRAM_KEY, Thresholds, fit_temperature, malignancy_score,
                                 melanoma_probability, score_histogram, set_nll, softmax_with_temperature,
@@ -614,8 +636,10 @@ def calibrate_logits(logits: np.ndarray, m_val, cfg: TrainConfig) -> dict:
             "tta": cfg.tta,
             # the reference the admin's monitoring compares production scores with (PSI)
             SCORE_HISTOGRAM_KEY: score_histogram(mel),
-            "melanoma": operating_point_report(mel, t["melanoma"], thr.melanoma, cfg.bootstrap, cfg.seed),
-            "malignancy": operating_point_report(mal, t["malignant"], thr.malignancy, cfg.bootstrap, cfg.seed + 1),
+            "melanoma": operating_point_report(mel, t["melanoma"], thr.melanoma, cfg.bootstrap, cfg.seed, lesions),
+            "malignancy": operating_point_report(mal, t["malignant"], thr.malignancy, cfg.bootstrap, cfg.seed + 1,
+                                                 lesions),
+            "bootstrap_unit": "image" if lesions is None else "lesion",
         },
     }
 
@@ -671,6 +695,12 @@ def prepare_data(cfg: TrainConfig, data_root: Path, cache_dir: Path | None, *,
     # the point where the training and validation sets are fixed: refuse any benchmark lesion
     check_not_in_training(benchmark, {s: [by_id[i] for i in split[s]] for s in ("train", "val")},
                           groups=audit.groups, frozen=frozen, aliases=audit.aliases)
+    # and any network this run starts from or learns from that has already seen one: the benchmark
+    # would pin such a lesion to test, and the candidate would be compared on what it has learnt
+    for role, model_dir in started_from(cfg).items():
+        seen = fitted_ids(model_dir, audit.aliases)
+        check_not_in_training(benchmark, {f"{role} ({model_dir}) train/val": [by_id[i] for i in seen if i in by_id]},
+                              groups=audit.groups, frozen=frozen, aliases=audit.aliases)
     kept_out = {**benchmark.summary(), "kept_out_of": ["train", "val"], "lesion_groups_in_data": len(frozen),
                 "images_in_test": len(set(split["test"]) & benchmark.image_ids)}
     _emit(f"[train] frozen benchmark {benchmark.version}: {len(frozen)} lesion groups kept out of training")
@@ -732,7 +762,8 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
                            known={"val": val_outputs} if val_outputs is not None else None)
     clinical = (fit_clinical(cfg, outputs.logits("train"), masks[sl["train"]], recs[sl["train"]])
                 if cfg.clinical_context else None)
-    cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs[sl["val"]]), masks[sl["val"]], cfg)
+    cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs[sl["val"]]), masks[sl["val"]], cfg,
+                           lesions=lesion_ids_of(recs[sl["val"]]))
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
     probs = softmax_with_temperature(outputs.logits("test", clinical=clinical, records=recs[sl["test"]]),
                                      cal["temperature"])

@@ -98,6 +98,36 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.parametrize("role", ["pretrained", "distill_from", "offset_in_loss_from"])
+def test_a_run_refuses_to_build_on_a_network_that_learnt_a_benchmark_lesion(tmp_path, monkeypatch, role):
+    """The benchmark pins a lesion to test even when the warm start trained on it: the candidate
+    would then be compared on what it had learnt. Teachers and offset sources likewise."""
+    import training.cache
+    from training.testing import tiny_config
+    from training.train import train
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    data = make_fake_ham(tmp_path / "data")
+    bench = _benchmark(tmp_path, [("ISIC_7000000", "HAM_0000000", "HAM_0000000", "ham10000")])
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "model.weights.h5").write_bytes(b"not read: the run stops before")
+    (start / "model_card.json").write_text(json.dumps({"version": "start-v1", "split_ids": {
+        "train": ["ISIC_7000001"], "val": [], "test": []}}))  # the benchmark lesion's second image
+    cfg = tiny_config()
+    setattr(cfg, role, str(start / "model.weights.h5") if role == "pretrained" else str(start))
+    monkeypatch.setattr(training.cache, "load_images", stop)
+    with pytest.raises(BenchmarkLeakError, match=r"(warm start|teacher|offset source) .*train/val"):
+        train(cfg, data, tmp_path / "out", None, benchmark=bench, verbose=0)
+    # the same artifact, having trained on another lesion, is fine
+    (start / "model_card.json").write_text(json.dumps({"version": "start-v1", "split_ids": {
+        "train": [], "val": [], "test": []}}))
+    with pytest.raises(_Stop):
+        train(cfg, data, tmp_path / "out", None, benchmark=bench, verbose=0)
+
+
 def test_training_keeps_the_benchmark_out_and_refuses_a_forced_split(tmp_path, monkeypatch):
     import training.cache
     import training.splits
