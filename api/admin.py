@@ -20,7 +20,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # staff who are not superusers manage their own clinic's tokens only
-        return super().get_queryset(request).filter(user__in=in_own_clinic(get_user_model().objects, request.user))
+        return super().get_queryset(request).filter(user__in=in_own_clinic(get_user_model().objects.all(), request.user))
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)

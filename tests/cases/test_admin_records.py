@@ -177,3 +177,8 @@ def test_staff_issue_and_revoke_tokens_of_their_own_clinic_only(client, world):
     staff.user_permissions.add(Permission.objects.get(codename="change_apitoken"))
     client.post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [mine.pk, theirs.pk]})
     assert list(ApiToken.objects.filter(revoked_at__isnull=False)) == [mine]
+    # a superuser sees every clinic's tokens
+    client.force_login(world.admin)
+    listing = client.get("/admin/api/apitoken/")
+    assert listing.status_code == 200
+    assert "clinic B&#x27;s integration" in listing.content.decode() and "clinic A&#x27;s EHR" in listing.content.decode()
