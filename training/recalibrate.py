@@ -67,11 +67,11 @@ def refit_and_export(keras_model, cfg, split: dict, out_dir: Path, data_root: Pa
     clinical = (fit_clinical(cfg, outputs.logits("train"), masks["train"], recs["train"])
                 if cfg.clinical_context else None)
     cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs["val"]), masks["val"], cfg,
-                           lesions=lesion_ids_of(recs["val"]))
+                           lesions=lesion_ids_of(recs["val"], audit.groups))
     test_recs, m_te = recs["test"], masks["test"]
     probs = softmax_with_temperature(outputs.logits("test", clinical=clinical, records=test_recs), cal["temperature"])
     metrics = evaluate_probs(probs, m_te, cal["thresholds"], cfg.bootstrap, cfg.seed,
-                             groups=subgroup_labels(test_recs), lesions=lesion_ids_of(test_recs))
+                             groups=subgroup_labels(test_recs), lesions=lesion_ids_of(test_recs, audit.groups))
     metrics[SCORE_HISTOGRAM_KEY] = cal["validation"][SCORE_HISTOGRAM_KEY]  # the monitoring's reference
     export_artifact(keras_model, Path(out_dir), cfg=cfg, temperature=cal["temperature"],
                     thresholds=cal["thresholds"], validation=cal["validation"], metrics=metrics,

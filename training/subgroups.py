@@ -2,7 +2,7 @@
 is good on average can still miss melanomas on, say, acral skin or older patients."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -63,6 +63,9 @@ def subgroup_report(probs: np.ndarray, masks: np.ndarray, thresholds: Thresholds
     return out
 
 
-def lesion_ids_of(records) -> np.ndarray:
-    """One lesion id per record: the unit the bootstrap CIs resample."""
-    return np.array([str(r.lesion_id or r.isic_id) for r in records])
+def lesion_ids_of(records, groups: Mapping[str, str] | None = None) -> np.ndarray:
+    """One id per record for the bootstrap CIs to resample: its split group when ``groups`` (the
+    audit's: lesion ids unioned over near-duplicates) knows it, else its lesion id, so that
+    near-duplicates of one lesion are drawn together, as in the promotion gate."""
+    groups = groups or {}
+    return np.array([str(groups.get(r.isic_id) or r.lesion_id or r.isic_id) for r in records])

@@ -763,12 +763,12 @@ def train(cfg: TrainConfig, data_root: Path, out_dir: Path, cache_dir: Path | No
     clinical = (fit_clinical(cfg, outputs.logits("train"), masks[sl["train"]], recs[sl["train"]])
                 if cfg.clinical_context else None)
     cal = calibrate_logits(outputs.logits("val", clinical=clinical, records=recs[sl["val"]]), masks[sl["val"]], cfg,
-                           lesions=lesion_ids_of(recs[sl["val"]]))
+                           lesions=lesion_ids_of(recs[sl["val"]], audit.groups))
     _emit(f"[train] temperature={cal['temperature']:.3f} thresholds={cal['thresholds'].to_dict()}")
     probs = softmax_with_temperature(outputs.logits("test", clinical=clinical, records=recs[sl["test"]]),
                                      cal["temperature"])
     metrics = evaluate_probs(probs, masks[sl["test"]], cal["thresholds"], cfg.bootstrap, cfg.seed,
-                             groups=subgroup_labels(recs[sl["test"]]), lesions=lesion_ids_of(recs[sl["test"]]))
+                             groups=subgroup_labels(recs[sl["test"]]), lesions=lesion_ids_of(recs[sl["test"]], audit.groups))
     _emit("[train] TEST melanoma_auc={:.4f} malignancy_auc={:.4f} bacc7={:.4f} bacc9={:.4f} "
           "mel sens/spec={:.3f}/{:.3f}".format(
               metrics["melanoma_auc"], metrics["malignancy_auc"], metrics["balanced_accuracy_7"],

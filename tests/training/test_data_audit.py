@@ -127,3 +127,17 @@ def test_split_by_lesion_is_grouped_seeded_and_disjoint():
         for i in ids:
             assert seen.setdefault(les_of[i], k) == k
     assert 30 < len(s1["test"]) < 60 and 30 < len(s1["val"]) < 60
+
+
+def test_the_bootstrap_draws_near_duplicates_of_one_lesion_together():
+    """Test-split CIs resample the audit's split groups: two near-duplicate copies filed under
+    different lesion ids are one draw, as in the promotion gate; without groups, lesion ids."""
+    from training.data import ImageRecord
+    from training.subgroups import lesion_ids_of
+
+    recs = [ImageRecord(path="", isic_id=i, lesion_id=lesion, allowed=frozenset({"nevus"}), source="x")
+            for i, lesion in (("ISIC_1", "HAM_1"), ("ISIC_2", "HAM_2"), ("ISIC_3", "HAM_3"))]
+    groups = {"ISIC_1": "L:ISIC_1", "ISIC_2": "L:ISIC_1"}  # 1 and 2 are near-duplicates
+    ids = lesion_ids_of(recs, groups)
+    assert ids[0] == ids[1] != ids[2] and ids[2] == "HAM_3"
+    assert list(lesion_ids_of(recs)) == ["HAM_1", "HAM_2", "HAM_3"]
