@@ -233,12 +233,16 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
     gate = gate_for(version)
     if not gate.allowed:
         raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
-    with transaction.atomic():
-        previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
-        activate(version)
-        audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
-               new={"active": version.version})
-        warm_after_commit(version)
+    try:
+        with transaction.atomic():
+            previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+            activate(version)
+            audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
+                   new={"active": version.version})
+            warm_after_commit(version)
+    except IntegrityError as exc:  # the one-active-version constraint: another activation won the race
+        raise LifecycleError("Another version was activated at the same moment; nothing was changed. "
+                             "Reload the page to see which version is active.") from exc
     return version
 
 

@@ -536,3 +536,25 @@ def test_a_cancel_during_the_benchmark_comparison_ends_the_run_cancelled_not_rea
     assert retraining.run_training(version_id=run.pk) == "cancelled"
     run.refresh_from_db()
     assert run.status == "failed" and run.error == "Cancelled by an administrator." and run.finished_at <= timezone.now()
+
+
+@pytest.mark.django_db
+def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothing(
+        use_tiny_model, django_user_model, monkeypatch):
+    """Two admins click Activate at once: the database's one-active-version constraint stops the
+    second, which gets a message, not a 500, and leaves no audit entry behind."""
+    from audit.models import AuditEvent
+
+    admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
+    shipped = registry.ensure_default_registered()
+    better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
+                                         metrics=_gate_metrics(True, shipped.version))
+
+    def lost(version):
+        raise IntegrityError('duplicate key value violates unique constraint "one_active_model_version"')
+
+    monkeypatch.setattr(lifecycle, "activate", lost)
+    with pytest.raises(lifecycle.LifecycleError, match="activated at the same moment"):
+        lifecycle.activate_version(version=better, user=admin)
+    assert ModelVersion.objects.get(status="active") == shipped
+    assert not AuditEvent.objects.filter(action="activate").exists()
