@@ -346,10 +346,14 @@ def review_section(lesion: Lesion) -> list[Flowable]:
     reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
     parts: list[Flowable] = [para("Dermatologist review", "h3")]
     if not reviews:
-        state = ai_summary(lesion)
-        why = " (in the review queue)." if lesion.awaiting_review else (
-            "." if lesion.flagged else " (not flagged by the model: no review was requested)." if state == "Not flagged"
-            else f" ({state.lower()}: no review was requested yet).")
+        if lesion.awaiting_review:
+            why = " (in the review queue)."
+        elif lesion.flagged:
+            why = "."
+        elif (state := ai_summary(lesion)) == "Not flagged":
+            why = " (not flagged by the model: no review was requested)."
+        else:
+            why = f" ({state.lower()}: no review was requested yet)."
         return parts + [para(bold(NOT_REVIEWED) + esc(why))]
     for review in reviews:
         rows = [("Reviewer", esc(person(review.reviewer))), ("Date", esc(when(review.created_at))),

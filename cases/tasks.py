@@ -65,20 +65,20 @@ RESCORE_SOFT_TIME_LIMIT_S = 1800
 def rescore_images(self, job_id: int) -> int:
     """Queue predictions with the job's model version for the job's images (idempotent). A job
     that cannot finish ends failed with the reason, never "running" for ever."""
+    job_id = int(job_id)
+    again = "start the re-score again (images already queued are skipped)."
     try:
-        return run_rescore(job_id=int(job_id))
+        return run_rescore(job_id=job_id)
     except TRANSIENT_ERRORS as exc:
         if self.request.retries < self.max_retries:
             raise  # autoretry_for sends it again later
-        fail_rescore(job_id=int(job_id), reason=f"The database or broker kept failing ({type(exc).__name__}: {exc}); "
-                                                "start the re-score again (images already queued are skipped).")
+        fail_rescore(job_id=job_id, reason=f"The database or broker kept failing ({type(exc).__name__}: {exc}); {again}")
         raise
     except SoftTimeLimitExceeded:
-        fail_rescore(job_id=int(job_id), reason=f"Stopped after {RESCORE_SOFT_TIME_LIMIT_S // 60} minutes; start the "
-                                                "re-score again to go on (images already queued are skipped).")
+        fail_rescore(job_id=job_id, reason=f"Stopped after {RESCORE_SOFT_TIME_LIMIT_S // 60} minutes; {again}")
         raise
     except Exception as exc:
-        fail_rescore(job_id=int(job_id), reason=f"{type(exc).__name__}: {exc}")
+        fail_rescore(job_id=job_id, reason=f"{type(exc).__name__}: {exc}")
         raise
 
 

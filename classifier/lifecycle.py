@@ -151,10 +151,17 @@ def _create_run(request: TrainingRequest, overrides: dict | None, user) -> Model
     audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
                                        "seed": request.seed} | members | start)
     on_commit_or_fail(lambda: enqueue_training(version.pk, **limits),
-                      on_failure=lambda exc: ModelVersion.objects.filter(pk=version.pk).update(
-                          status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
-                          error=broker_down_reason(exc, "The training run")))
+                      on_failure=lambda exc: fail_run(version.pk, broker_down_reason(exc, "The training run")))
     return version
+
+
+def fail_run(version_id: int, error: str, *, keep_earlier_failure: bool = False) -> None:
+    """End a training run failed with ``error``, shown in the admin; ``keep_earlier_failure``
+    leaves a run that has already failed (and its reason) as it is."""
+    runs = ModelVersion.objects.filter(pk=version_id)
+    if keep_earlier_failure:
+        runs = runs.exclude(status=ModelVersion.Status.FAILED)
+    runs.update(status=ModelVersion.Status.FAILED, error=error, finished_at=timezone.now())
 
 
 def enqueue_training(version_id: int, **limits) -> None:

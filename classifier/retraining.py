@@ -23,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from classifier import artifact_store, ensemble_training, fine_tuning
-from classifier.lifecycle import REVIEWS
+from classifier.lifecycle import REVIEWS, fail_run
 from classifier.models import ModelVersion
 from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement
 from classifier.registry import register_artifact
@@ -101,19 +101,6 @@ def _claim(version_id: int) -> bool:
     ).update(started_at=timezone.now(), progress={"phase": "starting"}))
 
 
-def _fail(version_id: int, error: str) -> None:
-    ModelVersion.objects.filter(pk=version_id).update(
-        status=ModelVersion.Status.FAILED, error=error, finished_at=timezone.now()
-    )
-
-
-def _fail_unless_failed(version_id: int, error: str) -> None:
-    """Fail a run that has not failed already (a sweep's reason is kept)."""
-    ModelVersion.objects.filter(pk=version_id).exclude(status=ModelVersion.Status.FAILED).update(
-        status=ModelVersion.Status.FAILED, error=error, finished_at=timezone.now()
-    )
-
-
 def remeasure_gate(version: ModelVersion) -> dict:
     """Compare ``version`` again with the model active now (after another activation, or with a
     new benchmark version) and store the result in its metrics["gate"]."""
@@ -132,7 +119,7 @@ def run_training(*, version_id: int) -> str:
         updated = version.progress.get("updated_at")
         if (version.status == ModelVersion.Status.TRAINING and version.finished_at is None and updated
                 and timezone.now() - timezone.datetime.fromisoformat(updated) > STALE_AFTER):
-            _fail(version_id, "The training worker stopped (no progress for 15 minutes). Start a new run.")
+            fail_run(version_id, "The training worker stopped (no progress for 15 minutes). Start a new run.")
             return "stale"
         return "already started"
     version = ModelVersion.objects.get(pk=version_id)
@@ -157,19 +144,19 @@ def run_training(*, version_id: int) -> str:
         measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity, n_resamples=config.bootstrap,
                      on_step=lambda step: _save_progress(version_id, {"phase": f"frozen benchmark: {step}"}))
     except TrainingCancelled:
-        _fail(version_id, "Cancelled by an administrator.")
+        fail_run(version_id, "Cancelled by an administrator.")
         return "cancelled"
     except SoftTimeLimitExceeded:  # Celery's soft limit: say it in words, the hard limit is next
         limit_min = ensemble_training.time_limits_s(max(1, len(ensemble_training.member_seeds(version))))[0] // 60
-        _fail(version_id, f"Stopped: the run exceeded its training time limit ({limit_min} minutes). "
+        fail_run(version_id, f"Stopped: the run exceeded its training time limit ({limit_min} minutes). "
                           "Retry with fewer epochs or fewer ensemble members.")
         return "failed"
     except Exception as exc:  # the run failed: say why in the admin, keep the traceback in the log
         log.exception("training %s failed", version.version)
-        _fail(version_id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}")
+        fail_run(version_id, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc(limit=5)}")
         return "failed"
     if ModelVersion.objects.filter(pk=version_id, cancel_requested=True).exists():  # asked during the comparison
-        _fail(version_id, "Cancelled by an administrator.")
+        fail_run(version_id, "Cancelled by an administrator.")
         return "cancelled"
     try:
         registered = register_artifact(out_dir)
@@ -189,10 +176,10 @@ def run_training(*, version_id: int) -> str:
         )
     except Exception as exc:  # trained, but not registered: never leave it "training"
         log.exception("registering %s failed", version.version)
-        _fail(version_id, f"Training finished but the model could not be registered: {type(exc).__name__}: {exc}")
+        fail_run(version_id, f"Training finished but the model could not be registered: {type(exc).__name__}: {exc}")
         return "failed"
     if not ready:
-        _fail_unless_failed(version_id, "Cancelled by an administrator.")
+        fail_run(version_id, "Cancelled by an administrator.", keep_earlier_failure=True)
         return "cancelled"
     _save_progress(version_id, {"phase": "done"})
     return registered.version

@@ -24,9 +24,7 @@ def percent(value, digits: int = 1) -> str:
 def percent_against(value, threshold) -> str:
     """``value`` as a percent with as many decimals (up to 3) as it takes not to read as equal to
     ``threshold`` when it is not: 0.4996 against 0.5 → '49.96%', never '50.0%'."""
-    if value is None or value == "" or threshold is None or threshold == "":
+    if value is None or value == "" or threshold is None or threshold == "" or float(value) == float(threshold):
         return percent(value)
-    for digits in (1, 2, 3):
-        if float(value) == float(threshold) or percent(value, digits) != percent(threshold, digits):
-            return percent(value, digits)
-    return percent(value, 3)
+    digits = next((d for d in (1, 2) if percent(value, d) != percent(threshold, d)), 3)
+    return percent(value, digits)

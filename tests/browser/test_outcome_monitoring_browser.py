@@ -13,7 +13,7 @@ from cases import drift
 from cases.models import Case, Clinic, Lesion, Outcome, Patient
 from cases.roles import CLINICIAN
 from classifier.models import ModelVersion
-from tests.support.browser_helpers import PASSWORD, log_in, make_user
+from tests.support.browser_helpers import PASSWORD, fill_histopathology, log_in, make_user
 from tests.support.monitoring_helpers import weekly_uploads
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -33,9 +33,7 @@ def test_clinician_enters_histopathology_and_admin_sees_the_drift_alert(live_ser
     log_in(page, base, "clara")
     page.goto(f"{base}/cases/{case.pk}/")
     page.get_by_text("Enter the histopathology result").click()
-    page.get_by_label("Histopathological diagnosis").select_option("melanoma")
-    page.get_by_label("Report date").fill(timezone.localdate().isoformat())
-    page.get_by_label("Report reference").fill("PATH-2026-1234")
+    fill_histopathology(page, diagnosis="melanoma", reference="PATH-2026-1234")
     page.get_by_role("button", name="Save histopathology result").click()
     expect(page.locator(".messages")).to_contain_text("Histopathology result saved: Melanoma, report PATH-2026-1234")
     panel = page.locator(f"#outcome-{lesion.pk}")

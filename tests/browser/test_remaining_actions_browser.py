@@ -14,7 +14,7 @@ from cases.models import Case, Clinic, Lesion, Outcome, Patient, Prediction
 from cases.roles import CLINICIAN, DERMATOLOGIST
 from classifier.models import ModelVersion, RescoreJob
 from classifier.registry import activate
-from tests.support.browser_helpers import admin_log_in, log_in, make_user
+from tests.support.browser_helpers import admin_log_in, fill_histopathology, log_in, make_user
 from tests.support.case_helpers import World, make_image
 from tests.support.imagegen import png
 
@@ -82,10 +82,7 @@ def test_correct_a_histopathology_result_by_clicking(live_server, browser_page):
     log_in(page, base, "cora")
     page.goto(f"{base}/cases/{case.pk}/")
     page.get_by_text("Correct the histopathology result").click()
-    page.get_by_label("Histopathological diagnosis").select_option("nevus")
-    page.get_by_label("Report date").fill(timezone.localdate().isoformat())
-    page.get_by_label("Report reference").fill("PATH-2026-0001-A")
-    page.get_by_label("Reason for the correction").fill("the lab issued an amended report")
+    fill_histopathology(page, diagnosis="nevus", reference="PATH-2026-0001-A", reason="the lab issued an amended report")
     page.get_by_role("button", name="Save correction").click()
     expect(page.locator(f"#outcome-{lesion.pk}")).to_contain_text("PATH-2026-0001-A")
     current = Outcome.objects.exclude(pk=first.pk).get()

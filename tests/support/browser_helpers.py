@@ -35,3 +35,14 @@ def admin_log_in(page, base, username="root"):
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{base}/admin/")
     return get_user_model().objects.get(username=username)
+
+
+def fill_histopathology(page, *, diagnosis: str, reference: str, reason: str | None = None) -> None:
+    """Fill the case page's histopathology form (opened), dated today; ``reason`` for a correction."""
+    from django.utils import timezone
+
+    page.get_by_label("Histopathological diagnosis").select_option(diagnosis)
+    page.get_by_label("Report date").fill(timezone.localdate().isoformat())
+    page.get_by_label("Report reference").fill(reference)
+    if reason is not None:
+        page.get_by_label("Reason for the correction").fill(reason)
