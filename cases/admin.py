@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
+from django.db.models import QuerySet
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -34,6 +35,17 @@ def in_own_clinic(queryset, user):
         return queryset
     clinic = clinic_of(user)
     return queryset.filter(**{path: clinic.pk}) if clinic is not None else queryset.none()
+
+
+def visible_predictions(request) -> QuerySet:
+    """The predictions whose counts the admin may show ``request.user``: a clinic's staff count their
+    own clinic's images only, as in every list (superusers count all)."""
+    return in_own_clinic(Prediction.objects.all(), request.user)
+
+
+def rates_scope(request) -> str:
+    """What the admin's counts cover for ``request.user``, said beside them."""
+    return "every clinic" if request.user.is_superuser else "your clinic's images"
 
 
 class ClinicScopedChoices:
@@ -218,7 +230,8 @@ class PredictionAdmin(ReadOnlyAdmin):
 
     def changelist_view(self, request, extra_context=None):
         """The list, headed by how often each model version could not assess recent uploads."""
-        extra_context = (extra_context or {}) | {"assessment_rates": assessment_rates(), "recent_days": RECENT_DAYS}
+        extra_context = (extra_context or {}) | {"assessment_rates": assessment_rates(predictions=visible_predictions(request)),
+                                                 "recent_days": RECENT_DAYS, "rates_scope": rates_scope(request)}
         return super().changelist_view(request, extra_context)
 
     list_display = ["pk", "image", "model_version", "status", "melanoma_probability", "malignancy_score", "flagged",
@@ -328,8 +341,9 @@ class ModelVersionWithRatesAdmin(ModelVersionAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         version = ModelVersion.objects.filter(pk=object_id).values_list("version", flat=True).first()
-        rates = [r for r in assessment_rates() if r.version == version]
-        extra_context = (extra_context or {}) | {"assessment_rates": rates, "recent_days": RECENT_DAYS}
+        rates = [r for r in assessment_rates(predictions=visible_predictions(request)) if r.version == version]
+        extra_context = (extra_context or {}) | {"assessment_rates": rates, "recent_days": RECENT_DAYS,
+                                                 "rates_scope": rates_scope(request)}
         return super().change_view(request, object_id, form_url, extra_context)
 
 
@@ -339,29 +353,46 @@ admin.site.register(ModelVersion, ModelVersionWithRatesAdmin)
 
 @admin.register(RescoreJob)
 class RescoreJobAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "model_version", "status", "queued", "scored", "total", "disagreements", "created_by",
-                    "error")
+    """Re-scoring jobs run over every clinic's images. A superuser sees the job's own counts; other
+    staff see how many of their clinic's images were scored and disagree with a review, and not the
+    job's totals (how many images other clinics hold is not theirs to see)."""
+
     list_filter = ("status",)
     readonly_fields = [f.name for f in RescoreJob._meta.fields]
+
+    def get_list_display(self, request):
+        predictions = visible_predictions(request)
+        own = "" if request.user.is_superuser else " (your clinic)"
+
+        @admin.display(description=f"Scored{own}")
+        def scored(job: RescoreJob) -> int:
+            return scored_count(job, predictions=predictions)
+
+        @admin.display(description=f"New model disagrees with review{own}")
+        def disagreements(job: RescoreJob):
+            count = disagreement_count(job, predictions=predictions)
+            if not count:
+                return "0"
+            url = (reverse("admin:cases_prediction_changelist")
+                   + f"?disagrees=yes&model_version__id__exact={job.model_version_id}")
+            return format_html('<a href="{}">{}</a>', url, count)
+
+        totals = ("queued", scored, "total") if request.user.is_superuser else (scored,)
+        return ("created_at", "model_version", "status", *totals, disagreements, "created_by", "error")
+
+    def get_readonly_fields(self, request, obj=None):
+        if request.user.is_superuser:
+            return self.readonly_fields
+        return [f for f in self.readonly_fields if f not in ("queued", "total", "image_ids")]
+
+    def get_fields(self, request, obj=None):
+        return self.get_readonly_fields(request, obj)
 
     def has_add_permission(self, request):
         return False
 
     def has_delete_permission(self, request, obj=None):
         return False
-
-    @admin.display(description="Scored")
-    def scored(self, obj: RescoreJob) -> int:
-        return scored_count(obj)
-
-    @admin.display(description="New model disagrees with review")
-    def disagreements(self, obj: RescoreJob):
-        count = disagreement_count(obj)
-        if not count:
-            return "0"
-        url = (reverse("admin:cases_prediction_changelist")
-               + f"?disagrees=yes&model_version__id__exact={obj.model_version_id}")
-        return format_html('<a href="{}">{}</a>', url, count)
 
 
 # Histopathology outcomes and the Monitoring page (imported last: they build on the classes above)

@@ -39,13 +39,15 @@ class AssessmentRates:
         return self.rate(self.unfamiliar)
 
 
-def assessment_rates(*, days: int = RECENT_DAYS) -> list[AssessmentRates]:
+def assessment_rates(*, days: int = RECENT_DAYS, predictions=None) -> list[AssessmentRates]:
     """Per model version, over predictions finished in the last ``days`` days: how many images
     failed a quality check, looked unfamiliar (out of domain), were clinical photos, and how many
-    the model could not assess in all (one image can fail several ways)."""
+    the model could not assess in all (one image can fail several ways). ``predictions`` (a
+    Prediction queryset, e.g. one clinic's) limits what is counted; default all."""
     since = timezone.now() - timedelta(days=days)
+    base = Prediction.objects.all() if predictions is None else predictions
     rows = (
-        Prediction.objects.filter(status=Prediction.Status.DONE, finished_at__gte=since)
+        base.filter(status=Prediction.Status.DONE, finished_at__gte=since)
         .values("model_version__version")
         .annotate(
             scored=Count("pk"),

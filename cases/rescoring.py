@@ -68,17 +68,21 @@ def run_rescore(*, job_id: int) -> int:
     return queued
 
 
-def scored_count(job: RescoreJob) -> int:
-    """How many of the job's images have a finished prediction from the job's version."""
-    done = Prediction.objects.filter(model_version=job.model_version, status="done")
+def scored_count(job: RescoreJob, *, predictions=None) -> int:
+    """How many of the job's images have a finished prediction from the job's version (among
+    ``predictions``, e.g. one clinic's; default all)."""
+    base = Prediction.objects.all() if predictions is None else predictions
+    done = base.filter(model_version=job.model_version, status="done")
     if job.image_ids:
         done = done.filter(image_id__in=job.image_ids)
     return done.count()
 
 
-def disagreement_count(job: RescoreJob) -> int:
-    """How many of the job's new scores disagree with a dermatologist's review of the same image."""
-    rows = Prediction.objects.filter(model_version=job.model_version).exclude(review_disagreement="")
+def disagreement_count(job: RescoreJob, *, predictions=None) -> int:
+    """How many of the job's new scores disagree with a dermatologist's review of the same image
+    (among ``predictions``, e.g. one clinic's; default all)."""
+    base = Prediction.objects.all() if predictions is None else predictions
+    rows = base.filter(model_version=job.model_version).exclude(review_disagreement="")
     if job.image_ids:
         rows = rows.filter(image_id__in=job.image_ids)
     return rows.count()

@@ -196,7 +196,7 @@ def fit_pack(pack: dict, cfg: TrainConfig, out_dir: Path, name: str, *, deadline
     steps = len(x_tr) // cfg.batch_size
     budget = cfg.time_budget_min * 60.0
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, clipnorm=5.0)
-    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing))
+    model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, malignancy_weight=cfg.malignancy_weight))
 
     def progress(step_fraction: float) -> float:
         """Steps done, or time spent when the budget runs out first, as `fit_model` counts it."""

@@ -126,6 +126,8 @@ class TrainConfig:
     # the training loss: the network then learns what age, sex and site do not already say (the
     # exported network and its own offset, refitted after training, are unchanged in form)
     offset_in_loss_from: str = ""
+    # weight of a malignant-vs-benign cross-entropy added to the loss (training.model.set_loss): 0 off
+    malignancy_weight: float = 0.0
     # the network: "scratch" (training.model.build_model: the residual CNN above, random init) or
     # "mobilenet_v2" (Keras MobileNetV2 starting from the bundled ImageNet weights,
     # training.backbone; width/stages/stem_stride do not apply)
@@ -147,6 +149,8 @@ class TrainConfig:
             raise ValueError(f"distill_tta must be one of {TTA_MODES}, not {self.distill_tta!r}")
         if not 0.0 < self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight must be in (0, 1], not {self.distill_weight}")
+        if not 0.0 <= self.malignancy_weight <= 10.0:
+            raise ValueError(f"malignancy_weight must be in [0, 10], not {self.malignancy_weight}")
 
     @property
     def effective_split_seed(self) -> int:

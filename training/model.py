@@ -140,7 +140,8 @@ def build_mobilenet_v2(image_size: int | None, num_classes: int = 9, dropout: fl
     return keras.Model(inp, out, name="secondlook_mobilenet_v2")
 
 
-def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0, offset: bool = False):
+def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0, offset: bool = False,
+             malignancy_weight: float = 0.0):
     """loss = -log(sum_{c in allowed} p_c), computed stably in float32 from logits.
     y_true is the multi-hot mask of allowed classes. With smoothing e: (1-e)*set-NLL + e*mean CE.
     With ``distill_weight`` w > 0, y_true is the mask followed by a teacher's class probabilities q
@@ -148,9 +149,18 @@ def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0, offset: 
     With ``offset``, y_true ends with a fixed per-image logit offset (a clinical-context offset,
     ``TrainConfig.offset_in_loss_from``) that is added to the logits before all of the above, so the
     network is trained on what the offset does not already say.
+    With ``malignancy_weight`` w > 0, w * the binary cross-entropy of malignant against benign
+    (P(malignant) = the sum over ``mlcore.labels.MALIGNANT_INDICES``, the app's malignancy score) is
+    added for every image whose allowed classes are all malignant or all benign: a confusion inside
+    either group then costs less than one across them.
     Written with ``keras.ops``, so the same loss trains on any Keras backend (TensorFlow here,
     JAX on an accelerator: `training.accelerated`)."""
     from keras import ops
+
+    from mlcore.labels import MALIGNANT_INDICES, NUM_CLASSES
+
+    malignant = np.zeros(NUM_CLASSES, np.float32)
+    malignant[list(MALIGNANT_INDICES)] = 1.0
 
     def loss(y_true, logits):
         logits = ops.cast(logits, "float32")
@@ -168,6 +178,15 @@ def set_loss(label_smoothing: float = 0.0, distill_weight: float = 0.0, offset: 
         if distill_weight > 0:
             soft = y_true[:, n_classes:2 * n_classes]
             nll = (1.0 - distill_weight) * nll + distill_weight * (lse_all - ops.sum(soft * logits, axis=-1))
+        if malignancy_weight > 0:
+            is_mal = ops.convert_to_tensor(malignant)
+            allowed_mal = ops.sum(mask * is_mal, axis=-1)
+            allowed_ben = ops.sum(mask * (1.0 - is_mal), axis=-1)
+            lse_mal = ops.logsumexp(ops.where(is_mal > 0.5, logits, ops.full_like(logits, -1e9)), axis=-1)
+            lse_ben = ops.logsumexp(ops.where(is_mal > 0.5, ops.full_like(logits, -1e9), logits), axis=-1)
+            group_nll = ops.where(allowed_ben < 0.5, lse_all - lse_mal, lse_all - lse_ben)
+            pure = ops.cast(ops.logical_or(allowed_ben < 0.5, allowed_mal < 0.5), "float32")
+            nll = nll + malignancy_weight * pure * group_nll
         return nll
 
     loss.__name__ = "set_nll"

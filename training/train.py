@@ -276,7 +276,8 @@ def fit_model(cfg: TrainConfig, x_train, m_train, x_val, m_val, *, verbose: int 
     opt = keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  clipnorm=5.0)
     model.compile(optimizer=opt, loss=set_loss(cfg.label_smoothing, cfg.distill_weight if cfg.distill_from else 0.0,
-                                               offset=bool(cfg.offset_in_loss_from)))
+                                               offset=bool(cfg.offset_in_loss_from),
+                                               malignancy_weight=cfg.malignancy_weight))
     state = {"epochs": cfg.epochs, "weights": None, "avg": None, "n_avg": 0}
     best = BestEpoch(cfg.patience)
     history: dict[str, list] = {"loss": [], "val_loss": [], "val_melanoma_auc": [],

@@ -182,3 +182,36 @@ def test_staff_issue_and_revoke_tokens_of_their_own_clinic_only(client, world):
     listing = client.get("/admin/api/apitoken/")
     assert listing.status_code == 200
     assert "clinic B&#x27;s integration" in listing.content.decode() and "clinic A&#x27;s EHR" in listing.content.decode()
+
+
+def test_the_admins_counts_cover_the_staff_users_own_clinic_only(client, world, model_version):
+    from classifier.models import RescoreJob
+
+    now = timezone.now()
+    image_a = make_image(world)
+    image_b = make_image(world, sha="b" * 64, lesion=world.lesion_b)
+    for image, assessable in ((image_a, True), (image_b, False)):
+        Prediction.objects.create(image=image, model_version=model_version, status="done", assessable=assessable,
+                                  melanoma_probability=0.2, malignancy_score=0.3, finished_at=now,
+                                  review_disagreement="" if assessable else "the review said melanoma")
+    RescoreJob.objects.create(model_version=model_version, status="done", queued=2, total=2)
+    staff = _staff(world, "view_prediction", "view_rescorejob", "view_modelversion")
+    client.force_login(staff)
+    rates = client.get("/admin/cases/prediction/").context["assessment_rates"]
+    assert [(r.scored, r.not_assessable) for r in rates] == [(1, 0)]  # clinic B's image is not counted
+    jobs = client.get("/admin/classifier/rescorejob/")
+    page = jobs.content.decode()
+    assert "Scored (your clinic)" in page and "Total" not in page
+    row = jobs.context["cl"].result_list[0]
+    scored, disagreements = (col for col in jobs.context["cl"].list_display if callable(col))
+    assert scored(row) == 1 and disagreements(row) == "0"  # B's disagreement is not A's to see
+    version_page = client.get(f"/admin/classifier/modelversion/{model_version.pk}/change/")
+    assert [(r.scored, r.not_assessable) for r in version_page.context["assessment_rates"]] == [(1, 0)]
+    # a superuser counts every clinic's images and sees the job's totals
+    client.force_login(world.admin)
+    assert [(r.scored, r.not_assessable) for r in client.get("/admin/cases/prediction/").context["assessment_rates"]] == [(2, 1)]
+    jobs = client.get("/admin/classifier/rescorejob/")
+    assert "Total" in jobs.content.decode()
+    scored, disagreements = (col for col in jobs.context["cl"].list_display if callable(col))
+    row = jobs.context["cl"].result_list[0]
+    assert scored(row) == 2 and 'disagrees=yes' in str(disagreements(row))

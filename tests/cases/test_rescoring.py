@@ -81,6 +81,7 @@ def test_the_predictions_filter_new_model_vs_review(world, model_version, client
 @pytest.mark.django_db
 def test_the_jobs_disagreement_column_counts_its_versions_and_links_to_them(world, model_version, client):
     from django.contrib import admin
+    from django.test import RequestFactory
     from django.urls import reverse
 
     from cases.rescoring import disagreement_count
@@ -88,7 +89,9 @@ def test_the_jobs_disagreement_column_counts_its_versions_and_links_to_them(worl
     new_version, disagrees, _, _ = _rescored(world, model_version)
     job = RescoreJob.objects.create(model_version=new_version, status="done")
     chosen = RescoreJob.objects.create(model_version=new_version, status="done", image_ids=[disagrees.image_id + 1])
-    column = admin.site.get_model_admin(RescoreJob).disagreements
+    request = RequestFactory().get("/")
+    request.user = world.admin
+    *_, column, _, _ = admin.site.get_model_admin(RescoreJob).get_list_display(request)
     assert disagreement_count(job) == 1 and disagreement_count(chosen) == 0
     link = reverse("admin:cases_prediction_changelist") + f"?disagrees=yes&amp;model_version__id__exact={new_version.pk}"
     assert column(job) == f'<a href="{link}">1</a>' and column(chosen) == "0"

@@ -30,6 +30,33 @@ def test_loss_gradient_does_not_prefer_one_allowed_class():
     assert g[a] == pytest.approx(g[s]) and g[a] < 0
 
 
+def test_malignancy_term_adds_the_group_cross_entropy():
+    from mlcore.labels import MALIGNANT_INDICES
+
+    logits = np.array([[1.0, 0.2, -0.5, 2.0, 0.3, 0.0, 1.2, 0.7, -1.0]], np.float32)
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    p_mal = p[list(MALIGNANT_INDICES)].sum()
+    for classes, group_nll in ((HAM_TO_CLASSES["mel"], -np.log(p_mal)),
+                               (HAM_TO_CLASSES["akiec"], -np.log(p_mal)),  # two malignant classes
+                               (HAM_TO_CLASSES["bkl"], -np.log(1.0 - p_mal)),  # two benign ones
+                               (HAM_TO_CLASSES["nv"], -np.log(1.0 - p_mal))):
+        m = mask_from_classes(classes)[None]
+        plain = float(set_loss(0.05)(tf.constant(m), tf.constant(logits))[0])
+        got = float(set_loss(0.05, malignancy_weight=0.5)(tf.constant(m), tf.constant(logits))[0])
+        assert got == pytest.approx(plain + 0.5 * group_nll, rel=1e-5), classes
+    # a label set that mixes the groups has no malignant/benign target: nothing is added
+    mixed = mask_from_classes({"melanoma", "nevus"})[None]
+    assert float(set_loss(0.0, malignancy_weight=2.0)(tf.constant(mixed), tf.constant(logits))[0]) == \
+        pytest.approx(float(set_loss(0.0)(tf.constant(mixed), tf.constant(logits))[0]), rel=1e-6)
+
+
+def test_malignancy_weight_is_validated():
+    from training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="malignancy_weight"):
+        TrainConfig(malignancy_weight=-1.0)
+
+
 def test_model_shapes_and_last_conv():
     m = build_model(32, width=8, stages=(1, 1))
     out = m(np.zeros((2, 32, 32, 3), np.float32))
