@@ -75,7 +75,7 @@ def describe_warm_start(weights_file: Path) -> dict:
 
 def warm_start_split(cfg: TrainConfig, aliases: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
     """ISIC id -> split of the artifact ``cfg.pretrained`` was trained on (empty when the run starts
-    from ImageNet or a bare weights file): a warm-started run keeps that split, so no image its
+    from ImageNet; a bare weights file is refused by `started_from`): a warm-started run keeps that split, so no image its
     network learned from lands in this run's validation or test split. Ids the audit has merged
     into another image (``aliases``: kept id -> merged ids) pin the image they were merged into; an
     image that was in training anywhere stays in training."""
@@ -99,13 +99,23 @@ def warm_start_split(cfg: TrainConfig, aliases: Mapping[str, Sequence[str]] | No
 
 def started_from(cfg: TrainConfig) -> dict[str, Path]:
     """The artifacts whose networks this run builds on: the warm start, the distillation teacher and
-    the source of the offset inside the loss (those with a model card)."""
+    the source of the offset inside the loss. Each must have a model card recording its split: a
+    bare weights file could have learnt anything, the frozen benchmark's lesions included, and
+    nothing could check it (``BenchmarkLeakError`` then, before any image is read)."""
     from mlcore.artifact import CARD_FILE
+
+    from .benchmark import BenchmarkLeakError
 
     dirs = {"warm start": Path(cfg.pretrained).parent if cfg.pretrained else None,
             "teacher": Path(cfg.distill_from) if cfg.distill_from else None,
             "offset source": Path(cfg.offset_in_loss_from) if cfg.offset_in_loss_from else None}
-    return {role: d for role, d in dirs.items() if d is not None and (d / CARD_FILE).is_file()}
+    dirs = {role: d for role, d in dirs.items() if d is not None}
+    for role, d in dirs.items():
+        if not (d / CARD_FILE).is_file():
+            raise BenchmarkLeakError(
+                f"the {role} ({d}) has no {CARD_FILE}, so what it was trained on cannot be checked against the "
+                "frozen benchmark: start from a trained artifact's directory (its model file and model card)")
+    return dirs
 
 
 def fitted_ids(model_dir: Path, aliases: Mapping[str, Sequence[str]] | None = None) -> set[str]:

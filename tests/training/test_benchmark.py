@@ -128,6 +128,28 @@ def test_a_run_refuses_to_build_on_a_network_that_learnt_a_benchmark_lesion(tmp_
         train(cfg, data, tmp_path / "out", None, benchmark=bench, verbose=0)
 
 
+def test_a_run_refuses_to_build_on_weights_whose_training_data_is_unknown(tmp_path, monkeypatch):
+    """A bare weights file (no model card beside it) could have learnt a benchmark lesion, and
+    nothing could tell: the run is refused before any image is decoded."""
+    import training.cache
+    from training.testing import tiny_config
+    from training.train import train
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    data = make_fake_ham(tmp_path / "data")
+    bench = _benchmark(tmp_path, [("ISIC_7000000", "HAM_0000000", "HAM_0000000", "ham10000")])
+    bare = tmp_path / "downloaded" / "model.weights.h5"
+    bare.parent.mkdir()
+    bare.write_bytes(b"not read: the run stops before")
+    cfg = tiny_config()
+    cfg.pretrained = str(bare)
+    monkeypatch.setattr(training.cache, "load_images", stop)
+    with pytest.raises(BenchmarkLeakError, match=r"warm start .* has no model_card.json"):
+        train(cfg, data, tmp_path / "out", None, benchmark=bench, verbose=0)
+
+
 def test_training_keeps_the_benchmark_out_and_refuses_a_forced_split(tmp_path, monkeypatch):
     import training.cache
     import training.splits
