@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 
-from cases.models import Lesion, LesionImage, PatientLesion, Prediction, Review
+from cases.models import Lesion, LesionImage, Outcome, PatientLesion, Prediction, Review
+from mlcore.labels import MALIGNANT_CLASSES
 from cases.roles import display_name
 
 BENIGN_DIAGNOSES = {"nevus", "seborrheic keratosis", "pigmented benign keratosis", "dermatofibroma",
@@ -38,6 +39,7 @@ class Visit:
     images: list[LesionImage]
     melanoma: float | None  # the highest melanoma probability of its assessable, scored images
     cannot_assess: bool
+    versions: frozenset[str]  # the model versions whose scores ``melanoma`` is the highest of
     review: Review | None
     changed_reasons: list[str] = field(default_factory=list)
 
@@ -61,7 +63,9 @@ def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
         assessable = [p.melanoma_probability for p in scored if p.assessable]
         reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
         visit = Visit(lesion=lesion, images=list(lesion.images.all()), melanoma=max(assessable, default=None),
-                      cannot_assess=any(not p.assessable for p in scored), review=reviews[-1] if reviews else None)
+                      cannot_assess=any(not p.assessable for p in scored),
+                      versions=frozenset(p.model_version.version for p in scored if p.assessable),
+                      review=reviews[-1] if reviews else None)
         visit.changed_reasons = _changes(visits[-1] if visits else None, visit)
         visits.append(visit)
     return visits
@@ -82,7 +86,9 @@ def scoring_versions(visits: list[Visit]) -> list[tuple[str, float | None]]:
 def _changes(previous: Visit | None, visit: Visit) -> list[str]:
     reasons = []
     rise = settings.FOLLOW_UP_SCORE_RISE
-    if previous is not None and previous.melanoma is not None and visit.melanoma is not None:
+    # scores of different model versions are not on one scale: a rise between them says nothing
+    comparable = previous is not None and len(previous.versions | visit.versions) == 1
+    if comparable and previous.melanoma is not None and visit.melanoma is not None:
         if visit.melanoma - previous.melanoma > rise:
             reasons.append(f"melanoma probability rose by {visit.melanoma - previous.melanoma:.0%} "
                            f"(more than {rise:.0%}) since {previous.lesion.case.visit_date:%Y-%m-%d}")
@@ -112,19 +118,35 @@ def score_plot(visits: list[Visit], *, width: int = 320, height: int = 120, pad:
             "y_for": {"0": height - pad, "50": height / 2, "100": pad}}
 
 
+def current_result(lesion: Lesion) -> Outcome | None:
+    """The lesion's histopathology result in force, from a prefetched ``outcomes`` (the one no
+    later result supersedes; ``cases.outcomes.current_outcome`` without a query)."""
+    outcomes = list(lesion.outcomes.all())
+    superseded = {o.supersedes_id for o in outcomes}
+    return max((o for o in outcomes if o.pk not in superseded), key=lambda o: (o.entered_at, o.pk), default=None)
+
+
 def status(tracked: PatientLesion, latest: Lesion | None) -> str:
-    """The lesion's status on the body map, from its latest visit: flagged (waiting for a
-    dermatologist), in review (claimed), reviewed, benign (a dermatologist's benign diagnosis),
-    not flagged (every image scored below the thresholds, never reviewed: the model never says
-    "benign"), scoring failed (an image's newest prediction failed) or not scored (an image still
-    waits for its score, or there is none)."""
+    """The lesion's status on the body map, from its latest visit. A histopathology result comes
+    first, whatever the model or the review said (malignant, benign or another diagnosis); then
+    flagged (waiting for a dermatologist), in review (claimed), reviewed: benign (a dermatologist's
+    benign diagnosis with reassurance or follow-up), reviewed (any other review, an excision or
+    biopsy advised included), not flagged (every image scored below the thresholds, never
+    reviewed: the model never says "benign"), scoring failed (an image's newest prediction
+    failed) or not scored (an image still waits for its score, or there is none)."""
     if latest is None:
         return "not-scored"
+    result = current_result(latest)
+    if result is not None:
+        if result.diagnosis in MALIGNANT_CLASSES:
+            return "histo-malignant"
+        return "histo-benign" if result.diagnosis in BENIGN_DIAGNOSES else "histo-other"
     if latest.awaiting_review:
         return "in-review" if latest.case.claimed_by_id else "flagged"
     review = max(latest.reviews.all(), key=lambda r: r.created_at, default=None)
     if review is not None:
-        return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES else "reviewed"
+        reassured = review.management in (Review.Management.REASSURE, Review.Management.FOLLOW_UP)
+        return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES and reassured else "reviewed"
     newest = [image.newest_prediction() for image in latest.images.all()]
     if any(p is not None and p.status == Prediction.Status.FAILED for p in newest):
         return "scoring-failed"  # one image unjudged: the others' scores do not clear the lesion
@@ -133,7 +155,8 @@ def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     return "flagged" if latest.flagged else "not-flagged"
 
 
-STATUS_LABELS = {"flagged": "Flagged, awaiting review", "in-review": "In review", "reviewed": "Reviewed",
+STATUS_LABELS = {"histo-malignant": "Histopathology: malignant", "histo-benign": "Histopathology: benign",
+                 "histo-other": "Histopathology: other diagnosis", "flagged": "Flagged, awaiting review", "in-review": "In review", "reviewed": "Reviewed",
                  "benign": "Reviewed: benign", "not-flagged": "Not flagged",
                  "scoring-failed": "Scoring failed: retry the image", "not-scored": "Not scored yet"}
 
@@ -154,7 +177,7 @@ def patient_map(patient, visible: QuerySet[Lesion]) -> list[MapLesion]:
     """Every patient lesion with at least one visible visit, for the map and its list."""
     predictions = Prediction.objects.order_by()
     lesions = (visible.filter(case__patient=patient).select_related("case", "tracked")
-               .prefetch_related("reviews", Prefetch("images__predictions", queryset=predictions))
+               .prefetch_related("reviews", "outcomes", Prefetch("images__predictions", queryset=predictions))
                .order_by("case__visit_date", "case__created_at", "pk"))
     by_tracked: dict[int, list[Lesion]] = {}
     for lesion in lesions:

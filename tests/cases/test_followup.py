@@ -12,7 +12,7 @@ from audit.models import AuditEvent
 from cases import body_map, followup, queue, services
 from cases.forms import CaseForm, LesionForm, ReviewForm
 from classifier.models import ModelVersion
-from cases.models import Case, Lesion, PatientLesion, Prediction, Review
+from cases.models import Case, Lesion, Outcome, PatientLesion, Prediction, Review
 from tests.support.case_helpers import make_image
 
 
@@ -106,6 +106,23 @@ def test_timeline_marks_a_rise_and_a_recorded_change(world, settings):
     assert len(plot["points"]) == 3 and plot["points"][0].y > plot["points"][2].y  # higher score, higher on the plot
 
 
+def test_a_rise_between_two_model_versions_is_not_marked_as_a_change(world, model_version):
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=timezone.localdate() - timedelta(days=30))
+    world.case_a.refresh_from_db()
+    later = _visit(world, timezone.localdate())
+    l2 = services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso",
+                             same_as=world.lesion_a.tracked)
+    _score(world, world.lesion_a, 0.10, sha="6" * 64)
+    newer = ModelVersion.objects.create(version="v-next", melanoma_threshold=0.3, malignancy_threshold=0.5)
+    image = make_image(world, sha="7" * 64, lesion=l2)
+    Prediction.objects.create(image=image, model_version=newer, status="done", melanoma_probability=0.45,
+                              malignancy_score=0.45, finished_at=timezone.now())
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert [v.melanoma for v in visits] == [0.10, 0.45] and not visits[1].changed  # not on one scale
+    Prediction.objects.filter(image=image).update(model_version=model_version)
+    assert followup.timeline(world.lesion_a.tracked, Lesion.objects.all())[1].changed  # one version: a rise
+
+
 def test_review_asks_about_change_only_when_there_are_earlier_visits(world):
     assert "lesion_changed" not in ReviewForm().fields
     assert "lesion_changed" in ReviewForm(earlier_visits=True).fields
@@ -120,10 +137,24 @@ def test_map_status_follows_the_latest_visit(world):
                                    final_diagnosis="nevus", management="reassure")
     assert status() == "benign"  # a dermatologist did
     review.delete()
+    excise = Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree",
+                                   final_diagnosis="nevus", management="excision")
+    assert status() == "reviewed"  # a nevus to excise is not shown as cleared
+    excise.delete()
     Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
     assert status() == "flagged"
     Case.objects.filter(pk=world.case_a.pk).update(claimed_by=world.derm, claimed_at=timezone.now())
     assert status() == "in-review"
+    first = Outcome.objects.create(lesion=world.lesion_a, diagnosis="melanoma", diagnosis_date=timezone.localdate(),
+                                   report_reference="LAB-1", entered_by=world.clin_a)
+    assert status() == "histo-malignant"  # the laboratory's result outranks the review
+    corrected = Outcome.objects.create(lesion=world.lesion_a, diagnosis="nevus", diagnosis_date=timezone.localdate(),
+                                       report_reference="LAB-1b", entered_by=world.clin_a, supersedes=first,
+                                       reason="wrong report attached")
+    assert status() == "histo-benign"  # the correction is the result in force
+    Outcome.objects.create(lesion=world.lesion_a, diagnosis="other", diagnosis_date=timezone.localdate(),
+                           report_reference="LAB-1c", entered_by=world.clin_a, supersedes=corrected, reason="revised")
+    assert status() == "histo-other"
 
 
 def test_queue_says_when_a_flagged_lesion_was_seen_before(world):
