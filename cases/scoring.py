@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -72,6 +73,9 @@ def dispatch_prediction(prediction_id: int, *, connection=None, queue: str = INT
         else:
             with broker_connection() as fresh:
                 _send(prediction_id, fresh, queue)
+    except SoftTimeLimitExceeded:  # the calling task's time is up: not a broker failure, it must stop
+        states.release_dispatch(prediction_id, enqueued_at=now)  # the sweep sends it if this did not
+        raise
     except Exception as exc:  # broker down: the upload stands, the sweep sends it later
         log.warning("could not enqueue prediction %s (%s: %s); the sweep will retry", prediction_id,
                     type(exc).__name__, exc)
@@ -283,8 +287,6 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
     burst, up to SECONDLOOK_SCORE_BATCH - 1 other enqueued predictions of the same model version are
     claimed too and scored in the same forward pass (a lone image costs one extra SELECT).
     """
-    from celery.exceptions import SoftTimeLimitExceeded
-
     claimed, started_at = _claim(prediction_id, run_by=run_by, worker=worker)
     if not claimed:
         return "not claimable (already running or finished)"

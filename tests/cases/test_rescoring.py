@@ -133,3 +133,28 @@ def test_a_rescore_that_breaks_or_runs_out_of_time_ends_failed_not_running(world
         job.refresh_from_db()
         assert job.status == RescoreJob.Status.FAILED and words in job.error, job.error
         Prediction.objects.all().delete()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rescore_whose_time_runs_out_while_sending_ends_failed_and_the_prediction_unsent(world, model_version,
+                                                                                        monkeypatch):
+    """The soft time limit can strike inside a send: it is not a broker failure, so the task's own
+    handler still marks the job failed, and the prediction is left unsent for the sweep."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from cases.tasks import rescore_images
+
+    monkeypatch.setattr("cases.rescoring.enqueue", lambda pk: None)
+    _image(world, "a", "a" * 64)
+    job = start_rescore(user=world.admin)
+
+    def out_of_time(*args, **kwargs):
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr("cases.scoring._send", out_of_time)
+    with pytest.raises(SoftTimeLimitExceeded):
+        rescore_images.apply(args=[job.pk], throw=True)
+    job.refresh_from_db()
+    assert job.status == RescoreJob.Status.FAILED and "Stopped after 30 minutes" in job.error, job.error
+    prediction = Prediction.objects.get(model_version=model_version)
+    assert prediction.status == "pending" and prediction.enqueued_at is None
