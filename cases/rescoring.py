@@ -13,6 +13,10 @@ from classifier.registry import active_version
 
 CHUNK = 200
 RESCORE_TASK = "cases.tasks.rescore_images"
+# The re-scoring task's Celery time limits (it only creates and sends predictions; scoring is separate)
+RESCORE_SOFT_TIME_LIMIT_S = 1800
+RESCORE_TIME_LIMIT_S = RESCORE_SOFT_TIME_LIMIT_S + 100
+START_AGAIN = "start the re-score again (images already queued are skipped)."
 
 
 def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJob:
@@ -36,6 +40,17 @@ def fail_rescore(*, job_id: int, reason: str) -> bool:
     """Mark a queued or running job failed with its reason (a finished job stays as it is)."""
     return bool(RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING])
                 .update(status=RescoreJob.Status.FAILED, error=reason, finished_at=timezone.now()))
+
+
+def stopped_reason(exc: BaseException) -> str:
+    """What a job whose task ended with ``exc`` shows in the admin (the hard time limit kills the
+    task without running its own handlers: only its failure hook sees that)."""
+    from celery.exceptions import TimeLimitExceeded
+
+    if isinstance(exc, TimeLimitExceeded):
+        return (f"The re-scoring task was stopped at its hard time limit ({RESCORE_TIME_LIMIT_S // 60} minutes); "
+                f"{START_AGAIN}")
+    return f"The re-scoring task stopped ({type(exc).__name__}: {exc}); {START_AGAIN}"
 
 
 def run_rescore(*, job_id: int) -> int:

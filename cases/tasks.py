@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready
 from django.conf import settings
 
-from cases.rescoring import fail_rescore, run_rescore
+from cases.rescoring import (RESCORE_SOFT_TIME_LIMIT_S, RESCORE_TIME_LIMIT_S, START_AGAIN, fail_rescore,
+                             run_rescore, stopped_reason)
 from cases.scoring import TRANSIENT_ERRORS, requeue_previous_incarnation, run_prediction, sweep
 
 log = logging.getLogger(__name__)
@@ -49,24 +50,38 @@ def sweep_pending(stale_after_s: float | None = None, running_stale_after_s: flo
     return len(sent)
 
 
-RESCORE_SOFT_TIME_LIMIT_S = 1800
+class RescoreTask(Task):
+    """The re-scoring task's base: whatever ends it failed, its job ends failed too."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        """Called after the task raised, and by the worker's parent process when the hard time limit
+        killed the task (its own except clauses never ran). A job the task already failed with a
+        more precise reason keeps that one (fail_rescore changes queued or running jobs only)."""
+        job_id = args[0] if args else (kwargs or {}).get("job_id")
+        if job_id is None:
+            return
+        try:
+            fail_rescore(job_id=int(job_id), reason=stopped_reason(exc))
+        except Exception:  # the database is down too: the stale-job sweep fails it later
+            log.exception("could not mark re-scoring job %s failed", job_id)
 
 
 @shared_task(
     bind=True,
+    base=RescoreTask,
     name="cases.tasks.rescore_images",
     acks_late=True,
     autoretry_for=TRANSIENT_ERRORS,
     retry_backoff=2,
     max_retries=5,
     soft_time_limit=RESCORE_SOFT_TIME_LIMIT_S,
-    time_limit=RESCORE_SOFT_TIME_LIMIT_S + 100,
+    time_limit=RESCORE_TIME_LIMIT_S,
 )
 def rescore_images(self, job_id: int) -> int:
     """Queue predictions with the job's model version for the job's images (idempotent). A job
     that cannot finish ends failed with the reason, never "running" for ever."""
     job_id = int(job_id)
-    again = "start the re-score again (images already queued are skipped)."
+    again = START_AGAIN
     try:
         return run_rescore(job_id=job_id)
     except TRANSIENT_ERRORS as exc:

@@ -158,3 +158,26 @@ def test_a_rescore_whose_time_runs_out_while_sending_ends_failed_and_the_predict
     assert job.status == RescoreJob.Status.FAILED and "Stopped after 30 minutes" in job.error, job.error
     prediction = Prediction.objects.get(model_version=model_version)
     assert prediction.status == "pending" and prediction.enqueued_at is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rescore_killed_at_its_hard_time_limit_ends_failed_with_the_reason(world, model_version, monkeypatch):
+    """The hard time limit kills the task's process: only the failure hook, which the worker's
+    parent calls, can mark the job failed. A job already ended keeps its status and reason."""
+    from celery.exceptions import TimeLimitExceeded
+
+    from cases.tasks import rescore_images
+
+    monkeypatch.setattr("cases.rescoring.enqueue", lambda pk: None)
+    job = start_rescore(user=world.admin)
+    RescoreJob.objects.filter(pk=job.pk).update(status=RescoreJob.Status.RUNNING)
+    rescore_images.on_failure(TimeLimitExceeded(1900), "task-id", (job.pk,), {}, None)
+    job.refresh_from_db()
+    assert job.status == RescoreJob.Status.FAILED and job.finished_at is not None
+    assert "hard time limit (31 minutes)" in job.error and "start the re-score again" in job.error, job.error
+
+    done = start_rescore(user=world.admin)
+    RescoreJob.objects.filter(pk=done.pk).update(status=RescoreJob.Status.DONE)
+    rescore_images.on_failure(TimeLimitExceeded(1900), "task-id", (), {"job_id": done.pk}, None)
+    done.refresh_from_db()
+    assert done.status == RescoreJob.Status.DONE and done.error == ""
