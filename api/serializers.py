@@ -1,6 +1,8 @@
 """Shapes of the API's objects. Input is validated by the web app's own forms (one rule set)."""
 from __future__ import annotations
 
+from collections import Counter
+
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
@@ -315,6 +317,15 @@ class CaseReviewInputSerializer(serializers.Serializer):
     """The reviews of every flagged lesion of a claimed case, submitted together (as on the page)."""
 
     reviews = LesionReviewInputSerializer(many=True, allow_empty=False)
+
+    def validate_reviews(self, reviews: list[dict]) -> list[dict]:
+        """One review per lesion: the same lesion twice would save two current reviews of it."""
+        counts = Counter(item["lesion"] for item in reviews)
+        repeated = sorted(lesion for lesion, n in counts.items() if n > 1)
+        if repeated:
+            raise serializers.ValidationError(
+                f"Give each lesion once (lesion {', '.join(map(str, repeated))} more than once).")
+        return reviews
 
 
 class ErrorSerializer(serializers.Serializer):

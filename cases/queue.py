@@ -177,6 +177,8 @@ def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request
         given = {entry.lesion.pk for entry in reviews}
         if not pending:
             raise ClaimError("This case has no flagged lesions waiting for review.")
+        if len(given) != len(reviews):
+            raise ClaimError("Give each lesion once: one review per flagged lesion.")
         if given != pending:
             raise ClaimError("Every flagged lesion of the case needs a review.")
         saved = []

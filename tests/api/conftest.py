@@ -55,3 +55,17 @@ def world(db) -> World:
 @pytest.fixture
 def api(world) -> Clients:
     return Clients(world)
+
+
+@pytest.fixture
+def queued(world):
+    """Clinic A's lesion flagged and waiting for review, with a scored image."""
+    from classifier.models import ModelVersion
+    from cases.models import Lesion, Prediction
+    from tests.support.case_helpers import make_image
+
+    image = make_image(world)
+    Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="done", melanoma_probability=0.8,
+                              malignancy_score=0.9, flagged=True, finished_at=image.uploaded_at)
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
+    return world.case_a

@@ -162,16 +162,6 @@ def test_other_clinic_and_dermatologist_cannot_upload(api, world, dispatched):
     assert LesionImage.objects.count() == 0
 
 
-@pytest.fixture
-def queued(world):
-    """Clinic A's lesion flagged and waiting for review, with a scored image."""
-    image = make_image(world)
-    Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="done", melanoma_probability=0.8,
-                              malignancy_score=0.9, flagged=True, finished_at=image.uploaded_at)
-    Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
-    return world.case_a
-
-
 def test_queue_claim_review_round_trip(api, world, queued):
     rows = api.derm.get("/api/v1/queue/").json()["results"]
     assert [row["id"] for row in rows] == [queued.pk] and rows[0]["top_melanoma_probability"] == 0.8

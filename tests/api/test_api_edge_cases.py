@@ -1,0 +1,36 @@
+"""Edge cases of the API's contract: refusals that change nothing, filters that belong to lists,
+answers whatever the Accept header, and errors in the documented JSON shape."""
+from __future__ import annotations
+
+import pytest
+
+from audit.models import AuditEvent
+from cases import queue
+from cases.models import Case, Lesion, Review
+
+
+def _review(lesion: Lesion, **extra) -> dict:
+    return {"lesion": lesion.pk, "agreement": "agree", "final_diagnosis": "melanoma", "management": "excision",
+            **extra}
+
+
+def test_a_lesion_given_twice_in_one_submission_is_refused_and_nothing_changes(api, world, queued):
+    assert api.derm.post(f"/api/v1/cases/{queued.pk}/claim/").status_code == 200
+    twice = api.derm.post(f"/api/v1/cases/{queued.pk}/reviews/",
+                          {"reviews": [_review(world.lesion_a), _review(world.lesion_a, final_diagnosis="nevus")]},
+                          format="json")
+    assert twice.status_code == 400
+    assert twice.json() == {"reviews": [f"Give each lesion once (lesion {world.lesion_a.pk} more than once)."]}
+    assert not Review.objects.exists() and not AuditEvent.objects.filter(action="review").exists()
+    case = Case.objects.get(pk=queued.pk)
+    assert (case.status, case.claimed_by) == (Case.Status.IN_REVIEW, world.derm)
+    assert Lesion.objects.get(pk=world.lesion_a.pk).awaiting_review is True
+
+
+def test_submit_reviews_itself_refuses_a_lesion_given_twice(world, queued):
+    queue.claim_case(case=queued, reviewer=world.derm)
+    entry = queue.LesionReview(lesion=world.lesion_a, agreement="agree", final_diagnosis="melanoma",
+                               management="excision")
+    with pytest.raises(queue.ClaimError, match="Give each lesion once"):
+        queue.submit_reviews(case=queued, reviewer=world.derm, reviews=[entry, entry])
+    assert not Review.objects.exists() and Lesion.objects.get(pk=world.lesion_a.pk).awaiting_review is True
