@@ -1,7 +1,11 @@
 """Re-score images with the active model version, in the background, keeping earlier predictions."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from cases.models import LesionImage, Prediction
@@ -17,6 +21,8 @@ RESCORE_TASK = "cases.tasks.rescore_images"
 RESCORE_SOFT_TIME_LIMIT_S = 1800
 RESCORE_TIME_LIMIT_S = RESCORE_SOFT_TIME_LIMIT_S + 100
 START_AGAIN = "start the re-score again (images already queued are skipped)."
+# A job still "running" this long after the hard time limit cannot be: Celery killed its task
+STALE_MARGIN_S = 600
 
 
 def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJob:
@@ -59,7 +65,7 @@ def run_rescore(*, job_id: int) -> int:
     Idempotent: the (image, model version) uniqueness means a redelivered job adds nothing twice.
     """
     claimed = RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING]
-                                        ).update(status=RescoreJob.Status.RUNNING)
+                                        ).update(status=RescoreJob.Status.RUNNING, started_at=timezone.now())
     if not claimed:
         return 0
     job = RescoreJob.objects.select_related("model_version").get(pk=job_id)
@@ -81,6 +87,38 @@ def run_rescore(*, job_id: int) -> int:
         RescoreJob.objects.filter(pk=job_id).update(queued=queued)
     RescoreJob.objects.filter(pk=job_id).update(status=RescoreJob.Status.DONE, finished_at=timezone.now())
     return queued
+
+
+def sweep_stale_rescores(*, now: datetime | None = None) -> list[int]:
+    """Fail, with the reason, the jobs that cannot still be queued or running; returns their ids.
+
+    Running: taken by a worker longer ago than the task's hard time limit plus STALE_MARGIN_S (the
+    worker was killed, or the failure hook could not write). Queued: created longer ago than a job
+    may wait behind the rescoring queue's own backlog (RESCORE_STALE_AFTER_S, at least that same
+    limit): no worker consumes the queue, or the broker lost the message.
+    """
+    now = now or timezone.now()
+    running_limit = RESCORE_TIME_LIMIT_S + STALE_MARGIN_S
+    queued_limit = max(running_limit, int(settings.RESCORE_STALE_AFTER_S))
+    running_before = now - timedelta(seconds=running_limit)
+    stale = {
+        RescoreJob.Status.RUNNING: (
+            Q(started_at__lt=running_before) | Q(started_at__isnull=True, created_at__lt=running_before),
+            f"The re-scoring task stopped without finishing: it was still marked running {running_limit // 60} "
+            f"minutes after a worker took it, past its time limit (the worker was stopped or killed); {START_AGAIN}"),
+        RescoreJob.Status.QUEUED: (
+            Q(created_at__lt=now - timedelta(seconds=queued_limit)),
+            f"No worker took the job within {queued_limit / 3600:g} hours: start a worker of the rescoring queue "
+            f"(celery -A melanoma_site worker -Q inference,rescoring), then {START_AGAIN}"),
+    }
+    failed: list[int] = []
+    for status, (old, reason) in stale.items():
+        rows = RescoreJob.objects.filter(old, status=status)
+        for pk in list(rows.values_list("pk", flat=True)[:500]):
+            # the same conditions in the UPDATE: a job a worker takes meanwhile is left alone
+            if rows.filter(pk=pk).update(status=RescoreJob.Status.FAILED, error=reason, finished_at=now):
+                failed.append(pk)
+    return sorted(failed)
 
 
 def scored_count(job: RescoreJob, *, predictions=None) -> int:

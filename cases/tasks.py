@@ -1,6 +1,6 @@
-"""Celery tasks of the clinical records: scoring images, the sweep of stuck predictions and
-re-scoring. Thin wrappers that take primary keys and call plain functions (cases.scoring,
-cases.rescoring); heavy imports (TensorFlow) happen inside those, in the worker's child.
+"""Celery tasks of the clinical records: scoring images, the sweep of stuck predictions,
+re-scoring and the sweep of stale re-scoring jobs. Thin wrappers that take primary keys and call
+plain functions (cases.scoring, cases.rescoring); heavy imports (TensorFlow) happen inside those, in the worker's child.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 
 from cases.rescoring import (RESCORE_SOFT_TIME_LIMIT_S, RESCORE_TIME_LIMIT_S, START_AGAIN, fail_rescore,
-                             run_rescore, stopped_reason)
+                             run_rescore, stopped_reason, sweep_stale_rescores)
 from cases.scoring import TRANSIENT_ERRORS, requeue_previous_incarnation, run_prediction, sweep
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,12 @@ def rescore_images(self, job_id: int) -> int:
     except Exception as exc:
         fail_rescore(job_id=job_id, reason=f"{type(exc).__name__}: {exc}")
         raise
+
+
+@shared_task(name="cases.tasks.sweep_rescore_jobs", ignore_result=True, soft_time_limit=60, time_limit=90)
+def sweep_rescore_jobs() -> list[int]:
+    """Periodic (beat): fail the re-scoring jobs that cannot still be queued or running, with the reason."""
+    return sweep_stale_rescores()
 
 
 @worker_ready.connect

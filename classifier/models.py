@@ -87,6 +87,8 @@ class RescoreJob(models.Model):
     total = models.PositiveIntegerField(default=0)
     queued = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # when a worker last took the job (a redelivered task takes it again): the stale-job sweep's clock
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

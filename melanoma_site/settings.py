@@ -310,6 +310,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(os.environ.get("SWEEP_INTERVAL_SECONDS", "30")),
     },
     "fail-stale-training-runs": {"task": "classifier.tasks.sweep_training_runs", "schedule": 300.0},
+    "fail-stale-rescoring-jobs": {"task": "cases.tasks.sweep_rescore_jobs", "schedule": 300.0},
 }
 
 # Rows per page of the patient list and the review queue

@@ -181,3 +181,66 @@ def test_a_rescore_killed_at_its_hard_time_limit_ends_failed_with_the_reason(wor
     rescore_images.on_failure(TimeLimitExceeded(1900), "task-id", (), {"job_id": done.pk}, None)
     done.refresh_from_db()
     assert done.status == RescoreJob.Status.DONE and done.error == ""
+
+
+@pytest.mark.django_db
+def test_the_sweep_fails_jobs_that_cannot_still_be_queued_or_running(world, model_version, settings):
+    """Past the task's hard time limit plus a margin a running job's worker must be dead; a job no
+    worker took within the re-score backlog's wait was never going to run. Both end failed with
+    the reason; younger jobs and finished ones are left as they are."""
+    from datetime import timedelta
+
+    from cases.rescoring import RESCORE_TIME_LIMIT_S, STALE_MARGIN_S, sweep_stale_rescores
+
+    settings.RESCORE_STALE_AFTER_S = 6 * 3600
+    now = timezone.now()
+    limit = timedelta(seconds=RESCORE_TIME_LIMIT_S + STALE_MARGIN_S)
+
+    def job(status, *, created_ago, started_ago=None):
+        made = RescoreJob.objects.create(model_version=model_version, status=status)
+        RescoreJob.objects.filter(pk=made.pk).update(
+            created_at=now - created_ago, started_at=None if started_ago is None else now - started_ago)
+        return made.pk
+
+    killed = job("running", created_ago=timedelta(days=1), started_ago=limit + timedelta(seconds=1))
+    working = job("running", created_ago=timedelta(days=1), started_ago=limit - timedelta(seconds=60))
+    legacy = job("running", created_ago=limit + timedelta(seconds=1))  # from before started_at was kept
+    waiting = job("queued", created_ago=timedelta(hours=5))  # behind a backlog of re-scores
+    never_taken = job("queued", created_ago=timedelta(hours=6, seconds=1))
+    finished = job("done", created_ago=timedelta(days=2), started_ago=timedelta(days=2))
+
+    assert sweep_stale_rescores(now=now) == sorted([killed, legacy, never_taken])
+    jobs = {j.pk: j for j in RescoreJob.objects.all()}
+    assert {pk: jobs[pk].status for pk in (working, waiting, finished)} == {
+        working: "running", waiting: "queued", finished: "done"}
+    assert "still marked running 41 minutes after a worker took it" in jobs[killed].error
+    assert jobs[killed].finished_at == now and jobs[legacy].error == jobs[killed].error
+    assert "No worker took the job within 6 hours" in jobs[never_taken].error
+    assert "-Q inference,rescoring" in jobs[never_taken].error
+    assert sweep_stale_rescores(now=now) == []  # a second sweep changes nothing
+
+
+@pytest.mark.django_db
+def test_the_stale_job_sweep_is_a_scheduled_task(world, model_version):
+    from datetime import timedelta
+
+    from django.conf import settings as django_settings
+
+    from cases.tasks import sweep_rescore_jobs
+
+    entry = django_settings.CELERY_BEAT_SCHEDULE["fail-stale-rescoring-jobs"]
+    assert entry["task"] == sweep_rescore_jobs.name
+    stale = RescoreJob.objects.create(model_version=model_version, status="running")
+    RescoreJob.objects.filter(pk=stale.pk).update(started_at=timezone.now() - timedelta(days=1))
+    assert sweep_rescore_jobs.apply().get() == [stale.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_taking_a_job_starts_the_sweeps_clock(world, model_version, dispatched, monkeypatch):
+    monkeypatch.setattr("cases.rescoring.enqueue", lambda pk: None)
+    job = start_rescore(user=world.admin)
+    assert job.started_at is None
+    before = timezone.now()
+    run_rescore(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "done" and before <= job.started_at <= job.finished_at
