@@ -66,9 +66,11 @@ def _filtered(queryset: QuerySet, request, filters: dict[str, str]) -> QuerySet:
 
 
 def _of_visible_lesions(model, request, *related: str) -> QuerySet:
-    """Records attached to lesions the user may see, filterable by ``case`` and ``lesion``."""
-    rows = model.objects.select_related(*related).filter(lesion__in=access.visible_lesions(request.user))
-    return _filtered(rows, request, {"case": "lesion__case_id", "lesion": "lesion_id"}).order_by("pk")
+    """Records attached to lesions the user may see."""
+    return model.objects.select_related(*related).filter(lesion__in=access.visible_lesions(request.user)).order_by("pk")
+
+
+LESION_FILTERS = {"case": "lesion__case_id", "lesion": "lesion_id"}
 
 
 def _int_filters(*names: str) -> list[OpenApiParameter]:
@@ -96,10 +98,17 @@ class AuditedRetrieveMixin(mixins.RetrieveModelMixin):
 
 class AuditedListMixin(mixins.ListModelMixin):
     """A list call is audited as opening each record it returns would be: one "view" event per
-    record of the page (``via: list``), so a bulk read through the API leaves the same trail."""
+    record of the page (``via: list``), so a bulk read through the API leaves the same trail.
+
+    The query-string filters (``filter_list``) narrow the list only: get_queryset, which retrieve
+    and the actions (claim, release, retry) fetch and reload their object through, never sees them."""
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        """The list's query-string filters (a malformed one is a 400); none by default."""
+        return queryset
 
     def list(self, request, *args, **kwargs):
-        queryset = self.filter_queryset(self.get_queryset())
+        queryset = self.filter_list(self.filter_queryset(self.get_queryset()))
         page = self.paginate_queryset(queryset)
         records = list(page if page is not None else queryset)
         audit_log.record_many(action="view", objs=records, request=request, new={"via": "list"})
@@ -120,9 +129,11 @@ class PatientViewSet(mixins.CreateModelMixin, ReadViewSet):
     queryset = Patient.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        patients = access.visible_patients(self.request.user).order_by("clinic__name", "identifier", "pk")
+        return access.visible_patients(self.request.user).order_by("clinic__name", "identifier", "pk")
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
         query = self.request.query_params.get("q", "").strip()
-        return patients.filter(identifier__icontains=query) if query else patients
+        return queryset.filter(identifier__icontains=query) if query else queryset
 
     def perform_create(self, serializer):
         serializer.instance = services.create_patient(user=self.request.user, request=self.request,
@@ -138,9 +149,11 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
     queryset = Case.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        cases = _filtered(access.visible_cases(self.request.user), self.request, {"patient": "patient_id"})
-        cases = _status_filtered(cases, self.request, Case.Status.values)
-        return cases.prefetch_related("lesions").order_by("-created_at", "pk")
+        return access.visible_cases(self.request.user).prefetch_related("lesions").order_by("-created_at", "pk")
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        cases = _filtered(queryset, self.request, {"patient": "patient_id"})
+        return _status_filtered(cases, self.request, Case.Status.values)
 
     def perform_create(self, serializer):
         data = serializer.validated_data
@@ -213,9 +226,11 @@ class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
     queryset = Lesion.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        lesions = _filtered(access.visible_lesions(self.request.user), self.request,
-                            {"case": "case_id", "patient_lesion": "tracked_id"})
+        lesions = access.visible_lesions(self.request.user)
         return lesions.select_related("tracked").prefetch_related("images").order_by("pk")
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        return _filtered(queryset, self.request, {"case": "case_id", "patient_lesion": "tracked_id"})
 
     def perform_create(self, serializer):
         data = serializer.validated_data
@@ -264,10 +279,12 @@ class ImageViewSet(ReadViewSet):
     queryset = LesionImage.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        images = _filtered(access.visible_images(self.request.user), self.request,
-                           {"lesion": "lesion_id", "case": "lesion__case_id"})
         predictions = Prediction.objects.select_related("model_version", "image__lesion")
-        return images.prefetch_related(Prefetch("predictions", queryset=predictions)).order_by("pk")
+        return access.visible_images(self.request.user).prefetch_related(
+            Prefetch("predictions", queryset=predictions)).order_by("pk")
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        return _filtered(queryset, self.request, {"lesion": "lesion_id", "case": "lesion__case_id"})
 
     @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"])
@@ -288,10 +305,12 @@ class PredictionViewSet(ReadViewSet):
     queryset = Prediction.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        predictions = _filtered(access.visible_predictions(self.request.user), self.request,
-                                {"case": "image__lesion__case_id", "lesion": "image__lesion_id", "image": "image_id"})
-        predictions = _status_filtered(predictions, self.request, Prediction.Status.values)
-        return predictions.order_by("pk")
+        return access.visible_predictions(self.request.user).order_by("pk")
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        predictions = _filtered(queryset, self.request, {"case": "image__lesion__case_id",
+                                                         "lesion": "image__lesion_id", "image": "image_id"})
+        return _status_filtered(predictions, self.request, Prediction.Status.values)
 
     @extend_schema(request=None, responses={200: s.PredictionSerializer, 409: CONFLICT})
     @action(detail=True, methods=["post"])
@@ -315,6 +334,9 @@ class ReviewViewSet(ReadViewSet):
     def get_queryset(self):
         return _of_visible_lesions(Review, self.request, "reviewer", "lesion")
 
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        return _filtered(queryset, self.request, LESION_FILTERS)
+
 
 @extend_schema_view(list=extend_schema(parameters=_int_filters("case", "lesion")))
 class OutcomeViewSet(mixins.CreateModelMixin, ReadViewSet):
@@ -325,6 +347,9 @@ class OutcomeViewSet(mixins.CreateModelMixin, ReadViewSet):
 
     def get_queryset(self):
         return _of_visible_lesions(Outcome, self.request, "entered_by", "lesion")
+
+    def filter_list(self, queryset: QuerySet) -> QuerySet:
+        return _filtered(queryset, self.request, LESION_FILTERS)
 
     def perform_create(self, serializer):
         serializer.instance = outcomes.record_outcome(user=self.request.user, request=self.request,

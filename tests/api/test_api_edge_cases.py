@@ -6,7 +6,7 @@ import pytest
 
 from audit.models import AuditEvent
 from cases import queue
-from cases.models import Case, Lesion, Review
+from cases.models import Case, Lesion, Prediction, Review
 
 
 def _review(lesion: Lesion, **extra) -> dict:
@@ -34,3 +34,21 @@ def test_submit_reviews_itself_refuses_a_lesion_given_twice(world, queued):
     with pytest.raises(queue.ClaimError, match="Give each lesion once"):
         queue.submit_reviews(case=queued, reviewer=world.derm, reviews=[entry, entry])
     assert not Review.objects.exists() and Lesion.objects.get(pk=world.lesion_a.pk).awaiting_review is True
+
+
+def test_list_filters_in_the_query_string_do_not_apply_to_actions(api, world, queued, dispatched):
+    """Each filter matches the object before the action and not after (or never): the action
+    succeeds and answers the reloaded object, never a 404 or a 500."""
+    claimed = api.derm.post(f"/api/v1/cases/{queued.pk}/claim/?status=open&patient={world.patient_b.pk}")
+    assert claimed.status_code == 200 and claimed.json()["status"] == "in_review"
+    released = api.derm.post(f"/api/v1/cases/{queued.pk}/release/?status=in_review")
+    assert released.status_code == 200 and released.json()["claimed_by"] is None
+    assert Case.objects.get(pk=queued.pk).claimed_by is None
+    prediction = Prediction.objects.get()
+    Prediction.objects.filter(pk=prediction.pk).update(status="failed", error="worker lost")
+    retried = api.clin_a.post(f"/api/v1/predictions/{prediction.pk}/retry/?status=failed&case={world.case_b.pk}")
+    assert retried.status_code == 200 and retried.json()["status"] == "pending"
+    # a retrieve is not narrowed either; the list still is
+    assert api.clin_a.get(f"/api/v1/cases/{queued.pk}/?status=closed").status_code == 200
+    assert api.clin_a.get("/api/v1/cases/?status=closed").json()["count"] == 0
+    assert api.clin_a.get(f"/api/v1/reviews/?case={queued.pk}").json()["count"] == 0
