@@ -107,14 +107,11 @@ class SecondLookClient:
     def upload(self, *, lesion: int, paths: Iterable[str | Path], kind: str = "dermoscopic") -> dict:
         """Upload image files (JPEG, PNG, TIFF or DICOM) to a lesion; returns accepted, duplicates
         and rejected files with reasons. Raises ApiError only when the call itself is refused."""
-        handles = [Path(p).open("rb") for p in paths]
-        try:
-            files = [("images", (Path(h.name).name, h, mimetypes.guess_type(h.name)[0] or "application/octet-stream"))
-                     for h in handles]
-            return self.request("POST", f"lesions/{lesion}/images/", files=files, data={"kind": kind})
-        finally:
-            for handle in handles:
-                handle.close()
+        # the bytes, not open handles: a retry after a 429 sends the body again, and a handle
+        # read to its end by the first attempt would send empty files
+        files = [("images", (Path(p).name, Path(p).read_bytes(),
+                             mimetypes.guess_type(str(p))[0] or "application/octet-stream")) for p in paths]
+        return self.request("POST", f"lesions/{lesion}/images/", files=files, data={"kind": kind})
 
     def predictions(self, *, case: int | None = None, lesion: int | None = None) -> list[dict]:
         return list(self.paginate("predictions/", case=case, lesion=lesion))

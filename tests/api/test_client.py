@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import requests
 
 from secondlook_client import ApiError, SecondLookClient
 from tests.api.conftest import issue_token
@@ -178,3 +179,40 @@ def test_result_rows_drop_scores_a_server_sent_for_an_unassessable_image():
     assert [rows[0][k] for k in ("melanoma_probability", "malignancy_score", "flagged")] == [None, None, True]
     assert rows[0]["assessment_notes"] == "image too dark" and rows[0]["model_version"] == "v1"
     assert rows[1]["melanoma_probability"] == 0.9 and rows[1]["flagged"] is True
+
+
+class _FakeResponse:
+    def __init__(self, status_code: int, body: dict, headers: dict | None = None) -> None:
+        self.status_code, self._body, self.headers = status_code, body, headers or {}
+        self.text = str(body)
+
+    def json(self) -> dict:
+        return self._body
+
+
+class _RateLimitedOnceSession:
+    """Answers 429 to the first call and 201 after; keeps each request's encoded body, prepared
+    exactly as requests would send it (file objects are read while encoding)."""
+
+    def __init__(self) -> None:
+        self.headers: dict = {}
+        self.bodies: list[bytes] = []
+
+    def request(self, method: str, url: str, *, timeout: float, **kwargs) -> _FakeResponse:
+        self.bodies.append(requests.Request(method, url, **kwargs).prepare().body)
+        if len(self.bodies) == 1:
+            return _FakeResponse(429, {"detail": "Request was throttled."}, {"Retry-After": "0"})
+        return _FakeResponse(201, {"accepted": [{"name": "mole.jpg", "image": 1, "error": ""}], "duplicates": [],
+                                   "rejected": [], "scoring_unavailable": ""})
+
+
+def test_an_upload_retried_after_a_429_sends_the_files_again(tmp_path):
+    content = jpeg(seed=7)
+    (tmp_path / "mole.jpg").write_bytes(content)
+    session = _RateLimitedOnceSession()
+    client = SecondLookClient("http://secondlook.invalid", "sl_token", session=session)
+    outcome = client.upload(lesion=3, paths=[tmp_path / "mole.jpg"])
+    assert outcome["accepted"][0]["name"] == "mole.jpg"
+    assert len(session.bodies) == 2
+    for body in session.bodies:
+        assert content in body and b'filename="mole.jpg"' in body and b"image/jpeg" in body
