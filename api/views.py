@@ -10,7 +10,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotAcceptable, NotFound, ValidationError
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,6 +34,17 @@ class FhirJsonRenderer(JSONRenderer):
 
     media_type = FHIR_JSON
     format = "json"  # the same JSON body: no second ?format= value
+
+
+class FileNegotiation(DefaultContentNegotiation):
+    """For an action that answers a stored file (its own Content-Type): whatever the Accept header
+    asks (``image/png``, ``image/*``), never a 406; an error is then JSON, the first renderer."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type
 
 
 def _int_param(request, name: str) -> int | None:
@@ -287,9 +299,9 @@ class ImageViewSet(ReadViewSet):
         return _filtered(queryset, self.request, {"lesion": "lesion_id", "case": "lesion__case_id"})
 
     @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def file(self, request, pk=None):
-        """The stored PNG (audited as a download)."""
+        """The stored PNG (audited as a download), whatever the Accept header; an error is JSON."""
         image = self.get_object()
         response = stream_png(image.file.name, f"image-{image.pk}.png")
         audit_log.record(action="download", obj=image, request=request)

@@ -7,6 +7,7 @@ import pytest
 from audit.models import AuditEvent
 from cases import queue
 from cases.models import Case, Lesion, Prediction, Review
+from tests.support.case_helpers import make_image
 
 
 def _review(lesion: Lesion, **extra) -> dict:
@@ -52,3 +53,14 @@ def test_list_filters_in_the_query_string_do_not_apply_to_actions(api, world, qu
     assert api.clin_a.get(f"/api/v1/cases/{queued.pk}/?status=closed").status_code == 200
     assert api.clin_a.get("/api/v1/cases/?status=closed").json()["count"] == 0
     assert api.clin_a.get(f"/api/v1/reviews/?case={queued.pk}").json()["count"] == 0
+
+
+@pytest.mark.parametrize("accept", ["image/png", "image/*", "image/jpeg", "application/json"])
+def test_an_image_file_is_served_whatever_the_accept_header(api, world, accept):
+    image = make_image(world)
+    response = api.clin_a.get(f"/api/v1/images/{image.pk}/file/", HTTP_ACCEPT=accept)
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    assert b"".join(response.streaming_content).startswith(b"\x89PNG\r\n\x1a\n")
+    assert AuditEvent.objects.filter(action="download", object_id=str(image.pk)).count() == 1
+    missing = api.clin_b.get(f"/api/v1/images/{image.pk}/file/", HTTP_ACCEPT=accept)  # another clinic's
+    assert missing.status_code == 404 and missing.json() == {"detail": "No LesionImage matches the given query."}
