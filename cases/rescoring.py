@@ -9,11 +9,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from cases.models import LesionImage, Prediction
+from cases import prediction_states as states
 from cases import scoring
 from classifier.dispatch import broker_connection, broker_down_reason, on_commit_or_fail, publish
 from classifier.lifecycle import audit_registry_event
-from classifier.models import RescoreJob
-from classifier.registry import active_version
+from classifier.models import ModelVersion, RescoreJob
+from classifier.registry import active_version, no_longer_active_reason
 
 CHUNK = 200
 RESCORE_TASK = "cases.tasks.rescore_images"
@@ -59,10 +60,18 @@ def stopped_reason(exc: BaseException) -> str:
     return f"The re-scoring task stopped ({type(exc).__name__}: {exc}); {START_AGAIN}"
 
 
+def _still_wanted(job_id: int) -> bool:
+    """The job is still running and its version still the active one (a rollback or another
+    activation fails the job; this also covers one that committed just before the job was taken)."""
+    return RescoreJob.objects.filter(pk=job_id, status=RescoreJob.Status.RUNNING,
+                                     model_version__status=ModelVersion.Status.ACTIVE).exists()
+
+
 def run_rescore(*, job_id: int) -> int:
     """Create a pending prediction with the job's version for each image that lacks one, and send it.
 
     Idempotent: the (image, model version) uniqueness means a redelivered job adds nothing twice.
+    Stops, failed with the reason, before its next chunk once its version is no longer active.
     """
     claimed = RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING]
                                         ).update(status=RescoreJob.Status.RUNNING, started_at=timezone.now())
@@ -76,17 +85,32 @@ def run_rescore(*, job_id: int) -> int:
     queued = 0
     ids = list(images.values_list("pk", flat=True))
     for start in range(0, len(ids), CHUNK):
+        if not _still_wanted(job_id):
+            fail_rescore(job_id=job_id, reason=no_longer_active_reason(job.model_version.version))
+            return queued
         with broker_connection() as connection:  # one per chunk, not one per image
             for image_id in ids[start:start + CHUNK]:
                 # the version's first score of the image (revision 0); corrections add later revisions
                 prediction, created = Prediction.objects.get_or_create(
                     image_id=image_id, model_version=job.model_version, context_revision=0)
+                if not created and _reopen_unscored(prediction, job.model_version):
+                    prediction.enqueued_at = None
                 if created or prediction.enqueued_at is None:  # a lost send stays pending: the sweep sends it
                     scoring.dispatch_prediction(prediction.pk, connection=connection, queue=scoring.RESCORE_QUEUE)
                 queued += 1
         RescoreJob.objects.filter(pk=job_id).update(queued=queued)
-    RescoreJob.objects.filter(pk=job_id).update(status=RescoreJob.Status.DONE, finished_at=timezone.now())
+    # only a job still running is done: one stopped by an activation meanwhile stays failed
+    RescoreJob.objects.filter(pk=job_id, status=RescoreJob.Status.RUNNING).update(
+        status=RescoreJob.Status.DONE, finished_at=timezone.now())
     return queued
+
+
+def _reopen_unscored(prediction: Prediction, version: ModelVersion) -> bool:
+    """A re-score of ``version`` that was not scored because the version stopped being active for a
+    while (rolled back, then activated again) goes back to pending, to be sent again."""
+    return (prediction.status == Prediction.Status.FAILED
+            and prediction.error == scoring.stale_rescore_reason(version.version)
+            and states.retry_failed(prediction.pk))
 
 
 def sweep_stale_rescores(*, now: datetime | None = None) -> list[int]:

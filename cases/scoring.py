@@ -29,6 +29,7 @@ from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from classifier import artifact_store
 from classifier.dispatch import broker_connection, send
+from classifier.models import ModelVersion
 from classifier.registry import active_version
 from mlcore.labels import MALIGNANT_CLASSES
 
@@ -189,6 +190,21 @@ def sweep(*, stale_after: timedelta | None = None, running_stale_after: timedelt
     return sent
 
 
+def stale_rescore_reason(version_name: str) -> str:
+    """Why a re-score of ``version_name`` was not scored (`stale_rescores`)."""
+    return (f"Not scored: model version {version_name} was rolled back or replaced by another version before "
+            f"this re-score ran.")
+
+
+def stale_rescores() -> Q:
+    """Re-scores whose version is no longer active: revision 0 of a version that is not the image's
+    first (an earlier prediction of the image is another version's; corrections add revisions 1, 2...).
+    An image's first score, made with the version active at upload, is never one of them."""
+    earlier = (Prediction.objects.filter(image_id=OuterRef("image_id"), pk__lt=OuterRef("pk"))
+               .exclude(model_version_id=OuterRef("model_version_id")))
+    return Q(context_revision=0) & ~Q(model_version__status=ModelVersion.Status.ACTIVE) & Q(Exists(earlier))
+
+
 def _claim(prediction_id: int, *, run_by: str, worker: str) -> tuple[bool, datetime]:
     """pending → running in one UPDATE (see prediction_states.start); a prediction that has used
     up its attempts is failed instead."""
@@ -261,11 +277,11 @@ def _claim_batch_mates(prediction: Prediction, limit: int, *, run_by: str, worke
     if limit <= 0:
         return []
     own = Q(status=Status.RUNNING, run_by=run_by) if run_by else Q(pk__in=[])
-    ids = list(
-        Prediction.objects.filter(Q(status=Status.PENDING, enqueued_at__isnull=False) | own,
-                                  model_version_id=prediction.model_version_id)
-        .exclude(pk=prediction.pk).order_by("enqueued_at", "pk").values_list("pk", flat=True)[:limit]
-    )
+    mates = Prediction.objects.filter(Q(status=Status.PENDING, enqueued_at__isnull=False) | own,
+                                      model_version_id=prediction.model_version_id).exclude(pk=prediction.pk)
+    if prediction.model_version.status != ModelVersion.Status.ACTIVE:
+        mates = mates.exclude(stale_rescores())  # their own task fails them, saying why
+    ids = list(mates.order_by("enqueued_at", "pk").values_list("pk", flat=True)[:limit])
     claimed = []
     for pk in ids:
         now = timezone.now()
@@ -292,6 +308,10 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
         return "not claimable (already running or finished)"
     prediction = Prediction.objects.select_related(*_SCORING_RELATED).get(pk=prediction_id)
     model_version = prediction.model_version
+    if (model_version.status != ModelVersion.Status.ACTIVE
+            and Prediction.objects.filter(stale_rescores(), pk=prediction_id).exists()):
+        _fail(prediction_id, started_at, stale_rescore_reason(model_version.version))
+        return "not scored (its version is no longer active)"
     try:
         from mlcore.model_store import ModelLoadError, get_model
         from mlcore.preprocess import ImageDecodeError, decode_image

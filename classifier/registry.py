@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from classifier import artifact_store
-from classifier.models import ModelVersion
+from classifier.models import ModelVersion, RescoreJob
 from mlcore.artifact import MODEL_FILE, json_safe, read_card
 from mlcore.artifact import sha256_file as file_sha256
 
@@ -61,14 +61,38 @@ def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READ
 
 @transaction.atomic
 def activate(version: ModelVersion) -> ModelVersion:
-    """Make ``version`` the one active model; the previous active one becomes ready again."""
+    """Make ``version`` the one active model; the previous active one becomes ready again, and
+    re-scoring jobs of any other version stop (`stop_rescores_of_other_versions`)."""
     ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).update(
         status=ModelVersion.Status.READY
     )
     version.status = ModelVersion.Status.ACTIVE
     version.activated_at = timezone.now()
     version.save(update_fields=["status", "activated_at"])
+    stop_rescores_of_other_versions(active=version)
     return version
+
+
+def no_longer_active_reason(version_name: str) -> str:
+    """Why a re-scoring job of ``version_name`` stopped: a rollback or another activation replaced it."""
+    return (f"Stopped: model version {version_name} is no longer active (it was rolled back or another version "
+            f"was activated); its images are not re-scored with it.")
+
+
+def stop_rescores_of_other_versions(*, active: ModelVersion) -> list[int]:
+    """Fail the queued or running re-scoring jobs of every version but ``active``, with the reason;
+    returns their ids. A job's task that is still creating predictions stops at its next chunk,
+    and the re-score predictions it already made are not scored (`cases.scoring`)."""
+    jobs = RescoreJob.objects.filter(status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING]).exclude(
+        model_version=active)
+    stopped: list[int] = []
+    for version_id, name in set(jobs.values_list("model_version_id", "model_version__version")):
+        of_version = jobs.filter(model_version_id=version_id)
+        ids = list(of_version.values_list("pk", flat=True))
+        of_version.filter(pk__in=ids).update(status=RescoreJob.Status.FAILED, error=no_longer_active_reason(name),
+                                             finished_at=timezone.now())
+        stopped += ids
+    return sorted(stopped)
 
 
 def ensure_default_registered() -> ModelVersion:

@@ -147,3 +147,32 @@ def test_a_database_hiccup_while_saving_is_left_to_the_tasks_retry(world, model_
         scoring.run_prediction(prediction_id=a.pk, run_by="task-1")
     a.refresh_from_db()
     assert a.status == "running" and a.run_by == "task-1"  # the retry (same task id) resumes it
+
+
+def test_a_re_score_of_a_version_rolled_back_is_not_scored_but_an_uploads_first_score_is(world, model_version,
+                                                                                       fake, settings):
+    """Once its version is no longer active, a re-score (the version's revision 0 of an image another
+    version scored first) is failed with the reason instead of scored, alone or as a batch mate;
+    an image's first score, by the version active at upload, is still scored."""
+    from classifier.registry import activate
+
+    settings.SECONDLOOK_SCORE_BATCH = 4
+    earlier = ModelVersion.objects.create(version="v0", status="ready", artifact_path="/nonexistent/v0")
+    first = _pred(world, earlier, 0)  # v0 scored this image first; v1 re-scores it
+    Prediction.objects.filter(pk=first.pk).update(status="done", melanoma_probability=0.2, malignancy_score=0.3,
+                                                  finished_at=timezone.now())
+    rescore = Prediction.objects.create(image=first.image, model_version=model_version, enqueued_at=timezone.now())
+    uploads = [_pred(world, model_version, i) for i in (1, 2)]
+    activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/nonexistent/v2"))
+
+    assert scoring.run_prediction(prediction_id=uploads[0].pk) == "done"
+    assert fake == [2]  # the other upload came along, the re-score did not
+    assert [Prediction.objects.get(pk=p.pk).status for p in uploads] == ["done", "done"]
+    assert Prediction.objects.get(pk=rescore.pk).status == "pending"
+
+    assert scoring.run_prediction(prediction_id=rescore.pk).startswith("not scored")
+    assert fake == [2]
+    rescore.refresh_from_db()
+    assert rescore.status == "failed" and rescore.melanoma_probability is None and not rescore.flagged
+    assert rescore.error == ("Not scored: model version unit-test-v1 was rolled back or replaced by another version "
+                             "before this re-score ran.")

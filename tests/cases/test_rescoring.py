@@ -244,3 +244,85 @@ def test_a_worker_taking_a_job_starts_the_sweeps_clock(world, model_version, dis
     run_rescore(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "done" and before <= job.started_at <= job.finished_at
+
+
+def _earlier_active(version: ModelVersion) -> ModelVersion:
+    """``version`` as one that was active before (so a rollback can return to it)."""
+    from datetime import timedelta
+
+    ModelVersion.objects.filter(pk=version.pk).update(activated_at=timezone.now() - timedelta(days=1))
+    return version
+
+
+@pytest.mark.django_db
+def test_a_rollback_stops_the_re_scoring_jobs_of_the_version_rolled_back(world, model_version):
+    from classifier import lifecycle
+
+    _earlier_active(model_version)
+    new_version = activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x"))
+    queued = start_rescore(user=world.admin)
+    running = start_rescore(user=world.admin)
+    RescoreJob.objects.filter(pk=running.pk).update(status=RescoreJob.Status.RUNNING)
+    finished = RescoreJob.objects.create(model_version=new_version, status=RescoreJob.Status.DONE)
+    older = RescoreJob.objects.create(model_version=model_version, status=RescoreJob.Status.QUEUED)
+
+    assert lifecycle.rollback(user=world.admin) == model_version
+    jobs = {job.pk: job for job in RescoreJob.objects.all()}
+    for pk in (queued.pk, running.pk):
+        assert jobs[pk].status == RescoreJob.Status.FAILED and jobs[pk].finished_at is not None
+        assert jobs[pk].error.startswith("Stopped: model version v2 is no longer active"), jobs[pk].error
+    assert jobs[finished.pk].status == RescoreJob.Status.DONE and jobs[finished.pk].error == ""
+    assert jobs[older.pk].status == RescoreJob.Status.QUEUED  # the version active again keeps its job
+    # the task of a stopped job, arriving later, creates nothing
+    assert run_rescore(job_id=queued.pk) == 0 and not Prediction.objects.filter(model_version=new_version).exists()
+
+
+@pytest.mark.django_db
+def test_a_re_score_stops_at_its_next_chunk_once_its_version_is_no_longer_active(world, model_version, monkeypatch):
+    """The rollback commits while the job's task is sending predictions: the task stops before its
+    next chunk, and the job stays failed with the reason (never "done")."""
+    from classifier import lifecycle
+
+    _earlier_active(model_version)
+    monkeypatch.setattr("cases.rescoring.CHUNK", 1)
+    for i in range(3):
+        _image(world, f"i{i}", f"{i}" * 64)
+    new_version = activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x"))
+    job = start_rescore(user=world.admin)
+    sent = []
+
+    def dispatch(pk, **kwargs):  # an admin rolls back right after the first image was sent
+        sent.append(pk)
+        if len(sent) == 1:
+            lifecycle.rollback(user=world.admin)
+        return True
+
+    monkeypatch.setattr("cases.scoring.dispatch_prediction", dispatch)
+    assert run_rescore(job_id=job.pk) == 1
+    job.refresh_from_db()
+    assert job.status == RescoreJob.Status.FAILED and "v2 is no longer active" in job.error
+    assert Prediction.objects.filter(model_version=new_version).count() == 1 == len(sent)
+
+    # a job of a version that stopped being active before its task started creates nothing
+    late = RescoreJob.objects.create(model_version=new_version)
+    assert run_rescore(job_id=late.pk) == 0
+    late.refresh_from_db()
+    assert late.status == RescoreJob.Status.FAILED and "v2 is no longer active" in late.error
+
+
+@pytest.mark.django_db
+def test_a_re_score_not_scored_after_a_rollback_is_sent_again_when_its_version_returns(world, model_version,
+                                                                                        dispatched):
+    from cases.scoring import stale_rescore_reason
+
+    image = _image(world, "a", "a" * 64)
+    old = ModelVersion.objects.create(version="v0", status="ready", artifact_path="/x")
+    Prediction.objects.create(image=image, model_version=old, status="done", melanoma_probability=0.2,
+                              malignancy_score=0.3, finished_at=timezone.now())
+    unscored = Prediction.objects.create(image=image, model_version=model_version, status="failed",
+                                         enqueued_at=timezone.now(), finished_at=timezone.now(),
+                                         error=stale_rescore_reason(model_version.version))
+    job = RescoreJob.objects.create(model_version=model_version)
+    assert run_rescore(job_id=job.pk) == 1
+    unscored.refresh_from_db()
+    assert (unscored.status, unscored.error, dispatched) == ("pending", "", [unscored.pk])
