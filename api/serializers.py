@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 from django.conf import settings
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -105,6 +106,19 @@ UNRELIABLE_WHEN_NOT_ASSESSABLE = ("melanoma_probability", "malignancy_score", "c
 NOT_ASSESSABLE_HELP = "null when the model could not assess the image (assessable false: see assessment_notes)"
 
 
+def newer_predictions(image, created_at, pk) -> QuerySet[Prediction]:
+    """Predictions of the image newer than the one given, in LesionImage.newest_prediction()'s
+    order (created, then id); values or OuterRef()s."""
+    return Prediction.objects.filter(image=image).filter(
+        Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=pk))
+
+
+def with_is_newest(predictions: QuerySet[Prediction]) -> QuerySet[Prediction]:
+    """Annotate ``is_newest`` (no newer prediction of the same image), for ``is_current``."""
+    return predictions.annotate(is_newest=~Exists(newer_predictions(OuterRef("image"), OuterRef("created_at"),
+                                                                    OuterRef("pk"))))
+
+
 class PredictionSerializer(serializers.ModelSerializer):
     model_version = ModelVersionSummarySerializer(read_only=True)
     error = serializers.CharField(source="error_for_display", read_only=True)
@@ -117,19 +131,34 @@ class PredictionSerializer(serializers.ModelSerializer):
     assessment = serializers.SerializerMethodField(
         help_text="what decided assessable: quality measures and failed checks, the out-of-domain score and its "
                   "threshold; null for a model without these checks")
+    is_current = serializers.SerializerMethodField(
+        help_text="true for the image's newest prediction (of any model version, in any status: the image's "
+                  "latest_prediction); false for one a later score replaced (another model version, or a "
+                  "correction's next context_revision)")
 
     class Meta:
         model = Prediction
         fields = ["id", "image", "lesion", "case", "status", "melanoma_probability", "malignancy_score",
                   "melanoma_threshold", "malignancy_threshold", "flagged", "flag_reasons", "assessable",
                   "assessment_notes", "assessment", "prediction_set", "class_probabilities", "error", "attempts",
-                  "model_version", "created_at", "finished_at"]
-        extra_kwargs = {name: {"allow_null": True, "help_text": NOT_ASSESSABLE_HELP}
-                        for name in UNRELIABLE_WHEN_NOT_ASSESSABLE}
+                  "model_version", "created_at", "finished_at", "context_revision", "reason", "is_current"]
+        read_only_fields = ["context_revision", "reason"]
+        extra_kwargs = {
+            **{name: {"allow_null": True, "help_text": NOT_ASSESSABLE_HELP} for name in UNRELIABLE_WHEN_NOT_ASSESSABLE},
+            "context_revision": {"help_text": "0 for a model version's first score of the image; a correction of the "
+                                              "model's input (site, age, sex) scores it again as the next revision"},
+            "reason": {"help_text": "why this score was made, when not on upload (a correction); empty otherwise"},
+        }
 
     @extend_schema_field(AssessmentSerializer(allow_null=True, read_only=True))
     def get_assessment(self, prediction: Prediction) -> dict | None:
         return assessment_of(prediction.assessment)
+
+    def get_is_current(self, prediction: Prediction) -> bool:
+        newest = getattr(prediction, "is_newest", None)  # annotated by with_is_newest (the API's querysets)
+        if newest is None:
+            newest = not newer_predictions(prediction.image_id, prediction.created_at, prediction.pk).exists()
+        return bool(newest)
 
     def to_representation(self, prediction: Prediction) -> dict:
         data = super().to_representation(prediction)
@@ -158,7 +187,10 @@ class ImageSerializer(serializers.ModelSerializer):
     @extend_schema_field(PredictionSerializer(allow_null=True))
     def get_latest_prediction(self, image: LesionImage) -> dict | None:
         latest = image.newest_prediction()
-        return PredictionSerializer(latest, context=self.context).data if latest is not None else None
+        if latest is None:
+            return None
+        latest.is_newest = True  # by definition: spares is_current a query per image
+        return PredictionSerializer(latest, context=self.context).data
 
 
 class ReviewSerializer(serializers.ModelSerializer):

@@ -64,3 +64,34 @@ def test_an_image_file_is_served_whatever_the_accept_header(api, world, accept):
     assert AuditEvent.objects.filter(action="download", object_id=str(image.pk)).count() == 1
     missing = api.clin_b.get(f"/api/v1/images/{image.pk}/file/", HTTP_ACCEPT=accept)  # another clinic's
     assert missing.status_code == 404 and missing.json() == {"detail": "No LesionImage matches the given query."}
+
+
+def test_predictions_say_their_context_revision_reason_and_which_is_current(api, world, queued):
+    first = Prediction.objects.get()
+    version = first.model_version
+    corrected = Prediction.objects.create(image=first.image, model_version=version, context_revision=1,
+                                          reason="Anatomic site corrected: posterior torso → head/neck")
+    rows = api.clin_a.get(f"/api/v1/predictions/?image={first.image_id}").json()["results"]
+    assert [list(row)[-3:] for row in rows] == [["context_revision", "reason", "is_current"]] * 2
+    assert [(row["id"], row["context_revision"], row["reason"], row["is_current"]) for row in rows] == [
+        (first.pk, 0, "", False), (corrected.pk, 1, corrected.reason, True)]
+    assert api.clin_a.get(f"/api/v1/predictions/{first.pk}/").json()["is_current"] is False
+    latest = api.clin_a.get(f"/api/v1/images/{first.image_id}/").json()["latest_prediction"]
+    assert (latest["id"], latest["is_current"], latest["context_revision"]) == (corrected.pk, True, 1)
+    # the same moment: the higher id is the newer, as LesionImage.newest_prediction() orders them
+    Prediction.objects.update(created_at=first.created_at)
+    current = {row["id"]: row["is_current"] for row in api.clin_a.get("/api/v1/predictions/").json()["results"]}
+    assert current == {first.pk: False, corrected.pk: True}
+    assert first.image.newest_prediction() == corrected
+
+
+def test_is_current_is_computed_for_a_prediction_not_annotated(world, queued, rf):
+    from api.serializers import PredictionSerializer
+
+    first = Prediction.objects.get()
+    request = rf.get("/")
+    request.user = world.clin_a
+    assert PredictionSerializer(first, context={"request": request}).data["is_current"] is True
+    Prediction.objects.create(image=first.image, model_version=first.model_version, context_revision=1,
+                              reason="Age corrected")
+    assert PredictionSerializer(first, context={"request": request}).data["is_current"] is False
