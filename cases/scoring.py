@@ -334,6 +334,8 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
         ]:
             try:
                 batch.append((pred, started, decode_image(_read_image_bytes(pred.image.file.name))))
+            except TRANSIENT_ERRORS:  # ConnectionError and TimeoutError are OSErrors: not the image's fault
+                raise
             except (ImageDecodeError, FileNotFoundError, OSError) as exc:
                 _fail(pred.pk, started, f"Stored image could not be read: {type(exc).__name__}: {exc}")
                 own_failed = own_failed or pred.pk == prediction_id
@@ -343,6 +345,8 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
 
         results = predict_images(model, [pixels for _, _, pixels in batch],
                                  contexts=[image_context(pred.image) for pred, _, _ in batch])
+    except TRANSIENT_ERRORS:
+        raise  # as when storing: the task retries and resumes its own running rows, batch mates too
     except SoftTimeLimitExceeded:
         _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
         for pk, st in mates:

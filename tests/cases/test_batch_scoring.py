@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import OperationalError
 from django.utils import timezone
 
 from cases import scoring
@@ -176,3 +177,32 @@ def test_a_re_score_of_a_version_rolled_back_is_not_scored_but_an_uploads_first_
     assert rescore.status == "failed" and rescore.melanoma_probability is None and not rescore.flagged
     assert rescore.error == ("Not scored: model version unit-test-v1 was rolled back or replaced by another version "
                              "before this re-score ran.")
+
+
+@pytest.mark.parametrize("owner, name, error", [
+    (scoring.states, "start_batch_mate", OperationalError("server closed the connection unexpectedly")),
+    (scoring, "image_context", OperationalError("server closed the connection unexpectedly")),
+    (scoring, "_read_image_bytes", TimeoutError("read timed out")),
+])
+def test_a_database_hiccup_while_reading_is_retried_not_a_failure(world, model_version, fake, settings, monkeypatch,
+                                                                   owner, name, error):
+    """An OperationalError (or a storage timeout) while claiming batch mates, reading the images or
+    their clinical context is transient: the task retries (autoretry_for) and its retry, the same
+    task run, resumes the rows it had claimed and scores them, instead of failing them for good."""
+    settings.SECONDLOOK_SCORE_BATCH = 2
+    own, mate = _pred(world, model_version, 0), _pred(world, model_version, 1)
+    real, calls = getattr(owner, name), []
+
+    def hiccup(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, hiccup)
+    with pytest.raises(type(error)):
+        scoring.run_prediction(prediction_id=own.pk, run_by="task-1", worker="w1")
+    own.refresh_from_db()
+    assert own.status == "running" and own.error == ""  # not failed: the retry takes it up again
+    assert scoring.run_prediction(prediction_id=own.pk, run_by="task-1", worker="w1") == "done"
+    assert [Prediction.objects.get(pk=p.pk).status for p in (own, mate)] == ["done", "done"]
