@@ -1,4 +1,6 @@
-"""The Celery app. Workers: ``celery -A melanoma_site worker -Q inference`` and ``-Q training``.
+"""The Celery app. Workers: ``celery -A melanoma_site worker -Q inference,rescoring`` (uploads first,
+then re-scoring: queue_order_strategy "priority") and ``celery -A melanoma_site worker -Q training
+--concurrency 1``; /health/ reports a queue that no worker consumes.
 
 Nothing here imports TensorFlow: models load lazily inside the forked child that runs a task.
 """

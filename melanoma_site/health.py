@@ -24,7 +24,8 @@ from django.views.decorators.http import require_GET
 from classifier.registry import active_model_status
 from melanoma_site.celery import app as celery_app
 
-QUEUES = ("inference", "training")
+# every queue a task is routed to (settings.CELERY_TASK_ROUTES and the re-scores' own sends)
+QUEUES = ("inference", "rescoring", "training")
 
 
 def check_database() -> dict[str, Any]:

@@ -69,7 +69,24 @@ def test_health_is_ok_with_a_live_worker(client, celery_worker_process, use_tiny
     body = response.json()
     assert response.status_code == 200, body
     assert body["status"] == "ok"
-    assert body["workers"]["inference"]["workers"] and body["workers"]["training"]["workers"]
+    assert all(body["workers"][queue]["workers"] for queue in ("inference", "rescoring", "training"))
+
+
+def test_every_routed_queue_needs_a_worker(monkeypatch):
+    """A worker started with ``-Q inference`` only leaves re-scoring tasks waiting for ever: the
+    rescoring queue is checked like the others (the queues are the Celery app's own)."""
+    from melanoma_site.celery import app
+
+    assert set(health.QUEUES) == {queue.name for queue in app.conf.task_queues}
+
+    class Inspect:
+        def active_queues(self):
+            return {"inference@h": [{"name": "inference"}], "training@h": [{"name": "training"}]}
+
+    monkeypatch.setattr(health.celery_app.control, "inspect", lambda timeout=1.0: Inspect())
+    workers = health.check_workers()
+    assert workers["rescoring"] == {"ok": False, "workers": []}
+    assert workers["inference"] == {"ok": True, "workers": ["inference@h"]} and workers["training"]["ok"] is True
 
 
 def test_check_functions_never_raise():
