@@ -9,7 +9,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from cases import access
+from cases import access, followup
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm
 from cases.models import Case, Lesion, LesionImage, Outcome, Patient, Prediction, Review
 from cases.outcome_forms import OutcomeForm
@@ -201,8 +201,10 @@ class ReviewSerializer(serializers.ModelSerializer):
     class Meta:
         model = Review
         fields = ["id", "lesion", "reviewer", "agreement", "final_diagnosis", "management", "notes", "created_at",
-                  "amends", "amendment_reason", "amended_by"]
+                  "amends", "amendment_reason", "amended_by", "lesion_changed"]
         read_only_fields = ["amends", "amendment_reason"]
+        extra_kwargs = {"lesion_changed": {"help_text": "changed since the earlier visit; null when not asked (no "
+                                                        "earlier visit) or not answered"}}
 
     def get_amended_by(self, review: Review) -> int | None:
         amended_by = getattr(review, "amended_by", None)  # the reverse one-to-one raises when absent
@@ -339,10 +341,18 @@ class LesionReviewInputSerializer(serializers.Serializer):
     final_diagnosis = serializers.ChoiceField(choices=Review._meta.get_field("final_diagnosis").choices)
     management = serializers.ChoiceField(choices=Review.Management.choices)
     notes = serializers.CharField(max_length=5000, allow_blank=True, default="")
+    lesion_changed = serializers.BooleanField(
+        required=False, allow_null=True, default=None,
+        help_text="changed since the earlier visit? Asked, as on the page, only for a lesion seen at an earlier "
+                  "visit (optional there); for any other lesion it is not asked and recorded as null")
 
     def validate(self, attrs: dict) -> dict:
-        fields = {k: attrs[k] for k in ("agreement", "final_diagnosis", "management", "notes")}
-        return {"lesion": attrs["lesion"], **form_validated(ReviewForm, fields)}
+        """The web ReviewForm's rules; like the page's, it asks lesion_changed only when the lesion
+        (``context["lesions"]``: the lesions waiting for review, by id) has earlier visits."""
+        lesion = self.context.get("lesions", {}).get(attrs["lesion"])
+        earlier = lesion is not None and followup.earlier_visits(lesion).exists()
+        fields = {k: attrs[k] for k in ("agreement", "final_diagnosis", "management", "notes", "lesion_changed")}
+        return {"lesion": attrs["lesion"], **form_validated(ReviewForm, fields, earlier_visits=earlier)}
 
 
 class CaseReviewInputSerializer(serializers.Serializer):

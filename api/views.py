@@ -204,17 +204,15 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
     def reviews(self, request, pk=None):
         """Review every flagged lesion of a case you claimed; the case leaves the queue."""
         case = self._reviewer_case()
-        payload = s.CaseReviewInputSerializer(data=request.data)
+        lesions = {lesion.pk: lesion for lesion in queue.lesions_to_review(case).select_related("case")}
+        payload = s.CaseReviewInputSerializer(data=request.data, context={"lesions": lesions})
         payload.is_valid(raise_exception=True)
-        lesions = {lesion.pk: lesion for lesion in queue.lesions_to_review(case)}
         entries = []
         for item in payload.validated_data["reviews"]:
             lesion = lesions.get(item["lesion"])
             if lesion is None:
                 raise queue.ClaimError(f"Lesion {item['lesion']} of this case is not waiting for review.")
-            entries.append(queue.LesionReview(lesion=lesion, agreement=item["agreement"],
-                                              final_diagnosis=item["final_diagnosis"],
-                                              management=item["management"], notes=item["notes"]))
+            entries.append(queue.LesionReview(lesion=lesion, **{k: v for k, v in item.items() if k != "lesion"}))
         saved = queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, request=request)
         return Response(s.ReviewSerializer(saved, many=True).data, status=status.HTTP_201_CREATED)
 

@@ -95,3 +95,42 @@ def test_is_current_is_computed_for_a_prediction_not_annotated(world, queued, rf
     Prediction.objects.create(image=first.image, model_version=first.model_version, context_revision=1,
                               reason="Age corrected")
     assert PredictionSerializer(first, context={"request": request}).data["is_current"] is False
+
+
+@pytest.fixture
+def follow_up(world):
+    """A later visit of patient A waiting for review: lesion A again (seen before) and a new lesion."""
+    from datetime import timedelta
+
+    later = Case.objects.create(patient=world.patient_a, referring_clinician=world.clin_a, clinical_question="Follow-up",
+                                visit_date=world.case_a.visit_date + timedelta(days=90))
+    again = Lesion.objects.create(case=later, tracked=world.lesion_a.tracked, anatomic_site="posterior torso")
+    new = Lesion.objects.create(case=later, anatomic_site="head/neck")
+    Lesion.objects.filter(case=later).update(flagged=True, awaiting_review=True)
+    return later, again, new
+
+
+def test_a_review_records_whether_a_lesion_seen_before_has_changed(api, world, follow_up):
+    later, again, new = follow_up
+    assert api.derm.post(f"/api/v1/cases/{later.pk}/claim/").status_code == 200
+    bad = api.derm.post(f"/api/v1/cases/{later.pk}/reviews/", {"reviews": [
+        _review(again, lesion_changed="maybe"), _review(new)]}, format="json")
+    assert bad.status_code == 400
+    assert bad.json() == {"reviews": {"0": {"lesion_changed": ["Must be a valid boolean."]}}}
+    # not asked for a lesion without an earlier visit, as on the page: recorded as null
+    done = api.derm.post(f"/api/v1/cases/{later.pk}/reviews/", {"reviews": [
+        _review(again, lesion_changed=True), _review(new, lesion_changed=False)]}, format="json")
+    assert done.status_code == 201, done.json()
+    assert {row["lesion"]: row["lesion_changed"] for row in done.json()} == {again.pk: True, new.pk: None}
+    assert dict(Review.objects.values_list("lesion_id", "lesion_changed")) == {again.pk: True, new.pk: None}
+    event = AuditEvent.objects.get(action="review", object_id=str(Review.objects.get(lesion=again).pk))
+    assert event.new_values["lesion_changed"] is True
+
+
+def test_lesion_changed_is_optional_for_a_lesion_seen_before(api, world, follow_up):
+    later, again, new = follow_up
+    api.derm.post(f"/api/v1/cases/{later.pk}/claim/")
+    done = api.derm.post(f"/api/v1/cases/{later.pk}/reviews/", {"reviews": [_review(again), _review(new)]},
+                         format="json")
+    assert done.status_code == 201, done.json()
+    assert set(Review.objects.values_list("lesion_changed", flat=True)) == {None}
