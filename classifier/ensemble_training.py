@@ -19,7 +19,8 @@ from mlcore.artifact import read_card
 from training.config import TrainConfig
 
 ENSEMBLE = "ensemble"
-MIN_MEMBERS, MAX_MEMBERS = 2, 3
+# the largest ensemble is a setting: the broker's visibility timeout must outlast its run
+MIN_MEMBERS, MAX_MEMBERS = 2, settings.TRAINING_MAX_ENSEMBLE_MEMBERS
 # After each member's training loop: audit, image loading, calibration, evaluation and its checks
 # (a default single run, 55-minute budget, stays within 60 minutes on this 2-core CPU). After the
 # last member: refitting the combined model and its checks, which score every split with every

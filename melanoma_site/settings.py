@@ -294,10 +294,15 @@ BROKER_PUBLISH_TIMEOUT_S = float(os.environ.get("BROKER_PUBLISH_TIMEOUT_S", "1")
 CELERY_TASK_TIME_LIMIT = 180
 TRAINING_SOFT_TIME_LIMIT = int(os.environ.get("TRAINING_SOFT_TIME_LIMIT", str(3 * 3600)))
 TRAINING_TIME_LIMIT = TRAINING_SOFT_TIME_LIMIT + 600
+# An ensemble run trains up to this many CNNs in a row, each within the single run's soft limit
+# (classifier.ensemble_training.time_limits_s): the largest one is the longest task there is.
+TRAINING_MAX_ENSEMBLE_MEMBERS = 3
+LONGEST_TASK_TIME_LIMIT = (TRAINING_MAX_ENSEMBLE_MEMBERS * TRAINING_SOFT_TIME_LIMIT
+                           + (TRAINING_TIME_LIMIT - TRAINING_SOFT_TIME_LIMIT))
 # Must exceed the longest task, or Redis hands a running task to a second worker.
 # "priority": a worker of "inference,rescoring" always takes an interactive task first, so
 # re-scoring every image never delays a clinician's upload by more than the task at hand.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": TRAINING_TIME_LIMIT + 3600,
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": LONGEST_TASK_TIME_LIMIT + 3600,
                                    "queue_order_strategy": "priority"}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_SEND_TASK_EVENTS = False

@@ -24,6 +24,20 @@ def test_reliability_options():
     assert app.conf.broker_transport_options["visibility_timeout"] > settings.TRAINING_TIME_LIMIT
 
 
+def test_the_visibility_timeout_outlasts_the_largest_ensemble_run():
+    """An ensemble run's task gets N times the single run's time limit (N members trained in a
+    row): Redis must not hand even the largest one to a second training worker while it runs."""
+    from classifier import ensemble_training
+
+    app.loader.import_default_modules()
+    _, largest = ensemble_training.time_limits_s(ensemble_training.MAX_MEMBERS)
+    assert largest == settings.LONGEST_TASK_TIME_LIMIT > settings.TRAINING_TIME_LIMIT
+    timeout = app.conf.broker_transport_options["visibility_timeout"]
+    assert timeout > largest
+    assert all(timeout > (task.time_limit or app.conf.task_time_limit)
+               for name, task in app.tasks.items() if not name.startswith("celery."))
+
+
 def test_every_registered_task_has_time_limits():
     app.loader.import_default_modules()
     ours = {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
