@@ -9,14 +9,16 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from cases.queue import ClaimError
+from cases.services import CaseClosed
 
 
 def exception_handler(exc, context):
-    """DRF's handler, plus: a model constraint refusal is a 400 and a queue conflict a 409."""
+    """DRF's handler, plus: a model constraint refusal is a 400, and a queue conflict or a change
+    to a closed case a 409."""
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, ClaimError):
+    if isinstance(exc, (ClaimError, CaseClosed)):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     return drf_exception_handler(exc, context)
 

@@ -133,11 +133,22 @@ class ReadViewSet(SingleValuedQueryMixin, AuditedRetrieveMixin, AuditedListMixin
 
 
 
+class MayAddPatients(permissions.BasePermission):
+    """Creating a patient is refused (403) before the input is judged: a refusal that depended on
+    it (an identifier already in the clinic) would tell a caller who may not add one what it holds."""
+
+    message = services.ADD_PATIENTS_REFUSED
+
+    def has_permission(self, request, view) -> bool:
+        return view.action != "create" or services.may_add_patients(request.user)
+
+
 @extend_schema_view(list=extend_schema(parameters=[OpenApiParameter("q", str, description="identifier contains")]))
 class PatientViewSet(mixins.CreateModelMixin, ReadViewSet):
     """Patients of the user's clinic (clinicians), of cases they review (dermatologists), all (admins)."""
 
     serializer_class = s.PatientSerializer
+    permission_classes = [permissions.IsAuthenticated, MayAddPatients]
     queryset = Patient.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
@@ -228,7 +239,8 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         return Response(bundle, content_type=FHIR_JSON)
 
 
-@extend_schema_view(list=extend_schema(parameters=_int_filters("case", "patient_lesion")))
+@extend_schema_view(list=extend_schema(parameters=_int_filters("case", "patient_lesion")),
+                    create=extend_schema(responses={201: s.LesionSerializer, 409: CONFLICT}))
 class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
     """Lesions of visible cases; images are uploaded to a lesion."""
 
@@ -250,13 +262,13 @@ class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
             map_view=data.get("map_view", ""), map_x=data.get("map_x"), map_y=data.get("map_y"), request=self.request)
 
     @extend_schema(request={"multipart/form-data": s.UploadSerializer},
-                   responses={201: s.UploadResultSerializer, 400: upload_refused()})
+                   responses={201: s.UploadResultSerializer, 400: upload_refused(), 409: CONFLICT})
     @action(detail=True, methods=["post"], url_path="images")
     def upload(self, request, pk=None):
         """Upload one or more images (multipart, field ``images``). Each file is judged on its own:
         the response lists accepted, duplicate and rejected files with the reason; 400 when none
         was stored: every file rejected (the same per-file result), or the request itself invalid
-        (messages per field, for example no ``images``)."""
+        (messages per field, for example no ``images``); 409 when the case is closed."""
         lesion = self.get_object()
         # request.POST, not request.data: a body that is not a form (a JSON list, say) has no kind
         payload = s.UploadSerializer(data={"images": request.FILES.getlist("images"),
@@ -330,8 +342,9 @@ class PredictionViewSet(ReadViewSet):
     def retry(self, request, pk=None):
         """Score a failed prediction again."""
         prediction = self.get_object()
-        if not access.can_edit_case(request.user, prediction.image.lesion.case):
-            raise NotFound()
+        case = prediction.image.lesion.case
+        if not (access.can_edit_case(request.user, case) or services.closed_to(request.user, case)):
+            raise NotFound()  # the service answers a closed case of one's own clinic (409)
         if not services.retry_prediction(user=request.user, prediction=prediction, request=request):
             raise queue.ClaimError("This prediction has not failed; there is nothing to retry.")
         return Response(self.get_serializer(self.get_queryset().get(pk=prediction.pk)).data)

@@ -25,6 +25,7 @@ from cases import prediction_states, scoring
 from classifier.registry import active_version
 from cases.access import can_edit_case, clinic_of, is_clinician
 from cases.models import Case, Lesion, LesionImage, Patient, PatientLesion, Prediction
+from cases.roles import is_admin
 from cases.uploads import NormalisedImage, UploadRejected, normalise_upload, sanitize_filename
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,42 @@ IMAGE_AUDIT_FIELDS = ("file", "sha256", "size_bytes", "width", "height", "kind",
                       "acquired_on", "source_body_site")
 
 
+class CaseClosed(PermissionDenied):
+    """The user may edit the case's clinic's records, but the case is closed: nothing may be added
+    (the pages never offer it; the API answers 409 with the message)."""
+
+
+ADD_PATIENTS_REFUSED = "Only clinicians who belong to a clinic can add patients."
+
+
+def may_add_patients(user) -> bool:
+    """Clinicians who belong to a clinic add patients (to it); checked before any input is judged,
+    so a refusal never depends on what the clinic holds."""
+    return is_clinician(user) and clinic_of(user) is not None
+
+
+def closed_to(user, case: Case) -> bool:
+    """The case is closed and is the only reason ``can_edit_case`` refuses the user."""
+    return case.status == Case.Status.CLOSED and (
+        is_admin(user) or (is_clinician(user) and clinic_of(user) == case.patient.clinic))
+
+
+def _require_editable(user, case: Case, refusal: str) -> None:
+    """Raise CaseClosed for a closed case the user could otherwise edit, else PermissionDenied(refusal)."""
+    if can_edit_case(user, case):
+        return
+    if closed_to(user, case):
+        raise CaseClosed("The case is closed.")
+    raise PermissionDenied(refusal)
+
+
 @transaction.atomic
 def create_patient(*, user, identifier: str, birth_year: int, sex: str, fitzpatrick_type: int | None = None,
                    request: HttpRequest | None = None) -> Patient:
     """A patient in the user's clinic."""
+    if not may_add_patients(user):
+        raise PermissionDenied(ADD_PATIENTS_REFUSED)
     clinic = clinic_of(user)
-    if not is_clinician(user) or clinic is None:
-        raise PermissionDenied("Only clinicians who belong to a clinic can add patients.")
     patient = Patient(clinic=clinic, identifier=identifier, birth_year=birth_year, sex=sex,
                       fitzpatrick_type=fitzpatrick_type, created_by=user)
     return _save_new(patient, fields=PATIENT_FIELDS, user=user, request=request)
@@ -76,8 +106,7 @@ def add_lesion(*, user, case: Case, anatomic_site: str, description: str = "", s
     """A lesion at this visit: a new patient lesion, or ``same_as`` (one of the patient's lesions
     seen at an earlier visit), so its visits form one timeline. A body-map point or side given
     for an existing lesion corrects where it is (audited)."""
-    if not can_edit_case(user, case):
-        raise PermissionDenied("Only clinicians of the patient's clinic can add lesions.")
+    _require_editable(user, case, "Only clinicians of the patient's clinic can add lesions.")
     if same_as is None:
         tracked = PatientLesion(patient=case.patient, number=PatientLesion.next_number(case.patient),
                                 side=side or "", map_view=map_view or "", map_x=map_x, map_y=map_y)
@@ -193,8 +222,7 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
     scoring task is sent after that commit. A DICOM file's stated body site is kept on the image,
     and fills in the lesion's site only where that was "unknown".
     """
-    if not can_edit_case(user, lesion.case):
-        raise PermissionDenied("Only clinicians of the patient's clinic can upload images.")
+    _require_editable(user, lesion.case, "Only clinicians of the patient's clinic can upload images.")
     if kind not in LesionImage.Kind.values:
         raise ValidationError(f"Unknown image kind {kind!r}.")
     outcome = UploadOutcome()
@@ -238,8 +266,7 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
 @transaction.atomic
 def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | None = None) -> bool:
     """Reset a failed prediction to pending and send it again after commit; False if it was not failed."""
-    if not can_edit_case(user, prediction.image.lesion.case):
-        raise PermissionDenied("Only clinicians of the patient's clinic can retry scoring.")
+    _require_editable(user, prediction.image.lesion.case, "Only clinicians of the patient's clinic can retry scoring.")
     if not prediction_states.retry_failed(prediction.pk):
         return False
     audit_log.record(action="retry", obj=prediction, actor=user, request=request,

@@ -6,7 +6,8 @@ import pytest
 
 from audit.models import AuditEvent
 from cases import queue
-from cases.models import Case, Lesion, Prediction, Review
+from classifier.models import ModelVersion
+from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from tests.support.case_helpers import make_image
 
 
@@ -134,3 +135,68 @@ def test_lesion_changed_is_optional_for_a_lesion_seen_before(api, world, follow_
                          format="json")
     assert done.status_code == 201, done.json()
     assert set(Review.objects.values_list("lesion_changed", flat=True)) == {None}
+
+
+def _client_of(user):
+    from rest_framework.test import APIClient
+
+    from tests.api.conftest import issue_token
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {issue_token(user)}")
+    return client
+
+
+def test_a_user_who_may_not_add_patients_learns_nothing_of_the_clinics_identifiers(api, world):
+    from cases.models import Patient
+    from cases.roles import DERMATOLOGIST
+    from tests.support.case_helpers import make_user
+
+    derm_b = _client_of(make_user("derm_b", role=DERMATOLOGIST, clinic=world.clinic_b))
+    no_role_b = _client_of(make_user("nobody_b", clinic=world.clinic_b))
+    for client in (derm_b, no_role_b, api.derm, api.norole):
+        answers = [client.post("/api/v1/patients/", {"identifier": identifier, "birth_year": 1990, "sex": "male"},
+                               format="json") for identifier in ("PB-1", "PB-NEW", "")]
+        assert [(r.status_code, r.json()) for r in answers] == [
+            (403, {"detail": "Only clinicians who belong to a clinic can add patients."})] * 3
+    assert Patient.objects.count() == 2
+    # a clinician of the clinic still gets the form's message
+    duplicate = api.clin_b.post("/api/v1/patients/", {"identifier": "PB-1", "birth_year": 1990, "sex": "male"},
+                                format="json")
+    assert duplicate.status_code == 400 and "already has a patient" in duplicate.json()["identifier"][0]
+    assert derm_b.get("/api/v1/patients/").status_code == 200  # reading is not this rule's business
+
+
+@pytest.fixture
+def closed_case(world):
+    from django.utils import timezone
+
+    Case.objects.filter(pk=world.case_a.pk).update(status=Case.Status.CLOSED, closed_at=timezone.now())
+    return Case.objects.get(pk=world.case_a.pk)
+
+
+def test_adding_to_a_closed_case_of_ones_own_clinic_is_a_409_that_says_so(api, world, closed_case, dispatched):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.support.imagegen import jpeg
+
+    lesion = api.clin_a.post("/api/v1/lesions/", {"case": closed_case.pk, "anatomic_site": "head/neck"}, format="json")
+    assert (lesion.status_code, lesion.json()) == (409, {"detail": "The case is closed."})
+    upload = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                             {"images": [SimpleUploadedFile("mole.jpg", jpeg(seed=4))]}, format="multipart")
+    assert (upload.status_code, upload.json()) == (409, {"detail": "The case is closed."})
+    image = make_image(world)
+    failed = Prediction.objects.create(image=image, model_version=ModelVersion.objects.get(), status="failed",
+                                       error="worker lost")
+    retry = api.clin_a.post(f"/api/v1/predictions/{failed.pk}/retry/")
+    assert (retry.status_code, retry.json()) == (409, {"detail": "The case is closed."})
+    assert Lesion.objects.filter(case=closed_case).count() == 1 and LesionImage.objects.count() == 1
+    assert Prediction.objects.get(pk=failed.pk).status == "failed" and dispatched == []
+    # others learn nothing new: another clinic still gets 404 (or the form's 400), a dermatologist 403
+    assert api.clin_b.post(f"/api/v1/predictions/{failed.pk}/retry/").status_code == 404
+    assert api.clin_b.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                           {"images": [SimpleUploadedFile("m.jpg", jpeg(seed=4))]}, format="multipart").status_code == 404
+    assert api.clin_b.post("/api/v1/lesions/", {"case": closed_case.pk, "anatomic_site": "head/neck"},
+                           format="json").status_code == 400
+    assert api.admin.post("/api/v1/lesions/", {"case": closed_case.pk, "anatomic_site": "head/neck"},
+                          format="json").status_code == 409
