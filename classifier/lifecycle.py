@@ -300,11 +300,15 @@ def rollback(*, user=None) -> ModelVersion:
     )
     if previous is None:
         raise LifecycleError("There is no earlier active version to roll back to.")
-    with transaction.atomic():
-        activate(previous)
-        audit_registry_event(user, "rollback", previous, old={"active": current.version if current else None},
-               new={"active": previous.version})
-        warm_after_commit(previous)
+    try:
+        with transaction.atomic():
+            activate(previous)
+            audit_registry_event(user, "rollback", previous, old={"active": current.version if current else None},
+                                 new={"active": previous.version})
+            warm_after_commit(previous)
+    except IntegrityError as exc:  # the one-active-version constraint: an activation or rollback won the race
+        raise LifecycleError("Another version was activated or rolled back to at the same moment; nothing was "
+                             "changed. Reload the page to see which version is active.") from exc
     return previous
 
 

@@ -558,3 +558,25 @@ def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothi
         lifecycle.activate_version(version=better, user=admin)
     assert ModelVersion.objects.get(status="active") == shipped
     assert not AuditEvent.objects.filter(action="activate").exists()
+
+
+@pytest.mark.django_db
+def test_a_rollback_that_loses_the_race_is_refused_in_words_and_changes_nothing(monkeypatch):
+    """Two admins click Roll back (or one activates) at once: the one-active-version constraint
+    stops the second, which gets a message, not a 500, and leaves no audit entry behind."""
+    from django.utils import timezone
+
+    from audit.models import AuditEvent
+
+    earlier = ModelVersion.objects.create(version="earlier", status="ready", activated_at=timezone.now())
+    current = registry.activate(ModelVersion.objects.create(version="current", status="ready"))
+
+    def lost(version):
+        raise IntegrityError('duplicate key value violates unique constraint "one_active_model_version"')
+
+    monkeypatch.setattr(lifecycle, "activate", lost)
+    with pytest.raises(lifecycle.LifecycleError, match="rolled back to at the same moment"):
+        lifecycle.rollback()
+    assert ModelVersion.objects.get(status="active") == current
+    assert ModelVersion.objects.get(pk=earlier.pk).status == "ready"
+    assert not AuditEvent.objects.filter(action="rollback").exists()
