@@ -309,13 +309,19 @@ CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
+SWEEP_INTERVAL_SECONDS = float(os.environ.get("SWEEP_INTERVAL_SECONDS", "30"))
+
+
+def _every(task: str, seconds: float) -> dict:
+    """A beat entry whose message expires before the next one is sent: while no worker takes them
+    (all stopped or busy) sweeps do not pile up in the queue, to run one after the other later."""
+    return {"task": task, "schedule": seconds, "options": {"expires": seconds * 0.9}}
+
+
 CELERY_BEAT_SCHEDULE = {
-    "sweep-unqueued-predictions": {
-        "task": "cases.tasks.sweep_pending",
-        "schedule": float(os.environ.get("SWEEP_INTERVAL_SECONDS", "30")),
-    },
-    "fail-stale-training-runs": {"task": "classifier.tasks.sweep_training_runs", "schedule": 300.0},
-    "fail-stale-rescoring-jobs": {"task": "cases.tasks.sweep_rescore_jobs", "schedule": 300.0},
+    "sweep-unqueued-predictions": _every("cases.tasks.sweep_pending", SWEEP_INTERVAL_SECONDS),
+    "fail-stale-training-runs": _every("classifier.tasks.sweep_training_runs", 300.0),
+    "fail-stale-rescoring-jobs": _every("cases.tasks.sweep_rescore_jobs", 300.0),
 }
 
 # Rows per page of the patient list and the review queue

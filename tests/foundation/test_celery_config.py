@@ -38,6 +38,21 @@ def test_the_visibility_timeout_outlasts_the_largest_ensemble_run():
                for name, task in app.tasks.items() if not name.startswith("celery."))
 
 
+def test_beat_messages_expire_before_the_next_is_sent():
+    """While workers are down, each periodic sweep's message lapses before beat sends the next, so
+    a restarted worker finds one sweep waiting, not hours of them; each entry names a real task."""
+    from celery.beat import ScheduleEntry
+
+    app.loader.import_default_modules()
+    assert set(app.conf.beat_schedule) >= {"sweep-unqueued-predictions", "fail-stale-training-runs",
+                                           "fail-stale-rescoring-jobs"}
+    for name, entry in app.conf.beat_schedule.items():
+        scheduled = ScheduleEntry(name=name, app=app, **entry)
+        interval = scheduled.schedule.run_every.total_seconds()
+        assert entry["task"] in app.tasks, name
+        assert 0 < scheduled.options["expires"] < interval, name
+
+
 def test_every_registered_task_has_time_limits():
     app.loader.import_default_modules()
     ours = {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
