@@ -1,6 +1,10 @@
 """Errors as JSON with a specific message: the model layer's and the queue's refusals included."""
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import JsonResponse
 from django.views import defaults
@@ -12,6 +16,28 @@ from cases.queue import ClaimError
 from cases.services import CaseClosed
 
 
+def refusal_message(exc: SuspiciousOperation) -> str:
+    """What a client should be told about a request Django's parsers refused (never a setting's name)."""
+    if isinstance(exc, TooManyFilesSent):
+        return (f"Too many files in one request (more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES}); an upload "
+                f"takes at most {settings.UPLOAD_MAX_FILES} images.")
+    if isinstance(exc, TooManyFieldsSent):
+        return (f"Too many fields or query parameters in one request "
+                f"(more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS}).")
+    if isinstance(exc, RequestDataTooBig):
+        return (f"The request body is too large (more than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes besides "
+                f"any files).")
+    return "The request was refused: it could not be read safely."
+
+
+def _suspicious(exc: SuspiciousOperation, request) -> Response:
+    """A JSON 400 for a request body Django refused while a view read it, logged to the same
+    ``django.security`` logger Django would have used."""
+    logging.getLogger(f"django.security.{exc.__class__.__name__}").error(
+        str(exc), extra={"status_code": 400, "request": getattr(request, "_request", request)})
+    return Response({"detail": refusal_message(exc)}, status=status.HTTP_400_BAD_REQUEST)
+
+
 def exception_handler(exc, context):
     """DRF's handler, plus: a model constraint refusal is a 400, and a queue conflict or a change
     to a closed case a 409."""
@@ -20,11 +46,23 @@ def exception_handler(exc, context):
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, (ClaimError, CaseClosed)):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, SuspiciousOperation):  # too many files or fields, a body too large
+        return _suspicious(exc, context.get("request"))
     return drf_exception_handler(exc, context)
 
 
 def _is_api(request) -> bool:
     return request.path.startswith("/api/")
+
+
+def bad_request(request, exception=None):
+    """400 outside any view (Django refused the request before the API saw it: too many query
+    parameters, say): JSON with a specific message under /api/, the plain page elsewhere. Django
+    has already logged it. Wire it as ``handler400 = "api.errors.bad_request"`` in the root URLconf."""
+    if _is_api(request):
+        message = refusal_message(exception) if isinstance(exception, SuspiciousOperation) else "Bad request."
+        return JsonResponse({"detail": message}, status=400)
+    return defaults.bad_request(request, exception)
 
 
 def not_found(request, exception=None):

@@ -47,15 +47,22 @@ class FileNegotiation(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
 
 
+# the database's integer ids are 64-bit: a filter beyond that range would fail in the database
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+
+
 def _int_param(request, name: str) -> int | None:
-    """An integer query filter; a malformed one is a 400, never a 500."""
+    """An integer query filter; a malformed or out-of-range one is a 400, never a 500."""
     raw = request.query_params.get(name)
     if raw is None:
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:  # "" too: a filter sent empty is a mistake to say, not to ignore
         raise ValidationError({name: [f"{name} must be an integer."]}) from None
+    if not ID_MIN <= value <= ID_MAX:
+        raise ValidationError({name: [f"{name} must be an integer between {ID_MIN} and {ID_MAX}."]})
+    return value
 
 
 def _status_filtered(queryset: QuerySet, request, values: list[str]) -> QuerySet:

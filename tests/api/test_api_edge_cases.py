@@ -200,3 +200,46 @@ def test_adding_to_a_closed_case_of_ones_own_clinic_is_a_409_that_says_so(api, w
                            format="json").status_code == 400
     assert api.admin.post("/api/v1/lesions/", {"case": closed_case.pk, "anatomic_site": "head/neck"},
                           format="json").status_code == 409
+
+
+def test_too_many_files_or_fields_get_a_json_400_that_says_so(api, world, settings, dispatched, caplog):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 5
+    files = {"images": [SimpleUploadedFile(f"m{n}.jpg", b"x") for n in range(4)]}
+    upload = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/", files, format="multipart")
+    assert upload.status_code == 400 and upload["Content-Type"] == "application/json"
+    assert upload.json() == {"detail": f"Too many files in one request (more than 3); an upload takes at most "
+                                       f"{settings.UPLOAD_MAX_FILES} images."}
+    fields = api.clin_a.post("/api/v1/patients/", "&".join(f"f{n}=1" for n in range(6)),
+                             content_type="application/x-www-form-urlencoded")
+    assert fields.status_code == 400 and fields["Content-Type"] == "application/json"
+    assert fields.json() == {"detail": "Too many fields or query parameters in one request (more than 5)."}
+    assert LesionImage.objects.count() == 0 and not Case.objects.filter(patient__identifier="f0").exists()
+    logged = [r for r in caplog.records if r.name.startswith("django.security.")]
+    assert [r.name for r in logged] == ["django.security.TooManyFilesSent", "django.security.TooManyFieldsSent"]
+
+
+def test_a_request_refused_before_the_api_sees_it_is_json_under_the_api(rf, settings):
+    from django.core.exceptions import TooManyFieldsSent
+
+    from api.errors import bad_request
+
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 5
+    refused = bad_request(rf.get("/api/v1/patients/"), TooManyFieldsSent("too many"))
+    assert refused.status_code == 400 and refused["Content-Type"] == "application/json"
+    assert refused.content == b'{"detail": "Too many fields or query parameters in one request (more than 5)."}'
+    page = bad_request(rf.get("/cases/"), TooManyFieldsSent("too many"))
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "99999999999999999999", "-9223372036854775809"])
+def test_an_id_filter_beyond_64_bits_is_a_400(api, world, value):
+    for path in ("lesions/?case", "cases/?patient", "predictions/?image", "reviews/?lesion"):
+        refused = api.clin_a.get(f"/api/v1/{path}={value}")
+        name = path.split("?")[1]
+        assert refused.status_code == 400, path
+        assert refused.json() == {name: [f"{name} must be an integer between -9223372036854775808 and "
+                                         f"9223372036854775807."]}
+    assert api.clin_a.get("/api/v1/lesions/?case=9223372036854775807").json()["count"] == 0
