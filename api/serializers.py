@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import QuerySet
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -106,19 +106,6 @@ UNRELIABLE_WHEN_NOT_ASSESSABLE = ("melanoma_probability", "malignancy_score", "c
 NOT_ASSESSABLE_HELP = "null when the model could not assess the image (assessable false: see assessment_notes)"
 
 
-def newer_predictions(image, created_at, pk) -> QuerySet[Prediction]:
-    """Predictions of the image newer than the one given, in LesionImage.newest_prediction()'s
-    order (created, then id); values or OuterRef()s."""
-    return Prediction.objects.filter(image=image).filter(
-        Q(created_at__gt=created_at) | Q(created_at=created_at, pk__gt=pk))
-
-
-def with_is_newest(predictions: QuerySet[Prediction]) -> QuerySet[Prediction]:
-    """Annotate ``is_newest`` (no newer prediction of the same image), for ``is_current``."""
-    return predictions.annotate(is_newest=~Exists(newer_predictions(OuterRef("image"), OuterRef("created_at"),
-                                                                    OuterRef("pk"))))
-
-
 class PredictionSerializer(serializers.ModelSerializer):
     model_version = ModelVersionSummarySerializer(read_only=True)
     error = serializers.CharField(source="error_for_display", read_only=True)
@@ -132,9 +119,10 @@ class PredictionSerializer(serializers.ModelSerializer):
         help_text="what decided assessable: quality measures and failed checks, the out-of-domain score and its "
                   "threshold; null for a model without these checks")
     is_current = serializers.SerializerMethodField(
-        help_text="true for the image's newest prediction (of any model version, in any status: the image's "
-                  "latest_prediction); false for one a later score replaced (another model version, or a "
-                  "correction's next context_revision)")
+        help_text="true for the image's result in force, the one the pages, the PDF report and the FHIR export "
+                  "show (the image's current_prediction): its newest prediction, except that while a re-score by "
+                  "another model version waits, runs or has failed, the newest finished score before it stays in "
+                  "force; a correction's next context_revision replaces every older score at once")
 
     class Meta:
         model = Prediction
@@ -155,10 +143,12 @@ class PredictionSerializer(serializers.ModelSerializer):
         return assessment_of(prediction.assessment)
 
     def get_is_current(self, prediction: Prediction) -> bool:
-        newest = getattr(prediction, "is_newest", None)  # annotated by with_is_newest (the API's querysets)
-        if newest is None:
-            newest = not newer_predictions(prediction.image_id, prediction.created_at, prediction.pk).exists()
-        return bool(newest)
+        # one query per image, shared by the page's predictions of that image
+        current = self.context.setdefault("_current_by_image", {})
+        if prediction.image_id not in current:
+            shown = LesionImage.objects.get(pk=prediction.image_id).current_prediction()
+            current[prediction.image_id] = shown.pk if shown is not None else None
+        return current[prediction.image_id] == prediction.pk
 
     def to_representation(self, prediction: Prediction) -> dict:
         data = super().to_representation(prediction)
@@ -170,12 +160,16 @@ class PredictionSerializer(serializers.ModelSerializer):
 class ImageSerializer(serializers.ModelSerializer):
     file_url = serializers.SerializerMethodField()
     original_name = serializers.SerializerMethodField()
-    latest_prediction = serializers.SerializerMethodField()
+    latest_prediction = serializers.SerializerMethodField(
+        help_text="the image's newest prediction, in any status (a re-score still waiting included)")
+    current_prediction = serializers.SerializerMethodField(
+        help_text="the image's result in force, as the pages and the report show it (see is_current)")
 
     class Meta:
         model = LesionImage
         fields = ["id", "lesion", "kind", "width", "height", "sha256", "original_format", "original_name",
-                  "uploaded_at", "acquired_on", "source_body_site", "file_url", "latest_prediction"]
+                  "uploaded_at", "acquired_on", "source_body_site", "file_url", "latest_prediction",
+                  "current_prediction"]
 
     def get_file_url(self, image: LesionImage) -> str:
         return self.context["request"].build_absolute_uri(reverse("api:image-file", args=[image.pk]))
@@ -186,11 +180,18 @@ class ImageSerializer(serializers.ModelSerializer):
 
     @extend_schema_field(PredictionSerializer(allow_null=True))
     def get_latest_prediction(self, image: LesionImage) -> dict | None:
-        latest = image.newest_prediction()
-        if latest is None:
+        return self._prediction(image, image.newest_prediction())
+
+    @extend_schema_field(PredictionSerializer(allow_null=True))
+    def get_current_prediction(self, image: LesionImage) -> dict | None:
+        return self._prediction(image, image.current_prediction())
+
+    def _prediction(self, image: LesionImage, prediction: Prediction | None) -> dict | None:
+        if prediction is None:
             return None
-        latest.is_newest = True  # by definition: spares is_current a query per image
-        return PredictionSerializer(latest, context=self.context).data
+        shown = image.current_prediction()  # from the prefetched predictions: no query for is_current
+        self.context.setdefault("_current_by_image", {})[image.pk] = shown.pk if shown is not None else None
+        return PredictionSerializer(prediction, context=self.context).data
 
 
 class ReviewSerializer(serializers.ModelSerializer):

@@ -331,13 +331,14 @@ class PredictionViewSet(ReadViewSet):
     """Model outputs: status, scores, flag, assessability. An image has one per model version and
     context revision: a correction of the model's input (site, age, sex) scores it again as the
     next ``context_revision``, with its ``reason``, and the older score stays; ``is_current`` marks
-    each image's newest prediction (filter the list with ``image`` or ``case`` and keep those)."""
+    each image's result in force, the one the pages show (filter the list with ``image`` or ``case``
+    and keep those)."""
 
     serializer_class = s.PredictionSerializer
     queryset = Prediction.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        return s.with_is_newest(access.visible_predictions(self.request.user)).order_by("pk")
+        return access.visible_predictions(self.request.user).order_by("pk")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         predictions = _filtered(queryset, self.request, {"case": "image__lesion__case_id",

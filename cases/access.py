@@ -40,12 +40,17 @@ def _case_filter(user) -> Q | None:
     if user.groups.filter(name=DERMATOLOGIST).exists():
         in_queue = Exists(Lesion.objects.filter(case=OuterRef("pk"), awaiting_review=True))
         reviewed = Exists(Review.objects.filter(lesion__case=OuterRef("pk"), reviewer=user))
-        scope |= Q(in_queue) | Q(reviewed) | Q(claimed_by=user)
+        # the other visits of a lesion under review: the review asks whether it changed since them
+        under_review = Lesion.objects.filter(Q(awaiting_review=True) | Q(case__claimed_by=user),
+                                             tracked__isnull=False).values("tracked_id")
+        other_visit = Exists(Lesion.objects.filter(case=OuterRef("pk"), tracked_id__in=under_review))
+        scope |= Q(in_queue) | Q(reviewed) | Q(claimed_by=user) | Q(other_visit)
     return scope
 
 
 def visible_cases(user) -> QuerySet[Case]:
-    """Cases the user may open."""
+    """Cases the user may open: a clinician's clinic's; a dermatologist's queue, claims and reviews,
+    and the other visits of the lesions under review; every case for an admin."""
     scope = _case_filter(user)
     queryset = Case.objects.select_related("patient", "patient__clinic", "referring_clinician", "claimed_by")
     return queryset if scope is None else queryset.filter(scope)

@@ -1,14 +1,27 @@
-"""The clinical context the classifier may use for an uploaded image: the patient's age when the
-image was taken into the app, their sex and the lesion's anatomic site."""
+"""The clinical context the classifier may use for an uploaded image: the patient's age at the
+visit, their sex and the lesion's anatomic site."""
 from __future__ import annotations
+
+from django.utils import timezone
 
 from mlcore.clinical import ClinicalContext
 
-from cases.models import LesionImage
+from cases.models import Case, LesionImage
+
+
+def age_at_visit(case: Case) -> int | None:
+    """The patient's age in whole years in the year of the visit (the app stores a birth year only,
+    so this is the one rule the model, every page and the report use); None without a birth year."""
+    birth_year = case.patient.birth_year
+    if not birth_year:
+        return None
+    visit = case.visit_date or timezone.localtime(case.created_at).date()
+    return max(visit.year - birth_year, 0)
 
 
 def image_context(image: LesionImage) -> ClinicalContext:
-    """Age in whole years at upload (the app stores a birth year only), sex, anatomic site."""
-    patient = image.lesion.case.patient
-    age = max(image.uploaded_at.year - patient.birth_year, 0)
-    return ClinicalContext(age=min(age, 120), sex=patient.sex, site=image.lesion.anatomic_site)
+    """Age at the visit (`age_at_visit`: what the result page says the score used), sex, anatomic site."""
+    case = image.lesion.case
+    age = age_at_visit(case)
+    return ClinicalContext(age=None if age is None else min(age, 120), sex=case.patient.sex,
+                           site=image.lesion.anatomic_site)

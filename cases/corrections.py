@@ -122,10 +122,19 @@ def _unplace_if_contradicted(lesion: Lesion, *, user, request, reason: str) -> N
 
 @transaction.atomic
 def correct_case(*, user, case: Case, reason: str, values: dict, request: HttpRequest | None = None) -> dict:
-    """Correct a case's visit date, clinical question or notes (the model reads none of them)."""
+    """Correct a case's visit date, clinical question or notes. The model reads only the patient's
+    age at the visit: a visit date moved to another year re-scores the case's images."""
     if not may_correct(user, case):
         raise PermissionDenied("Only clinicians of the patient's clinic can correct the case.")
-    return _apply(case, CASE_FIELDS, values, user=user, request=request, reason=_need_reason(reason))
+    reason = _need_reason(reason)
+    changed = _apply(case, CASE_FIELDS, values, user=user, request=request, reason=reason)
+    if "visit_date" in changed and case.patient.birth_year:
+        old, new = changed["visit_date"]  # as the audit trail writes them: ISO dates
+        if str(old)[:4] != str(new)[:4]:
+            images = LesionImage.objects.filter(lesion__case=case)
+            rescore(images, reason=f"visit date corrected from {old} to {new} (the age at the visit) "
+                                   f"by {display_name(user)}: {reason}")
+    return changed
 
 
 PLACE_FIELDS = ("side", "map_view", "map_x", "map_y")

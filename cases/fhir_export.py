@@ -109,6 +109,7 @@ NOT_DONE_NOTE = {
     # the error text stays out: it may quote server paths
     Prediction.Status.FAILED: "AI scoring failed; no result.",
 }
+RESCORE_STATE = {Prediction.Status.PENDING: "waiting", Prediction.Status.RUNNING: "in progress"}
 SCORES = (
     # (code, display, prediction field, model version threshold field)
     ("melanoma-probability", "Melanoma probability (AI)", "melanoma_probability", "melanoma_threshold"),
@@ -218,6 +219,10 @@ def media(image: LesionImage, lesion: Lesion, case: Case, latest: Prediction | N
     note = None
     if latest is not None and latest.status != Prediction.Status.DONE:
         note = [{"text": NOT_DONE_NOTE.get(latest.status, "AI scoring: no result.")}]
+    pending = image.rescore_in_progress()
+    if pending is not None:  # the exported result stays in force until the re-score finishes
+        note = [{"text": f"AI re-scoring with model version {pending.model_version.version}: "
+                         f"{RESCORE_STATE.get(pending.status, 'failed')}; the result exported is the one in force."}]
     return _entry(url, Media(
         id=_resource_id(url),
         identifier=[{"system": urls.system("image"), "value": str(image.pk)}],
@@ -436,7 +441,7 @@ def case_bundle(case: Case, *, base_url: str, now: datetime | None = None) -> di
     now = _when(now or timezone.now())
     case = Case.objects.select_related("patient__clinic").get(pk=case.pk)
     lesions = _lesions(case)
-    latest = {image.pk: image.newest_prediction() for lesion in lesions for image in lesion.images.all()}
+    latest = {image.pk: image.current_prediction() for lesion in lesions for image in lesion.images.all()}
     done = {pk: p for pk, p in latest.items() if p is not None and p.status == Prediction.Status.DONE}
     image_lesion = {image.pk: lesion for lesion in lesions for image in lesion.images.all()}
 

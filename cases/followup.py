@@ -26,8 +26,9 @@ def earlier_visits(lesion: Lesion) -> QuerySet[Lesion]:
 
 
 def latest_scored(image: LesionImage) -> Prediction | None:
-    """The image's newest prediction, if it is done (from a prefetched ``predictions``)."""
-    latest = image.newest_prediction()
+    """The image's current prediction (``LesionImage.current_prediction``), if it is done (from a
+    prefetched ``predictions``)."""
+    latest = image.current_prediction()
     return latest if latest is not None and latest.status == Prediction.Status.DONE else None
 
 
@@ -147,7 +148,7 @@ def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     if review is not None:
         reassured = review.management in (Review.Management.REASSURE, Review.Management.FOLLOW_UP)
         return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES and reassured else "reviewed"
-    newest = [image.newest_prediction() for image in latest.images.all()]
+    newest = [image.current_prediction() for image in latest.images.all()]
     if any(p is not None and p.status == Prediction.Status.FAILED for p in newest):
         return "scoring-failed"  # one image unjudged: the others' scores do not clear the lesion
     if not newest or any(p is None or p.status != Prediction.Status.DONE for p in newest):

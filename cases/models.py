@@ -317,13 +317,34 @@ class LesionImage(models.Model):
         return f"Image {self.pk} of lesion {self.lesion_id}"
 
     def newest_prediction(self) -> "Prediction | None":
-        """The newest prediction (of any model version), the one the pages show; uses prefetched
+        """The newest prediction (of any model version, whatever its status); uses prefetched
         ``predictions`` whatever their order."""
         return max(self.predictions.all(), key=lambda p: (p.created_at, p.pk), default=None)
 
+    def current_prediction(self) -> "Prediction | None":
+        """The prediction the pages, the report and the exports show: the newest, except that while
+        a re-score by another model version (the same inputs: no ``reason``) waits, runs or has
+        failed, the newest finished score before it stays in force, so re-scoring never blanks a
+        result. A re-score for a correction (with its reason) makes every older score stale: it
+        is shown in whatever state it is. Uses prefetched ``predictions``."""
+        ordered = sorted(self.predictions.all(), key=lambda p: (p.created_at, p.pk), reverse=True)
+        for prediction in ordered:
+            if prediction.status == Prediction.Status.DONE:
+                return prediction
+            if prediction.reason:  # the inputs changed: nothing older may stand in for it
+                break
+        return ordered[0] if ordered else None
+
+    def rescore_in_progress(self) -> "Prediction | None":
+        """A newer prediction than the one shown (a version re-score waiting, running or failed),
+        for a note beside the result; None when the shown one is the newest."""
+        newest, shown = self.newest_prediction(), self.current_prediction()
+        return newest if newest is not None and shown is not None and newest.pk != shown.pk else None
+
 
 class Prediction(models.Model):
-    """One model version's scores for one image. Unique per (image, version): scoring is idempotent."""
+    """One model version's scores for one image. Unique per (image, version, context revision): scoring
+    is idempotent, and a correction of the model's input scores the image again as the next revision."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting to be scored"

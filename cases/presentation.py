@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.utils import timezone
 
+from cases.context import age_at_visit  # noqa: F401  (the pages' import of the one age rule)
 from cases.models import Case, Prediction
 from mlcore.labels import CLASSES, MALIGNANT_CLASSES
 from training.subgroups import age_band
@@ -63,16 +63,6 @@ def prediction_context(prediction: Prediction) -> dict:
             threshold_bar("Malignancy score", prediction.malignancy_score, version.malignancy_threshold),
         ],
     }
-
-
-def age_at_visit(case: Case) -> int | None:
-    """The patient's age in whole years in the year of the visit (the app stores a birth year only,
-    so this is the one rule every page and the report use); None without a birth year."""
-    birth_year = case.patient.birth_year
-    if not birth_year:
-        return None
-    visit = case.visit_date or timezone.localtime(case.created_at).date()
-    return max(visit.year - birth_year, 0)
 
 
 def age_caveat(metrics: dict, age: int | None) -> str | None:

@@ -178,7 +178,7 @@ def ai_summary(lesion: Lesion) -> str:
     """One phrase for the summary table: the lesion's AI state as a whole."""
     if not lesion.images.all():
         return "No images"
-    scored = [p for p in (i.newest_prediction() for i in lesion.images.all()) if p is not None]
+    scored = [p for p in (i.current_prediction() for i in lesion.images.all()) if p is not None]
     if any(p.status == Prediction.Status.DONE and not p.assessable for p in scored):
         return "Model could not assess an image"
     if lesion.flagged:
@@ -329,16 +329,21 @@ def result(prediction: Prediction | None, case: Case) -> list[Flowable]:
 
 
 def image_section(image: LesionImage, number: int, case: Case) -> list[Flowable]:
-    prediction = image.newest_prediction()
+    prediction = image.current_prediction()
     heading = para(esc(f"Image {number} · {image.get_kind_display()} · uploaded {when(image.uploaded_at)}"
                        + (f" · taken {image.acquired_on:%Y-%m-%d}" if image.acquired_on else "")), "h3")
     outcome = result(prediction, case)
     # the picture, its flag and its scores on one page where they fit
     parts: list[Flowable] = [KeepTogether([heading, image_pair(image, prediction)] + outcome[:3])] + outcome[3:]
-    earlier = len(image.predictions.all()) - 1
-    if earlier > 0:
-        parts.append(para(esc(f"{earlier} earlier result(s) of this image are kept in the record; this report "
-                              "shows the newest."), "small"))
+    pending = image.rescore_in_progress()
+    if pending is not None:
+        state = {"pending": "is waiting", "running": "is running"}.get(pending.status, "has failed")
+        parts.append(para(esc(f"A re-score with model version {pending.model_version.version} {state}: this "
+                              "report shows the result in force, from the version before it."), "small"))
+    others = len(image.predictions.all()) - 1
+    if others > 0:
+        parts.append(para(esc(f"{others} other result(s) of this image are kept in the record; this report "
+                              "shows the one in force."), "small"))
     return parts
 
 
@@ -405,7 +410,7 @@ def versions_used(lesions: list[Lesion]) -> list[ModelVersion]:
     seen: dict[int, ModelVersion] = {}
     for lesion in lesions:
         for image in lesion.images.all():
-            prediction = image.newest_prediction()
+            prediction = image.current_prediction()
             if prediction is not None:
                 seen.setdefault(prediction.model_version_id, prediction.model_version)
     return list(seen.values())

@@ -256,25 +256,27 @@ def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> Non
 
 @require_GET
 def case_status(request: HttpRequest, pk: int) -> JsonResponse:
-    """JSON for the case page's polling: each prediction's status and rendered summary."""
+    """JSON for the case page's polling: per image, the prediction in force
+    (``LesionImage.current_prediction``), its status and its rendered summary with any re-score
+    note. No scores: the page shows them only through the summary, which hides those of an image
+    the model could not assess."""
     case = get_object_or_404(access.visible_cases(request.user), pk=pk)
-    predictions = access.visible_predictions(request.user).filter(image__lesion__case=case).order_by("pk")
+    predictions = Prediction.objects.select_related("model_version")
+    images = (access.visible_images(request.user).filter(lesion__case=case).order_by("pk")
+              .prefetch_related(Prefetch("predictions", queryset=predictions)))
     can_edit = access.can_edit_case(request.user, case)
-    items = [
-        {
-            "id": p.pk,
-            "image": p.image_id,
-            "status": p.status,
-            "melanoma_probability": p.melanoma_probability,
-            "malignancy_score": p.malignancy_score,
-            "flagged": p.flagged,
-            "html": render_to_string("cases/partials/prediction_summary.html",
-                                     {"prediction": p, "can_edit": can_edit}, request=request),
-        }
-        for p in predictions
-    ]
+    items, active = [], False
+    for image in images:
+        active = active or any(p.is_active for p in image.predictions.all())
+        prediction = image.current_prediction()
+        if prediction is None:
+            continue
+        context = {"prediction": prediction, "image": image, "can_edit": can_edit}
+        items.append({"id": prediction.pk, "image": image.pk, "status": prediction.status,
+                      "html": render_to_string("cases/partials/prediction_summary.html", context, request=request)
+                      + render_to_string("cases/partials/rescore_note.html", context, request=request)})
     flagged = list(case.lesions.filter(flagged=True).values_list("pk", flat=True))
-    payload = {"active": any(p.is_active for p in predictions), "predictions": items, "flagged_lesions": flagged}
+    payload = {"active": active, "predictions": items, "flagged_lesions": flagged}
     return _no_store(JsonResponse(payload))
 
 
@@ -298,7 +300,8 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """The result view of one image: class bars, thresholds, flag, heatmap toggle, model version."""
     image = get_object_or_404(access.visible_images(request.user), pk=pk)
     history = list(image.predictions.select_related("model_version").order_by("-created_at"))
-    prediction = history[0] if history else None
+    prefetch_related_objects([image], Prefetch("predictions", queryset=Prediction.objects.select_related("model_version")))
+    prediction = image.current_prediction()
     audit_log.record(action="view", obj=image, request=request)
     context = {"image": image, "lesion": image.lesion, "case": image.lesion.case, "prediction": prediction,
                "history": history,

@@ -20,5 +20,6 @@ urlpatterns = [
     path("", include("cases.urls")),
 ]
 
+handler400 = "api.errors.bad_request"
 handler404 = "api.errors.not_found"
 handler500 = "api.errors.server_error"

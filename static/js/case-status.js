@@ -11,11 +11,15 @@
 
   function apply(data) {
     data.predictions.forEach(function (p) {
-      var box = root.querySelector('[data-prediction-id="' + p.id + '"]');
+      // one box per image: the prediction in force may change (a finished re-score replaces it)
+      var box = root.querySelector('[data-image-id="' + p.image + '"]');
       if (!box) { return; }
       var current = box.querySelector("[data-status]");
-      if (current && current.getAttribute("data-status") === p.status && p.status !== "running") { return; }
+      var same = box.getAttribute("data-prediction-id") === String(p.id);
+      if (same && current && current.getAttribute("data-status") === p.status && p.status !== "running"
+          && !box.querySelector(".rescore-note")) { return; }
       box.innerHTML = p.html;
+      box.setAttribute("data-prediction-id", String(p.id));
     });
     (data.flagged_lesions || []).forEach(function (id) {
       var flag = root.querySelector('[data-lesion-flag="' + id + '"]');

@@ -86,7 +86,7 @@ def test_predictions_say_their_context_revision_reason_and_which_is_current(api,
     assert first.image.newest_prediction() == corrected
 
 
-def test_is_current_is_computed_for_a_prediction_not_annotated(world, queued, rf):
+def test_is_current_is_computed_for_a_prediction_serialized_alone(world, queued, rf):
     from api.serializers import PredictionSerializer
 
     first = Prediction.objects.get()
@@ -96,6 +96,24 @@ def test_is_current_is_computed_for_a_prediction_not_annotated(world, queued, rf
     Prediction.objects.create(image=first.image, model_version=first.model_version, context_revision=1,
                               reason="Age corrected")
     assert PredictionSerializer(first, context={"request": request}).data["is_current"] is False
+
+
+def test_a_waiting_re_score_by_another_version_leaves_the_finished_score_current(api, world, queued):
+    """As on the pages: the API's current prediction is the result in force, not a blank re-score."""
+    from django.utils import timezone
+
+    from classifier.models import ModelVersion
+
+    first = Prediction.objects.get()
+    Prediction.objects.filter(pk=first.pk).update(status="done", melanoma_probability=0.3, malignancy_score=0.4,
+                                                  finished_at=timezone.now())
+    newer = ModelVersion.objects.create(version="api-v2", artifact_path="/x")
+    rescore = Prediction.objects.create(image=first.image, model_version=newer)
+    image = api.clin_a.get(f"/api/v1/images/{first.image_id}/").json()
+    assert image["latest_prediction"]["id"] == rescore.pk and image["latest_prediction"]["is_current"] is False
+    assert image["current_prediction"]["id"] == first.pk and image["current_prediction"]["is_current"] is True
+    rows = api.clin_a.get(f"/api/v1/predictions/?image={first.image_id}").json()["results"]
+    assert {row["id"]: row["is_current"] for row in rows} == {first.pk: True, rescore.pk: False}
 
 
 @pytest.fixture

@@ -120,6 +120,35 @@ def test_dermatologist_sees_queued_cases_only(client, world):
     assert client.get(f"/patients/{world.patient_a.pk}/").status_code == 404
 
 
+def test_a_dermatologist_sees_the_other_visits_of_the_lesion_under_review_only(client, world):
+    """The review asks whether the lesion changed since an earlier visit: that visit (never
+    flagged, or reviewed by a colleague) opens too; another lesion's visit does not."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from cases import services
+    from cases.models import Case, Lesion
+
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=timezone.localdate() - timedelta(days=90))
+    later = services.create_case(user=world.clin_a, patient=world.patient_a, clinical_question="Follow-up",
+                                 visit_date=timezone.localdate())
+    again = services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso",
+                                same_as=world.lesion_a.tracked)
+    unrelated = services.create_case(user=world.clin_a, patient=world.patient_a, clinical_question="Other mole",
+                                     visit_date=timezone.localdate() - timedelta(days=30))
+    services.add_lesion(user=world.clin_a, case=unrelated, anatomic_site="head/neck")
+    client.force_login(world.derm)
+    assert client.get(f"/cases/{world.case_a.pk}/").status_code == 404  # nothing under review yet
+    Lesion.objects.filter(pk=again.pk).update(flagged=True, awaiting_review=True)
+    assert client.get(f"/cases/{later.pk}/").status_code == 200
+    assert client.get(f"/cases/{world.case_a.pk}/").status_code == 200  # the earlier visit of that lesion
+    assert client.get(f"/cases/{unrelated.pk}/").status_code == 404
+    timeline = client.get(f"/patients/{world.patient_a.pk}/lesions/{again.tracked.number}/")
+    assert timeline.status_code == 200 and len(timeline.context["visits"]) == 2
+    assert client.get(f"/cases/{world.case_b.pk}/").status_code == 404  # another clinic's case stays hidden
+
+
 def test_dermatologist_cannot_create_patients_or_upload(client, world):
     world.lesion_b.flagged = world.lesion_b.awaiting_review = True
     world.lesion_b.save()

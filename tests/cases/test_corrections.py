@@ -54,6 +54,28 @@ def test_patient_correction_rescores_only_when_the_model_reads_the_field(world, 
         corrections.correct_patient(user=world.clin_a, patient=world.patient_a, reason="x", values={"birth_year": 1800})
 
 
+def test_the_model_reads_the_age_at_the_visit_and_a_visit_moved_to_another_year_rescores(world, scored, dispatched):
+    from datetime import date
+
+    from cases.context import image_context
+    from cases.presentation import age_at_visit
+
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=date(2019, 5, 2))  # entered later, back-dated
+    scored.refresh_from_db()
+    assert image_context(scored).age == age_at_visit(scored.lesion.case) == 2019 - world.patient_a.birth_year
+    case = Case.objects.get(pk=world.case_a.pk)
+    same_year = corrections.correct_case(user=world.clin_a, case=case, reason="wrong day",
+                                         values={"visit_date": date(2019, 6, 1)})
+    assert "visit_date" in same_year and Prediction.objects.filter(image=scored).count() == 1  # same age
+    corrections.correct_case(user=world.clin_a, case=case, reason="it was 2020",
+                             values={"visit_date": date(2020, 6, 1)})
+    again = Prediction.objects.filter(image=scored, context_revision=1).get()
+    assert "visit date corrected from 2019-06-01 to 2020-06-01 (the age at the visit) by Clin_A: it was 2020" == again.reason
+    assert corrections.correct_case(user=world.clin_a, case=case, reason="typo", values={"notes": "seen"}) == {
+        "notes": ("", "seen")}
+    assert Prediction.objects.filter(image=scored).count() == 2  # notes are not read by the model
+
+
 def test_case_closes_only_when_nothing_waits(world, scored):
     Lesion.objects.filter(pk=world.lesion_a.pk).update(flagged=True, awaiting_review=True)
     with pytest.raises(ValidationError, match="waiting for a dermatologist"):

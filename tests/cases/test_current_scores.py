@@ -67,7 +67,7 @@ def test_the_image_history_never_shows_scores_the_model_could_not_stand_behind(w
     client.force_login(world.clin_a)
     page = client.get(f"/images/{image.pk}/").content.decode()
     history = page[page.index('id="history"'):]
-    assert "0.123" in history and "0.873" not in history and "Model could not assess" in history
+    assert "12.3%" in history and "87.3%" not in history and "Model could not assess" in history
 
 
 def test_a_lesion_with_a_failed_or_waiting_image_is_not_called_not_flagged(world, model_version):
@@ -97,3 +97,47 @@ def test_percent_never_rounds_to_certainty(value, want):
                                                     (0.12, None, "12.0%")])
 def test_a_score_never_reads_as_equal_to_a_threshold_it_is_not(value, threshold, want):
     assert percent_against(value, threshold) == want
+
+
+def _waiting(image, version, *, reason="", revision=0, status="pending"):
+    return Prediction.objects.create(image=image, model_version=version, status=status, reason=reason,
+                                     context_revision=revision, error="worker lost" if status == "failed" else "")
+
+
+def test_a_re_score_by_another_version_never_blanks_the_result_in_force(world, model_version, client):
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    image = make_image(world)
+    shown = _done(image, model_version, melanoma=0.42, minutes_ago=60)
+    rescore = _waiting(image, newer)
+    assert image.current_prediction() == shown and image.rescore_in_progress() == rescore
+    client.force_login(world.clin_a)
+    page = client.get(f"/cases/{world.case_a.pk}/").content.decode()
+    assert "42.0%" in page and "Re-scoring with model unit-test-v2: waiting" in page
+    status = client.get(f"/cases/{world.case_a.pk}/status.json").json()
+    assert status["active"] is True  # keeps polling until the re-score finishes
+    [item] = status["predictions"]
+    assert item["id"] == shown.pk and item["image"] == image.pk and "42.0%" in item["html"]
+    assert "melanoma_probability" not in item  # scores reach the page through the summary only
+    Prediction.objects.filter(pk=rescore.pk).update(status="failed", error="worker lost", finished_at=timezone.now())
+    page = client.get(f"/cases/{world.case_a.pk}/").content.decode()
+    assert "42.0%" in page and "Re-scoring with model unit-test-v2: failed (worker lost)" in page
+    assert f"/predictions/{rescore.pk}/retry/" in page  # the clinician can send it again
+    assert "42.0%" in client.get(f"/images/{image.pk}/").content.decode()
+    Prediction.objects.filter(pk=rescore.pk).update(status="done", melanoma_probability=0.05, malignancy_score=0.05,
+                                                   flagged=False, assessable=True)
+    assert image.current_prediction() == rescore and image.rescore_in_progress() is None
+
+
+def test_a_re_score_for_a_correction_makes_the_older_score_stale(world, model_version, client):
+    image = make_image(world)
+    _done(image, model_version, melanoma=0.42, minutes_ago=60)
+    correction = _waiting(image, model_version, reason="site corrected", revision=1)
+    assert image.current_prediction() == correction and image.rescore_in_progress() is None
+    client.force_login(world.clin_a)
+    page = client.get(f"/cases/{world.case_a.pk}/").content.decode()
+    assert "42.0%" not in page and "Waiting to be scored" in page
+    # a version re-score queued after the correction still does not bring the pre-correction score back
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    queued = _waiting(image, newer)
+    assert image.current_prediction() == queued and image.current_prediction().melanoma_probability is None
+    assert followup.latest_scored(image) is None  # the timeline does not plot the stale score either

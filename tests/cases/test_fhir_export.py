@@ -208,12 +208,23 @@ def test_scores_are_observations_of_the_model_versions_device(scene, model_versi
         assert by_url[observation["subject"]["reference"]]["resourceType"] == "Patient"
 
 
-def test_an_image_whose_newest_prediction_is_pending_has_no_observation(scene):
+def test_an_image_waiting_for_a_re_score_exports_the_result_in_force(scene):
+    """As the pages and the PDF show it: a re-score by another version does not blank the finished
+    score before it; the Media says a re-score is waiting."""
+    bundle = _export(scene)
+    media_url, media = _media_of(bundle, scene["images"][1])
+    found = _observations_from(bundle, media_url)
+    assert found["melanoma-probability"]["valueQuantity"]["value"] == 0.1
+    assert "re-scoring with model version unit-test-v1: waiting" in media["note"][0]["text"]
+    assert sorted(d["version"][0]["value"] for d in _resources(bundle, "Device")) == ["unit-test-v0", "unit-test-v1"]
+
+
+def test_an_image_whose_only_prediction_is_pending_has_no_observation(scene):
+    Prediction.objects.filter(image=scene["images"][1], model_version__version="unit-test-v0").delete()
     bundle = _export(scene)
     media_url, media = _media_of(bundle, scene["images"][1])
     assert _observations_from(bundle, media_url) == {}
     assert "waiting to be scored" in media["note"][0]["text"]
-    # the older, superseded score of the retired version is not exported, nor is its Device
     assert [d["version"][0]["value"] for d in _resources(bundle, "Device")] == ["unit-test-v1"]
 
 
@@ -248,7 +259,9 @@ def test_the_review_is_a_diagnostic_report(scene):
     assert [m["link"]["reference"] for m in report["media"]] == [flagged_media, pending_media]
     results = {by_url[r["reference"]]["code"]["coding"][0]["code"] for r in report["result"]}
     assert results == {"melanoma-probability", "malignancy-score", "ai-flag"}
-    assert {by_url[r["reference"]]["derivedFrom"][0]["reference"] for r in report["result"]} == {flagged_media}
+    # the waiting re-score's image contributes the result in force (of the version before it)
+    assert {by_url[r["reference"]]["derivedFrom"][0]["reference"] for r in report["result"]} == {flagged_media,
+                                                                                                 pending_media}
 
 
 def test_a_melanoma_diagnosis_is_coded_in_snomed(scene):
