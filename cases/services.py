@@ -213,6 +213,13 @@ def _active_model_version():
         return None
 
 
+def _where(lesion: Lesion, position: int, image: NormalisedImage | None = None) -> str:
+    """Which upload failed, for the log: the lesion, the file's place in the batch and the start of
+    its pixel digest, never the client's file name (it may name the patient)."""
+    digest = f", sha256 {image.sha256[:12]}" if image is not None else ""
+    return f"lesion {lesion.pk}, file {position} of the upload{digest}"
+
+
 def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: str = LesionImage.Kind.DERMOSCOPIC,
                   request: HttpRequest | None = None) -> UploadOutcome:
     """Validate, normalise and store several images of one lesion.
@@ -230,7 +237,7 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
     if model_version is None:
         outcome.scoring_unavailable = "No model is available, so the images were stored but not scored yet."
     seen: dict[str, str] = {}
-    for upload in files:
+    for position, upload in enumerate(files, start=1):
         display_name = sanitize_filename(upload.name)
         try:
             image = normalise_upload(upload)
@@ -252,12 +259,12 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
             # A concurrent upload of the same pixels won the unique constraint.
             outcome.duplicates.append((display_name, LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()))
         except DatabaseError:
-            log.exception("saving uploaded image %r failed", display_name)
+            log.exception("saving an uploaded image failed (%s)", _where(lesion, position, image))
             outcome.rejected.append((display_name, "It could not be saved because of a database error; nothing was "
                                                    "stored. Please upload it again."))
         except OSError:
             # Local storage full or unwritable: report this file, keep going with the others.
-            log.exception("storing uploaded image %r failed", display_name)
+            log.exception("storing an uploaded image failed (%s)", _where(lesion, position, image))
             outcome.rejected.append((display_name, "It could not be stored because of a storage error; nothing was "
                                                    "saved. Please upload it again."))
     return outcome

@@ -3,8 +3,10 @@ behind; good files are normalised (upright, RGB, no metadata, generated name).""
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
+from django.core.files.storage import FileSystemStorage
 from django.db import DatabaseError
 from PIL import ExifTags, Image
 
@@ -297,3 +299,31 @@ def test_png_with_html_after_valid_image_data_is_normalised(client, world):
     with LesionImage.objects.get().file.open("rb") as handle:
         raw = handle.read()
     assert b"<script>" not in raw and b"<html>" not in raw
+
+
+# --- failures while storing: reported per file, logged without the client's file name --------------
+
+PATIENT_NAMED = "Jane Doe 1970-01-01 mole.jpg"  # clinicians do name files after patients
+
+
+def raising(exc: Exception):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
+
+
+@pytest.mark.parametrize("failure", ["database", "storage"])
+def test_a_failed_save_is_logged_by_lesion_position_and_digest_not_by_file_name(client, world, media_root,
+                                                                                monkeypatch, caplog, failure):
+    if failure == "database":
+        monkeypatch.setattr(Prediction.objects, "create", raising(DatabaseError("disk I/O error")))
+    else:
+        monkeypatch.setattr(FileSystemStorage, "save", raising(OSError(28, "No space left on device")))
+    with caplog.at_level(logging.INFO):
+        texts = messages_of(post(client, world, upload("other.jpg", jpeg(seed=1)), upload(PATIENT_NAMED, jpeg())))
+    assert any(PATIENT_NAMED in t and "rejected" in t for t in texts), texts  # the user still sees which file
+    failures = [r for r in caplog.records if r.name == "cases.services"]
+    assert failures and all(r.exc_info for r in failures)
+    assert f"(lesion {world.lesion_a.pk}, file 2 of the upload, sha256 " in failures[-1].getMessage()
+    assert "Jane" not in caplog.text and "Doe" not in caplog.text
+    assert LesionImage.objects.count() == 0 and stored_files(media_root) == []
