@@ -35,6 +35,7 @@ PATIENT_FIELDS = ("identifier", "birth_year", "sex", "fitzpatrick_type")
 CASE_FIELDS = ("visit_date", "clinical_question", "notes", "status")
 LESION_FIELDS = ("tracked", "anatomic_site", "description")
 TRACKED_FIELDS = ("number", "side", "map_view", "map_x", "map_y")
+NOT_STORED = "It could not be read or stored; nothing was saved for this file. Please upload it again."
 IMAGE_AUDIT_FIELDS = ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format",
                       "acquired_on", "source_body_site")
 
@@ -220,6 +221,34 @@ def _where(lesion: Lesion, position: int, image: NormalisedImage | None = None) 
     return f"lesion {lesion.pk}, file {position} of the upload{digest}"
 
 
+def _add_image(outcome: UploadOutcome, *, display_name: str, where: str, lesion: Lesion, image: NormalisedImage,
+               **save) -> None:
+    """Store one normalised image unless the lesion already has its pixels, and note in ``outcome``
+    what happened. Any failure is this file's alone: reported, logged by ``where`` (never the
+    client's file name), and nothing of it is left behind (``_save_image`` removes its file)."""
+    try:
+        existing = LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()
+        if existing is not None:
+            outcome.duplicates.append((display_name, existing))
+            return
+        outcome.accepted.append(_save_image(lesion=lesion, image=image, **save))
+    except IntegrityError:
+        # A concurrent upload of the same pixels won the unique constraint.
+        outcome.duplicates.append((display_name, LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()))
+    except DatabaseError:
+        log.exception("saving an uploaded image failed (%s)", where)
+        outcome.rejected.append((display_name, "It could not be saved because of a database error; nothing was "
+                                               "stored. Please upload it again."))
+    except OSError:
+        # Local storage full or unwritable: report this file, keep going with the others.
+        log.exception("storing an uploaded image failed (%s)", where)
+        outcome.rejected.append((display_name, "It could not be stored because of a storage error; nothing was "
+                                               "saved. Please upload it again."))
+    except Exception:  # object storage (botocore's ClientError is no OSError) or anything unforeseen
+        log.exception("storing an uploaded image failed (%s)", where)
+        outcome.rejected.append((display_name, NOT_STORED))
+
+
 def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: str = LesionImage.Kind.DERMOSCOPIC,
                   request: HttpRequest | None = None) -> UploadOutcome:
     """Validate, normalise and store several images of one lesion.
@@ -244,29 +273,16 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
         except UploadRejected as exc:
             outcome.rejected.append((display_name, str(exc)))
             continue
+        except Exception:  # a reader bug or a file no check foresaw: this file only, never the batch
+            log.exception("reading an uploaded file failed (%s)", _where(lesion, position))
+            outcome.rejected.append((display_name, NOT_STORED))
+            continue
         if image.sha256 in seen:
             outcome.duplicates.append((display_name, None))
             continue
         seen[image.sha256] = display_name
-        existing = LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()
-        if existing is not None:
-            outcome.duplicates.append((display_name, existing))
-            continue
-        try:
-            outcome.accepted.append(_save_image(lesion=lesion, image=image, kind=kind, user=user,
-                                                model_version=model_version, request=request))
-        except IntegrityError:
-            # A concurrent upload of the same pixels won the unique constraint.
-            outcome.duplicates.append((display_name, LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()))
-        except DatabaseError:
-            log.exception("saving an uploaded image failed (%s)", _where(lesion, position, image))
-            outcome.rejected.append((display_name, "It could not be saved because of a database error; nothing was "
-                                                   "stored. Please upload it again."))
-        except OSError:
-            # Local storage full or unwritable: report this file, keep going with the others.
-            log.exception("storing an uploaded image failed (%s)", _where(lesion, position, image))
-            outcome.rejected.append((display_name, "It could not be stored because of a storage error; nothing was "
-                                                   "saved. Please upload it again."))
+        _add_image(outcome, display_name=display_name, where=_where(lesion, position, image), lesion=lesion,
+                   image=image, kind=kind, user=user, model_version=model_version, request=request)
     return outcome
 
 

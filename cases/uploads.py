@@ -143,6 +143,17 @@ def check_dimensions(width: int, height: int) -> None:
         )
 
 
+def _frame_count(image: Image.Image) -> int:
+    """How many frames or pages the file declares. Counting walks a TIFF's page chain, so a damaged
+    or truncated one fails here (TypeError, EOFError, KeyError, ...): a rejection, not a crash."""
+    try:
+        return getattr(image, "n_frames", 1)
+    except Exception as exc:
+        raise UploadRejected(
+            f"The image's list of pages is damaged or truncated and cannot be read ({type(exc).__name__})."
+        ) from None
+
+
 def _open_checked(data: bytes) -> Image.Image:
     """Open (header only) with the allowed formats; refuse bombs before decoding."""
     max_pixels = settings.UPLOAD_MAX_PIXELS
@@ -164,7 +175,7 @@ def _open_checked(data: bytes) -> Image.Image:
         raise UploadRejected(f"The image header is corrupt ({type(exc).__name__}).") from None
 
     check_dimensions(*image.size)
-    if getattr(image, "n_frames", 1) > 1:
+    if _frame_count(image) > 1:
         raise UploadRejected(
             "Animated or multi-page images are not accepted; upload a single still image."
         )

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 from django.core.files.storage import FileSystemStorage
+from botocore.exceptions import ClientError
 from django.db import DatabaseError
 from PIL import ExifTags, Image
 
@@ -57,6 +58,13 @@ def animated_png() -> bytes:
     return encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
 
 
+def truncated_multipage_tiff() -> bytes:
+    """Three pages cut off half-way: the first page's header reads, the page chain does not."""
+    pages = [pattern((64, 64), seed=i) for i in range(3)]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    return data[: len(data) // 2]
+
+
 REJECTIONS = [
     ("empty.jpg", lambda: b"", "empty"),
     ("truncated.jpg", truncated_jpeg, "truncated"),
@@ -68,6 +76,7 @@ REJECTIONS = [
     ("huge.png", lambda: png_declaring(30000, 30000), "too many pixels"),
     ("anim.gif", animated_gif, "GIF"),
     ("anim.png", animated_png, "Animated"),
+    ("pages.tif", truncated_multipage_tiff, "list of pages is damaged or truncated"),
     ("tiny.png", lambda: png(size=(10, 10)), "at least 32 pixels"),
     ("doc.pdf.jpg", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "PDF"),
 ]
@@ -327,3 +336,43 @@ def test_a_failed_save_is_logged_by_lesion_position_and_digest_not_by_file_name(
     assert f"(lesion {world.lesion_a.pk}, file 2 of the upload, sha256 " in failures[-1].getMessage()
     assert "Jane" not in caplog.text and "Doe" not in caplog.text
     assert LesionImage.objects.count() == 0 and stored_files(media_root) == []
+
+
+def failing_once(original, exc: Exception):
+    """``original``, except that its first call raises ``exc``."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc
+        return original(*args, **kwargs)
+    return wrapper
+
+
+def test_an_object_storage_error_costs_only_its_file(client, world, media_root, monkeypatch, caplog):
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+    monkeypatch.setattr(FileSystemStorage, "save", failing_once(FileSystemStorage.save, denied))
+    with caplog.at_level(logging.ERROR, logger="cases.services"):
+        response = post(client, world, upload("first.jpg", jpeg(seed=1)), upload("second.jpg", jpeg(seed=2)))
+    assert response.status_code == 200
+    texts = messages_of(response)
+    assert "“first.jpg” was rejected: It could not be read or stored; nothing was saved for this file. " \
+           "Please upload it again." in texts, texts
+    assert any("1 image(s) uploaded" in t for t in texts), texts
+    image = LesionImage.objects.get()
+    assert image.original_name == "second.jpg" and stored_files(media_root) == [image.file.name]
+    assert Prediction.objects.get().image == image and AuditEvent.objects.filter(action="upload").count() == 1
+    assert "file 1 of the upload" in caplog.text and "ClientError" in caplog.text
+
+
+def test_an_unforeseen_reader_error_costs_only_its_file(client, world, media_root, monkeypatch):
+    import cases.uploads
+
+    monkeypatch.setattr(cases.uploads, "to_rgb_image", failing_once(cases.uploads.to_rgb_image, KeyError("mode")))
+    response = post(client, world, upload("odd.png", png(seed=1), "image/png"), upload("fine.png", png(seed=2),
+                                                                                          "image/png"))
+    texts = messages_of(response)
+    assert any("odd.png" in t and "could not be read or stored" in t for t in texts), texts
+    assert list(LesionImage.objects.values_list("original_name", flat=True)) == ["fine.png"]
+    assert len(stored_files(media_root)) == 1
