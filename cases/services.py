@@ -222,19 +222,21 @@ def _where(lesion: Lesion, position: int, image: NormalisedImage | None = None) 
 
 
 def _add_image(outcome: UploadOutcome, *, display_name: str, where: str, lesion: Lesion, image: NormalisedImage,
-               **save) -> None:
+               **save) -> bool:
     """Store one normalised image unless the lesion already has its pixels, and note in ``outcome``
-    what happened. Any failure is this file's alone: reported, logged by ``where`` (never the
+    what happened; True when the lesion now holds these pixels (stored now or before). Any failure is this file's alone: reported, logged by ``where`` (never the
     client's file name), and nothing of it is left behind (``_save_image`` removes its file)."""
     try:
         existing = LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()
         if existing is not None:
             outcome.duplicates.append((display_name, existing))
-            return
+            return True
         outcome.accepted.append(_save_image(lesion=lesion, image=image, **save))
+        return True
     except IntegrityError:
         # A concurrent upload of the same pixels won the unique constraint.
         outcome.duplicates.append((display_name, LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()))
+        return True
     except DatabaseError:
         log.exception("saving an uploaded image failed (%s)", where)
         outcome.rejected.append((display_name, "It could not be saved because of a database error; nothing was "
@@ -247,6 +249,7 @@ def _add_image(outcome: UploadOutcome, *, display_name: str, where: str, lesion:
     except Exception:  # object storage (botocore's ClientError is no OSError) or anything unforeseen
         log.exception("storing an uploaded image failed (%s)", where)
         outcome.rejected.append((display_name, NOT_STORED))
+    return False
 
 
 def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: str = LesionImage.Kind.DERMOSCOPIC,
@@ -265,7 +268,7 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
     model_version = _active_model_version()
     if model_version is None:
         outcome.scoring_unavailable = "No model is available, so the images were stored but not scored yet."
-    seen: dict[str, str] = {}
+    held: set[str] = set()  # digests the lesion holds now: a later copy in the batch is a duplicate
     for position, upload in enumerate(files, start=1):
         display_name = sanitize_filename(upload.name)
         try:
@@ -277,12 +280,13 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
             log.exception("reading an uploaded file failed (%s)", _where(lesion, position))
             outcome.rejected.append((display_name, NOT_STORED))
             continue
-        if image.sha256 in seen:
+        if image.sha256 in held:
             outcome.duplicates.append((display_name, None))
             continue
-        seen[image.sha256] = display_name
-        _add_image(outcome, display_name=display_name, where=_where(lesion, position, image), lesion=lesion,
-                   image=image, kind=kind, user=user, model_version=model_version, request=request)
+        # only once it is held: when the first copy fails to save, the next copy is tried, not called a duplicate
+        if _add_image(outcome, display_name=display_name, where=_where(lesion, position, image), lesion=lesion,
+                      image=image, kind=kind, user=user, model_version=model_version, request=request):
+            held.add(image.sha256)
     return outcome
 
 

@@ -376,3 +376,13 @@ def test_an_unforeseen_reader_error_costs_only_its_file(client, world, media_roo
     assert any("odd.png" in t and "could not be read or stored" in t for t in texts), texts
     assert list(LesionImage.objects.values_list("original_name", flat=True)) == ["fine.png"]
     assert len(stored_files(media_root)) == 1
+
+
+def test_when_the_first_copy_fails_to_save_the_second_is_stored_not_called_a_duplicate(client, world, media_root,
+                                                                                         monkeypatch):
+    monkeypatch.setattr(FileSystemStorage, "save", failing_once(FileSystemStorage.save, OSError(28, "disk full")))
+    texts = messages_of(post(client, world, upload("a.png", png(), "image/png"), upload("b.png", png(), "image/png")))
+    assert any("“a.png” was rejected" in t and "storage error" in t for t in texts), texts
+    assert not any("already uploaded" in t for t in texts), texts
+    image = LesionImage.objects.get()
+    assert image.original_name == "b.png" and stored_files(media_root) == [image.file.name]
