@@ -244,14 +244,15 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
 def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> None:
     """One message per file, so the user knows exactly what happened to each."""
     if outcome.accepted:
-        messages.success(request, f"{len(outcome.accepted)} image(s) uploaded; scoring has started.")
+        # without a model nothing is scoring: say when it will, once, and only when something was stored
+        next_step = ("stored; scoring will start when a model is available" if outcome.scoring_unavailable
+                     else "scoring has started")
+        messages.success(request, f"{len(outcome.accepted)} image(s) uploaded and {next_step}.")
     for name, existing in outcome.duplicates:
         where = f" (already stored as image {existing.pk})" if existing else " (twice in this upload)"
         messages.warning(request, f"“{name}”: this image was already uploaded for this lesion{where}; not stored again.")
     for name, reason in outcome.rejected:
         messages.error(request, f"“{name}” was rejected: {reason}")
-    if outcome.scoring_unavailable:
-        messages.warning(request, outcome.scoring_unavailable)
 
 
 @require_GET

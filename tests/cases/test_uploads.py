@@ -257,7 +257,7 @@ def test_mixed_batch_keeps_the_good_files(client, world, media_root):
     response = post(client, world, upload("good1.jpg", jpeg(seed=1)), upload("bad.jpg", b"<html></html>"),
                     upload("good2.png", png(seed=2), "image/png"), upload("empty.png", b""))
     texts = messages_of(response)
-    assert any("2 image(s) uploaded" in t for t in texts)
+    assert "2 image(s) uploaded and scoring has started." in texts, texts
     assert any("bad.jpg" in t and "HTML" in t for t in texts)
     assert any("empty.png" in t and "empty" in t for t in texts)
     assert sorted(LesionImage.objects.values_list("original_name", flat=True)) == ["good1.jpg", "good2.png"]
@@ -386,3 +386,22 @@ def test_when_the_first_copy_fails_to_save_the_second_is_stored_not_called_a_dup
     assert not any("already uploaded" in t for t in texts), texts
     image = LesionImage.objects.get()
     assert image.original_name == "b.png" and stored_files(media_root) == [image.file.name]
+
+
+def no_model(monkeypatch) -> None:
+    def missing():
+        raise RuntimeError("the bundled model is missing")
+    monkeypatch.setattr("cases.services.active_version", missing)
+
+
+def test_without_a_model_the_message_says_scoring_waits_not_that_it_started(client, world, monkeypatch):
+    no_model(monkeypatch)
+    texts = messages_of(post(client, world, upload("a.jpg", jpeg())))
+    assert texts == ["1 image(s) uploaded and stored; scoring will start when a model is available."]
+    assert LesionImage.objects.count() == 1 and Prediction.objects.count() == 0
+
+
+def test_without_a_model_a_batch_that_stored_nothing_does_not_claim_it_stored_images(client, world, monkeypatch):
+    no_model(monkeypatch)
+    texts = messages_of(post(client, world, upload("bad.jpg", b"<html></html>")))
+    assert len(texts) == 1 and "“bad.jpg” was rejected" in texts[0]
