@@ -2,33 +2,63 @@
 
 Images of lesions whose label is confirmed become labelled records, with the provenance of the
 label kept in ``dx_type``; they pass through the same audit and lesion-level split as the public
-datasets. A lesion's label is its current histopathology result (cases.outcomes) when it has one:
-the laboratory outranks the dermatologist, and a result of "other" keeps the lesion out even when a
-review named a class. Otherwise it is the diagnosis of its newest review. Registered with the
+datasets. Labels are resolved per tracked lesion (the patient's lesion followed over visits,
+``PatientLesion``), because a histopathology result sits on the visit where the lesion was
+excised while earlier visits of the same lesion hold images of it too:
+
+* a current histopathology result (cases.outcomes) on any visit labels every visit of that
+  lesion: the laboratory outranks the dermatologist, and a result of "other" keeps the lesion out
+  even when a review named a class. Visits with results that disagree keep the lesion out;
+* otherwise each reviewed visit takes the diagnosis of its newest review, provided every reviewed
+  visit of the lesion says the same; reviews that disagree keep the lesion out (a review speaks
+  for the images it looked at: visits nobody reviewed are not labelled from another visit's).
+
+Only dermoscopic images whose result in force (``LesionImage.current_prediction``) is a finished,
+assessable score are exported: a clinical close-up, or an image the model could not assess
+(image quality, not dermoscopic), is not what the model reads. What was left out, and why, is
+counted (``ReviewedRecords.excluded``) and written into the run's notes. Registered with the
 registry at start-up (cases.apps), so that ``classifier`` never imports the clinical records.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.core.files.storage import default_storage
+from django.db.models import Q
 
 from cases.context import image_context
-from cases.models import Lesion, Outcome, Review
+from cases.models import Lesion, LesionImage, Outcome, Prediction, Review
 from mlcore.labels import CLASS_TO_HAM, CLASSES
 from training.data import ImageRecord
 
 REVIEW_SOURCE = "review"
 
+# why confirmed images (or whole tracked lesions) stay out of training, as the run's notes say it
+CLINICAL_PHOTO = "clinical close-up photos (the model reads dermoscopic images only)"
+NOT_ASSESSABLE = "images the model could not assess (image quality or not dermoscopic)"
+NOT_SCORED = "images without a finished score"
+DISAGREEING_REVIEWS = "lesions whose visits were reviewed with different diagnoses (no histopathology)"
+DISAGREEING_HISTOPATHOLOGY = "lesions whose visits have disagreeing histopathology results"
+
 
 @dataclass(frozen=True)
 class ConfirmedLabel:
-    """A lesion's training label and where it comes from."""
+    """A visit's training label and where it comes from."""
 
     lesion: Lesion
     diagnosis: str
     provenance: str
+
+
+class ReviewedRecords(list):
+    """Training records (training.data.ImageRecord), with ``excluded``: what was left out, and
+    why (a sentence per reason -> how many images or lesions)."""
+
+    def __init__(self, records=(), *, excluded: dict[str, int] | None = None) -> None:
+        super().__init__(records)
+        self.excluded = {reason: n for reason, n in (excluded or {}).items() if n}
 
 
 def _newest_reviews() -> dict[int, Review]:
@@ -40,7 +70,7 @@ def _newest_reviews() -> dict[int, Review]:
 
 def current_outcomes() -> dict[int, Outcome]:
     """Per lesion id, the histopathology result in force (the one nothing supersedes)."""
-    rows = (Outcome.objects.filter(superseded_by__isnull=True).select_related("entered_by", "lesion")
+    rows = (Outcome.objects.filter(superseded_by__isnull=True).select_related("entered_by", "lesion__case")
             .order_by("lesion_id", "-entered_at", "-pk"))
     current: dict[int, Outcome] = {}
     for outcome in rows:
@@ -53,21 +83,63 @@ def outcome_provenance(outcome: Outcome) -> str:
             f"entered by {outcome.entered_by.get_username()}")
 
 
-def confirmed_labels() -> list[ConfirmedLabel]:
-    """Lesions with a label from one of the 9 classes: histopathology first, else the newest review."""
+def _review_provenance(review: Review) -> str:
+    return f"dermatologist review by {review.reviewer.get_username()} on {review.created_at:%Y-%m-%d}"
+
+
+def _tracked_key(lesion: Lesion) -> str:
+    return f"tracked-{lesion.tracked_id}" if lesion.tracked_id else f"visit-{lesion.pk}"
+
+
+def resolve_labels() -> tuple[list[ConfirmedLabel], Counter]:
+    """The visits to learn from with their labels, resolved per tracked lesion (module docstring),
+    and the tracked lesions left out because their results or reviews disagree."""
     reviews, outcomes = _newest_reviews(), current_outcomes()
-    labels = []
-    for lesion_id in sorted(set(reviews) | set(outcomes)):
-        outcome, review = outcomes.get(lesion_id), reviews.get(lesion_id)
-        if outcome is not None:
-            label = ConfirmedLabel(outcome.lesion, outcome.diagnosis, outcome_provenance(outcome))
-        else:
-            label = ConfirmedLabel(review.lesion, review.final_diagnosis,
-                                   f"dermatologist review by {review.reviewer.get_username()} "
-                                   f"on {review.created_at:%Y-%m-%d}")
-        if label.diagnosis in CLASSES:  # "other" has no class to learn
-            labels.append(label)
-    return labels
+    labelled = {r.lesion for r in reviews.values()} | {o.lesion for o in outcomes.values()}
+    tracked = {v.tracked_id for v in labelled if v.tracked_id}
+    visits: dict[str, list[Lesion]] = {}
+    for visit in Lesion.objects.filter(Q(tracked_id__in=tracked) | Q(pk__in=[v.pk for v in labelled])).select_related(
+            "case").order_by("pk"):
+        visits.setdefault(_tracked_key(visit), []).append(visit)
+    labels: list[ConfirmedLabel] = []
+    excluded: Counter = Counter()
+    for key in sorted(visits):
+        group = visits[key]
+        results = [outcomes[v.pk] for v in group if v.pk in outcomes]
+        if results:
+            if len({o.diagnosis for o in results}) > 1:
+                excluded[DISAGREEING_HISTOPATHOLOGY] += 1
+                continue
+            outcome = max(results, key=lambda o: (o.diagnosis_date, o.entered_at, o.pk))
+            if outcome.diagnosis in CLASSES:  # "other" has no class to learn
+                provenance = outcome_provenance(outcome)
+                labels += [ConfirmedLabel(v, outcome.diagnosis, provenance if v.pk == outcome.lesion_id else
+                                          f"{provenance}, at the visit of {outcome.lesion.case.visit_date:%Y-%m-%d}")
+                           for v in group]
+            continue
+        reviewed = [(v, reviews[v.pk]) for v in group if v.pk in reviews]
+        if len({r.final_diagnosis for _, r in reviewed}) > 1:
+            excluded[DISAGREEING_REVIEWS] += 1
+            continue
+        labels += [ConfirmedLabel(v, r.final_diagnosis, _review_provenance(r))
+                   for v, r in reviewed if r.final_diagnosis in CLASSES]
+    return labels, excluded
+
+
+def confirmed_labels() -> list[ConfirmedLabel]:
+    """The labelled visits (``resolve_labels``), without the counts."""
+    return resolve_labels()[0]
+
+
+def exclusion_reason(image: LesionImage) -> str | None:
+    """Why ``image`` of a confirmed lesion is not a training record, or None when it is one: only
+    a dermoscopic image whose result in force is a finished, assessable score is."""
+    if image.kind != LesionImage.Kind.DERMOSCOPIC:
+        return CLINICAL_PHOTO
+    prediction = image.current_prediction()
+    if prediction is None or prediction.status != Prediction.Status.DONE:
+        return NOT_SCORED
+    return None if prediction.assessable else NOT_ASSESSABLE
 
 
 def _export(image, export_dir: Path) -> Path:
@@ -78,13 +150,19 @@ def _export(image, export_dir: Path) -> Path:
     return path
 
 
-def reviewed_records(export_dir: Path) -> list:
-    """Training records for every image of a lesion with a confirmed label (``confirmed_labels``)."""
+def reviewed_records(export_dir: Path) -> ReviewedRecords:
+    """Training records for the images of the visits with a confirmed label (``resolve_labels``)
+    that the model can learn from (``exclusion_reason``), with what was left out counted."""
     export_dir.mkdir(parents=True, exist_ok=True)
+    labels, excluded = resolve_labels()
     records = []
-    for label in confirmed_labels():
+    for label in labels:
         lesion = label.lesion
-        for image in lesion.images.all():
+        for image in lesion.images.prefetch_related("predictions"):
+            reason = exclusion_reason(image)
+            if reason is not None:
+                excluded[reason] += 1
+                continue
             context = image_context(image)
             records.append(ImageRecord(
                 path=str(_export(image, export_dir)), isic_id=f"REVIEW_{image.pk:07d}",
@@ -94,4 +172,4 @@ def reviewed_records(export_dir: Path) -> list:
                 ham_code=CLASS_TO_HAM[label.diagnosis], dx_type=label.provenance,
                 age=context.age, sex=context.sex, site=context.site,
             ))
-    return records
+    return ReviewedRecords(records, excluded=dict(excluded))

@@ -47,8 +47,19 @@ def set_reviewed_records_provider(provider: Callable[[Path], list] | None) -> No
 
 
 def reviewed_records(export_dir: Path) -> list:
-    """The registered provider's training records ([] when none is registered)."""
-    return _reviewed_records_provider(export_dir) if _reviewed_records_provider else []
+    """The registered provider's training records ([] when none is registered). The provider may
+    say what it left out, and why, in the list's ``excluded`` ({reason: count}); it is logged."""
+    records = _reviewed_records_provider(export_dir) if _reviewed_records_provider else []
+    if getattr(records, "excluded", None):
+        log.info("reviewed cases: %d images exported; left out: %s", len(records), records.excluded)
+    return records
+
+
+def reviewed_summary(records: list) -> str:
+    """The run notes' sentence on the reviewed images: how many, and what was left out and why."""
+    excluded = getattr(records, "excluded", None) or {}
+    left_out = "; ".join(f"{count} {reason}" for reason, count in excluded.items())
+    return f"{len(records)} reviewed images." + (f" Left out of the reviewed cases: {left_out}." if left_out else "")
 
 
 GATE_FILE = "gate.json"  # read into metrics["gate"] by registry.register_artifact
@@ -160,7 +171,7 @@ def run_training(*, version_id: int) -> str:
         return "cancelled"
     try:
         registered = register_artifact(out_dir)
-        notes = f"Trained from {', '.join(sorted(sources))}; {len(extra)} reviewed images."
+        notes = f"Trained from {', '.join(sorted(sources))}; {reviewed_summary(extra)}"
         if fine_tuning.describe_start(version):
             notes = f"{fine_tuning.describe_start(version)}. {notes}"
         extra_fields = {}

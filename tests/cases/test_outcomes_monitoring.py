@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from cases import drift, drift_plots
-from cases.models import Case, Lesion, Outcome, Prediction, Review
+from cases.models import Case, Lesion, LesionImage, Outcome, Prediction, Review
 from cases.outcomes import current_outcome, record_outcome
 from cases.training_labels import reviewed_records
-from tests.support.case_helpers import make_image, make_user
+from tests.support.case_helpers import make_image, make_user, score_image
 from tests.support.monitoring_helpers import at, scored_images, weekly_uploads
 
 pytestmark = pytest.mark.django_db
@@ -126,7 +126,7 @@ def test_a_result_can_be_entered_after_the_case_is_closed(world):
 
 # --- training labels --------------------------------------------------------------------------
 
-def test_histopathology_outranks_the_review_as_training_label(world, tmp_path):
+def test_histopathology_outranks_the_review_as_training_label(world, model_version, tmp_path):
     reviewed = make_image(world, sha="1" * 64)
     Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="disagree",
                           final_diagnosis="nevus", management="excision")
@@ -144,6 +144,8 @@ def test_histopathology_outranks_the_review_as_training_label(world, tmp_path):
     make_image(world, sha="4" * 64, lesion=review_only)
     Review.objects.create(lesion=review_only, reviewer=world.derm2, agreement="agree", final_diagnosis="nevus",
                           management="reassure")
+    for image in LesionImage.objects.all():  # each one scored, dermoscopic and assessable: exportable
+        score_image(image, model_version)
 
     records = {r.isic_id: r for r in reviewed_records(tmp_path)}
     assert set(records) == {f"REVIEW_{reviewed.pk:07d}", f"REVIEW_{only_outcome.images.get().pk:07d}",
@@ -156,8 +158,8 @@ def test_histopathology_outranks_the_review_as_training_label(world, tmp_path):
     assert records[f"REVIEW_{review_only.images.get().pk:07d}"].dx_type.startswith("dermatologist review by derm2")
 
 
-def test_the_corrected_result_is_the_label(world, tmp_path):
-    make_image(world)
+def test_the_corrected_result_is_the_label(world, model_version, tmp_path):
+    score_image(make_image(world), model_version)
     first = enter(world, diagnosis="nevus")
     enter(world, diagnosis="dermatofibroma", supersedes=first, reason="Lab corrected the report")
     (record,) = reviewed_records(tmp_path)

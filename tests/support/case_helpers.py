@@ -63,3 +63,16 @@ def make_image(world, sha="a" * 64, lesion=None):
     name = default_storage.save("lesion-images/test.png", ContentFile(png()))
     return LesionImage.objects.create(lesion=lesion or world.lesion_a, file=name, sha256=sha, size_bytes=10,
                                       width=96, height=64, uploaded_by=world.clin_a)
+
+
+def score_image(image, version, *, assessable: bool = True, status: str = "done"):
+    """A prediction of ``image`` by ``version``: finished (with scores) unless ``status`` says otherwise."""
+    from django.utils import timezone
+
+    from cases.models import Prediction
+
+    done = status == Prediction.Status.DONE
+    return Prediction.objects.create(image=image, model_version=version, status=status, assessable=assessable,
+                                     melanoma_probability=0.3 if done else None, malignancy_score=0.3 if done else None,
+                                     finished_at=timezone.now() if done else None,
+                                     started_at=timezone.now() if status == Prediction.Status.RUNNING else None)
