@@ -27,6 +27,7 @@ from training.config import TrainConfig
 TRAIN_TASK = "classifier.tasks.train_model"
 
 REVIEWS = "reviews"
+CARD_REVIEW_SOURCE = "review"  # what a model card's data_sources call the reviewed cases' records
 DATA_SOURCES = {
     "isic-9class": "ISIC 9-class set (shared data)",
     "ham10000": "HAM10000 (shared data)",
@@ -127,8 +128,10 @@ def _free_name(base: str) -> str:
 
 def _create_run(request: TrainingRequest, overrides: dict | None, user) -> ModelVersion:
     """The new run's registry row, its audit event and its task (sent after commit)."""
-    asked = {"epochs": request.epochs, "seed": request.seed, "target_sensitivity": request.target_sensitivity,
-             "overrides": dict(overrides or {})}
+    # the sources as asked: registration replaces data_sources with the card's (record sources,
+    # e.g. "review"), and a retry must ask for the same ones again
+    asked = {"sources": list(request.sources), "epochs": request.epochs, "seed": request.seed,
+             "target_sensitivity": request.target_sensitivity, "overrides": dict(overrides or {})}
     limits = {}
     if request.members:  # N trainings in a row: N times the single run's time limits
         soft, hard = ensemble_training.time_limits_s(len(request.members))
@@ -176,11 +179,20 @@ def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:
     if version.status != ModelVersion.Status.FAILED:
         raise LifecycleError(f"{version.version} did not fail; only a failed run can be retried.")
     asked = version.training_config
-    return start_training(sources=version.data_sources, epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
+    return start_training(sources=requested_sources(version), epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
                           target_sensitivity=asked.get("target_sensitivity", version.target_sensitivity or 0.9),
                           overrides=asked.get("overrides") or None, user=user,
                           members=asked.get("members") if asked.get("kind") == ensemble_training.ENSEMBLE else (),
                           start_from=fine_tuning.ACTIVE if asked.get(fine_tuning.START_KEY) else fine_tuning.IMAGENET)
+
+
+def requested_sources(version: ModelVersion) -> list[str]:
+    """The data sources a run was asked to train on (``training_config["sources"]``); for a run
+    started before they were kept there, its ``data_sources``, where a model card's name for the
+    reviewed cases' records ("review") is read back as the source asked for."""
+    if version.training_config.get("sources"):
+        return list(version.training_config["sources"])
+    return sorted({REVIEWS if source == CARD_REVIEW_SOURCE else source for source in version.data_sources})
 
 
 def delete_failed(*, version: ModelVersion, user=None) -> ModelVersion:

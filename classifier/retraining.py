@@ -23,7 +23,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from classifier import artifact_store, ensemble_training, fine_tuning
-from classifier.lifecycle import REVIEWS, fail_run
+from classifier.lifecycle import REVIEWS, fail_run, requested_sources
 from classifier.models import ModelVersion
 from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement
 from classifier.registry import register_artifact
@@ -135,7 +135,7 @@ def run_training(*, version_id: int) -> str:
         return "already started"
     version = ModelVersion.objects.get(pk=version_id)
     try:
-        sources = set(version.data_sources)
+        sources = set(requested_sources(version))
         cache_dir = Path(settings.SECONDLOOK_CACHE_DIR)
         extra = reviewed_records(cache_dir / "reviewed") if REVIEWS in sources else []
         active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()

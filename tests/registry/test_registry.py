@@ -182,12 +182,48 @@ def test_a_failed_run_can_be_retried_with_its_settings_or_deleted(data_here, mon
                                          training_config={"epochs": 3, "seed": 7, "target_sensitivity": 0.92,
                                                           "overrides": {"batch_size": 16}})
     run = lifecycle.retry_training(version=failed, user=admin)
-    assert run.status == "training" and run.training_config == failed.training_config
+    assert run.status == "training" and run.training_config == failed.training_config | {"sources": ["ham10000"]}
     assert run.data_sources == ["ham10000"] and sent == [("classifier.tasks.train_model", [run.pk])]
     with pytest.raises(lifecycle.LifecycleError, match="only a failed run"):
         lifecycle.delete_failed(version=run, user=admin)
     lifecycle.delete_failed(version=failed, user=admin)
     assert not ModelVersion.objects.filter(pk=failed.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_failed_after_registration_is_retried_with_the_sources_it_asked_for(
+        data_here, monkeypatch, tmp_path, settings):
+    """Registration replaces data_sources with the model card's names ("review" for the reviewed
+    cases); the retry asks for what the failed run asked for, reviewed cases included."""
+    from classifier import retraining
+
+    monkeypatch.setattr("classifier.lifecycle.enqueue_training", lambda *a, **k: None)
+    settings.SECONDLOOK_MODELS_ROOT = tmp_path / "models"
+    settings.SECONDLOOK_CACHE_DIR = tmp_path / "cache"
+    run = lifecycle.start_training(sources=["ham10000", "reviews"], epochs=1, seed=0, target_sensitivity=0.9)
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
+    monkeypatch.setattr(retraining, "measure_gate", lambda *a, **k: {})
+
+    def registered_then_cancelled(out_dir):  # as the card says it, then the admin cancels: it ends failed
+        ModelVersion.objects.filter(pk=run.pk).update(data_sources=["ham10000", "review"], cancel_requested=True)
+        return ModelVersion.objects.get(pk=run.pk)
+
+    monkeypatch.setattr(retraining, "register_artifact", registered_then_cancelled)
+    assert retraining.run_training(version_id=run.pk) == "cancelled"
+    run.refresh_from_db()
+    assert run.status == "failed" and run.data_sources == ["ham10000", "review"]
+
+    retry = lifecycle.retry_training(version=run)
+    assert retry.data_sources == ["ham10000", "reviews"] and retry.training_config["sources"] == ["ham10000", "reviews"]
+    asked = []
+    monkeypatch.setattr(retraining, "reviewed_records", lambda export_dir: asked.append(export_dir) or [])
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: asked.append(k["sources"]))
+    retraining.run_training(version_id=retry.pk)
+    assert asked[1:] == [["ham10000"]] and len(asked) == 2  # the reviewed cases exported, the shared set trained on
+    # a run from before the sources were kept in its settings: the card's name is read back
+    legacy = ModelVersion.objects.create(version="legacy", status="failed", data_sources=["ham10000", "review"],
+                                         training_config={"epochs": 1, "seed": 0, "target_sensitivity": 0.9})
+    assert lifecycle.requested_sources(legacy) == ["ham10000", "reviews"]
 
 
 @pytest.mark.data
