@@ -21,7 +21,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit import log as audit_log
-from cases import prediction_states, scoring
+from cases import corrections, prediction_states, scoring
 from classifier.registry import active_version
 from cases.access import can_edit_case, clinic_of, is_clinician
 from cases.models import Case, Lesion, LesionImage, Patient, PatientLesion, Prediction
@@ -157,52 +157,75 @@ def _delete_quietly(name: str) -> None:
 
 def _save_image(*, lesion: Lesion, image: NormalisedImage, kind: str, user, model_version,
                 request: HttpRequest | None) -> LesionImage:
-    """Store one image and its pending prediction atomically; the file goes if the rows don't.
+    """Store one image and its rows (``_image_rows``) atomically; the file goes if the rows don't.
 
-    A body site stated by the file fills in a lesion whose site is unknown, in the same transaction
-    and before the prediction exists, so that scoring sees it."""
+    Once the rows are committed, a failure of a hook run after the commit (sending a prediction,
+    the database dropped while claiming it) must not delete their file: the predictions stay
+    pending and the sweep sends them."""
     name = _store(image.content)
     site_before = lesion.anatomic_site
+    committed: list[bool] = []
     try:
         with transaction.atomic():
-            row = LesionImage(
-                lesion=lesion, file=name, sha256=image.sha256, size_bytes=len(image.content),
-                width=image.width, height=image.height, kind=kind, original_name=image.original_name,
-                original_format=image.original_format, acquired_on=image.acquired_on,
-                source_body_site=image.body_site or "", uploaded_by=user,
-            )
-            row.full_clean(validate_unique=False, validate_constraints=False)
-            row.save()
-            new = audit_log.snapshot(row, IMAGE_AUDIT_FIELDS)
-            if image.laterality:
-                new["source_laterality"] = image.laterality  # stated by the file; the models have no field for it
-            audit_log.record(action="upload", obj=row, actor=user, request=request, new=new)
-            _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request)
-            if model_version is not None:
-                prediction = Prediction.objects.create(image=row, model_version=model_version)
-                # robust: a failure after the commit (the database dropped while claiming the send)
-                # must not reach the cleanup below, which would delete the file of committed rows;
-                # the prediction stays pending and the sweep sends it (a lambda: Django's robust
-                # hook names the callable by __qualname__, which a partial lacks)
-                transaction.on_commit(lambda pk=prediction.pk: scoring.dispatch_prediction(pk), robust=True)
-    except BaseException:
-        _delete_quietly(name)
-        lesion.anatomic_site = site_before  # the update, if any, was rolled back with the rows
-        raise
+            transaction.on_commit(partial(committed.append, True))  # the first hook: the rows are in
+            row = _image_rows(lesion=lesion, image=image, name=name, kind=kind, user=user,
+                              model_version=model_version, request=request)
+    except BaseException as exc:
+        if not committed:
+            _delete_quietly(name)
+            lesion.anatomic_site = site_before  # the update, if any, was rolled back with the rows
+            raise
+        if not isinstance(exc, Exception):
+            raise
+        log.exception("a send after the commit of image %s failed; the sweep sends its predictions", row.pk)
     return row
 
 
-def _adopt_file_site(*, lesion: Lesion, site: str | None, user, request: HttpRequest | None) -> None:
-    """Set an "unknown" lesion site to the one the image file states (audited); a site the clinician
-    chose is never overwritten. The conditional update keeps concurrent uploads from racing."""
+def _image_rows(*, lesion: Lesion, image: NormalisedImage, name: str, kind: str, user, model_version,
+                request: HttpRequest | None) -> LesionImage:
+    """The image's row and audit event, and its pending prediction, sent after the commit.
+
+    A body site stated by the file fills in a lesion whose site is unknown before the prediction
+    exists, so that scoring sees it; the lesion's other images, scored with the site unknown, are
+    scored again with it (as a correction of the site would)."""
+    row = LesionImage(
+        lesion=lesion, file=name, sha256=image.sha256, size_bytes=len(image.content),
+        width=image.width, height=image.height, kind=kind, original_name=image.original_name,
+        original_format=image.original_format, acquired_on=image.acquired_on,
+        source_body_site=image.body_site or "", uploaded_by=user,
+    )
+    row.full_clean(validate_unique=False, validate_constraints=False)
+    row.save()
+    new = audit_log.snapshot(row, IMAGE_AUDIT_FIELDS)
+    if image.laterality:
+        new["source_laterality"] = image.laterality  # stated by the file; the models have no field for it
+    audit_log.record(action="upload", obj=row, actor=user, request=request, new=new)
+    if _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request) and model_version:
+        # never the client's file name: the reason is shown on the pages and kept with the scores
+        corrections.rescore(lesion.images.exclude(pk=row.pk),
+                            reason=f"site set from unknown to {lesion.anatomic_site} from the DICOM file of "
+                                   f"image {row.pk}")
+    if model_version is not None:
+        prediction = Prediction.objects.create(image=row, model_version=model_version)
+        # robust: a failed send leaves the prediction pending for the sweep (a lambda: Django's
+        # robust hook names the callable by __qualname__, which a partial lacks)
+        transaction.on_commit(lambda pk=prediction.pk: scoring.dispatch_prediction(pk), robust=True)
+    return row
+
+
+def _adopt_file_site(*, lesion: Lesion, site: str | None, user, request: HttpRequest | None) -> bool:
+    """Set an "unknown" lesion site to the one the image file states (audited); True if it did. A
+    site the clinician chose is never overwritten. The conditional update keeps concurrent uploads
+    from racing."""
     if not site or site not in Lesion.Site.values or site == Lesion.Site.UNKNOWN:
-        return
+        return False
     if not Lesion.objects.filter(pk=lesion.pk, anatomic_site=Lesion.Site.UNKNOWN).update(anatomic_site=site):
-        return
+        return False
     lesion.anatomic_site = site
     audit_log.record(action="update", obj=lesion, actor=user, request=request,
                      old={"anatomic_site": Lesion.Site.UNKNOWN}, new={"anatomic_site": site,
                                                                       "reason": "from the DICOM file"})
+    return True
 
 
 def _active_model_version():

@@ -305,6 +305,55 @@ def test_a_dicom_without_a_site_leaves_an_unknown_lesion_unknown(world):
     assert lesion.anatomic_site == "unknown" and image.source_body_site == "" and image.acquired_on is None
 
 
+def test_a_site_from_the_file_rescores_the_images_scored_without_it(world, dispatched,
+                                                                    django_capture_on_commit_callbacks):
+    lesion = unknown_site_lesion(world)
+    with django_capture_on_commit_callbacks(execute=True):
+        photo = services.upload_images(user=world.clin_a, lesion=lesion, files=[upload("Jane Doe.jpg", jpeg())])
+    with django_capture_on_commit_callbacks(execute=True):
+        scan = services.upload_images(user=world.clin_a, lesion=lesion,
+                                      files=[dcm("Jane Doe.dcm", dicom_file(AnatomicRegionSequence=FOREARM_LEFT))])
+    (photo,), (scan,) = photo.accepted, scan.accepted
+    first, again = Prediction.objects.filter(image=photo).order_by("context_revision")
+    assert (first.context_revision, again.context_revision, again.status) == (0, 1, "pending")
+    assert again.reason == f"site set from unknown to upper extremity from the DICOM file of image {scan.pk}"
+    (own,) = Prediction.objects.filter(image=scan)
+    assert own.context_revision == 0 and own.reason == ""
+    assert sorted(dispatched) == sorted([first.pk, again.pk, own.pk])
+
+
+def test_a_site_the_clinician_chose_rescores_nothing(world, dispatched):
+    photo = services.upload_images(user=world.clin_a, lesion=world.lesion_a, files=[upload("a.jpg", jpeg())])
+    services.upload_images(user=world.clin_a, lesion=world.lesion_a,
+                           files=[dcm("arm.dcm", dicom_file(AnatomicRegionSequence=FOREARM_LEFT))])
+    assert Prediction.objects.filter(image=photo.accepted[0]).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_send_after_the_commit_keeps_the_dicom_upload_and_its_rescore(world, media_root, monkeypatch):
+    """The database drops after the rows commit, while the re-score's send is claimed: the upload
+    stands (rows and file) and every prediction stays pending for the sweep."""
+    from django.db import OperationalError
+
+    from cases import prediction_states
+
+    def dropped(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(prediction_states, "claim_dispatch", dropped)
+    lesion = unknown_site_lesion(world)
+    photo = services.upload_images(user=world.clin_a, lesion=lesion, files=[upload("a.jpg", jpeg())]).accepted[0]
+    outcome = services.upload_images(user=world.clin_a, lesion=lesion,
+                                     files=[dcm("arm.dcm", dicom_file(AnatomicRegionSequence=FOREARM_LEFT))])
+    assert outcome.rejected == [] and len(outcome.accepted) == 1
+    scan = LesionImage.objects.get(pk=outcome.accepted[0].pk)
+    assert sorted(stored_files(media_root)) == sorted([photo.file.name, scan.file.name])
+    assert Prediction.objects.filter(image=photo, context_revision=1, status="pending").exists()
+    assert Prediction.objects.get(image=scan).status == "pending"
+    lesion.refresh_from_db()
+    assert lesion.anatomic_site == "upper extremity"
+
+
 def test_a_rolled_back_image_rolls_back_the_site_too(world, media_root, monkeypatch):
     from django.db import DatabaseError
 
