@@ -88,13 +88,18 @@ def gate_command(args) -> int:
 
     from classifier.promotion import compare_artifacts
     from mlcore import options
+    from training.benchmark import BenchmarkLeakError
     from training.config import cache_dir, data_dir
 
     options.configure(options.from_environ(os.environ))
     t0 = time.perf_counter()
-    result = compare_artifacts(args.candidate, args.active, args.data or data_dir(), args.cache or cache_dir(),
-                               external=not args.no_external, target_sensitivity=args.target_sensitivity,
-                               n_resamples=args.bootstrap, seed=args.seed, plot_to=args.plot)
+    try:
+        result = compare_artifacts(args.candidate, args.active, args.data or data_dir(), args.cache or cache_dir(),
+                                   external=not args.no_external, target_sensitivity=args.target_sensitivity,
+                                   n_resamples=args.bootstrap, seed=args.seed, plot_to=args.plot)
+    except BenchmarkLeakError as exc:  # a model that saw (or may have seen) the benchmark is not compared on it
+        print(f"not compared: {exc}", file=sys.stderr)
+        return 2
     print(gate_table(result))
     print(f"({time.perf_counter() - t0:.1f} s)")
     if args.json:

@@ -412,13 +412,49 @@ def _model_summary(scored) -> dict:
 
 
 # ----------------------------------------------------------------------------- measuring and reading
+def check_kept_out(model_dir: Path, *, role: str, benchmark, audit=None) -> None:
+    """Raise BenchmarkLeakError unless the artifact's model card records its split (``split_ids``)
+    and none of the images it was trained or validated on (``training.train.fitted_ids``) is a
+    benchmark image, an image of a benchmark lesion or in a split group holding one: the check a
+    training run makes of the network it starts from, made against ``benchmark`` and ``audit``
+    (training.audit.AuditResult of the data the benchmark resolves against). A model that has
+    seen a benchmark lesion would be compared on what it learnt."""
+    from mlcore.artifact import read_card
+    from training.benchmark import BenchmarkLeakError, check_not_in_training, frozen_groups
+    from training.train import fitted_ids
+
+    card = read_card(Path(model_dir), required=())
+    name = f"{role} model {card.get('version') or model_dir}"
+    if not card.get("split_ids"):
+        raise BenchmarkLeakError(
+            f"the {name} has no split_ids in its model card: what it was trained and validated on cannot be "
+            f"checked against the frozen benchmark {benchmark.version}, so it cannot be compared on it")
+    records = list(getattr(audit, "records", None) or [])
+    groups = getattr(audit, "groups", None) or None
+    aliases = getattr(audit, "aliases", None) or {}
+    seen = fitted_ids(Path(model_dir), aliases)
+    named = sorted(seen & (benchmark.image_ids | benchmark.lesion_ids))  # caught without the data too
+    if named:
+        raise BenchmarkLeakError(
+            f"{len(named)} {name} train/val images are images of the frozen benchmark {benchmark.version} "
+            f"(e.g. {', '.join(named[:3])}): it was trained or validated on the benchmark, so it cannot be "
+            "compared on it")
+    by_id = {r.isic_id: r for r in records}
+    check_not_in_training(benchmark, {f"{name} train/val": [by_id[i] for i in sorted(seen) if i in by_id]},
+                          groups=groups, frozen=frozen_groups(benchmark, records, groups, aliases), aliases=aliases)
+
+
 def compare_artifacts(candidate_dir: Path, active_dir: Path | None, data_root: Path, cache_dir: Path | None, *,
                       benchmark=None, external: bool = True, target_sensitivity: float = 0.90,
                       n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                       plot_to: Path | None = None, on_step: Callable[[str], None] | None = None) -> GateResult:
     """Score both artifacts on the frozen benchmark (and PH2) and apply the gate; ``plot_to``
     writes the paired melanoma ROC there. ``on_step`` is told each scoring step before it starts
-    (a training run's heartbeat: no single step outlasts the stale-run window)."""
+    (a training run's heartbeat: no single step outlasts the stale-run window). Raises
+    BenchmarkLeakError, before scoring, when either model cannot be shown to have kept the
+    benchmark out of its training and validation (``check_kept_out``)."""
+    from training.audit import run_audit
+    from training.benchmark import current_benchmark
     from training.benchmark.plots import plot_paired_roc
     from training.benchmark.scoring import resolve_sets, score_artifact
 
@@ -430,7 +466,12 @@ def compare_artifacts(candidate_dir: Path, active_dir: Path | None, data_root: P
             out.update(score_artifact(model_dir, data_root, cache_dir, image_sets=[image_set]))
         return out
 
+    benchmark = benchmark or current_benchmark()
     sets = resolve_sets(data_root, cache_dir, benchmark=benchmark, external=external)
+    audit = getattr(sets[0], "audit", None) or run_audit(Path(data_root), cache_dir, progress=False)
+    for role, model_dir in (("candidate", candidate_dir), ("active", active_dir)):
+        if model_dir is not None:
+            check_kept_out(model_dir, role=role, benchmark=benchmark, audit=audit)
     cand = scored("candidate", candidate_dir)
     act = scored("active", active_dir) if active_dir is not None else {}
     if plot_to is not None:

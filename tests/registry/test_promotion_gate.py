@@ -1,4 +1,6 @@
 """Reading a stored promotion gate (metrics["gate"]) against the registry as it is now."""
+import pytest
+
 from classifier.promotion import GATE_FORMAT, GateResult, evaluate_gate, failed_measurement
 
 
@@ -61,9 +63,21 @@ def _score_synthetic(monkeypatch, *, ph2: bool):
     monkeypatch.setattr(scoring, "score", lambda model_dir, images, cache_dir: scored(images, sets[images.name][1]))
 
 
+def _card(model_dir, version: str, **split_ids):
+    """A model directory holding only a model card (what the benchmark check reads): ``split_ids``
+    as given (train=[...], val=[...]), none when none is given."""
+    import json
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    card = {"version": version} | ({"split_ids": {"train": [], "val": [], "test": []} | split_ids} if split_ids else {})
+    (model_dir / "model_card.json").write_text(json.dumps(card))
+    return model_dir
+
+
 def test_a_missing_ph2_is_said_in_place_of_its_table(monkeypatch, tmp_path):
     from classifier.promotion import PH2_NOT_FOUND, compare_artifacts
 
+    _card(tmp_path / "cand", "cand", train=["I_TRAINED"])
     _score_synthetic(monkeypatch, ph2=False)
     missing = compare_artifacts(tmp_path / "cand", None, tmp_path / "no-data", None, n_resamples=20)
     assert missing.external == [] and missing.external_note == PH2_NOT_FOUND
@@ -80,6 +94,7 @@ def test_the_version_page_says_ph2_was_not_scored(admin_client, monkeypatch, tmp
     from classifier.models import ModelVersion
     from classifier.promotion import compare_artifacts
 
+    _card(tmp_path / "cand", "cand", train=["I_TRAINED"])
     _score_synthetic(monkeypatch, ph2=False)
     gate = compare_artifacts(tmp_path / "cand", None, tmp_path / "no-data", None, target_sensitivity=0.5,
                              n_resamples=20).to_dict()
@@ -96,6 +111,8 @@ def test_each_scoring_step_of_the_comparison_is_announced_before_it_starts(monke
     from classifier.promotion import compare_artifacts
     from training.benchmark import CURRENT_VERSION, scoring
 
+    _card(tmp_path / "cand", "cand", train=["I_TRAINED"])
+    _card(tmp_path / "act", "act", train=["I_TRAINED"])
     _score_synthetic(monkeypatch, ph2=True)
     steps = []
     compare_artifacts(tmp_path / "cand", tmp_path / "act", tmp_path / "no-data", None, n_resamples=20,
@@ -104,3 +121,52 @@ def test_each_scoring_step_of_the_comparison_is_announced_before_it_starts(monke
                      f"scoring the candidate model on {scoring.PH2_NAME}",
                      f"scoring the active model on {CURRENT_VERSION}",
                      f"scoring the active model on {scoring.PH2_NAME}"]
+
+
+def test_a_model_that_cannot_be_shown_to_have_kept_the_benchmark_out_is_not_compared(monkeypatch, tmp_path,
+                                                                                      settings, db):
+    """No split in its card, or a benchmark image (or another image of a benchmark lesion) in its
+    training or validation: a failed measurement with the reason, which the gate refuses."""
+    from classifier.promotion import check_kept_out, compare_artifacts
+    from classifier.retraining import measure_gate
+    from training import benchmark as bm
+    from training.audit import AuditResult
+    from training.benchmark import scoring
+    from training.data import ImageRecord
+    from tests.support.gate_helpers import synthetic_set
+
+    small = bm.write_benchmark(tmp_path / "small.json", "small-v1", [
+        bm.BenchmarkImage("ISIC_B1", "LES_B", "LES_B", "ham10000"),
+        bm.BenchmarkImage("ISIC_C1", "LES_C", "LES_C", "ham10000")], {"from": "test"})
+    monkeypatch.setenv(bm.ENV_FILE, str(tmp_path / "small.json"))
+    settings.SECONDLOOK_DATA_DIR, settings.SECONDLOOK_CACHE_DIR = tmp_path / "no-data", tmp_path / "cache"
+    images, _ = synthetic_set(50, name="small-v1")
+
+    def record(image_id: str, lesion_id: str) -> ImageRecord:
+        return ImageRecord(f"/data/{image_id}.jpg", image_id, lesion_id, frozenset({"nevus"}), "ham10000")
+
+    data = [record("ISIC_B1", "LES_B"), record("ISIC_B2", "LES_B"), record("ISIC_C1", "LES_C"),
+            record("ISIC_OK", "LES_OK")]
+    images.audit = AuditResult(data, {r.isic_id: r.lesion_id for r in data}, {})
+    monkeypatch.setattr(scoring, "benchmark_images", lambda *a, **k: images)
+    monkeypatch.setattr(scoring, "score", lambda *a, **k: pytest.fail("a model was scored before the check"))
+
+    _card(tmp_path / "no-split", "no-split")
+    _card(tmp_path / "same-lesion", "same-lesion", train=["ISIC_OK"], val=["ISIC_B2"])
+    _card(tmp_path / "benchmark-image", "benchmark-image", train=["ISIC_C1"])
+    clean = _card(tmp_path / "clean", "clean", train=["ISIC_OK", "REVIEW_0000001"])
+
+    check_kept_out(clean, role="candidate", benchmark=small, audit=images.audit)  # app images, other lesions: fine
+    with pytest.raises(bm.BenchmarkLeakError, match="candidate model no-split has no split_ids in its model card"):
+        compare_artifacts(tmp_path / "no-split", None, tmp_path / "no-data", None, benchmark=small)
+    with pytest.raises(bm.BenchmarkLeakError, match="1 candidate model same-lesion train/val images belong to lesions "
+                                                    "of the frozen benchmark small-v1 \\(e.g. ISIC_B2\\)"):
+        compare_artifacts(tmp_path / "same-lesion", clean, tmp_path / "no-data", None, benchmark=small)
+    with pytest.raises(bm.BenchmarkLeakError, match="1 active model benchmark-image train/val images are images of "
+                                                    "the frozen benchmark small-v1 \\(e.g. ISIC_C1\\)"):
+        compare_artifacts(clean, tmp_path / "benchmark-image", tmp_path / "no-data", None, benchmark=small)
+
+    gate = measure_gate(tmp_path / "same-lesion", None, target_sensitivity=0.9)  # what a finished run stores
+    assert "BenchmarkLeakError" in gate["error"] and "ISIC_B2" in gate["error"] and not gate["allowed"]
+    refused = evaluate_gate(gate, active_version=None)
+    assert not refused.allowed and "same-lesion train/val images belong to lesions" in refused.reasons[0]

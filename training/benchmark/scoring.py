@@ -48,6 +48,9 @@ class ImageSet:
     records: list = field(default_factory=list, repr=False)  # ImageRecords (benchmark) or PH2Images
     paths: list[str] = field(default_factory=list, repr=False)
     lesions: np.ndarray | None = None  # the lesion id of each image, where a group joins several
+    # the audited data the benchmark was resolved against (training.audit.AuditResult; None for
+    # PH2): what the promotion gate checks the compared models' training images against
+    audit: object = field(default=None, repr=False)
 
     @property
     def n_lesions(self) -> int:
@@ -123,7 +126,8 @@ def benchmark_images(data_root: Path, cache_dir: Path | None, benchmark: Benchma
         lesion_ids=np.array([i.group for i in benchmark.images]),
         masks=np.stack([mask_from_classes(r.allowed) for r in records]),
         groups={k: np.array(v, dtype=object) for k, v in labels.items()},
-        records=records, paths=[r.path for r in records], lesions=np.array([i.lesion_id for i in benchmark.images]))
+        records=records, paths=[r.path for r in records], lesions=np.array([i.lesion_id for i in benchmark.images]),
+        audit=audit)
 
 
 def ph2_images(data_root: Path) -> ImageSet:
