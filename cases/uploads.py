@@ -8,7 +8,10 @@ Decisions:
   Content-Type): images by Pillow, DICOM by its 128-byte preamble and "DICM" marker, read by
   ``cases.dicom_import``. Dimensions are checked from the header before any pixel is decoded.
 - Animated or multi-page images (APNG, multi-page TIFF) are rejected rather than silently reduced
-  to their first frame: the clinician should choose which still image is scored.
+  to their first frame: the clinician should choose which still image is scored. Frames that only
+  accompany the image are not a choice, and the first frame is taken: a camera or phone JPEG's
+  MPO extras (a large preview, a gain map) and a TIFF's reduced-resolution pages (NewSubfileType
+  bit 0). An MPO is stored as what it is to the user, a JPEG.
 - The stored copy is a PNG re-encoded from the pixels: lossless, EXIF orientation applied, and no
   metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB. For DICOM this drops every
   attribute (patient name and ID included); only the body site, laterality and acquisition date
@@ -38,6 +41,7 @@ def megabytes(n: int) -> str:
     value = n / 1_000_000
     return f"{value:.0f} MB" if abs(value - round(value)) < 0.05 else f"{value:.1f} MB"
 STORED_FORMAT = "PNG"
+NEW_SUBFILE_TYPE, OLD_SUBFILE_TYPE = 254, 255  # TIFF tags that mark a page as a reduced-resolution copy
 MAX_NAME_LENGTH = 120
 
 # Magic bytes of formats people commonly try, so the rejection can say what the file really is.
@@ -149,9 +153,37 @@ def _frame_count(image: Image.Image) -> int:
     try:
         return getattr(image, "n_frames", 1)
     except Exception as exc:
-        raise UploadRejected(
-            f"The image's list of pages is damaged or truncated and cannot be read ({type(exc).__name__})."
-        ) from None
+        raise _pages_damaged(exc) from None
+
+
+def _pages_damaged(exc: Exception) -> UploadRejected:
+    return UploadRejected(
+        f"The image's list of pages is damaged or truncated and cannot be read ({type(exc).__name__})."
+    )
+
+
+def _tiff_page_is_reduced(image: Image.Image, page: int) -> bool:
+    """The TIFF page is a reduced-resolution copy of another (NewSubfileType bit 0, or the old
+    SubfileType 2): a thumbnail or a pyramid level, not an image of its own."""
+    image.seek(page)
+    return bool(image.tag_v2.get(NEW_SUBFILE_TYPE, 0) & 1) or image.tag_v2.get(OLD_SUBFILE_TYPE) == 2
+
+
+def _only_previews_follow(image: Image.Image) -> bool:
+    """The frames after the first only accompany it (an MPO's, or a TIFF's reduced-resolution
+    pages); the image is left on its first frame. Reading a damaged TIFF page is a rejection."""
+    if image.format == "MPO":  # Pillow's JPEG with a multi-picture index: the primary image is frame 0
+        image.seek(0)
+        return True
+    if image.format != "TIFF":
+        return False
+    try:
+        full_first = not _tiff_page_is_reduced(image, 0)
+        previews = full_first and all(_tiff_page_is_reduced(image, page) for page in range(1, image.n_frames))
+        image.seek(0)
+    except Exception as exc:
+        raise _pages_damaged(exc) from None
+    return previews
 
 
 def _open_checked(data: bytes) -> Image.Image:
@@ -175,7 +207,7 @@ def _open_checked(data: bytes) -> Image.Image:
         raise UploadRejected(f"The image header is corrupt ({type(exc).__name__}).") from None
 
     check_dimensions(*image.size)
-    if _frame_count(image) > 1:
+    if _frame_count(image) > 1 and not _only_previews_follow(image):
         raise UploadRejected(
             "Animated or multi-page images are not accepted; upload a single still image."
         )
@@ -206,7 +238,7 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
                            body_site=dicom.body_site, laterality=dicom.laterality)
 
     image = _open_checked(data)
-    original_format = image.format or ""
+    original_format = "JPEG" if image.format == "MPO" else image.format or ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -16,7 +16,8 @@ from cases.forms import UploadForm
 from cases.uploads import megabytes
 from cases.models import LesionImage, Prediction
 from tests.support.case_helpers import stored_files
-from tests.support.imagegen import encode, jpeg, pattern, png, png_chunk, png_declaring, two_tone, upload, zeros_png
+from tests.support.imagegen import (encode, jpeg, mpo, pattern, png, png_chunk, png_declaring, tiff_pages,
+                                    two_tone, upload, zeros_png)
 
 pytestmark = pytest.mark.django_db
 
@@ -77,6 +78,8 @@ REJECTIONS = [
     ("anim.gif", animated_gif, "GIF"),
     ("anim.png", animated_png, "Animated"),
     ("pages.tif", truncated_multipage_tiff, "list of pages is damaged or truncated"),
+    ("pages2.tif", lambda: tiff_pages((pattern((64, 64), 1), 0), (pattern((64, 64), 2), 0)), "multi-page"),
+    ("thumb-first.tif", lambda: tiff_pages((pattern((32, 32), 1), 1), (pattern((64, 64), 2), 0)), "multi-page"),
     ("tiny.png", lambda: png(size=(10, 10)), "at least 32 pixels"),
     ("doc.pdf.jpg", lambda: b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "PDF"),
 ]
@@ -214,6 +217,29 @@ def test_png_alpha_is_composited_on_white(client, world):
 def test_tiff_is_accepted(client, world):
     post(client, world, upload("scan.tif", encode(pattern(), "TIFF"), "image/tiff"))
     assert LesionImage.objects.get().original_format == "TIFF"
+
+
+def test_camera_jpeg_with_an_mpo_preview_is_stored_as_its_primary_jpeg(client, world):
+    primary = pattern((96, 64), seed=7)
+    data = mpo(primary, primary.resize((48, 32)))
+    opened = Image.open(io.BytesIO(data))
+    assert opened.format == "MPO" and opened.n_frames == 2
+    opened.seek(0)
+    expected = opened.convert("RGB")
+    response = post(client, world, upload("IMG_0001.JPG", data))
+    assert any("1 image(s) uploaded" in t for t in messages_of(response)), messages_of(response)
+    image = LesionImage.objects.get()
+    assert image.original_format == "JPEG" and (image.width, image.height) == (96, 64)
+    assert stored_image(image).tobytes() == expected.tobytes()
+
+
+def test_tiff_with_reduced_resolution_pages_is_stored_as_its_first_page(client, world):
+    full = pattern((96, 64), seed=8)
+    data = tiff_pages((full, 0), (full.resize((48, 32)), 1), (full.resize((24, 16)), 1))
+    post(client, world, upload("scan.tif", data, "image/tiff"))
+    image = LesionImage.objects.get()
+    assert image.original_format == "TIFF" and (image.width, image.height) == (96, 64)
+    assert stored_image(image).tobytes() == full.tobytes()
 
 
 @pytest.mark.parametrize("name,expected", [

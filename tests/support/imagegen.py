@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -59,3 +59,19 @@ def zeros_png(width: int, height: int) -> bytes:
 
 def upload(name: str, data: bytes, content_type: str = "image/jpeg") -> SimpleUploadedFile:
     return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+def mpo(primary: Image.Image, *extras: Image.Image) -> bytes:
+    """A JPEG with a multi-picture (MPO) index, as cameras and phones write: the primary image,
+    then e.g. a large preview or a gain map."""
+    return encode(primary.copy(), "MPO", save_all=True, append_images=[extra.copy() for extra in extras])
+
+
+def tiff_pages(*pages: tuple[Image.Image, int]) -> bytes:
+    """A multi-page TIFF: each page with its NewSubfileType (tag 254; 1 = a reduced-resolution copy)."""
+    buffer = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buffer, True) as writer:
+        for image, subfile_type in pages:
+            image.save(writer, format="TIFF", tiffinfo={254: subfile_type})
+            writer.newFrame()
+    return buffer.getvalue()
