@@ -13,7 +13,9 @@ Decisions:
   MPO extras (a large preview, a gain map) and a TIFF's reduced-resolution pages (NewSubfileType
   bit 0). An MPO is stored as what it is to the user, a JPEG.
 - The stored copy is a PNG re-encoded from the pixels: lossless, EXIF orientation applied, and no
-  metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB. For DICOM this drops every
+  metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB. Pixels in an embedded
+  colour profile's space (Display P3, Adobe RGB, a CMYK press profile) are first converted to
+  sRGB, what a PNG without a profile means; a profile that cannot be applied leaves them as they are. For DICOM this drops every
   attribute (patient name and ID included); only the body site, laterality and acquisition date
   are kept, as fields of ``NormalisedImage``, never inside the stored file.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import unicodedata
 import warnings
@@ -29,11 +32,17 @@ from datetime import date
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from PIL import Image, ImageOps, UnidentifiedImageError
+from functools import lru_cache
+
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from mlcore.imageio import to_rgb_image
 
+log = logging.getLogger(__name__)
+
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF")
+# modes a profile can be applied to, and the mode of the sRGB result (alpha kept for compositing)
+COLOUR_MANAGED = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 
 
 def megabytes(n: int) -> str:
@@ -243,12 +252,40 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()  # decodes every pixel: truncated or corrupt data fails here
+            profile = image.info.get("icc_profile")
             image = ImageOps.exif_transpose(image)
     except Exception as exc:
         detail = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise UploadRejected(f"The image data is {detail} and cannot be read ({type(exc).__name__}).") from None
 
-    return _normalised(image, original_format=original_format, original_name=name)
+    return _normalised(to_srgb(image, profile), original_format=original_format, original_name=name)
+
+
+@lru_cache(maxsize=1)
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def to_srgb(image: Image.Image, profile: bytes | None) -> Image.Image:
+    """The pixels converted from the embedded ICC ``profile`` to sRGB (relative colorimetric, as
+    browsers show them), before the metadata is dropped. No profile, a mode no profile applies to,
+    or a profile that cannot be used (damaged, or for another colour space): the pixels as they are,
+    never a rejection."""
+    if not profile:
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    output_mode = COLOUR_MANAGED.get(image.mode)
+    if output_mode is None:
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        return ImageCms.profileToProfile(image, source, _srgb(), outputMode=output_mode,
+                                         renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except Exception as exc:  # PyCMSError, OSError, ValueError, ...: keep the pixels
+        log.warning("the image's colour profile could not be applied (%s); its pixels are kept as they are",
+                    type(exc).__name__)
+        return image
 
 
 def _normalised(image: Image.Image, **fields) -> NormalisedImage:

@@ -16,8 +16,8 @@ from cases.forms import UploadForm
 from cases.uploads import megabytes
 from cases.models import LesionImage, Prediction
 from tests.support.case_helpers import stored_files
-from tests.support.imagegen import (encode, jpeg, mpo, pattern, png, png_chunk, png_declaring, tiff_pages,
-                                    two_tone, upload, zeros_png)
+from tests.support.imagegen import (SRGB_PRIMARIES, encode, jpeg, mpo, pattern, png, png_chunk, png_declaring,
+                                    rgb_icc_profile, tiff_pages, two_tone, upload, zeros_png)
 
 pytestmark = pytest.mark.django_db
 
@@ -203,6 +203,38 @@ def test_cmyk_jpeg_becomes_rgb(client, world):
     stored = stored_image(LesionImage.objects.get())
     red, green, blue = stored.getpixel((10, 10))
     assert stored.mode == "RGB" and red > 200 and green < 50 and blue < 50
+
+
+def test_srgb_tagged_image_is_stored_unchanged(client, world):
+    from PIL import ImageCms
+
+    original = pattern((64, 64), seed=4)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    post(client, world, upload("srgb.png", encode(original, "PNG", icc_profile=srgb), "image/png"))
+    assert stored_image(LesionImage.objects.get()).tobytes() == original.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_pixels_in_another_colour_space_are_converted_to_srgb(client, world, fmt):
+    red, green, blue = SRGB_PRIMARIES
+    swapped = rgb_icc_profile((green, red, blue), description="red and green swapped")  # far from sRGB: no doubt
+    data = encode(Image.new("RGB", (64, 64), (200, 30, 30)), fmt, icc_profile=swapped, **(
+        {"quality": 95} if fmt == "JPEG" else {}))
+    post(client, world, upload(f"wide.{fmt.lower()}", data, f"image/{fmt.lower()}"))
+    stored = stored_image(LesionImage.objects.get())
+    r, g, b = stored.getpixel((32, 32))
+    assert g > 180 and r < 60 and b < 60, (r, g, b)  # what the file's own profile says the colour is
+    assert "icc_profile" not in stored.info
+
+
+@pytest.mark.parametrize("image,profile", [
+    (pattern((64, 64), seed=5), b"not an ICC profile at all"),
+    (Image.new("L", (64, 64), 128), rgb_icc_profile()),  # an RGB profile on a greyscale image
+], ids=["damaged", "wrong colour space"])
+def test_a_profile_that_cannot_be_applied_keeps_the_pixels(client, world, image, profile):
+    response = post(client, world, upload("tagged.png", encode(image, "PNG", icc_profile=profile), "image/png"))
+    assert any("1 image(s) uploaded" in t for t in messages_of(response)), messages_of(response)
+    assert stored_image(LesionImage.objects.get()).tobytes() == image.convert("RGB").tobytes()
 
 
 def test_png_alpha_is_composited_on_white(client, world):

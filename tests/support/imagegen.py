@@ -75,3 +75,36 @@ def tiff_pages(*pages: tuple[Image.Image, int]) -> bytes:
             image.save(writer, format="TIFF", tiffinfo={254: subfile_type})
             writer.newFrame()
     return buffer.getvalue()
+
+
+# sRGB's primaries as an ICC profile states them (XYZ, adapted to D50)
+SRGB_PRIMARIES = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+
+
+def rgb_icc_profile(primaries=SRGB_PRIMARIES, gamma: float = 2.2, description: str = "test RGB") -> bytes:
+    """A minimal ICC v2 RGB matrix/TRC display profile: the red, green and blue colorants (XYZ,
+    D50) and one gamma for all three channels. With other primaries than sRGB's it stands for a
+    wide-gamut or simply wrong profile, which a colour-managed reader must apply."""
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ " + b"\0" * 4 + b"".join(s15(v) for v in values)
+
+    ascii_text = description.encode("ascii") + b"\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(ascii_text)) + ascii_text + b"\0" * 8 + b"\0" * 3 + b"\0" * 67
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"cprt", b"text" + b"\0" * 4 + b"none\0"),
+            (b"rXYZ", xyz(primaries[0])), (b"gXYZ", xyz(primaries[1])), (b"bXYZ", xyz(primaries[2])),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"\0" * 4 + bytes((2, 0x10, 0, 0)) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+              + b"\0" * 24 + struct.pack(">I", 0) + xyz((0.9642, 1.0, 0.8249))[8:] + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
