@@ -242,7 +242,8 @@ def gate_for(version: ModelVersion) -> GateResult:
     except BenchmarkError as exc:  # a damaged benchmark file must not let anything through
         return GateResult(False, [str(exc)])
     return evaluate_gate(version.metrics.get("gate"), active_version=active.version if active else None,
-                         target_sensitivity=target, benchmark_version=benchmark)
+                         target_sensitivity=target, benchmark_version=benchmark, candidate_sha256=version.sha256,
+                         active_sha256=active.sha256 if active else None)
 
 
 def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:

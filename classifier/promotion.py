@@ -485,12 +485,15 @@ def compare_artifacts(candidate_dir: Path, active_dir: Path | None, data_root: P
 
 
 def evaluate_gate(gate: dict | None, *, active_version: str | None, target_sensitivity: float | None = None,
-                  benchmark_version: str | None = None) -> GateResult:
+                  benchmark_version: str | None = None, candidate_sha256: str | None = None,
+                  active_sha256: str | None = None) -> GateResult:
     """The stored gate of a version (metrics["gate"]) read against the registry as it is now:
     refused when nothing was measured, when it was measured the old way (on the candidate's own
-    test split), against another active version, or on another benchmark version.
-    ``target_sensitivity`` is kept for callers of the old gate: the first-model rule applied it
-    when the comparison was measured."""
+    test split), against another active version, on another benchmark version, on other model
+    files than the registry's (``candidate_sha256``, ``active_sha256``: the rows' sha256 now;
+    None: not checked), under other rules than ``current_rules()`` or with fewer than
+    BOOTSTRAP_RESAMPLES resamples. ``target_sensitivity`` is kept for callers of the old gate:
+    the first-model rule applied it when the comparison was measured."""
     if not gate:
         return GateResult(False, ["No comparison on the frozen benchmark has been measured for this version."])
     if gate.get("format") != GATE_FORMAT:
@@ -499,17 +502,46 @@ def evaluate_gate(gate: dict | None, *, active_version: str | None, target_sensi
     if gate.get("error"):
         return GateResult(False, [f"The comparison on the frozen benchmark could not be measured: {gate['error']}"])
     result = GateResult.from_dict(gate)
-    measured_against = (gate.get("active") or {}).get("version")
     rerun = f"re-run the comparison (python manage.py compare_on_benchmark {result.candidate.get('version', 'VERSION')})."
-    if measured_against != active_version:
+    stale = _stale_reasons(gate, active_version=active_version, benchmark_version=benchmark_version,
+                           candidate_sha256=candidate_sha256, active_sha256=active_sha256)
+    if stale:
         result.allowed = False
-        result.reasons = [f"The comparison was made against {measured_against or 'no model'}, but "
-                          f"{active_version or 'no model'} is active now: {rerun}"] + result.reasons
-    elif benchmark_version is not None and (gate.get("benchmark") or {}).get("version") != benchmark_version:
-        result.allowed = False
-        result.reasons = [f"The comparison was made on {(gate.get('benchmark') or {}).get('version')}, but the frozen "
-                          f"benchmark is {benchmark_version} now: {rerun}"] + result.reasons
+        result.reasons = [f"{reason}: {rerun}" for reason in stale] + result.reasons
     return result
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:12]}..." if sha else "none"
+
+
+def _stale_reasons(gate: dict, *, active_version: str | None, benchmark_version: str | None,
+                   candidate_sha256: str | None, active_sha256: str | None) -> list[str]:
+    """Why a stored comparison no longer vouches for the registry as it is now (one per problem)."""
+    reasons = []
+    measured = gate.get("active") or {}
+    if measured.get("version") != active_version:
+        reasons.append(f"The comparison was made against {measured.get('version') or 'no model'}, but "
+                       f"{active_version or 'no model'} is active now")
+    elif active_version is not None and active_sha256 is not None and measured.get("model_sha256") != active_sha256:
+        reasons.append(f"The comparison scored a model file of {active_version} with sha256 "
+                       f"{_short(measured.get('model_sha256'))}, but the registry's {active_version} is "
+                       f"{_short(active_sha256)}")
+    if benchmark_version is not None and (gate.get("benchmark") or {}).get("version") != benchmark_version:
+        reasons.append(f"The comparison was made on {(gate.get('benchmark') or {}).get('version')}, but the frozen "
+                       f"benchmark is {benchmark_version} now")
+    candidate = gate.get("candidate") or {}
+    if candidate_sha256 is not None and candidate.get("model_sha256") != candidate_sha256:
+        reasons.append(f"The comparison scored a candidate model file with sha256 "
+                       f"{_short(candidate.get('model_sha256'))}, but this version's registered file is "
+                       f"{_short(candidate_sha256)}")
+    if gate.get("rules") != current_rules():
+        reasons.append("The comparison was judged by other rules than the gate's current ones")
+    resamples = (gate.get("bootstrap") or {}).get("resamples")
+    if not isinstance(resamples, int) or resamples < BOOTSTRAP_RESAMPLES:
+        reasons.append(f"The comparison's intervals come from {resamples or 'an unknown number of'} bootstrap "
+                       f"resamples, fewer than the {BOOTSTRAP_RESAMPLES} the gate requires")
+    return reasons
 
 
 def failed_measurement(error: str) -> dict:

@@ -66,16 +66,17 @@ GATE_FILE = "gate.json"  # read into metrics["gate"] by registry.register_artifa
 
 
 def measure_gate(candidate_dir: Path, active: ModelVersion | None, *, target_sensitivity: float,
-                 n_resamples: int = BOOTSTRAP_RESAMPLES, on_step: Callable[[str], None] | None = None) -> dict:
+                 on_step: Callable[[str], None] | None = None) -> dict:
     """The paired comparison of the candidate artifact with ``active`` on the frozen benchmark
-    (and PH2, reported), written to the artifact's gate.json with the paired ROC in
+    (and PH2, reported), with the gate's BOOTSTRAP_RESAMPLES resamples whatever the run's
+    settings (``evaluate_gate`` refuses fewer), written to the artifact's gate.json with the paired ROC in
     plots/benchmark_roc.png. When it cannot be measured (benchmark images missing from the data,
     an unloadable model) the reason is stored instead: the version stays usable, not promotable."""
     candidate_dir = Path(candidate_dir)
     try:
         gate = compare_artifacts(
             candidate_dir, artifact_store.local_dir(active) if active else None, settings.SECONDLOOK_DATA_DIR,
-            Path(settings.SECONDLOOK_CACHE_DIR), target_sensitivity=target_sensitivity, n_resamples=n_resamples,
+            Path(settings.SECONDLOOK_CACHE_DIR), target_sensitivity=target_sensitivity, n_resamples=BOOTSTRAP_RESAMPLES,
             plot_to=candidate_dir / "plots" / f"{PLOT_NAME}.png", on_step=on_step).to_dict()
     except Exception as exc:  # e.g. BenchmarkError: the data lack benchmark images; ModelLoadError
         log.exception("comparing %s on the frozen benchmark failed", candidate_dir)
@@ -152,7 +153,7 @@ def run_training(*, version_id: int) -> str:
         else:
             train(config, settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir, **run)
         _save_progress(version_id, {"phase": "comparing with the active model on the frozen benchmark"})
-        measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity, n_resamples=config.bootstrap,
+        measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity,
                      on_step=lambda step: _save_progress(version_id, {"phase": f"frozen benchmark: {step}"}))
     except TrainingCancelled:
         fail_run(version_id, "Cancelled by an administrator.")

@@ -195,9 +195,10 @@ def test_models_scored_on_different_images_cannot_be_compared(data):
 def test_a_stored_result_is_read_back_against_the_registry(data):
     images, probs = data
     stored = json.loads(json.dumps(paired_gate(scored(images, probs), scored(images, probs, version="act"),
-                                               n_resamples=50).to_dict()))
+                                               n_resamples=promotion.BOOTSTRAP_RESAMPLES).to_dict()))
     assert stored["format"] == promotion.GATE_FORMAT and stored["active"]["version"] == "act"
-    result = evaluate_gate(stored, active_version="act", benchmark_version="synthetic-v0")
+    result = evaluate_gate(stored, active_version="act", benchmark_version="synthetic-v0",
+                           candidate_sha256="cand" * 8, active_sha256="act" * 8)
     assert result.allowed and result.rows == stored["rows"] and result.subgroups == stored["subgroups"]
     stale = evaluate_gate(stored, active_version="newer")
     assert not stale.allowed and "re-run the comparison" in stale.reasons[0]

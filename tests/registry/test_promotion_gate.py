@@ -1,15 +1,19 @@
 """Reading a stored promotion gate (metrics["gate"]) against the registry as it is now."""
 import pytest
 
-from classifier.promotion import GATE_FORMAT, GateResult, evaluate_gate, failed_measurement
+from classifier.promotion import (BOOTSTRAP_RESAMPLES, GATE_FORMAT, GateResult, current_rules, evaluate_gate,
+                                  failed_measurement)
 
 
-def _stored(allowed: bool, active: str | None = "v1", benchmark: str = "frozen-v1") -> dict:
+def _stored(allowed: bool, active: str | None = "v1", benchmark: str = "frozen-v1",
+            resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     rows = [{"key": "melanoma_auc", "metric": "Melanoma AUC", "candidate": 0.90, "active": 0.89, "difference": 0.01,
              "ci_low": -0.01, "ci_high": 0.03, "margin": 0.02, "rule": "95 % CI low >= -0.02", "gated": True,
              "passed": True}]
     return GateResult(allowed, ["reason"], rows, benchmark={"version": benchmark},
-                      candidate={"version": "cand"}, active={"version": active} if active else None).to_dict()
+                      candidate={"version": "cand", "model_sha256": "c" * 64},
+                      active={"version": active, "model_sha256": "a" * 64} if active else None,
+                      bootstrap={"resamples": resamples, "seed": 0}, rules=current_rules()).to_dict()
 
 
 def test_a_stored_paired_result_decides():
@@ -27,6 +31,35 @@ def test_refuses_comparison_against_another_active_version():
 def test_refuses_a_comparison_on_another_benchmark_version():
     result = evaluate_gate(_stored(True), active_version="v1", benchmark_version="frozen-v2")
     assert not result.allowed and "frozen-v2" in result.reasons[0]
+
+
+def test_refuses_a_comparison_of_other_model_files_than_the_registry_holds():
+    assert evaluate_gate(_stored(True), active_version="v1", candidate_sha256="c" * 64, active_sha256="a" * 64).allowed
+    candidate = evaluate_gate(_stored(True), active_version="v1", candidate_sha256="d" * 64, active_sha256="a" * 64)
+    assert not candidate.allowed and candidate.reasons[0] == (
+        "The comparison scored a candidate model file with sha256 cccccccccccc..., but this version's registered "
+        "file is dddddddddddd...: re-run the comparison (python manage.py compare_on_benchmark cand).")
+    active = evaluate_gate(_stored(True), active_version="v1", candidate_sha256="c" * 64, active_sha256="b" * 64)
+    assert not active.allowed and active.reasons[0].startswith(
+        "The comparison scored a model file of v1 with sha256 aaaaaaaaaaaa..., but the registry's v1 is bbbbbbbbbbbb...")
+    unknown = evaluate_gate(_stored(True), active_version="v1", candidate_sha256="", active_sha256="a" * 64)
+    assert not unknown.allowed and "registered file is none" in unknown.reasons[0]
+
+
+def test_refuses_a_comparison_under_other_rules_or_with_fewer_resamples():
+    fewer = evaluate_gate(_stored(True, resamples=30), active_version="v1")
+    assert not fewer.allowed and fewer.reasons[0] == (
+        f"The comparison's intervals come from 30 bootstrap resamples, fewer than the {BOOTSTRAP_RESAMPLES} the gate "
+        "requires: re-run the comparison (python manage.py compare_on_benchmark cand).")
+    older_rules = _stored(True)
+    older_rules["rules"]["max_auc_drop"] = 0.05
+    result = evaluate_gate(older_rules, active_version="v1")
+    assert not result.allowed and result.reasons[0].startswith("The comparison was judged by other rules")
+    assert "re-run the comparison" in result.reasons[0]
+    no_record = _stored(True)
+    del no_record["bootstrap"], no_record["rules"]
+    both = evaluate_gate(no_record, active_version="v1")
+    assert not both.allowed and len(both.reasons) == 3 and "an unknown number of" in both.reasons[1]
 
 
 def test_refuses_without_measurements_or_with_the_old_unpaired_comparison():

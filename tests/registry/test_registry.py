@@ -4,12 +4,17 @@ from django.db import IntegrityError, transaction
 
 from classifier import lifecycle, registry
 from classifier.models import ModelVersion
-from tests.support.gate_helpers import stored_gate
+from tests.support.gate_helpers import fake_sha, stored_gate
 
 
-def _gate_metrics(allowed: bool, active: str) -> dict:
-    """A paired comparison on the frozen benchmark that passes (or not), against ``active``."""
-    return {"gate": stored_gate(allowed=allowed, active=active)}
+def _gate_metrics(allowed: bool, active: ModelVersion | str, candidate: str = "cand") -> dict:
+    """A paired comparison on the frozen benchmark that passes (or not), against ``active`` (a
+    registered version: its model file; a name: a version not registered), of the model file of
+    a version named ``candidate`` created with ``sha256=fake_sha(candidate)``."""
+    if isinstance(active, ModelVersion):
+        return {"gate": stored_gate(allowed=allowed, active=active.version, active_sha256=active.sha256,
+                                    candidate=candidate)}
+    return {"gate": stored_gate(allowed=allowed, active=active, candidate=candidate)}
 
 
 @pytest.mark.django_db
@@ -34,9 +39,9 @@ def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, 
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     worse = ModelVersion.objects.create(version="worse", status="ready", target_sensitivity=0.9,
-                                        metrics=_gate_metrics(False, shipped.version))
+                                        sha256=fake_sha("worse"), metrics=_gate_metrics(False, shipped, "worse"))
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
-                                         metrics=_gate_metrics(True, shipped.version))
+                                         sha256=fake_sha("better"), metrics=_gate_metrics(True, shipped, "better"))
     with pytest.raises(lifecycle.LifecycleError, match="gate refused"):
         lifecycle.activate_version(version=worse, user=admin)
     lifecycle.activate_version(version=better, user=admin)
@@ -80,7 +85,7 @@ def test_registry_actions_need_the_change_permission(client, django_user_model, 
 
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            metrics=_gate_metrics(True, shipped.version))
+                                            sha256=fake_sha("cand"), metrics=_gate_metrics(True, shipped, "cand"))
     staff = django_user_model.objects.create_user("viewer", password="x-very-long-pass-2", is_staff=True)
     staff.user_permissions.add(Permission.objects.get(codename="view_modelversion"))
     client.force_login(staff)
@@ -95,7 +100,7 @@ def test_registry_actions_need_the_change_permission(client, django_user_model, 
 def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_model):
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            metrics=_gate_metrics(True, shipped.version))
+                                            sha256=fake_sha("cand"), metrics=_gate_metrics(True, shipped, "cand"))
     listing = admin_client.get("/admin/classifier/modelversion/").content.decode()
     assert shipped.version in listing and "Train a new version" in listing
     page = admin_client.get(f"/admin/classifier/modelversion/{candidate.pk}/change/").content.decode()
@@ -226,6 +231,26 @@ def test_a_run_that_failed_after_registration_is_retried_with_the_sources_it_ask
     assert lifecycle.requested_sources(legacy) == ["ham10000", "reviews"]
 
 
+@pytest.mark.django_db
+def test_a_run_is_compared_with_the_gates_resamples_not_its_own_bootstrap_setting(data_here, monkeypatch, tmp_path,
+                                                                                   settings):
+    from classifier import retraining
+    from classifier.promotion import BOOTSTRAP_RESAMPLES, GateResult
+
+    settings.SECONDLOOK_MODELS_ROOT, settings.SECONDLOOK_CACHE_DIR = tmp_path / "models", tmp_path / "cache"
+    run = ModelVersion.objects.create(version="run-b", status="training", data_sources=["ham10000"],
+                                      training_config={"epochs": 1, "seed": 0, "target_sensitivity": 0.9,
+                                                       "overrides": {"bootstrap": 30}})
+    asked = []
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
+    monkeypatch.setattr(retraining, "compare_artifacts",
+                        lambda *a, n_resamples, **k: asked.append(n_resamples) or GateResult(True))
+    monkeypatch.setattr(retraining, "register_artifact", lambda out_dir: ModelVersion.objects.get(pk=run.pk))
+    assert retraining.training_config(run).bootstrap == 30  # the run's own evaluation uses it
+    retraining.run_training(version_id=run.pk)
+    assert asked == [BOOTSTRAP_RESAMPLES]
+
+
 @pytest.mark.data
 @pytest.mark.django_db
 def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmark(
@@ -249,7 +274,8 @@ def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmar
     card = json.loads((candidate_dir / "model_card.json").read_text())
     (candidate_dir / "model_card.json").write_text(json.dumps(card | {"version": "tiny-candidate"}))
 
-    gate = measure_gate(candidate_dir, active, target_sensitivity=0.9, n_resamples=50)
+    gate = measure_gate(candidate_dir, active, target_sensitivity=0.9)
+    assert gate["bootstrap"]["resamples"] == 1000  # the gate's own, whatever a run's settings say
     assert gate["format"] == 2 and gate["benchmark"]["images"] == len(small.images) == 20
     assert gate["active"]["version"] == active.version and gate["candidate"]["version"] == "tiny-candidate"
     assert all(r["difference"] in (0, None) for r in gate["rows"])  # the same model, the same images
@@ -273,14 +299,14 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
 
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            artifact_path=str(use_tiny_model),
+                                            artifact_path=str(use_tiny_model), sha256=fake_sha("cand"),
                                             metrics={"melanoma_auc": 0.9, **_gate_metrics(True, "older")})
     assert "re-run the comparison" in lifecycle.gate_for(candidate).reasons[0]
     asked = []
 
-    def measure(candidate_dir, active, *, target_sensitivity, n_resamples=1000):
+    def measure(candidate_dir, active, *, target_sensitivity):
         asked.append((active.version, target_sensitivity))
-        return stored_gate(allowed=True, active=active.version)
+        return stored_gate(allowed=True, active=active.version, active_sha256=active.sha256)
 
     monkeypatch.setattr(retraining, "measure_gate", measure)
     call_command("compare_on_benchmark", "cand")
@@ -584,7 +610,7 @@ def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothi
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
-                                         metrics=_gate_metrics(True, shipped.version))
+                                         sha256=fake_sha("better"), metrics=_gate_metrics(True, shipped, "better"))
 
     def lost(version):
         raise IntegrityError('duplicate key value violates unique constraint "one_active_model_version"')

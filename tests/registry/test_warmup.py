@@ -5,7 +5,7 @@ import pytest
 
 from classifier import lifecycle, registry, warmup
 from classifier.models import ModelVersion
-from tests.support.gate_helpers import stored_gate
+from tests.support.gate_helpers import fake_sha, stored_gate
 
 
 @pytest.fixture
@@ -34,8 +34,9 @@ def test_activation_and_rollback_ask_a_worker_to_warm_the_new_version_after_comm
         use_tiny_model, django_user_model, django_capture_on_commit_callbacks, sent):
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
-    better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
-                                         metrics={"gate": stored_gate(allowed=True, active=shipped.version)})
+    better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9, sha256=fake_sha("better"),
+                                         metrics={"gate": stored_gate(allowed=True, active=shipped.version,
+                                                                      active_sha256=shipped.sha256, candidate="better")})
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         lifecycle.activate_version(version=better, user=admin)
     assert sent == []  # nothing is published before the activation commits
@@ -56,8 +57,9 @@ def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_model, djan
     monkeypatch.setattr("classifier.dispatch.broker_connection", down)
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
-    better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
-                                         metrics={"gate": stored_gate(allowed=True, active=shipped.version)})
+    better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9, sha256=fake_sha("better"),
+                                         metrics={"gate": stored_gate(allowed=True, active=shipped.version,
+                                                                      active_sha256=shipped.sha256, candidate="better")})
     with django_capture_on_commit_callbacks(execute=True):
         lifecycle.activate_version(version=better, user=admin)
     assert ModelVersion.objects.get(status="active").version == "better"

@@ -2,6 +2,9 @@
 probabilities, subgroup attributes."""
 from __future__ import annotations
 
+import json
+from functools import lru_cache
+
 import numpy as np
 
 from mlcore.labels import CLASSES, mask_from_classes
@@ -52,16 +55,35 @@ def with_melanoma(probs: np.ndarray, melanoma: np.ndarray) -> np.ndarray:
     return out
 
 
-def stored_gate(*, allowed: bool, active: str | None, candidate: str = "cand") -> dict:
-    """A metrics["gate"] as a finished run stores it (on the current benchmark version), whose
-    decision is ``allowed``: a paired comparison of synthetic scores with a good or a much worse
-    melanoma threshold for the candidate."""
-    from classifier.promotion import paired_gate
+def fake_sha(version: str) -> str:
+    """A model file's sha256 for a test version with no file: the same for the registry row and its gate."""
+    import hashlib
+
+    return hashlib.sha256(version.encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _measured(allowed: bool, has_active: bool) -> str:
+    from classifier.promotion import BOOTSTRAP_RESAMPLES, paired_gate
     from training.benchmark import CURRENT_VERSION
 
     images, probs = synthetic_set(1500, name=CURRENT_VERSION)  # fewer lesions: a noisy ECE
-    reference = scored(images, probs, version=active) if active else None
-    result = paired_gate(scored(images, probs, melanoma_threshold=0.2 if allowed else 0.7, version=candidate),
-                         reference, target_sensitivity=0.5, n_resamples=100)
+    reference = scored(images, probs, version="act") if has_active else None
+    result = paired_gate(scored(images, probs, melanoma_threshold=0.2 if allowed else 0.7, version="cand"),
+                         reference, target_sensitivity=0.5, n_resamples=BOOTSTRAP_RESAMPLES)
     assert result.allowed == allowed, result.reasons
-    return result.to_dict()
+    return json.dumps(result.to_dict())
+
+
+def stored_gate(*, allowed: bool, active: str | None, candidate: str = "cand", candidate_sha256: str | None = None,
+                active_sha256: str | None = None) -> dict:
+    """A metrics["gate"] as a finished run stores it (on the current benchmark version, with the
+    gate's resamples and rules), whose decision is ``allowed``: a paired comparison of synthetic
+    scores with a good or a much worse melanoma threshold for the candidate. The models' sha256
+    are ``fake_sha`` of their names unless given (a registered model's ``sha256``). Measured once
+    per decision: the names and files only label the scores."""
+    gate = json.loads(_measured(allowed, active is not None))
+    gate["candidate"] |= {"version": candidate, "model_sha256": candidate_sha256 or fake_sha(candidate)}
+    if active is not None:
+        gate["active"] |= {"version": active, "model_sha256": active_sha256 or fake_sha(active)}
+    return gate
