@@ -6,7 +6,9 @@ import logging
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import JsonResponse
+from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import requires_csrf_token
 from django.views import defaults
 from rest_framework import status
 from rest_framework.response import Response
@@ -56,13 +58,25 @@ def _is_api(request) -> bool:
 
 
 def bad_request(request, exception=None):
-    """400 outside any view (Django refused the request before the API saw it: too many query
-    parameters, say): JSON with a specific message under /api/, the plain page elsewhere. Django
-    has already logged it. Wire it as ``handler400 = "api.errors.bad_request"`` in the root URLconf."""
+    """400 outside any view (Django refused the request before a view saw it: too many files in an
+    upload form, too many query parameters): JSON with a specific message under /api/, the styled
+    page with the same message elsewhere. Django has already logged it. Wire it as
+    ``handler400 = "api.errors.bad_request"`` in the root URLconf."""
+    suspicious = isinstance(exception, SuspiciousOperation)
     if _is_api(request):
-        message = refusal_message(exception) if isinstance(exception, SuspiciousOperation) else "Bad request."
-        return JsonResponse({"detail": message}, status=400)
-    return defaults.bad_request(request, exception)
+        return JsonResponse({"detail": refusal_message(exception) if suspicious else "Bad request."}, status=400)
+    return _bad_request_page(request, exception, refusal_message(exception) if suspicious else "")
+
+
+@requires_csrf_token  # as Django's own handler: the page's log-out form needs the token
+def _bad_request_page(request, exception, message: str) -> HttpResponse:
+    """templates/400.html with the message; the message as plain text if even that cannot be rendered."""
+    try:
+        return render(request, "400.html", {"message": message,
+                                            "too_many_files": isinstance(exception, TooManyFilesSent)}, status=400)
+    except Exception:
+        logging.getLogger(__name__).exception("the 400 page could not be rendered")
+        return HttpResponseBadRequest(message or "Bad Request (400)", content_type="text/plain; charset=utf-8")
 
 
 def not_found(request, exception=None):

@@ -463,3 +463,27 @@ def test_without_a_model_a_batch_that_stored_nothing_does_not_claim_it_stored_im
     no_model(monkeypatch)
     texts = messages_of(post(client, world, upload("bad.jpg", b"<html></html>")))
     assert len(texts) == 1 and "“bad.jpg” was rejected" in texts[0]
+
+
+def test_more_files_than_a_request_may_carry_get_the_styled_page_with_the_reason(client, world, media_root, settings,
+                                                                                 caplog):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3  # Django refuses the body before the view sees it
+    client.force_login(world.clin_a)
+    response = client.post(f"/lesions/{world.lesion_a.pk}/",
+                           {"images": [upload(f"{i}.jpg", jpeg(seed=i)) for i in range(4)], "kind": "dermoscopic"})
+    assert response.status_code == 400 and response["Content-Type"].startswith("text/html")
+    page = response.content.decode()
+    assert "The request was refused" in page and "Log out" in page  # the site's own page, signed in
+    assert (f"Too many files in one request (more than 3); an upload takes at most {settings.UPLOAD_MAX_FILES} "
+            f"images.") in page
+    assert "with fewer files at a time" in page
+    assert [r.name for r in caplog.records if r.name.startswith("django.security.")] == [
+        "django.security.TooManyFilesSent"]
+    assert LesionImage.objects.count() == 0 and stored_files(media_root) == []
+
+
+def test_the_upload_form_tells_the_browser_the_file_limit(client, world, settings):
+    client.force_login(world.clin_a)
+    for path in (f"/lesions/{world.lesion_a.pk}/", f"/cases/{world.case_a.pk}/"):
+        page = client.get(path).content.decode()
+        assert f'data-max-files="{settings.UPLOAD_MAX_FILES}"' in page, path
