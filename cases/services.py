@@ -200,7 +200,7 @@ def _image_rows(*, lesion: Lesion, image: NormalisedImage, name: str, kind: str,
     if image.laterality:
         new["source_laterality"] = image.laterality  # stated by the file; the models have no field for it
     audit_log.record(action="upload", obj=row, actor=user, request=request, new=new)
-    if _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request) and model_version:
+    if _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request) and model_version is not None:
         # never the client's file name: the reason is shown on the pages and kept with the scores
         corrections.rescore(lesion.images.exclude(pk=row.pk),
                             reason=f"site set from unknown to {lesion.anatomic_site} from the DICOM file of "
@@ -247,8 +247,9 @@ def _where(lesion: Lesion, position: int, image: NormalisedImage | None = None) 
 def _add_image(outcome: UploadOutcome, *, display_name: str, where: str, lesion: Lesion, image: NormalisedImage,
                **save) -> bool:
     """Store one normalised image unless the lesion already has its pixels, and note in ``outcome``
-    what happened; True when the lesion now holds these pixels (stored now or before). Any failure is this file's alone: reported, logged by ``where`` (never the
-    client's file name), and nothing of it is left behind (``_save_image`` removes its file)."""
+    what happened; True when the lesion now holds these pixels (stored now or before). Any failure
+    is this file's alone: reported, logged by ``where`` (never the client's file name), and nothing
+    of it is left behind (``_save_image`` removes its file)."""
     try:
         existing = LesionImage.objects.filter(lesion=lesion, sha256=image.sha256).first()
         if existing is not None:

@@ -15,9 +15,10 @@ Decisions:
 - The stored copy is a PNG re-encoded from the pixels: lossless, EXIF orientation applied, and no
   metadata at all (EXIF, GPS, ICC, text chunks), converted to 8-bit RGB. Pixels in an embedded
   colour profile's space (Display P3, Adobe RGB, a CMYK press profile) are first converted to
-  sRGB, what a PNG without a profile means; a profile that cannot be applied leaves them as they are. For DICOM this drops every
-  attribute (patient name and ID included); only the body site, laterality and acquisition date
-  are kept, as fields of ``NormalisedImage``, never inside the stored file.
+  sRGB, what a PNG without a profile means; a profile that cannot be applied leaves them as they
+  are. For DICOM this drops every attribute (patient name and ID included); only the body site,
+  laterality and acquisition date are kept, as fields of ``NormalisedImage``, never inside the
+  stored file.
 """
 from __future__ import annotations
 
