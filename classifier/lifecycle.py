@@ -17,7 +17,7 @@ from audit import log as audit_log
 from classifier import artifact_store, ensemble_training, fine_tuning
 from classifier.dispatch import broker_down_reason, on_commit_or_fail, publish
 from classifier.models import ModelVersion
-from classifier.promotion import GateResult, evaluate_gate
+from classifier.promotion import GateResult, evaluate_gate, gate_evidence
 from classifier.registry import activate, register_artifact
 from classifier.warmup import warm_after_commit
 from mlcore.artifact import CardError, read_card
@@ -231,11 +231,23 @@ def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
     return version
 
 
+def _active_other_than(version: ModelVersion, *, lock: bool = False) -> ModelVersion | None:
+    """The active version unless it is ``version``; ``lock``: its row locked (select_for_update)
+    until the transaction ends, so that no other activation changes it meanwhile."""
+    rows = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk)
+    return (rows.select_for_update() if lock else rows).first()
+
+
 def gate_for(version: ModelVersion) -> GateResult:
     """The promotion gate for ``version``: its paired comparison on the frozen benchmark, valid
     while the model it was compared with is still the active one and the benchmark is unchanged
     (``python manage.py compare_on_benchmark VERSION`` measures it again)."""
-    active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
+    return gate_against(version, _active_other_than(version))
+
+
+def gate_against(version: ModelVersion, active: ModelVersion | None) -> GateResult:
+    """``version``'s stored comparison read against ``active`` as the active version, the current
+    benchmark and the model files the registry holds (`promotion.evaluate_gate`)."""
     target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
     try:
         benchmark = current_benchmark().version
@@ -246,19 +258,35 @@ def gate_for(version: ModelVersion) -> GateResult:
                          active_sha256=active.sha256 if active else None)
 
 
+def _identity(version: ModelVersion | None) -> tuple | None:
+    return None if version is None else (version.pk, version.version, version.sha256)
+
+
 def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Make a ready version active if it passes the promotion gate."""
+    """Make a ready version active if it passes the promotion gate. The gate is checked again in
+    the transaction that activates, against the active row locked there: an activation or
+    roll-back that changed the active version after the first check is refused, not overridden.
+    The audit event keeps the gate's evidence (benchmark, both sha256, decision, reasons)."""
     if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED):
         raise LifecycleError(f"{version.version} is {version.status}; only a ready version can be activated.")
-    gate = gate_for(version)
+    seen = _active_other_than(version)
+    gate = gate_against(version, seen)
     if not gate.allowed:
         raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
     try:
         with transaction.atomic():
-            previous = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+            previous = _active_other_than(version, lock=True)
+            if _identity(previous) != _identity(seen):
+                raise LifecycleError(
+                    f"The active version changed to {previous.version if previous else 'none'} while {version.version}"
+                    f"'s promotion gate was being checked against {seen.version if seen else 'no model'}; nothing "
+                    "was changed. Reload the page: the gate is read against the version active now.")
+            gate = gate_against(version, previous)
+            if not gate.allowed:
+                raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
             activate(version)
             audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
-                   new={"active": version.version})
+                                 new={"active": version.version, "gate": gate_evidence(gate)})
             warm_after_commit(version)
     except IntegrityError as exc:  # the one-active-version constraint: another activation won the race
         raise LifecycleError("Another version was activated at the same moment; nothing was changed. "

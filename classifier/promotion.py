@@ -544,6 +544,19 @@ def _stale_reasons(gate: dict, *, active_version: str | None, benchmark_version:
     return reasons
 
 
+def gate_evidence(gate: GateResult | dict | None) -> dict:
+    """What the audit trail keeps of a gate (a GateResult as read, or a stored metrics["gate"]):
+    the benchmark and the two model files compared, the decision and its reasons."""
+    stored = gate.to_dict() if isinstance(gate, GateResult) else dict(gate or {})
+    benchmark, candidate, active = (stored.get(k) or {} for k in ("benchmark", "candidate", "active"))
+    evidence = {"benchmark": benchmark.get("version"), "benchmark_sha256": benchmark.get("content_sha256"),
+                "candidate": candidate.get("version"), "candidate_sha256": candidate.get("model_sha256"),
+                "active": active.get("version"), "active_sha256": active.get("model_sha256"),
+                "resamples": (stored.get("bootstrap") or {}).get("resamples"),
+                "allowed": bool(stored.get("allowed")), "reasons": list(stored.get("reasons") or [])}
+    return evidence | ({"error": stored["error"]} if stored.get("error") else {})
+
+
 def failed_measurement(error: str) -> dict:
     """What metrics["gate"] stores when the comparison could not be measured (the run stays usable)."""
     return {"format": GATE_FORMAT, "error": error, "allowed": False, "reasons": [error]}

@@ -18,14 +18,15 @@ from typing import Callable
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 
 from classifier import artifact_store, ensemble_training, fine_tuning
-from classifier.lifecycle import REVIEWS, fail_run, requested_sources
+from classifier.lifecycle import REVIEWS, LifecycleError, audit_registry_event, fail_run, requested_sources
 from classifier.models import ModelVersion
-from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement
+from classifier.promotion import BOOTSTRAP_RESAMPLES, compare_artifacts, failed_measurement, gate_evidence
 from classifier.registry import register_artifact
 from mlcore.artifact import read_card
 from training.benchmark.plots import PLOT_NAME
@@ -113,15 +114,30 @@ def _claim(version_id: int) -> bool:
     ).update(started_at=timezone.now(), progress={"phase": "starting"}))
 
 
-def remeasure_gate(version: ModelVersion) -> dict:
+def remeasure_gate(version: ModelVersion, *, user=None) -> dict:
     """Compare ``version`` again with the model active now (after another activation, or with a
-    new benchmark version) and store the result in its metrics["gate"]."""
+    new benchmark version) and store the result in its metrics["gate"], audited with the evidence
+    it replaces. Refused for the active version: its comparison is the evidence its activation
+    was justified by, and stays as it was."""
+    if version.status == ModelVersion.Status.ACTIVE:
+        raise LifecycleError(_ACTIVE_KEEPS_ITS_GATE.format(version=version.version))
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
     target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
+    before = version.metrics.get("gate")
     gate = measure_gate(artifact_store.local_dir(version), active, target_sensitivity=target)
-    ModelVersion.objects.filter(pk=version.pk).update(metrics=dict(version.metrics, gate=gate))
+    with transaction.atomic():  # activated while it was being measured: the evidence stays
+        if not ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.ACTIVE).update(
+                metrics=dict(version.metrics, gate=gate)):
+            raise LifecycleError(_ACTIVE_KEEPS_ITS_GATE.format(version=version.version))
+        audit_registry_event(user, "update", version, old={"gate": gate_evidence(before) if before else None},
+                             new={"gate": gate_evidence(gate), "reason": "promotion gate re-measured on the frozen "
+                                                                           "benchmark"})
     version.refresh_from_db()
     return gate
+
+
+_ACTIVE_KEEPS_ITS_GATE = ("{version} is the active version: its comparison on the frozen benchmark is the evidence its "
+                          "activation was justified by, and is not measured again. Compare ready or retired versions.")
 
 
 def run_training(*, version_id: int) -> str:

@@ -53,6 +53,13 @@ def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, 
 
     actions = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
     assert actions[-2:] == ["activate", "rollback"]
+    activation = AuditEvent.objects.get(action="activate")
+    evidence = activation.new_values["gate"]
+    assert activation.new_values["active"] == "better" and activation.old_values == {"active": shipped.version}
+    assert evidence == {"benchmark": "frozen-v1", "benchmark_sha256": "0" * 64, "candidate": "better",
+                        "candidate_sha256": fake_sha("better"), "active": shipped.version,
+                        "active_sha256": shipped.sha256, "resamples": 1000, "allowed": True,
+                        "reasons": better.metrics["gate"]["reasons"]}
 
 
 @pytest.mark.django_db
@@ -313,6 +320,81 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
     candidate.refresh_from_db()
     assert asked == [(shipped.version, 0.9)] and candidate.metrics["melanoma_auc"] == 0.9
     assert lifecycle.gate_for(candidate).allowed
+
+    from audit.models import AuditEvent
+
+    event = AuditEvent.objects.get(action="update", object_id=str(candidate.pk))
+    assert event.actor is None and event.old_values["gate"]["active"] == "older"
+    assert event.new_values["gate"]["active"] == shipped.version and event.new_values["gate"]["allowed"] is True
+    assert event.new_values["gate"]["active_sha256"] == shipped.sha256 and "re-measured" in event.new_values["reason"]
+
+
+@pytest.mark.django_db
+def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, monkeypatch):
+    """It is the evidence the activation was justified by: the command refuses, and a version
+    activated while it was being compared keeps the comparison it was activated on."""
+    from django.core.management import CommandError, call_command
+
+    from audit.models import AuditEvent
+    from classifier import retraining
+
+    shipped = registry.ensure_default_registered()
+    ModelVersion.objects.filter(pk=shipped.pk).update(metrics={"gate": {"evidence": "of its activation"}})
+    monkeypatch.setattr(retraining, "measure_gate", lambda *a, **k: pytest.fail("the active version was measured"))
+    with pytest.raises(CommandError, match=f"{shipped.version} is the active version: its comparison on the frozen "
+                                           "benchmark is the evidence its activation was justified by"):
+        call_command("compare_on_benchmark", shipped.version)
+    assert ModelVersion.objects.get(pk=shipped.pk).metrics == {"gate": {"evidence": "of its activation"}}
+
+    candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
+                                            artifact_path=str(use_tiny_model), sha256=fake_sha("cand"),
+                                            metrics=_gate_metrics(True, shipped, "cand"))
+    kept = candidate.metrics["gate"]
+
+    def activated_meanwhile(candidate_dir, active, *, target_sensitivity):
+        lifecycle.activate_version(version=ModelVersion.objects.get(pk=candidate.pk))
+        return stored_gate(allowed=False, active=None)
+
+    monkeypatch.setattr(retraining, "measure_gate", activated_meanwhile)
+    with pytest.raises(lifecycle.LifecycleError, match="cand is the active version"):
+        retraining.remeasure_gate(candidate)
+    candidate.refresh_from_db()
+    assert candidate.status == "active" and candidate.metrics["gate"] == kept
+    assert not AuditEvent.objects.filter(action="update").exists()
+
+
+@pytest.mark.django_db
+def test_an_activation_is_refused_when_the_active_version_changed_after_its_gate_was_checked(
+        use_tiny_model, django_user_model, monkeypatch):
+    """Another admin activates another version between this activation's gate check and its
+    update: the gate is checked again against the active row locked in the transaction, and the
+    activation is refused instead of replacing a model it was never compared with."""
+    from audit.models import AuditEvent
+
+    admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
+    shipped = registry.ensure_default_registered()
+    other = ModelVersion.objects.create(version="other", status="ready", sha256=fake_sha("other"))
+    better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
+                                         sha256=fake_sha("better"), metrics=_gate_metrics(True, shipped, "better"))
+    checked_against = []
+    check = lifecycle.gate_against
+
+    def racing(version, active):
+        result = check(version, active)
+        checked_against.append(active.version if active else None)
+        if len(checked_against) == 1:  # the other activation commits right after this check
+            registry.activate(ModelVersion.objects.get(pk=other.pk))
+        return result
+
+    monkeypatch.setattr(lifecycle, "gate_against", racing)
+    with pytest.raises(lifecycle.LifecycleError, match=f"The active version changed to other while better's promotion "
+                                                       f"gate was being checked against {shipped.version}; nothing "
+                                                       "was changed"):
+        lifecycle.activate_version(version=better, user=admin)
+    assert checked_against == [shipped.version]
+    assert ModelVersion.objects.get(status="active").version == "other"
+    assert ModelVersion.objects.get(pk=better.pk).status == "ready"
+    assert not AuditEvent.objects.filter(action="activate").exists()
 
 
 # --- metrics the database accepts, runs kept alive, cancelled before they start, time limits -----
