@@ -28,7 +28,7 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
                                                       tmp_path):
     from playwright.sync_api import expect
 
-    from classifier.promotion import paired_gate
+    from classifier.promotion import BOOTSTRAP_RESAMPLES, paired_gate
     from tests.support.gate_helpers import scored, synthetic_set
     from training.benchmark import CURRENT_VERSION
     from training.benchmark.plots import plot_paired_roc
@@ -39,10 +39,10 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
     ready.status = ModelVersion.Status.READY
     # the first version (nothing active): a comparison on the frozen benchmark's version, synthetic scores
     images, probs = synthetic_set(1500, name=CURRENT_VERSION)
-    candidate = scored(images, probs, version=ready.version)
+    candidate = scored(images, probs, version=ready.version, sha256=ready.sha256)  # its registered model file
     plot_paired_roc(candidate, None, tmp_path / "ready" / "plots" / "benchmark_roc.png")
-    ready.metrics = dict(ready.metrics, gate=paired_gate(candidate, None, target_sensitivity=0.5, n_resamples=100,
-                                                         plot="benchmark_roc").to_dict())
+    ready.metrics = dict(ready.metrics, gate=paired_gate(candidate, None, target_sensitivity=0.5,
+                                                         n_resamples=BOOTSTRAP_RESAMPLES, plot="benchmark_roc").to_dict())
     ready.save()
     running = ModelVersion.objects.create(version="run-in-progress", status=ModelVersion.Status.TRAINING,
                                          started_at=timezone.now())  # a worker has it
@@ -134,7 +134,7 @@ def test_a_failed_run_is_retried_and_another_deleted_by_clicking(live_server, br
     page.get_by_role("button", name="Retry this run").click()
     expect(page.locator(".messagelist")).to_contain_text("queued with the settings of train-crashed")
     retry = ModelVersion.objects.get(status=ModelVersion.Status.TRAINING)
-    assert retry.training_config == asked and retry.data_sources == ["ham10000"]
+    assert retry.training_config == asked | {"sources": ["ham10000"]} and retry.data_sources == ["ham10000"]
 
     page.goto(f"{base}/admin/classifier/modelversion/{doomed.pk}/change/")
     page.get_by_role("button", name="Delete this failed run").click()

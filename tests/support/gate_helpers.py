@@ -40,8 +40,11 @@ def synthetic_set(n_lesions: int = 1500, seed: int = 0, name: str = "synthetic-v
     return images, probs
 
 
-def scored(images: ImageSet, probs: np.ndarray, *, melanoma_threshold: float = 0.2, version: str = "cand") -> ScoredImages:
-    return ScoredImages(images, probs, np.ones(len(probs), bool), version, version * 8,
+def scored(images: ImageSet, probs: np.ndarray, *, melanoma_threshold: float = 0.2, version: str = "cand",
+           sha256: str | None = None) -> ScoredImages:
+    """``probs`` as ``version``'s scores on ``images``; its model file's sha256 is ``sha256`` (a
+    registered version's) or made up from the name."""
+    return ScoredImages(images, probs, np.ones(len(probs), bool), version, sha256 or version * 8,
                         Thresholds(melanoma_threshold, 0.3))
 
 
