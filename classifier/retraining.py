@@ -124,10 +124,17 @@ def remeasure_gate(version: ModelVersion, *, user=None) -> dict:
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).exclude(pk=version.pk).first()
     target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
     before = version.metrics.get("gate")
-    gate = measure_gate(artifact_store.local_dir(version), active, target_sensitivity=target)
-    with transaction.atomic():  # activated while it was being measured: the evidence stays
+    model_dir = Path(artifact_store.local_dir(version))
+    gate_file = model_dir / GATE_FILE
+    kept_file = gate_file.read_text() if gate_file.is_file() else None
+    gate = measure_gate(model_dir, active, target_sensitivity=target)
+    with transaction.atomic():  # activated while it was being measured: the evidence stays, its file too
         if not ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.ACTIVE).update(
                 metrics=dict(version.metrics, gate=gate)):
+            if kept_file is None:
+                gate_file.unlink(missing_ok=True)
+            else:
+                gate_file.write_text(kept_file)
             raise LifecycleError(_ACTIVE_KEEPS_ITS_GATE.format(version=version.version))
         audit_registry_event(user, "update", version, old={"gate": gate_evidence(before) if before else None},
                              new={"gate": gate_evidence(gate), "reason": "promotion gate re-measured on the frozen "

@@ -330,10 +330,12 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
 
 
 @pytest.mark.django_db
-def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, monkeypatch):
+def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, monkeypatch, tmp_path):
     """It is the evidence the activation was justified by: the command refuses, and a version
     activated while it was being compared keeps the comparison it was activated on."""
     from django.core.management import CommandError, call_command
+
+    import shutil
 
     from audit.models import AuditEvent
     from classifier import retraining
@@ -346,13 +348,16 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
         call_command("compare_on_benchmark", shipped.version)
     assert ModelVersion.objects.get(pk=shipped.pk).metrics == {"gate": {"evidence": "of its activation"}}
 
+    artifact_dir = tmp_path / "cand"
+    shutil.copytree(use_tiny_model, artifact_dir)
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            artifact_path=str(use_tiny_model), sha256=fake_sha("cand"),
+                                            artifact_path=str(artifact_dir), sha256=fake_sha("cand"),
                                             metrics=_gate_metrics(True, shipped, "cand"))
     kept = candidate.metrics["gate"]
 
     def activated_meanwhile(candidate_dir, active, *, target_sensitivity):
         lifecycle.activate_version(version=ModelVersion.objects.get(pk=candidate.pk))
+        (candidate_dir / "gate.json").write_text("{}")  # as measure_gate writes it
         return stored_gate(allowed=False, active=None)
 
     monkeypatch.setattr(retraining, "measure_gate", activated_meanwhile)
@@ -360,6 +365,7 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
         retraining.remeasure_gate(candidate)
     candidate.refresh_from_db()
     assert candidate.status == "active" and candidate.metrics["gate"] == kept
+    assert not (artifact_dir / "gate.json").exists()  # the file it had (none) is put back too
     assert not AuditEvent.objects.filter(action="update").exists()
 
 
