@@ -1,7 +1,14 @@
 """Small display filters for the case pages."""
 from django import template
+from django.conf import settings
 
 register = template.Library()
+
+
+@register.simple_tag
+def upload_max_files() -> int:
+    """How many files one upload may hold (``UPLOAD_MAX_FILES``), for the browser's own check."""
+    return settings.UPLOAD_MAX_FILES
 
 
 @register.filter
