@@ -296,11 +296,14 @@ class QueueEntrySerializer(serializers.ModelSerializer):
         help_text="highest assessable melanoma probability of the case's flagged lesions; null when none")
     cannot_assess = serializers.BooleanField(read_only=True)
     claimed_by = serializers.SerializerMethodField()
+    flag_cleared = serializers.BooleanField(
+        read_only=True, help_text="flagged by an earlier score; every current score of its flagged lesions is below "
+                                  "the thresholds (it stays queued until a dermatologist reviews it)")
 
     class Meta:
         model = Case
         fields = ["id", "patient", "patient_identifier", "clinical_question", "status", "top_melanoma_probability",
-                  "cannot_assess", "claimed_by", "claimed_at", "created_at"]
+                  "cannot_assess", "claimed_by", "claimed_at", "created_at", "flag_cleared"]
 
     def get_claimed_by(self, case: Case) -> str | None:
         return person(case.claimed_by)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case as DjCase
-from django.db.models import Exists, F, FloatField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import BooleanField, Exists, ExpressionWrapper, F, FloatField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest
 from django.utils import timezone
@@ -35,8 +35,9 @@ def review_queue() -> QuerySet[Case]:
     """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest. An
     image the model could not assess has no trustworthy score: its case is annotated
     ``cannot_assess`` and ranks at CANNOT_ASSESS_RANK (or its other lesions' score, if higher).
-    ``top_melanoma`` is None when no image has an assessable score. Each image counts with its
-    newest finished prediction."""
+    ``top_melanoma`` is None when no image has an assessable score; ``flag_cleared`` says that the
+    lesions were flagged by an earlier score and their current scores are not flagged (they stay
+    until a dermatologist reviews them). Each image counts with its newest finished prediction."""
     # each image's newest finished prediction only: an older revision or model version it replaced
     # must neither lend the case a score nor mark it "could not assess"
     newer_done = Prediction.objects.filter(image=OuterRef("image"), status=Prediction.Status.DONE).filter(
@@ -48,6 +49,9 @@ def review_queue() -> QuerySet[Case]:
         awaiting_done.filter(assessable=True).order_by("-melanoma_probability").values("melanoma_probability")[:1]
     )
     cannot_assess = Exists(awaiting_done.filter(assessable=False))
+    # flagged by an earlier score (before a correction, or by the version a re-score replaced) while
+    # every current score of its flagged lesions is below the thresholds: it stays for review, said so
+    flag_cleared = Q(Exists(awaiting_done)) & ~Q(Exists(awaiting_done.filter(flagged=True)))
     # a flagged lesion of the case that was seen at an earlier visit (sequential dermoscopy)
     earlier = Lesion.objects.filter(tracked=OuterRef("tracked")).filter(
         Q(case__visit_date__lt=OuterRef("case__visit_date"))
@@ -59,6 +63,7 @@ def review_queue() -> QuerySet[Case]:
         .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
         # None when no image of the case has an assessable score (never a made-up 0.0)
         .annotate(top_melanoma=Subquery(top_melanoma), cannot_assess=cannot_assess,
+                  flag_cleared=ExpressionWrapper(flag_cleared, output_field=BooleanField()),
                   has_earlier_visits=followed, waiting_since=Subquery(waiting_since.values("flagged_at")[:1]))
         .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),
                                                                  default=Value(0.0), output_field=FloatField())))

@@ -141,3 +141,25 @@ def test_a_re_score_for_a_correction_makes_the_older_score_stale(world, model_ve
     queued = _waiting(image, newer)
     assert image.current_prediction() == queued and image.current_prediction().melanoma_probability is None
     assert followup.latest_scored(image) is None  # the timeline does not plot the stale score either
+
+
+def test_a_lesion_whose_current_score_cleared_its_flag_stays_queued_and_says_so(world, model_version, client):
+    image = make_image(world)
+    _queued(world)
+    flagging = _done(image, model_version, melanoma=0.6, minutes_ago=60)
+    (case,) = queue.review_queue()
+    assert not case.flag_cleared
+    Prediction.objects.create(image=image, model_version=model_version, status="done", context_revision=1,
+                              reason="site corrected", melanoma_probability=0.02, malignancy_score=0.02,
+                              flagged=False, assessable=True, finished_at=timezone.now())
+    (case,) = queue.review_queue()  # still waiting for a dermatologist: nothing flagged is dropped
+    assert case.flag_cleared and case.top_melanoma == 0.02 and flagging.flagged
+    client.force_login(world.derm)
+    assert "Flagged by an earlier score" in client.get("/queue/").content.decode()
+    from api.models import ApiToken
+
+    token = ApiToken(user=world.derm, name="queue")
+    key = token.issue()
+    token.save()
+    rows = client.get("/api/v1/queue/", HTTP_AUTHORIZATION=f"Token {key}").json()["results"]
+    assert rows[0]["flag_cleared"] is True
