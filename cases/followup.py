@@ -133,8 +133,8 @@ def status(tracked: PatientLesion, latest: Lesion | None) -> str:
     flagged (waiting for a dermatologist), in review (claimed), reviewed: benign (a dermatologist's
     benign diagnosis with reassurance or follow-up), reviewed (any other review, an excision or
     biopsy advised included), not flagged (every image scored below the thresholds, never
-    reviewed: the model never says "benign"), scoring failed (an image's newest prediction
-    failed) or not scored (an image still waits for its score, or there is none)."""
+    reviewed: the model never says "benign"), scoring failed (an image's current prediction,
+    `LesionImage.current_prediction`, failed) or not scored (an image still waits for its score, or there is none)."""
     if latest is None:
         return "not-scored"
     result = current_result(latest)

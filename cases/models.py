@@ -15,6 +15,7 @@ from django.db import models
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from classifier.models import ModelVersion
 from mlcore.labels import CLASSES
 
 # an absolute path on the server (two or more segments), as error texts quote them
@@ -337,9 +338,15 @@ class LesionImage(models.Model):
 
     def rescore_in_progress(self) -> "Prediction | None":
         """A newer prediction than the one shown (a version re-score waiting, running or failed),
-        for a note beside the result; None when the shown one is the newest."""
+        for a note beside the result; None when the shown one is the newest, or when the newer one
+        failed and its version is no longer active (rolled back or replaced: it will never run, so
+        there is nothing to wait for or retry)."""
         newest, shown = self.newest_prediction(), self.current_prediction()
-        return newest if newest is not None and shown is not None and newest.pk != shown.pk else None
+        if newest is None or shown is None or newest.pk == shown.pk:
+            return None
+        if newest.status == Prediction.Status.FAILED and newest.model_version.status != ModelVersion.Status.ACTIVE:
+            return None
+        return newest
 
 
 class Prediction(models.Model):

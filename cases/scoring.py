@@ -197,12 +197,15 @@ def stale_rescore_reason(version_name: str) -> str:
 
 
 def stale_rescores() -> Q:
-    """Re-scores whose version is no longer active: revision 0 of a version that is not the image's
-    first (an earlier prediction of the image is another version's; corrections add revisions 1, 2...).
+    """Re-scores whose version is no longer active: revision 0, without a correction's reason, of a
+    version that is not the image's first (an earlier prediction of the image is another version's).
     An image's first score, made with the version active at upload, is never one of them."""
     earlier = (Prediction.objects.filter(image_id=OuterRef("image_id"), pk__lt=OuterRef("pk"))
                .exclude(model_version_id=OuterRef("model_version_id")))
-    return Q(context_revision=0) & ~Q(model_version__status=ModelVersion.Status.ACTIVE) & Q(Exists(earlier))
+    # a correction's re-score carries its reason (and may be revision 0 of a version that had not scored
+    # the image yet): the inputs changed, so it is scored whatever the version, never dropped as stale
+    return (Q(context_revision=0, reason="") & ~Q(model_version__status=ModelVersion.Status.ACTIVE)
+            & Q(Exists(earlier)))
 
 
 def _claim(prediction_id: int, *, run_by: str, worker: str) -> tuple[bool, datetime]:

@@ -316,8 +316,13 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
 
 @transaction.atomic
 def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | None = None) -> bool:
-    """Reset a failed prediction to pending and send it again after commit; False if it was not failed."""
+    """Reset a failed prediction to pending and send it again after commit; False if it was not failed.
+    A re-score of a version that is no longer active (``scoring.stale_rescores``) is refused
+    (ValidationError): it would fail again."""
     _require_editable(user, prediction.image.lesion.case, "Only clinicians of the patient's clinic can retry scoring.")
+    if Prediction.objects.filter(pk=prediction.pk).filter(scoring.stale_rescores()).exists():
+        raise ValidationError(f"Model version {prediction.model_version.version} is no longer active, so this "
+                              "re-score will not run; the image keeps its result in force.")
     if not prediction_states.retry_failed(prediction.pk):
         return False
     audit_log.record(action="retry", obj=prediction, actor=user, request=request,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.db.models import Count, Prefetch, Q, prefetch_related_objects
@@ -287,10 +287,13 @@ def prediction_retry(request: HttpRequest, pk: int) -> HttpResponse:
     prediction = get_object_or_404(access.visible_predictions(request.user), pk=pk)
     if not access.can_edit_case(request.user, prediction.image.lesion.case):
         raise Http404
-    if services.retry_prediction(user=request.user, prediction=prediction, request=request):
-        messages.success(request, "Scoring was restarted for this image.")
-    else:
-        messages.info(request, "This image is not in a failed state; nothing to retry.")
+    try:
+        if services.retry_prediction(user=request.user, prediction=prediction, request=request):
+            messages.success(request, "Scoring was restarted for this image.")
+        else:
+            messages.info(request, "This image is not in a failed state; nothing to retry.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
     return redirect(f"{reverse('case_detail', args=[prediction.image.lesion.case_id])}#image-{prediction.image_id}")
 
 

@@ -125,16 +125,20 @@ def remeasure_gate(version: ModelVersion, *, user=None) -> dict:
     target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
     before = version.metrics.get("gate")
     model_dir = Path(artifact_store.local_dir(version))
-    gate_file = model_dir / GATE_FILE
+    gate_file, plot_file = model_dir / GATE_FILE, model_dir / "plots" / f"{PLOT_NAME}.png"
     kept_file = gate_file.read_text() if gate_file.is_file() else None
+    kept_plot = plot_file.read_bytes() if plot_file.is_file() else None
     gate = measure_gate(model_dir, active, target_sensitivity=target)
     with transaction.atomic():  # activated while it was being measured: the evidence stays, its file too
         if not ModelVersion.objects.filter(pk=version.pk).exclude(status=ModelVersion.Status.ACTIVE).update(
                 metrics=dict(version.metrics, gate=gate)):
-            if kept_file is None:
-                gate_file.unlink(missing_ok=True)
-            else:
-                gate_file.write_text(kept_file)
+            # the gate table and its ROC plot are put back as they were, together
+            for path, kept, write in ((gate_file, kept_file, gate_file.write_text),
+                                      (plot_file, kept_plot, plot_file.write_bytes)):
+                if kept is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write(kept)
             raise LifecycleError(_ACTIVE_KEEPS_ITS_GATE.format(version=version.version))
         audit_registry_event(user, "update", version, old={"gate": gate_evidence(before) if before else None},
                              new={"gate": gate_evidence(gate), "reason": "promotion gate re-measured on the frozen "

@@ -117,12 +117,12 @@ class SecondLookClient:
         return list(self.paginate("predictions/", case=case, lesion=lesion))
 
     def results(self, *, case: int, wait: float = 0.0, poll: float = 2.0) -> list[dict]:
-        """One row per image of the case with its latest prediction; with ``wait`` > 0, first wait
-        up to that many seconds for every prediction to be done or failed."""
+        """One row per image of the case with its result in force (`shown_prediction`); with ``wait``
+        > 0, first wait up to that many seconds for every such prediction to be done or failed."""
         deadline = time.monotonic() + wait
         while True:
             images = list(self.paginate("images/", case=case))
-            pending = [i for i in images if (i["latest_prediction"] or {}).get("status") not in SETTLED]
+            pending = [i for i in images if (shown_prediction(i) or {}).get("status") not in SETTLED]
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(poll)
@@ -156,12 +156,19 @@ def _is_upload_result(body: Any) -> bool:
 UNRELIABLE_COLUMNS = ("melanoma_probability", "malignancy_score")
 
 
+def shown_prediction(image: dict) -> dict | None:
+    """The image's result in force, as the pages show it (``current_prediction``: a re-score by
+    another version still waiting leaves the finished score in force); a server from before that
+    field sends only ``latest_prediction``."""
+    return image["current_prediction"] if "current_prediction" in image else image.get("latest_prediction")
+
+
 def result_rows(images: list[dict], lesions: dict[int, dict]) -> list[dict]:
-    """Flat rows (RESULT_COLUMNS) from images with their latest prediction, for a CSV. An image the
+    """Flat rows (RESULT_COLUMNS) from images with their result in force, for a CSV. An image the
     model could not assess has no scores (the server sends none; an older one might), and stays flagged."""
     rows = []
     for image in images:
-        prediction = image.get("latest_prediction") or {}
+        prediction = shown_prediction(image) or {}
         lesion = lesions.get(image["lesion"], {})
         row = {
             "case": lesion.get("case"), "lesion": image["lesion"], "anatomic_site": lesion.get("anatomic_site"),

@@ -8,6 +8,7 @@
   var active = root.getAttribute("data-active") === "true";
   var intervalMs = 1500;
   var failures = 0;
+  var rendered = {};  // image id -> the summary HTML last put in its box
 
   function apply(data) {
     data.predictions.forEach(function (p) {
@@ -18,6 +19,9 @@
       var same = box.getAttribute("data-prediction-id") === String(p.id);
       if (same && current && current.getAttribute("data-status") === p.status && p.status !== "running"
           && !box.querySelector(".rescore-note")) { return; }
+      // unchanged since the last poll (a re-score still waiting): leave the live region alone
+      if (rendered[p.image] === p.html) { return; }
+      rendered[p.image] = p.html;
       box.innerHTML = p.html;
       box.setAttribute("data-prediction-id", String(p.id));
     });

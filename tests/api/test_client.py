@@ -181,6 +181,18 @@ def test_result_rows_drop_scores_a_server_sent_for_an_unassessable_image():
     assert rows[1]["melanoma_probability"] == 0.9 and rows[1]["flagged"] is True
 
 
+
+def test_result_rows_take_the_result_in_force_not_a_waiting_re_score():
+    from secondlook_client import result_rows
+
+    done = {"status": "done", "melanoma_probability": 0.3, "malignancy_score": 0.4, "flagged": True,
+            "assessable": True, "model_version": {"version": "v1"}}
+    image = {"id": 7, "lesion": 3, "latest_prediction": {"status": "pending", "model_version": {"version": "v2"}},
+             "current_prediction": done}
+    [row] = result_rows([image], {3: {"case": 1, "anatomic_site": "posterior torso"}})
+    assert (row["status"], row["melanoma_probability"], row["model_version"]) == ("done", 0.3, "v1")
+
+
 class _FakeResponse:
     def __init__(self, status_code: int, body: dict, headers: dict | None = None) -> None:
         self.status_code, self._body, self.headers = status_code, body, headers or {}

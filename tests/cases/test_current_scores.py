@@ -105,7 +105,8 @@ def _waiting(image, version, *, reason="", revision=0, status="pending"):
 
 
 def test_a_re_score_by_another_version_never_blanks_the_result_in_force(world, model_version, client):
-    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    ModelVersion.objects.filter(pk=model_version.pk).update(status="retired")
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x", status="active")
     image = make_image(world)
     shown = _done(image, model_version, melanoma=0.42, minutes_ago=60)
     rescore = _waiting(image, newer)

@@ -326,3 +326,33 @@ def test_a_re_score_not_scored_after_a_rollback_is_sent_again_when_its_version_r
     assert run_rescore(job_id=job.pk) == 1
     unscored.refresh_from_db()
     assert (unscored.status, unscored.error, dispatched) == ("pending", "", [unscored.pk])
+
+
+@pytest.mark.django_db
+def test_a_re_score_left_unscored_by_a_rollback_shows_no_note_and_cannot_be_retried(world, model_version, client):
+    """It will never run: the pages keep the result in force without a "re-scoring failed" note, and
+    Retry (page or API) says why instead of failing it again. A correction's re-score is never stale."""
+    from django.core.exceptions import ValidationError
+
+    from cases import services
+    from cases.scoring import stale_rescore_reason, stale_rescores
+
+    image = _image(world, "a", "a" * 64)
+    done = Prediction.objects.create(image=image, model_version=model_version, status="done",
+                                     melanoma_probability=0.2, malignancy_score=0.3, finished_at=timezone.now())
+    rolled_back = ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x")
+    stale = Prediction.objects.create(image=image, model_version=rolled_back, status="failed",
+                                      finished_at=timezone.now(), error=stale_rescore_reason("v2"))
+    assert image.current_prediction() == done and image.rescore_in_progress() is None
+    with pytest.raises(ValidationError, match="v2 is no longer active"):
+        services.retry_prediction(user=world.clin_a, prediction=stale)
+    stale.refresh_from_db()
+    assert stale.status == "failed"
+    client.force_login(world.clin_a)
+    page = client.get(f"/cases/{world.case_a.pk}/").content.decode()
+    assert "Re-scoring with model v2" not in page and "20.0%" in page
+    response = client.post(f"/predictions/{stale.pk}/retry/", follow=True)
+    assert "v2 is no longer active" in response.content.decode()
+    # a correction made under v2 (its revision 0: v2 had not scored the image yet) is not stale
+    Prediction.objects.filter(pk=stale.pk).update(reason="site corrected by Clin_A: wrong site")
+    assert not Prediction.objects.filter(pk=stale.pk).filter(stale_rescores()).exists()

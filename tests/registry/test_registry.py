@@ -354,10 +354,13 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
                                             artifact_path=str(artifact_dir), sha256=fake_sha("cand"),
                                             metrics=_gate_metrics(True, shipped, "cand"))
     kept = candidate.metrics["gate"]
+    (artifact_dir / "plots").mkdir(exist_ok=True)
+    (artifact_dir / "plots" / "benchmark_roc.png").write_bytes(b"the plot of its activation")
 
     def activated_meanwhile(candidate_dir, active, *, target_sensitivity):
         lifecycle.activate_version(version=ModelVersion.objects.get(pk=candidate.pk))
-        (candidate_dir / "gate.json").write_text("{}")  # as measure_gate writes it
+        (candidate_dir / "gate.json").write_text("{}")  # as measure_gate writes them
+        (candidate_dir / "plots" / "benchmark_roc.png").write_bytes(b"a discarded comparison")
         return stored_gate(allowed=False, active=None)
 
     monkeypatch.setattr(retraining, "measure_gate", activated_meanwhile)
@@ -366,6 +369,7 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
     candidate.refresh_from_db()
     assert candidate.status == "active" and candidate.metrics["gate"] == kept
     assert not (artifact_dir / "gate.json").exists()  # the file it had (none) is put back too
+    assert (artifact_dir / "plots" / "benchmark_roc.png").read_bytes() == b"the plot of its activation"
     assert not AuditEvent.objects.filter(action="update").exists()
 
 
