@@ -106,6 +106,16 @@ UNRELIABLE_WHEN_NOT_ASSESSABLE = ("melanoma_probability", "malignancy_score", "c
 NOT_ASSESSABLE_HELP = "null when the model could not assess the image (assessable false: see assessment_notes)"
 
 
+def current_pk(context: dict, image: LesionImage) -> int | None:
+    """The pk of ``image``'s result in force (``LesionImage.current_prediction``), worked out once
+    per image and serializer context (a list page shares it between the image's predictions)."""
+    known = context.setdefault("_current_by_image", {})
+    if image.pk not in known:
+        shown = image.current_prediction()
+        known[image.pk] = shown.pk if shown is not None else None
+    return known[image.pk]
+
+
 class PredictionSerializer(serializers.ModelSerializer):
     model_version = ModelVersionSummarySerializer(read_only=True)
     error = serializers.CharField(source="error_for_display", read_only=True)
@@ -143,12 +153,7 @@ class PredictionSerializer(serializers.ModelSerializer):
         return assessment_of(prediction.assessment)
 
     def get_is_current(self, prediction: Prediction) -> bool:
-        # one query per image, shared by the page's predictions of that image
-        current = self.context.setdefault("_current_by_image", {})
-        if prediction.image_id not in current:
-            shown = LesionImage.objects.get(pk=prediction.image_id).current_prediction()
-            current[prediction.image_id] = shown.pk if shown is not None else None
-        return current[prediction.image_id] == prediction.pk
+        return current_pk(self.context, prediction.image) == prediction.pk
 
     def to_representation(self, prediction: Prediction) -> dict:
         data = super().to_representation(prediction)
@@ -189,8 +194,7 @@ class ImageSerializer(serializers.ModelSerializer):
     def _prediction(self, image: LesionImage, prediction: Prediction | None) -> dict | None:
         if prediction is None:
             return None
-        shown = image.current_prediction()  # from the prefetched predictions: no query for is_current
-        self.context.setdefault("_current_by_image", {})[image.pk] = shown.pk if shown is not None else None
+        current_pk(self.context, image)  # from the prefetched predictions: is_current needs no query
         return PredictionSerializer(prediction, context=self.context).data
 
 
