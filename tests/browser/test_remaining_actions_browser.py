@@ -72,6 +72,32 @@ def test_retry_a_failed_score_by_clicking(live_server, browser_page, monkeypatch
     assert failed.status == "pending" and failed.error == "" and sent == [failed.pk]
 
 
+def test_retry_a_failed_re_score_by_clicking_beside_the_result_in_force(live_server, browser_page, monkeypatch):
+    from playwright.sync_api import expect
+
+    sent = []
+    monkeypatch.setattr("cases.scoring.dispatch_prediction", lambda pk, **kwargs: sent.append(pk) or True)
+    page, base = browser_page, live_server.url
+    clinician, case, lesion = _clinic_case()
+    old = ModelVersion.objects.create(version="browser-old-v1", status=ModelVersion.Status.RETIRED)
+    new = ModelVersion.objects.create(version="browser-new-v2", status=ModelVersion.Status.ACTIVE)
+    name = default_storage.save("lesion-images/rescore.png", ContentFile(png()))
+    image = lesion.images.create(file=name, sha256="e" * 64, size_bytes=10, width=96, height=64,
+                                 uploaded_by=clinician)
+    Prediction.objects.create(image=image, model_version=old, status="done", melanoma_probability=0.42,
+                              malignancy_score=0.5, finished_at=timezone.now())
+    failed = Prediction.objects.create(image=image, model_version=new, status="failed", error="worker lost",
+                                       finished_at=timezone.now())
+    log_in(page, base, "cora")
+    page.goto(f"{base}/cases/{case.pk}/")
+    expect(page.locator(".prediction-summary").first).to_contain_text("42.0%")  # the result in force stays
+    expect(page.locator(".rescore-note")).to_contain_text("Re-scoring with model browser-new-v2: failed")
+    page.get_by_role("button", name="Retry the re-score").click()
+    expect(page.locator(".messages")).to_contain_text("Scoring was restarted for this image.")
+    failed.refresh_from_db()
+    assert failed.status == "pending" and sent == [failed.pk]
+
+
 def test_correct_a_histopathology_result_by_clicking(live_server, browser_page):
     from playwright.sync_api import expect
 
