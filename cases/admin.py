@@ -16,25 +16,27 @@ from cases.monitoring import RECENT_DAYS, assessment_rates
 from cases.rescoring import disagreement_count, scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
 from classifier.models import ModelVersion, RescoreJob
-from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Outcome, Patient, Prediction,
-                          Review)
+from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Outcome, Patient, PatientLesion,
+                          Prediction, Review)
 
 
 # how each record reaches its clinic: the admin scopes lists and foreign-key choices with it
 CLINIC_PATHS = {Clinic: "pk", ClinicMembership: "clinic", Patient: "clinic", Case: "patient__clinic",
-                Lesion: "case__patient__clinic", LesionImage: "lesion__case__patient__clinic",
+                PatientLesion: "patient__clinic", Lesion: "case__patient__clinic", LesionImage: "lesion__case__patient__clinic",
                 Prediction: "image__lesion__case__patient__clinic", Review: "lesion__case__patient__clinic",
                 Outcome: "lesion__case__patient__clinic", get_user_model(): "clinic_membership__clinic"}
+# records of no clinic, which every clinic's staff may see and pick (the model versions that scored)
+SHARED_MODELS = {ModelVersion}
 
 
 def in_own_clinic(queryset, user):
     """``queryset`` limited to ``user``'s clinic unless the user is a superuser (a staff user
-    without a clinic gets nothing). Models without a clinic are returned unchanged."""
-    path = CLINIC_PATHS.get(queryset.model)
-    if path is None or user.is_superuser:
+    without a clinic gets nothing). Shared models (``SHARED_MODELS``) are returned unchanged; any
+    other model missing from ``CLINIC_PATHS`` gives a staff user nothing rather than every clinic's rows."""
+    if user.is_superuser or queryset.model in SHARED_MODELS:
         return queryset
-    clinic = clinic_of(user)
-    return queryset.filter(**{path: clinic.pk}) if clinic is not None else queryset.none()
+    path, clinic = CLINIC_PATHS.get(queryset.model), clinic_of(user)
+    return queryset.filter(**{path: clinic.pk}) if path is not None and clinic is not None else queryset.none()
 
 
 def visible_predictions(request) -> QuerySet:
@@ -178,10 +180,25 @@ class CaseAdmin(ClinicalAdmin):
 
 @admin.register(Lesion)
 class LesionAdmin(ClinicalAdmin):
+    """Which patient lesion a visit's record belongs to (``tracked``) decides its timeline and the
+    images its reviews label for training: staff who are not superusers cannot change it here, and
+    a superuser can pick only the case's own patient's lesions (the model refuses any other)."""
+
     list_display = ["pk", "case", "anatomic_site", "flagged", "awaiting_review", "flagged_at"]
     list_filter = ["anatomic_site", "flagged", "awaiting_review"]
     search_fields = ["case__patient__identifier", "description"]
     raw_id_fields = ["case"]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        return readonly if request.user.is_superuser else [*readonly, "tracked"]
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        if obj is not None and "tracked" in form.base_fields:
+            field = form.base_fields["tracked"]
+            field.queryset = field.queryset.filter(patient_id=obj.case.patient_id)
+        return form
 
 
 def _file_link(url: str, label: str):
@@ -395,5 +412,6 @@ class RescoreJobAdmin(admin.ModelAdmin):
         return False
 
 
-# Histopathology outcomes and the Monitoring page (imported last: they build on the classes above)
-from cases import admin_monitoring  # noqa: E402,F401
+# Histopathology outcomes and the Monitoring page, and the accounts scoped to the clinic
+# (imported last: they build on the classes above)
+from cases import admin_monitoring, admin_users  # noqa: E402,F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Max, Q
@@ -262,12 +263,31 @@ class Lesion(models.Model):
             models.UniqueConstraint(fields=["case", "tracked"], name="lesion_once_per_visit"),
         ]
 
+    OTHER_PATIENT = "That lesion belongs to another patient."
+
+    def _tracked_of_another_patient(self) -> bool:
+        """True when ``tracked`` is a lesion of a patient other than the case's (asked of the
+        database, not of cached objects)."""
+        if self.tracked_id is None or self.case_id is None:
+            return False
+        return not PatientLesion.objects.filter(pk=self.tracked_id, patient__cases=self.case_id).exists()
+
+    def clean(self) -> None:
+        super().clean()
+        if self._tracked_of_another_patient():
+            raise ValidationError({"tracked": self.OTHER_PATIENT})
+
     def save(self, *args, **kwargs) -> None:
         # every writer (services, admin, shell, fixtures) gets a patient lesion: a lesion recorded
         # without saying which earlier one it is, is a new one
         if self.tracked_id is None and self.case_id is not None:
             self.tracked = PatientLesion.objects.create(patient=self.case.patient,
                                                         number=PatientLesion.next_number(self.case.patient))
+        # and never one of another patient, whoever writes it: the visit would join that patient's
+        # timeline, and its reviews would label that patient's images for training
+        update_fields = kwargs.get("update_fields")
+        if (update_fields is None or {"case", "tracked"} & set(update_fields)) and self._tracked_of_another_patient():
+            raise ValidationError(self.OTHER_PATIENT)
         super().save(*args, **kwargs)
 
     def audit_scope(self) -> tuple[int | None, int | None]:
