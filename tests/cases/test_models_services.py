@@ -190,7 +190,8 @@ def test_registry_thresholds_can_flag(world, model_version, fake_classifier):
     scoring.run_prediction(prediction_id=prediction.pk)
     prediction.refresh_from_db()
     assert prediction.flagged
-    assert prediction.flag_reasons == ["melanoma probability 0.05 ≥ threshold 0.00", "malignancy score 0.80 ≥ threshold 0.00"]
+    # in the result page's percent format (cases_extras.percent / percent_against)
+    assert prediction.flag_reasons == ["melanoma probability 5.0% ≥ threshold 0.0%", "malignancy score 80.0% ≥ threshold 0.0%"]
 
 
 def test_registry_thresholds_replace_the_models_decision(world, model_version, fake_classifier):
