@@ -27,7 +27,7 @@ from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate,
 from cases import statements
 from cases.models import Case, Lesion, LesionImage, Prediction
 from cases.outcomes import current_outcome
-from cases.presentation import age_at_visit, age_caveat
+from cases.presentation import age_at_visit, displayed_set, reliability_caveats, review_state_text, set_note
 from cases.report_bodymap import body_map, map_point_of
 from cases.report_model import models_section, reading_section
 from cases.report_style import (CONTENT_WIDTH, FLAG_BG, FLAG_EDGE, MARGIN, RULE, WARN_BG, WARN_EDGE, Fonts, bold,
@@ -273,31 +273,31 @@ def cannot_assess_box(prediction: Prediction) -> Table:
     """The prominent warning in place of scores: they are kept in the record, never shown here."""
     content = [para(esc(CANNOT_ASSESS), "warn"),
                para(esc("This image is outside what the model can judge: its scores are not reliable and are not "
-                        "shown. The lesion was sent to a dermatologist for review.")),
+                        "shown. " + review_state_text(prediction.image.lesion))),
                para(bold("Why:"))]
     content += bullets(prediction.assessment_notes or ["no reason was recorded"])
     ood = (prediction.assessment or {}).get("ood") if isinstance(prediction.assessment, dict) else None
     if isinstance(ood, dict) and isinstance(ood.get("score"), (int, float)):
         limit = ood.get("threshold")
-        content.append(para(esc(f"Unfamiliarity score {ood['score']:.0f}"
-                                + (f" (limit {limit:.0f})" if isinstance(limit, (int, float)) else "")), "small"))
+        content.append(para(esc(f"Unfamiliarity score {ood['score']:.2f}"
+                                + (f" (limit {limit:.2f})" if isinstance(limit, (int, float)) else "")), "small"))
     return boxed(content, WARN_BG, WARN_EDGE)
 
 
 def flag_box(prediction: Prediction) -> Flowable:
     if not prediction.flagged:
-        return para(bold("Not flagged") + esc(" at the model's operating thresholds."))
+        return para(bold("Not flagged") + esc(f" at the model's operating thresholds. {statements.BELOW_THRESHOLD}"))
     content = [para(bold("Flagged") + esc(" for dermatologist review"))] + bullets(prediction.flag_reasons or [])
     return boxed(content, FLAG_BG, FLAG_EDGE)
 
 
 def done_result(prediction: Prediction, case: Case) -> list[Flowable]:
     parts: list[Flowable] = [flag_box(prediction), Spacer(1, 4), scores_table(prediction)]
-    if prediction.prediction_set:
-        names = ", ".join(str(c).capitalize() for c in prediction.prediction_set)
-        parts.append(para(bold("Diagnoses the model cannot rule out: ") + esc(names)))
-    caveat = age_caveat(prediction.model_version.metrics or {}, age_at(case))
-    if caveat:
+    members = displayed_set(prediction)
+    if members:
+        parts.append(para(bold("Diagnoses the model cannot rule out: ") + esc(", ".join(map(str, members)))))
+        parts.append(para(esc(set_note(prediction, members)), "small"))
+    for caveat in reliability_caveats(prediction, case):
         parts.append(para(bold("Reliability: ") + esc(caveat)))
     context = prediction.clinical_context
     if context:

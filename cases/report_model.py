@@ -4,13 +4,12 @@ and its known limits.
 """
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import Any
 
 from reportlab.platypus import Flowable, Spacer
 
 from cases import statements
+from cases.presentation import card_of, set_coverage_text
 from cases.report_style import bold, bullets, esc, facts_table, para
 from cases.templatetags.cases_extras import percent
 from classifier.models import ModelVersion
@@ -28,38 +27,21 @@ def figure(value: Any, interval: Any = None) -> str:
     return "not measured" if not isinstance(value, (int, float)) else f"{value:.3f}{ci(interval)}"
 
 
-@functools.lru_cache(maxsize=8)
-def _card(model_dir: str) -> dict:
-    """The parts of the version's model card the report uses, where its artifact is on this host
-    (workers may hold it elsewhere). Only those parts are kept: the whole card lists every split id."""
-    from mlcore.artifact import CardError, read_card
-
-    try:
-        card = read_card(Path(model_dir), required=())
-    except (CardError, OSError):
-        return {}
-    kept = {key: card[key] for key in ("external", "limitations") if key in card}
-    measured = (card.get("assessment") or {}).get("measured")
-    if measured:
-        kept["assessment"] = {"measured": measured}
-    return kept
-
-
-def card_of(version: ModelVersion) -> dict:
-    return _card(version.artifact_path) if version.artifact_path else {}
-
-
 def reading_section(versions: list[ModelVersion]) -> list[Flowable]:
     """What the numbers mean, in the words of the result page."""
     targets = sorted({v.target_sensitivity for v in versions if v.target_sensitivity})
     target = " or ".join(f"{t:.0%}" for t in targets) or "the target"
     malignant = ", ".join(sorted(MALIGNANT_CLASSES))
+    if len(versions) == 1:
+        coverage = " " + set_coverage_text(versions[0])
+    else:  # each version's sets were measured on their own
+        coverage = "".join(f" Model {v.version}: {set_coverage_text(v)}" for v in versions)
     texts = [
         bold("Melanoma probability") + esc(": the model's probability that the lesion in the image is a melanoma, "
-                                           "calibrated on validation images (temperature scaling): on images like "
-                                           "its training images, about one in five lesions scored 20% is a "
-                                           "melanoma. On images from other clinics and devices it can be far off "
-                                           "(see the measured limits below)."),
+                                           "calibrated on validation images (temperature scaling). No figure here "
+                                           "measures how often lesions given a score turn out to be melanomas; on "
+                                           "images from other clinics and devices it can be far off (see the "
+                                           "measured limits below)."),
         bold("Malignancy score") + esc(f": the summed probability of the malignant classes ({malignant})."),
         bold("Thresholds") + esc(f": chosen on validation data, never on the test data, as the highest values that "
                                  f"still reach {target} sensitivity (the values in use are listed with the model "
@@ -67,13 +49,15 @@ def reading_section(versions: list[ModelVersion]) -> list[Flowable]:
                                  "when either score reaches its threshold. They are set low on purpose, so most "
                                  "flagged lesions are benign; a score below its threshold does not rule out "
                                  "malignancy."),
-        bold("Diagnoses the model cannot rule out") + esc(": a conformal prediction set; on validation images the "
-                                                          "true diagnosis was in the set for 90 % of images. It "
-                                                          "describes the model's uncertainty, not a differential "
-                                                          "diagnosis."),
+        bold("Diagnoses the model cannot rule out") + esc(
+            f": a conformal prediction set.{coverage} A class whose score reached a flag threshold is added when "
+            "the set lacks it (marked \"added\"): melanoma when the melanoma probability reached its threshold, "
+            "the most probable malignant class when the malignancy score did. The set describes the model's "
+            "uncertainty, not a differential diagnosis."),
         bold("Model could not assess") + esc(": the image failed a quality check, was unlike the training images "
                                              "(out of domain) or is not a dermoscopic image. Its scores are not "
-                                             "shown and the lesion goes to a dermatologist."),
+                                             "shown and the lesion goes to a dermatologist, unless one has "
+                                             "already reviewed it since the image was taken."),
         bold("Grad-CAM") + esc(": where in the image the model looked for the melanoma class; age, sex and site are "
                                "not in it, and it is not a map of the lesion."),
     ]
@@ -117,9 +101,22 @@ def external_text(name: str, ext: dict) -> str:
     parts = [f"{name}: {size}never trained on. Melanoma AUC "
              f"{figure(ext['melanoma_auc'], ext.get('melanoma_auc_ci95'))}",
              at_threshold(ext.get("melanoma_operating_point"), "melanoma")]
-    if isinstance(ext.get("not_assessable"), int) and ext.get("n_images"):
-        parts.append(f"could not assess {ext['not_assessable']} of {ext['n_images']} images")
-    return "; ".join(p for p in parts if p) + "."
+    withheld = ext.get("not_assessable")
+    if isinstance(withheld, int) and ext.get("n_images"):
+        melanomas = (ext.get("not_assessable_by_diagnosis") or {}).get("melanoma")
+        among = (f" ({melanomas} of the {ext['n_melanoma']} melanomas among them)"
+                 if isinstance(melanomas, int) and isinstance(ext.get("n_melanoma"), int) else "")
+        parts.append(f"could not assess {withheld} of {ext['n_images']} images{among}")
+    text = "; ".join(p for p in parts if p) + "."
+    if isinstance(withheld, int) and withheld and ext.get("n_images"):
+        text += (f" The AUC and threshold figures are over all {ext['n_images']} images, including the {withheld} "
+                 "whose scores the app withholds because it could not assess them.")
+    sent = ext.get("sent_to_review")
+    if isinstance(sent, dict) and isinstance(sent.get("sensitivity"), (int, float)):
+        text += (" Sent to a dermatologist as the app does it (flagged, or could not assess): sensitivity "
+                 f"{figure(sent['sensitivity'], sent.get('sensitivity_ci95'))}, specificity "
+                 f"{figure(sent.get('specificity'), sent.get('specificity_ci95'))}.")
+    return text
 
 
 def external_figures(version: ModelVersion) -> list[str]:

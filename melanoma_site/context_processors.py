@@ -14,6 +14,7 @@ def site(request: HttpRequest) -> dict:
         "INTENDED_USE_LEAD": statements.INTENDED_USE_LEAD,
         "INTENDED_USE": statements.intended_use(settings.SITE_NAME),
         "RESULT_INTENDED_USE": statements.RESULT_INTENDED_USE,
+        "BELOW_THRESHOLD": statements.BELOW_THRESHOLD,
         "DATA_ATTRIBUTION": statements.DATA_ATTRIBUTION,
     }
     user = getattr(request, "user", None)
