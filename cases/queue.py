@@ -31,27 +31,48 @@ def _awaiting(case_ref=OuterRef("pk")) -> Exists:
 CANNOT_ASSESS_RANK = 0.5
 
 
+def in_force_scores(**image_filter) -> QuerySet[Prediction]:
+    """The finished predictions in force (``LesionImage.current_prediction``) of the images that
+    ``image_filter`` selects: an image's newest finished prediction, unless a newer one for a
+    correction (with its ``reason``) waits, runs or failed, which makes every older score stale.
+    A version re-score still waiting leaves the finished score before it in force."""
+    replaced_by = Prediction.objects.filter(image=OuterRef("image")).filter(
+        Q(status=Prediction.Status.DONE) | ~Q(reason="")).filter(
+        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")))
+    return Prediction.objects.filter(status=Prediction.Status.DONE, **image_filter).exclude(Exists(replaced_by))
+
+
+def _flag_cleared(scores: QuerySet[Prediction]) -> Q:
+    """Flagged by an earlier score (before a correction, or by the version a re-score replaced)
+    while every finished score in force of the flagged lesions is below the thresholds."""
+    return Q(Exists(scores)) & ~Q(Exists(scores.filter(flagged=True)))
+
+
+def flag_cleared_lesions(case: Case) -> set[int]:
+    """The case's lesions waiting for review although their scores in force are all below the
+    thresholds (the queue's ``flag_cleared``, per lesion): an earlier score flagged them, and they
+    stay until a dermatologist reviews them."""
+    scores = in_force_scores(image__lesion=OuterRef("pk"))
+    return set(lesions_to_review(case).filter(_flag_cleared(scores)).values_list("pk", flat=True))
+
+
 def review_queue() -> QuerySet[Case]:
     """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest. An
     image the model could not assess has no trustworthy score: its case is annotated
     ``cannot_assess`` and ranks at CANNOT_ASSESS_RANK (or its other lesions' score, if higher).
-    ``top_melanoma`` is None when no image has an assessable score; ``flag_cleared`` says that the
-    lesions were flagged by an earlier score and their current scores are not flagged (they stay
-    until a dermatologist reviews them). Each image counts with its newest finished prediction."""
-    # each image's newest finished prediction only: an older revision or model version it replaced
-    # must neither lend the case a score nor mark it "could not assess"
-    newer_done = Prediction.objects.filter(image=OuterRef("image"), status=Prediction.Status.DONE).filter(
-        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")))
-    awaiting_done = Prediction.objects.filter(
-        image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True, status=Prediction.Status.DONE
-    ).exclude(Exists(newer_done))
-    top_melanoma = (
-        awaiting_done.filter(assessable=True).order_by("-melanoma_probability").values("melanoma_probability")[:1]
-    )
+    ``top_melanoma`` is None when no image has an assessable score (``top_threshold``: the melanoma
+    threshold of the version that gave it); ``flag_cleared`` says that the lesions were flagged by
+    an earlier score and their current scores are not flagged (they stay until a dermatologist
+    reviews them). Each image counts with its finished prediction in force, as the case page shows
+    it (``in_force_scores``)."""
+    # an older revision or model version the one in force replaced, or a score made stale by a
+    # correction's re-score, must neither lend the case a score nor mark it "could not assess"
+    awaiting_done = in_force_scores(image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True)
+    # the same row gives the score and its version's threshold
+    top = awaiting_done.filter(assessable=True).order_by("-melanoma_probability", "-created_at", "-pk")
     cannot_assess = Exists(awaiting_done.filter(assessable=False))
-    # flagged by an earlier score (before a correction, or by the version a re-score replaced) while
-    # every current score of its flagged lesions is below the thresholds: it stays for review, said so
-    flag_cleared = Q(Exists(awaiting_done)) & ~Q(Exists(awaiting_done.filter(flagged=True)))
+    # flagged by an earlier score, every current one below the thresholds: it stays for review, said so
+    flag_cleared = _flag_cleared(awaiting_done)
     # a flagged lesion of the case that was seen at an earlier visit (sequential dermoscopy)
     earlier = Lesion.objects.filter(tracked=OuterRef("tracked")).filter(
         Q(case__visit_date__lt=OuterRef("case__visit_date"))
@@ -62,7 +83,9 @@ def review_queue() -> QuerySet[Case]:
         Case.objects.filter(_awaiting())
         .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
         # None when no image of the case has an assessable score (never a made-up 0.0)
-        .annotate(top_melanoma=Subquery(top_melanoma), cannot_assess=cannot_assess,
+        .annotate(top_melanoma=Subquery(top.values("melanoma_probability")[:1]),
+                  top_threshold=Subquery(top.values("model_version__melanoma_threshold")[:1]),
+                  cannot_assess=cannot_assess,
                   flag_cleared=ExpressionWrapper(flag_cleared, output_field=BooleanField()),
                   has_earlier_visits=followed, waiting_since=Subquery(waiting_since.values("flagged_at")[:1]))
         .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),

@@ -146,6 +146,8 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
         "can_edit": can_edit,
         "may_correct": corrections.may_correct(request.user, case),
         "is_reviewer": access.is_reviewer(request.user),
+        # waiting for review although every current score is below the thresholds: said beside the flag
+        "flag_cleared": queue.flag_cleared_lesions(case),
         "lesion_form": LesionForm(case=case),
         "map": body_map.svg_context(interactive=True, clearable=True),
         "upload_form": UploadForm(),

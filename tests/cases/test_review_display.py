@@ -1,0 +1,87 @@
+"""What the case page, the queue, the timeline, the upload and the review page tell the clinician
+and the dermatologist: a lesion still queued after its current score fell below the thresholds
+says why; the queue ranks by the score in force; a score never reads as equal to a threshold it
+is not; a visit the model could not assess is not "not scored"; clinical photos are not said to
+be scored; and the review page links to the earlier visits it asks about."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from cases import queue, services
+from cases.models import Case, Lesion, LesionImage, Prediction
+from classifier.models import ModelVersion
+from tests.support.case_helpers import make_image
+from tests.support.imagegen import png, upload
+
+pytestmark = pytest.mark.django_db
+
+CLEARED = "Flagged by an earlier score; its current score is below the thresholds."
+
+
+def _score(image, version, *, melanoma, flagged=True, assessable=True, minutes_ago=0, revision=0, reason="",
+           status="done"):
+    done = status == "done"
+    return Prediction.objects.create(
+        image=image, model_version=version, status=status, melanoma_probability=melanoma if done else None,
+        malignancy_score=melanoma if done else None, flagged=flagged, assessable=assessable,
+        context_revision=revision, reason=reason, assessment_notes=[] if assessable else ["not dermoscopic"],
+        created_at=timezone.now() - timedelta(minutes=minutes_ago), finished_at=timezone.now() if done else None)
+
+
+def _queue(*lesions):
+    Lesion.objects.filter(pk__in=[lesion.pk for lesion in lesions]).update(
+        flagged=True, awaiting_review=True, flagged_at=timezone.now())
+
+
+def test_the_case_page_says_why_a_lesion_whose_current_score_is_not_flagged_still_waits(world, model_version,
+                                                                                         client):
+    image = make_image(world)
+    _queue(world.lesion_a)
+    _score(image, model_version, melanoma=0.6, minutes_ago=60)
+    client.force_login(world.clin_a)
+    url = f"/cases/{world.case_a.pk}/"
+    assert CLEARED not in client.get(url).content.decode()  # its current score flagged it
+    _score(image, model_version, melanoma=0.02, flagged=False, revision=1, reason="site corrected")
+    page = client.get(url).content.decode()
+    assert "Flagged — awaiting dermatologist review" in page and "Not flagged" in page
+    assert page.count(CLEARED) == 1 and f'id="lesion-{world.lesion_a.pk}-flag-cleared"' in page
+    (case,) = queue.review_queue()
+    assert case.flag_cleared  # the queue and the case page decide it the same way
+    # a dermatologist's review closes it: the explanation goes with the flag
+    Lesion.objects.filter(pk=world.lesion_a.pk).update(awaiting_review=False)
+    assert CLEARED not in client.get(url).content.decode()
+
+
+def test_the_queue_ranks_and_shows_the_score_in_force_not_one_a_correction_made_stale(world, model_version, client):
+    stale = make_image(world)
+    _score(stale, model_version, melanoma=0.6, minutes_ago=60)
+    _score(stale, model_version, melanoma=None, revision=1, reason="site corrected", status="pending")
+    other = make_image(world, sha="b" * 64, lesion=world.lesion_b)
+    _score(other, model_version, melanoma=0.3)
+    _queue(world.lesion_a, world.lesion_b)
+    rows = list(queue.review_queue())
+    assert [row.pk for row in rows] == [world.case_b.pk, world.case_a.pk]  # the stale 60 % ranks nothing
+    assert rows[1].top_melanoma is None and not rows[1].cannot_assess and not rows[1].flag_cleared
+    client.force_login(world.derm)
+    page = client.get("/queue/").content.decode()
+    assert "60.0%" not in page and "30.0%" in page
+    # a re-score by another version waiting leaves the finished score in force, as on the case page
+    Prediction.objects.filter(image=stale, reason="site corrected").delete()
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    _score(stale, newer, melanoma=None, status="pending")
+    assert stale.current_prediction().melanoma_probability == 0.6
+    assert [row.top_melanoma for row in queue.review_queue()] == [0.6, 0.3]
+
+
+def test_the_queue_shows_a_score_just_below_the_threshold_with_the_digits_that_tell_them_apart(world, model_version,
+                                                                                               client):
+    ModelVersion.objects.filter(pk=model_version.pk).update(melanoma_threshold=0.092)
+    _score(make_image(world), model_version, melanoma=0.0921)
+    _queue(world.lesion_a)
+    (case,) = queue.review_queue()
+    assert case.top_threshold == 0.092
+    client.force_login(world.derm)
+    assert ">9.21%<" in client.get("/queue/").content.decode()
