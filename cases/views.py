@@ -224,6 +224,10 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
             return default
 
     first, second = chosen("a", visits[0]), chosen("b", visits[-1])
+    for visit in visits:  # the threshold of the score shown, so that it never reads as equal to it when not
+        visit.melanoma_threshold = next(
+            (p.model_version.melanoma_threshold for i in visit.images if (p := followup.latest_scored(i)) is not None
+             and p.assessable and p.melanoma_probability == visit.melanoma), None)
     threshold = next((p.model_version.melanoma_threshold for v in reversed(visits) for i in v.images
                       if (p := followup.latest_scored(i)) is not None), None)
     versions = followup.scoring_versions(visits)  # more than one: the line is the latest version's only

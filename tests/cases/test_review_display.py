@@ -85,3 +85,27 @@ def test_the_queue_shows_a_score_just_below_the_threshold_with_the_digits_that_t
     assert case.top_threshold == 0.092
     client.force_login(world.derm)
     assert ">9.21%<" in client.get("/queue/").content.decode()
+
+
+def _later_visit(world):
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=timezone.localdate() - timedelta(days=90))
+    later = services.create_case(user=world.clin_a, patient=world.patient_a, clinical_question="Follow-up",
+                                 visit_date=timezone.localdate())
+    return services.add_lesion(user=world.clin_a, case=later, anatomic_site="posterior torso",
+                               same_as=world.lesion_a.tracked)
+
+
+def test_the_timeline_tells_a_score_from_the_threshold_and_says_when_the_model_could_not_assess(world, model_version,
+                                                                                               client):
+    ModelVersion.objects.filter(pk=model_version.pk).update(melanoma_threshold=0.092)
+    later = _later_visit(world)
+    _score(make_image(world), model_version, melanoma=0.0921, flagged=False)
+    _score(make_image(world, sha="c" * 64, lesion=later), model_version, melanoma=0.0, assessable=False)
+    client.force_login(world.clin_a)
+    page = client.get(f"/patients/{world.patient_a.pk}/lesions/1/").content.decode()
+    visits = page[page.index('<ol class="timeline">'):]
+    first, second = visits.split(f'id="visit-{later.pk}"')
+    assert "Highest melanoma probability: <strong>9.21%</strong>" in first
+    assert "Model could not assess" in second and "Not scored yet" not in second
+    captions = page[page.index('class="compare-pair"'):page.index('<ol class="timeline">')]
+    assert "melanoma 9.21%" in captions and "model could not assess" in captions and "not scored" not in captions
