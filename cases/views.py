@@ -251,8 +251,17 @@ def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> Non
     """One message per file, so the user knows exactly what happened to each."""
     if outcome.accepted:
         # without a model nothing is scoring: say when it will, once, and only when something was stored
-        next_step = ("stored; scoring will start when a model is available" if outcome.scoring_unavailable
-                     else "scoring has started")
+        clinical = sum(image.kind == LesionImage.Kind.CLINICAL for image in outcome.accepted)
+        if clinical == len(outcome.accepted):
+            # the model does not score clinical photos: they are stored and go to a dermatologist
+            # (as "could not assess", once a model has looked at them)
+            next_step = ("stored; clinical photos are not scored by the model and go to a dermatologist"
+                         + (" once a model is available" if outcome.scoring_unavailable else ""))
+        else:
+            next_step = ("stored; scoring will start when a model is available" if outcome.scoring_unavailable
+                         else "scoring has started")
+            if clinical:
+                next_step += f" ({clinical} clinical photo(s) among them are not scored by the model and go to a dermatologist)"
         messages.success(request, f"{len(outcome.accepted)} image(s) uploaded and {next_step}.")
     for name, existing in outcome.duplicates:
         where = f" (already stored as image {existing.pk})" if existing else " (twice in this upload)"

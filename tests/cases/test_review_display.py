@@ -109,3 +109,15 @@ def test_the_timeline_tells_a_score_from_the_threshold_and_says_when_the_model_c
     assert "Model could not assess" in second and "Not scored yet" not in second
     captions = page[page.index('class="compare-pair"'):page.index('<ol class="timeline">')]
     assert "melanoma 9.21%" in captions and "model could not assess" in captions and "not scored" not in captions
+
+
+def test_clinical_photos_are_not_said_to_be_scored(world, client, dispatched):
+    client.force_login(world.clin_a)
+    form = client.get(f"/cases/{world.case_a.pk}/").content.decode()
+    assert "clinical photos are kept for the dermatologist and not scored by the model" in form.lower()
+    response = client.post(f"/lesions/{world.lesion_a.pk}/", {"images": [upload("close-up.png", png(), "image/png")],
+                                                                "kind": "clinical"}, follow=True)
+    texts = [str(m) for m in response.context["messages"]]
+    assert LesionImage.objects.get().kind == "clinical"
+    assert texts == ["1 image(s) uploaded and stored; clinical photos are not scored by the model and go to a "
+                     "dermatologist."], texts
