@@ -434,8 +434,9 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("case_detail", case.pk)
     lesions = list(queue.lesions_to_review(case).prefetch_related("images__predictions__model_version"))
     patient_age = age_at_visit(case)
-    forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}",
-                        earlier_visits=followup.earlier_visits(lesion).exists()) for lesion in lesions]
+    earlier = [followup.earlier_visits(lesion).count() for lesion in lesions]
+    forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}", earlier_visits=bool(n))
+             for lesion, n in zip(lesions, earlier)]
     if request.method == "POST" and forms and all(form.is_valid() for form in forms):
         entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data) for lesion, form in zip(lesions, forms)]
         try:
@@ -446,5 +447,6 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, "Review saved. The case has left the queue.")
         return redirect("review_queue")
     return _no_store(render(request, "cases/review.html", {
-        "case": case, "items": list(zip(lesions, forms)), "patient_age": patient_age,
+        # with the number of earlier visits: the timeline link lets the reviewer compare with them
+        "case": case, "items": list(zip(lesions, forms, earlier)), "patient_age": patient_age,
     }, status=400 if request.method == "POST" else 200))

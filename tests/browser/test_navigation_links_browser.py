@@ -1,10 +1,12 @@
 """The navigation links no other browser test clicked, clicked in a real browser: "Find a patient"
 on the start page, "Cancel" on the new-patient, correction and body-map forms (nothing is saved),
 the breadcrumbs "Back" and "Back to the timeline", "Back to the case" on a lesion page, and the
-dermatologist's "Continue review" (queue) and "Review flagged lesions" (case page)."""
+dermatologist's "Continue review" (queue) and "Review flagged lesions" (case page), and the review
+page's link to the timeline of a lesion seen at an earlier visit."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -101,3 +103,32 @@ def test_a_dermatologist_goes_from_the_queue_to_the_review_and_back(live_server,
     page.goto(f"{base}/lesions/{lesion.pk}/")
     page.get_by_role("link", name="Back to the case").click()
     expect(page).to_have_url(f"{base}/cases/{case.pk}/")
+
+
+def test_the_review_page_opens_the_timeline_of_the_earlier_visits(live_server, browser_page):
+    from playwright.sync_api import expect
+
+    page, base = browser_page, live_server.url
+    patient, first, lesion = _clinic_case()
+    Case.objects.filter(pk=first.pk).update(visit_date=timezone.localdate() - timedelta(days=90))
+    later = Case.objects.create(patient=patient, referring_clinician=first.referring_clinician,
+                                clinical_question="Has it changed?")
+    again = Lesion.objects.create(case=later, tracked=lesion.tracked, anatomic_site="lower extremity",
+                                  flagged=True, awaiting_review=True, flagged_at=timezone.now())
+    dora = make_user("dora", "Dora Derm", DERMATOLOGIST)
+    Case.objects.filter(pk=later.pk).update(claimed_by=dora, claimed_at=timezone.now())
+    review_url = f"{base}/cases/{later.pk}/review/"
+    log_in(page, base, "dora")
+    page.goto(review_url)
+    expect(page.get_by_text("Changed since the earlier visit?")).to_be_visible()
+    page.get_by_role("radio", name="Agree with the AI flag", exact=True).check()  # what is filled in stays: the timeline opens in a new tab
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="Timeline of L1: compare with its earlier visit").click()
+    timeline = opened.value
+    timeline.wait_for_load_state()
+    expect(timeline).to_have_url(f"{base}/patients/{patient.pk}/lesions/{lesion.tracked.number}/")
+    expect(timeline.get_by_role("heading", name="Lesion L1 · Lower extremity")).to_be_visible()
+    expect(timeline.locator(f"#visit-{lesion.pk}")).to_contain_text(f"case {first.pk}")
+    expect(timeline.locator(f"#visit-{again.pk}")).to_contain_text("Flagged — awaiting review")
+    expect(page).to_have_url(review_url)
+    expect(page.get_by_role("radio", name="Agree with the AI flag", exact=True)).to_be_checked()

@@ -121,3 +121,18 @@ def test_clinical_photos_are_not_said_to_be_scored(world, client, dispatched):
     assert LesionImage.objects.get().kind == "clinical"
     assert texts == ["1 image(s) uploaded and stored; clinical photos are not scored by the model and go to a "
                      "dermatologist."], texts
+
+
+def test_the_review_page_links_to_the_earlier_visits_it_asks_about(world, client):
+    later = _later_visit(world)
+    _queue(later, world.lesion_b)
+    for case in (later.case, world.case_b):
+        Case.objects.filter(pk=case.pk).update(claimed_by=world.derm, claimed_at=timezone.now())
+    client.force_login(world.derm)
+    timeline = f"/patients/{world.patient_a.pk}/lesions/{later.tracked.number}/"
+    page = client.get(f"/cases/{later.case_id}/review/").content.decode()
+    assert "Changed since the earlier visit?" in page
+    assert f'href="{timeline}"' in page and "compare with its earlier visit" in page
+    assert client.get(timeline).status_code == 200  # the dermatologist may open it
+    first_visit = client.get(f"/cases/{world.case_b.pk}/review/").content.decode()
+    assert "Timeline of" not in first_visit  # nothing earlier to compare with
