@@ -23,7 +23,7 @@ from cases.case_filters import (CaseFilterForm, PatientFilterForm, QueueFilterFo
                                 filter_queue, with_last_visit)
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
-from cases.presentation import age_at_visit, age_caveat, prediction_context
+from cases.presentation import age_at_visit, prediction_context
 from cases.roles import display_name
 
 PRIVATE = "private, no-store"
@@ -327,7 +327,6 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
                "can_edit": access.can_edit_case(request.user, image.lesion.case)}
     if prediction is not None:
         context |= prediction_context(prediction)
-        context["age_caveat"] = age_caveat(prediction.model_version.metrics or {}, age_at_visit(image.lesion.case))
     return _no_store(render(request, "cases/image_detail.html", context))
 
 
