@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -16,9 +18,12 @@ from classifier.lifecycle import audit_registry_event
 from classifier.models import ModelVersion, RescoreJob
 from classifier.registry import active_version, no_longer_active_reason
 
+# Images one run of the re-scoring task handles: it creates and sends their predictions, then queues
+# itself for the next chunk, so a worker of "inference,rescoring" takes the uploads (and beat sweeps)
+# that arrived meanwhile between two chunks instead of after the whole archive
 CHUNK = 200
 RESCORE_TASK = "cases.tasks.rescore_images"
-# The re-scoring task's Celery time limits (it only creates and sends predictions; scoring is separate)
+# The re-scoring task's Celery time limits, per chunk (it only creates and sends predictions; scoring is separate)
 RESCORE_SOFT_TIME_LIMIT_S = 1800
 RESCORE_TIME_LIMIT_S = RESCORE_SOFT_TIME_LIMIT_S + 100
 START_AGAIN = "start the re-score again (images already queued are skipped)."
@@ -41,6 +46,16 @@ def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJo
 def enqueue(job_id: int) -> None:
     """Send the job's task, failing fast (by name: cases.tasks imports this module)."""
     publish(RESCORE_TASK, [job_id])
+
+
+def enqueue_chunk(job_id: int, *, after: int, done: int, until: int) -> None:
+    """Send the job's task for its next chunk: the images after image ``after`` (up to ``until``),
+    once ``done`` of them are queued (the run that finds the job's progress elsewhere does nothing)."""
+    publish(RESCORE_TASK, [job_id, after, done, until])
+
+
+class _NextChunkNotQueued(Exception):
+    """The broker refused the message of the job's next chunk."""
 
 
 def fail_rescore(*, job_id: int, reason: str) -> bool:
@@ -67,29 +82,42 @@ def _still_wanted(job_id: int) -> bool:
                                      model_version__status=ModelVersion.Status.ACTIVE).exists()
 
 
-def run_rescore(*, job_id: int) -> int:
-    """Create a pending prediction with the job's version for each image that lacks one, and send it.
+def run_rescore(*, job_id: int, after: int = 0, done: int = 0, until: int | None = None,
+                chunk_size: int | None = None) -> int:
+    """One chunk of the job: create a pending prediction with the job's version for each of the next
+    ``chunk_size`` (default CHUNK) images after image ``after`` that lacks one, and send it; then
+    queue the next chunk (`enqueue_chunk`), or mark the job done after its last. Returns how many
+    images this run handled (0 when it was not the job's current chunk).
 
-    Idempotent: the (image, model version) uniqueness means a redelivered job adds nothing twice.
-    Stops, failed with the reason, before its next chunk once its version is no longer active.
+    The first chunk (the defaults) takes the job and fixes its images: those up to the last image at
+    that moment (``until``), counted in ``total``. A chunk runs only while the job's progress
+    (``queued``) is still ``done``, and moves it on, with the next chunk's message, in one
+    transaction: a chunk delivered twice, or run again after its worker died, adds no prediction
+    twice (the (image, model version, revision) uniqueness) and queues no second next chunk. A
+    chunk whose next one the broker refuses ends the job failed with the reason (started again, it
+    skips the images already queued).
+    Each chunk restarts the stale-job sweep's clock (``started_at``). A job stopped meanwhile (a
+    rollback or another activation fails it) runs no further chunk, and stays failed with the reason.
     """
-    claimed = RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING]
-                                        ).update(status=RescoreJob.Status.RUNNING, started_at=timezone.now())
+    size = chunk_size or CHUNK
+    claimed = RescoreJob.objects.filter(pk=job_id, status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING],
+                                        queued=done).update(status=RescoreJob.Status.RUNNING, started_at=timezone.now())
     if not claimed:
         return 0
     job = RescoreJob.objects.select_related("model_version").get(pk=job_id)
+    if not _still_wanted(job_id):
+        fail_rescore(job_id=job_id, reason=no_longer_active_reason(job.model_version.version))
+        return 0
     images = LesionImage.objects.order_by("pk")
     if job.image_ids:
         images = images.filter(pk__in=job.image_ids)
-    RescoreJob.objects.filter(pk=job_id).update(total=images.count())
-    queued = 0
-    ids = list(images.values_list("pk", flat=True))
-    for start in range(0, len(ids), CHUNK):
-        if not _still_wanted(job_id):
-            fail_rescore(job_id=job_id, reason=no_longer_active_reason(job.model_version.version))
-            return queued
+    if until is None:  # the first chunk: the job's images are those there are now
+        until = images.values_list("pk", flat=True).last() or 0
+        RescoreJob.objects.filter(pk=job_id, queued=done).update(total=images.filter(pk__lte=until).count())
+    ids = list(images.filter(pk__gt=after, pk__lte=until).values_list("pk", flat=True)[:size])
+    if ids:
         with broker_connection() as connection:  # one per chunk, not one per image
-            for image_id in ids[start:start + CHUNK]:
+            for image_id in ids:
                 # the version's first score of the image (revision 0); corrections add later revisions
                 prediction, created = Prediction.objects.get_or_create(
                     image_id=image_id, model_version=job.model_version, context_revision=0)
@@ -97,12 +125,28 @@ def run_rescore(*, job_id: int) -> int:
                     prediction.enqueued_at = None
                 if created or prediction.enqueued_at is None:  # a lost send stays pending: the sweep sends it
                     scoring.dispatch_prediction(prediction.pk, connection=connection, queue=scoring.RESCORE_QUEUE)
-                queued += 1
-        RescoreJob.objects.filter(pk=job_id).update(queued=queued)
-    # only a job still running is done: one stopped by an activation meanwhile stays failed
-    RescoreJob.objects.filter(pk=job_id, status=RescoreJob.Status.RUNNING).update(
-        status=RescoreJob.Status.DONE, finished_at=timezone.now())
-    return queued
+    handled = done + len(ids)
+    more = len(ids) == size and images.filter(pk__gt=ids[-1], pk__lte=until).exists()
+    # only the job's current chunk of a job still running moves on: one stopped meanwhile stays failed
+    current = RescoreJob.objects.filter(pk=job_id, status=RescoreJob.Status.RUNNING, queued=done)
+    try:
+        with transaction.atomic():
+            if not more:
+                current.update(queued=handled, status=RescoreJob.Status.DONE, finished_at=timezone.now())
+            elif current.update(queued=handled, started_at=timezone.now()):
+                try:  # in the transaction: the next chunk cannot take the job before its progress is saved
+                    enqueue_chunk(job_id, after=ids[-1], done=handled, until=until)
+                except SoftTimeLimitExceeded:
+                    raise
+                except Exception as exc:
+                    raise _NextChunkNotQueued(exc) from exc
+    except _NextChunkNotQueued as lost:
+        exc = lost.__cause__
+        current.update(queued=handled)  # this chunk's predictions are made and sent
+        fail_rescore(job_id=job_id, reason=(
+            f"The re-scoring job's next chunk could not be queued after {handled} images: the "
+            f"message broker (Redis) did not answer ({type(exc).__name__}: {exc}); {START_AGAIN}"))
+    return len(ids)
 
 
 def _reopen_unscored(prediction: Prediction, version: ModelVersion) -> bool:
@@ -116,27 +160,35 @@ def _reopen_unscored(prediction: Prediction, version: ModelVersion) -> bool:
 def sweep_stale_rescores(*, now: datetime | None = None) -> list[int]:
     """Fail, with the reason, the jobs that cannot still be queued or running; returns their ids.
 
-    Running: taken by a worker longer ago than the task's hard time limit plus STALE_MARGIN_S (the
-    worker was killed, or the failure hook could not write). Queued: created longer ago than a job
-    may wait behind the rescoring queue's own backlog (RESCORE_STALE_AFTER_S, at least that same
-    limit): no worker consumes the queue, or the broker lost the message.
+    Running, in its first chunk (nothing queued yet): taken by a worker longer ago than the task's
+    hard time limit plus STALE_MARGIN_S (the worker was killed, or the failure hook could not write).
+    Running between chunks (some images queued): its next chunk waits in the rescoring queue, behind
+    the scores its last chunk sent and every upload, as a queued job does: it is stale only when no
+    worker took a chunk for as long as a queued job may wait (below; a later chunk whose worker was
+    killed, its message not yet redelivered, is found then too). Queued: created longer ago
+    than a job may wait behind the rescoring queue's own backlog (RESCORE_STALE_AFTER_S, at least
+    that same limit): no worker consumes the queue, or the broker lost the message.
     """
     now = now or timezone.now()
     running_limit = RESCORE_TIME_LIMIT_S + STALE_MARGIN_S
     queued_limit = max(running_limit, int(settings.RESCORE_STALE_AFTER_S))
     running_before = now - timedelta(seconds=running_limit)
-    stale = {
-        RescoreJob.Status.RUNNING: (
-            Q(started_at__lt=running_before) | Q(started_at__isnull=True, created_at__lt=running_before),
-            f"The re-scoring task stopped without finishing: it was still marked running {running_limit // 60} "
-            f"minutes after a worker took it, past its time limit (the worker was stopped or killed); {START_AGAIN}"),
-        RescoreJob.Status.QUEUED: (
-            Q(created_at__lt=now - timedelta(seconds=queued_limit)),
-            f"No worker took the job within {queued_limit / 3600:g} hours: start a worker of the rescoring queue "
-            f"(celery -A melanoma_site worker -Q inference,rescoring), then {START_AGAIN}"),
-    }
+    stale = [
+        (RescoreJob.Status.RUNNING,
+         Q(queued=0, started_at__lt=running_before) | Q(started_at__isnull=True, created_at__lt=running_before),
+         f"The re-scoring task stopped without finishing: it was still marked running {running_limit // 60} "
+         f"minutes after a worker took it, past its time limit (the worker was stopped or killed); {START_AGAIN}"),
+        (RescoreJob.Status.RUNNING,
+         Q(queued__gt=0, started_at__lt=now - timedelta(seconds=queued_limit)),
+         f"The re-scoring job stopped between chunks: no worker took its next chunk within {queued_limit / 3600:g} "
+         f"hours of the last (the worker was stopped or killed, or the broker lost the message); {START_AGAIN}"),
+        (RescoreJob.Status.QUEUED,
+         Q(created_at__lt=now - timedelta(seconds=queued_limit)),
+         f"No worker took the job within {queued_limit / 3600:g} hours: start a worker of the rescoring queue "
+         f"(celery -A melanoma_site worker -Q inference,rescoring), then {START_AGAIN}"),
+    ]
     failed: list[int] = []
-    for status, (old, reason) in stale.items():
+    for status, old, reason in stale:
         rows = RescoreJob.objects.filter(old, status=status)
         for pk in list(rows.values_list("pk", flat=True)[:500]):
             # the same conditions in the UPDATE: a job a worker takes meanwhile is left alone

@@ -77,13 +77,15 @@ class RescoreTask(Task):
     soft_time_limit=RESCORE_SOFT_TIME_LIMIT_S,
     time_limit=RESCORE_TIME_LIMIT_S,
 )
-def rescore_images(self, job_id: int) -> int:
-    """Queue predictions with the job's model version for the job's images (idempotent). A job
-    that cannot finish ends failed with the reason, never "running" for ever."""
+def rescore_images(self, job_id: int, after: int = 0, done: int = 0, until: int | None = None) -> int:
+    """One chunk of a re-scoring job (cases.rescoring.run_rescore): queue predictions with the job's
+    model version for its next images, then queue the task again for the chunk after (idempotent).
+    A job that cannot finish ends failed with the reason, never "running" for ever."""
     job_id = int(job_id)
     again = START_AGAIN
     try:
-        return run_rescore(job_id=job_id)
+        return run_rescore(job_id=job_id, after=int(after), done=int(done),
+                           until=None if until is None else int(until))
     except TRANSIENT_ERRORS as exc:
         if self.request.retries < self.max_retries:
             raise  # autoretry_for sends it again later
