@@ -16,6 +16,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from cases.queue import ClaimError
 from cases.services import CaseClosed
+from melanoma_site.upload_limits import UploadTooLarge
 
 
 def refusal_message(exc: SuspiciousOperation) -> str:
@@ -26,6 +27,8 @@ def refusal_message(exc: SuspiciousOperation) -> str:
     if isinstance(exc, TooManyFieldsSent):
         return (f"Too many fields or query parameters in one request "
                 f"(more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS}).")
+    if isinstance(exc, UploadTooLarge):
+        return str(exc)
     if isinstance(exc, RequestDataTooBig):
         return (f"The request body is too large (more than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes besides "
                 f"any files).")
@@ -72,8 +75,8 @@ def bad_request(request, exception=None):
 def _bad_request_page(request, exception, message: str) -> HttpResponse:
     """templates/400.html with the message; the message as plain text if even that cannot be rendered."""
     try:
-        return render(request, "400.html", {"message": message,
-                                            "too_many_files": isinstance(exception, TooManyFilesSent)}, status=400)
+        too_many_files = isinstance(exception, (TooManyFilesSent, UploadTooLarge))  # "with fewer files at a time"
+        return render(request, "400.html", {"message": message, "too_many_files": too_many_files}, status=400)
     except Exception:
         logging.getLogger(__name__).exception("the 400 page could not be rendered")
         return HttpResponseBadRequest(message or "Bad Request (400)", content_type="text/plain; charset=utf-8")

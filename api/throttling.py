@@ -11,6 +11,8 @@ import logging
 from redis.exceptions import RedisError
 from rest_framework import throttling
 
+from audit.log import client_ip
+
 log = logging.getLogger(__name__)
 
 
@@ -25,13 +27,22 @@ class FailOpenMixin:
             return True
 
 
-class UserRateThrottle(FailOpenMixin, throttling.UserRateThrottle):
+class ClientAddressMixin:
+    """``get_ident``: the client's address as the audit trail and the login lockout see it
+    (`audit.log.client_ip`: X-Forwarded-For only from settings.TRUSTED_PROXIES). DRF's own takes a
+    client's X-Forwarded-For at its word, so a forged header per call would escape every limit."""
+
+    def get_ident(self, request) -> str:
+        return client_ip(request) or ""
+
+
+class UserRateThrottle(ClientAddressMixin, FailOpenMixin, throttling.UserRateThrottle):
     """Per-user rate (``API_RATE_USER``)."""
 
 
-class AnonRateThrottle(FailOpenMixin, throttling.AnonRateThrottle):
+class AnonRateThrottle(ClientAddressMixin, FailOpenMixin, throttling.AnonRateThrottle):
     """Per-address rate for unauthenticated calls (``API_RATE_ANON``)."""
 
 
-class ScopedRateThrottle(FailOpenMixin, throttling.ScopedRateThrottle):
+class ScopedRateThrottle(ClientAddressMixin, FailOpenMixin, throttling.ScopedRateThrottle):
     """Per-user rate of one scope (``uploads``: ``API_RATE_UPLOADS``)."""

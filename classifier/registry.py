@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
 from classifier import artifact_store
 from classifier.models import ModelVersion, RescoreJob
-from mlcore.artifact import MODEL_FILE, json_safe, read_card
+from mlcore.artifact import CARD_FILE, MODEL_FILE, json_safe, read_card
 from mlcore.artifact import sha256_file as file_sha256
 
 
@@ -112,19 +113,38 @@ def active_version() -> ModelVersion:
 def active_model_status() -> dict[str, Any]:
     """Health summary of the active model: its version and whether a copy the workers can load is
     intact (its registered directory, else this host's verified copy, which `artifact_store.local_dir`
-    serves once a release replaced the bundled directory). Reads only (a health check must never
-    write): no active version yet is reported, not registered."""
+    serves once a release replaced the bundled directory, else, when models are kept in the storage
+    (SECONDLOOK_MODELS_IN_STORAGE), its stored copy, which workers download and verify: a web host
+    needs no model files of its own). Reads only (a health check must never write): no active
+    version yet is reported, not registered."""
     version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     if version is None:
         return {"ok": False, "error": "no active model version (the bundled one is registered at start-up)"}
-    problem = _model_file_problem(Path(version.artifact_path) / MODEL_FILE, version.sha256)
+    registered_file = Path(version.artifact_path) / MODEL_FILE
+    problem = _model_file_problem(registered_file, version.sha256)
     if problem is None:
         return {"ok": True, "version": version.version}
     if version.sha256 and _model_file_problem(artifact_store.host_copy(version.sha256) / MODEL_FILE,
                                               version.sha256) is None:
         return {"ok": True, "version": version.version, "served_from": "host copy",
                 "warning": f"registered directory: {problem}"}
+    if version.sha256 and settings.SECONDLOOK_MODELS_IN_STORAGE:
+        missing = _stored_files_missing(version.sha256)
+        if not missing:
+            status = {"ok": True, "version": version.version, "served_from": "storage"}
+            if registered_file.exists():  # there but not this model: worth a look; absent is normal here
+                status["warning"] = f"registered directory: {problem}"
+            return status
+        problem = f"{problem}; not in the storage either ({', '.join(missing)} missing)"
     return {"ok": False, "version": version.version, "error": problem}
+
+
+def _stored_files_missing(sha256: str) -> list[str]:
+    """The storage names of the artifact ``sha256``'s model and card that the storage lacks (an
+    existence check only: downloading the model to hash it is the worker's job, which refuses a
+    corrupt copy)."""
+    names = [f"{artifact_store.storage_prefix(sha256)}/{name}" for name in (MODEL_FILE, CARD_FILE)]
+    return [name for name in names if not default_storage.exists(name)]
 
 
 def _model_file_problem(model_file: Path, sha256: str) -> str | None:

@@ -70,9 +70,16 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DJANGO_ENV=production")
     SECRET_KEY = _development_secret_key()
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "testserver")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else ",".join(LOCAL_HOSTS))
 if PRODUCTION and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DJANGO_ENV=production")
+# DEBUG shows settings, paths and every URL on its error pages: a server reachable by another name
+# (a forgotten DJANGO_ENV=production, which turns DEBUG on by default) refuses to start.
+if DEBUG and any(host not in LOCAL_HOSTS for host in ALLOWED_HOSTS):
+    raise ImproperlyConfigured(
+        f"DEBUG is on while ALLOWED_HOSTS names {', '.join(h for h in ALLOWED_HOSTS if h not in LOCAL_HOSTS)}: "
+        f"set DJANGO_ENV=production for a deployment (DEBUG=0 for a development server reachable by that name)")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -197,6 +204,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 UPLOAD_MAX_FILES = int(os.environ.get("UPLOAD_MAX_FILES", "50"))
 DATA_UPLOAD_MAX_NUMBER_FILES = 4 * UPLOAD_MAX_FILES
 UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", str(20_000_000)))
+# File bytes one request may carry, checked while it is read, logged in or not (a larger body is
+# refused with a 400 that says so, before anything is saved): a full upload of the largest images.
+UPLOAD_MAX_TOTAL_BYTES = int(os.environ.get("UPLOAD_MAX_TOTAL_BYTES", str(UPLOAD_MAX_FILES * UPLOAD_MAX_BYTES)))
+FILE_UPLOAD_HANDLERS = [
+    "melanoma_site.upload_limits.TotalUploadSizeHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 UPLOAD_MAX_PIXELS = int(os.environ.get("UPLOAD_MAX_PIXELS", str(40_000_000)))
 UPLOAD_MIN_SIDE = int(os.environ.get("UPLOAD_MIN_SIDE", "32"))
 
@@ -400,10 +415,13 @@ if PRODUCTION:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # a load balancer's plain-HTTP probe of /health/live (or /health/) gets its answer, not a 301
+    SECURE_REDIRECT_EXEMPT = [r"^health/"]
     SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600)))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    if TRUSTED_PROXIES:  # X-Forwarded-Proto only means something when our own proxy sets it
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LOGGING = {
     "version": 1,
