@@ -16,7 +16,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from cases.queue import ClaimError
 from cases.services import CaseClosed
-from melanoma_site.upload_limits import UploadTooLarge
+from cases.upload_limits import UploadTooLarge
 
 
 def refusal_message(exc: SuspiciousOperation) -> str:

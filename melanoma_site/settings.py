@@ -208,7 +208,7 @@ UPLOAD_MAX_BYTES = int(os.environ.get("UPLOAD_MAX_BYTES", str(20_000_000)))
 # refused with a 400 that says so, before anything is saved): a full upload of the largest images.
 UPLOAD_MAX_TOTAL_BYTES = int(os.environ.get("UPLOAD_MAX_TOTAL_BYTES", str(UPLOAD_MAX_FILES * UPLOAD_MAX_BYTES)))
 FILE_UPLOAD_HANDLERS = [
-    "melanoma_site.upload_limits.TotalUploadSizeHandler",
+    "cases.upload_limits.TotalUploadSizeHandler",
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]

@@ -22,7 +22,7 @@ from api.throttling import AnonRateThrottle, ScopedRateThrottle, UserRateThrottl
 from cases.models import LesionImage
 from classifier.models import ModelVersion
 from melanoma_site import health
-from melanoma_site.upload_limits import TotalUploadSizeHandler, UploadTooLarge
+from cases.upload_limits import TotalUploadSizeHandler, UploadTooLarge
 from tests.support.case_helpers import stored_files
 from tests.support.imagegen import jpeg, upload
 
@@ -164,7 +164,7 @@ def test_a_declared_body_past_the_cap_is_refused_before_it_is_read(settings):
 def test_the_total_cap_follows_the_per_file_limits_and_its_handler_comes_first(settings):
     from django.conf import settings as configured
 
-    assert configured.FILE_UPLOAD_HANDLERS[0] == "melanoma_site.upload_limits.TotalUploadSizeHandler"
+    assert configured.FILE_UPLOAD_HANDLERS[0] == "cases.upload_limits.TotalUploadSizeHandler"
     assert configured.FILE_UPLOAD_HANDLERS[1:] == [
         "django.core.files.uploadhandler.MemoryFileUploadHandler",
         "django.core.files.uploadhandler.TemporaryFileUploadHandler"]  # Django's own keep the files
