@@ -155,8 +155,11 @@ def when(moment: datetime | None) -> str:
 
 # --- Boxes and tables ----------------------------------------------------------------------------
 
+# splitInRow: a row taller than the space left (a long note, many line breaks) is split across
+# pages, as its paragraphs allow, instead of failing the whole report with a LayoutError.
+
 def boxed(flowables: list[Flowable], background, edge) -> Table:
-    table = Table([[flowables]], colWidths=[CONTENT_WIDTH])
+    table = Table([[flowables]], colWidths=[CONTENT_WIDTH], splitInRow=1)
     table.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), background), ("BOX", (0, 0), (-1, -1), 1, edge),
                                ("LEFTPADDING", (0, 0), (-1, -1), 6), ("RIGHTPADDING", (0, 0), (-1, -1), 6),
                                ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5)]))
@@ -166,7 +169,7 @@ def boxed(flowables: list[Flowable], background, edge) -> Table:
 def facts_table(rows: list[tuple[str, str]], label_width: float = 42 * mm) -> Table:
     """Label/value rows; values are ready markup."""
     data = [[para(esc(label), "label"), para(value)] for label, value in rows]
-    table = Table(data, colWidths=[label_width, CONTENT_WIDTH - label_width])
+    table = Table(data, colWidths=[label_width, CONTENT_WIDTH - label_width], splitInRow=1)
     table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BACKGROUND", (0, 0), (0, -1), LABEL_BG),
                                ("LINEBELOW", (0, 0), (-1, -1), 0.25, RULE),
                                ("TOPPADDING", (0, 0), (-1, -1), 3), ("BOTTOMPADDING", (0, 0), (-1, -1), 3)]))

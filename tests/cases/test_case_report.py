@@ -370,3 +370,40 @@ def test_an_amended_review_is_marked_superseded_where_it_is_printed(world, repor
                           management="excision", amends=first, amendment_reason="second look at the border")
     text = " ".join(pdf_text(build_case_report(case, generated_by=world.clin_a)).split())
     assert "Superseded amended on" in text and text.index("Superseded") < text.index("second look at the border")
+
+
+def test_the_longest_accepted_texts_fit_the_report(world, model_version):
+    """Free text up to each field's limit, line breaks included, flows over pages: a table row
+    taller than a page must split instead of failing the whole report (ReportLab LayoutError)."""
+    question_lines = [f"question line {n:02d}" for n in range(70)]
+    question = "\n".join(question_lines)[:2000]
+    notes = "\n".join(f"note {n:04d}" for n in range(500))[:4990] + "\nNOTES-END"
+    review_notes = "\n".join(f"finding {n:04d}" for n in range(500))[:4988] + "\nREVIEW-END"
+    assert len(notes) <= 5000 and len(review_notes) <= 5000 and question.count("\n") >= 60
+    case = world.case_a
+    case.clinical_question, case.notes = question, notes
+    case.full_clean(exclude=["referring_clinician", "patient"])
+    case.save()
+    review = Review(lesion=world.lesion_a, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
+                    management="reassure", notes=review_notes)
+    review.full_clean(exclude=["lesion", "reviewer"])
+    review.save()
+    data = build_case_report(case, generated_by=world.clin_a)
+    assert data.startswith(b"%PDF")
+    text = pdf_text(data)
+    assert question_lines[-1] in text or question.splitlines()[-1] in text
+    assert "NOTES-END" in text and "REVIEW-END" in text
+    assert all(line in text for line in notes.splitlines()[:-1])  # split across pages, no line lost
+
+
+def test_a_box_taller_than_a_page_is_split():
+    """``boxed`` (flag reasons, why the model could not assess) splits like the facts tables."""
+    import io
+
+    from reportlab.platypus import SimpleDocTemplate
+
+    from cases.report_style import FLAG_BG, FLAG_EDGE, boxed, bullets
+
+    out = io.BytesIO()
+    SimpleDocTemplate(out).build([boxed(bullets([f"reason {n}" for n in range(200)]), FLAG_BG, FLAG_EDGE)])
+    assert "reason 199" in pdf_text(out.getvalue())
