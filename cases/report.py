@@ -178,7 +178,8 @@ def ai_summary(lesion: Lesion) -> str:
     """One phrase for the summary table: the lesion's AI state as a whole."""
     if not lesion.images.all():
         return "No images"
-    scored = [p for p in (i.current_prediction() for i in lesion.images.all()) if p is not None]
+    newest = [i.current_prediction() for i in lesion.images.all()]
+    scored = [p for p in newest if p is not None]
     if any(p.status == Prediction.Status.DONE and not p.assessable for p in scored):
         return "Model could not assess an image"
     if lesion.flagged:
@@ -187,7 +188,9 @@ def ai_summary(lesion: Lesion) -> str:
         return "Scoring not finished"
     if any(p.status == Prediction.Status.FAILED for p in scored):
         return "Scoring failed"
-    return "Not flagged" if scored else "Not scored"
+    # an image with no prediction at all (no model when it was uploaded) was never judged: the
+    # others' scores do not clear the lesion (as cases.followup.status: "not-scored")
+    return "Not scored" if any(p is None for p in newest) else "Not flagged"
 
 
 def review_summary(lesion: Lesion) -> str:

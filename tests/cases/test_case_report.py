@@ -407,3 +407,18 @@ def test_a_box_taller_than_a_page_is_split():
     out = io.BytesIO()
     SimpleDocTemplate(out).build([boxed(bullets([f"reason {n}" for n in range(200)]), FLAG_BG, FLAG_EDGE)])
     assert "reason 199" in pdf_text(out.getvalue())
+
+
+def test_a_lesion_with_an_image_never_scored_is_not_called_not_flagged(world, model_version):
+    """One image scored below the thresholds, one with no prediction at all: the lesion is not
+    scored as a whole, as the follow-up map says ("not-scored")."""
+    from cases.followup import status
+    from cases.report import ai_summary
+
+    done(stored_image(world.lesion_a, world.clin_a, seed=8), model_version)
+    stored_image(world.lesion_a, world.clin_a, seed=9)  # no model: no prediction
+    lesion = Lesion.objects.get(pk=world.lesion_a.pk)
+    assert ai_summary(lesion) == "Not scored"
+    assert status(lesion.tracked, lesion) == "not-scored"
+    text = pdf_text(build_case_report(world.case_a, generated_by=world.clin_a))
+    assert "Status: Not scored" in text and "not flagged by the model" not in text
