@@ -8,16 +8,19 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   image re-scored, past weeks and the reference are that version's scores too);
 - flag rate = flagged / scored; abstentions = not assessable / scored (an image the model could
   not assess is also flagged: it goes to the dermatologists, so it counts in the flag rate);
-- PSI: population stability index of the scored images' melanoma probabilities against the
-  reference, over the 10 fixed bins [0, 0.1), …, [0.9, 1.0]:
+- PSI: population stability index of the melanoma probabilities of the scored images the model
+  could assess (a clinical photo or an image it could not assess has no score to compare) against
+  the reference's, over the 10 fixed bins [0, 0.1), …, [0.9, 1.0]:
   ``PSI = Σ_i (c_i − r_i) · ln(c_i / r_i)``, with c_i and r_i the shares of the week's and of the
   reference's scores in bin i, each floored at ε = 1e-4 (an empty bin would make the log infinite);
 - agreement: share of the reviews signed that week (an amended review counts as its amendment)
   whose agreement with the AI flag is "agree";
 - sensitivity / specificity on confirmed outcomes: lesions with a histopathology result, under the
   week of their first upload (the model's call being judged), truth "melanoma" against the model's
-  flag (any image of the lesion flagged by its latest score); other diagnoses, "other" included,
-  are negatives. Counts come with every rate.
+  own flag (any image of the lesion it could assess flagged by its latest score); other diagnoses,
+  "other" included, are negatives. A lesion with no image the model could assess went to review on
+  a forced flag, not the model's call: it is counted apart (melanomas / non-melanomas not
+  assessed), in neither rate. Counts come with every rate.
 
 Reference. The score distribution is compared with the model version's validation
 split: its metrics carry ``melanoma_probability_histogram`` (10 counts on the bins above, written
@@ -117,6 +120,8 @@ class WeekStats:
     false_negative: int = 0
     true_negative: int = 0
     false_positive: int = 0
+    melanomas_not_assessed: int = 0
+    non_melanomas_not_assessed: int = 0
     psi: float | None = None
 
     @property
@@ -155,10 +160,15 @@ class WeekStats:
         self.scored += 1
         self.flagged += bool(score["flagged"])
         self.not_assessable += not score["assessable"]
-        self.histogram[bin_index(score["melanoma_probability"])] += 1
+        if score["assessable"]:
+            self.histogram[bin_index(score["melanoma_probability"])] += 1
 
-    def add_outcome(self, *, melanoma: bool, flagged: bool) -> None:
-        if melanoma:
+    def add_outcome(self, *, melanoma: bool, flagged: bool | None) -> None:
+        """``flagged`` None: no image of the lesion could be assessed (counted apart)."""
+        if flagged is None:
+            self.melanomas_not_assessed += melanoma
+            self.non_melanomas_not_assessed += not melanoma
+        elif melanoma:
             self.true_positive += flagged
             self.false_negative += not flagged
         else:
@@ -223,7 +233,8 @@ def _count_reviews(table: _Table, clinic_ids, start, end) -> None:
 
 def outcome_calls(clinic_ids: Sequence[int]) -> list[dict]:
     """Lesions with a current histopathology result and a finished score: clinic, first upload,
-    truth (melanoma or not) and the model's call (any image flagged by its latest score)."""
+    truth (melanoma or not) and the model's call: any image it could assess flagged by its latest
+    score; None when it could assess none of them (their flag only sent them to review)."""
     outcomes = (Outcome.objects.filter(superseded_by__isnull=True, **{f"{CLINIC_PATH}__in": clinic_ids})
                 .values_list("lesion_id", "diagnosis"))
     truth = dict(outcomes)
@@ -231,10 +242,11 @@ def outcome_calls(clinic_ids: Sequence[int]) -> list[dict]:
     for score in latest_scores(Prediction.objects.filter(image__lesion_id__in=list(truth))).values():
         lesion_id = score["image__lesion_id"]
         call = calls.setdefault(lesion_id, {"lesion_id": lesion_id, "clinic_id": score[f"image__{CLINIC_PATH}"],
-                                            "first_upload": score["image__uploaded_at"], "flagged": False,
+                                            "first_upload": score["image__uploaded_at"], "flagged": None,
                                             "melanoma": truth[lesion_id] == MELANOMA})
         call["first_upload"] = min(call["first_upload"], score["image__uploaded_at"])
-        call["flagged"] = call["flagged"] or bool(score["flagged"])
+        if score["assessable"]:
+            call["flagged"] = bool(call["flagged"]) or bool(score["flagged"])
     return list(calls.values())
 
 
@@ -286,7 +298,7 @@ def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, we
     period = tuple(start + timedelta(weeks=i) for i in range(weeks))
     scores = _scores_between(clinic_ids, _start_of(start), _start_of(start + timedelta(weeks=weeks))).values()
     return Reference(clinic_id, period, scored=len(scores), flagged=sum(bool(s["flagged"]) for s in scores),
-                     histogram=histogram(s["melanoma_probability"] for s in scores))
+                     histogram=histogram(s["melanoma_probability"] for s in scores if s["assessable"]))
 
 
 def validation_histogram(version) -> list[int] | None:

@@ -120,7 +120,8 @@ def _cumulative(series: list[WeekStats], hit: str, miss: str) -> list[float]:
 
 
 def performance_png(report: MonitoringReport) -> bytes:
-    """Cumulative sensitivity and specificity of the flag for melanoma on confirmed outcomes."""
+    """Cumulative sensitivity and specificity of the model's own flag for melanoma on confirmed
+    outcomes (lesions with an image the model could assess; the others are counted apart)."""
     fig, (top, bottom) = _figure(2, 6)
     x = range(len(report.weeks))
     for ax, hit, miss, title in ((top, "true_positive", "false_negative", "Sensitivity for melanoma"),
@@ -132,7 +133,8 @@ def performance_png(report: MonitoringReport) -> bytes:
                     linewidth=2.2 if cid is None else 1.2)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("cumulative")
-        ax.set_title(f"{title} (histopathology outcomes, cumulative over the weeks shown)", fontsize=10)
+        ax.set_title(f"{title} (histopathology outcomes of assessed lesions, cumulative over the weeks shown)",
+                     fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     _weeks_axis(bottom, report)

@@ -416,7 +416,9 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
         # never silently unflagged: the lesion goes to the dermatologists with its own reason
         flagged, reasons = True, [f"{CANNOT_ASSESS}: {note}" for note in notes]
     review = review_of_image(prediction.image)
-    disagreement = review_disagreement(review, flagged=flagged) if review is not None else ""
+    # only the model's own call can disagree with the review: the flag of an image it could not
+    # assess (a clinical photo, a blurred or unfamiliar image) is forced, not a judgement
+    disagreement = review_disagreement(review, flagged=flagged) if review is not None and assessable else ""
     heatmap_name = ""
     if heatmap:
         heatmap_name = default_storage.save(f"{HEATMAP_DIR}/{uuid.uuid4().hex}.png", ContentFile(heatmap))

@@ -1,0 +1,148 @@
+"""An image the model could not assess is flagged for review, but that flag is not the model's
+call: it never counts as a disagreement with a dermatologist's review, in the score distribution
+(PSI) or in the sensitivity / specificity on histopathology outcomes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from cases import drift, drift_plots, scoring
+from cases.models import Lesion, LesionImage, Prediction, Review
+from cases.outcomes import record_outcome
+from mlcore.labels import CLASSES
+from tests.support.case_helpers import make_image
+from tests.support.imagegen import png
+from tests.support.monitoring_helpers import at, scored_images, weekly_uploads
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass
+class LowScore:
+    """A stand-in classifier result: melanoma 0.10, not flagged by the model."""
+
+    melanoma_probability: float = 0.1
+    malignancy_score: float = 0.1
+    flagged: bool = False
+    flag_reasons: list = field(default_factory=list)
+    inference_ms: float = 5.0
+    model_version: str = "unit-test-v1"
+    class_probabilities: dict = field(default_factory=lambda: {c: (0.1 if c == "melanoma" else 0.9 / 8) for c in CLASSES})
+    assessable: bool = True
+    assessment_notes: list = field(default_factory=list)
+
+
+@pytest.fixture
+def low_score(monkeypatch) -> LowScore:
+    result = LowScore()
+    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
+    monkeypatch.setattr("mlcore.inference.predict_images", lambda model, images, contexts=None: [result])
+    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: png(size=(96, 64), seed=3))
+    return result
+
+
+def _rescored_after_a_nevus_review(world, model_version):
+    image = make_image(world, "d" * 64)
+    Review.objects.create(lesion=world.lesion_a, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
+                          management="reassure")
+    return image, Prediction.objects.create(image=image, model_version=model_version)
+
+
+@pytest.mark.parametrize("why", ["clinical photo", "model's own check"])
+def test_an_image_the_model_could_not_assess_does_not_disagree_with_the_review(world, model_version, low_score, why):
+    image, prediction = _rescored_after_a_nevus_review(world, model_version)
+    if why == "clinical photo":
+        LesionImage.objects.filter(pk=image.pk).update(kind=LesionImage.Kind.CLINICAL)
+    else:
+        low_score.assessable, low_score.assessment_notes = False, ["the image is blurred"]
+    assert scoring.run_prediction(prediction_id=prediction.pk) == "done (model could not assess)"
+    prediction.refresh_from_db()
+    assert prediction.flagged and not prediction.assessable  # still sent for review, with its reason
+    assert prediction.review_disagreement == ""
+    assert not Prediction.objects.exclude(review_disagreement="").exists()  # the admin's "disagrees" filter
+
+
+def test_an_assessable_score_still_disagrees_with_the_review(world, model_version, low_score):
+    image, prediction = _rescored_after_a_nevus_review(world, model_version)
+    low_score.melanoma_probability = 0.9  # ≥ the version's threshold 0.5: the model flags it
+    scoring.run_prediction(prediction_id=prediction.pk)
+    prediction.refresh_from_db()
+    assert prediction.assessable and prediction.flagged
+    assert prediction.review_disagreement.startswith("New model disagrees with review: it flags a lesion reviewed as nevus")
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+TODAY = timezone.localdate()
+THIS_WEEK = drift.week_of(TODAY)
+LAST_WEEK = THIS_WEEK - timedelta(weeks=1)
+
+
+def test_the_score_histogram_and_psi_use_assessable_images_only(world, model_version, settings):
+    settings.MONITOR_REFERENCE_WEEKS, settings.MONITOR_MIN_IMAGES = 2, 30
+    # the reference weeks: 40 assessable low scores, and 40 clinical photos scored high
+    for back in (6, 5):
+        weekly_uploads(world.lesion_a, monday=THIS_WEEK - timedelta(weeks=back), version=model_version, count=40,
+                       flag_rate=0.0)
+        scored_images(world.lesion_a, when=at(THIS_WEEK - timedelta(weeks=back)), version=model_version,
+                      probabilities=[0.95] * 40, flagged=[True] * 40, assessable=[False] * 40)
+    # last week: the same assessable scores, no clinical photos
+    weekly_uploads(world.lesion_a, monday=LAST_WEEK, version=model_version, count=40, flag_rate=0.0)
+    report = drift.monitoring_report([world.clinic_a], today=TODAY, weeks=8)
+    reference = report.references[world.clinic_a.pk]
+    assert reference.histogram == [0, 80] + [0] * 8  # 0.1 each
+    assert (reference.scored, reference.flagged) == (160, 80)  # the flag rate still counts every score
+    week = report.rows[(LAST_WEEK, world.clinic_a.pk)]
+    assert week.histogram == [0, 40] + [0] * 8 and week.psi == pytest.approx(0.0)
+    # a week of unassessable photos does not move the score distribution
+    scored_images(world.lesion_a, when=at(THIS_WEEK), version=model_version, probabilities=[0.99] * 5,
+                  flagged=[True] * 5, assessable=[False] * 5)
+    current = drift.monitoring_report([world.clinic_a], today=TODAY, weeks=8).rows[(THIS_WEEK, world.clinic_a.pk)]
+    assert (current.scored, current.not_assessable, current.histogram, current.psi) == (5, 5, [0] * 10, None)
+
+
+def _lesion_with_outcome(world, diagnosis, *, flagged, assessable):
+    lesion = Lesion.objects.create(case=world.case_a, anatomic_site="posterior torso")
+    scored_images(lesion, when=at(LAST_WEEK), version=model_version_of(world), probabilities=[0.3] * len(flagged),
+                  flagged=flagged, assessable=assessable)
+    record_outcome(user=world.clin_a, lesion=lesion, diagnosis=diagnosis, diagnosis_date=timezone.localdate(),
+                   report_reference=f"HP-{lesion.pk}")
+    return lesion
+
+
+def model_version_of(world):
+    from classifier.models import ModelVersion
+
+    return ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
+
+
+def test_sensitivity_and_specificity_count_the_models_own_flags(world, model_version, client, monkeypatch):
+    # a melanoma the model could not assess: forced to review, but not a true positive
+    _lesion_with_outcome(world, "melanoma", flagged=[True], assessable=[False])
+    # a melanoma the model saw and missed, though a clinical photo of it was flagged for review
+    _lesion_with_outcome(world, "melanoma", flagged=[True, False], assessable=[False, True])
+    _lesion_with_outcome(world, "melanoma", flagged=[True], assessable=[True])  # caught
+    _lesion_with_outcome(world, "nevus", flagged=[True], assessable=[False])  # not a false positive
+    _lesion_with_outcome(world, "nevus", flagged=[False], assessable=[True])
+    report = drift.monitoring_report([world.clinic_a], today=TODAY, weeks=3)
+    week = report.rows[(LAST_WEEK, world.clinic_a.pk)]
+    assert (week.true_positive, week.false_negative, week.sensitivity) == (1, 1, 0.5)
+    assert (week.true_negative, week.false_positive, week.specificity) == (1, 0, 1.0)
+    assert (week.melanomas_not_assessed, week.non_melanomas_not_assessed) == (1, 1)
+    # the page says how many were left out and why
+    client.force_login(world.admin)
+    page = client.get(reverse("admin:cases_monitoring") + "?weeks=3").content.decode()
+    assert "50.0% (1/2)" in page
+    # under both rates, in clinic A's row and the pooled one
+    assert page.count("1 could not be assessed (sent to review; not counted)") == 4
+    # the plot's counts are those of the assessed lesions
+    figures = []
+    monkeypatch.setattr(drift_plots, "_png", lambda fig: figures.append(fig) or b"")
+    drift_plots.render("performance", report)
+    (fig,) = figures
+    labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
+    assert "Clinic A (n=2)" in labels
