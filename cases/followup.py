@@ -42,6 +42,9 @@ class Visit:
     cannot_assess: bool
     versions: frozenset[str]  # the model versions whose scores ``melanoma`` is the highest of
     review: Review | None
+    # every image's result in force is finished (``latest_scored``): no score waits, runs, failed
+    # or is missing, so ``melanoma`` is the visit's score and not that of only some of its images
+    complete: bool = True
     changed_reasons: list[str] = field(default_factory=list)
 
     @property
@@ -51,8 +54,8 @@ class Visit:
 
 def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
     """The patient lesion's visits that ``visible`` allows, oldest first, each with its score and
-    a "changed" marker: the score rose by more than FOLLOW_UP_SCORE_RISE since the previous
-    visit, or the dermatologist recorded a change."""
+    a "changed" marker: the score rose by more than FOLLOW_UP_SCORE_RISE since the most recent
+    earlier visit with a comparable score (``_baseline``), or the dermatologist recorded a change."""
     predictions = Prediction.objects.select_related("model_version")
     images = LesionImage.objects.prefetch_related(Prefetch("predictions", queryset=predictions)).order_by("pk")
     lesions = (visible.filter(tracked=tracked).select_related("case")
@@ -60,14 +63,15 @@ def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
                .order_by("case__visit_date", "case__created_at", "pk"))
     visits: list[Visit] = []
     for lesion in lesions:
-        scored = [p for p in (latest_scored(i) for i in lesion.images.all()) if p is not None]
+        finished = [latest_scored(i) for i in lesion.images.all()]
+        scored = [p for p in finished if p is not None]
         assessable = [p.melanoma_probability for p in scored if p.assessable]
         reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
         visit = Visit(lesion=lesion, images=list(lesion.images.all()), melanoma=max(assessable, default=None),
                       cannot_assess=any(not p.assessable for p in scored),
                       versions=frozenset(p.model_version.version for p in scored if p.assessable),
-                      review=reviews[-1] if reviews else None)
-        visit.changed_reasons = _changes(visits[-1] if visits else None, visit)
+                      review=reviews[-1] if reviews else None, complete=len(scored) == len(finished))
+        visit.changed_reasons = _changes(_baseline(visits, visit), visit)
         visits.append(visit)
     return visits
 
@@ -82,6 +86,27 @@ def scoring_versions(visits: list[Visit]) -> list[tuple[str, float | None]]:
             if prediction is not None and prediction.assessable:
                 seen.setdefault(prediction.model_version.version, prediction.model_version.melanoma_threshold)
     return list(seen.items())
+
+
+def _comparable(visit: Visit) -> bool:
+    """Whether the visit's score may be compared with another visit's. An image still waiting or
+    running, or whose scoring failed (or that has no prediction at all), leaves the visit partly
+    judged: its highest score is not the visit's, neither as the baseline nor as the later
+    score. A failed image counts like a pending one, as the body map says of it ("scoring
+    failed: retry the image": the others' scores do not clear the lesion); once retried, the
+    visit is compared. An image the model could not assess (a clinical photo, a blurred image)
+    is finished: the visit's score is that of its assessable images, as the timeline shows."""
+    return visit.complete and visit.melanoma is not None and len(visit.versions) == 1
+
+
+def _baseline(earlier: list[Visit], visit: Visit) -> Visit | None:
+    """The visit to compare ``visit``'s score with: the most recent earlier one with a comparable
+    score of the same single model version. Visits between them without such a score (only a
+    clinical photo or a blurred image, scoring unfinished, another version) are passed over, so
+    that a rise across them is still marked."""
+    if not _comparable(visit):
+        return None
+    return next((v for v in reversed(earlier) if _comparable(v) and v.versions == visit.versions), None)
 
 
 def _changes(previous: Visit | None, visit: Visit) -> list[str]:

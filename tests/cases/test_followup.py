@@ -123,6 +123,73 @@ def test_a_rise_between_two_model_versions_is_not_marked_as_a_change(world, mode
     assert followup.timeline(world.lesion_a.tracked, Lesion.objects.all())[1].changed  # one version: a rise
 
 
+def _three_visits(world) -> tuple[Lesion, Lesion, Lesion]:
+    """The lesion at visits 180 and 90 days ago and today (world.lesion_a is the first)."""
+    today = timezone.localdate()
+    Case.objects.filter(pk=world.case_a.pk).update(visit_date=today - timedelta(days=180))
+    world.case_a.refresh_from_db()
+    later = [services.add_lesion(user=world.clin_a, case=_visit(world, day), anatomic_site="posterior torso",
+                                 same_as=world.lesion_a.tracked) for day in (today - timedelta(days=90), today)]
+    return world.lesion_a, later[0], later[1]
+
+
+def test_a_rise_across_a_visit_without_a_comparable_score_is_marked(world, settings, model_version):
+    """V2 has only a photo the model could not assess, V3 rose: V3 is compared with V1, the most
+    recent visit with a score of the same version; a visit scored by another version is passed
+    over the same way."""
+    settings.FOLLOW_UP_SCORE_RISE = 0.10
+    v1, v2, v3 = _three_visits(world)
+    _score(world, v1, 0.10, sha="a1" * 32)
+    _score(world, v2, 0.95, sha="a2" * 32, assessable=False)  # a clinical photo / a blurred image
+    _score(world, v3, 0.55, sha="a3" * 32)
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert [v.melanoma for v in visits] == [0.10, None, 0.55] and all(v.complete for v in visits)
+    assert [v.changed for v in visits] == [False, False, True]
+    assert f"since {v1.case.visit_date:%Y-%m-%d}" in visits[2].changed_reasons[0]
+    other = ModelVersion.objects.create(version="v-other", melanoma_threshold=0.3, malignancy_threshold=0.5)
+    Prediction.objects.create(image=make_image(world, sha="a4" * 32, lesion=v2), model_version=other, status="done",
+                              melanoma_probability=0.50, malignancy_score=0.5, finished_at=timezone.now())
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert [v.changed for v in visits] == [False, False, True]  # V2 (another version) is not V3's baseline
+    assert f"since {v1.case.visit_date:%Y-%m-%d}" in visits[2].changed_reasons[0]
+
+
+def test_a_visit_with_an_image_still_waiting_is_not_compared(client, world, settings, model_version):
+    """One image scored, the other waiting: the visit's highest score so far is not its score,
+    so no rise is marked for it; once every image is scored, it is compared."""
+    settings.FOLLOW_UP_SCORE_RISE = 0.10
+    v1, v2, _ = _three_visits(world)
+    _score(world, v1, 0.10, sha="b1" * 32)
+    _score(world, v2, 0.55, sha="b2" * 32)
+    waiting = Prediction.objects.create(image=make_image(world, sha="b3" * 32, lesion=v2),
+                                        model_version=model_version, status="pending")
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert visits[1].melanoma == 0.55 and not visits[1].complete and not visits[1].changed
+    client.force_login(world.clin_a)
+    html = client.get(f"/patients/{world.patient_a.pk}/lesions/1/").content.decode()
+    assert html.count("not compared with other visits") == 1  # the page says why it has no marker
+    Prediction.objects.filter(pk=waiting.pk).update(status="done", melanoma_probability=0.2, malignancy_score=0.2,
+                                                    finished_at=timezone.now())
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert visits[1].complete and visits[1].changed
+
+
+def test_a_visit_with_a_failed_image_is_neither_compared_nor_a_baseline(world, settings, model_version):
+    """V2 has a score and a failed image: no marker for V2, and V3 is compared with V1 (a rise
+    of 45 points), not with V2's partial score (5 points)."""
+    settings.FOLLOW_UP_SCORE_RISE = 0.10
+    v1, v2, v3 = _three_visits(world)
+    _score(world, v1, 0.10, sha="c1" * 32)
+    _score(world, v2, 0.50, sha="c2" * 32)
+    Prediction.objects.create(image=make_image(world, sha="c3" * 32, lesion=v2), model_version=model_version,
+                              status="failed", error="boom", finished_at=timezone.now())
+    _score(world, v3, 0.55, sha="c4" * 32)
+    visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
+    assert [v.complete for v in visits] == [True, False, True]
+    assert [v.changed for v in visits] == [False, False, True]
+    assert "rose by 45%" in visits[2].changed_reasons[0]
+
+
 def test_review_asks_about_change_only_when_there_are_earlier_visits(world):
     assert "lesion_changed" not in ReviewForm().fields
     assert "lesion_changed" in ReviewForm(earlier_visits=True).fields
