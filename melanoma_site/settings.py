@@ -344,7 +344,8 @@ LIST_PAGE_SIZE = int(os.environ.get("LIST_PAGE_SIZE", "50"))
 # A dermatologist's claim on a case lapses after this; another reviewer may then take it over
 CLAIM_EXPIRY_HOURS = float(os.environ.get("CLAIM_EXPIRY_HOURS", "4"))
 # A lesion's timeline marks a visit "changed" when its melanoma probability rose by more than
-# this since the previous visit (absolute, 0..1), or the dermatologist recorded a change
+# this since the most recent earlier visit with a comparable score (complete, same model version;
+# absolute, 0..1), or the dermatologist recorded a change
 FOLLOW_UP_SCORE_RISE = float(os.environ.get("FOLLOW_UP_SCORE_RISE", "0.10"))
 # Monitoring (admin, cases.drift): ISO weeks shown, weeks of production that are the reference, and
 # the drift alert: the latest complete week (with at least MONITOR_MIN_IMAGES scored images) alerts
