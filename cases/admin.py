@@ -177,6 +177,12 @@ class CaseAdmin(ClinicalAdmin):
     readonly_fields = ["created_at", "updated_at"]
     inlines = [LesionInline]
 
+    def get_readonly_fields(self, request, obj=None):
+        """The patient is chosen when the case is added: a visit's lesions belong to that patient's
+        tracked lesions (body map, timeline, training labels), so it is never moved (Case.save)."""
+        readonly = list(super().get_readonly_fields(request, obj))
+        return readonly if obj is None else [*readonly, "patient"]
+
 
 @admin.register(Lesion)
 class LesionAdmin(ClinicalAdmin):

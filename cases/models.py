@@ -154,6 +154,29 @@ class Case(models.Model):
             models.CheckConstraint(condition=~Q(clinical_question=""), name="case_question_not_empty"),
         ]
 
+    MOVED_WITH_LESIONS = "A visit with lesions cannot be moved to another patient."
+
+    def _moved_with_lesions(self) -> bool:
+        """True when this saved case has lesions and ``patient`` differs from the stored one (asked
+        of the database, not of cached objects)."""
+        if self.pk is None or self.patient_id is None:
+            return False
+        return (Case.objects.filter(pk=self.pk, lesions__isnull=False).exclude(patient_id=self.patient_id)
+                .exists())
+
+    def clean(self) -> None:
+        super().clean()
+        if self._moved_with_lesions():
+            raise ValidationError({"patient": self.MOVED_WITH_LESIONS})
+
+    def save(self, *args, **kwargs) -> None:
+        # its lesions belong to the patient's tracked lesions (timeline, body map, training labels):
+        # moved to another patient, they would show on that patient's map, whoever writes it
+        update_fields = kwargs.get("update_fields")
+        if (update_fields is None or "patient" in update_fields) and self._moved_with_lesions():
+            raise ValidationError(self.MOVED_WITH_LESIONS)
+        super().save(*args, **kwargs)
+
     def audit_scope(self) -> tuple[int | None, int | None]:
         """(patient id, clinic id) for the audit trail."""
         return self.patient_id, self.patient.clinic_id
