@@ -17,10 +17,10 @@ from audit import log as audit_log
 from classifier import artifact_store, ensemble_training, fine_tuning
 from classifier.dispatch import broker_down_reason, on_commit_or_fail, publish
 from classifier.models import ModelVersion
-from classifier.promotion import GateResult, evaluate_gate, gate_evidence
+from classifier.promotion import GateResult, evaluate_gate, gate_evidence, image_checks_problem, with_image_checks
 from classifier.registry import activate, register_artifact
 from classifier.warmup import warm_after_commit
-from mlcore.artifact import CardError, read_card
+from mlcore.artifact import MODEL_FILE, CardError, read_card
 from training.benchmark import BenchmarkError, current_benchmark
 from training.config import TrainConfig
 
@@ -253,9 +253,32 @@ def gate_against(version: ModelVersion, active: ModelVersion | None) -> GateResu
         benchmark = current_benchmark().version
     except BenchmarkError as exc:  # a damaged benchmark file must not let anything through
         return GateResult(False, [str(exc)])
-    return evaluate_gate(version.metrics.get("gate"), active_version=active.version if active else None,
-                         target_sensitivity=target, benchmark_version=benchmark, candidate_sha256=version.sha256,
-                         active_sha256=active.sha256 if active else None)
+    result = evaluate_gate(version.metrics.get("gate"), active_version=active.version if active else None,
+                           target_sensitivity=target, benchmark_version=benchmark, candidate_sha256=version.sha256,
+                           active_sha256=active.sha256 if active else None)
+    return with_image_checks(result, image_checks_of(version))
+
+
+def image_checks_of(version: ModelVersion) -> str | None:
+    """Why ``version``'s model card cannot tell an image it cannot judge (`promotion.image_checks_problem`),
+    or None; a card (or model file) that cannot be read counts as lacking them."""
+    import zipfile
+
+    from mlcore.model_store import keras_file_has_feature_layer
+
+    try:
+        card = artifact_store.card_of(version)
+    except (artifact_store.ArtifactUnavailable, CardError, OSError) as exc:
+        return f"its model card cannot be read ({exc}), so whether it has them is unknown: refused."
+
+    def has_feature_layer() -> bool:
+        return keras_file_has_feature_layer(artifact_store.local_dir(version) / MODEL_FILE)
+
+    try:
+        return image_checks_problem(card, has_feature_layer)
+    except (artifact_store.ArtifactUnavailable, OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        return (f"its model card has no out-of-domain detector (assessment.ood), and whether its network has the "
+                f"feature layer the detector reads cannot be told ({exc}): refused.")
 
 
 def _identity(version: ModelVersion | None) -> tuple | None:

@@ -544,6 +544,55 @@ def _stale_reasons(gate: dict, *, active_version: str | None, benchmark_version:
     return reasons
 
 
+IMAGE_CHECKS = "image_checks"  # the gate's row for the model card's fitted image checks
+IMAGE_CHECKS_LABEL = "Image checks (quality, out-of-domain) in the model card"
+IMAGE_CHECKS_PASSED = ("Image checks: the model card has its fitted image-quality checks (and the out-of-domain "
+                       "detector its network feeds).")
+
+
+def image_checks_problem(card: dict, has_feature_layer: Callable[[], bool]) -> str | None:
+    """Why a model card cannot say that an image is not assessable (None: it can): it needs the
+    fitted image-quality thresholds (``assessment.quality``) and, when its network has the feature
+    layer the out-of-domain detector reads (``has_feature_layer()``, asked only when the card has no
+    detector), the detector (``assessment.ood``). Without them every image, blurry or not a
+    dermoscopic image at all, is scored as if the model could judge it."""
+    missing = ("; without them it would score blurry or non-dermoscopic images as if it could judge them. Fit "
+               "them (python -m training assess MODEL_DIR) and register the artifact again.")
+    assessment = card.get("assessment")
+    if not isinstance(assessment, dict) or not assessment:
+        return "its model card has no fitted image checks (no assessment)" + missing
+    quality = assessment.get("quality")
+    if not isinstance(quality, dict) or not quality.get("thresholds"):
+        return "its model card has no fitted image-quality thresholds (assessment.quality)" + missing
+    ood = assessment.get("ood")
+    if ood:
+        if not isinstance(ood, dict) or not ood.get("file") or not ood.get("sha256"):
+            return ("its model card's out-of-domain detector (assessment.ood) names no detector file and sha256"
+                    + missing)
+        return None
+    if has_feature_layer():
+        return ("its model card has no out-of-domain detector (assessment.ood), though its network has the "
+                "feature layer the detector reads" + missing)
+    return None
+
+
+def with_image_checks(result: GateResult, problem: str | None) -> GateResult:
+    """``result`` with the image-check rule applied: a row in the gate's table and a reason; a
+    ``problem`` (`image_checks_problem`) refuses the version whatever its comparison says."""
+    reason = IMAGE_CHECKS_PASSED if problem is None else f"Image checks: {problem}"
+    if result.rows:
+        result.rows = [*result.rows, {
+            "key": IMAGE_CHECKS, "metric": IMAGE_CHECKS_LABEL, "candidate": None, "active": None,
+            "difference": None, "ci_low": None, "ci_high": None, "margin": None,
+            "rule": "quality thresholds and out-of-domain detector fitted", "gated": True, "passed": problem is None}]
+    if problem is None:
+        result.reasons = [*result.reasons, reason]
+    else:
+        result.allowed = False
+        result.reasons = [reason, *result.reasons]
+    return result
+
+
 def gate_evidence(gate: GateResult | dict | None) -> dict:
     """What the audit trail keeps of a gate (a GateResult as read, or a stored metrics["gate"]):
     the benchmark and the two model files compared, the decision and its reasons."""

@@ -91,11 +91,15 @@ class LoadedModel:
     @cached_property
     def ood_detector(self):
         """The out-of-domain detector (mlcore.ood) stored with the artifact, or None."""
-        from mlcore.ood import MahalanobisDetector, has_feature_layer
+        from mlcore.ood import FEATURE_LAYER, MahalanobisDetector, has_feature_layer
 
         info = (self.assessment or {}).get("ood")
-        if not info or not has_feature_layer(self.keras_model):
+        if not info:
             return None
+        if not has_feature_layer(self.keras_model):
+            # serving it without the detector would call every image familiar: refuse the model
+            raise ModelLoadError(f"{self.model_dir / CARD_FILE} declares an out-of-domain detector, but the "
+                                 f"network has no feature layer {FEATURE_LAYER!r} to feed it")
         path = self.model_dir / info["file"]
         sha = sha256_file(path) if path.is_file() else None
         if sha != info.get("sha256"):
@@ -158,8 +162,33 @@ def _read_card(model_dir: Path) -> dict:
         raise ModelLoadError(str(exc)) from exc
 
 
+def keras_file_has_feature_layer(model_file: Path) -> bool:
+    """Whether a saved ``model.keras`` has the feature layer the out-of-domain detector reads
+    (mlcore.ood.has_feature_layer), read from the file's config without loading TensorFlow."""
+    import json
+    import zipfile
+
+    from mlcore.keras_model import MEMBER_PREFIX
+    from mlcore.ood import FEATURE_LAYER
+
+    with zipfile.ZipFile(model_file) as archive:
+        config = json.loads(archive.read("config.json"))
+
+    def layers(cfg: dict) -> list[dict]:
+        return list((cfg.get("config") or {}).get("layers") or [])
+
+    def name(layer: dict) -> str:
+        return str(layer.get("name") or (layer.get("config") or {}).get("name") or "")
+
+    def has_it(cfg: dict) -> bool:
+        return any(name(layer) == FEATURE_LAYER for layer in layers(cfg))
+
+    return has_it(config) or any(name(m).startswith(MEMBER_PREFIX) and has_it(m) for m in layers(config))
+
+
 def load_model(model_dir: Path) -> LoadedModel:
-    """Read model_card.json, verify sha256 of model.keras, load the Keras model (TF imported here)."""
+    """Read model_card.json, verify sha256 of model.keras, load the Keras model (TF imported here).
+    Refuses (ModelLoadError) a card whose out-of-domain detector cannot be built."""
     model_dir = Path(model_dir).expanduser().resolve()
     card = _read_card(model_dir)
     mpath = model_dir / card.get("model_file", MODEL_FILE)

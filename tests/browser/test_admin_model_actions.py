@@ -24,8 +24,8 @@ def admin_log_in(page, base):
     page.get_by_role("button", name="Log in").click()
 
 
-def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_dir, browser_page, artifacts_dir,
-                                                      tmp_path):
+def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_assessed_model_dir, browser_page,
+                                                      artifacts_dir, tmp_path):
     from playwright.sync_api import expect
 
     from classifier.promotion import BOOTSTRAP_RESAMPLES, paired_gate
@@ -34,7 +34,8 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_model_di
     from training.benchmark.plots import plot_paired_roc
 
     page, base = browser_page, live_server.url
-    shutil.copytree(tiny_model_dir, tmp_path / "ready")  # the paired ROC goes into its plots/
+    # the paired ROC goes into its plots/; activation asks for the card's fitted image checks
+    shutil.copytree(tiny_assessed_model_dir, tmp_path / "ready")
     ready = register_artifact(tmp_path / "ready")
     ready.status = ModelVersion.Status.READY
     # the first version (nothing active): a comparison on the frozen benchmark's version, synthetic scores

@@ -4,7 +4,8 @@ from django.db import IntegrityError, transaction
 
 from classifier import lifecycle, registry
 from classifier.models import ModelVersion
-from tests.support.gate_helpers import fake_sha, stored_gate
+from classifier.promotion import IMAGE_CHECKS_PASSED
+from tests.support.gate_helpers import fake_sha, stand_in_artifact, stored_gate
 
 
 def _gate_metrics(allowed: bool, active: ModelVersion | str, candidate: str = "cand") -> dict:
@@ -35,12 +36,14 @@ def test_database_allows_only_one_active_version():
 
 
 @pytest.mark.django_db
-def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, django_user_model):
+def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, django_user_model, tmp_path):
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     worse = ModelVersion.objects.create(version="worse", status="ready", target_sensitivity=0.9,
+                                        artifact_path=stand_in_artifact(tmp_path, "worse"),
                                         sha256=fake_sha("worse"), metrics=_gate_metrics(False, shipped, "worse"))
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
+                                         artifact_path=stand_in_artifact(tmp_path, "better"),
                                          sha256=fake_sha("better"), metrics=_gate_metrics(True, shipped, "better"))
     with pytest.raises(lifecycle.LifecycleError, match="gate refused"):
         lifecycle.activate_version(version=worse, user=admin)
@@ -59,7 +62,7 @@ def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, 
     assert evidence == {"benchmark": "frozen-v1", "benchmark_sha256": "0" * 64, "candidate": "better",
                         "candidate_sha256": fake_sha("better"), "active": shipped.version,
                         "active_sha256": shipped.sha256, "resamples": 1000, "allowed": True,
-                        "reasons": better.metrics["gate"]["reasons"]}
+                        "reasons": better.metrics["gate"]["reasons"] + [IMAGE_CHECKS_PASSED]}
 
 
 @pytest.mark.django_db
@@ -104,9 +107,10 @@ def test_registry_actions_need_the_change_permission(client, django_user_model, 
 
 
 @pytest.mark.django_db
-def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_model):
+def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_model, tmp_path):
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
+                                            artifact_path=stand_in_artifact(tmp_path, "cand"),
                                             sha256=fake_sha("cand"), metrics=_gate_metrics(True, shipped, "cand"))
     listing = admin_client.get("/admin/classifier/modelversion/").content.decode()
     assert shipped.version in listing and "Train a new version" in listing
@@ -297,7 +301,7 @@ def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmar
 
 
 @pytest.mark.django_db
-def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeypatch):
+def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeypatch, tmp_path):
     """After another activation the stored comparison is stale (refused); the command measures it
     against the version active now and stores the result."""
     from django.core.management import call_command
@@ -306,7 +310,7 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
 
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
-                                            artifact_path=str(use_tiny_model), sha256=fake_sha("cand"),
+                                            artifact_path=stand_in_artifact(tmp_path, "cand"), sha256=fake_sha("cand"),
                                             metrics={"melanoma_auc": 0.9, **_gate_metrics(True, "older")})
     assert "re-run the comparison" in lifecycle.gate_for(candidate).reasons[0]
     asked = []
@@ -333,9 +337,9 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
 def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, monkeypatch, tmp_path):
     """It is the evidence the activation was justified by: the command refuses, and a version
     activated while it was being compared keeps the comparison it was activated on."""
-    from django.core.management import CommandError, call_command
+    from pathlib import Path
 
-    import shutil
+    from django.core.management import CommandError, call_command
 
     from audit.models import AuditEvent
     from classifier import retraining
@@ -348,8 +352,7 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
         call_command("compare_on_benchmark", shipped.version)
     assert ModelVersion.objects.get(pk=shipped.pk).metrics == {"gate": {"evidence": "of its activation"}}
 
-    artifact_dir = tmp_path / "cand"
-    shutil.copytree(use_tiny_model, artifact_dir)
+    artifact_dir = Path(stand_in_artifact(tmp_path, "cand"))
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
                                             artifact_path=str(artifact_dir), sha256=fake_sha("cand"),
                                             metrics=_gate_metrics(True, shipped, "cand"))
@@ -375,7 +378,7 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
 
 @pytest.mark.django_db
 def test_an_activation_is_refused_when_the_active_version_changed_after_its_gate_was_checked(
-        use_tiny_model, django_user_model, monkeypatch):
+        use_tiny_model, django_user_model, monkeypatch, tmp_path):
     """Another admin activates another version between this activation's gate check and its
     update: the gate is checked again against the active row locked in the transaction, and the
     activation is refused instead of replacing a model it was never compared with."""
@@ -385,6 +388,7 @@ def test_an_activation_is_refused_when_the_active_version_changed_after_its_gate
     shipped = registry.ensure_default_registered()
     other = ModelVersion.objects.create(version="other", status="ready", sha256=fake_sha("other"))
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
+                                         artifact_path=stand_in_artifact(tmp_path, "better"),
                                          sha256=fake_sha("better"), metrics=_gate_metrics(True, shipped, "better"))
     checked_against = []
     check = lifecycle.gate_against
@@ -694,7 +698,7 @@ def test_a_cancel_during_the_benchmark_comparison_ends_the_run_cancelled_not_rea
 
 @pytest.mark.django_db
 def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothing(
-        use_tiny_model, django_user_model, monkeypatch):
+        use_tiny_model, django_user_model, monkeypatch, tmp_path):
     """Two admins click Activate at once: the database's one-active-version constraint stops the
     second, which gets a message, not a 500, and leaves no audit entry behind."""
     from audit.models import AuditEvent
@@ -702,6 +706,7 @@ def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothi
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9,
+                                         artifact_path=stand_in_artifact(tmp_path, "better"),
                                          sha256=fake_sha("better"), metrics=_gate_metrics(True, shipped, "better"))
 
     def lost(version):

@@ -5,7 +5,7 @@ import pytest
 
 from classifier import lifecycle, registry, warmup
 from classifier.models import ModelVersion
-from tests.support.gate_helpers import fake_sha, stored_gate
+from tests.support.gate_helpers import fake_sha, stand_in_artifact, stored_gate
 
 
 @pytest.fixture
@@ -31,10 +31,11 @@ def sent(monkeypatch):
 
 @pytest.mark.django_db
 def test_activation_and_rollback_ask_a_worker_to_warm_the_new_version_after_commit(
-        use_tiny_model, django_user_model, django_capture_on_commit_callbacks, sent):
+        use_tiny_model, django_user_model, django_capture_on_commit_callbacks, sent, tmp_path):
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9, sha256=fake_sha("better"),
+                                         artifact_path=stand_in_artifact(tmp_path, "better"),
                                          metrics={"gate": stored_gate(allowed=True, active=shipped.version,
                                                                       active_sha256=shipped.sha256, candidate="better")})
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -50,7 +51,8 @@ def test_activation_and_rollback_ask_a_worker_to_warm_the_new_version_after_comm
 
 @pytest.mark.django_db
 def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_model, django_user_model,
-                                                          django_capture_on_commit_callbacks, monkeypatch, caplog):
+                                                          django_capture_on_commit_callbacks, monkeypatch, caplog,
+                                                          tmp_path):
     def down():
         raise ConnectionRefusedError("Redis is down")
 
@@ -58,6 +60,7 @@ def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_model, djan
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9, sha256=fake_sha("better"),
+                                         artifact_path=stand_in_artifact(tmp_path, "better"),
                                          metrics={"gate": stored_gate(allowed=True, active=shipped.version,
                                                                       active_sha256=shipped.sha256, candidate="better")})
     with django_capture_on_commit_callbacks(execute=True):

@@ -90,3 +90,26 @@ def stored_gate(*, allowed: bool, active: str | None, candidate: str = "cand", c
     if active is not None:
         gate["active"] |= {"version": active, "model_sha256": active_sha256 or fake_sha(active)}
     return gate
+
+
+# a model card's fitted image checks, as training.assessment writes them (values do not matter here)
+FITTED_CHECKS = {"quality": {"thresholds": {"sharpness_min": 1.0}},
+                 "ood": {"file": "ood.npz", "sha256": "0" * 64, "threshold": 1.0}}
+
+
+def stand_in_artifact(root, version: str, *, assessment: dict | None = FITTED_CHECKS) -> str:
+    """An artifact directory for a test version with no real model: its "model file" holds the
+    version's name, so its sha256 is ``fake_sha(version)``, and its card has the fitted image
+    checks the promotion gate asks for (``assessment``; None: a card without them). Returns its path."""
+    from pathlib import Path
+
+    from mlcore.artifact import CARD_FILE, MODEL_FILE
+
+    out = Path(root) / f"artifact-{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MODEL_FILE).write_bytes(version.encode())
+    card = {"version": version, "model_sha256": fake_sha(version)}
+    if assessment is not None:
+        card["assessment"] = assessment
+    (out / CARD_FILE).write_text(json.dumps(card))
+    return str(out)

@@ -1,0 +1,35 @@
+"""Loading refuses what would silently serve a model unlike its card: a declared out-of-domain
+detector that cannot be built, a test-time augmentation override the card was not fitted with;
+and a card re-assessed in place is loaded again."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlcore import model_store
+from mlcore.artifact import CARD_FILE, sha256_file
+
+
+def _copy(src: Path, dst: Path, **card_changes) -> Path:
+    shutil.copytree(src, dst)
+    card = json.loads((dst / CARD_FILE).read_text()) | card_changes
+    (dst / CARD_FILE).write_text(json.dumps(card))
+    return dst
+
+
+def test_a_declared_detector_the_network_cannot_feed_is_refused_at_load(tiny_model_dir, tmp_path, monkeypatch):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    np.savez(model_dir / "ood.npz", threshold=np.float32(1.0))
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    card["assessment"] = {"quality": {"thresholds": {}},
+                          "ood": {"file": "ood.npz", "sha256": sha256_file(model_dir / "ood.npz")}}
+    (model_dir / CARD_FILE).write_text(json.dumps(card))
+    monkeypatch.setattr("mlcore.ood.has_feature_layer", lambda keras_model: False)  # e.g. a re-built network
+    with pytest.raises(model_store.ModelLoadError, match="declares an out-of-domain detector, but the network "
+                                                         "has no feature layer 'gap'"):
+        model_store.load_model(model_dir)
