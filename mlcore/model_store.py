@@ -162,6 +162,20 @@ def _read_card(model_dir: Path) -> dict:
         raise ModelLoadError(str(exc)) from exc
 
 
+def check_tta_override(card: dict, model_dir: Path) -> None:
+    """Raise ModelLoadError when the configured test-time augmentation (SECONDLOOK_TTA, mlcore.options)
+    differs from the mode the card's temperature, thresholds and image checks were fitted with (its
+    ``tta``): served with other views, the logits and the out-of-domain features move away from what
+    those were fitted on, and the flags and the abstention would no longer mean what the card says."""
+    override, fitted = current().tta, str(card.get("tta", "none"))
+    if override and override != fitted:
+        fitted_on = "temperature, thresholds" + (" and image checks" if card.get("assessment") else "")
+        raise ModelLoadError(
+            f"{model_dir / CARD_FILE}: SECONDLOOK_TTA={override} differs from the test-time augmentation "
+            f"{fitted!r} its {fitted_on} were fitted with; unset SECONDLOOK_TTA (or set it to {fitted}), or "
+            f"recalibrate and re-assess the model for {override} (python -m training recalibrate)")
+
+
 def keras_file_has_feature_layer(model_file: Path) -> bool:
     """Whether a saved ``model.keras`` has the feature layer the out-of-domain detector reads
     (mlcore.ood.has_feature_layer), read from the file's config without loading TensorFlow."""
@@ -188,9 +202,11 @@ def keras_file_has_feature_layer(model_file: Path) -> bool:
 
 def load_model(model_dir: Path) -> LoadedModel:
     """Read model_card.json, verify sha256 of model.keras, load the Keras model (TF imported here).
-    Refuses (ModelLoadError) a card whose out-of-domain detector cannot be built."""
+    Refuses (ModelLoadError) a SECONDLOOK_TTA override the card was not fitted with
+    (`check_tta_override`) and a card whose out-of-domain detector cannot be built."""
     model_dir = Path(model_dir).expanduser().resolve()
     card = _read_card(model_dir)
+    check_tta_override(card, model_dir)
     mpath = model_dir / card.get("model_file", MODEL_FILE)
     if not mpath.is_file():
         raise ModelLoadError(f"{mpath} is missing")

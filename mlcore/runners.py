@@ -43,7 +43,9 @@ MOBILENET_FP32_BLOCKS = tuple(f"block_{i}_" for i in range(1, 12))
 
 
 def tta_setting(card_tta: str) -> str:
-    """The TTA mode to serve: the configured override (mlcore.options), else the card's."""
+    """The TTA mode to serve: the configured override (mlcore.options), else the card's. A model is
+    not loaded under an override its card was not fitted with (mlcore.model_store.check_tta_override);
+    switching it after loading is for benches (bench/inference.py)."""
     from mlcore.keras_model import TTA_MODES
 
     t = current().tta or card_tta

@@ -33,9 +33,10 @@ def _check(model_dir, n, engines, inference_options):
             got = _probs(r.logits(x, tta=tta), m.temperature)
             err = float(np.abs(got - ref).max())
             assert err <= tol, (engine, prec, tta, err)
-    # the public path uses the runner, with TTA folded into the batch
-    inference_options(tta="dihedral8")
+    # the public path uses the runner, with TTA folded into the batch (switched after loading, as
+    # bench/inference.py does: SECONDLOOK_TTA other than the card's mode is refused at load)
     m2 = load_model(model_dir)
+    inference_options(tta="dihedral8")
     assert m2.tta == "dihedral8"
     np.testing.assert_allclose(m2.predict_logits(x), m2.predict_logits_reference(x), atol=1e-4)
 

@@ -33,3 +33,14 @@ def test_a_declared_detector_the_network_cannot_feed_is_refused_at_load(tiny_mod
     with pytest.raises(model_store.ModelLoadError, match="declares an out-of-domain detector, but the network "
                                                          "has no feature layer 'gap'"):
         model_store.load_model(model_dir)
+
+
+def test_a_tta_override_the_card_was_not_fitted_with_is_refused_at_load(tiny_model_dir, inference_options):
+    fitted = json.loads((tiny_model_dir / CARD_FILE).read_text())["tta"]
+    other = "flip2" if fitted != "flip2" else "none"
+    inference_options(tta=other)
+    with pytest.raises(model_store.ModelLoadError, match=f"SECONDLOOK_TTA={other} differs from the test-time "
+                                                         f"augmentation '{fitted}'"):
+        model_store.load_model(tiny_model_dir)
+    inference_options(tta=fitted)  # the card's own mode, set explicitly, is served
+    assert model_store.load_model(tiny_model_dir).tta == fitted
