@@ -9,7 +9,10 @@ registry's sha256 before use (a corrupt or swapped download is refused, never se
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +25,12 @@ from django.core.files.storage import default_storage
 from classifier.models import ModelVersion
 from mlcore.artifact import CARD_FILE, MODEL_FILE, read_card, sha256_file
 
+log = logging.getLogger(__name__)
 PREFIX = "models"
+# what `python -m training assess MODEL` rewrites in place (the image checks), model.keras unchanged:
+# published again whenever they change, and a host copy whose card differs from the stored one is
+# fetched again
+REFRESHED_FILES = (CARD_FILE, "assessment.json", "ood.npz")
 
 
 class ArtifactUnavailable(RuntimeError):
@@ -33,14 +41,29 @@ def storage_prefix(sha256: str) -> str:
     return f"{PREFIX}/{sha256}"
 
 
+def _stored_sha256(name: str) -> str | None:
+    """sha256 of a stored file's bytes, or None when it cannot be read (missing, or the storage is
+    unreachable: an S3 client raises its own errors, not OSError)."""
+    try:
+        with default_storage.open(name, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except Exception:  # noqa: BLE001 - unknown is an answer here: the callers keep what they have
+        return None
+
+
 def publish(model_dir: Path, sha256: str) -> list[str]:
-    """Copy every file of the artifact directory to the storage (files already there are kept:
-    the same name holds the same bytes). Returns the storage names written."""
+    """Copy every file of the artifact directory to the storage. Files already there are kept (the
+    same name under the model's hash holds the same bytes), except the card and the image checks
+    (REFRESHED_FILES), which an assessment rewrites in place: those are replaced when they differ.
+    Returns the storage names written."""
     written = []
     for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        name = f"{storage_prefix(sha256)}/{path.relative_to(model_dir).as_posix()}"
+        relative = path.relative_to(model_dir).as_posix()
+        name = f"{storage_prefix(sha256)}/{relative}"
         if default_storage.exists(name):
-            continue
+            if relative not in REFRESHED_FILES or _stored_sha256(name) == sha256_file(path):
+                continue
+            default_storage.delete(name)  # save() would pick another name for an existing one
         with open(path, "rb") as handle:
             default_storage.save(name, File(handle, name=path.name))
         written.append(name)
@@ -84,16 +107,24 @@ def keep_local_copy(model_dir: Path, sha256: str) -> Path:
     return _install_host_copy(sha256, copy)
 
 
-def _install_host_copy(sha256: str, fill: Callable[[Path], None]) -> Path:
-    """This host's copy of the artifact ``sha256``: kept if already there, else ``fill``ed into a
-    staging directory (which ``fill`` checks, raising to refuse it) and renamed into place."""
+def _install_host_copy(sha256: str, fill: Callable[[Path], None], *, replace: bool = False) -> Path:
+    """This host's copy of the artifact ``sha256``: kept if already there (unless ``replace``), else
+    ``fill``ed into a staging directory (which ``fill`` checks, raising to refuse it) and renamed
+    into place; ``replace`` swaps a copy already there for the new one."""
     cache = host_copy(sha256)
-    if holds(cache, sha256):
+    if holds(cache, sha256) and not replace:
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=cache.parent))
+    old = None
     try:
         fill(staging)
+        if replace and cache.exists():
+            old = cache.parent / f".{sha256[:12]}-old-{os.getpid()}-{staging.name}"
+            try:
+                cache.rename(old)
+            except OSError:  # another process is swapping it too
+                old = None
         try:
             staging.rename(cache)  # atomic: a concurrent copy that won is just as good
         except OSError:
@@ -101,7 +132,16 @@ def _install_host_copy(sha256: str, fill: Callable[[Path], None]) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return cache
+
+
+def _card_is_current(model_dir: Path, sha256: str) -> bool:
+    """Whether ``model_dir``'s card is the stored one of the artifact ``sha256`` (re-assessed in
+    place, the stored card changes; a storage that cannot be read keeps the verified copy in use)."""
+    stored = _stored_sha256(f"{storage_prefix(sha256)}/{CARD_FILE}")
+    return stored is None or stored == sha256_file(Path(model_dir) / CARD_FILE)
 
 
 def card_of(version: ModelVersion) -> dict:
@@ -144,7 +184,8 @@ def local_dir(version: ModelVersion) -> Path:
     if registered is not None and holds(registered, version.sha256):
         return registered
     cache = host_copy(version.sha256)
-    if holds(cache, version.sha256):
+    cached = holds(cache, version.sha256)
+    if cached and (not settings.SECONDLOOK_MODELS_IN_STORAGE or _card_is_current(cache, version.sha256)):
         return cache
     if not settings.SECONDLOOK_MODELS_IN_STORAGE:
         if registered is None:
@@ -159,4 +200,11 @@ def local_dir(version: ModelVersion) -> Path:
         if read_card(staging).get("model_sha256") != version.sha256:
             raise ArtifactUnavailable(f"the stored model card of {version.version} names another model: refused")
 
-    return _install_host_copy(version.sha256, download)
+    if not cached:
+        return _install_host_copy(version.sha256, download)
+    try:  # the stored card changed (re-assessed in place): fetch the artifact again
+        return _install_host_copy(version.sha256, download, replace=True)
+    except (ArtifactUnavailable, OSError) as exc:
+        log.warning("cannot refresh this host's copy of %s from the storage (%s); using the copy it has",
+                    version.version, exc)
+        return cache

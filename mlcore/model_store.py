@@ -233,15 +233,21 @@ def load_model(model_dir: Path) -> LoadedModel:
     return loaded
 
 
-_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def get_model(model_dir: Path | None = None) -> LoadedModel:
-    """Per-process cache keyed by (resolved path, sha256 of model.keras)."""
+    """Per-process cache keyed by (resolved path, sha256 of model.keras, sha256 of the card): a card
+    rewritten in place (``python -m training assess`` re-fits the image checks, model.keras
+    unchanged) is loaded again."""
     model_dir = Path(model_dir or default_model_dir()).expanduser().resolve()
     card = _read_card(model_dir)
-    key = (str(model_dir), str(card["model_sha256"]))
+    try:
+        card_sha = sha256_file(model_dir / CARD_FILE)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {model_dir / CARD_FILE}: {exc}") from exc
+    key = (str(model_dir), str(card["model_sha256"]), card_sha)
     with _CACHE_LOCK:
         m = _CACHE.get(key)
         if m is None:

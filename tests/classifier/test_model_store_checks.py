@@ -44,3 +44,20 @@ def test_a_tta_override_the_card_was_not_fitted_with_is_refused_at_load(tiny_mod
         model_store.load_model(tiny_model_dir)
     inference_options(tta=fitted)  # the card's own mode, set explicitly, is served
     assert model_store.load_model(tiny_model_dir).tta == fitted
+
+
+def test_a_card_rewritten_in_place_is_loaded_again(tiny_model_dir, tmp_path):
+    model_dir = _copy(tiny_model_dir, tmp_path / "model")
+    model_store.clear_cache()
+    try:
+        first = model_store.get_model(model_dir)
+        assert model_store.get_model(model_dir) is first
+        # as `python -m training assess` rewrites it: model.keras unchanged, the card's checks new
+        card = json.loads((model_dir / CARD_FILE).read_text()) | {"assessment": {"quality": {"thresholds": {}},
+                                                                               "ood": None}}
+        (model_dir / CARD_FILE).write_text(json.dumps(card))
+        again = model_store.get_model(model_dir)
+        assert again is not first and again.assessment == card["assessment"]
+        assert len(model_store._CACHE) == 1
+    finally:
+        model_store.clear_cache()
