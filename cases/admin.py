@@ -197,7 +197,11 @@ class LesionAdmin(ClinicalAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))
-        return readonly if request.user.is_superuser else [*readonly, "tracked"]
+        if request.user.is_superuser:
+            return readonly
+        # the model checks a new case against ``tracked``, which this form does not show to them:
+        # an existing record keeps its visit too (moving it is a superuser's correction)
+        return [*readonly, "tracked", *(["case"] if obj is not None else [])]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change, **kwargs)

@@ -278,8 +278,8 @@ def case_status(request: HttpRequest, pk: int) -> JsonResponse:
     the model could not assess."""
     case = get_object_or_404(access.visible_cases(request.user), pk=pk)
     predictions = Prediction.objects.select_related("model_version")
-    images = (access.visible_images(request.user).filter(lesion__case=case).order_by("pk")
-              .prefetch_related(Prefetch("predictions", queryset=predictions)))
+    images = (access.visible_images(request.user).filter(lesion__case=case).order_by("pk").select_related("lesion")
+              .prefetch_related(Prefetch("predictions", queryset=predictions), "lesion__reviews"))
     can_edit = access.can_edit_case(request.user, case)
     items, active = [], False
     for image in images:

@@ -55,6 +55,24 @@ def test_clinic_staff_see_no_other_clinics_patient_lesions_and_cannot_relink(cli
     assert client.get(f"/admin/cases/lesion/{world.lesion_b.pk}/change/").status_code == 302  # "not found"
 
 
+def test_clinic_staff_cannot_move_a_lesion_to_another_patients_visit(client, world):
+    """The visit (``case``) is read-only for them too: the model's check of a new case against the
+    tracked lesion they cannot see would otherwise end in a server error, not a refusal."""
+    from cases.models import Case, Patient
+
+    other = Patient.objects.create(clinic=world.clinic_a, identifier="PA-2", birth_year=1980,
+                                   created_by=world.clin_a)
+    visit = Case.objects.create(patient=other, referring_clinician=world.clin_a, clinical_question="other patient")
+    client.force_login(_staff(world, "view_lesion", "change_lesion"))
+    page = client.get(f"/admin/cases/lesion/{world.lesion_a.pk}/change/")
+    assert 'name="case"' not in page.content.decode()
+    saved = client.post(f"/admin/cases/lesion/{world.lesion_a.pk}/change/",
+                        _lesion_post(world.lesion_a, case=visit.pk, description="moved?"))
+    assert saved.status_code == 302
+    lesion = Lesion.objects.get(pk=world.lesion_a.pk)
+    assert lesion.description == "moved?" and lesion.case_id == world.lesion_a.case_id
+
+
 def test_a_superuser_picks_only_the_cases_own_patients_lesions(client, world):
     other = PatientLesion.objects.create(patient=world.patient_a, number=PatientLesion.next_number(world.patient_a))
     client.force_login(world.admin)

@@ -164,3 +164,25 @@ def test_a_lesion_whose_current_score_cleared_its_flag_stays_queued_and_says_so(
     token.save()
     rows = client.get("/api/v1/queue/", HTTP_AUTHORIZATION=f"Token {key}").json()["results"]
     assert rows[0]["flag_cleared"] is True
+
+
+def test_the_case_status_poll_costs_the_same_queries_for_one_image_or_many(world, model_version, client):
+    """The page polls status.json every few seconds: an image the model could not assess shows its
+    lesion's review state, which must come from the prefetch, not one query per image."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.force_login(world.clin_a)
+
+    def queries() -> int:
+        """Queries reading lesions or reviews (the role checks of the summary are counted apart)."""
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(f"/cases/{world.case_a.pk}/status.json").status_code == 200
+        return sum('FROM "cases_lesion"' in q["sql"] or 'FROM "cases_review"' in q["sql"]
+                   for q in captured.captured_queries)
+
+    _done(make_image(world, sha="0" * 64), model_version, melanoma=0.0, assessable=False)
+    one = queries()
+    for i in range(1, 4):
+        _done(make_image(world, sha=str(i) * 64), model_version, melanoma=0.0, assessable=False)
+    assert queries() == one
