@@ -245,9 +245,15 @@ def gate_for(version: ModelVersion) -> GateResult:
     return gate_against(version, _active_other_than(version))
 
 
-def gate_against(version: ModelVersion, active: ModelVersion | None) -> GateResult:
+_UNCHECKED = object()
+
+
+def gate_against(version: ModelVersion, active: ModelVersion | None, *,
+                 image_checks: str | None | object = _UNCHECKED) -> GateResult:
     """``version``'s stored comparison read against ``active`` as the active version, the current
-    benchmark and the model files the registry holds (`promotion.evaluate_gate`)."""
+    benchmark and the model files the registry holds (`promotion.evaluate_gate`). ``image_checks``:
+    `image_checks_of(version)` when already worked out (it may read the model from storage, which
+    must not happen while the active row is locked)."""
     target = version.target_sensitivity or version.training_config.get("target_sensitivity") or 0.90
     try:
         benchmark = current_benchmark().version
@@ -256,7 +262,7 @@ def gate_against(version: ModelVersion, active: ModelVersion | None) -> GateResu
     result = evaluate_gate(version.metrics.get("gate"), active_version=active.version if active else None,
                            target_sensitivity=target, benchmark_version=benchmark, candidate_sha256=version.sha256,
                            active_sha256=active.sha256 if active else None)
-    return with_image_checks(result, image_checks_of(version))
+    return with_image_checks(result, image_checks_of(version) if image_checks is _UNCHECKED else image_checks)
 
 
 def image_checks_of(version: ModelVersion) -> str | None:
@@ -293,7 +299,8 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
     if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED):
         raise LifecycleError(f"{version.version} is {version.status}; only a ready version can be activated.")
     seen = _active_other_than(version)
-    gate = gate_against(version, seen)
+    checks = image_checks_of(version)
+    gate = gate_against(version, seen, image_checks=checks)
     if not gate.allowed:
         raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
     try:
@@ -304,7 +311,7 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
                     f"The active version changed to {previous.version if previous else 'none'} while {version.version}"
                     f"'s promotion gate was being checked against {seen.version if seen else 'no model'}; nothing "
                     "was changed. Reload the page: the gate is read against the version active now.")
-            gate = gate_against(version, previous)
+            gate = gate_against(version, previous, image_checks=checks)
             if not gate.allowed:
                 raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
             activate(version)

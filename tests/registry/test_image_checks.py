@@ -69,6 +69,26 @@ def test_a_version_whose_card_lacks_the_image_checks_is_refused_by_the_gate_and_
 
 
 @pytest.mark.django_db
+def test_activation_reads_the_image_checks_once_before_locking_the_active_row(use_tiny_model, tmp_path, monkeypatch):
+    """Reading them may fetch the model from storage: not while the active row is locked."""
+    from django.db import connection
+
+    shipped = registry.ensure_default_registered()
+    checked = _candidate(shipped, "checked-once", stand_in_artifact(tmp_path, "checked-once"))
+    calls, real = [], lifecycle.image_checks_of
+
+    def counted(version):
+        calls.append(len(connection.atomic_blocks))
+        return real(version)
+
+    monkeypatch.setattr(lifecycle, "image_checks_of", counted)
+    outside = len(connection.atomic_blocks)  # the test's own transaction
+    lifecycle.activate_version(version=checked)
+    assert ModelVersion.objects.get(status="active").pk == checked.pk
+    assert calls == [outside]  # once, and not inside activation's transaction
+
+
+@pytest.mark.django_db
 def test_a_version_without_a_readable_card_is_refused(use_tiny_model):
     shipped = registry.ensure_default_registered()
     gate = lifecycle.gate_for(_candidate(shipped, "nowhere", None))
