@@ -393,8 +393,8 @@ def test_an_activation_is_refused_when_the_active_version_changed_after_its_gate
     checked_against = []
     check = lifecycle.gate_against
 
-    def racing(version, active):
-        result = check(version, active)
+    def racing(version, active, **kwargs):
+        result = check(version, active, **kwargs)
         checked_against.append(active.version if active else None)
         if len(checked_against) == 1:  # the other activation commits right after this check
             registry.activate(ModelVersion.objects.get(pk=other.pk))
