@@ -149,9 +149,14 @@ def card_of(version: ModelVersion) -> dict:
     holds the version (its registered one or the host copy), else from the storage, where it must
     name the registered model. A web host that only shows a form needs nothing more."""
     if version.sha256:
-        for model_dir in (Path(version.artifact_path) if version.artifact_path else None, host_copy(version.sha256)):
-            if model_dir is not None and holds(model_dir, version.sha256):
-                return read_card(model_dir, required=())
+        registered = Path(version.artifact_path) if version.artifact_path else None
+        if registered is not None and holds(registered, version.sha256):
+            return read_card(registered, required=())
+        copy = host_copy(version.sha256)
+        # a host copy made before the artifact was re-assessed keeps the older card: the stored one wins
+        if holds(copy, version.sha256) and (not settings.SECONDLOOK_MODELS_IN_STORAGE
+                                            or _card_is_current(copy, version.sha256)):
+            return read_card(copy, required=())
         if settings.SECONDLOOK_MODELS_IN_STORAGE:
             name = f"{storage_prefix(version.sha256)}/{CARD_FILE}"
             try:

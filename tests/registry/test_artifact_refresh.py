@@ -43,6 +43,7 @@ def test_a_reassessed_card_is_published_again_and_refreshes_the_host_copy(tiny_m
     assert not [p.name for p in stored.iterdir() if p.name.startswith(("model_card_", "assessment_"))]
 
     shutil.rmtree(release)
+    assert artifact_store.card_of(version)["assessment"] == card["assessment"]  # the stored card, not the old copy's
     host = artifact_store.local_dir(version)
     assert json.loads((host / CARD_FILE).read_text()) == card  # the host copy was fetched again
     assert artifact_store.local_dir(version) == host  # and is kept while the cards match
