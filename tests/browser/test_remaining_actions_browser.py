@@ -30,6 +30,13 @@ def _clinic_case(question: str = "Changing mole?"):
     return clinician, case, lesion
 
 
+def _stored_image(lesion, clinician, *, name: str, sha_char: str):
+    """A stored PNG on ``lesion``."""
+    stored = default_storage.save(f"lesion-images/{name}", ContentFile(png()))
+    return lesion.images.create(file=stored, sha256=sha_char * 64, size_bytes=10, width=96, height=64,
+                                uploaded_by=clinician)
+
+
 def test_claim_and_release_from_the_case_page(live_server, browser_page):
     from playwright.sync_api import expect
 
@@ -58,9 +65,7 @@ def test_retry_a_failed_score_by_clicking(live_server, browser_page, monkeypatch
     page, base = browser_page, live_server.url
     clinician, case, lesion = _clinic_case()
     version = ModelVersion.objects.create(version="browser-retry-v1", status=ModelVersion.Status.ACTIVE)
-    name = default_storage.save("lesion-images/retry.png", ContentFile(png()))
-    image = lesion.images.create(file=name, sha256="c" * 64, size_bytes=10, width=96, height=64,
-                                 uploaded_by=clinician)
+    image = _stored_image(lesion, clinician, name="retry.png", sha_char="c")
     failed = Prediction.objects.create(image=image, model_version=version, status="failed",
                                        error="Model could not be loaded", finished_at=timezone.now())
     log_in(page, base, "cora")
@@ -81,9 +86,7 @@ def test_retry_a_failed_re_score_by_clicking_beside_the_result_in_force(live_ser
     clinician, case, lesion = _clinic_case()
     old = ModelVersion.objects.create(version="browser-old-v1", status=ModelVersion.Status.RETIRED)
     new = ModelVersion.objects.create(version="browser-new-v2", status=ModelVersion.Status.ACTIVE)
-    name = default_storage.save("lesion-images/rescore.png", ContentFile(png()))
-    image = lesion.images.create(file=name, sha256="e" * 64, size_bytes=10, width=96, height=64,
-                                 uploaded_by=clinician)
+    image = _stored_image(lesion, clinician, name="rescore.png", sha_char="e")
     Prediction.objects.create(image=image, model_version=old, status="done", melanoma_probability=0.42,
                               malignancy_score=0.5, finished_at=timezone.now())
     failed = Prediction.objects.create(image=image, model_version=new, status="failed", error="worker lost",

@@ -100,14 +100,20 @@ def _dead_pid() -> int:
     return finished.pid
 
 
+def _pid_file_of_a_killed_run(path, child_pid: int, child_start: str):
+    """A PID file as a supervisor killed outright leaves it: itself gone, its web child listed."""
+    path.write_text(json.dumps({
+        "supervisor": {"pid": _dead_pid(), "start": "1"},
+        "children": {"web": {"pid": child_pid, "start": child_start, "group": True}},
+    }))
+    return path
+
+
 def test_the_next_start_stops_what_a_killed_run_left_running(tmp_path):
     leftover = _leftover(tmp_path)
     pid_file = tmp_path / "devserver-8000.pids"
     try:
-        pid_file.write_text(json.dumps({
-            "supervisor": {"pid": _dead_pid(), "start": "1"},
-            "children": {"web": {"pid": leftover.pid, "start": devserver._start_marker(leftover.pid), "group": True}},
-        }))
+        _pid_file_of_a_killed_run(pid_file, leftover.pid, devserver._start_marker(leftover.pid))
         assert devserver.PidFile(pid_file).clear_leftovers(grace=10) is None
         assert _wait_until(lambda: _group_members(leftover.pid) == [], timeout=10)  # its grandchild too
         assert not pid_file.exists()
@@ -121,10 +127,7 @@ def test_a_process_that_merely_reuses_a_listed_pid_is_left_alone(tmp_path):
     unrelated = _leftover(tmp_path)
     pid_file = tmp_path / "devserver-8000.pids"
     try:
-        pid_file.write_text(json.dumps({
-            "supervisor": {"pid": _dead_pid(), "start": "1"},
-            "children": {"web": {"pid": unrelated.pid, "start": "1", "group": True}},  # started at another time
-        }))
+        _pid_file_of_a_killed_run(pid_file, unrelated.pid, "1")  # started at another time
         assert devserver.PidFile(pid_file).clear_leftovers(grace=1) is None
         assert unrelated.poll() is None and len(_group_members(unrelated.pid)) == 2
     finally:
