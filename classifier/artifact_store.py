@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +67,7 @@ def publish(model_dir: Path, sha256: str) -> list[str]:
             default_storage.delete(name)  # save() would pick another name for an existing one
         with open(path, "rb") as handle:
             default_storage.save(name, File(handle, name=path.name))
+        _stored_cards.pop(name, None)
         written.append(name)
     return written
 
@@ -137,10 +139,24 @@ def _install_host_copy(sha256: str, fill: Callable[[Path], None], *, replace: bo
     return cache
 
 
+# The stored card's sha256 as last read, per storage name: local_dir runs for every scoring task,
+# which must not read the storage each time. A card re-published on this host is forgotten at once
+# (publish); one re-published elsewhere is seen within STORED_CARD_TTL_S.
+STORED_CARD_TTL_S = 60.0
+_stored_cards: dict[str, tuple[float, str | None]] = {}
+
+
+def _stored_card_sha256(name: str) -> str | None:
+    seen = _stored_cards.get(name)
+    if seen is None or time.monotonic() - seen[0] > STORED_CARD_TTL_S:
+        seen = _stored_cards[name] = (time.monotonic(), _stored_sha256(name))
+    return seen[1]
+
+
 def _card_is_current(model_dir: Path, sha256: str) -> bool:
     """Whether ``model_dir``'s card is the stored one of the artifact ``sha256`` (re-assessed in
     place, the stored card changes; a storage that cannot be read keeps the verified copy in use)."""
-    stored = _stored_sha256(f"{storage_prefix(sha256)}/{CARD_FILE}")
+    stored = _stored_card_sha256(f"{storage_prefix(sha256)}/{CARD_FILE}")
     return stored is None or stored == sha256_file(Path(model_dir) / CARD_FILE)
 
 

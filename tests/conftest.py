@@ -259,3 +259,13 @@ def live_server(settings, django_db_blocker):
     server = LiveServer("localhost")
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_stored_card_reads():
+    """Each test has its own storage: no stored card's hash remembered from another test."""
+    from classifier import artifact_store
+
+    artifact_store._stored_cards.clear()
+    yield
+    artifact_store._stored_cards.clear()
