@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from django import forms
+from django.db.models import Min
 
 from cases import body_map
 from cases.forms import CaseForm, PatientForm, ReviewForm, _NoColon
-from cases.models import Lesion, Patient, PatientLesion
+from cases.models import Case, Lesion, Patient, PatientLesion
 
 REASON_HELP = "Why the record is corrected. Kept in the audit trail with the old and new values."
 
@@ -23,9 +24,29 @@ class PatientCorrectionForm(PatientForm, ReasonMixin):
             raise forms.ValidationError("Your clinic already has a patient with this identifier.")
         return identifier
 
+    def clean_birth_year(self) -> int:
+        """Not in the future, and not after the patient's earliest visit (whose age would read as 0)."""
+        year = super().clean_birth_year()
+        if self.instance.pk is None:
+            return year
+        first = Case.objects.filter(patient=self.instance).aggregate(first=Min("visit_date"))["first"]
+        if first is not None and year > first.year:
+            raise forms.ValidationError(
+                f"The patient has a visit on {first:%Y-%m-%d}: the birth year can't be later than {first.year}. "
+                "Correct that visit's date first if it is the wrong one.")
+        return year
+
 
 class CaseCorrectionForm(CaseForm, ReasonMixin):
-    pass
+    """The case's own form: the visit date is required here (an empty one is never read as today)."""
+
+    def __init__(self, *args, **kwargs):
+        instance = kwargs.get("instance")
+        kwargs.setdefault("patient", instance.patient if instance is not None and instance.pk else None)
+        super().__init__(*args, **kwargs)
+        self.fields["visit_date"].required = True
+        self.fields["visit_date"].error_messages["required"] = (
+            "Enter the visit date (the day the patient was seen); a correction can't leave it empty.")
 
 
 class LesionSiteForm(_NoColon, ReasonMixin):

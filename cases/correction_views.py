@@ -78,12 +78,15 @@ def case_correct(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         case.refresh_from_db()
         values = {k: form.cleaned_data[k] for k in corrections.CASE_FIELDS}
-        changed = corrections.correct_case(user=request.user, case=case, reason=form.cleaned_data["reason"],
-                                           values=values, request=request)
-        messages.success(request, "Case corrected." if changed else "Nothing was changed.")
+        result = corrections.correct_case(user=request.user, case=case, reason=form.cleaned_data["reason"],
+                                          values=values, request=request)
+        messages.success(request, "Case corrected." if result.changed else "Nothing was changed.")
+        _rescored(request, result.rescored)
         return redirect(back)
     return _form_page(request, title=f"Correct case {case.pk}", form=form, back=back,
-                      explain="The visit date, question and notes are not read by the model: nothing is re-scored.",
+                      explain="The question and notes are not read by the model. Moving the visit to another year "
+                              "changes the age the model reads: the case's images are then scored again, and the "
+                              "earlier scores are kept.",
                       status=400 if request.method == "POST" else 200)
 
 

@@ -8,6 +8,7 @@ and signed reviews are never edited in place.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Iterable
 
@@ -120,21 +121,31 @@ def _unplace_if_contradicted(lesion: Lesion, *, user, request, reason: str) -> N
                user=user, request=request, reason=reason)
 
 
+@dataclass
+class CaseCorrection:
+    """What a case correction did: the changed fields ({field: (old, new)}) and the images' new scores."""
+
+    changed: dict = field(default_factory=dict)
+    rescored: list[Prediction] = field(default_factory=list)
+
+
 @transaction.atomic
-def correct_case(*, user, case: Case, reason: str, values: dict, request: HttpRequest | None = None) -> dict:
+def correct_case(*, user, case: Case, reason: str, values: dict,
+                 request: HttpRequest | None = None) -> CaseCorrection:
     """Correct a case's visit date, clinical question or notes. The model reads only the patient's
     age at the visit: a visit date moved to another year re-scores the case's images."""
     if not may_correct(user, case):
         raise PermissionDenied("Only clinicians of the patient's clinic can correct the case.")
     reason = _need_reason(reason)
     changed = _apply(case, CASE_FIELDS, values, user=user, request=request, reason=reason)
+    rescored: list[Prediction] = []
     if "visit_date" in changed and case.patient.birth_year:
         old, new = changed["visit_date"]  # as the audit trail writes them: ISO dates
         if str(old)[:4] != str(new)[:4]:
             images = LesionImage.objects.filter(lesion__case=case)
-            rescore(images, reason=f"visit date corrected from {old} to {new} (the age at the visit) "
-                                   f"by {display_name(user)}: {reason}")
-    return changed
+            rescored = rescore(images, reason=f"visit date corrected from {old} to {new} (the age at the visit) "
+                                              f"by {display_name(user)}: {reason}")
+    return CaseCorrection(changed=changed, rescored=rescored)
 
 
 PLACE_FIELDS = ("side", "map_view", "map_x", "map_y")

@@ -1,6 +1,8 @@
 """Forms for the clinician and dermatologist pages."""
 from __future__ import annotations
 
+from datetime import date
+
 from django import forms
 from django.conf import settings
 from django.utils import timezone
@@ -60,15 +62,28 @@ class CaseForm(_NoColon, forms.ModelForm):
         help_texts = {"clinical_question": "What would you like a second opinion on?",
                       "visit_date": "The day the patient was seen (today unless you record an earlier visit)."}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, patient: Patient | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # the age at the visit is a model input: a visit before the birth year is refused, never read as age 0
+        self.patient = patient
         self.fields["visit_date"].required = False  # empty means today
 
-    def clean_visit_date(self):
+    def clean_visit_date(self) -> date:
         day = self.cleaned_data.get("visit_date") or timezone.localdate()
         if day > timezone.localdate():
             raise forms.ValidationError("The visit date can't be in the future.")
+        problem = visit_before_birth(day, self.patient)
+        if problem:
+            raise forms.ValidationError(problem)
         return day
+
+
+def visit_before_birth(day: date, patient: Patient | None) -> str | None:
+    """Why ``day`` can't be a visit of ``patient`` (before 1 January of the birth year), or None."""
+    if patient is None or not patient.birth_year or day >= date(patient.birth_year, 1, 1):
+        return None
+    return (f"The visit date {day:%Y-%m-%d} is before the patient's birth year ({patient.birth_year}): "
+            "check the date, or correct the patient's birth year first.")
 
 
 class LesionForm(_NoColon, forms.ModelForm):

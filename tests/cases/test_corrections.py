@@ -66,12 +66,14 @@ def test_the_model_reads_the_age_at_the_visit_and_a_visit_moved_to_another_year_
     case = Case.objects.get(pk=world.case_a.pk)
     same_year = corrections.correct_case(user=world.clin_a, case=case, reason="wrong day",
                                          values={"visit_date": date(2019, 6, 1)})
-    assert "visit_date" in same_year and Prediction.objects.filter(image=scored).count() == 1  # same age
-    corrections.correct_case(user=world.clin_a, case=case, reason="it was 2020",
-                             values={"visit_date": date(2020, 6, 1)})
+    assert "visit_date" in same_year.changed and same_year.rescored == []
+    assert Prediction.objects.filter(image=scored).count() == 1  # same age
+    moved = corrections.correct_case(user=world.clin_a, case=case, reason="it was 2020",
+                                     values={"visit_date": date(2020, 6, 1)})
     again = Prediction.objects.filter(image=scored, context_revision=1).get()
+    assert moved.rescored == [again]  # the view says the images are scored again
     assert "visit date corrected from 2019-06-01 to 2020-06-01 (the age at the visit) by Clin_A: it was 2020" == again.reason
-    assert corrections.correct_case(user=world.clin_a, case=case, reason="typo", values={"notes": "seen"}) == {
+    assert corrections.correct_case(user=world.clin_a, case=case, reason="typo", values={"notes": "seen"}).changed == {
         "notes": ("", "seen")}
     assert Prediction.objects.filter(image=scored).count() == 2  # notes are not read by the model
 

@@ -85,9 +85,10 @@ def test_refusals_name_the_problem(client, world):
         enter(world, report_reference="  ")
     assert "report_reference" in blank.value.message_dict
     client.force_login(world.clin_a)
-    post_outcome(client, world.lesion_a, diagnosis_date=tomorrow.isoformat())
-    page = client.get(reverse("case_detail", args=[world.case_a.pk])).content.decode()
-    assert "Histopathology result not saved. Diagnosis date: The report date can&#x27;t be in the future." in page
+    response = post_outcome(client, world.lesion_a, diagnosis_date=tomorrow.isoformat())
+    page = response.content.decode()  # the case page again, the form open with what was typed
+    assert response.status_code == 400 and "Histopathology result not saved" in page
+    assert "The report date can&#x27;t be in the future." in page and 'value="HP-77"' in page
     assert not Outcome.objects.exists() and not AuditEvent.objects.filter(object_type="outcome").exists()
 
 
@@ -113,7 +114,8 @@ def test_a_correction_supersedes_the_result_and_keeps_the_history(client, world)
     assert "Reason: Addendum after deeper levels" in page and "Earlier entries (1)" in page
     # a correction through the form needs the id of the result the page showed
     response = post_outcome(client, world.lesion_a, diagnosis="other", supersedes=str(first.pk), reason="x")
-    assert response.status_code == 302 and Outcome.objects.count() == 2
+    assert response.status_code == 400 and Outcome.objects.count() == 2
+    assert "a result was entered or corrected meanwhile" in response.content.decode()
     post_outcome(client, world.lesion_a, diagnosis="other", supersedes=str(second.pk), reason="Lab re-issued")
     assert current_outcome(world.lesion_a).diagnosis == "other"
 
