@@ -45,6 +45,9 @@ class Visit:
     # every image's result in force is finished (``latest_scored``): no score waits, runs, failed
     # or is missing, so ``melanoma`` is the visit's score and not that of only some of its images
     complete: bool = True
+    # an image's prediction in force failed (as the body map's "scoring-failed"): the visit says
+    # so, with the way to retry, never "not scored yet" as if a worker were still on it
+    scoring_failed: bool = False
     changed_reasons: list[str] = field(default_factory=list)
 
     @property
@@ -63,14 +66,16 @@ def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
                .order_by("case__visit_date", "case__created_at", "pk"))
     visits: list[Visit] = []
     for lesion in lesions:
-        finished = [latest_scored(i) for i in lesion.images.all()]
+        current = [i.current_prediction() for i in lesion.images.all()]
+        finished = [p if p is not None and p.status == Prediction.Status.DONE else None for p in current]
         scored = [p for p in finished if p is not None]
         assessable = [p.melanoma_probability for p in scored if p.assessable]
         reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
         visit = Visit(lesion=lesion, images=list(lesion.images.all()), melanoma=max(assessable, default=None),
                       cannot_assess=any(not p.assessable for p in scored),
                       versions=frozenset(p.model_version.version for p in scored if p.assessable),
-                      review=reviews[-1] if reviews else None, complete=len(scored) == len(finished))
+                      review=reviews[-1] if reviews else None, complete=len(scored) == len(finished),
+                      scoring_failed=any(p is not None and p.status == Prediction.Status.FAILED for p in current))
         visit.changed_reasons = _changes(_baseline(visits, visit), visit)
         visits.append(visit)
     return visits

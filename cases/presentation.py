@@ -231,6 +231,19 @@ def set_note(prediction: Prediction, members: list[SetMember]) -> str:
 
 # --- Whether the lesion went to a dermatologist -----------------------------------------------------
 
+FLAGGED_AWAITING = "Flagged — awaiting dermatologist review"
+FLAGGED_REVIEWED = "Flagged — reviewed"
+
+
+def flag_badge_text(lesion: Lesion) -> str:
+    """The words of the lesion's flag badge on the case page ("" when it was never flagged): the
+    page and its status poll both use them, so a lesion flagged again after its review reads
+    "awaiting" as soon as the poll sees it."""
+    if lesion.awaiting_review:
+        return FLAGGED_AWAITING
+    return FLAGGED_REVIEWED if lesion.flagged else ""
+
+
 def review_state_text(lesion: Lesion) -> str:
     """Where the lesion stands with the dermatologists, for an image the model could not assess:
     scoring sends a lesion to the queue only when no review has seen the image yet

@@ -7,14 +7,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case as DjCase
-from django.db.models import BooleanField, Exists, ExpressionWrapper, F, FloatField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, F, FloatField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit import log as audit_log
 from cases.access import is_reviewer
-from cases.models import Case, Lesion, Prediction, Review
+from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from cases.roles import display_name
 
 
@@ -26,9 +26,15 @@ def _awaiting(case_ref=OuterRef("pk")) -> Exists:
     return Exists(Lesion.objects.filter(case=case_ref, awaiting_review=True))
 
 
-# A case with an image the model could not assess ranks as if its melanoma probability were this:
-# above most flagged lesions (the melanoma threshold is near 0.1), below the most suspicious ones.
+# A case with an image the model could not assess, or with an image of a flagged lesion that has no
+# finished score in force (waiting, running, failed, never scored), ranks as if its melanoma
+# probability were this: above most flagged lesions (the melanoma threshold is near 0.1), below
+# the most suspicious ones. An unjudged image must never sink a flagged case to the bottom.
 CANNOT_ASSESS_RANK = 0.5
+
+# Said beside the flag of a lesion in ``flag_cleared_lesions``, on the case page and in the report.
+FLAG_CLEARED_TEXT = ("Flagged by an earlier score; its current score is below the thresholds. "
+                     "It stays waiting until a dermatologist reviews it.")
 
 
 def in_force_scores(**image_filter) -> QuerySet[Prediction]:
@@ -42,54 +48,74 @@ def in_force_scores(**image_filter) -> QuerySet[Prediction]:
     return Prediction.objects.filter(status=Prediction.Status.DONE, **image_filter).exclude(Exists(replaced_by))
 
 
-def _flag_cleared(scores: QuerySet[Prediction]) -> Q:
+def unscored_images(**image_filter) -> QuerySet[LesionImage]:
+    """The images that ``image_filter`` selects without a finished score in force
+    (``in_force_scores``): scoring waits, runs or failed, a correction made the old score stale, or
+    the image was never scored. Their prediction shown (``current_prediction``) is their newest."""
+    return LesionImage.objects.filter(**image_filter).exclude(Exists(in_force_scores(image=OuterRef("pk"))))
+
+
+def _failed(unscored: QuerySet[LesionImage]) -> QuerySet[LesionImage]:
+    """Those of ``unscored`` whose newest prediction failed (the one the case page shows them with)."""
+    newest = Prediction.objects.filter(image=OuterRef("pk")).order_by("-created_at", "-pk").values("status")[:1]
+    return unscored.annotate(newest_status=Subquery(newest)).filter(newest_status=Prediction.Status.FAILED)
+
+
+def _flag_cleared(scores: QuerySet[Prediction], unscored: QuerySet[LesionImage]) -> Q:
     """Flagged by an earlier score (before a correction, or by the version a re-score replaced)
-    while every finished score in force of the flagged lesions is below the thresholds."""
-    return Q(Exists(scores)) & ~Q(Exists(scores.filter(flagged=True)))
+    while every image of the flagged lesions has a finished score in force and none of them is
+    flagged. An image still waiting for its score, or whose scoring failed, is not judged: it may
+    be the one that flagged the lesion, so nothing is said to be below the thresholds."""
+    return Q(Exists(scores)) & ~Q(Exists(scores.filter(flagged=True))) & ~Q(Exists(unscored))
 
 
 def flag_cleared_lesions(case: Case) -> set[int]:
-    """The case's lesions waiting for review although their scores in force are all below the
-    thresholds (the queue's ``flag_cleared``, per lesion): an earlier score flagged them, and they
-    stay until a dermatologist reviews them."""
+    """The case's lesions waiting for review although every image has a finished score in force
+    and all of them are below the thresholds (the queue's ``flag_cleared``, per lesion): an
+    earlier score flagged them, and they stay until a dermatologist reviews them."""
     scores = in_force_scores(image__lesion=OuterRef("pk"))
-    return set(lesions_to_review(case).filter(_flag_cleared(scores)).values_list("pk", flat=True))
+    unscored = unscored_images(lesion=OuterRef("pk"))
+    return set(lesions_to_review(case).filter(_flag_cleared(scores, unscored)).values_list("pk", flat=True))
 
 
 def review_queue() -> QuerySet[Case]:
     """Cases with unreviewed flagged lesions: highest melanoma probability first, then oldest. An
     image the model could not assess has no trustworthy score: its case is annotated
     ``cannot_assess`` and ranks at CANNOT_ASSESS_RANK (or its other lesions' score, if higher).
-    ``top_melanoma`` is None when no image has an assessable score (``top_threshold``: the melanoma
-    threshold of the version that gave it); ``flag_cleared`` says that the lesions were flagged by
-    an earlier score and their current scores are not flagged (they stay until a dermatologist
-    reviews them). Each image counts with its finished prediction in force, as the case page shows
-    it (``in_force_scores``)."""
+    So does a case with an image of a flagged lesion without a finished score in force
+    (``unscored``; ``scoring_failed`` when such an image's scoring failed): that image may be the
+    one that flagged the lesion. ``top_melanoma`` is None when no image has an assessable score
+    (``top_threshold``: the melanoma threshold of the version that gave it); ``flag_cleared`` says
+    that the lesions were flagged by an earlier score and every image's current score is not
+    flagged (they stay until a dermatologist reviews them). Each image counts with its finished
+    prediction in force, as the case page shows it (``in_force_scores``)."""
     # an older revision or model version the one in force replaced, or a score made stale by a
     # correction's re-score, must neither lend the case a score nor mark it "could not assess"
     awaiting_done = in_force_scores(image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True)
+    unscored = unscored_images(lesion__case=OuterRef("pk"), lesion__awaiting_review=True)
     # the same row gives the score and its version's threshold
     top = awaiting_done.filter(assessable=True).order_by("-melanoma_probability", "-created_at", "-pk")
     cannot_assess = Exists(awaiting_done.filter(assessable=False))
     # flagged by an earlier score, every current one below the thresholds: it stays for review, said so
-    flag_cleared = _flag_cleared(awaiting_done)
+    flag_cleared = _flag_cleared(awaiting_done, unscored)
     # a flagged lesion of the case that was seen at an earlier visit (sequential dermoscopy)
     earlier = Lesion.objects.filter(tracked=OuterRef("tracked")).filter(
         Q(case__visit_date__lt=OuterRef("case__visit_date"))
         | Q(case__visit_date=OuterRef("case__visit_date"), case__created_at__lt=OuterRef("case__created_at")))
     followed = Exists(Lesion.objects.filter(case=OuterRef("pk"), awaiting_review=True).filter(Exists(earlier)))
     waiting_since = Lesion.objects.filter(case=OuterRef("pk"), awaiting_review=True).order_by("flagged_at")
+    unjudged = DjCase(When(Q(cannot_assess=True) | Q(unscored=True), then=Value(CANNOT_ASSESS_RANK)),
+                      default=Value(0.0), output_field=FloatField())
     return (
         Case.objects.filter(_awaiting())
         .select_related("patient", "patient__clinic", "claimed_by", "referring_clinician")
         # None when no image of the case has an assessable score (never a made-up 0.0)
         .annotate(top_melanoma=Subquery(top.values("melanoma_probability")[:1]),
                   top_threshold=Subquery(top.values("model_version__melanoma_threshold")[:1]),
-                  cannot_assess=cannot_assess,
+                  cannot_assess=cannot_assess, unscored=Exists(unscored), scoring_failed=Exists(_failed(unscored)),
                   flag_cleared=ExpressionWrapper(flag_cleared, output_field=BooleanField()),
                   has_earlier_visits=followed, waiting_since=Subquery(waiting_since.values("flagged_at")[:1]))
-        .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), DjCase(When(cannot_assess=True, then=Value(CANNOT_ASSESS_RANK)),
-                                                                 default=Value(0.0), output_field=FloatField())))
+        .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), unjudged))
         .order_by("-queue_rank", "created_at", "pk")
     )
 
@@ -128,9 +154,22 @@ def mark_claims(cases, now=None) -> None:
         case.claim_expired = claim_expired(case, now)
 
 
+def _keep_closed(status: str) -> DjCase:
+    """``status`` for the updated case, unless it is closed: it stays closed (see ``claim_case``)."""
+    return DjCase(When(status=Case.Status.CLOSED, then=Value(Case.Status.CLOSED)), default=Value(status),
+                  output_field=CharField())
+
+
+def claim_when(value) -> str:
+    """A claim time as the messages and pages give it: date and time (a claim may be days old)."""
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M}"
+
+
 def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> None:
     """Claim a queued case with one conditional UPDATE; raises ClaimError if someone else has it
-    (a claim older than CLAIM_EXPIRY_HOURS is taken over)."""
+    (a claim older than CLAIM_EXPIRY_HOURS is taken over). A closed case stays closed: a re-score
+    by a newer model version may flag one of its lesions afterwards, and that lesion must still
+    reach a dermatologist, so it can be claimed and reviewed, but claiming never reopens it."""
     if not is_reviewer(reviewer):
         raise ClaimError("Only dermatologists can claim cases.")
     now = timezone.now()
@@ -138,7 +177,7 @@ def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> N
     with transaction.atomic():
         previous = Case.objects.filter(pk=case.pk).values_list("claimed_by_id", flat=True).first()
         claimed = Case.objects.filter(free, _awaiting(), pk=case.pk).exclude(claimed_by=reviewer).update(
-            claimed_by=reviewer, claimed_at=now, status=Case.Status.IN_REVIEW
+            claimed_by=reviewer, claimed_at=now, status=_keep_closed(Case.Status.IN_REVIEW)
         )
         if claimed:
             audit_log.record(action="claim", obj=case, actor=reviewer, request=request,
@@ -149,7 +188,7 @@ def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> N
     if current.claimed_by_id == reviewer.pk:
         return  # already ours: claiming twice is harmless
     if current.claimed_by_id is not None:
-        raise ClaimError(f"This case was already claimed by {display_name(current.claimed_by)} at {timezone.localtime(current.claimed_at):%H:%M}.")
+        raise ClaimError(f"This case was already claimed by {display_name(current.claimed_by)} at {claim_when(current.claimed_at)}.")
     raise ClaimError("This case is no longer waiting for review.")
 
 
@@ -159,7 +198,7 @@ def release_claims(*, cases: QuerySet[Case], admin, request: HttpRequest | None 
     for case in cases.filter(claimed_by__isnull=False):
         with transaction.atomic():
             if Case.objects.filter(pk=case.pk, claimed_by_id=case.claimed_by_id).update(
-                    claimed_by=None, claimed_at=None, status=Case.Status.OPEN):
+                    claimed_by=None, claimed_at=None, status=_keep_closed(Case.Status.OPEN)):
                 audit_log.record(action="release", obj=case, actor=admin, request=request,
                                  old={"claimed_by": case.claimed_by_id}, new={"claimed_by": None})
                 released += 1
@@ -170,7 +209,7 @@ def release_case(*, case: Case, reviewer, request: HttpRequest | None = None) ->
     """Give a claimed case back to the queue; only the claimer can."""
     with transaction.atomic():
         released = Case.objects.filter(pk=case.pk, claimed_by=reviewer).update(
-            claimed_by=None, claimed_at=None, status=Case.Status.OPEN
+            claimed_by=None, claimed_at=None, status=_keep_closed(Case.Status.OPEN)
         )
         if released:
             audit_log.record(action="release", obj=case, actor=reviewer, request=request,
@@ -221,8 +260,10 @@ def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request
             saved.append(review)
         Lesion.objects.filter(pk__in=pending).update(awaiting_review=False)
         old_status = locked.status
-        Case.objects.filter(pk=locked.pk).update(status=Case.Status.REVIEWED, claimed_by=None, claimed_at=None)
+        # a closed case whose lesion a re-score flagged after closing stays closed (see claim_case)
+        new_status = Case.Status.CLOSED if old_status == Case.Status.CLOSED else Case.Status.REVIEWED
+        Case.objects.filter(pk=locked.pk).update(status=new_status, claimed_by=None, claimed_at=None)
         audit_log.record(action="update", obj=locked, actor=reviewer, request=request,
                      old={"status": old_status, "claimed_by": reviewer.pk},
-                     new={"status": Case.Status.REVIEWED, "claimed_by": None})
+                     new={"status": new_status, "claimed_by": None})
     return saved

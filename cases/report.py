@@ -24,10 +24,11 @@ from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from cases import statements
+from cases import queue, statements
 from cases.models import Case, Lesion, LesionImage, Prediction
 from cases.outcomes import current_outcome
-from cases.presentation import age_at_visit, displayed_set, reliability_caveats, review_state_text, set_note
+from cases.presentation import (age_at_visit, displayed_set, flag_badge_text, reliability_caveats,
+                                review_state_text, set_note)
 from cases.report_bodymap import body_map, map_point_of
 from cases.report_model import models_section, reading_section
 from cases.report_style import (CONTENT_WIDTH, FLAG_BG, FLAG_EDGE, MARGIN, RULE, WARN_BG, WARN_EDGE, Fonts, bold,
@@ -237,19 +238,22 @@ def site_text(lesion: Lesion, *, mapped: bool) -> str:
     return text + " (shaded on the body map; no point was marked)"
 
 
-def lesion_header(lesion: Lesion, number: int) -> list[Flowable]:
-    """Title, then the body map beside the site, description and flag state."""
+def lesion_header(lesion: Lesion, number: int, *, flag_cleared: bool = False) -> list[Flowable]:
+    """Title, then the body map beside the site, description and flag state. ``flag_cleared``
+    (``queue.flag_cleared_lesions``): the lesion waits for review although every image's current
+    score is below the thresholds, said as on the case page, or the "Flagged" status would sit
+    above image results that all read "Not flagged" with nothing to explain it."""
     drawing = body_map(lesion.anatomic_site, map_point_of(lesion))
     rows = [para(bold("Site: ") + esc(site_text(lesion, mapped=drawing is not None)))]
     if lesion.description:
         rows.append(para(bold("Description: ") + esc(lesion.description)))
-    if lesion.awaiting_review:
-        state = "Flagged — awaiting dermatologist review"
-    elif lesion.flagged:
-        state = "Flagged — reviewed"
+    if lesion.flagged:
+        state = flag_badge_text(lesion)
     else:  # the summary's words: "Not flagged" only when every image was scored below the thresholds
         state = ai_summary(lesion)
     rows.append(para(bold("Status: ") + esc(state)))
+    if flag_cleared and lesion.awaiting_review:
+        rows.append(para(esc(queue.FLAG_CLEARED_TEXT), "small"))
     title = para(esc(lesion_title(lesion, number)), "h2")
     if drawing is None:
         return [title, *rows]
@@ -395,14 +399,15 @@ def histopathology_section(lesion: Lesion) -> list[Flowable]:
     return [para("Histopathology", "h3"), facts_table(rows), Spacer(1, 4)]
 
 
-def lesion_section(lesion: Lesion, number: int, case: Case) -> list[Flowable]:
+def lesion_section(lesion: Lesion, number: int, case: Case, *, flag_cleared: bool = False) -> list[Flowable]:
     images = list(lesion.images.all())
+    header = lesion_header(lesion, number, flag_cleared=flag_cleared)
     if not images:
-        return lesion_header(lesion, number) + [para("No images were uploaded for this lesion.")] + \
+        return header + [para("No images were uploaded for this lesion.")] + \
             review_section(lesion) + histopathology_section(lesion)
     first = image_section(images[0], 1, case)
     # never the lesion's title and body map alone at the foot of a page
-    parts: list[Flowable] = [KeepTogether(lesion_header(lesion, number) + first[:1])] + first[1:]
+    parts: list[Flowable] = [KeepTogether(header + first[:1])] + first[1:]
     for index, image in enumerate(images[1:], 2):
         parts += image_section(image, index, case)
     return parts + review_section(lesion) + histopathology_section(lesion)
@@ -440,8 +445,9 @@ def story(case: Case, *, generated_by, now: datetime) -> list[Flowable]:
               FLAG_BG, FLAG_EDGE),
     ]
     parts += patient_section(case) + summary_section(lesions)
+    cleared = queue.flag_cleared_lesions(case)
     for number, lesion in enumerate(lesions, 1):
-        parts += lesion_section(lesion, number, case)
+        parts += lesion_section(lesion, number, case, flag_cleared=lesion.pk in cleared)
     versions = versions_used(lesions)
     return parts + reading_section(versions) + models_section(versions) + closing_section()
 

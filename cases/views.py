@@ -23,7 +23,7 @@ from cases.case_filters import (CaseFilterForm, PatientFilterForm, QueueFilterFo
                                 filter_queue, with_last_visit)
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
 from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
-from cases.presentation import age_at_visit, prediction_context
+from cases.presentation import age_at_visit, flag_badge_text, prediction_context
 from cases.roles import display_name
 
 PRIVATE = "private, no-store"
@@ -121,7 +121,7 @@ def case_create(request: HttpRequest, patient_pk: int) -> HttpResponse:
     patient = get_object_or_404(access.visible_patients(request.user), pk=patient_pk)
     if not (access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic):
         raise PermissionDenied("Only clinicians of the patient's clinic can open a case.")
-    form = CaseForm(request.POST or None)
+    form = CaseForm(request.POST or None, patient=patient)
     if request.method == "POST" and form.is_valid():
         case = services.create_case(user=request.user, patient=patient, request=request, **form.cleaned_data)
         messages.success(request, "Case opened. Add a lesion, then upload its images.")
@@ -139,15 +139,21 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
     )
     can_edit = access.can_edit_case(request.user, case)
     queue.mark_claims([case])
+    lesions = list(lesions)
+    for lesion in lesions:  # the badge's words, the same the status poll sends
+        lesion.flag_badge = flag_badge_text(lesion)
     return {
         "case": case,
         "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS,
         "lesions": lesions,
+        # a closed case's lesion flagged after closing (a re-score) can still be claimed and reviewed
+        "case_awaiting": any(lesion.awaiting_review for lesion in lesions),
         "can_edit": can_edit,
         "may_correct": corrections.may_correct(request.user, case),
         "is_reviewer": access.is_reviewer(request.user),
         # waiting for review although every current score is below the thresholds: said beside the flag
         "flag_cleared": queue.flag_cleared_lesions(case),
+        "flag_cleared_text": queue.FLAG_CLEARED_TEXT,
         "lesion_form": LesionForm(case=case),
         "map": body_map.svg_context(interactive=True, clearable=True),
         "upload_form": UploadForm(),
@@ -237,8 +243,11 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
     markers = []
     if tracked.map_view:
         x, y = body_map.marker_position(tracked.map_view, tracked.map_x, tracked.map_y)
-        markers = [body_map.Marker(x, y, label=tracked.label, status=followup.status(tracked, visits[-1].lesion),
-                                   title=tracked.label, url="#")]
+        latest, status = visits[-1].lesion, followup.status(tracked, visits[-1].lesion)
+        # the words of the patient page's marker: the colour alone must not carry the status
+        markers = [body_map.Marker(x, y, label=tracked.label, status=status, url="#",
+                                   title=f"{tracked.label}: {latest.get_anatomic_site_display()}, "
+                                         f"{followup.STATUS_LABELS[status]}")]
     return _no_store(render(request, "cases/tracked_lesion.html", {
         "patient": patient, "tracked": tracked, "visits": visits, "latest": visits[-1], "plot": plot,
         "threshold": threshold, "versions": versions, "compare": (first, second), "map": body_map.svg_context(markers),
@@ -291,8 +300,13 @@ def case_status(request: HttpRequest, pk: int) -> JsonResponse:
         items.append({"id": prediction.pk, "image": image.pk, "status": prediction.status,
                       "html": render_to_string("cases/partials/prediction_summary.html", context, request=request)
                       + render_to_string("cases/partials/rescore_note.html", context, request=request)})
-    flagged = list(case.lesions.filter(flagged=True).values_list("pk", flat=True))
-    payload = {"active": active, "predictions": items, "flagged_lesions": flagged}
+    lesions = list(case.lesions.order_by("pk").only("pk", "flagged", "awaiting_review"))
+    # per lesion its review state and the badge's words: a reviewed lesion flagged again by a new
+    # image must read "awaiting" at once, not "reviewed" until the page is reloaded
+    payload = {"active": active, "predictions": items,
+               "flagged_lesions": [lesion.pk for lesion in lesions if lesion.flagged],
+               "lesions": [{"id": lesion.pk, "flagged": lesion.flagged, "awaiting_review": lesion.awaiting_review,
+                            "badge": flag_badge_text(lesion)} for lesion in lesions]}
     return _no_store(JsonResponse(payload))
 
 

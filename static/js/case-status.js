@@ -25,10 +25,20 @@
       box.innerHTML = p.html;
       box.setAttribute("data-prediction-id", String(p.id));
     });
-    (data.flagged_lesions || []).forEach(function (id) {
-      var flag = root.querySelector('[data-lesion-flag="' + id + '"]');
-      if (flag) { flag.hidden = false; }
-    });
+    (data.lesions || []).forEach(updateFlag);
+  }
+
+  // The badge's words come from the server (awaiting review or reviewed): a reviewed lesion that a
+  // new image flags again must not keep saying "reviewed" until the page is reloaded.
+  function updateFlag(lesion) {
+    var flag = root.querySelector('[data-lesion-flag="' + lesion.id + '"]');
+    var badge = flag && flag.querySelector(".flag-badge");
+    if (!badge) { return; }
+    // rewriting the same words would make the live region announce them again at every poll
+    if (badge.textContent !== lesion.badge) { badge.textContent = lesion.badge; }
+    badge.hidden = !lesion.badge;
+    var card = document.getElementById("lesion-" + lesion.id);
+    if (card) { card.classList.toggle("is-flagged", Boolean(lesion.awaiting_review)); }
   }
 
   function poll() {

@@ -8,7 +8,7 @@
     var showing = button.getAttribute("aria-pressed") === "true";
     img.src = showing ? img.dataset.originalSrc : img.dataset.heatmapSrc;
     img.alt = showing ? img.dataset.originalAlt : img.dataset.heatmapAlt;
+    // a toggle button keeps one label; its pressed state says which image is shown
     button.setAttribute("aria-pressed", showing ? "false" : "true");
-    button.textContent = showing ? "Show heatmap" : "Show original";
   });
 })();

@@ -73,7 +73,7 @@ def test_correct_patient_and_case_and_the_list_links(live_server, browser_page, 
     page.get_by_role("link", name="Cases", exact=True).click()
     page.get_by_label("State").select_option("closed")
     page.get_by_role("button", name="Filter").click()
-    expect(page.get_by_text("No cases yet.")).to_be_visible()
+    expect(page.get_by_text("No cases match these filters.")).to_be_visible()
     page.get_by_role("link", name="Clear").click()
     expect(page.locator("table tbody tr")).to_have_count(1)
     page.screenshot(path=str(artifacts_dir / "90-cases-cleared.png"), full_page=True)

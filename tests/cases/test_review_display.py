@@ -63,8 +63,11 @@ def test_the_queue_ranks_and_shows_the_score_in_force_not_one_a_correction_made_
     _score(other, model_version, melanoma=0.3)
     _queue(world.lesion_a, world.lesion_b)
     rows = list(queue.review_queue())
-    assert [row.pk for row in rows] == [world.case_b.pk, world.case_a.pk]  # the stale 60 % ranks nothing
-    assert rows[1].top_melanoma is None and not rows[1].cannot_assess and not rows[1].flag_cleared
+    # the stale 60 % ranks nothing; the image waiting for its re-score is unjudged, so its case ranks
+    # as one the model could not assess, above the 30 % (never at the bottom as if it were cleared)
+    assert [row.pk for row in rows] == [world.case_a.pk, world.case_b.pk]
+    assert rows[0].queue_rank == queue.CANNOT_ASSESS_RANK and rows[0].unscored and not rows[0].scoring_failed
+    assert rows[0].top_melanoma is None and not rows[0].cannot_assess and not rows[0].flag_cleared
     client.force_login(world.derm)
     page = client.get("/queue/").content.decode()
     assert "60.0%" not in page and "30.0%" in page
