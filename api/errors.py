@@ -4,19 +4,50 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
+from django.core.exceptions import (NON_FIELD_ERRORS, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent,
+                                    TooManyFilesSent)
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError
 from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import render
+from django.utils.cache import patch_cache_control
 from django.views.decorators.csrf import requires_csrf_token
 from django.views import defaults
-from rest_framework import status
+from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from cases.queue import ClaimError
-from cases.services import CaseClosed
+from cases.services import CaseClosed, VersionNotActive
 from cases.upload_limits import UploadTooLarge
+
+log = logging.getLogger(__name__)
+
+# what a client is told when the database refused a write that passed every check: another
+# request saved a clashing record in the meantime (the same patient identifier, say)
+CONCURRENT_WRITE = ("This conflicts with a record saved at the same moment by another request; nothing was "
+                    "saved. Reload the records and try again.")
+
+
+class Conflict(exceptions.APIException):
+    """409: the request is valid, but the records are not in a state that allows it."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The records are not in a state that allows this."
+    default_code = "conflict"
+
+
+# the Cache-Control of every API answer, as the pages with patient data send it (cases.views.PRIVATE):
+# no shared or browser cache keeps one
+NO_STORE = {"private": True, "no_store": True}
+
+
+def no_store(response: HttpResponse) -> HttpResponse:
+    """The response, never to be cached (``NO_STORE``)."""
+    patch_cache_control(response, **NO_STORE)
+    return response
 
 
 def refusal_message(exc: SuspiciousOperation) -> str:
@@ -43,15 +74,50 @@ def _suspicious(exc: SuspiciousOperation, request) -> Response:
     return Response({"detail": refusal_message(exc)}, status=status.HTTP_400_BAD_REQUEST)
 
 
+def field_errors(exc: DjangoValidationError) -> dict:
+    """A model-layer refusal as the serializers give theirs: messages per field, and the rest
+    under ``non_field_errors`` (Django calls it ``__all__``)."""
+    detail = as_serializer_error(exc)
+    if NON_FIELD_ERRORS in detail:
+        detail[api_settings.NON_FIELD_ERRORS_KEY] = [*detail.get(api_settings.NON_FIELD_ERRORS_KEY, []),
+                                                     *detail.pop(NON_FIELD_ERRORS)]
+    return detail
+
+
+def _throttled_instead(exc: exceptions.APIException, context: dict) -> exceptions.APIException:
+    """The refusal of a request without a valid token, or Throttled once its address is over its rate.
+
+    DRF authenticates and checks permissions before it checks the throttles, so a request refused
+    for its token never reached them: counted here, as the same view would have counted an
+    anonymous request (per client address, ``API_RATE_ANON``), or a bad or missing token could be
+    tried without limit. A valid token is never refused for another caller's failures."""
+    view = context.get("view")
+    if view is None:
+        return exc
+    try:
+        view.check_throttles(context["request"])
+    except exceptions.Throttled as throttled:
+        return throttled
+    return exc
+
+
 def exception_handler(exc, context):
-    """DRF's handler, plus: a model constraint refusal is a 400, and a queue conflict or a change
-    to a closed case a 409."""
-    if isinstance(exc, DjangoValidationError):
-        detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
-        return Response(detail, status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, (ClaimError, CaseClosed)):
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-    if isinstance(exc, SuspiciousOperation):  # too many files or fields, a body too large
+    """DRF's handler, plus: a refused token counts against the address's anonymous rate (429 over
+    it); a model constraint refusal is a 400; a queue conflict, a change to a closed case, a retry
+    that cannot run, or a write that clashed with a concurrent one a 409."""
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        exc = _throttled_instead(exc, context)
+    elif isinstance(exc, (ClaimError, CaseClosed)):
+        exc = Conflict(str(exc))
+    elif isinstance(exc, VersionNotActive):  # before the 400 below: a ValidationError too, for the pages
+        exc = Conflict(" ".join(exc.messages))
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(field_errors(exc))
+    elif isinstance(exc, IntegrityError):
+        # the checks passed but the database refused: a concurrent write; logged, in case it is a bug
+        log.warning("a write was refused by the database; answered 409", exc_info=exc)
+        exc = Conflict(CONCURRENT_WRITE)
+    elif isinstance(exc, SuspiciousOperation):  # too many files or fields, a body too large
         return _suspicious(exc, context.get("request"))
     return drf_exception_handler(exc, context)
 
@@ -67,7 +133,8 @@ def bad_request(request, exception=None):
     ``handler400 = "api.errors.bad_request"`` in the root URLconf."""
     suspicious = isinstance(exception, SuspiciousOperation)
     if _is_api(request):
-        return JsonResponse({"detail": refusal_message(exception) if suspicious else "Bad request."}, status=400)
+        return no_store(JsonResponse({"detail": refusal_message(exception) if suspicious else "Bad request."},
+                                     status=400))
     return _bad_request_page(request, exception, refusal_message(exception) if suspicious else "")
 
 
@@ -86,12 +153,12 @@ def not_found(request, exception=None):
     """404 outside any view (an id that is not a number, an unknown path): JSON under /api/,
     the styled page elsewhere."""
     if _is_api(request):
-        return JsonResponse({"detail": "Not found."}, status=404)
+        return no_store(JsonResponse({"detail": "Not found."}, status=404))
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request):
     """500: JSON under /api/ (clients parse it), the styled page elsewhere."""
     if _is_api(request):
-        return JsonResponse({"detail": "Server error; it was logged. Please try again later."}, status=500)
+        return no_store(JsonResponse({"detail": "Server error; it was logged. Please try again later."}, status=500))
     return defaults.server_error(request)

@@ -44,15 +44,23 @@ COMMON_ERRORS = {
     "404": ("No such object in your scope (another clinic's records are never confirmed), or no such page.", ERROR),
     "429": ("Rate limit reached; retry after the Retry-After header's seconds.", ERROR),
 }
+# any write can clash with a concurrent one (the database refuses it; nothing is saved)
+WRITE_ERRORS = {
+    "409": ("The records' state does not allow this, or a write made at the same moment clashed with it; "
+            "nothing was saved.", ERROR),
+}
+WRITES = {"post", "put", "patch", "delete"}
 
 
 def add_error_responses(result: dict, generator, request, public) -> dict:
     """drf-spectacular postprocessing hook: every operation documents the errors every operation
-    can give (schemathesis holds the app to its schema, error answers included)."""
+    can give, and every write the 409 of a concurrent clash (schemathesis holds the app to its
+    schema, error answers included)."""
     for methods in result.get("paths", {}).values():
-        for operation in methods.values():
+        for method, operation in methods.items():
             responses = operation.setdefault("responses", {})
-            for code, (description, schema) in COMMON_ERRORS.items():
+            errors = {**COMMON_ERRORS, **WRITE_ERRORS} if method in WRITES else COMMON_ERRORS
+            for code, (description, schema) in errors.items():
                 responses.setdefault(code, {"description": description,
                                             "content": {"application/json": {"schema": schema}}})
     return result

@@ -181,7 +181,14 @@ class ImageSerializer(serializers.ModelSerializer):
 
     def get_original_name(self, image: LesionImage) -> str | None:
         # the client's file name may carry patient details: only the clinic sees it, as on the pages
-        return image.original_name if access.can_edit_case(self.context["request"].user, image.lesion.case) else None
+        return image.original_name if self._may_edit(image.lesion.case) else None
+
+    def _may_edit(self, case: Case) -> bool:
+        """``can_edit_case`` once per case and serializer context: a list page's images share it."""
+        known = self.context.setdefault("_editable_by_case", {})
+        if case.pk not in known:
+            known[case.pk] = access.can_edit_case(self.context["request"].user, case)
+        return known[case.pk]
 
     @extend_schema_field(PredictionSerializer(allow_null=True))
     def get_latest_prediction(self, image: LesionImage) -> dict | None:
@@ -290,7 +297,7 @@ class CaseSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict) -> dict:
         data = {name: self.initial_data.get(name) or "" for name in ("visit_date", "clinical_question", "notes")}
-        return {"patient": attrs["patient"], **form_validated(CaseForm, data)}
+        return {"patient": attrs["patient"], **form_validated(CaseForm, data, patient=attrs["patient"])}
 
 
 class QueueEntrySerializer(serializers.ModelSerializer):

@@ -1,10 +1,12 @@
 """Routes of ``/api/v1/``: the resources, the OpenAPI schema and its docs (assets served locally)."""
 from django.contrib.auth.decorators import login_not_required
 from django.urls import path
+from django.views.decorators.cache import cache_control
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from api import views
+from api.errors import NO_STORE
 
 app_name = "api"
 
@@ -27,5 +29,6 @@ urlpatterns = [
 ]
 
 # The API authenticates its own requests (tokens): the site's login redirect must not answer for it.
+# Its answers carry patient data (errors included): never cached, as the pages are not.
 for pattern in urlpatterns:
-    pattern.callback = login_not_required(pattern.callback)
+    pattern.callback = login_not_required(cache_control(**NO_STORE)(pattern.callback))

@@ -139,6 +139,19 @@ class ReadViewSet(SingleValuedQueryMixin, AuditedRetrieveMixin, AuditedListMixin
     """List and retrieve, both audited."""
 
 
+def _not_waiting(case: Case, lesion_pk: int, user) -> str:
+    """Why a lesion given in a review submission is not waiting for review: a client repeating a
+    submission whose answer it lost learns that its own review is already saved (which and when);
+    another reviewer's review is only said to exist."""
+    review = (Review.objects.filter(lesion__case=case, lesion_id=lesion_pk, amended_by__isnull=True)
+              .order_by("-created_at", "-pk").first())
+    if review is None:
+        return f"Lesion {lesion_pk} of this case is not waiting for review."
+    if review.reviewer_id == user.pk:
+        return (f"Lesion {lesion_pk} of this case was already reviewed by you at {review.created_at.isoformat()} "
+                f"(review {review.pk}); nothing was changed.")
+    return f"Lesion {lesion_pk} of this case was already reviewed by another reviewer; nothing was changed."
+
 
 class MayAddPatients(permissions.BasePermission):
     """Creating a patient is refused (403) before the input is judged: a refusal that depended on
@@ -229,7 +242,7 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         for item in payload.validated_data["reviews"]:
             lesion = lesions.get(item["lesion"])
             if lesion is None:
-                raise queue.ClaimError(f"Lesion {item['lesion']} of this case is not waiting for review.")
+                raise queue.ClaimError(_not_waiting(case, item["lesion"], request.user))
             entries.append(queue.LesionReview(lesion=lesion, **{k: v for k, v in item.items() if k != "lesion"}))
         saved = queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, request=request)
         return Response(s.ReviewSerializer(saved, many=True).data, status=status.HTTP_201_CREATED)
@@ -309,8 +322,9 @@ class ImageViewSet(ReadViewSet):
 
     def get_queryset(self):
         predictions = Prediction.objects.select_related("model_version", "image__lesion")
-        return access.visible_images(self.request.user).prefetch_related(
-            Prefetch("predictions", queryset=predictions)).order_by("pk")
+        # the case's clinic: the file-name check (can_edit_case) compares it with the user's
+        images = access.visible_images(self.request.user).select_related("lesion__case__patient__clinic")
+        return images.prefetch_related(Prefetch("predictions", queryset=predictions)).order_by("pk")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         return _filtered(queryset, self.request, {"lesion": "lesion_id", "case": "lesion__case_id"})
@@ -338,7 +352,9 @@ class PredictionViewSet(ReadViewSet):
     queryset = Prediction.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        return access.visible_predictions(self.request.user).order_by("pk")
+        # the patient for the audit trail; the image's other predictions for is_current
+        predictions = access.visible_predictions(self.request.user).select_related("image__lesion__case__patient")
+        return predictions.prefetch_related("image__predictions").order_by("pk")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         predictions = _filtered(queryset, self.request, {"case": "image__lesion__case_id",
@@ -366,7 +382,7 @@ class ReviewViewSet(ReadViewSet):
     queryset = Review.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        return _of_visible_lesions(Review, self.request, "reviewer", "lesion")
+        return _of_visible_lesions(Review, self.request, "reviewer", "amended_by", "lesion__case__patient")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         return _filtered(queryset, self.request, LESION_FILTERS)
@@ -380,7 +396,7 @@ class OutcomeViewSet(mixins.CreateModelMixin, ReadViewSet):
     queryset = Outcome.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
-        return _of_visible_lesions(Outcome, self.request, "entered_by", "lesion")
+        return _of_visible_lesions(Outcome, self.request, "entered_by", "lesion__case__patient")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         return _filtered(queryset, self.request, LESION_FILTERS)

@@ -24,7 +24,7 @@ from audit import log as audit_log
 from cases import corrections, prediction_states, scoring
 from classifier.registry import active_version
 from cases.access import can_edit_case, clinic_of, is_clinician
-from cases.models import Case, Lesion, LesionImage, Patient, PatientLesion, Prediction
+from cases.models import Case, Clinic, Lesion, LesionImage, Patient, PatientLesion, Prediction
 from cases.roles import is_admin
 from cases.uploads import NormalisedImage, UploadRejected, normalise_upload, sanitize_filename
 
@@ -76,6 +76,9 @@ def create_patient(*, user, identifier: str, birth_year: int, sex: str, fitzpatr
     if not may_add_patients(user):
         raise PermissionDenied(ADD_PATIENTS_REFUSED)
     clinic = clinic_of(user)
+    # the clinic's row, locked until commit: a concurrent patient of this clinic waits, then its
+    # identifier check (full_clean) sees this one, so a duplicate is a 400 rather than a database error
+    Clinic.objects.select_for_update().get(pk=clinic.pk)
     patient = Patient(clinic=clinic, identifier=identifier, birth_year=birth_year, sex=sex,
                       fitzpatrick_type=fitzpatrick_type, created_by=user)
     return _save_new(patient, fields=PATIENT_FIELDS, user=user, request=request)
@@ -108,6 +111,9 @@ def add_lesion(*, user, case: Case, anatomic_site: str, description: str = "", s
     seen at an earlier visit), so its visits form one timeline. A body-map point or side given
     for an existing lesion corrects where it is (audited)."""
     _require_editable(user, case, "Only clinicians of the patient's clinic can add lesions.")
+    # the patient's row, locked until commit: a concurrent lesion of this patient waits here, so
+    # that it numbers after this one (MAX + 1) and sees it in the "already part of this visit" check
+    Patient.objects.select_for_update().get(pk=case.patient_id)
     if same_as is None:
         tracked = PatientLesion(patient=case.patient, number=PatientLesion.next_number(case.patient),
                                 side=side or "", map_view=map_view or "", map_x=map_x, map_y=map_y)
@@ -314,15 +320,20 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
     return outcome
 
 
+class VersionNotActive(ValidationError):
+    """A retry refused because its model version is no longer active: a conflict with the model
+    registry, not bad input (the API answers 409; the pages show the message as any refusal)."""
+
+
 @transaction.atomic
 def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | None = None) -> bool:
     """Reset a failed prediction to pending and send it again after commit; False if it was not failed.
     A re-score of a version that is no longer active (``scoring.stale_rescores``) is refused
-    (ValidationError): it would fail again."""
+    (VersionNotActive): it would fail again."""
     _require_editable(user, prediction.image.lesion.case, "Only clinicians of the patient's clinic can retry scoring.")
     if Prediction.objects.filter(pk=prediction.pk).filter(scoring.stale_rescores()).exists():
-        raise ValidationError(f"Model version {prediction.model_version.version} is no longer active, so this "
-                              "re-score will not run; the image keeps its result in force.")
+        raise VersionNotActive(f"Model version {prediction.model_version.version} is no longer active, so this "
+                               "re-score will not run; the image keeps its result in force.")
     if not prediction_states.retry_failed(prediction.pk):
         return False
     audit_log.record(action="retry", obj=prediction, actor=user, request=request,

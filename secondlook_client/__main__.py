@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+import requests
+
 from secondlook_client.client import RESULT_COLUMNS, ApiError, SecondLookClient
 
 
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except requests.RequestException as exc:  # refused, unreachable, timed out: one line, no traceback
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: no answer from {args.url} ({type(exc).__name__}): {reason}", file=sys.stderr)
         return 1
 
 

@@ -1,15 +1,20 @@
 """The API client: one method per thing an integration does, pagination and errors handled."""
 from __future__ import annotations
 
+import math
 import mimetypes
 import time
-from datetime import date
+from datetime import date, datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
 API = "/api/v1"
+# the longest a 429 makes the client wait before it tries again, whatever Retry-After asks
+MAX_RETRY_WAIT = 60.0
 # prediction states that will not change without someone acting
 SETTLED = {"done", "failed"}
 RESULT_COLUMNS = ["case", "lesion", "anatomic_site", "image", "status", "melanoma_probability",
@@ -39,15 +44,23 @@ class SecondLookClient:
 
     # --- plumbing -------------------------------------------------------------------------
     def _url(self, path: str) -> str:
-        return path if path.startswith("http") else f"{self.base_url}{API}/{path.lstrip('/')}"
+        """The URL of an API path (relative to /api/v1/), or of a link the server gave (a list's
+        ``next``): its path and query on base_url. The token goes only to base_url, whatever
+        server a link names (a proxy's internal address, or a server that wants it)."""
+        link = urlsplit(path)
+        if link.scheme or link.netloc:
+            base = urlsplit(self.base_url)
+            return urlunsplit((base.scheme, base.netloc, link.path, link.query, ""))
+        return f"{self.base_url}{API}/{path.lstrip('/')}"
 
     def request(self, method: str, path: str, *, retries: int = 3, **kwargs) -> Any:
-        """One call; a 429 waits for Retry-After and tries again (up to ``retries`` times)."""
+        """One call; a 429 waits for Retry-After (at most MAX_RETRY_WAIT seconds) and tries again
+        (up to ``retries`` times). A network failure raises ``requests.RequestException``."""
         url = self._url(path)
         for attempt in range(retries + 1):
             response = self.session.request(method, url, timeout=self.timeout, **kwargs)
             if response.status_code == 429 and attempt < retries:
-                time.sleep(float(response.headers.get("Retry-After", "1")))
+                time.sleep(retry_after_seconds(response.headers.get("Retry-After")))
                 continue
             break
         try:
@@ -145,6 +158,26 @@ class SecondLookClient:
 
     def review(self, *, case: int, reviews: list[dict]) -> list[dict]:
         return self.request("POST", f"cases/{case}/reviews/", json={"reviews": reviews})
+
+
+def retry_after_seconds(value: str | None, *, default: float = 1.0, cap: float = MAX_RETRY_WAIT) -> float:
+    """How long to wait for a ``Retry-After`` header: seconds, or an HTTP date (RFC 9110), between 0
+    and ``cap``; ``default`` when it is missing or unreadable."""
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        if when.tzinfo is None:  # an HTTP date is GMT; "-0000" parses naive
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    if math.isnan(seconds):
+        return default
+    return min(max(seconds, 0.0), cap)
 
 
 def _is_upload_result(body: Any) -> bool:

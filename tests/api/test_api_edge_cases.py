@@ -261,3 +261,15 @@ def test_an_id_filter_beyond_64_bits_is_a_400(api, world, value):
         assert refused.json() == {name: [f"{name} must be an integer between -9223372036854775808 and "
                                          f"9223372036854775807."]}
     assert api.clin_a.get("/api/v1/lesions/?case=9223372036854775807").json()["count"] == 0
+
+
+def test_a_case_dated_before_the_patients_birth_year_is_refused_as_on_the_page(api, world):
+    """The API validates with the page's form and the patient: a visit before the birth year would
+    give the model an age of 0."""
+    before = f"{world.patient_a.birth_year - 1}-12-31"
+    cases_before = Case.objects.count()
+    answer = api.clin_a.post("/api/v1/cases/", {"patient": world.patient_a.pk, "visit_date": before,
+                                                    "clinical_question": "Changed?"}, format="json")
+    assert answer.status_code == 400
+    assert "before the patient's birth year" in answer.json()["visit_date"][0]
+    assert Case.objects.count() == cases_before

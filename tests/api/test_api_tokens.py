@@ -136,3 +136,34 @@ def test_anonymous_calls_have_a_rate_limit(world, monkeypatch):
     assert codes == [200, 200, 429]
     assert int(anonymous.get("/api/v1/schema/?format=json")["Retry-After"]) > 0
     assert _client(issue_token(world.clin_a)).get("/api/v1/me/").status_code == 200  # a token is not anonymous
+
+
+def test_refused_tokens_count_against_the_address_rate_and_valid_ones_still_get_in(world, monkeypatch):
+    """A missing, wrong or revoked token is refused (401) before DRF checks any throttle: each
+    refusal counts against the address's anonymous rate, then 429 with Retry-After."""
+    from api.throttling import AnonRateThrottle
+
+    monkeypatch.setattr(AnonRateThrottle, "rate", "3/minute", raising=False)
+    wrong, nothing = _client("sl_not-a-token"), APIClient()
+    revoked = _client(issue_token(world.clin_a, revoked_at=timezone.now()))
+    codes = [wrong.get("/api/v1/patients/").status_code, revoked.get("/api/v1/me/").status_code,
+             nothing.get("/api/v1/cases/").status_code]
+    assert codes == [401, 401, 401]
+    for client in (wrong, revoked, nothing):
+        limited = client.get("/api/v1/me/")
+        assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+        assert "throttled" in limited.json()["detail"]
+    # another address has its own count; a valid token is never refused for another caller's failures
+    assert wrong.get("/api/v1/me/", REMOTE_ADDR="192.0.2.7").status_code == 401
+    valid = _client(issue_token(world.clin_b))
+    assert valid.get("/api/v1/me/", REMOTE_ADDR="192.0.2.8").status_code == 200
+    assert valid.get("/api/v1/me/").status_code == 200
+
+
+def test_refused_tokens_are_not_counted_where_the_view_has_no_throttle(world, monkeypatch):
+    """The refusals count as the view's own throttles would count them: none, none counted."""
+    from api.throttling import AnonRateThrottle
+
+    monkeypatch.setattr(AnonRateThrottle, "rate", "1/minute", raising=False)
+    monkeypatch.setattr("rest_framework.views.APIView.throttle_classes", [])
+    assert [_client("sl_not-a-token").get("/api/v1/me/").status_code for _ in range(3)] == [401, 401, 401]

@@ -228,3 +228,83 @@ def test_an_upload_retried_after_a_429_sends_the_files_again(tmp_path):
     assert len(session.bodies) == 2
     for body in session.bodies:
         assert content in body and b'filename="mole.jpg"' in body and b"image/jpeg" in body
+
+
+class _ScriptedSession:
+    """Answers each call with the next scripted response; records the URLs it was asked for."""
+
+    def __init__(self, *responses: _FakeResponse) -> None:
+        self.headers: dict = {}
+        self.urls: list[str] = []
+        self.responses = list(responses)
+
+    def request(self, method: str, url: str, *, timeout: float, **kwargs) -> _FakeResponse:
+        self.urls.append(url)
+        return self.responses.pop(0)
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date_and_capped(monkeypatch):
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    from secondlook_client.client import MAX_RETRY_WAIT, retry_after_seconds
+
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    monkeypatch.setattr("secondlook_client.client.datetime", type("FrozenNow", (datetime,), {
+        "now": classmethod(lambda cls, tz=None: now)}))
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(format_datetime(now + timedelta(seconds=20), usegmt=True)) == 20.0
+    assert retry_after_seconds("Wed, 01 May 2024 12:00:05 -0000") == 5.0  # a date without a zone is GMT
+    assert retry_after_seconds(format_datetime(now - timedelta(minutes=1), usegmt=True)) == 0.0  # already past
+    assert retry_after_seconds("86400") == retry_after_seconds("inf") == MAX_RETRY_WAIT
+    assert retry_after_seconds(None) == retry_after_seconds("soon") == retry_after_seconds("nan") == 1.0
+    assert retry_after_seconds("-3") == 0.0
+
+
+def test_a_429_with_a_retry_after_date_waits_and_tries_again(monkeypatch):
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+
+    slept: list[float] = []
+    monkeypatch.setattr("secondlook_client.client.time.sleep", slept.append)
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(hours=2), usegmt=True)
+    session = _ScriptedSession(_FakeResponse(429, {"detail": "Request was throttled."}, {"Retry-After": later}),
+                               _FakeResponse(200, {"username": "clin_a"}))
+    client = SecondLookClient("http://secondlook.invalid", "sl_token", session=session)
+    assert client.me() == {"username": "clin_a"}
+    assert slept == [60.0] and len(session.urls) == 2  # two hours asked: the wait is capped
+
+
+def test_a_next_link_to_another_server_is_followed_on_the_base_url_only():
+    """The token goes only to base_url: a ``next`` link naming another scheme, host or port is
+    read for its path and query."""
+    session = _ScriptedSession(
+        _FakeResponse(200, {"results": [{"id": 1}], "next": "http://attacker.example:8443/api/v1/patients/?page=2"}),
+        _FakeResponse(200, {"results": [{"id": 2}], "next": None}))
+    client = SecondLookClient("https://secondlook.example.org/", "sl_token", session=session)
+    assert [row["id"] for row in client.paginate("patients/")] == [1, 2]
+    assert session.urls == ["https://secondlook.example.org/api/v1/patients/",
+                            "https://secondlook.example.org/api/v1/patients/?page=2"]
+
+
+@pytest.mark.parametrize("failure", [requests.ConnectionError("Connection refused"),
+                                     requests.Timeout("Read timed out. (read timeout=30.0)")])
+def test_the_cli_says_in_one_line_that_the_server_did_not_answer(monkeypatch, capsys, failure):
+    from secondlook_client.__main__ import main
+
+    def fail(self, method, url, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(requests.Session, "request", fail)
+    assert main(["--url", "http://secondlook.invalid", "--token", "sl_token", "whoami"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: no answer from http://secondlook.invalid ({type(failure).__name__}): {failure}\n")
+
+
+@pytest.mark.slow
+def test_the_cli_reports_an_unreachable_server_without_a_traceback():
+    from melanoma_site.embedded_redis import free_port
+
+    refused = _cli("whoami", url=f"http://127.0.0.1:{free_port()}", token="sl_token")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: no answer from http://127.0.0.1:") and refused.stderr.count("\n") == 1
