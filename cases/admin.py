@@ -13,7 +13,7 @@ from audit.models import AuditEvent
 from cases import queue
 from cases.access import clinic_of
 from cases.monitoring import RECENT_DAYS, assessment_rates
-from cases.rescoring import disagreement_count, scored_count, start_rescore
+from cases.rescoring import disagreement_count, rescore_preview, scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
 from classifier.models import ModelVersion, RescoreJob
 from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Outcome, Patient, PatientLesion,
@@ -232,7 +232,7 @@ class LesionImageAdmin(ClinicalAdmin):
 
     @admin.action(description="Re-score with the active model (earlier predictions are kept)", permissions=["change"])
     def rescore_with_active_model(self, request, queryset):
-        job = start_rescore(user=request.user, image_ids=list(queryset.values_list("pk", flat=True)))
+        job = start_rescore(user=request.user, request=request, image_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Re-scoring {len(job.image_ids)} image(s) with {job.model_version.version} "
                                    "in the background.")
 
@@ -363,8 +363,17 @@ class ModelVersionWithRatesAdmin(ModelVersionAdmin):
         return super().changelist_view(request, extra_context)
 
     def rescore_view(self, request):
-        return self._post_action(request, lambda: start_rescore(user=request.user).model_version,
-                                 "Re-scoring all images with {version} in the background.")
+        """POST from the confirmation page (`rescore_confirm_view`): refused in words while the
+        version's job is queued or running, or when the page named another version."""
+        return self._post_action(
+            request, lambda: start_rescore(user=request.user, request=request,
+                                           expected_version_pk=self.expected_active(request)).model_version,
+            "Re-scoring all images with {version} in the background.")
+
+    def rescore_counts(self, request, version: ModelVersion) -> dict[str, int]:
+        """The confirmation page's counts: the clinical records hold the images."""
+        preview = rescore_preview(version=version)
+        return {"images": preview.images, "to_queue": preview.to_queue}
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         version = ModelVersion.objects.filter(pk=object_id).values_list("version", flat=True).first()

@@ -1,6 +1,7 @@
 """Re-score images with the active model version, in the background, keeping earlier predictions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -8,13 +9,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.http import HttpRequest
 from django.utils import timezone
 
 from cases.models import LesionImage, Prediction
 from cases import prediction_states as states
 from cases import scoring
 from classifier.dispatch import broker_connection, broker_down_reason, on_commit_or_fail, publish
-from classifier.lifecycle import audit_registry_event
+from classifier.lifecycle import LifecycleError, audit_registry_event
 from classifier.models import ModelVersion, RescoreJob
 from classifier.registry import active_version, no_longer_active_reason
 
@@ -31,12 +33,62 @@ START_AGAIN = "start the re-score again (images already queued are skipped)."
 STALE_MARGIN_S = 600
 
 
-def start_rescore(*, user=None, image_ids: list[int] | None = None) -> RescoreJob:
-    """Queue a re-scoring job for the chosen images (all when ``image_ids`` is empty)."""
+class RescoreRefused(LifecycleError):
+    """A re-score of every image that one in progress already does, or that a page showing
+    another active version asked for; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class RescorePreview:
+    """What re-scoring every image with a version would queue (its confirmation page)."""
+
+    images: int  # every image in the archive, of every clinic
+    to_queue: int  # those without the version's score, queued for it (the others are skipped)
+
+
+def rescore_preview(*, version: ModelVersion) -> RescorePreview:
+    """How many images a re-score of every image with ``version`` would find and queue: as
+    `run_rescore` does, an image that has the version's first score (revision 0) is skipped,
+    unless that score was never made because the version stopped being active meanwhile."""
+    has_score = (Prediction.objects.filter(model_version=version, context_revision=0)
+                 .exclude(status=Prediction.Status.FAILED, error=scoring.stale_rescore_reason(version.version)))
+    images = LesionImage.objects.count()
+    return RescorePreview(images=images, to_queue=images - has_score.values("image_id").distinct().count())
+
+
+def start_rescore(*, user=None, image_ids: list[int] | None = None, request: HttpRequest | None = None,
+                  expected_version_pk: int | None = None) -> RescoreJob:
+    """Queue a re-scoring job for the chosen images (all when ``image_ids`` is empty).
+
+    Refused (`RescoreRefused`, nothing queued) when the active version is not
+    ``expected_version_pk`` (the one the confirmation page named, when given), and a re-score of
+    every image while a job of the same version is queued or running: a double click or a second
+    admin would otherwise start the same work twice. Both are checked with the version's row
+    locked (an activation locks it too), so two requests at once cannot both pass. A re-score of
+    chosen images (the image list's action) is not refused: that action has no way yet to show
+    the refusal."""
     version = active_version()
+    wanted = sorted(set(image_ids or []))
     with transaction.atomic():
-        job = RescoreJob.objects.create(model_version=version, image_ids=sorted(set(image_ids or [])), created_by=user)
-        audit_registry_event(user, "rescore", version, new={"job": job.pk, "images": job.image_ids or "all"})
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status != ModelVersion.Status.ACTIVE or expected_version_pk not in (None, locked.pk):
+            named = ModelVersion.objects.filter(pk=expected_version_pk or locked.pk).values_list("version", flat=True)
+            now = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).values_list("version", flat=True)
+            raise RescoreRefused(
+                f"The active version is now {now.first() or 'none'}, not {named.first() or 'the one the page named'}: "
+                f"it was rolled back or another version was activated meanwhile. Nothing was queued; reload the "
+                f"page and confirm the re-score with the version active now.")
+        busy = (RescoreJob.objects.filter(model_version=locked, status__in=[RescoreJob.Status.QUEUED,
+                                                                            RescoreJob.Status.RUNNING])
+                .order_by("created_at").first())
+        if busy is not None and not wanted:
+            raise RescoreRefused(
+                f"A re-scoring job with {locked.version} is already {busy.get_status_display().lower()} (started "
+                f"{timezone.localtime(busy.created_at):%Y-%m-%d %H:%M}); nothing was queued. Its progress shows "
+                f"under \"Recent re-scoring jobs\"; start another once it has ended.")
+        job = RescoreJob.objects.create(model_version=locked, image_ids=wanted, created_by=user)
+        audit_registry_event(user, "rescore", locked, request=request,
+                             new={"job": job.pk, "images": job.image_ids or "all"})
         on_commit_or_fail(lambda: enqueue(job.pk),
                           on_failure=lambda exc: fail_rescore(job_id=job.pk,
                                                               reason=broker_down_reason(exc, "The re-scoring job")))

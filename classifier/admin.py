@@ -8,12 +8,12 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from classifier import ensemble_training, fine_tuning, lifecycle
-from classifier.forms import TrainingForm
-from classifier.models import ModelVersion
+from classifier.forms import RollbackForm, TrainingForm
+from classifier.models import ModelVersion, RescoreJob
 
 PLOTS = ("roc", "confusion_matrix", "reliability", "training_curves")
 GATE_PLOT = "benchmark_roc"  # the paired ROC on the frozen benchmark, shown with the gate
@@ -83,6 +83,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return [
             path("train/", wrap(self.train_view), name="classifier_modelversion_train"),
             path("rollback/", wrap(self.rollback_view), name="classifier_modelversion_rollback"),
+            path("rescore/confirm/", wrap(self.rescore_confirm_view), name="classifier_modelversion_rescore_confirm"),
             path("<int:pk>/activate/", wrap(self.activate_view), name="classifier_modelversion_activate"),
             path("<int:pk>/cancel/", wrap(self.cancel_view), name="classifier_modelversion_cancel"),
             path("<int:pk>/retry/", wrap(self.retry_view), name="classifier_modelversion_retry"),
@@ -117,7 +118,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         form = TrainingForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                version = lifecycle.start_training(user=request.user, **form.cleaned_data)
+                version = lifecycle.start_training(user=request.user, request=request, **form.cleaned_data)
             except lifecycle.LifecycleError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -145,13 +146,15 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def activate_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
-        return self._post_action(request, lambda: lifecycle.activate_version(version=version, user=request.user),
-                                 "{version} is now active; workers use it for the next image.", pk)
+        return self._post_action(
+            request, lambda: lifecycle.activate_version(version=version, user=request.user, request=request),
+            "{version} is now active; workers use it for the next image.", pk)
 
     def cancel_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
-        return self._post_action(request, lambda: lifecycle.request_cancel(version=version, user=request.user),
-                                 _cancel_message, pk)
+        return self._post_action(
+            request, lambda: lifecycle.request_cancel(version=version, user=request.user, request=request),
+            _cancel_message, pk)
 
     def retry_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
@@ -160,7 +163,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request):
             raise PermissionDenied("You may not train model versions.")
         try:
-            run = lifecycle.retry_training(version=version, user=request.user)
+            run = lifecycle.retry_training(version=version, user=request.user, request=request)
         except lifecycle.LifecycleError as exc:
             messages.error(request, str(exc))
             return redirect("admin:classifier_modelversion_change", pk)
@@ -169,12 +172,85 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def delete_failed_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
-        return self._post_action(request, lambda: lifecycle.delete_failed(version=version, user=request.user),
-                                 "The failed run {version} was deleted.")
+        return self._post_action(
+            request, lambda: lifecycle.delete_failed(version=version, user=request.user, request=request),
+            "The failed run {version} was deleted.")
 
-    def rollback_view(self, request):
-        return self._post_action(request, lambda: lifecycle.rollback(user=request.user),
-                                 "Rolled back: {version} is active again.")
+    def rollback_view(self, request: HttpRequest) -> HttpResponse:
+        """GET: the confirmation page, naming the active version and the one a roll-back would
+        re-activate, and asking why. POST: the roll-back of the versions the page named
+        (`lifecycle.rollback` refuses them once another admin, or a second click, changed them)."""
+        if request.method not in ("GET", "POST"):
+            return HttpResponse(status=405)
+        if not self.has_change_permission(request):
+            raise PermissionDenied("You may not change model versions.")
+        if request.method == "POST":
+            form = RollbackForm(request.POST)
+            if form.is_valid():
+                try:
+                    version = lifecycle.rollback(
+                        user=request.user, request=request, reason=form.cleaned_data["reason"],
+                        expected_active_pk=form.cleaned_data["expected_active"], target_pk=form.cleaned_data["target"])
+                except lifecycle.LifecycleError as exc:
+                    messages.error(request, str(exc))
+                else:
+                    messages.success(request, f"Rolled back: {version.version} is active again.")
+                return redirect("admin:classifier_modelversion_changelist")
+            current, target = form.named_versions()
+            if target is None:  # a page that named no version to roll back to (tampered, or the version deleted)
+                messages.error(request, "The page named no version to roll back to; nothing was changed.")
+                return redirect("admin:classifier_modelversion_changelist")
+        else:
+            current, target = lifecycle.rollback_choice()
+            if target is None:
+                messages.error(request, "There is no earlier active version to roll back to.")
+                return redirect("admin:classifier_modelversion_changelist")
+            form = RollbackForm(initial={"expected_active": getattr(current, "pk", None), "target": target.pk})
+        context = self.admin_site.each_context(request) | {
+            "title": "Roll back the active model version", "opts": self.model._meta, "form": form,
+            "current": current, "target": target, "refusal": lifecycle.rollback_refusal(target)}
+        return render(request, "admin/classifier/modelversion/rollback_confirm.html", context)
+
+    def rescore_confirm_view(self, request: HttpRequest) -> HttpResponse:
+        """"Re-score all images": the confirmation page. It names the active version and, for a
+        superuser (the archive holds every clinic's images), how many images the re-score queues
+        (`rescore_counts`), and posts, with the version's pk, to the re-score view the clinical
+        records' admin adds (``admin:classifier_modelversion_rescore``, `cases.admin`)."""
+        if request.method != "GET":
+            return HttpResponse(status=405)
+        if not self.has_change_permission(request):
+            raise PermissionDenied("You may not change model versions.")
+        try:
+            action = reverse("admin:classifier_modelversion_rescore")
+        except NoReverseMatch:  # the registry's admin alone, without the clinical records': nothing to re-score
+            raise Http404("No re-scoring here: the clinical records' admin is not installed.") from None
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+        if active is None:
+            messages.error(request, "No version is active: there is nothing to re-score with.")
+            return redirect("admin:classifier_modelversion_changelist")
+        context = self.admin_site.each_context(request) | {
+            "title": "Re-score all images with the active version", "opts": self.model._meta, "action": action,
+            "active": active, "counts": self.rescore_counts(request, active) if request.user.is_superuser else None,
+            "running": active.rescore_jobs.filter(status__in=[RescoreJob.Status.QUEUED, RescoreJob.Status.RUNNING])
+                                          .order_by("created_at").first()}
+        return render(request, "admin/classifier/modelversion/rescore_confirm.html", context)
+
+    def rescore_counts(self, request: HttpRequest, version: ModelVersion) -> dict[str, int] | None:
+        """{"images": every image, "to_queue": those a re-score with ``version`` queues}, or None
+        where unknown: the registry holds no images, so the admin that adds the re-score view
+        (which may import the clinical records) overrides this with `cases.rescoring.rescore_preview`."""
+        return None
+
+    @staticmethod
+    def expected_active(request: HttpRequest) -> int | None:
+        """The active version's pk as a confirmation page posted it (None: not posted, as by a
+        page of an older release); refused in words when it is not a number."""
+        posted = request.POST.get("expected_active", "").strip()
+        if not posted:
+            return None
+        if not posted.isdigit():
+            raise lifecycle.LifecycleError("The page sent no valid version; nothing was changed. Reload it.")
+        return int(posted)
 
     def progress_view(self, request, pk: int) -> JsonResponse:
         version = get_object_or_404(ModelVersion, pk=pk)

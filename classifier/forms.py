@@ -88,3 +88,25 @@ class TrainingForm(forms.Form):
             except ens.EnsembleRequestError as exc:
                 self.add_error("members", str(exc))
         return data
+
+
+class RollbackForm(forms.Form):
+    """The roll-back's confirmation: the active version and the version to re-activate as the page
+    named them (hidden; `lifecycle.rollback` refuses them once they are out of date), and why."""
+
+    expected_active = forms.IntegerField(widget=forms.HiddenInput, required=False)  # blank: no active version
+    target = forms.IntegerField(widget=forms.HiddenInput)
+    reason = forms.CharField(
+        label="Reason", max_length=1000, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        help_text="Why the active version is rolled back (a problem seen, an incident number); kept in the audit "
+                  "trail with both versions, their model files' sha256, your user name and address.")
+
+    def named_versions(self) -> tuple[ModelVersion | None, ModelVersion | None]:
+        """(active, target) as the submitted page named them (None where it named none, or no
+        such version), to show them again with the form's errors."""
+        data = getattr(self, "cleaned_data", {})
+
+        def get(pk: int | None) -> ModelVersion | None:
+            return None if pk is None else ModelVersion.objects.filter(pk=pk).first()
+
+        return get(data.get("expected_active")), get(data.get("target"))

@@ -1,16 +1,20 @@
 """Model-version lifecycle services: start a training run, cancel it, activate, roll back.
 
 Plain functions with keyword-only arguments; they validate, write in a transaction and dispatch
-Celery tasks only after the transaction commits.
+Celery tasks only after the transaction commits. ``request`` (the admin's HTTP request, None from
+a command or a worker) goes into the audit event, which keeps the client's address with it.
 """
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
+from django.http import HttpRequest
 from django.utils import timezone
 
 from audit import log as audit_log
@@ -97,7 +101,8 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
 
 
 def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None,
-                   overrides: dict | None = None, members=(), start_from: str = fine_tuning.IMAGENET) -> ModelVersion:
+                   overrides: dict | None = None, members=(), start_from: str = fine_tuning.IMAGENET,
+                   request: HttpRequest | None = None) -> ModelVersion:
     """Create a version in status "training" and enqueue its run on the training queue.
 
     ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form);
@@ -105,15 +110,15 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
     ``start_from`` "active" fine-tunes the active model (`classifier.fine_tuning`) instead of
     training from ImageNet weights.
     """
-    request = validate_training_request(sources=sources, epochs=epochs, seed=seed,
-                                        target_sensitivity=target_sensitivity, members=members, overrides=overrides,
-                                        start_from=start_from)
+    training = validate_training_request(sources=sources, epochs=epochs, seed=seed,
+                                         target_sensitivity=target_sensitivity, members=members, overrides=overrides,
+                                         start_from=start_from)
     busy = LifecycleError("A training run is already in progress; wait for it or cancel it.")
     if ModelVersion.objects.filter(status=ModelVersion.Status.TRAINING).exists():
         raise busy
     try:
         with transaction.atomic():
-            version = _create_run(request, overrides, user)
+            version = _create_run(training, overrides, user, request)
     except IntegrityError:  # another run started in between: the database allows one
         raise busy from None
     return version
@@ -126,33 +131,34 @@ def _free_name(base: str) -> str:
     return next(name for name in (base, *(f"{base}-{n}" for n in range(2, len(taken) + 2))) if name not in taken)
 
 
-def _create_run(request: TrainingRequest, overrides: dict | None, user) -> ModelVersion:
+def _create_run(training: TrainingRequest, overrides: dict | None, user, request: HttpRequest | None) -> ModelVersion:
     """The new run's registry row, its audit event and its task (sent after commit)."""
     # the sources as asked: registration replaces data_sources with the card's (record sources,
     # e.g. "review"), and a retry must ask for the same ones again
-    asked = {"sources": list(request.sources), "epochs": request.epochs, "seed": request.seed,
-             "target_sensitivity": request.target_sensitivity, "overrides": dict(overrides or {})}
+    asked = {"sources": list(training.sources), "epochs": training.epochs, "seed": training.seed,
+             "target_sensitivity": training.target_sensitivity, "overrides": dict(overrides or {})}
     limits = {}
-    if request.members:  # N trainings in a row: N times the single run's time limits
-        soft, hard = ensemble_training.time_limits_s(len(request.members))
-        asked |= {"kind": ensemble_training.ENSEMBLE, "members": list(request.members), "time_limit_s": hard}
+    if training.members:  # N trainings in a row: N times the single run's time limits
+        soft, hard = ensemble_training.time_limits_s(len(training.members))
+        asked |= {"kind": ensemble_training.ENSEMBLE, "members": list(training.members), "time_limit_s": hard}
         limits = {"soft_time_limit": soft, "time_limit": hard}
-    if request.start:
-        asked[fine_tuning.START_KEY] = request.start
-    prefix = f"ens{len(request.members)}-train" if request.members else ("tune" if request.start else "train")
+    if training.start:
+        asked[fine_tuning.START_KEY] = training.start
+    prefix = f"ens{len(training.members)}-train" if training.members else ("tune" if training.start else "train")
     version = ModelVersion.objects.create(
         version=_free_name(f"{prefix}-{timezone.now():%Y%m%d-%H%M%S}"),
         status=ModelVersion.Status.TRAINING,
-        data_sources=list(request.sources),
-        target_sensitivity=request.target_sensitivity,
+        data_sources=list(training.sources),
+        target_sensitivity=training.target_sensitivity,
         training_config=asked,
         progress={"phase": "queued"},
         created_by=user,
     )
-    members = {"members": list(request.members)} if request.members else {}
-    start = {fine_tuning.START_KEY: request.start["version"]} if request.start else {}
-    audit_registry_event(user, "train", version, new={"sources": list(request.sources), "epochs": request.epochs,
-                                       "seed": request.seed} | members | start)
+    members = {"members": list(training.members)} if training.members else {}
+    start = {fine_tuning.START_KEY: training.start["version"]} if training.start else {}
+    audit_registry_event(user, "train", version, request=request,
+                         new={"sources": list(training.sources), "epochs": training.epochs,
+                              "seed": training.seed} | members | start)
     on_commit_or_fail(lambda: enqueue_training(version.pk, **limits),
                       on_failure=lambda exc: fail_run(version.pk, broker_down_reason(exc, "The training run")))
     return version
@@ -173,7 +179,7 @@ def enqueue_training(version_id: int, **limits) -> None:
     publish(TRAIN_TASK, [version_id], **limits)
 
 
-def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:
+def retry_training(*, version: ModelVersion, user=None, request: HttpRequest | None = None) -> ModelVersion:
     """Start a new run with what a failed run was asked (its data sources and settings; a failed
     fine-tuning run fine-tunes the model active now)."""
     if version.status != ModelVersion.Status.FAILED:
@@ -181,7 +187,7 @@ def retry_training(*, version: ModelVersion, user=None) -> ModelVersion:
     asked = version.training_config
     return start_training(sources=requested_sources(version), epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
                           target_sensitivity=asked.get("target_sensitivity", version.target_sensitivity or 0.9),
-                          overrides=asked.get("overrides") or None, user=user,
+                          overrides=asked.get("overrides") or None, user=user, request=request,
                           members=asked.get("members") if asked.get("kind") == ensemble_training.ENSEMBLE else (),
                           start_from=fine_tuning.ACTIVE if asked.get(fine_tuning.START_KEY) else fine_tuning.IMAGENET)
 
@@ -195,23 +201,50 @@ def requested_sources(version: ModelVersion) -> list[str]:
     return sorted({REVIEWS if source == CARD_REVIEW_SOURCE else source for source in version.data_sources})
 
 
-def delete_failed(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Remove a failed run from the registry, with whatever it left in the models directory."""
-    with transaction.atomic():
-        deleted, _ = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.FAILED).delete()
-        if not deleted:
-            raise LifecycleError(f"{version.version} did not fail; only a failed run can be deleted.")
-        audit_registry_event(user, "delete", version, old={"version": version.version, "error": version.error[:500]})
-    out = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
-    if version.artifact_path and Path(version.artifact_path).resolve() == out.resolve():
-        shutil.rmtree(out, ignore_errors=True)
+def delete_failed(*, version: ModelVersion, user=None, request: HttpRequest | None = None) -> ModelVersion:
+    """Remove a failed run from the registry, with whatever it left in the models directory
+    (``SECONDLOOK_MODELS_ROOT/<version>``, where its training writes, whether or not it got as far
+    as registering an artifact there). A version that scored images (its predictions or re-scoring jobs refer to it) is refused:
+    what it scored stays traceable to it."""
+    try:
+        with transaction.atomic():
+            deleted, _ = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.FAILED).delete()
+            if not deleted:
+                raise LifecycleError(f"{version.version} did not fail; only a failed run can be deleted.")
+            audit_registry_event(user, "delete", version, request=request,
+                                 old={"version": version.version, "error": version.error[:500]})
+    except ProtectedError as exc:
+        raise LifecycleError(
+            f"{version.version} cannot be deleted: {_describe_protected(exc)} refer to it, and the record of what "
+            f"a version scored is kept. It stays in the registry, marked failed, and is never offered for "
+            f"activation or roll-back.") from None
+    folder = _run_folder(version.version)
+    if folder is not None:  # after the row's deletion commits: a rolled-back deletion keeps its files
+        transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
     return version
+
+
+def _describe_protected(exc: ProtectedError) -> str:
+    """"3 predictions and 1 rescore job": what a ProtectedError says still refers to a row."""
+    counts = Counter(obj._meta for obj in exc.protected_objects)
+    return " and ".join(f"{n} {meta.verbose_name if n == 1 else meta.verbose_name_plural}"
+                        for meta, n in sorted(counts.items(), key=lambda item: str(item[0].verbose_name)))
+
+
+def _run_folder(name: str) -> Path | None:
+    """``SECONDLOOK_MODELS_ROOT/<name>`` when it is a folder directly inside the models root (not a
+    link, not outside it through ".." or "/" in the name), else None: only that may be removed."""
+    root = Path(settings.SECONDLOOK_MODELS_ROOT).resolve()
+    folder = root / name
+    if not name or folder.is_symlink() or not folder.is_dir() or folder.resolve().parent != root:
+        return None
+    return folder
 
 
 CANCELLED_BEFORE_START = "Cancelled by an administrator before a training worker started it."
 
 
-def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
+def request_cancel(*, version: ModelVersion, user=None, request: HttpRequest | None = None) -> ModelVersion:
     """Stop a training run: one no worker has started yet ends failed at once (it would otherwise
     block every new run until the stale-run sweep), a running one stops after the current step.
 
@@ -222,9 +255,9 @@ def request_cancel(*, version: ModelVersion, user=None) -> ModelVersion:
                                               started_at__isnull=True)
     if not_started.update(status=ModelVersion.Status.FAILED, cancel_requested=True, error=CANCELLED_BEFORE_START,
                           finished_at=timezone.now(), progress={"phase": "cancelled before it started"}):
-        audit_registry_event(user, "cancel", version, new={"ended": "before it started"})
+        audit_registry_event(user, "cancel", version, new={"ended": "before it started"}, request=request)
     elif ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.TRAINING).update(cancel_requested=True):
-        audit_registry_event(user, "cancel", version)
+        audit_registry_event(user, "cancel", version, request=request)
     else:
         raise LifecycleError(f"{version.version} is not training.")
     version.refresh_from_db()
@@ -291,7 +324,7 @@ def _identity(version: ModelVersion | None) -> tuple | None:
     return None if version is None else (version.pk, version.version, version.sha256)
 
 
-def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
+def activate_version(*, version: ModelVersion, user=None, request: HttpRequest | None = None) -> ModelVersion:
     """Make a ready version active if it passes the promotion gate. The gate is checked again in
     the transaction that activates, against the active row locked there: an activation or
     roll-back that changed the active version after the first check is refused, not overridden.
@@ -316,7 +349,7 @@ def activate_version(*, version: ModelVersion, user=None) -> ModelVersion:
                 raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
             activate(version)
             audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
-                                 new={"active": version.version, "gate": gate_evidence(gate)})
+                                 new={"active": version.version, "gate": gate_evidence(gate)}, request=request)
             warm_after_commit(version)
     except IntegrityError as exc:  # the one-active-version constraint: another activation won the race
         raise LifecycleError("Another version was activated at the same moment; nothing was changed. "
@@ -352,37 +385,89 @@ def adopt_bundled_release(*, user=None) -> ModelVersion | None:
                   f"{card['version']}, bundled with it, was activated in its place")
         version = register_artifact(bundled, notes=f"Bundled with an upgrade of the software; {reason}.")
         activate(version)
+        # error and finished_at: the admin's "Why it failed" box shows the reason, as for a failed run
         ModelVersion.objects.filter(pk=active.pk).update(
-            status=ModelVersion.Status.FAILED, notes=(active.notes + f"\nCannot be loaded any more: {reason}.").strip())
+            status=ModelVersion.Status.FAILED, error=f"Cannot be loaded any more: {reason}.", finished_at=timezone.now(),
+            notes=(active.notes + f"\nCannot be loaded any more: {reason}.").strip())
         audit_registry_event(user, "activate", version, old={"active": active.version},
                              new={"active": version.version, "reason": reason})
         warm_after_commit(version)
     return version
 
 
-def rollback(*, user=None) -> ModelVersion:
-    """Re-activate the version that was active before the current one (it passed the gate then)."""
+def rollback_choice() -> tuple[ModelVersion | None, ModelVersion | None]:
+    """(the active version, the version a roll-back would re-activate): the one activated most
+    recently before it that is still ready or retired (one marked failed is never offered), or None."""
     current = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
-    previous = (
-        ModelVersion.objects.exclude(pk=getattr(current, "pk", None))
-        .filter(activated_at__isnull=False, status__in=[ModelVersion.Status.READY, ModelVersion.Status.RETIRED])
-        .order_by("-activated_at")
-        .first()
-    )
-    if previous is None:
-        raise LifecycleError("There is no earlier active version to roll back to.")
+    return current, _rollback_target_of(current)
+
+
+def _rollback_target_of(current: ModelVersion | None) -> ModelVersion | None:
+    """The ready or retired version activated most recently, other than ``current``."""
+    return (ModelVersion.objects.exclude(pk=getattr(current, "pk", None))
+            .filter(activated_at__isnull=False, status__in=[ModelVersion.Status.READY, ModelVersion.Status.RETIRED])
+            .order_by("-activated_at", "-pk").first())
+
+
+def rollback_refusal(target: ModelVersion) -> str | None:
+    """Why ``target`` cannot be rolled back to, or None: its very model must load on this server,
+    and its card must have the image checks (`image_checks_of`) a version needs to be active.
+    Reads the model (perhaps from the storage): never call it with the active row locked."""
+    if not artifact_store.loadable(target):
+        return (f"{target.version}'s model cannot be loaded on this server (its files are missing or no longer "
+                f"match its sha256 {(target.sha256 or '')[:12]}).")
+    checks = image_checks_of(target)
+    if checks is not None:
+        return f"{target.version} lacks the image checks a version needs to be active: {checks}"
+    return None
+
+
+def rollback(*, user, expected_active_pk: int | None, target_pk: int, reason: str,
+             request: HttpRequest | None = None) -> ModelVersion:
+    """Re-activate ``target_pk``, the version active before the current one, as the confirmation
+    page named them: refused, with nothing changed, when (under the active row's lock) the active
+    version is no longer ``expected_active_pk`` (None: no active version) or the target is no longer
+    the one a roll-back would choose (a double click, or a page left open while another admin
+    activated or rolled back), when the target's model cannot be loaded or lacks its image checks,
+    or without a ``reason``. The audit event keeps both versions, their sha256 and the reason."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise LifecycleError("Say why you roll back: the reason is kept in the audit trail.")
+    target = ModelVersion.objects.filter(pk=target_pk).first()
+    if target is None:
+        raise LifecycleError("The version to roll back to no longer exists; nothing was changed. Reload the page.")
+    refusal = rollback_refusal(target)  # outside the lock: it may fetch the model from the storage
+    if refusal:
+        raise LifecycleError(f"Roll-back refused: {refusal} Nothing was changed.")
     try:
         with transaction.atomic():
-            activate(previous)
-            audit_registry_event(user, "rollback", previous, old={"active": current.version if current else None},
-                                 new={"active": previous.version})
-            warm_after_commit(previous)
+            current = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).first()
+            if getattr(current, "pk", None) != expected_active_pk:
+                shown = ModelVersion.objects.filter(pk=expected_active_pk).values_list("version", flat=True).first()
+                raise LifecycleError(
+                    f"The active version is now {current.version if current else 'none'}, not {shown or 'none'} as "
+                    f"the page showed: another roll-back or activation happened meanwhile (or the button was clicked "
+                    f"twice). Nothing was changed. Reload the page to see what a roll-back would do now.")
+            choice = _rollback_target_of(current)
+            locked = ModelVersion.objects.select_for_update().filter(pk=target_pk).first()
+            if choice is None or choice.pk != target_pk or _identity(locked) != _identity(target):
+                raise LifecycleError(
+                    f"A roll-back would now re-activate {choice.version if choice else 'no version'}, not "
+                    f"{target.version} as the page showed; nothing was changed. Reload the page.")
+            activate(locked)
+            audit_registry_event(
+                user, "rollback", locked, request=request,
+                old={"active": current.version if current else None, "active_sha256": getattr(current, "sha256", None)},
+                new={"active": locked.version, "active_sha256": locked.sha256, "reason": reason})
+            warm_after_commit(locked)
     except IntegrityError as exc:  # the one-active-version constraint: an activation or rollback won the race
         raise LifecycleError("Another version was activated or rolled back to at the same moment; nothing was "
                              "changed. Reload the page to see which version is active.") from exc
-    return previous
+    return locked
 
 
-def audit_registry_event(user, action: str, version: ModelVersion, *, old: dict | None = None, new: dict | None = None) -> None:
-    """Record a registry change in the append-only audit log."""
-    audit_log.record(action=action, obj=version, actor=user, old=old, new=new)
+def audit_registry_event(user, action: str, version: ModelVersion, *, old: dict | None = None,
+                         new: dict | None = None, request: HttpRequest | None = None) -> None:
+    """Record a registry change in the append-only audit log (with the client's address when
+    ``request`` is the admin's request)."""
+    audit_log.record(action=action, obj=version, actor=user, old=old, new=new, request=request)

@@ -10,6 +10,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from audit import log as audit_log
 from classifier import artifact_store
 from classifier.models import ModelVersion, RescoreJob
 from mlcore.artifact import CARD_FILE, MODEL_FILE, json_safe, read_card
@@ -35,8 +36,21 @@ def _threshold(entry: Any) -> float | None:
     return None if entry is None else float(entry)
 
 
-def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READY, notes: str = "") -> ModelVersion:
-    """Create or refresh the registry row for an exported artifact directory."""
+class RunNoLongerTraining(RuntimeError):
+    """The training run an artifact belongs to was cancelled, failed (by the stale-run sweep, say)
+    or deleted while it finished: its row is left as it is, not registered."""
+
+
+def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READY, notes: str = "",
+                      run_id: int | None = None) -> ModelVersion:
+    """Create or refresh the registry row for an exported artifact directory.
+
+    ``run_id``: the artifact of that training run, whose row is updated by primary key, and only
+    while it is still training (one conditional UPDATE); raises RunNoLongerTraining otherwise, so
+    that a run cancelled, failed or deleted meanwhile is never recreated nor overwritten. The run
+    itself then marks the row ready. Without it (the CLI, a bundled model) a missing row is created.
+    Either way only the artifact's own fields are written: the status, cancel request, error and
+    progress of an existing row are never written back from a stale copy."""
     model_dir = Path(model_dir).resolve()
     card = read_card(model_dir, required=("version",))
     sha = card.get("model_sha256") or file_sha256(model_dir / MODEL_FILE)
@@ -46,13 +60,18 @@ def register_artifact(model_dir: Path, *, status: str = ModelVersion.Status.READ
         fields["metrics"] = dict(fields["metrics"], gate=json.loads(gate_file.read_text()))
     # a card written before the pipeline wrote strict JSON may hold NaN, which the database refuses
     fields = json_safe(fields)
-    version, created = ModelVersion.objects.get_or_create(
-        version=card["version"], defaults=fields | {"status": status, "notes": notes}
-    )
-    if not created:
-        for name, value in fields.items():
-            setattr(version, name, value)
-        version.save()
+    if run_id is not None:
+        if not ModelVersion.objects.filter(pk=run_id, status=ModelVersion.Status.TRAINING).update(**fields):
+            raise RunNoLongerTraining(f"training run {run_id} is no longer training (cancelled, failed or deleted "
+                                      f"meanwhile): its artifact {model_dir} was not registered")
+        version = ModelVersion.objects.get(pk=run_id)
+    else:
+        version, created = ModelVersion.objects.get_or_create(
+            version=card["version"], defaults=fields | {"status": status, "notes": notes}
+        )
+        if not created:  # the artifact's fields only, by primary key
+            ModelVersion.objects.filter(pk=version.pk).update(**fields)
+            version.refresh_from_db()
     if settings.SECONDLOOK_MODELS_IN_STORAGE:  # so that workers on other hosts can load it
         artifact_store.publish(model_dir, sha)
     elif model_dir == Path(settings.SECONDLOOK_MODEL_DIR).resolve():
@@ -97,12 +116,23 @@ def stop_rescores_of_other_versions(*, active: ModelVersion) -> list[int]:
 
 
 def ensure_default_registered() -> ModelVersion:
-    """Register the configured default model and activate it when no version is active yet."""
+    """Register the configured default model and activate it when no version is active yet; the
+    activation is audited (actor: the system), in the transaction that makes it."""
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     if active is not None:
         return active
     version = register_artifact(settings.SECONDLOOK_MODEL_DIR, notes="Shipped default model, registered on first start.")
-    return activate(version)
+    with transaction.atomic():
+        # another process may have activated a version since the check above: it stays active
+        meanwhile = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).first()
+        if meanwhile is not None:
+            return meanwhile
+        activate(version)
+        audit_log.record(action="activate", obj=version, actor=None, old={"active": None},
+                         new={"active": version.version, "sha256": version.sha256,
+                              "reason": "no version was active: the shipped default model was registered and "
+                                        "activated on first start"})
+    return version
 
 
 def active_version() -> ModelVersion:

@@ -22,8 +22,11 @@ def train_model(self, version_id: int) -> str:
     """Train the registry version ``version_id`` (routed to the "training" queue by settings).
 
     Thin on purpose: the work lives in ``classifier.retraining.run_training(version_id=...)``.
+    With acks_late and reject_on_worker_lost, a worker killed mid-run (out of memory) gets the
+    message redelivered: the broker's flag tells run_training to fail that run at once, with why.
     """
-    return run_training(version_id=int(version_id))
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    return run_training(version_id=int(version_id), redelivered=redelivered)
 
 
 @shared_task(name="classifier.tasks.sweep_training_runs", ignore_result=True, soft_time_limit=60, time_limit=90)

@@ -33,6 +33,7 @@ import numpy as np
 from .data import HAM_SOURCES, SRC_ISIC, ImageRecord, LoadResult, Problem, load_all
 from mlcore.imageio import decode_file
 from .parallel import counted, imap
+from .time_limits import is_time_limit
 from mlcore.labels import ham_code_of
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def hash_file(path: str) -> dict:
     try:
         rgb = decode_file(path)
     except Exception as exc:
+        if is_time_limit(exc):
+            raise
         return {"error": str(exc)[:300]}
     h = hashlib.sha256()
     h.update(str(rgb.shape).encode())

@@ -15,6 +15,8 @@ from typing import Sequence
 
 from mlcore.labels import CLASSES, HAM_TO_CLASSES, label_key
 
+from .time_limits import is_time_limit
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
@@ -109,6 +111,8 @@ def _check_readable(path: Path, res: LoadResult) -> bool:
         with Image.open(path) as im:
             im.verify()
     except Exception as exc:
+        if is_time_limit(exc):
+            raise
         _problem(res, "unreadable_image", path, str(exc)[:200])
         return False
     return True

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from mlcore.keras_model import MEMBER_PREFIX
+from training.time_limits import TIME_LIMIT_EXCEPTIONS, is_time_limit  # noqa: F401  (re-exported)
 
 COMBINE_LAYER = "logits_mean"
 WEIGHTS_ENTRY = "model.weights.h5"  # the weights file inside a .keras archive
@@ -272,6 +273,8 @@ def train_ensemble(cfg, seeds: Sequence[int], data_root: Path, out_dir: Path, ca
         except TrainingCancelled:
             raise
         except Exception as exc:
+            if is_time_limit(exc):  # the task's own limit, not this member's fault: its handler says so
+                raise
             raise EnsembleMemberFailed(f"member {i}/{n} (seed {seed}) failed: {type(exc).__name__}: {exc}") from exc
         durations.append(time.time() - started)
         member_dirs.append(d)

@@ -246,27 +246,39 @@ def test_a_worker_taking_a_job_starts_the_sweeps_clock(world, model_version, dis
     assert job.status == "done" and before <= job.started_at <= job.finished_at
 
 
-def _earlier_active(version: ModelVersion) -> ModelVersion:
-    """``version`` as one that was active before (so a rollback can return to it)."""
+def _earlier_active(version: ModelVersion, root) -> ModelVersion:
+    """``version`` as one that was active before, with model files a roll-back can load (a stand-in
+    artifact under ``root`` with the fitted image checks), so that a roll-back can return to it."""
     from datetime import timedelta
 
-    ModelVersion.objects.filter(pk=version.pk).update(activated_at=timezone.now() - timedelta(days=1))
+    from tests.support.gate_helpers import fake_sha, stand_in_artifact
+
+    ModelVersion.objects.filter(pk=version.pk).update(
+        activated_at=timezone.now() - timedelta(days=1), sha256=fake_sha(version.version),
+        artifact_path=stand_in_artifact(root, version.version))
+    version.refresh_from_db()
     return version
 
 
-@pytest.mark.django_db
-def test_a_rollback_stops_the_re_scoring_jobs_of_the_version_rolled_back(world, model_version):
+def _roll_back(admin, *, from_version: ModelVersion, to: ModelVersion) -> ModelVersion:
     from classifier import lifecycle
 
-    _earlier_active(model_version)
+    return lifecycle.rollback(user=admin, expected_active_pk=from_version.pk, target_pk=to.pk,
+                              reason="re-scoring test")
+
+
+@pytest.mark.django_db
+def test_a_rollback_stops_the_re_scoring_jobs_of_the_version_rolled_back(world, model_version, tmp_path):
+    _earlier_active(model_version, tmp_path)
     new_version = activate(ModelVersion.objects.create(version="v2", status="ready", artifact_path="/x"))
     queued = start_rescore(user=world.admin)
-    running = start_rescore(user=world.admin)
+    # a re-score of chosen images, which may run beside the one of every image
+    running = start_rescore(user=world.admin, image_ids=[1])
     RescoreJob.objects.filter(pk=running.pk).update(status=RescoreJob.Status.RUNNING)
     finished = RescoreJob.objects.create(model_version=new_version, status=RescoreJob.Status.DONE)
     older = RescoreJob.objects.create(model_version=model_version, status=RescoreJob.Status.QUEUED)
 
-    assert lifecycle.rollback(user=world.admin) == model_version
+    assert _roll_back(world.admin, from_version=new_version, to=model_version) == model_version
     jobs = {job.pk: job for job in RescoreJob.objects.all()}
     for pk in (queued.pk, running.pk):
         assert jobs[pk].status == RescoreJob.Status.FAILED and jobs[pk].finished_at is not None
@@ -278,12 +290,11 @@ def test_a_rollback_stops_the_re_scoring_jobs_of_the_version_rolled_back(world, 
 
 
 @pytest.mark.django_db
-def test_a_re_score_stops_at_its_next_chunk_once_its_version_is_no_longer_active(world, model_version, monkeypatch):
+def test_a_re_score_stops_at_its_next_chunk_once_its_version_is_no_longer_active(world, model_version, monkeypatch,
+                                                                                tmp_path):
     """The rollback commits while the job's task is sending predictions: the task stops before its
     next chunk, and the job stays failed with the reason (never "done")."""
-    from classifier import lifecycle
-
-    _earlier_active(model_version)
+    _earlier_active(model_version, tmp_path)
     monkeypatch.setattr("cases.rescoring.CHUNK", 1)
     for i in range(3):
         _image(world, f"i{i}", f"{i}" * 64)
@@ -294,7 +305,7 @@ def test_a_re_score_stops_at_its_next_chunk_once_its_version_is_no_longer_active
     def dispatch(pk, **kwargs):  # an admin rolls back right after the first image was sent
         sent.append(pk)
         if len(sent) == 1:
-            lifecycle.rollback(user=world.admin)
+            _roll_back(world.admin, from_version=new_version, to=model_version)
         return True
 
     monkeypatch.setattr("cases.scoring.dispatch_prediction", dispatch)

@@ -141,15 +141,20 @@ def test_a_chunk_delivered_twice_or_after_its_worker_died_adds_nothing_twice(wor
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_rollback_between_chunks_stops_the_job(world, model_version, chunks, sent_scores):
+def test_a_rollback_between_chunks_stops_the_job(world, model_version, chunks, sent_scores, tmp_path):
     from classifier import lifecycle
+    from tests.support.gate_helpers import fake_sha, stand_in_artifact
 
-    ModelVersion.objects.filter(pk=model_version.pk).update(activated_at=timezone.now() - timedelta(days=1))
+    # active before, with model files a roll-back can load and the image checks it asks for
+    ModelVersion.objects.filter(pk=model_version.pk).update(
+        activated_at=timezone.now() - timedelta(days=1), sha256=fake_sha(model_version.version),
+        artifact_path=stand_in_artifact(tmp_path, model_version.version))
     _images(world)
     version = _new_version()
     job = start_rescore(user=world.admin)
     run_rescore(job_id=job.pk)
-    lifecycle.rollback(user=world.admin)
+    lifecycle.rollback(user=world.admin, expected_active_pk=version.pk, target_pk=model_version.pk,
+                       reason="between chunks")
 
     assert run_rescore(**chunks[0]) == 0  # the next chunk arrives: it creates nothing, queues nothing
     stopped = _job(job.pk)

@@ -131,7 +131,7 @@ def test_the_run_notes_say_what_was_left_out_and_why(world, settings, tmp_path, 
     trained = []
     monkeypatch.setattr(retraining, "train", lambda *a, **k: trained.append(k["extra_records"]))
     monkeypatch.setattr(retraining, "measure_gate", lambda *a, **k: {})
-    monkeypatch.setattr(retraining, "register_artifact", lambda out_dir: ModelVersion.objects.get(pk=run.pk))
+    monkeypatch.setattr(retraining, "register_artifact", lambda out_dir, **_: ModelVersion.objects.get(pk=run.pk))
 
     assert retraining.run_training(version_id=run.pk) == "run-n"
     run.refresh_from_db()

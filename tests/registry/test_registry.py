@@ -36,7 +36,9 @@ def test_database_allows_only_one_active_version():
 
 
 @pytest.mark.django_db
-def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, django_user_model, tmp_path):
+def test_activation_goes_through_the_gate_and_rollback_restores(settings, tiny_assessed_model_dir, django_user_model,
+                                                               tmp_path):
+    settings.SECONDLOOK_MODEL_DIR = tiny_assessed_model_dir  # a roll-back target needs its image checks
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     worse = ModelVersion.objects.create(version="worse", status="ready", target_sensitivity=0.9,
@@ -49,14 +51,15 @@ def test_activation_goes_through_the_gate_and_rollback_restores(use_tiny_model, 
         lifecycle.activate_version(version=worse, user=admin)
     lifecycle.activate_version(version=better, user=admin)
     assert ModelVersion.objects.get(status="active").version == "better"
-    assert lifecycle.rollback(user=admin).version == shipped.version
+    assert lifecycle.rollback(user=admin, expected_active_pk=better.pk, target_pk=shipped.pk,
+                              reason="Flags too many nevi").version == shipped.version
     assert ModelVersion.objects.get(status="active").version == shipped.version
 
     from audit.models import AuditEvent
 
     actions = list(AuditEvent.objects.order_by("pk").values_list("action", flat=True))
     assert actions[-2:] == ["activate", "rollback"]
-    activation = AuditEvent.objects.get(action="activate")
+    activation = AuditEvent.objects.get(action="activate", actor=admin)
     evidence = activation.new_values["gate"]
     assert activation.new_values["active"] == "better" and activation.old_values == {"active": shipped.version}
     assert evidence == {"benchmark": "frozen-v1", "benchmark_sha256": "0" * 64, "candidate": "better",
@@ -180,7 +183,7 @@ def test_a_run_whose_registration_fails_ends_failed_not_training(monkeypatch, da
     version = ModelVersion.objects.create(version="reg-fails", status="training", data_sources=["ham10000"],
                                           training_config={"epochs": 1})
     monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
-    monkeypatch.setattr(retraining, "register_artifact", lambda path: (_ for _ in ()).throw(
+    monkeypatch.setattr(retraining, "register_artifact", lambda path, **_: (_ for _ in ()).throw(
         ValueError("CHECK constraint failed: JSON_VALID(\"metrics\")")))
     assert retraining.run_training(version_id=version.pk) == "failed"
     version.refresh_from_db()
@@ -220,7 +223,7 @@ def test_a_run_that_failed_after_registration_is_retried_with_the_sources_it_ask
     monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
     monkeypatch.setattr(retraining, "measure_gate", lambda *a, **k: {})
 
-    def registered_then_cancelled(out_dir):  # as the card says it, then the admin cancels: it ends failed
+    def registered_then_cancelled(out_dir, **_):  # as the card says it, then the admin cancels: it ends failed
         ModelVersion.objects.filter(pk=run.pk).update(data_sources=["ham10000", "review"], cancel_requested=True)
         return ModelVersion.objects.get(pk=run.pk)
 
@@ -256,7 +259,7 @@ def test_a_run_is_compared_with_the_gates_resamples_not_its_own_bootstrap_settin
     monkeypatch.setattr(retraining, "train", lambda *a, **k: None)
     monkeypatch.setattr(retraining, "compare_artifacts",
                         lambda *a, n_resamples, **k: asked.append(n_resamples) or GateResult(True))
-    monkeypatch.setattr(retraining, "register_artifact", lambda out_dir: ModelVersion.objects.get(pk=run.pk))
+    monkeypatch.setattr(retraining, "register_artifact", lambda out_dir, **_: ModelVersion.objects.get(pk=run.pk))
     assert retraining.training_config(run).bootstrap == 30  # the run's own evaluation uses it
     retraining.run_training(version_id=run.pk)
     assert asked == [BOOTSTRAP_RESAMPLES]
@@ -408,7 +411,7 @@ def test_an_activation_is_refused_when_the_active_version_changed_after_its_gate
     assert checked_against == [shipped.version]
     assert ModelVersion.objects.get(status="active").version == "other"
     assert ModelVersion.objects.get(pk=better.pk).status == "ready"
-    assert not AuditEvent.objects.filter(action="activate").exists()
+    assert not AuditEvent.objects.filter(action="activate", actor=admin).exists()
 
 
 # --- metrics the database accepts, runs kept alive, cancelled before they start, time limits -----
@@ -652,8 +655,11 @@ def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_th
     assert active.version == "tiny-test-1"
     old.refresh_from_db()
     assert old.status == ModelVersion.Status.FAILED and "Cannot be loaded any more" in old.notes
-    with pytest.raises(lifecycle.LifecycleError):
-        lifecycle.rollback()  # the old version is never offered again
+    # "Why it failed" shows the reason, as for a failed run
+    assert old.error.startswith("Cannot be loaded any more: the upgrade replaced") and old.finished_at is not None
+    assert lifecycle.rollback_choice() == (active, None)  # the old version is never offered again
+    with pytest.raises(lifecycle.LifecycleError, match="model cannot be loaded on this server"):
+        lifecycle.rollback(user=None, expected_active_pk=active.pk, target_pk=old.pk, reason="try")
 
     from audit.models import AuditEvent
 
@@ -716,18 +722,20 @@ def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothi
     with pytest.raises(lifecycle.LifecycleError, match="activated at the same moment"):
         lifecycle.activate_version(version=better, user=admin)
     assert ModelVersion.objects.get(status="active") == shipped
-    assert not AuditEvent.objects.filter(action="activate").exists()
+    assert not AuditEvent.objects.filter(action="activate", actor=admin).exists()
 
 
 @pytest.mark.django_db
-def test_a_rollback_that_loses_the_race_is_refused_in_words_and_changes_nothing(monkeypatch):
+def test_a_rollback_that_loses_the_race_is_refused_in_words_and_changes_nothing(monkeypatch, tmp_path):
     """Two admins click Roll back (or one activates) at once: the one-active-version constraint
     stops the second, which gets a message, not a 500, and leaves no audit entry behind."""
     from django.utils import timezone
 
     from audit.models import AuditEvent
 
-    earlier = ModelVersion.objects.create(version="earlier", status="ready", activated_at=timezone.now())
+    earlier = ModelVersion.objects.create(version="earlier", status="ready", activated_at=timezone.now(),
+                                          artifact_path=stand_in_artifact(tmp_path, "earlier"),
+                                          sha256=fake_sha("earlier"))
     current = registry.activate(ModelVersion.objects.create(version="current", status="ready"))
 
     def lost(version):
@@ -735,7 +743,7 @@ def test_a_rollback_that_loses_the_race_is_refused_in_words_and_changes_nothing(
 
     monkeypatch.setattr(lifecycle, "activate", lost)
     with pytest.raises(lifecycle.LifecycleError, match="rolled back to at the same moment"):
-        lifecycle.rollback()
+        lifecycle.rollback(user=None, expected_active_pk=current.pk, target_pk=earlier.pk, reason="race")
     assert ModelVersion.objects.get(status="active") == current
     assert ModelVersion.objects.get(pk=earlier.pk).status == "ready"
     assert not AuditEvent.objects.filter(action="rollback").exists()

@@ -31,7 +31,8 @@ def sent(monkeypatch):
 
 @pytest.mark.django_db
 def test_activation_and_rollback_ask_a_worker_to_warm_the_new_version_after_commit(
-        use_tiny_model, django_user_model, django_capture_on_commit_callbacks, sent, tmp_path):
+        settings, tiny_assessed_model_dir, django_user_model, django_capture_on_commit_callbacks, sent, tmp_path):
+    settings.SECONDLOOK_MODEL_DIR = tiny_assessed_model_dir  # a roll-back target needs its image checks
     admin = django_user_model.objects.create_superuser("root", password="x-very-long-pass-1")
     shipped = registry.ensure_default_registered()
     better = ModelVersion.objects.create(version="better", status="ready", target_sensitivity=0.9, sha256=fake_sha("better"),
@@ -45,7 +46,7 @@ def test_activation_and_rollback_ask_a_worker_to_warm_the_new_version_after_comm
         callback()
     assert sent == [(warmup.WARM_TASK, better.pk)]
     with django_capture_on_commit_callbacks(execute=True):
-        lifecycle.rollback(user=admin)
+        lifecycle.rollback(user=admin, expected_active_pk=better.pk, target_pk=shipped.pk, reason="warm-up test")
     assert sent[-1] == (warmup.WARM_TASK, shipped.pk)
 
 
