@@ -334,11 +334,18 @@ class UploadItemSerializer(serializers.Serializer):
     error = serializers.CharField(allow_blank=True)
 
 
+class UploadNoteSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    note = serializers.CharField(help_text="why an accepted file was stored as another kind than asked (a DICOM "
+                                           "file's SOP class), or kept as the clinical photo asked for")
+
+
 class UploadResultSerializer(serializers.Serializer):
     accepted = UploadItemSerializer(many=True)
     duplicates = UploadItemSerializer(many=True)
     rejected = UploadItemSerializer(many=True)
     scoring_unavailable = serializers.CharField(allow_blank=True)
+    notes = UploadNoteSerializer(many=True)
 
 
 class UploadInputErrorSerializer(serializers.Serializer):

@@ -302,6 +302,7 @@ class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
                            for name, existing in outcome.duplicates],
             "rejected": [{"name": name, "image": None, "error": reason} for name, reason in outcome.rejected],
             "scoring_unavailable": outcome.scoring_unavailable,
+            "notes": [{"name": name, "note": note} for name, note in outcome.notes],
         }
         ok = outcome.accepted or not outcome.rejected
         return Response(body, status=status.HTTP_201_CREATED if ok else status.HTTP_400_BAD_REQUEST)

@@ -7,7 +7,11 @@ Decisions:
 - A file is DICOM when it has the Part 10 layout: a 128-byte preamble, then ``b"DICM"``. Bare
   data sets without that header are not sniffed: too little in them is certain.
 - Only Dermoscopic Photography Image Storage and VL Photographic Image Storage objects are accepted;
-  anything else (CT, structured reports, a DICOMDIR...) is refused, naming what it is.
+  anything else (CT, structured reports, a DICOMDIR...) is refused, naming what it is. The SOP class
+  says what the image is, and that travels with it (``DicomImage.kind``): a VL Photographic image
+  is a clinical photo, which the model never scores as dermoscopy, whatever the upload form said.
+- Greyscale (MONOCHROME1/2) images are refused: the model judges colour, and grey copied into three
+  channels would be scored as if it were a colour image.
 - Of all the attributes only the body site, laterality and acquisition date are read. Nothing else
   leaves this module: the caller stores a PNG re-encoded from the pixels, so the patient's name and
   ID, the institution and every other attribute are dropped.
@@ -45,9 +49,15 @@ from pydicom.uid import (
 
 from cases.uploads import UploadRejected, check_dimensions, megabytes
 
-ACCEPTED_SOP_CLASSES = (DermoscopicPhotographyImageStorage, VLPhotographicImageStorage)
+# The accepted SOP classes and the image kind each one is (cases.models.LesionImage.Kind values,
+# spelled out so this module needs no models)
+DERMOSCOPIC, CLINICAL = "dermoscopic", "clinical"
+SOP_CLASS_KINDS: dict[UID, str] = {DermoscopicPhotographyImageStorage: DERMOSCOPIC,
+                                   VLPhotographicImageStorage: CLINICAL}
+ACCEPTED_SOP_CLASSES = tuple(SOP_CLASS_KINDS)
 # pydicom's decoders convert YBR to RGB; JPEG 2000's YBR_ICT/RCT come out as RGB too
-PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "MONOCHROME1", "MONOCHROME2")
+PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _PREAMBLE = 128
 _MAGIC = b"DICM"
 
@@ -149,6 +159,15 @@ class DicomImage:
     laterality: str | None = None  # "left" or "right"
     acquired_on: date | None = None
 
+    @property
+    def kind(self) -> str:
+        """What the SOP class says the image is: "dermoscopic" or "clinical" (a VL photograph)."""
+        return SOP_CLASS_KINDS[UID(self.sop_class_uid)]
+
+    @property
+    def sop_class_name(self) -> str:
+        return UID(self.sop_class_uid).name
+
 
 def is_dicom(data: bytes) -> bool:
     """Whether the bytes have the DICOM Part 10 layout: a 128-byte preamble, then b"DICM"."""
@@ -156,7 +175,8 @@ def is_dicom(data: bytes) -> bool:
 
 
 def read_dicom(data: bytes) -> DicomImage:
-    """The RGB pixels, body site, laterality and date of a dermoscopic or photographic DICOM file."""
+    """The RGB pixels, SOP class (so the image kind), body site, laterality and date of a dermoscopic
+    or photographic DICOM file."""
     _check_inflated_size(data)
     ds = _parse(data)
     try:
@@ -270,9 +290,12 @@ def _image(ds: Dataset) -> Image.Image:
     rows, columns = int(ds.Rows), int(ds.Columns)
     check_dimensions(columns, rows)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric in GREYSCALE:
+        raise UploadRejected(f"The DICOM image is greyscale ({photometric}); the model judges a lesion's colours, so "
+                             "it cannot assess a greyscale image. Export the image in colour (RGB).")
     if photometric not in PHOTOMETRIC:
         raise UploadRejected(f"The DICOM image uses the {photometric or 'unstated'} colour model, which is not "
-                             "accepted; export it as RGB or greyscale.")
+                             "accepted; export it as RGB.")
     bits = int(ds.BitsAllocated)
     if bits > 16:
         raise UploadRejected(f"The DICOM image has {bits} bits per sample; only 8- and 16-bit images are accepted.")
@@ -347,10 +370,9 @@ def _rgb8(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
             values += 2 ** (bits_stored - 1)  # shift to 0..max first
         values *= 255.0 / (2 ** bits_stored - 1)
         pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
-        pixels = 255 - pixels  # MONOCHROME1 shows its lowest value as white
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:  # the header said colour, the data is not
+        raise UploadRejected(f"The DICOM file is inconsistent: its header states a colour image, but its pixel "
+                             f"data has {pixels.shape[2] if pixels.ndim == 3 else 1} sample(s) per pixel.")
     return np.ascontiguousarray(pixels)
 
 

@@ -30,6 +30,10 @@ The Bundle (type ``collection``) holds:
   conclusion text, ``conclusionCode`` for the final diagnosis (SNOMED CT for melanoma and basal
   cell carcinoma, a local code for every diagnosis), ``result`` → the Observations and ``media``
   → the Media the review saw (image uploaded and scored before the review was signed).
+- ``DiagnosticReport`` for a lesion's current histopathology result, and the ``Specimen`` it was
+  made on: R4 DiagnosticReport has no ``focus`` or ``bodySite``, so the report's ``specimen`` →
+  Specimen, whose ``collection.bodySite`` is the lesion's site with the core ``bodySite``
+  extension → the lesion's BodyStructure. The conclusion names the lesion ("Lesion L2").
 
 Every entry's ``fullUrl`` is ``urn:uuid:`` + a uuid5 of the base URL and the object (for example
 ``patient/12``): stable across exports, distinct between deployments, and what references use.
@@ -56,6 +60,7 @@ from fhir.resources.R4B.patient import Patient as FhirPatient
 from fhir.resources.R4B.practitioner import Practitioner
 from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from fhir.resources.R4B.specimen import Specimen
 
 from cases.models import DIAGNOSIS_CHOICES, Case, Lesion, LesionImage, Patient, Prediction, Review
 from cases.outcomes import current_outcome
@@ -73,6 +78,8 @@ UCUM = "http://unitsofmeasure.org"
 MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+# core extension (R4 and R4B): Reference(BodyStructure) from an element that only has a coded site
+BODY_SITE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/bodySite"
 DEVICE_NAME = "AI melanoma risk CNN (SecondLook)"
 
 # ISIC anatomic site group → (SNOMED CT code, display), or None where no single SNOMED concept
@@ -92,9 +99,10 @@ SITE_SNOMED: dict[str, tuple[str, str] | None] = {
 }
 
 # Final diagnosis → SNOMED CT disorder, only where the concept is certain; all diagnoses also get
-# the app's own code, so a receiver can still tell them apart.
+# the app's own code, so a receiver can still tell them apart. A diagnosis is a disorder, never the
+# morphologic abnormality (372244006 "Malignant melanoma" is the morphology, not the diagnosis).
 DIAGNOSIS_SNOMED: dict[str, tuple[str, str]] = {
-    "melanoma": ("372244006", "Malignant melanoma"),
+    "melanoma": ("372130007", "Malignant melanoma of skin"),
     "basal cell carcinoma": ("254701007", "Basal cell carcinoma of skin"),
 }
 DIAGNOSIS_LABELS = dict(DIAGNOSIS_CHOICES)
@@ -391,9 +399,32 @@ def diagnostic_report(review: Review, lesion: Lesion, case: Case, latest: dict[i
     ))
 
 
+def lesion_label(lesion: Lesion) -> str:
+    """"Lesion L2", the patient's number for it as the pages show it ("Lesion 17", its id, if it has none)."""
+    tracked = lesion.tracked if lesion.tracked_id else None
+    return f"Lesion {tracked.label}" if tracked is not None else f"Lesion {lesion.pk}"
+
+
+def specimen(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleEntry:
+    """The tissue the histopathology result was made on, taken from the lesion: its coded site,
+    and (R4 ``bodySite`` extension) a reference to the lesion's BodyStructure."""
+    url = urls.urn(f"outcome/{outcome.pk}", "specimen")
+    site = {**site_concept(lesion.anatomic_site, urls),
+            "extension": [{"url": BODY_SITE_EXTENSION,
+                           "valueReference": _ref(urls.urn("lesion", lesion.pk), lesion_label(lesion))}]}
+    return _entry(url, Specimen(
+        id=_resource_id(url),
+        type={"text": "Tissue from the excision or biopsy of a skin lesion"},
+        subject=_ref(urls.urn("patient", case.patient_id)),
+        collection={"bodySite": site},
+    ))
+
+
 def pathology_report(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleEntry:
-    """The lesion's current histopathology result, as entered by the clinic (its lab report id kept)."""
+    """The lesion's current histopathology result, as entered by the clinic (its lab report id
+    kept), on the lesion's ``specimen`` (which references the lesion's BodyStructure)."""
     url = urls.urn("outcome", outcome.pk)
+    label = lesion_label(lesion)
     return _entry(url, DiagnosticReport(
         id=_resource_id(url),
         identifier=[{"system": urls.system("histopathology-report"), "value": outcome.report_reference}],
@@ -405,7 +436,8 @@ def pathology_report(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleE
         subject=_ref(urls.urn("patient", case.patient_id)),
         effectiveDateTime=outcome.diagnosis_date.isoformat(),
         issued=_when(outcome.entered_at),
-        conclusion=(f"Histopathological diagnosis: {outcome.get_diagnosis_display()} (report "
+        specimen=[_ref(urls.urn(f"outcome/{outcome.pk}", "specimen"), f"Specimen of {label}")],
+        conclusion=(f"{label}: histopathological diagnosis: {outcome.get_diagnosis_display()} (report "
                     f"{outcome.report_reference}, {outcome.diagnosis_date:%Y-%m-%d})."
                     + (f" Corrects an earlier entry: {outcome.reason}" if outcome.supersedes_id else "")),
         conclusionCode=[diagnosis_concept(outcome.diagnosis, urls)],
@@ -416,7 +448,7 @@ def pathology_report(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleE
 
 def _lesions(case: Case) -> list[Lesion]:
     predictions = Prediction.objects.select_related("model_version")  # model ordering: newest first
-    return list(case.lesions.prefetch_related(
+    return list(case.lesions.select_related("tracked").prefetch_related(
         Prefetch("images", queryset=LesionImage.objects.prefetch_related(Prefetch("predictions", queryset=predictions))),
         Prefetch("reviews", queryset=Review.objects.select_related("reviewer").order_by("created_at", "pk")),
     ))
@@ -457,8 +489,9 @@ def case_bundle(case: Case, *, base_url: str, now: datetime | None = None) -> di
     reviews = [(review, lesion) for lesion in lesions for review in lesion.reviews.all() if review.pk not in amended]
     entries += [practitioner(review.reviewer, urls) for review, _ in reviews]
     entries += [diagnostic_report(review, lesion, case, latest, urls) for review, lesion in reviews]
-    entries += [pathology_report(outcome, lesion, case, urls) for lesion in lesions
-                if (outcome := current_outcome(lesion)) is not None]
+    outcomes = [(outcome, lesion) for lesion in lesions if (outcome := current_outcome(lesion)) is not None]
+    for outcome, lesion in outcomes:
+        entries += [specimen(outcome, lesion, case, urls), pathology_report(outcome, lesion, case, urls)]
 
     bundle_urn = urls.urn("export", f"case/{case.pk}/{now.isoformat()}")
     bundle = Bundle(id=_resource_id(bundle_urn), type="collection", timestamp=now,

@@ -10,6 +10,7 @@ worker child that executes the task, never in the web process.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -318,6 +319,7 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
         _fail(prediction_id, started_at, stale_rescore_reason(model_version.version))
         return "not scored (its version is no longer active)"
     try:
+        from mlcore.inference import NonFiniteOutputError
         from mlcore.model_store import ModelLoadError, get_model
         from mlcore.preprocess import ImageDecodeError, decode_image
     except Exception as exc:  # the ML stack is broken on this worker
@@ -348,8 +350,12 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
             return "failed"
         from mlcore.inference import predict_images
 
-        results = predict_images(model, [pixels for _, _, pixels in batch],
-                                 contexts=[image_context(pred.image) for pred, _, _ in batch])
+        non_finite: dict[int, str] = {}
+        try:
+            results: list = predict_images(model, [pixels for _, _, pixels in batch],
+                                           contexts=[image_context(pred.image) for pred, _, _ in batch])
+        except NonFiniteOutputError as exc:  # those images fail below with the reason; the others are stored
+            results, non_finite = exc.results, exc.reasons
     except TRANSIENT_ERRORS:
         raise  # as when storing: the task retries and resumes its own running rows, batch mates too
     except SoftTimeLimitExceeded:
@@ -371,6 +377,11 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
     for i, (pred, started, pixels) in enumerate(batch):
         if i >= len(results):  # a stand-in classifier may return fewer results: the rest go back
             _release(pred.pk, started)
+            continue
+        if i in non_finite:  # NaN is never >= a threshold: stored, it would read as a benign 0 %
+            _fail(pred.pk, started, non_finite[i])
+            if pred.pk == prediction_id:
+                outcome = "failed"
             continue
         try:
             heatmap = _heatmap_png(model, pixels)
@@ -473,8 +484,12 @@ class _Superseded(Exception):
 
 
 def _unit(value: float) -> float:
-    """Clamp float noise (1.0000001) into [0, 1] so the database range check holds."""
-    return min(1.0, max(0.0, float(value)))
+    """Clamp float noise (1.0000001) into [0, 1] so the database range check holds; a NaN or an
+    infinity is refused (``max(0.0, nan)`` is 0.0: it would be stored as a benign 0 %)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"the model returned a non-numeric score ({value}) for this image")
+    return min(1.0, max(0.0, value))
 
 
 def review_of_image(image: LesionImage) -> Review | None:

@@ -147,6 +147,8 @@ class UploadOutcome:
     duplicates: list[tuple[str, LesionImage | None]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     scoring_unavailable: str = ""
+    # (file name, note) for an accepted file stored as another kind than the form asked for
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _store(content: bytes) -> str:
@@ -205,6 +207,8 @@ def _image_rows(*, lesion: Lesion, image: NormalisedImage, name: str, kind: str,
     new = audit_log.snapshot(row, IMAGE_AUDIT_FIELDS)
     if image.laterality:
         new["source_laterality"] = image.laterality  # stated by the file; the models have no field for it
+    if image.source_sop_class:
+        new["source_sop_class"] = image.source_sop_class  # what decided the kind of a DICOM image
     audit_log.record(action="upload", obj=row, actor=user, request=request, new=new)
     if _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request) and model_version is not None:
         # never the client's file name: the reason is shown on the pages and kept with the scores
@@ -289,7 +293,8 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
     Every file is judged on its own: a rejected file leaves nothing behind and never costs the
     good ones. Each accepted image commits separately with its pending prediction, and its
     scoring task is sent after that commit. A DICOM file's stated body site is kept on the image,
-    and fills in the lesion's site only where that was "unknown".
+    and fills in the lesion's site only where that was "unknown"; a DICOM file stating it is a clinical
+    photo is stored as one whatever ``kind`` says (``_image_kind``, noted in ``UploadOutcome.notes``).
     """
     _require_editable(user, lesion.case, "Only clinicians of the patient's clinic can upload images.")
     if kind not in LesionImage.Kind.values:
@@ -313,11 +318,30 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
         if image.sha256 in held:
             outcome.duplicates.append((display_name, None))
             continue
+        image_kind, note = _image_kind(image, kind)
         # only once it is held: when the first copy fails to save, the next copy is tried, not called a duplicate
         if _add_image(outcome, display_name=display_name, where=_where(lesion, position, image), lesion=lesion,
-                      image=image, kind=kind, user=user, model_version=model_version, request=request):
+                      image=image, kind=image_kind, user=user, model_version=model_version, request=request):
             held.add(image.sha256)
+            if note:
+                outcome.notes.append((display_name, note))
     return outcome
+
+
+def _image_kind(image: NormalisedImage, requested: str) -> tuple[str, str]:
+    """The kind to store an image as, and a note when it is not what the form and the file agree
+    on. A clinical photo is never scored as dermoscopy: a file that states it is one (a DICOM VL
+    Photographic object) is stored as clinical whatever the form's default said, and a clinician's
+    explicit "clinical" is kept even when the file says dermoscopic (the safer of the two)."""
+    if not image.kind or image.kind == requested:
+        return requested, ""
+    if image.kind == LesionImage.Kind.CLINICAL:
+        return image.kind, (f"The DICOM file is a {image.source_sop_class} object, a clinical photo rather than a "
+                            "dermoscopic image, so it was stored as a clinical photo: the model does not score "
+                            "those, and a dermatologist will look at it.")
+    return requested, (f"The DICOM file is a {image.source_sop_class} object, but it was stored as a clinical "
+                       "photo, as chosen, so the model does not score it; upload it again as dermoscopic to have "
+                       "it scored.")
 
 
 class VersionNotActive(ValidationError):

@@ -17,8 +17,8 @@ Decisions:
   colour profile's space (Display P3, Adobe RGB, a CMYK press profile) are first converted to
   sRGB, what a PNG without a profile means; a profile that cannot be applied leaves them as they
   are. For DICOM this drops every attribute (patient name and ID included); only the body site,
-  laterality and acquisition date are kept, as fields of ``NormalisedImage``, never inside the
-  stored file.
+  laterality, acquisition date and the kind of image its SOP class states (dermoscopic, or a
+  clinical photo) are kept, as fields of ``NormalisedImage``, never inside the stored file.
 """
 from __future__ import annotations
 
@@ -82,6 +82,10 @@ class NormalisedImage:
     acquired_on: date | None = None
     body_site: str | None = None  # one of Lesion.Site's values
     laterality: str | None = None  # "left" or "right"
+    # the image kind the file itself states (a DICOM SOP class: "dermoscopic" or "clinical"), which
+    # overrides the upload form's; None when the file does not say (JPEG, PNG, TIFF)
+    kind: str | None = None
+    source_sop_class: str = ""  # the DICOM SOP class's name, for the audit trail
 
 
 def sanitize_filename(name: str | None) -> str:
@@ -245,7 +249,8 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
     if is_dicom(data):
         dicom = read_dicom(data)
         return _normalised(dicom.image, original_format="DICOM", original_name=name, acquired_on=dicom.acquired_on,
-                           body_site=dicom.body_site, laterality=dicom.laterality)
+                           body_site=dicom.body_site, laterality=dicom.laterality, kind=dicom.kind,
+                           source_sop_class=dicom.sop_class_name)
 
     image = _open_checked(data)
     original_format = "JPEG" if image.format == "MPO" else image.format or ""

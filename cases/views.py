@@ -272,6 +272,8 @@ def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> Non
             if clinical:
                 next_step += f" ({clinical} clinical photo(s) among them are not scored by the model and go to a dermatologist)"
         messages.success(request, f"{len(outcome.accepted)} image(s) uploaded and {next_step}.")
+    for name, note in outcome.notes:
+        messages.warning(request, f"“{name}”: {note}")
     for name, existing in outcome.duplicates:
         where = f" (already stored as image {existing.pk})" if existing else " (twice in this upload)"
         messages.warning(request, f"“{name}”: this image was already uploaded for this lesion{where}; not stored again.")

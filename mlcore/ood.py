@@ -138,7 +138,9 @@ class MahalanobisDetector:
         return np.max([p.distances(features) / p.scale for p in self.parts], axis=0)
 
     def unfamiliar(self, features: np.ndarray) -> np.ndarray:
-        return self.score(features) > self.threshold
+        """Score above the threshold; a NaN score (``nan > t`` is False) is never called familiar.
+        (The app itself fails such an image: mlcore.inference.non_finite_outputs.)"""
+        return ~(self.score(features) <= self.threshold)
 
     def save(self, path: Path) -> None:
         arrays = {"threshold": np.float64(self.threshold), "n_parts": np.int64(len(self.parts))}
@@ -152,7 +154,11 @@ class MahalanobisDetector:
         with np.load(path) as z:
             parts = [_Part(int(z[f"span_{i}"][0]), int(z[f"span_{i}"][1]), z[f"means_{i}"], z[f"whiten_{i}"],
                            float(z[f"scale_{i}"])) for i in range(int(z["n_parts"]))]
-            return cls(parts, threshold=float(z["threshold"]))
+            threshold = float(z["threshold"])
+        # every comparison with a NaN threshold is False: every image would pass as familiar
+        if np.isnan(threshold) or not all(np.isfinite(p.scale) and p.scale > 0 for p in parts):
+            raise ValueError(f"{path}: the out-of-domain threshold or a group's scale is not a positive number")
+        return cls(parts, threshold=threshold)
 
 
 def _fit_part(x: np.ndarray, labels: np.ndarray, start: int, stop: int) -> _Part:
@@ -189,5 +195,10 @@ def fit(features: np.ndarray, labels, widths: list[int] | None = None,
 
 
 def threshold_for(scores: np.ndarray, target: float = OOD_PASS_TARGET) -> float:
-    """The score below which ``target`` of these (in-domain validation) images fall."""
-    return float(np.quantile(np.asarray(scores, np.float64), target))
+    """The score below which ``target`` of these (in-domain validation) images fall; raises
+    ValueError on a NaN or infinite score (a NaN quantile would let every image pass)."""
+    scores = np.asarray(scores, np.float64)
+    if scores.size == 0 or not np.isfinite(scores).all():
+        raise ValueError(f"cannot set an out-of-domain threshold from {scores.size} validation scores: "
+                         f"{int((~np.isfinite(scores)).sum())} are NaN or infinite (or there are none)")
+    return float(np.quantile(scores, target))

@@ -71,6 +71,8 @@ def _run(client: SecondLookClient, args) -> int:
             print(f"duplicate  {item['name']} (already image {item['image']})")
         for item in outcome["rejected"]:
             print(f"rejected   {item['name']}: {item['error']}")
+        for item in outcome.get("notes", []):
+            print(f"note       {item['name']}: {item['note']}")
         if outcome.get("scoring_unavailable"):
             print(outcome["scoring_unavailable"])
         return 0 if outcome["accepted"] or not outcome["rejected"] else 1

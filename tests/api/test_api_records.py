@@ -260,6 +260,24 @@ def test_dicom_upload_through_the_api(api, world, dispatched):
     assert image["original_format"] == "DICOM" and image["acquired_on"] == "2026-11-05"
     stored = api.clin_a.get(image["file_url"])
     assert stored.status_code == 200 and PATIENT_NAME.encode() not in b"".join(stored.streaming_content)
+    assert body["notes"] == []
+
+
+def test_a_dicom_clinical_photo_sent_as_dermoscopic_is_stored_as_clinical_with_a_note(api, world, dispatched):
+    from pydicom.uid import VLPhotographicImageStorage
+
+    from tests.support.dicomgen import dicom_file, rgb_pixels
+
+    photo = dicom_file(rgb_pixels(seed=3), sop_class=VLPhotographicImageStorage)
+    response = api.clin_a.post(f"/api/v1/lesions/{world.lesion_a.pk}/images/",
+                               {"images": [SimpleUploadedFile("photo.dcm", photo)], "kind": "dermoscopic"},
+                               format="multipart")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert [n["name"] for n in body["notes"]] == ["photo.dcm"]
+    assert "stored as a clinical photo" in body["notes"][0]["note"]
+    image = api.clin_a.get(f"/api/v1/images/{body['accepted'][0]['image']}/").json()
+    assert image["kind"] == "clinical"
 
 
 def test_reviews_and_outcomes_are_404_across_clinics(api, world, queued):

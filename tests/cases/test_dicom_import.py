@@ -17,6 +17,7 @@ from pydicom.uid import (
     ComprehensiveSRStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
+    DermoscopicPhotographyImageStorage,
     JPEGBaseline8Bit,
     JPEGLosslessSV1,
     MediaStorageDirectoryStorage,
@@ -81,19 +82,35 @@ def test_dermoscopic_rgb_keeps_pixels_site_and_date_and_drops_everything_identif
         assert secret.encode() not in image.content
 
 
-def test_vl_photographic_monochrome2_becomes_grey_rgb():
-    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # 48 × 64
-    image = read_dicom(dicom_file(grey, sop_class=VLPhotographicImageStorage, BodyPartExamined="BACK"))
-    arr = np.asarray(image.image)
-    assert image.image.mode == "RGB" and arr.shape == (48, 64, 3)
-    assert np.array_equal(arr[..., 0], grey) and np.array_equal(arr[..., 1], grey) and np.array_equal(arr[..., 2], grey)
+def test_vl_photographic_is_read_as_a_clinical_photo():
+    pixels = rgb_pixels((64, 48), seed=4)
+    image = read_dicom(dicom_file(pixels, sop_class=VLPhotographicImageStorage, BodyPartExamined="BACK"))
+    assert np.array_equal(np.asarray(image.image), pixels)
     assert image.sop_class_uid == VLPhotographicImageStorage and image.body_site == "posterior torso"
+    assert image.kind == "clinical" and image.sop_class_name == "VL Photographic Image Storage"
+    normalised = normalise_upload(dcm("photo.dcm", dicom_file(pixels, sop_class=VLPhotographicImageStorage)))
+    assert (normalised.kind, normalised.source_sop_class) == ("clinical", "VL Photographic Image Storage")
 
 
-def test_monochrome1_is_inverted():
+def test_dermoscopic_dicom_states_its_kind_and_other_formats_do_not():
+    assert read_dicom(dicom_file()).kind == "dermoscopic"
+    assert normalise_upload(dcm("d.dcm", dicom_file())).kind == "dermoscopic"
+    image = normalise_upload(upload("photo.jpg", jpeg()))
+    assert image.kind is None and image.source_sop_class == ""
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("sop_class", [VLPhotographicImageStorage, DermoscopicPhotographyImageStorage])
+def test_greyscale_dicom_is_refused_rather_than_scored_as_colour(photometric, sop_class):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))  # 48 × 64
+    message = rejected(dicom_file(grey, sop_class=sop_class, photometric=photometric))
+    assert message == (f"The DICOM image is greyscale ({photometric}); the model judges a lesion's colours, so it "
+                       "cannot assess a greyscale image. Export the image in colour (RGB).")
+
+
+def test_a_colour_header_over_single_sample_pixels_is_refused():
     grey = np.full((40, 40), 30, dtype=np.uint8)
-    arr = np.asarray(read_dicom(dicom_file(grey, photometric="MONOCHROME1")).image)
-    assert (arr == 225).all()
+    assert "its pixel data has 1 sample(s) per pixel" in rejected(dicom_file(grey, photometric="RGB"))
 
 
 def test_ybr_full_is_converted_to_rgb():
@@ -105,7 +122,7 @@ def test_ybr_full_is_converted_to_rgb():
 
 def test_16_bit_images_are_scaled_by_their_stated_depth():
     ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
-    arr = np.asarray(read_dicom(dicom_file(ramp)).image)
+    arr = np.asarray(read_dicom(dicom_file(np.repeat(ramp[..., None], 3, axis=2))).image)
     assert arr[63, 63, 0] == round(int(ramp[63, 63]) * 255 / 65535) and arr[0, 0, 0] == 0
     twelve_bit = np.full((40, 40, 3), 4095, dtype=np.uint16)
     twelve_bit[:20] = 2048
@@ -381,7 +398,64 @@ def test_same_pixels_as_dicom_and_png_are_one_image(world):
     assert len(outcome.accepted) == 1 and outcome.duplicates[0][0] == "a.dcm"
 
 
+def test_a_vl_photograph_is_stored_as_a_clinical_photo_whatever_the_form_said(world, dispatched):
+    """The form's default is "dermoscopic"; the SOP class says it is a clinical photo, so it is
+    stored as one, with a note, and scoring never treats it as dermoscopy (CLINICAL_PHOTO_NOTE)."""
+    from cases.scoring import CLINICAL_PHOTO_NOTE, assessment_of
+
+    data = dicom_file(rgb_pixels(seed=6), sop_class=VLPhotographicImageStorage)
+    outcome = services.upload_images(user=world.clin_a, lesion=world.lesion_a, files=[dcm("photo.dcm", data)],
+                                     kind=LesionImage.Kind.DERMOSCOPIC)
+    (image,) = outcome.accepted
+    assert LesionImage.objects.get(pk=image.pk).kind == LesionImage.Kind.CLINICAL
+    assert outcome.notes == [("photo.dcm", "The DICOM file is a VL Photographic Image Storage object, a clinical "
+                                           "photo rather than a dermoscopic image, so it was stored as a clinical "
+                                           "photo: the model does not score those, and a dermatologist will look "
+                                           "at it.")]
+    event = AuditEvent.objects.get(action="upload", object_id=str(image.pk))
+    assert event.new_values["kind"] == "clinical"
+    assert event.new_values["source_sop_class"] == "VL Photographic Image Storage"
+    assessable, notes = assessment_of(object(), image)
+    assert not assessable and notes == [CLINICAL_PHOTO_NOTE]
+
+
+def test_a_clinicians_explicit_clinical_choice_is_kept_for_a_dermoscopic_dicom_and_said(world, dispatched):
+    """The safer of the two: an explicit "clinical" is never overridden into a scored image."""
+    outcome = services.upload_images(user=world.clin_a, lesion=world.lesion_a, kind=LesionImage.Kind.CLINICAL,
+                                     files=[dcm("derm.dcm", dicom_file(rgb_pixels(seed=7))),
+                                            upload("close-up.jpg", jpeg())])
+    derm, photo = outcome.accepted
+    assert (derm.kind, photo.kind) == (LesionImage.Kind.CLINICAL, LesionImage.Kind.CLINICAL)
+    assert [name for name, _ in outcome.notes] == ["derm.dcm"]
+    assert outcome.notes[0][1] == ("The DICOM file is a Dermoscopic Photography Image Storage object, but it was "
+                                   "stored as a clinical photo, as chosen, so the model does not score it; upload "
+                                   "it again as dermoscopic to have it scored.")
+    same = services.upload_images(user=world.clin_a, lesion=world.lesion_a, kind=LesionImage.Kind.DERMOSCOPIC,
+                                  files=[dcm("derm2.dcm", dicom_file(rgb_pixels(seed=8)))])
+    assert same.accepted[0].kind == LesionImage.Kind.DERMOSCOPIC and same.notes == []
+
+
+def test_a_greyscale_dicom_upload_stores_nothing(world, media_root):
+    grey = np.full((48, 64), 90, dtype=np.uint8)
+    outcome = services.upload_images(user=world.clin_a, lesion=world.lesion_a,
+                                     files=[dcm("grey.dcm", dicom_file(grey, sop_class=VLPhotographicImageStorage))])
+    assert outcome.accepted == [] and len(outcome.rejected) == 1
+    assert outcome.rejected[0][0] == "grey.dcm" and "greyscale (MONOCHROME2)" in outcome.rejected[0][1]
+    assert LesionImage.objects.count() == 0 and stored_files(media_root) == []
+
+
 # --- the web form and the image page -------------------------------------------------------------
+
+
+def test_web_form_stores_a_vl_photograph_sent_as_dermoscopic_as_a_clinical_photo(client, world, media_root):
+    client.force_login(world.clin_a)
+    photo = dcm("photo.dcm", dicom_file(rgb_pixels(seed=9), sop_class=VLPhotographicImageStorage))
+    response = client.post(f"/lesions/{world.lesion_a.pk}/", {"images": [photo], "kind": "dermoscopic"}, follow=True)
+    texts = [str(m) for m in response.context["messages"]]
+    assert any("clinical photos are not scored by the model" in t for t in texts), texts
+    assert any("“photo.dcm”: The DICOM file is a VL Photographic Image Storage object" in t for t in texts), texts
+    assert LesionImage.objects.get().kind == LesionImage.Kind.CLINICAL
+
 
 def test_web_form_accepts_dicom_and_reports_a_bad_one_next_to_a_good_jpeg(client, world, media_root):
     client.force_login(world.clin_a)

@@ -265,9 +265,11 @@ def test_the_review_is_a_diagnostic_report(scene):
 
 
 def test_a_melanoma_diagnosis_is_coded_in_snomed(scene):
+    """As the disorder (372130007), not the morphologic abnormality 372244006."""
     Review.objects.filter(pk=scene["review"].pk).update(final_diagnosis="melanoma")
     (report,) = _resources(_export(scene), "DiagnosticReport")
-    assert {"system": SNOMED, "code": "372244006", "display": "Malignant melanoma"} in report["conclusionCode"][0]["coding"]
+    snomed = [c for c in report["conclusionCode"][0]["coding"] if c["system"] == SNOMED]
+    assert snomed == [{"system": SNOMED, "code": "372130007", "display": "Malignant melanoma of skin"}]
 
 
 def test_an_image_added_after_the_review_is_not_part_of_it(scene, world, model_version):
@@ -308,6 +310,34 @@ def test_a_histopathology_result_is_a_pathology_report_and_a_closed_case_exports
     assert pathology[0]["identifier"][0]["value"] == "PATH-77b" and pathology[0]["status"] == "corrected"
     assert "lab amended the report" in pathology[0]["conclusion"]
     assert _resources(bundle, "ServiceRequest")[0]["status"] == "completed"
+
+
+def test_a_histopathology_report_names_and_references_its_lesion(scene, world):
+    """R4 DiagnosticReport has no focus: its specimen's collection.bodySite carries the lesion's
+    coded site and, by the core bodySite extension, the lesion's BodyStructure."""
+    from cases.outcomes import record_outcome
+
+    other = Lesion.objects.create(case=world.case_a, anatomic_site="upper extremity")
+    record_outcome(user=world.clin_a, lesion=other, diagnosis="melanoma", diagnosis_date=timezone.localdate(),
+                   report_reference="PATH-9")
+    bundle = _export(scene)
+    by_url = _by_url(bundle)
+    (report,) = [r for r in _resources(bundle, "DiagnosticReport") if r["code"]["text"].startswith("Histopathology")]
+    label = f"Lesion {other.tracked.label}"
+    assert label != f"Lesion {scene['lesion'].tracked.label}"
+    assert report["conclusion"].startswith(f"{label}: histopathological diagnosis: Melanoma (report PATH-9, ")
+    (link,) = report["specimen"]
+    sample = by_url[link["reference"]]
+    assert sample["resourceType"] == "Specimen" and sample["subject"] == report["subject"]
+    site = sample["collection"]["bodySite"]
+    (extension,) = site.pop("extension")
+    assert extension["url"] == "http://hl7.org/fhir/StructureDefinition/bodySite"
+    body = by_url[extension["valueReference"]["reference"]]
+    assert body["resourceType"] == "BodyStructure" and body["identifier"][0]["value"] == str(other.pk)
+    assert extension["valueReference"]["display"] == label
+    assert site == body["location"] == site_concept("upper extremity", Urls(BASE))
+    snomed = [c["code"] for c in report["conclusionCode"][0]["coding"] if c["system"] == SNOMED]
+    assert snomed == ["372130007"]
 
 
 def test_an_amended_review_is_exported_once_as_amended(scene, world):
