@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.http import urlencode
 
 from cases import drift, drift_plots
 from cases.admin import PredictionAdmin, ReadOnlyAdmin
 from cases.models import Clinic, Outcome, Prediction
+from classifier.models import ModelVersion
 
 MAX_WEEKS = 104
 
@@ -39,6 +42,30 @@ def _weeks(request: HttpRequest) -> int | None:
         return None
 
 
+def _version(request: HttpRequest) -> ModelVersion | None:
+    """``?version=NAME``: the model version whose scores the drift figures show (404 when there is
+    no such version); None without it: the active version."""
+    name = request.GET.get("version", "").strip()
+    if not name:
+        return None
+    version = ModelVersion.objects.filter(version=name).first()
+    if version is None:
+        raise Http404("No such model version.")
+    return version
+
+
+def _query(request: HttpRequest) -> str:
+    """The page's own choices (weeks, version) as a query string for its plots ("" when none)."""
+    chosen = {key: request.GET[key] for key in ("weeks", "version") if request.GET.get(key, "").strip()}
+    return f"?{urlencode(chosen)}" if chosen else ""
+
+
+def monitorable_versions():
+    """Versions an admin may monitor: those with a finished score, and the active one."""
+    scored = Prediction.objects.filter(status=Prediction.Status.DONE).values("model_version_id")
+    return ModelVersion.objects.filter(Q(pk__in=scored) | Q(status=ModelVersion.Status.ACTIVE)).order_by("-created_at")
+
+
 class PredictionMonitoringAdmin(PredictionAdmin):
     """The Predictions admin plus the Monitoring page and its PNG plots."""
 
@@ -56,16 +83,16 @@ class PredictionMonitoringAdmin(PredictionAdmin):
     def _report(self, request: HttpRequest) -> drift.MonitoringReport:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        return drift.monitoring_report(self.monitored_clinics(request), weeks=_weeks(request))
+        return drift.monitoring_report(self.monitored_clinics(request), weeks=_weeks(request),
+                                       version=_version(request))
 
     def monitoring_view(self, request: HttpRequest) -> HttpResponse:
         report = self._report(request)
-        weeks = request.GET.get("weeks", "")
         context = self.admin_site.each_context(request) | {
             "title": "Monitoring", "opts": self.model._meta, "report": report, "rows": report.table(),
-            "plots": [(name, f"{name}.png" + (f"?weeks={weeks}" if _weeks(request) else ""))
-                      for name in drift_plots.PLOTS],
-            "current_week": report.weeks[-1],
+            "plots": [(name, f"{name}.png{_query(request)}") for name in drift_plots.PLOTS],
+            "current_week": report.weeks[-1], "versions": monitorable_versions(),
+            "weeks_shown": _weeks(request) or "",
         }
         response = TemplateResponse(request, "admin/cases/monitoring.html", context)
         response["Cache-Control"] = "private, no-store"

@@ -1,11 +1,20 @@
 """Monitoring of the model in use, per ISO week and clinic, with a drift alert (admin page).
 
+Which model version each figure is about:
+
+- the score figures (scored, flag rate, abstentions, PSI, the drift alert and its reference) are
+  those of ONE version: the active one unless the admin picks another. An image counts with that
+  version's latest finished score of it; an image it has not scored is left out (and
+  ``coverage`` says what share of the period's uploads it has scored), so an activation without
+  re-scoring never shows up as drift, and the version's scores are compared with its own
+  validation histogram;
+- reviewer agreement and the outcome figures judge what happened in practice: the flags and calls
+  made at the time, by whichever version was in use then (each outcome row names them).
+
 Each figure counts under the ISO week (local time, Monday first) of what it measures:
 
 - uploads: images uploaded that week;
-- scored: those images with a finished score, each counted once with its *latest* finished
-  prediction (a re-score replaces the earlier one, so after a new version is activated and every
-  image re-scored, past weeks and the reference are that version's scores too);
+- scored: those images with a finished score by the version, each counted once (its latest one);
 - flag rate = flagged / scored; abstentions = not assessable / scored (an image the model could
   not assess is also flagged: it goes to the dermatologists, so it counts in the flag rate);
 - PSI: population stability index of the melanoma probabilities of the scored images the model
@@ -14,21 +23,32 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   ``PSI = Σ_i (c_i − r_i) · ln(c_i / r_i)``, with c_i and r_i the shares of the week's and of the
   reference's scores in bin i, each floored at ε = 1e-4 (an empty bin would make the log infinite);
 - agreement: share of the reviews signed that week (an amended review counts as its amendment)
-  whose agreement with the AI flag is "agree";
-- sensitivity / specificity on confirmed outcomes: lesions with a histopathology result, under the
-  week of their first upload (the model's call being judged), truth "melanoma" against the model's
-  own flag (any image of the lesion it could assess flagged by its latest score); other diagnoses,
-  "other" included, are negatives. A lesion with no image the model could assess went to review on
-  a forced flag, not the model's call: it is counted apart (melanomas / non-melanomas not
-  assessed), in neither rate. Counts come with every rate.
+  whose agreement with the AI flag is "agree". Only reviews that saw a call the model itself made
+  (an assessable score) count: a review whose lesion went to review only because the model could
+  not assess its images (a forced flag, not a judgement) is counted apart, as scoring does not let
+  such a score disagree with a review either (cases.scoring._store_result);
+- outcomes (``outcome_calls``): histopathology results resolved per tracked lesion (the patient's
+  lesion followed over visits, as cases.training_labels resolves training labels: a result on any
+  visit speaks for the lesion; visits with disagreeing results are counted apart). The call judged
+  is the one made in practice: each image's FIRST finished score (never a later re-score, which
+  may come from a version trained on these very outcomes), at the earliest visit where the model
+  could assess an image; flagged when any of that visit's assessable images was flagged. It counts
+  under the week of that visit's first scored upload. Truth groups: melanoma, malignant (melanoma,
+  basal cell carcinoma, squamous cell carcinoma, actinic keratosis: the classes of the malignancy
+  score, mlcore.labels.MALIGNANT_CLASSES) and benign (the other classes). Melanoma sensitivity and
+  malignant sensitivity count flagged / all; specificity counts benign lesions not flagged / all
+  benign lesions, so a correctly flagged BCC is never a false positive. Counted apart, in no
+  rate: lesions the model could assess at no visit (a forced flag), results without any scored
+  image, visits with disagreeing results, and the result "other" (neither benign nor malignant
+  known).
 
 Reference. The score distribution is compared with the model version's validation
 split: its metrics carry ``melanoma_probability_histogram`` (10 counts on the bins above, written
 by training, or for an older artifact by ``python -m training evaluate --split val
---record-reference``). A version without one falls back to production itself: each clinic's first
-``MONITOR_REFERENCE_WEEKS`` weeks from its first upload (the pooled row: the first weeks of all
-clinics in view). The flag-rate reference is always the production period, since referral
-populations differ from the public sets.
+--record-reference``). A version without one falls back to production itself: the version's scores
+of each clinic's first ``MONITOR_REFERENCE_WEEKS`` weeks from the first upload it scored (the
+pooled row: of all clinics in view). The flag-rate reference is always that production period,
+since referral populations differ from the public sets.
 
 Alert. For the latest complete week, after the reference period, with at least
 ``MONITOR_MIN_IMAGES`` scored images (and a reference of at least as many): an alert when
@@ -37,16 +57,18 @@ Alert. For the latest complete week, after the reference period, with at least
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta
 from typing import Iterable, Sequence
 
 from django.conf import settings
+from django.db.models import Exists, Min, OuterRef, Q
 from django.utils import timezone
 
-from cases.models import Clinic, LesionImage, Outcome, Prediction, Review
+from cases.models import Clinic, Lesion, LesionImage, Outcome, Prediction, Review
 from classifier.models import ModelVersion
-from mlcore.labels import MELANOMA
+from mlcore.labels import CLASSES, MALIGNANT_CLASSES, MELANOMA
 from mlcore.scoring import SCORE_BINS, SCORE_HISTOGRAM_KEY, score_bin, score_histogram
 
 BINS = SCORE_BINS
@@ -54,6 +76,15 @@ PSI_EPSILON = 1e-4
 VALIDATION_HISTOGRAM_KEY = SCORE_HISTOGRAM_KEY
 ALL_CLINICS = "All clinics in view"
 CLINIC_PATH = "lesion__case__patient__clinic_id"
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile, for the Wilson intervals
+
+# what became of a tracked lesion's histopathology result (``OutcomeCall.status``)
+JUDGED = "judged"  # the model made a call at some visit: counted in the rates
+NOT_ASSESSED = "not assessed"  # scored, but the model could assess no image at any visit
+NO_SCORED_IMAGE = "no scored image"  # a result, but no image of the lesion has a finished score
+RESULTS_DISAGREE = "results disagree"  # its visits carry different results
+
+MALIGNANT, BENIGN, UNCLASSIFIED = "malignant", "benign", "unclassified"
 
 
 # --- weeks and bins ---------------------------------------------------------------------------
@@ -100,6 +131,153 @@ def _rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
+def wilson_interval(hits: int, n: int, *, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of the proportion hits / n (None when n is 0). Each outcome counted
+    here is one tracked lesion with one call, so this is the lesion-level interval (images of one
+    lesion are never counted as separate trials)."""
+    if n <= 0:
+        return None
+    p, z2 = hits / n, z * z
+    denominator = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
+    # exact at the ends (all or none hit), where float rounding would give 0.9999…
+    return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
+
+
+def truth_group(diagnosis: str) -> str:
+    """Malignant (the classes of the malignancy score), benign (the other classes), or
+    unclassified (the result "other": it may be either)."""
+    if diagnosis in MALIGNANT_CLASSES:
+        return MALIGNANT
+    return BENIGN if diagnosis in CLASSES else UNCLASSIFIED
+
+
+# --- outcomes: the model's call in practice against histopathology -----------------------------
+
+@dataclass(frozen=True)
+class OutcomeCall:
+    """One tracked lesion with a histopathology result, and the call the model made on it in
+    practice (``status`` JUDGED: ``flagged``; otherwise why it is counted apart)."""
+
+    lesion_key: str
+    clinic_id: int
+    moment: datetime  # it counts under this moment's week
+    diagnosis: str | None  # None: its visits' results disagree
+    status: str
+    flagged: bool | None = None
+    versions: tuple[str, ...] = ()  # the versions whose first scores made the call
+
+
+@dataclass
+class OutcomeCounts:
+    """Histopathology results of tracked lesions against the model's call in practice."""
+
+    melanoma_caught: int = 0
+    melanoma_missed: int = 0
+    malignant_caught: int = 0  # melanomas included
+    malignant_missed: int = 0
+    benign_cleared: int = 0
+    benign_flagged: int = 0
+    # counted apart, in no rate
+    melanomas_not_assessed: int = 0
+    malignant_not_assessed: int = 0  # melanomas included
+    benign_not_assessed: int = 0
+    other_diagnosis: int = 0
+    without_score: int = 0
+    disagreeing: int = 0
+    versions: Counter = field(default_factory=Counter)  # version -> judged lesions it made the call on
+
+    def add(self, call: OutcomeCall) -> None:
+        """Count one tracked lesion (module docstring: which call, which truth group)."""
+        if call.status == RESULTS_DISAGREE:
+            self.disagreeing += 1
+            return
+        if call.status == NO_SCORED_IMAGE:
+            self.without_score += 1
+            return
+        group, melanoma = truth_group(call.diagnosis), call.diagnosis == MELANOMA
+        if group == UNCLASSIFIED:
+            self.other_diagnosis += 1
+            return
+        if call.status == NOT_ASSESSED:  # a forced flag sent it to review: not the model's call
+            self.melanomas_not_assessed += melanoma
+            self.malignant_not_assessed += group == MALIGNANT
+            self.benign_not_assessed += group == BENIGN
+            return
+        flagged = bool(call.flagged)
+        self.versions.update(call.versions)
+        if melanoma:
+            self.melanoma_caught += flagged
+            self.melanoma_missed += not flagged
+        if group == MALIGNANT:
+            self.malignant_caught += flagged
+            self.malignant_missed += not flagged
+        else:
+            self.benign_flagged += flagged
+            self.benign_cleared += not flagged
+
+    def __iadd__(self, other: "OutcomeCounts") -> "OutcomeCounts":
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    @property
+    def melanomas(self) -> int:
+        return self.melanoma_caught + self.melanoma_missed
+
+    @property
+    def malignant(self) -> int:
+        return self.malignant_caught + self.malignant_missed
+
+    @property
+    def benign(self) -> int:
+        return self.benign_cleared + self.benign_flagged
+
+    @property
+    def judged(self) -> int:
+        return self.malignant + self.benign
+
+    @property
+    def not_assessed(self) -> int:
+        return self.malignant_not_assessed + self.benign_not_assessed
+
+    @property
+    def set_apart(self) -> int:
+        """Tracked lesions with a result counted in no rate."""
+        return self.not_assessed + self.other_diagnosis + self.without_score + self.disagreeing
+
+    @property
+    def melanoma_sensitivity(self) -> float | None:
+        return _rate(self.melanoma_caught, self.melanomas)
+
+    @property
+    def malignant_sensitivity(self) -> float | None:
+        return _rate(self.malignant_caught, self.malignant)
+
+    @property
+    def specificity(self) -> float | None:
+        return _rate(self.benign_cleared, self.benign)
+
+    @property
+    def melanoma_sensitivity_ci(self) -> tuple[float, float] | None:
+        return wilson_interval(self.melanoma_caught, self.melanomas)
+
+    @property
+    def malignant_sensitivity_ci(self) -> tuple[float, float] | None:
+        return wilson_interval(self.malignant_caught, self.malignant)
+
+    @property
+    def specificity_ci(self) -> tuple[float, float] | None:
+        return wilson_interval(self.benign_cleared, self.benign)
+
+    @property
+    def versions_text(self) -> str:
+        """"v1 (12 lesions), v2 (1 lesion)"; a lesion whose images were first scored by two
+        versions counts under both."""
+        return ", ".join(f"{v} ({n} lesion{'s' if n != 1 else ''})" for v, n in sorted(self.versions.items()))
+
+
 # --- per-week figures -------------------------------------------------------------------------
 
 @dataclass
@@ -110,23 +288,24 @@ class WeekStats:
     clinic_id: int | None
     clinic: str
     uploads: int = 0
-    scored: int = 0
+    scored: int = 0  # images uploaded that week with a finished score by the monitored version
     flagged: int = 0
     not_assessable: int = 0
     histogram: list[int] = field(default_factory=lambda: [0] * BINS)
     reviews: int = 0
     agreed: int = 0
-    true_positive: int = 0
-    false_negative: int = 0
-    true_negative: int = 0
-    false_positive: int = 0
-    melanomas_not_assessed: int = 0
-    non_melanomas_not_assessed: int = 0
+    reviews_not_assessed: int = 0  # reviews of lesions with no assessable score: not in the agreement rate
+    outcomes: OutcomeCounts = field(default_factory=OutcomeCounts)
     psi: float | None = None
 
     @property
     def label(self) -> str:
         return week_label(self.week)
+
+    @property
+    def coverage(self) -> float | None:
+        """Share of the week's uploads that the monitored version has scored."""
+        return _rate(self.scored, self.uploads)
 
     @property
     def flag_rate(self) -> float | None:
@@ -140,22 +319,6 @@ class WeekStats:
     def agreement_rate(self) -> float | None:
         return _rate(self.agreed, self.reviews)
 
-    @property
-    def melanomas(self) -> int:
-        return self.true_positive + self.false_negative
-
-    @property
-    def non_melanomas(self) -> int:
-        return self.true_negative + self.false_positive
-
-    @property
-    def sensitivity(self) -> float | None:
-        return _rate(self.true_positive, self.melanomas)
-
-    @property
-    def specificity(self) -> float | None:
-        return _rate(self.true_negative, self.non_melanomas)
-
     def add_score(self, score: dict) -> None:
         self.scored += 1
         self.flagged += bool(score["flagged"])
@@ -163,26 +326,28 @@ class WeekStats:
         if score["assessable"]:
             self.histogram[bin_index(score["melanoma_probability"])] += 1
 
-    def add_outcome(self, *, melanoma: bool, flagged: bool | None) -> None:
-        """``flagged`` None: no image of the lesion could be assessed (counted apart)."""
-        if flagged is None:
-            self.melanomas_not_assessed += melanoma
-            self.non_melanomas_not_assessed += not melanoma
-        elif melanoma:
-            self.true_positive += flagged
-            self.false_negative += not flagged
-        else:
-            self.false_positive += flagged
-            self.true_negative += not flagged
-
 
 def latest_scores(predictions) -> dict[int, dict]:
     """Per image id, its latest finished prediction (flag, assessable, melanoma probability, upload
-    time, clinic, lesion), from a Prediction queryset."""
+    time, clinic, lesion), from a Prediction queryset (filter it to one version first: across
+    versions "latest" would mix them)."""
     rows = (predictions.filter(status=Prediction.Status.DONE).order_by("image_id", "created_at", "pk")
             .values("image_id", "flagged", "assessable", "melanoma_probability", "image__uploaded_at",
                     "image__lesion_id", f"image__{CLINIC_PATH}"))
     return {row["image_id"]: row for row in rows}  # later rows replace earlier ones
+
+
+def first_scores(predictions) -> dict[int, dict]:
+    """Per image id, its first finished prediction (flag, assessable, version, upload time,
+    lesion): the call made in practice, which a later revision or a re-score by another version
+    (perhaps trained on the outcomes it would be judged on) never replaces."""
+    rows = (predictions.filter(status=Prediction.Status.DONE).order_by("image_id", "finished_at", "created_at", "pk")
+            .values("image_id", "flagged", "assessable", "image__uploaded_at", "image__lesion_id",
+                    "model_version__version"))
+    first: dict[int, dict] = {}
+    for row in rows:
+        first.setdefault(row["image_id"], row)
+    return first
 
 
 def _uploads(clinic_ids: Sequence[int], start: datetime, end: datetime):
@@ -190,8 +355,12 @@ def _uploads(clinic_ids: Sequence[int], start: datetime, end: datetime):
                                       uploaded_at__lt=end)
 
 
-def _scores_between(clinic_ids: Sequence[int], start: datetime, end: datetime) -> dict[int, dict]:
-    return latest_scores(Prediction.objects.filter(image__in=_uploads(clinic_ids, start, end)))
+def _scores_between(clinic_ids: Sequence[int], start: datetime, end: datetime,
+                    version: ModelVersion | None) -> dict[int, dict]:
+    """The version's latest finished score of each image uploaded in [start, end) (none without a version)."""
+    if version is None:
+        return {}
+    return latest_scores(Prediction.objects.filter(image__in=_uploads(clinic_ids, start, end), model_version=version))
 
 
 class _Table:
@@ -216,44 +385,112 @@ def _count_uploads(table: _Table, clinic_ids, start, end) -> None:
             stats.uploads += 1
 
 
-def _count_scores(table: _Table, clinic_ids, start, end) -> None:
-    for score in _scores_between(clinic_ids, start, end).values():
+def _count_scores(table: _Table, clinic_ids, start, end, version: ModelVersion | None) -> None:
+    for score in _scores_between(clinic_ids, start, end, version).values():
         for stats in table.targets(score["image__uploaded_at"], score[f"image__{CLINIC_PATH}"]):
             stats.add_score(score)
 
 
+def reviewed_model_call() -> Exists:
+    """For a Review queryset: did the review see a call the model itself made? A finished,
+    assessable score (flagged or not) of an image of its lesion uploaded and scored before it was
+    signed (the pairing of cases.scoring.review_of_image, seen from the review). Without one, the
+    lesion went to review on the forced flag of images the model could not assess: no judgement
+    to agree with. This is the rule by which cases.scoring lets only an assessable score disagree
+    with a review."""
+    return Exists(Prediction.objects.filter(
+        image__lesion_id=OuterRef("lesion_id"), image__uploaded_at__lte=OuterRef("created_at"),
+        status=Prediction.Status.DONE, finished_at__lte=OuterRef("created_at"), assessable=True))
+
+
 def _count_reviews(table: _Table, clinic_ids, start, end) -> None:
-    reviews = Review.objects.filter(**{f"{CLINIC_PATH}__in": clinic_ids}, created_at__gte=start, created_at__lt=end,
-                                    amended_by__isnull=True)
-    for row in reviews.values("created_at", "agreement", CLINIC_PATH):
+    reviews = (Review.objects.filter(**{f"{CLINIC_PATH}__in": clinic_ids}, created_at__gte=start, created_at__lt=end,
+                                     amended_by__isnull=True)
+               .annotate(model_call=reviewed_model_call()))
+    for row in reviews.values("created_at", "agreement", "model_call", CLINIC_PATH):
         for stats in table.targets(row["created_at"], row[CLINIC_PATH]):
+            if not row["model_call"]:
+                stats.reviews_not_assessed += 1
+                continue
             stats.reviews += 1
             stats.agreed += row["agreement"] == Review.Agreement.AGREE
 
 
-def outcome_calls(clinic_ids: Sequence[int]) -> list[dict]:
-    """Lesions with a current histopathology result and a finished score: clinic, first upload,
-    truth (melanoma or not) and the model's call: any image it could assess flagged by its latest
-    score; None when it could assess none of them (their flag only sent them to review)."""
-    outcomes = (Outcome.objects.filter(superseded_by__isnull=True, **{f"{CLINIC_PATH}__in": clinic_ids})
-                .values_list("lesion_id", "diagnosis"))
-    truth = dict(outcomes)
-    calls: dict[int, dict] = {}
-    for score in latest_scores(Prediction.objects.filter(image__lesion_id__in=list(truth))).values():
-        lesion_id = score["image__lesion_id"]
-        call = calls.setdefault(lesion_id, {"lesion_id": lesion_id, "clinic_id": score[f"image__{CLINIC_PATH}"],
-                                            "first_upload": score["image__uploaded_at"], "flagged": None,
-                                            "melanoma": truth[lesion_id] == MELANOMA})
-        call["first_upload"] = min(call["first_upload"], score["image__uploaded_at"])
-        if score["assessable"]:
-            call["flagged"] = bool(call["flagged"]) or bool(score["flagged"])
-    return list(calls.values())
+def _tracked_key(tracked_id: int | None, visit_id: int) -> str:
+    # as cases.training_labels groups visits: by the patient's lesion, else the visit alone
+    return f"tracked-{tracked_id}" if tracked_id else f"visit-{visit_id}"
+
+
+def _current_results(clinic_ids: Sequence[int]) -> list[dict]:
+    """Per visit (Lesion), its histopathology result in force: the newest entered of those no
+    later one supersedes (as cases.training_labels.current_outcomes picks it)."""
+    rows = (Outcome.objects.filter(superseded_by__isnull=True, **{f"{CLINIC_PATH}__in": clinic_ids})
+            .order_by("lesion_id", "-entered_at", "-pk")
+            .values("lesion_id", "diagnosis", "entered_at", "lesion__tracked_id", CLINIC_PATH))
+    current: dict[int, dict] = {}
+    for row in rows:
+        current.setdefault(row["lesion_id"], row)
+    return list(current.values())
+
+
+def outcome_calls(clinic_ids: Sequence[int]) -> list[OutcomeCall]:
+    """Each tracked lesion of these clinics with a current histopathology result on any visit, and
+    the model's call on it in practice: at the earliest visit (visit date, then entry) where the
+    first finished score of an image was assessable, flagged when any such image was flagged,
+    counted under that visit's first upload (module docstring). The others are counted apart:
+    scored but never assessable (under the first scored visit's first upload), no scored image or
+    disagreeing results (under the lesion's first upload, else the week its result was entered)."""
+    results = _current_results(clinic_ids)
+    if not results:
+        return []
+    groups: dict[str, list[dict]] = {}
+    for row in results:
+        groups.setdefault(_tracked_key(row["lesion__tracked_id"], row["lesion_id"]), []).append(row)
+    tracked = {row["lesion__tracked_id"] for row in results if row["lesion__tracked_id"]}
+    untracked = [row["lesion_id"] for row in results if not row["lesion__tracked_id"]]
+    visits_of: dict[str, list[int]] = {}
+    ordered = (Lesion.objects.filter(Q(tracked_id__in=tracked) | Q(pk__in=untracked))
+               .order_by("case__visit_date", "case__created_at", "pk").values_list("pk", "tracked_id"))
+    for visit_id, tracked_id in ordered:  # earliest visit first
+        visits_of.setdefault(_tracked_key(tracked_id, visit_id), []).append(visit_id)
+    visit_ids = [visit_id for group in visits_of.values() for visit_id in group]
+    scores_of: dict[int, list[dict]] = {}
+    for score in first_scores(Prediction.objects.filter(image__lesion_id__in=visit_ids)).values():
+        scores_of.setdefault(score["image__lesion_id"], []).append(score)
+    first_upload = dict(LesionImage.objects.filter(lesion_id__in=visit_ids).order_by().values("lesion_id")
+                        .annotate(first=Min("uploaded_at")).values_list("lesion_id", "first"))
+    calls = []
+    for key, rows in groups.items():
+        visits = visits_of.get(key, [])
+        clinic_id = rows[0][CLINIC_PATH]
+        # no call to date it by: the lesion's first upload, else when its result was entered
+        fallback = min((first_upload[v] for v in visits if v in first_upload),
+                       default=min(row["entered_at"] for row in rows))
+        diagnoses = {row["diagnosis"] for row in rows}
+        if len(diagnoses) > 1:
+            calls.append(OutcomeCall(key, clinic_id, fallback, None, RESULTS_DISAGREE))
+            continue
+        diagnosis = diagnoses.pop()
+        judged = next((v for v in visits if any(s["assessable"] for s in scores_of.get(v, []))), None)
+        if judged is not None:
+            own = [s for s in scores_of[judged] if s["assessable"]]  # a forced flag is not the model's call
+            calls.append(OutcomeCall(key, clinic_id, first_upload[judged], diagnosis, JUDGED,
+                                     flagged=any(s["flagged"] for s in own),
+                                     versions=tuple(sorted({s["model_version__version"] for s in own}))))
+            continue
+        scored = next((v for v in visits if scores_of.get(v)), None)
+        if scored is not None:
+            calls.append(OutcomeCall(key, clinic_id, first_upload[scored], diagnosis, NOT_ASSESSED,
+                                     versions=tuple(sorted({s["model_version__version"] for s in scores_of[scored]}))))
+        else:
+            calls.append(OutcomeCall(key, clinic_id, fallback, diagnosis, NO_SCORED_IMAGE))
+    return calls
 
 
 def _count_outcomes(table: _Table, clinic_ids) -> None:
     for call in outcome_calls(clinic_ids):
-        for stats in table.targets(call["first_upload"], call["clinic_id"]):
-            stats.add_outcome(melanoma=call["melanoma"], flagged=call["flagged"])
+        for stats in table.targets(call.moment, call.clinic_id):
+            stats.outcomes.add(call)
 
 
 # --- reference and alert ----------------------------------------------------------------------
@@ -276,27 +513,32 @@ class Reference:
 
     @property
     def ends(self) -> date | None:
-        """The first Monday after the production period (None: no uploads yet)."""
+        """The first Monday after the production period (None: the version scored no upload yet)."""
         return self.weeks[-1] + timedelta(weeks=1) if self.weeks else None
 
     @property
     def description(self) -> str:
         if not self.weeks:
-            return "no uploads yet"
+            return "no upload scored by this version yet"
         period = f"{week_label(self.weeks[0])} to {week_label(self.weeks[-1])}"
         scores = "validation histogram of the model version" if self.source == "validation" else "the same weeks"
         return f"flag rate from {period} ({self.scored} scored images); score distribution from {scores}"
 
 
-def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, weeks: int) -> Reference:
-    """The first ``weeks`` ISO weeks from the first upload of these clinics."""
-    first = (LesionImage.objects.filter(**{f"{CLINIC_PATH}__in": clinic_ids}).order_by("uploaded_at")
-             .values_list("uploaded_at", flat=True).first())
+def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, weeks: int,
+                         version: ModelVersion | None) -> Reference:
+    """The version's scores of the first ``weeks`` ISO weeks from the first upload of these clinics
+    that it scored (a version activated without re-scoring starts its own reference then)."""
+    first = None
+    if version is not None:
+        first = (LesionImage.objects.filter(**{f"{CLINIC_PATH}__in": clinic_ids}, predictions__model_version=version,
+                                            predictions__status=Prediction.Status.DONE)
+                 .order_by("uploaded_at").values_list("uploaded_at", flat=True).first())
     if first is None:
         return Reference(clinic_id, (), 0, 0, [0] * BINS)
     start = week_of(first)
     period = tuple(start + timedelta(weeks=i) for i in range(weeks))
-    scores = _scores_between(clinic_ids, _start_of(start), _start_of(start + timedelta(weeks=weeks))).values()
+    scores = _scores_between(clinic_ids, _start_of(start), _start_of(start + timedelta(weeks=weeks)), version).values()
     return Reference(clinic_id, period, scored=len(scores), flagged=sum(bool(s["flagged"]) for s in scores),
                      histogram=histogram(s["melanoma_probability"] for s in scores if s["assessable"]))
 
@@ -380,6 +622,11 @@ class MonitoringReport:
     checks: list[DriftCheck]
     bounds: Bounds
     validation_reference: bool
+    version: ModelVersion | None = None  # whose scores the score figures are
+
+    @property
+    def version_label(self) -> str:
+        return self.version.version if self.version is not None else "no active model version"
 
     @property
     def latest_complete_week(self) -> date:
@@ -389,6 +636,11 @@ class MonitoringReport:
     def alerts(self) -> list[DriftCheck]:
         return [check for check in self.checks if check.alert]
 
+    @property
+    def summary_group(self) -> int | None:
+        """The row that speaks for everything in view: the pooled one, or the only clinic's."""
+        return None if len(self.groups) != 1 else self.groups[0][0]
+
     def series(self, clinic_id: int | None) -> list[WeekStats]:
         """One group's weeks, oldest first."""
         return [self.rows[(week, clinic_id)] for week in self.weeks]
@@ -397,13 +649,44 @@ class MonitoringReport:
         """Newest week first, the clinics in order within it."""
         return [self.rows[(week, cid)] for week in reversed(self.weeks) for cid, _ in self.groups]
 
+    @property
+    def uploads(self) -> int:
+        """Images uploaded in the weeks shown, in all clinics in view."""
+        return sum(s.uploads for s in self.rows.values() if s.clinic_id is not None)
 
-def _references(groups, clinic_ids: Sequence[int], validation: list[int] | None) -> dict[int | None, Reference]:
+    @property
+    def scored(self) -> int:
+        """Of those, the images the monitored version has a finished score for."""
+        return sum(s.scored for s in self.rows.values() if s.clinic_id is not None)
+
+    @property
+    def coverage(self) -> float | None:
+        return _rate(self.scored, self.uploads)
+
+    def outcome_totals(self, clinic_id: int | None) -> OutcomeCounts:
+        """One group's outcome counts over the weeks shown."""
+        total = OutcomeCounts()
+        for stats in self.series(clinic_id):
+            total += stats.outcomes
+        return total
+
+    def outcome_summary(self) -> list[tuple[str, OutcomeCounts]]:
+        """(group name, its totals) for every group, the pooled one last."""
+        return [(name, self.outcome_totals(cid)) for cid, name in self.groups]
+
+    def reviews_set_apart(self) -> int:
+        """Reviews of lesions with no assessable score (left out of the agreement), all clinics in view."""
+        return sum(s.reviews_not_assessed for s in self.rows.values() if s.clinic_id is not None)
+
+
+def _references(groups, clinic_ids: Sequence[int], validation: list[int] | None,
+                version: ModelVersion | None) -> dict[int | None, Reference]:
     """Each group's production reference; its histogram replaced by the validation one when stored."""
     references = {}
     for cid, _ in groups:
         scope = clinic_ids if cid is None else [cid]
-        reference = production_reference(scope, clinic_id=cid, weeks=settings.MONITOR_REFERENCE_WEEKS)
+        reference = production_reference(scope, clinic_id=cid, weeks=settings.MONITOR_REFERENCE_WEEKS,
+                                         version=version)
         if validation is not None:
             reference.histogram, reference.source = validation, "validation"
         references[cid] = reference
@@ -411,25 +694,26 @@ def _references(groups, clinic_ids: Sequence[int], validation: list[int] | None)
 
 
 def monitoring_report(clinics: Iterable[Clinic], *, today: date | None = None, weeks: int | None = None,
-                      version=None) -> MonitoringReport:
-    """The weekly figures, references and drift checks of these clinics (the admin's scope)."""
+                      version: ModelVersion | None = None) -> MonitoringReport:
+    """The weekly figures, references and drift checks of these clinics (the admin's scope); the
+    score figures are ``version``'s (default: the active version; none active: no score figures)."""
     clinics = list(clinics)
     clinic_ids = [c.pk for c in clinics]
+    if version is None:  # read only: a monitoring page never registers the shipped model
+        version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     monday_list = recent_weeks(weeks or settings.MONITOR_WEEKS, today)
     start, end = _start_of(monday_list[0]), _start_of(monday_list[-1] + timedelta(weeks=1))
     table = _Table(monday_list, clinics, pooled=len(clinics) > 1)
     _count_uploads(table, clinic_ids, start, end)
-    _count_scores(table, clinic_ids, start, end)
+    _count_scores(table, clinic_ids, start, end, version)
     _count_reviews(table, clinic_ids, start, end)
     _count_outcomes(table, clinic_ids)
-    if version is None:  # read only: a monitoring page never registers the shipped model
-        version = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     validation = validation_histogram(version)
-    references = _references(table.groups, clinic_ids, validation)
+    references = _references(table.groups, clinic_ids, validation, version)
     for stats in table.rows.values():
         stats.psi = psi(references[stats.clinic_id].histogram, stats.histogram)
     report = MonitoringReport(monday_list, table.groups, table.rows, references, [], Bounds.from_settings(),
-                              validation_reference=validation is not None)
+                              validation_reference=validation is not None, version=version)
     latest = report.latest_complete_week
     report.checks = [drift_check(table.rows[(latest, cid)], references[cid], report.bounds)
                      for cid, _ in table.groups if (latest, cid) in table.rows]

@@ -48,19 +48,26 @@ def _lines(ax, report: MonitoringReport, value, *, ylabel: str) -> None:
     ax.grid(alpha=0.3)
 
 
+def _legend(ax, loc: str) -> None:
+    """A legend when something is labelled (no clinic in view: nothing to name)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc=loc)
+
+
 def uploads_png(report: MonitoringReport) -> bytes:
     """Images uploaded per week, per clinic and all clinics in view."""
     fig, (ax,) = _figure(1, 4)
     _lines(ax, report, lambda s: s.uploads, ylabel="images")
     ax.set_ylim(bottom=0)
     ax.set_title("Uploads per week (images)")
-    ax.legend(fontsize=7, loc="upper left")
+    _legend(ax, "upper left")
     _weeks_axis(ax, report)
     return _png(fig)
 
 
 def agreement_png(report: MonitoringReport) -> bytes:
-    """Share of the week's signed reviews agreeing with the model's flag (a gap: no review)."""
+    """Share of the week's signed reviews agreeing with the model's own call (a gap: no review;
+    reviews of lesions the model could not assess, sent on a forced flag, are left out)."""
     fig, (ax,) = _figure(1, 4)
     x = range(len(report.weeks))
     for cid, name in report.groups:
@@ -69,75 +76,84 @@ def agreement_png(report: MonitoringReport) -> bytes:
                 label=f"{name} (n={sum(s.reviews for s in series)} reviews)", linewidth=2.2 if cid is None else 1.2)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("agreeing")
-    ax.set_title("Reviewer agreement with the model per week (agree / reviews signed)")
+    ax.set_title("Reviewer agreement with the model's own calls per week (agree / reviews signed)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    _legend(ax, "lower left")
     _weeks_axis(ax, report)
     return _png(fig)
 
 
 def flag_rate_png(report: MonitoringReport) -> bytes:
-    """Flag rate (with the reference ± bound band of the pooled or only clinic) and abstentions per week."""
+    """The monitored version's flag rate (with the reference ± bound band of the pooled or only
+    clinic, when there is one) and abstentions per week."""
     fig, (top, bottom) = _figure(2, 6)
     _lines(top, report, lambda s: s.flag_rate, ylabel="flag rate")
-    reference = report.references.get(None if len(report.groups) > 1 else report.groups[0][0])
+    # no clinic in view (a staff user without one, a fresh install): no reference to draw
+    reference = report.references.get(report.summary_group) if report.groups else None
     if reference is not None and reference.flag_rate is not None:
         bound = report.bounds.flag_rate
         top.axhspan(reference.flag_rate - bound, reference.flag_rate + bound, color="tab:green", alpha=0.12,
                     label=f"reference ± {bound:.2f}")
         top.axhline(reference.flag_rate, color="tab:green", linestyle=":", linewidth=1)
     top.set_ylim(0, 1)
-    top.set_title("Flag rate per week (flagged / scored)")
-    top.legend(fontsize=7, loc="upper left")
+    top.set_title(f"Flag rate per week (flagged / scored by {report.version_label})")
+    _legend(top, "upper left")
     _lines(bottom, report, lambda s: s.abstention_rate, ylabel="could not assess")
     bottom.set_ylim(0, 1)
-    bottom.set_title("Abstentions per week (not assessable / scored)")
+    bottom.set_title(f"Abstentions per week (not assessable / scored by {report.version_label})")
     _weeks_axis(bottom, report)
     return _png(fig)
 
 
 def psi_png(report: MonitoringReport) -> bytes:
-    """PSI of the melanoma probability against the reference, per week, with the alert bound."""
+    """PSI of the monitored version's melanoma probability against the reference, per week, with the alert bound."""
     fig, (ax,) = _figure(1, 4)
     _lines(ax, report, lambda s: s.psi, ylabel="PSI")
     ax.axhline(report.bounds.psi, color="tab:red", linestyle="--", label=f"alert bound {report.bounds.psi:.2f}")
     ax.set_ylim(bottom=0)
-    ax.set_title("Score distribution vs reference (population stability index)")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"Score distribution of {report.version_label} vs reference (population stability index)")
+    _legend(ax, "upper left")
     _weeks_axis(ax, report)
     return _png(fig)
 
 
 def _cumulative(series: list[WeekStats], hit: str, miss: str) -> list[float]:
-    """Running rate hit / (hit + miss) over the weeks so far (NaN until there is a case)."""
+    """Running rate hit / (hit + miss) of the weeks' outcome counts so far (NaN until there is a lesion)."""
     hits = total = 0
     out = []
     for stats in series:
-        hits += getattr(stats, hit)
-        total += getattr(stats, hit) + getattr(stats, miss)
+        hits += getattr(stats.outcomes, hit)
+        total += getattr(stats.outcomes, hit) + getattr(stats.outcomes, miss)
         out.append(hits / total if total else math.nan)
     return out
 
 
+PERFORMANCE_PANELS = (
+    ("melanoma_caught", "melanoma_missed", "Melanoma sensitivity (melanomas flagged / melanomas)"),
+    ("malignant_caught", "malignant_missed", "Malignant sensitivity (melanoma, BCC, SCC, AK flagged / all of them)"),
+    ("benign_cleared", "benign_flagged", "Specificity (benign lesions not flagged / benign lesions)"),
+)
+
+
 def performance_png(report: MonitoringReport) -> bytes:
-    """Cumulative sensitivity and specificity of the model's own flag for melanoma on confirmed
-    outcomes (lesions with an image the model could assess; the others are counted apart)."""
-    fig, (top, bottom) = _figure(2, 6)
+    """Cumulative sensitivity and specificity of the flags raised in practice, on histopathology
+    results per tracked lesion (lesions the model could assess; the others are counted apart)."""
+    fig, axes = _figure(len(PERFORMANCE_PANELS), 8)
     x = range(len(report.weeks))
-    for ax, hit, miss, title in ((top, "true_positive", "false_negative", "Sensitivity for melanoma"),
-                                 (bottom, "true_negative", "false_positive", "Specificity")):
+    for ax, (hit, miss, title) in zip(axes, PERFORMANCE_PANELS):
         for cid, name in report.groups:
             series = report.series(cid)
-            n = sum(getattr(s, hit) + getattr(s, miss) for s in series)
+            n = sum(getattr(s.outcomes, hit) + getattr(s.outcomes, miss) for s in series)
             ax.plot(x, _cumulative(series, hit, miss), marker="o", markersize=3, label=f"{name} (n={n})",
                     linewidth=2.2 if cid is None else 1.2)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("cumulative")
-        ax.set_title(f"{title} (histopathology outcomes of assessed lesions, cumulative over the weeks shown)",
-                     fontsize=10)
+        ax.set_title(f"{title}, lesions, cumulative", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    _weeks_axis(bottom, report)
+        _legend(ax, "lower left")
+    fig.suptitle("First call made in practice vs histopathology (any model version in use then)",
+                            fontsize=10)
+    _weeks_axis(axes[-1], report)
     return _png(fig)
 
 

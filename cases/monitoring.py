@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from cases.models import LesionImage, Prediction
@@ -14,7 +14,7 @@ RECENT_DAYS = 30
 
 @dataclass(frozen=True)
 class AssessmentRates:
-    """Counts over the scored (done) predictions of one model version in the window."""
+    """Counts of images (each once) that one model version finished scoring in the window."""
 
     version: str
     scored: int
@@ -39,22 +39,33 @@ class AssessmentRates:
         return self.rate(self.unfamiliar)
 
 
+def _images(**only) -> Count:
+    """Distinct images among the rows (those matching ``only``): an image is one count, however
+    many predictions of it a join or a re-score brings."""
+    return Count("image", distinct=True, filter=Q(**only) if only else None)
+
+
 def assessment_rates(*, days: int = RECENT_DAYS, predictions=None) -> list[AssessmentRates]:
-    """Per model version, over predictions finished in the last ``days`` days: how many images
+    """Per model version, over the images it finished scoring in the last ``days`` days: how many
     failed a quality check, looked unfamiliar (out of domain), were clinical photos, and how many
-    the model could not assess in all (one image can fail several ways). ``predictions`` (a
-    Prediction queryset, e.g. one clinic's) limits what is counted; default all."""
+    the model could not assess in all (one image can fail several ways). Each image counts once per
+    version, with that version's latest finished score of it: a correction's re-score (the next
+    context revision) replaces the earlier one rather than counting the image twice.
+    ``predictions`` (a Prediction queryset, e.g. one clinic's) limits what is counted; default all."""
     since = timezone.now() - timedelta(days=days)
     base = Prediction.objects.all() if predictions is None else predictions
+    done = Q(status=Prediction.Status.DONE, finished_at__gte=since)
+    newer = Prediction.objects.filter(done, image=OuterRef("image"), model_version=OuterRef("model_version")).filter(
+        Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")))
     rows = (
-        base.filter(status=Prediction.Status.DONE, finished_at__gte=since)
+        base.filter(done).exclude(Exists(newer))
         .values("model_version__version")
         .annotate(
-            scored=Count("pk"),
-            not_assessable=Count("pk", filter=Q(assessable=False)),
-            quality_failed=Count("pk", filter=Q(assessment__quality__ok=False)),
-            unfamiliar=Count("pk", filter=Q(assessment__ood__unfamiliar=True)),
-            clinical_photos=Count("pk", filter=Q(image__kind=LesionImage.Kind.CLINICAL)),
+            scored=_images(),
+            not_assessable=_images(assessable=False),
+            quality_failed=_images(assessment__quality__ok=False),
+            unfamiliar=_images(assessment__ood__unfamiliar=True),
+            clinical_photos=_images(image__kind=LesionImage.Kind.CLINICAL),
         )
         .order_by("model_version__version")
     )

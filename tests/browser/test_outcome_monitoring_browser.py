@@ -61,6 +61,9 @@ def test_clinician_enters_histopathology_and_admin_sees_the_drift_alert(live_ser
     page.get_by_role("link", name="Model monitoring and drift alerts").click()
     expect(page.locator("#drift-alert")).to_contain_text("Harbour Skin Clinic")
     expect(page.locator("#drift-alert")).to_contain_text("flag rate 60% vs 20% in the reference period")
+    # which version the figures are about, and which one made the calls judged on outcomes
+    expect(page.locator("#version-coverage")).to_contain_text("browser-monitor-v1 scored 100.0% of this period's images")
+    expect(page.locator("#outcome-summary .call-versions")).to_contain_text("browser-monitor-v1 (1 lesion)")
     table = page.locator("#monitoring-table")
     expect(table).to_contain_text(drift.week_label(this_week - timedelta(weeks=1)))
     expect(table.locator("tbody tr").first).to_contain_text("(in progress)")

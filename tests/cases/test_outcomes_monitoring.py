@@ -228,11 +228,14 @@ def test_weekly_figures_per_clinic(world, model_version):
     assert week_a.flag_rate == 0.75 and week_a.abstention_rate == 0.25
     assert week_a.histogram == [1, 0, 0, 0, 0, 1, 1, 0, 0, 0]  # 0.05, 0.55, 0.65 (re-score); 0.95 not assessable
     assert (week_a.reviews, week_a.agreed, week_a.agreement_rate) == (1, 1, 1.0)
-    assert (week_a.true_positive, week_a.false_negative, week_a.sensitivity) == (1, 0, 1.0)
-    assert week_a.specificity is None
+    outcomes_a = week_a.outcomes
+    assert (outcomes_a.melanoma_caught, outcomes_a.melanoma_missed, outcomes_a.melanoma_sensitivity) == (1, 0, 1.0)
+    assert (outcomes_a.malignant_caught, outcomes_a.malignant_sensitivity) == (1, 1.0)
+    assert outcomes_a.specificity is None and outcomes_a.versions == {model_version.version: 1}
     week_b = report.rows[(THIS_WEEK, world.clinic_b.pk)]
     assert (week_b.uploads, week_b.scored, week_b.flag_rate, week_b.reviews, week_b.agreed) == (2, 2, 0.0, 1, 0)
-    assert (week_b.true_negative, week_b.false_positive, week_b.specificity) == (1, 0, 1.0)
+    outcomes_b = week_b.outcomes
+    assert (outcomes_b.benign_cleared, outcomes_b.benign_flagged, outcomes_b.specificity) == (1, 0, 1.0)
     pooled = report.rows[(THIS_WEEK, None)]
     assert (pooled.uploads, pooled.scored, pooled.reviews) == (2, 2, 1)
     assert report.rows[(LAST_WEEK, None)].uploads == 5

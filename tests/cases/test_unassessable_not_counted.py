@@ -129,20 +129,49 @@ def test_sensitivity_and_specificity_count_the_models_own_flags(world, model_ver
     _lesion_with_outcome(world, "nevus", flagged=[True], assessable=[False])  # not a false positive
     _lesion_with_outcome(world, "nevus", flagged=[False], assessable=[True])
     report = drift.monitoring_report([world.clinic_a], today=TODAY, weeks=3)
-    week = report.rows[(LAST_WEEK, world.clinic_a.pk)]
-    assert (week.true_positive, week.false_negative, week.sensitivity) == (1, 1, 0.5)
-    assert (week.true_negative, week.false_positive, week.specificity) == (1, 0, 1.0)
-    assert (week.melanomas_not_assessed, week.non_melanomas_not_assessed) == (1, 1)
+    week = report.rows[(LAST_WEEK, world.clinic_a.pk)].outcomes
+    assert (week.melanoma_caught, week.melanoma_missed, week.melanoma_sensitivity) == (1, 1, 0.5)
+    assert (week.benign_cleared, week.benign_flagged, week.specificity) == (1, 0, 1.0)
+    assert (week.melanomas_not_assessed, week.benign_not_assessed) == (1, 1)
     # the page says how many were left out and why
     client.force_login(world.admin)
     page = client.get(reverse("admin:cases_monitoring") + "?weeks=3").content.decode()
     assert "50.0% (1/2)" in page
-    # under both rates, in clinic A's row and the pooled one
-    assert page.count("1 could not be assessed (sent to review; not counted)") == 4
+    # under the melanoma and malignant sensitivities and the specificity, in clinic A's row and the pooled one
+    assert page.count("1 could not be assessed (sent to review; not counted)") == 6
+    assert "2 the model could not assess at any visit (1 malignant, 1 benign)" in page
     # the plot's counts are those of the assessed lesions
     figures = []
     monkeypatch.setattr(drift_plots, "_png", lambda fig: figures.append(fig) or b"")
     drift_plots.render("performance", report)
     (fig,) = figures
     labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
-    assert "Clinic A (n=2)" in labels
+    assert "Clinic A (n=2)" in labels and "Clinic A (n=1)" in labels  # 2 melanomas (malignant), 1 benign
+
+
+def test_reviews_of_lesions_the_model_could_not_assess_are_not_agreement(world, model_version, client):
+    """Agreement "with the AI flag" needs a call of the model: a review whose lesion only had
+    images the model could not assess (sent on a forced flag) is counted apart."""
+    forced = Lesion.objects.create(case=world.case_a, anatomic_site="posterior torso")
+    scored_images(forced, when=at(LAST_WEEK), version=model_version, probabilities=[0.9], flagged=[True],
+                  assessable=[False])
+    judged = Lesion.objects.create(case=world.case_a, anatomic_site="posterior torso")
+    scored_images(judged, when=at(LAST_WEEK), version=model_version, probabilities=[0.9], flagged=[True])
+    # a score made after the review (a re-score) is not what the review agreed with
+    late = Lesion.objects.create(case=world.case_a, anatomic_site="head/neck")
+    (late_image,) = scored_images(late, when=at(LAST_WEEK), version=model_version, probabilities=[0.9],
+                                  flagged=[True], assessable=[False])
+    Prediction.objects.create(image=late_image, model_version=model_version, context_revision=1, status="done",
+                              melanoma_probability=0.9, malignancy_score=0.9, flagged=True,
+                              finished_at=at(LAST_WEEK, 18))
+    for lesion, agreement in ((forced, "disagree"), (judged, "agree"), (late, "disagree")):
+        review = Review.objects.create(lesion=lesion, reviewer=world.derm, agreement=agreement,
+                                       final_diagnosis="nevus", management="reassure")
+        Review.objects.filter(pk=review.pk).update(created_at=at(LAST_WEEK, 15))
+    report = drift.monitoring_report([world.clinic_a], today=TODAY, weeks=3)
+    week = report.rows[(LAST_WEEK, world.clinic_a.pk)]
+    assert (week.reviews, week.agreed, week.agreement_rate, week.reviews_not_assessed) == (1, 1, 1.0, 2)
+    assert report.reviews_set_apart() == 2
+    client.force_login(world.admin)
+    page = client.get(reverse("admin:cases_monitoring") + "?weeks=3").content.decode()
+    assert "100.0% (1/1)" in page and "2 of lesions the model could not assess (not counted)" in page
