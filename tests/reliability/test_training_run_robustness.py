@@ -21,6 +21,7 @@ from audit.models import AuditEvent
 from classifier import registry, retraining
 from classifier.models import ModelVersion
 from mlcore.artifact import CARD_FILE, MODEL_FILE
+from tests.support.training_runs import data_here  # noqa: F401  (a fixture)
 
 
 def write_artifact(model_dir: Path, version: str) -> Path:
@@ -35,12 +36,8 @@ def write_artifact(model_dir: Path, version: str) -> Path:
 
 
 @pytest.fixture
-def run_settings(settings, tmp_path):
-    """Data, models and cache under tmp_path; models kept on this host only."""
-    (tmp_path / "data" / "ham10000").mkdir(parents=True)
-    settings.SECONDLOOK_DATA_DIR = tmp_path / "data"
-    settings.SECONDLOOK_MODELS_ROOT = tmp_path / "models"
-    settings.SECONDLOOK_CACHE_DIR = tmp_path / "cache"
+def run_settings(settings, data_here):
+    """Data, models and cache under tmp_path (`data_here`); models kept on this host only."""
     settings.SECONDLOOK_MODELS_IN_STORAGE = False
     return settings
 
