@@ -101,6 +101,16 @@ def _throttled_instead(exc: exceptions.APIException, context: dict) -> exception
     return exc
 
 
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether the database refused a duplicate (SQLSTATE 23505 on PostgreSQL; SQLite says so in
+    its message), as two concurrent writes of one number or identifier do."""
+    cause = exc.__cause__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    if code:
+        return code == "23505"
+    return str(exc).startswith("UNIQUE constraint failed")
+
+
 def exception_handler(exc, context):
     """DRF's handler, plus: a refused token counts against the address's anonymous rate (429 over
     it); a model constraint refusal is a 400; a queue conflict, a change to a closed case, a retry
@@ -113,8 +123,9 @@ def exception_handler(exc, context):
         exc = Conflict(" ".join(exc.messages))
     elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(field_errors(exc))
-    elif isinstance(exc, IntegrityError):
-        # the checks passed but the database refused: a concurrent write; logged, in case it is a bug
+    elif isinstance(exc, IntegrityError) and _is_unique_violation(exc):
+        # the checks passed but the database refused a duplicate: a concurrent write; logged, in case
+        # it is a bug (any other refusal, NOT NULL or CHECK, is a bug and stays a 500)
         log.warning("a write was refused by the database; answered 409", exc_info=exc)
         exc = Conflict(CONCURRENT_WRITE)
     elif isinstance(exc, SuspiciousOperation):  # too many files or fields, a body too large

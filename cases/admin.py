@@ -1,7 +1,7 @@
 """Django admin for the clinical records; the audit log is read-only."""
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.core.exceptions import ImproperlyConfigured
@@ -15,6 +15,7 @@ from cases.access import clinic_of
 from cases.monitoring import RECENT_DAYS, assessment_rates
 from cases.rescoring import disagreement_count, rescore_preview, scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
+from classifier.lifecycle import LifecycleError
 from classifier.models import ModelVersion, RescoreJob
 from cases.models import (Case, Clinic, ClinicMembership, Lesion, LesionImage, Outcome, Patient, PatientLesion,
                           Prediction, Review)
@@ -232,7 +233,12 @@ class LesionImageAdmin(ClinicalAdmin):
 
     @admin.action(description="Re-score with the active model (earlier predictions are kept)", permissions=["change"])
     def rescore_with_active_model(self, request, queryset):
-        job = start_rescore(user=request.user, request=request, image_ids=list(queryset.values_list("pk", flat=True)))
+        try:
+            job = start_rescore(user=request.user, request=request,
+                                image_ids=list(queryset.values_list("pk", flat=True)))
+        except LifecycleError as exc:  # no active version, or it changed while the job was being set up
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return
         self.message_user(request, f"Re-scoring {len(job.image_ids)} image(s) with {job.model_version.version} "
                                    "in the background.")
 

@@ -33,7 +33,7 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   is the one made in practice: each image's FIRST finished score (never a later re-score, which
   may come from a version trained on these very outcomes), at the earliest visit where the model
   could assess an image; flagged when any of that visit's assessable images was flagged. It counts
-  under the week of that visit's first scored upload. Truth groups: melanoma, malignant (melanoma,
+  under the week of that visit's first upload. Truth groups: melanoma, malignant (melanoma,
   basal cell carcinoma, squamous cell carcinoma, actinic keratosis: the classes of the malignancy
   score, mlcore.labels.MALIGNANT_CLASSES) and benign (the other classes). Melanoma sensitivity and
   malignant sensitivity count flagged / all; specificity counts benign lesions not flagged / all

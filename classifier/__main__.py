@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from mlcore import options
-    from mlcore.inference import predict_images
+    from mlcore.inference import NonFiniteOutputError, predict_images
     from mlcore.model_store import ModelLoadError, load_model
     from mlcore.preprocess import ImageDecodeError, decode_image
 
@@ -171,9 +171,16 @@ def main(argv=None) -> int:
                 except (ImageDecodeError, OSError) as exc:
                     errors += 1
                     print(f"error: {f}: {exc}", file=sys.stderr)
-            for name, pred in zip(names, predict_images(model, imgs, batch_size=args.batch_size,
-                                                                contexts=[context] * len(imgs))):
-                w.writerow(prediction_row(name, pred))
+            try:
+                preds = predict_images(model, imgs, batch_size=args.batch_size, contexts=[context] * len(imgs))
+            except NonFiniteOutputError as exc:  # those images fail in words; their batch mates are written
+                preds = exc.results
+                for index, reason in exc.reasons.items():
+                    errors += 1
+                    print(f"error: {names[index]}: {reason}", file=sys.stderr)
+            for name, pred in zip(names, preds):
+                if pred is not None:
+                    w.writerow(prediction_row(name, pred))
     finally:
         if args.csv:
             fh.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import log as audit_log
@@ -122,16 +122,21 @@ def ensure_default_registered() -> ModelVersion:
     if active is not None:
         return active
     version = register_artifact(settings.SECONDLOOK_MODEL_DIR, notes="Shipped default model, registered on first start.")
-    with transaction.atomic():
-        # another process may have activated a version since the check above: it stays active
-        meanwhile = ModelVersion.objects.select_for_update().filter(status=ModelVersion.Status.ACTIVE).first()
-        if meanwhile is not None:
-            return meanwhile
-        activate(version)
-        audit_log.record(action="activate", obj=version, actor=None, old={"active": None},
-                         new={"active": version.version, "sha256": version.sha256,
-                              "reason": "no version was active: the shipped default model was registered and "
-                                        "activated on first start"})
+    try:
+        with transaction.atomic():
+            # another process may have activated a version since the check above: it stays active
+            meanwhile = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
+            if meanwhile is not None:
+                return meanwhile
+            activate(version)
+            audit_log.record(action="activate", obj=version, actor=None, old={"active": None},
+                             new={"active": version.version, "sha256": version.sha256,
+                                  "reason": "no version was active: the shipped default model was registered and "
+                                            "activated on first start"})
+    except IntegrityError:
+        # with no active row there is nothing to lock: two first starts at once both get here, and
+        # the one-active-version constraint lets one win; the other answers with the winner
+        return ModelVersion.objects.get(status=ModelVersion.Status.ACTIVE)
     return version
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,16 +174,20 @@ def run_training(*, version_id: int, redelivered: bool = False, heartbeat_s: flo
     While it runs, a heartbeat thread stamps its progress every ``heartbeat_s`` seconds, so that
     the stale-run sweep leaves long silent steps alone."""
     if not _claim(version_id):
-        return _not_claimed(version_id, redelivered=redelivered)
+        return _not_claimed(version_id, redelivered=redelivered, heartbeat_s=heartbeat_s)
     with heartbeat(version_id, every_s=heartbeat_s):
         return _run_claimed(version_id)
 
 
-def _not_claimed(version_id: int, *, redelivered: bool) -> str:
+def _not_claimed(version_id: int, *, redelivered: bool, heartbeat_s: float = HEARTBEAT_S) -> str:
     """A delivery of a run that was cancelled before it started, already ran, or is running."""
-    # an earlier failure (its real reason) stays; a finished run is never touched
-    if redelivered and _end_failed(version_id, WORKER_LOST, keep_earlier_failure=True,
-                                   by="the training task, redelivered", started=True):
+    # A redelivery usually means the worker died (the broker requeues a late-acknowledged task whose
+    # process was killed), but a broker connection blip also redelivers while the first worker still
+    # trains: only a heartbeat that stops moving for two beats proves the run is gone.
+    # An earlier failure (its real reason) stays; a finished run is never touched.
+    if (redelivered and not _heartbeat_moves(version_id, within_s=2 * heartbeat_s)
+            and _end_failed(version_id, WORKER_LOST, keep_earlier_failure=True,
+                            by="the training task, redelivered", started=True)):
         return "worker lost"
     version = ModelVersion.objects.filter(pk=version_id).first()
     if version is None:
@@ -371,6 +376,24 @@ def stamp_heartbeat(version_id: int, *, now=None) -> bool:
     stamped = dict(progress, updated_at=(now or timezone.now()).isoformat())
     return bool(ModelVersion.objects.filter(_progress_stamp_is(progress.get("updated_at")), pk=version_id,
                                             status=ModelVersion.Status.TRAINING).update(progress=stamped))
+
+
+def _heartbeat_moves(version_id: int, *, within_s: float, poll_s: float = 5.0) -> bool:
+    """Whether a training run's progress stamp changes within ``within_s`` seconds (its worker is
+    alive); False at once for a run that is not training."""
+    def stamp() -> tuple[bool, str | None]:
+        row = ModelVersion.objects.filter(pk=version_id).values_list("status", "progress").first()
+        return (row is not None and row[0] == ModelVersion.Status.TRAINING,
+                (row[1] or {}).get("updated_at") if row else None)
+
+    training, first = stamp()
+    deadline = time.monotonic() + within_s
+    while training and time.monotonic() < deadline:
+        time.sleep(max(0.0, min(poll_s, within_s / 4, deadline - time.monotonic())))
+        training, now = stamp()
+        if now != first:
+            return training
+    return False
 
 
 def _progress_stamp_is(updated_at: str | None) -> Q:

@@ -41,6 +41,24 @@ def test_a_write_the_database_refused_is_a_409_that_says_so_and_is_logged(caplog
     assert "refused by the database" in caplog.text and "UNIQUE constraint failed" in caplog.text
 
 
+def test_only_a_duplicate_is_a_409_another_database_refusal_stays_an_error():
+    """A NOT NULL or CHECK refusal is a bug, not a concurrent write: it must not tell the client to
+    retry (DRF's handler returns None for it, and Django answers 500)."""
+    assert _handled(IntegrityError("NOT NULL constraint failed: cases_lesion.site")) is None
+    assert _handled(IntegrityError("CHECK constraint failed: lesion_review_needs_flag")) is None
+
+    class PgError(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    for sqlstate, status in (("23505", 409), ("23514", None)):
+        exc = IntegrityError("refused")
+        exc.__cause__ = PgError(sqlstate)
+        response = _handled(exc)
+        assert (response.status_code if response is not None else None) == status
+
+
 def test_retrying_a_re_score_of_a_version_no_longer_active_is_a_409_and_changes_nothing(api, world):
     image = make_image(world)
     score_image(image, ModelVersion.objects.get())  # the upload's score, still in force

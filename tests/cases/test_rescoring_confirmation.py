@@ -179,3 +179,22 @@ def test_the_confirmation_page_needs_the_change_permission(client, world, model_
     assert client.get(CONFIRM).status_code == 403
     assert client.post(RESCORE).status_code == 403
     assert not RescoreJob.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_image_list_action_shows_a_refusal_in_words_not_a_500(world, model_version, client, monkeypatch):
+    """The image list's "re-score selected" action: a refusal of the service (the active version
+    changed meanwhile) is a message on the list, and nothing is queued."""
+    image = _images(world, 1)[0]
+
+    def refused(**_):
+        raise RescoreRefused("The active version changed while the job was being set up; nothing was queued.")
+
+    monkeypatch.setattr("cases.admin.start_rescore", refused)
+    client.force_login(world.admin)
+    response = client.post("/admin/cases/lesionimage/", {"action": "rescore_with_active_model",
+                                                         "_selected_action": [image.pk]}, follow=True)
+    assert response.status_code == 200
+    assert any("The active version changed" in str(m) and m.level_tag == "error"
+               for m in response.context["messages"])
+    assert not RescoreJob.objects.exists()

@@ -304,17 +304,29 @@ def test_a_redelivered_run_that_had_started_ends_failed_at_once_saying_the_worke
     run = new_run(started_at=timezone.now(), progress={"phase": "epoch 2", "updated_at": timezone.now().isoformat()})
     assert retraining.run_training(version_id=run.pk) == "already started"  # a duplicate, not a redelivery
     assert ModelVersion.objects.get(pk=run.pk).status == "training"
-    assert retraining.run_training(version_id=run.pk, redelivered=True) == "worker lost"
+    assert retraining.run_training(version_id=run.pk, redelivered=True, heartbeat_s=0.05) == "worker lost"
     run.refresh_from_db()
     assert run.status == "failed" and run.error == retraining.WORKER_LOST and run.finished_at
     assert outcome_events(run)[-1]["error"] == retraining.WORKER_LOST
     # idempotent, and an earlier real reason or a finished run is never replaced
     ModelVersion.objects.filter(pk=run.pk).update(error="OSError: disk full")
-    assert retraining.run_training(version_id=run.pk, redelivered=True) == "already started"
+    assert retraining.run_training(version_id=run.pk, redelivered=True, heartbeat_s=0.05) == "already started"
     assert ModelVersion.objects.get(pk=run.pk).error == "OSError: disk full"
     ModelVersion.objects.filter(pk=run.pk).update(status="ready", error="")
     assert retraining.run_training(version_id=run.pk, redelivered=True) == "already started"
     assert ModelVersion.objects.get(pk=run.pk).status == "ready"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redelivery_while_the_first_worker_still_beats_leaves_the_run_alone(run_settings, monkeypatch):
+    """A broker connection blip redelivers a late-acknowledged task whose worker still trains: its
+    heartbeat keeps moving, so the run is not failed as "worker lost"."""
+    monkeypatch.setattr(retraining, "train", lambda *a, **k: pytest.fail("a run was trained twice"))
+    run = new_run(started_at=timezone.now(), progress={"phase": "epoch 2", "updated_at": timezone.now().isoformat()})
+    with retraining.heartbeat(run.pk, every_s=0.05):
+        assert retraining.run_training(version_id=run.pk, redelivered=True, heartbeat_s=0.5) == "already started"
+    run.refresh_from_db()
+    assert run.status == "training" and run.error == ""
 
 
 @pytest.mark.django_db
