@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from api.models import ApiToken
 from audit import log as audit_log
@@ -12,10 +14,11 @@ from cases.admin import in_own_clinic
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "user", "state", "created_at", "created_by", "expires_at", "last_used_at"]
-    list_filter = ["revoked_at"]
+    list_display = ["prefix", "name", "user", "state", "read_only", "created_at", "created_by", "expires_at",
+                    "last_used_at"]
+    list_filter = ["read_only", "revoked_at"]
     search_fields = ["name", "prefix", "user__username"]
-    readonly_fields = ["prefix", "created_by", "created_at", "revoked_at", "last_used_at"]
+    readonly_fields = ["prefix", "created_by", "created_at", "revoked_at", "last_used_at", "audit_trail"]
     actions = ["revoke"]
 
     def get_queryset(self, request):
@@ -30,7 +33,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return field
 
     def get_fields(self, request, obj=None):
-        return ["user", "name", "expires_at"] if obj is None else ["user", "name", "expires_at", *self.readonly_fields]
+        editable = ["user", "name", "read_only", "expires_at"]
+        return editable if obj is None else [*editable, *self.readonly_fields]
 
     def get_readonly_fields(self, request, obj=None):
         # a token's owner never changes: issue a new token instead
@@ -40,18 +44,24 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def state(self, token: ApiToken) -> str:
         return token.state
 
+    @admin.display(description="audit trail")
+    def audit_trail(self, token: ApiToken) -> str:
+        """The audit events of calls made with this token (the trail records the token's id)."""
+        url = reverse("admin:audit_auditevent_changelist") + f"?api_token_id={token.pk}"
+        return format_html('<a href="{}">Events recorded with this token</a>', url)
+
     def save_model(self, request, obj: ApiToken, form, change) -> None:
         if change:
-            old = audit_log.snapshot(ApiToken.objects.get(pk=obj.pk), ("name", "expires_at"))
+            old = audit_log.snapshot(ApiToken.objects.get(pk=obj.pk), ("name", "read_only", "expires_at"))
             super().save_model(request, obj, form, change)
             audit_log.record(action="update", obj=obj, request=request, old=old,
-                             new=audit_log.snapshot(obj, ("name", "expires_at")))
+                             new=audit_log.snapshot(obj, ("name", "read_only", "expires_at")))
             return
         key = obj.issue()
         obj.created_by = request.user
         super().save_model(request, obj, form, change)
         audit_log.record(action="create", obj=obj, request=request,
-                         new=audit_log.snapshot(obj, ("user", "name", "prefix", "expires_at")))
+                         new=audit_log.snapshot(obj, ("user", "name", "prefix", "read_only", "expires_at")))
         messages.warning(request, f"The new token for {obj.user} is {key} — copy it now: it is not shown again.")
 
     def has_delete_permission(self, request, obj=None) -> bool:

@@ -33,6 +33,9 @@ class ApiToken(models.Model):
                                    related_name="+", editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Leave empty for no expiry.")
+    read_only = models.BooleanField(
+        default=False, verbose_name="read only",
+        help_text="The token may only read (GET): for an integration that pulls results and must never write.")
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 

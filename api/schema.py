@@ -11,7 +11,10 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "Authorization",
-                "description": "`Token <key>`: a key issued by an admin (Admin → API tokens)."}
+                "description": "`Token <key>`: a key issued by an admin (Admin → API tokens). A token issued "
+                               "*read only* may use GET, HEAD and OPTIONS only: any other method answers 403 "
+                               "(\"This API token is read-only: …\") and changes nothing. Every call made with "
+                               "a token is attributed to that token in the audit trail."}
 
 
 class StrictUploadInputErrors(OpenApiSerializerExtension):
@@ -44,8 +47,10 @@ COMMON_ERRORS = {
     "404": ("No such object in your scope (another clinic's records are never confirmed), or no such page.", ERROR),
     "429": ("Rate limit reached; retry after the Retry-After header's seconds.", ERROR),
 }
-# any write can clash with a concurrent one (the database refuses it; nothing is saved)
+# any write is refused to a read-only token (403), and can clash with a concurrent one (409: the
+# database refuses it; nothing is saved)
 WRITE_ERRORS = {
+    "403": ("Authenticated, but this role may not do this, or the token is read-only.", ERROR),
     "409": ("The records' state does not allow this, or a write made at the same moment clashed with it; "
             "nothing was saved.", ERROR),
 }

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
+from api.permissions import TokenScope
 from api.schema import upload_refused
 from api.throttling import ScopedRateThrottle
 from audit import log as audit_log
@@ -168,7 +169,8 @@ class PatientViewSet(mixins.CreateModelMixin, ReadViewSet):
     """Patients of the user's clinic (clinicians), of cases they review (dermatologists), all (admins)."""
 
     serializer_class = s.PatientSerializer
-    permission_classes = [permissions.IsAuthenticated, MayAddPatients]
+    # a read-only token's refusal first: it is refused whatever its user may do
+    permission_classes = [permissions.IsAuthenticated, TokenScope, MayAddPatients]
     queryset = Patient.objects.none()  # the model, for the schema; get_queryset scopes
 
     def get_queryset(self):
@@ -418,7 +420,7 @@ class QueueViewSet(SingleValuedQueryMixin, AuditedListMixin, viewsets.GenericVie
     """Flagged cases waiting for a dermatologist, most suspicious first (claim them at /cases/{id}/claim/)."""
 
     serializer_class = s.QueueEntrySerializer
-    permission_classes = [permissions.IsAuthenticated, IsReviewer]
+    permission_classes = [permissions.IsAuthenticated, TokenScope, IsReviewer]
 
     def get_queryset(self):
         return queue.review_queue()

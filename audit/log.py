@@ -73,17 +73,34 @@ def scope_of(obj: models.Model) -> tuple[int | None, int | None]:
     return scope() if callable(scope) else (None, None)
 
 
-def _fields(*, action: str, obj: models.Model, actor, address: str | None,
+def _fields(*, action: str, obj: models.Model, actor, address: str | None, via: dict[str, Any],
             old: dict[str, Any] | None = None, new: dict[str, Any] | None = None) -> dict[str, Any]:
     """The columns of one event about ``obj``."""
     patient_id, clinic_id = scope_of(obj)
     return dict(actor=actor, actor_username=getattr(actor, "username", "") if actor is not None else "",
                 action=action, object_type=obj._meta.model_name, object_id=str(obj.pk), patient_id=patient_id,
-                clinic_id=clinic_id, old_values=old or {}, new_values=new or {}, ip_address=address)
+                clinic_id=clinic_id, old_values=old or {}, new_values=new or {}, ip_address=address, **via)
 
 
 def _request_user(request: HttpRequest | None):
     return request.user if request is not None and request.user.is_authenticated else None
+
+
+TOKEN_LABEL_LENGTH = AuditEvent._meta.get_field("api_token_label").max_length
+
+
+def request_token(request: HttpRequest | None) -> dict[str, Any]:
+    """The ``api_token_id``/``api_token_label`` columns: the API token the request was authenticated
+    by (REST framework puts it in ``request.auth``, on its request and on Django's), or empty ones for
+    a web session or the system. Read by duck typing (this app imports no other): a token is an
+    object with a primary key and a non-secret ``prefix``; only that prefix and its ``name`` are kept."""
+    token = getattr(request, "auth", None)
+    prefix = getattr(token, "prefix", None)
+    if getattr(token, "pk", None) is None or not isinstance(prefix, str) or not prefix:
+        return {"api_token_id": None, "api_token_label": ""}
+    name = getattr(token, "name", "") or ""
+    label = f"{prefix}… ({name})" if name else f"{prefix}…"
+    return {"api_token_id": token.pk, "api_token_label": label[:TOKEN_LABEL_LENGTH]}
 
 
 def record(
@@ -98,13 +115,14 @@ def record(
     """Append one event. ``actor`` defaults to the request's user; None means the system (a worker)."""
     actor = actor if actor is not None else _request_user(request)
     return AuditEvent.objects.create(**_fields(action=action, obj=obj, actor=actor, address=client_ip(request),
-                                               old=old, new=new))
+                                               via=request_token(request), old=old, new=new))
 
 
 def record_many(*, action: str, objs: Iterable[models.Model], request: HttpRequest | None = None,
                 new: dict[str, Any] | None = None) -> list[AuditEvent]:
     """One event per object, written in one INSERT: what a list call disclosed, record by record,
     so that "who saw this patient" finds it as it finds an opened page."""
-    actor, address = _request_user(request), client_ip(request)
+    actor, address, via = _request_user(request), client_ip(request), request_token(request)
     return AuditEvent.objects.bulk_create(
-        [AuditEvent(**_fields(action=action, obj=obj, actor=actor, address=address, new=new)) for obj in objs])
+        [AuditEvent(**_fields(action=action, obj=obj, actor=actor, address=address, via=via, new=new))
+         for obj in objs])

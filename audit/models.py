@@ -43,7 +43,9 @@ class AuditEvent(models.Model):
     """Who did what to which record, when, from where. Append-only.
 
     The patient and clinic are kept as plain ids (no foreign key): audit rows must outlive the
-    records they describe, and this app knows nothing of the clinical models."""
+    records they describe, and this app knows nothing of the clinical models. So is the API token a
+    call was authenticated by (its id, and its non-secret prefix and name as they were): empty for
+    web sessions and the system."""
 
     Action = AuditAction
 
@@ -58,6 +60,10 @@ class AuditEvent(models.Model):
     old_values = models.JSONField(default=dict, blank=True)
     new_values = models.JSONField(default=dict, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
+    api_token_id = models.BigIntegerField(null=True, blank=True, db_index=True,
+                                          help_text="The API token the request was authenticated by, if any.")
+    api_token_label = models.CharField(max_length=130, blank=True,
+                                       help_text="That token's prefix and name (never its secret).")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     objects = AppendOnlyQuerySet.as_manager()

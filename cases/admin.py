@@ -305,6 +305,24 @@ class AuditClinicFilter(admin.SimpleListFilter):
         return queryset.filter(clinic_id=self.value()) if self.value() else queryset
 
 
+class AuditTokenFilter(admin.SimpleListFilter):
+    """Calls made with an API token, apart from web sessions and the system (the token's own events:
+    its change page's "audit trail" link, or a search by its prefix)."""
+
+    title = "via API token"
+    parameter_name = "via_token"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Via an API token"), ("no", "Not via a token (web session or system)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(api_token_id__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(api_token_id__isnull=True)
+        return queryset
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only: the trail can be browsed and filtered, never edited or deleted.
@@ -312,9 +330,10 @@ class AuditEventAdmin(admin.ModelAdmin):
     Registered here, not in ``audit``, because showing patient identifiers and clinic names needs
     the clinical records."""
 
-    list_display = ["created_at", "actor_username", "action", "object_type", "object_id", "patient", "clinic", "ip_address"]
-    list_filter = ["action", "object_type", AuditClinicFilter, "created_at"]
-    search_fields = ["actor_username", "object_id"]
+    list_display = ["created_at", "actor_username", "action", "object_type", "object_id", "patient", "clinic", "ip_address",
+                    "via_token"]
+    list_filter = ["action", "object_type", AuditClinicFilter, AuditTokenFilter, "created_at"]
+    search_fields = ["actor_username", "object_id", "api_token_label"]
     date_hierarchy = "created_at"
 
     @admin.display(description="patient")
@@ -324,6 +343,11 @@ class AuditEventAdmin(admin.ModelAdmin):
     @admin.display(description="clinic")
     def clinic(self, event: AuditEvent) -> str:
         return Clinic.objects.filter(pk=event.clinic_id).values_list("name", flat=True).first() or ""
+
+    @admin.display(description="via token", ordering="api_token_id")
+    def via_token(self, event: AuditEvent) -> str:
+        """The API token the call was made with (id, prefix and name), empty for a web session or the system."""
+        return f"#{event.api_token_id} {event.api_token_label}" if event.api_token_id is not None else ""
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)

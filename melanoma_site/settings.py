@@ -363,7 +363,7 @@ REST_FRAMEWORK = {
         "api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",  # the docs page's "Try it out"
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "api.permissions.TokenScope"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": LIST_PAGE_SIZE,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

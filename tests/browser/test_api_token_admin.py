@@ -1,5 +1,6 @@
-"""An admin issues an API token and revokes it, by clicking in the admin; the key works in between
-(against the live server) and the docs page of the API renders from local assets."""
+"""An admin issues a read-only API token and revokes it, by clicking in the admin; the key reads but
+may not write in between (against the live server), and the docs page of the API renders from local
+assets."""
 from __future__ import annotations
 
 import re
@@ -30,14 +31,27 @@ def test_admin_issues_and_revokes_a_token(live_server, browser_page, artifacts_d
     page.get_by_role("link", name="Add API token").click()
     page.get_by_label("User").select_option(label=clinician.username)
     page.get_by_label("Name").fill("EHR bridge")
+    read_only = page.get_by_label("Read only")
+    expect(read_only).not_to_be_checked()  # a token may write unless the admin says otherwise
+    read_only.click()
+    expect(read_only).to_be_checked()
     page.get_by_role("button", name="Save", exact=True).click()
     message = page.locator(".messagelist").inner_text()
     key = re.search(r"is (sl_\S+) — copy it now", message).group(1)
     page.screenshot(path=str(artifacts_dir / "40-admin-token-issued.png"), full_page=True)
-    assert ApiToken.objects.get().key_hash != key
+    token = ApiToken.objects.get()
+    assert token.key_hash != key and token.read_only is True
+    row = page.locator("#result_list tbody tr", has_text="EHR bridge")
+    expect(page.locator("#result_list thead")).to_contain_text("Read only")
+    expect(row.locator("td.field-read_only img")).to_have_attribute("alt", "True")
 
     me = requests.get(f"{base}/api/v1/me/", headers={"Authorization": f"Token {key}"}, timeout=10)
     assert me.status_code == 200 and me.json()["name"] == "Ada Api"
+    write = requests.post(f"{base}/api/v1/patients/", json={"identifier": "RO-1", "birth_year": 1990, "sex": "male"},
+                          headers={"Authorization": f"Token {key}"}, timeout=10)
+    assert write.status_code == 403
+    assert write.json()["detail"] == ("This API token is read-only: it can read results but not create or change "
+                                      "records.")
 
     page.goto(f"{base}/admin/api/apitoken/")
     page.locator("input[name=_selected_action]").first.check()
