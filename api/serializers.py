@@ -139,8 +139,9 @@ class PredictionSerializer(serializers.ModelSerializer):
         fields = ["id", "image", "lesion", "case", "status", "melanoma_probability", "malignancy_score",
                   "melanoma_threshold", "malignancy_threshold", "flagged", "flag_reasons", "assessable",
                   "assessment_notes", "assessment", "prediction_set", "class_probabilities", "error", "attempts",
-                  "model_version", "created_at", "finished_at", "context_revision", "reason", "is_current"]
-        read_only_fields = ["context_revision", "reason"]
+                  "model_version", "model_card_sha256", "created_at", "finished_at", "context_revision", "reason",
+                  "is_current"]
+        read_only_fields = ["model_card_sha256", "context_revision", "reason"]
         extra_kwargs = {
             **{name: {"allow_null": True, "help_text": NOT_ASSESSABLE_HELP} for name in UNRELIABLE_WHEN_NOT_ASSESSABLE},
             "context_revision": {"help_text": "0 for a model version's first score of the image; a correction of the "

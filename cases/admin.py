@@ -274,7 +274,7 @@ class PredictionAdmin(ReadOnlyAdmin):
     raw_id_fields = ["image"]
     readonly_fields = ["class_probabilities", "flag_reasons", "inference_ms", "heatmap_file", "created_at", "started_at",
                        "finished_at", "enqueued_at", "attempts", "assessable", "assessment_notes", "assessment",
-                       "prediction_set"]
+                       "prediction_set", "model_card_sha256"]
 
     @admin.display(description="Grad-CAM heatmap")
     def heatmap_file(self, prediction: Prediction):

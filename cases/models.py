@@ -404,6 +404,11 @@ class Prediction(models.Model):
 
     image = models.ForeignKey(LesionImage, on_delete=models.CASCADE, related_name="predictions")
     model_version = models.ForeignKey("classifier.ModelVersion", on_delete=models.PROTECT, related_name="predictions")
+    model_card_sha256 = models.CharField(
+        max_length=64, blank=True,
+        help_text="sha256 of the model card (model_card.json) the score was made with: a version's card re-assessed "
+                  "in place (image checks, out-of-domain threshold, prediction-set floor) gives another one. Empty "
+                  "until scored, and for scores made before it was recorded.")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING, db_index=True)
     class_probabilities = models.JSONField(default=dict, blank=True)
     melanoma_probability = models.FloatField(null=True, blank=True)

@@ -385,7 +385,8 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
             continue
         try:
             heatmap = _heatmap_png(model, pixels)
-            what = _store_result(pred, started, results[i], heatmap)
+            what = _store_result(pred, started, results[i], heatmap,
+                                 card_sha256=getattr(model, "card_sha256", ""))
         except TRANSIENT_ERRORS:
             raise  # the task retries and resumes its own running rows
         except Exception as exc:  # a time limit, a full disk, a value the database refuses
@@ -418,8 +419,10 @@ def _heatmap_png(model, pixels) -> bytes | None:
         return None
 
 
-def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | None) -> str:
-    """running → done with the scores; flags the lesion. The heatmap file is removed if this loses."""
+def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | None, *,
+                  card_sha256: str = "") -> str:
+    """running → done with the scores and the sha256 of the model card they were made with (its image
+    checks may be re-assessed in place); flags the lesion. The heatmap file is removed if this loses."""
     assessable, notes = assessment_of(result, prediction.image)
     if assessable:
         flagged, reasons = _flags(result, prediction.model_version)
@@ -451,6 +454,7 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
                 prediction_set=getattr(result, "prediction_set", None),
                 heatmap=heatmap_name,
                 review_disagreement=disagreement,
+                model_card_sha256=card_sha256,
             )
             if not stored:
                 raise _Superseded

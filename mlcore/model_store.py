@@ -31,6 +31,9 @@ class LoadedModel:
     card: dict
     keras_model: object = field(repr=False)
     sha256: str = ""
+    # sha256 of the model_card.json it was loaded from: a card re-assessed in place (new image
+    # checks, same model.keras) gives another one, recorded with each prediction for the audit
+    card_sha256: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _runner: object = field(default=None, repr=False)
     _gradcam_fns: dict = field(default_factory=dict, repr=False, compare=False)  # mlcore.explain
@@ -200,12 +203,27 @@ def keras_file_has_feature_layer(model_file: Path) -> bool:
     return has_it(config) or any(name(m).startswith(MEMBER_PREFIX) and has_it(m) for m in layers(config))
 
 
-def load_model(model_dir: Path) -> LoadedModel:
+def _card_sha256(model_dir: Path) -> str:
+    try:
+        return sha256_file(model_dir / CARD_FILE)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {model_dir / CARD_FILE}: {exc}") from exc
+
+
+def load_model(model_dir: Path, *, card_sha256: str | None = None) -> LoadedModel:
     """Read model_card.json, verify sha256 of model.keras, load the Keras model (TF imported here).
     Refuses (ModelLoadError) a SECONDLOOK_TTA override the card was not fitted with
-    (`check_tta_override`) and a card whose out-of-domain detector cannot be built."""
+    (`check_tta_override`) and a card whose out-of-domain detector cannot be built.
+    ``card_sha256``: the card's sha256 when the caller has just computed it (`get_model`); the
+    loaded model carries it, checked against the card file once read, so that it names the card
+    the model was loaded with (a card rewritten meanwhile is refused: loading it again is safe)."""
     model_dir = Path(model_dir).expanduser().resolve()
+    if card_sha256 is None:
+        card_sha256 = _card_sha256(model_dir)
     card = _read_card(model_dir)
+    if _card_sha256(model_dir) != card_sha256:
+        raise ModelLoadError(f"{model_dir / CARD_FILE} was rewritten while the model was loaded "
+                             "(re-assessed meanwhile?): load it again")
     check_tta_override(card, model_dir)
     mpath = model_dir / card.get("model_file", MODEL_FILE)
     if not mpath.is_file():
@@ -221,7 +239,8 @@ def load_model(model_dir: Path) -> LoadedModel:
         km = load_keras_model(mpath)
     except Exception as exc:
         raise ModelLoadError(f"cannot load {mpath}: {exc}") from exc
-    loaded = LoadedModel(model_dir=model_dir, card=card, keras_model=km, sha256=sha)
+    loaded = LoadedModel(model_dir=model_dir, card=card, keras_model=km, sha256=sha,
+                         card_sha256=card_sha256)
     try:
         loaded.clinical  # noqa: B018 - parse (and cache) it now, so a bad card fails at load time
     except (KeyError, TypeError, ValueError) as exc:
@@ -243,15 +262,12 @@ def get_model(model_dir: Path | None = None) -> LoadedModel:
     unchanged) is loaded again."""
     model_dir = Path(model_dir or default_model_dir()).expanduser().resolve()
     card = _read_card(model_dir)
-    try:
-        card_sha = sha256_file(model_dir / CARD_FILE)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {model_dir / CARD_FILE}: {exc}") from exc
+    card_sha = _card_sha256(model_dir)
     key = (str(model_dir), str(card["model_sha256"]), card_sha)
     with _CACHE_LOCK:
         m = _CACHE.get(key)
         if m is None:
-            m = load_model(model_dir)
+            m = load_model(model_dir, card_sha256=card_sha)
             for k in [k for k in _CACHE if k[0] == key[0]]:
                 del _CACHE[k]
             _CACHE[key] = m
