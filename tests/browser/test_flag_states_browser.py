@@ -142,3 +142,47 @@ def test_the_heatmap_toggle_keeps_its_label_and_says_its_state(live_server, brow
     toggle.click()
     expect(toggle).to_have_attribute("aria-pressed", "false")
     expect(page.locator("#result-img")).to_have_attribute("src", f"/images/{image.pk}/file/")
+
+
+def test_a_failed_visit_on_the_timeline_links_to_its_case_page(live_server, browser_page, artifacts_dir):
+    from playwright.sync_api import expect
+
+    page, base = browser_page, live_server.url
+    user, patient = _clinic_patient()
+    version = _version()
+    case = Case.objects.create(patient=patient, referring_clinician=user, clinical_question="Failed scoring")
+    lesion = Lesion.objects.create(case=case, anatomic_site="posterior torso")
+    Prediction.objects.create(image=_image(lesion, seed=3), model_version=version, status="failed",
+                              error="worker lost", finished_at=timezone.now())
+    lesion.refresh_from_db()
+    log_in(page, base, "fred")
+    page.goto(f"{base}/patients/{patient.pk}/lesions/{lesion.tracked.number}/")
+    failed = page.locator(f"#visit-{lesion.pk}-failed")
+    expect(failed).to_contain_text("Scoring failed")
+    failed.get_by_role("link", name="retry from the case page").click()
+    expect(page).to_have_url(f"{base}/cases/{case.pk}/#lesion-{lesion.pk}")
+    expect(page.locator(f"#lesion-{lesion.pk}")).to_be_visible()
+    page.screenshot(path=str(artifacts_dir / "97-timeline-failed-link.png"), full_page=True)
+
+
+def test_a_dermatologist_claims_a_closed_case_flagged_again_and_it_stays_closed(live_server, browser_page):
+    from playwright.sync_api import expect
+
+    from cases.roles import DERMATOLOGIST
+
+    page, base = browser_page, live_server.url
+    user, patient = _clinic_patient()
+    derm = make_user("dora", "Dora Derm", DERMATOLOGIST, patient.clinic)
+    case = Case.objects.create(patient=patient, referring_clinician=user, clinical_question="Closed, then flagged",
+                               status=Case.Status.CLOSED, closed_at=timezone.now(), closed_by=user)
+    lesion = Lesion.objects.create(case=case, anatomic_site="posterior torso", flagged=True, awaiting_review=True,
+                                   flagged_at=timezone.now())
+    Prediction.objects.create(image=_image(lesion, seed=4), model_version=_version(), status="done",
+                              melanoma_probability=0.7, malignancy_score=0.7, flagged=True, finished_at=timezone.now())
+    log_in(page, base, "dora")
+    page.goto(f"{base}/cases/{case.pk}/")
+    expect(page.locator("main")).to_contain_text("A lesion was flagged after it was closed")
+    page.get_by_role("button", name="Claim for review").click()
+    expect(page.locator(".messages")).to_contain_text("claimed")
+    case.refresh_from_db()
+    assert case.claimed_by == derm and case.status == Case.Status.CLOSED

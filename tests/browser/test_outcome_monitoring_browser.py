@@ -75,3 +75,14 @@ def test_clinician_enters_histopathology_and_admin_sees_the_drift_alert(live_ser
         page.wait_for_function(f"document.getElementById('plot-{name}').complete")
         assert plot.evaluate("img => img.naturalWidth > 0"), f"the {name} plot did not load"
     page.screenshot(path=str(artifacts_dir / "41-admin-monitoring.png"), full_page=True)
+
+    # an earlier version that scored some of last week's images: picked in the version form
+    earlier = ModelVersion.objects.create(version="browser-monitor-v0", status=ModelVersion.Status.RETIRED)
+    weekly_uploads(lesion, monday=this_week - timedelta(weeks=1), version=earlier, count=10, flag_rate=0.5)
+    page.reload()
+    page.get_by_label("Show the scores of").select_option("browser-monitor-v0")
+    page.locator("#version-form").get_by_role("button", name="Show").click()
+    expect(page.locator("#version-coverage")).to_contain_text("browser-monitor-v0 scored")
+    expect(page.get_by_label("Show the scores of")).to_have_value("browser-monitor-v0")
+    for name in ("flag-rate", "psi", "performance"):  # let the plots finish before the server stops
+        page.wait_for_function(f"document.getElementById('plot-{name}').complete")
