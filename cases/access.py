@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from cases.models import Case, Clinic, Lesion, LesionImage, Patient, Prediction, Review
-from cases.roles import CLINICIAN, DERMATOLOGIST, has_role, is_admin
+from cases.roles import CLINICIAN, DERMATOLOGIST, has_role, in_role, is_admin
 
 
 def clinic_of(user) -> Clinic | None:
@@ -24,7 +24,7 @@ def is_clinician(user) -> bool:
 
 def is_reviewer(user) -> bool:
     """Dermatologists and admins work the review queue."""
-    return is_admin(user) or (user.is_authenticated and user.groups.filter(name=DERMATOLOGIST).exists())
+    return is_admin(user) or in_role(user, DERMATOLOGIST)
 
 
 def _case_filter(user) -> Q | None:
@@ -35,9 +35,9 @@ def _case_filter(user) -> Q | None:
     if not user.is_authenticated:
         return scope
     clinic = clinic_of(user)
-    if clinic is not None and user.groups.filter(name=CLINICIAN).exists():
+    if clinic is not None and in_role(user, CLINICIAN):
         scope |= Q(patient__clinic=clinic)
-    if user.groups.filter(name=DERMATOLOGIST).exists():
+    if in_role(user, DERMATOLOGIST):
         in_queue = Exists(Lesion.objects.filter(case=OuterRef("pk"), awaiting_review=True))
         reviewed = Exists(Review.objects.filter(lesion__case=OuterRef("pk"), reviewer=user))
         # the other visits of a lesion under review: the review asks whether it changed since them
@@ -62,7 +62,7 @@ def visible_patients(user) -> QuerySet[Patient]:
         return Patient.objects.select_related("clinic")
     scope = Q(pk__in=visible_cases(user).values("patient_id"))
     clinic = clinic_of(user)
-    if clinic is not None and user.groups.filter(name=CLINICIAN).exists():
+    if clinic is not None and in_role(user, CLINICIAN):
         scope |= Q(clinic=clinic)  # includes patients without any case yet
     return Patient.objects.select_related("clinic").filter(scope)
 

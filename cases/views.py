@@ -302,7 +302,9 @@ def case_status(request: HttpRequest, pk: int) -> JsonResponse:
         items.append({"id": prediction.pk, "image": image.pk, "status": prediction.status,
                       "html": render_to_string("cases/partials/prediction_summary.html", context, request=request)
                       + render_to_string("cases/partials/rescore_note.html", context, request=request)})
-    lesions = list(case.lesions.order_by("pk").only("pk", "flagged", "awaiting_review"))
+    # "case" too: the related manager links each lesion back to ``case`` through its case_id,
+    # which, deferred, would be one query per lesion
+    lesions = list(case.lesions.order_by("pk").only("pk", "case", "flagged", "awaiting_review"))
     # per lesion its review state and the badge's words: a reviewed lesion flagged again by a new
     # image must read "awaiting" at once, not "reviewed" until the page is reloaded
     payload = {"active": active, "predictions": items,
