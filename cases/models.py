@@ -568,6 +568,12 @@ class Outcome(models.Model):
             models.CheckConstraint(condition=~Q(report_reference=""), name="outcome_reference_not_empty"),
             models.CheckConstraint(condition=Q(supersedes__isnull=True) | ~Q(reason=""),
                                    name="outcome_correction_has_reason"),
+            # two clinicians entering a lesion's first result at the same moment (SQLite takes no
+            # row lock): the database keeps one, the other is told to correct it instead
+            models.UniqueConstraint(fields=["lesion"], condition=Q(supersedes__isnull=True),
+                                    name="one_first_outcome_per_lesion",
+                                    violation_error_message="This lesion already has a result: enter a "
+                                                            "correction of it, with the reason."),
         ]
 
     def save(self, *args, **kwargs) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -68,8 +68,17 @@ def record_outcome(*, user, lesion: Lesion, diagnosis: str, diagnosis_date: date
     outcome = Outcome(lesion=lesion, diagnosis=diagnosis, diagnosis_date=diagnosis_date,
                       report_reference=(report_reference or "").strip(), entered_by=user, supersedes=supersedes,
                       reason=reason)
-    outcome.full_clean()
-    outcome.save()
+    try:
+        outcome.full_clean()
+        with transaction.atomic():  # a savepoint: the refusal below leaves the caller's transaction usable
+            outcome.save()
+    except (ValidationError, IntegrityError):
+        # another first result or correction may have been saved since the check above (SQLite takes
+        # no row lock; the unique rules catch it in full_clean or in the database): the same check,
+        # against what is current now, says why in the form's words
+        _check(lesion=lesion, diagnosis_date=diagnosis_date, current=current_outcome(lesion),
+               supersedes=supersedes, reason=reason)
+        raise
     audit_log.record(action="create", obj=outcome, actor=user, request=request,
                      new=audit_log.snapshot(outcome, OUTCOME_FIELDS))
     return outcome
