@@ -307,7 +307,8 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
 
     Safe to call any number of times for the same prediction: only one caller claims it. Under a
     burst, up to SECONDLOOK_SCORE_BATCH - 1 other enqueued predictions of the same model version are
-    claimed too and scored in the same forward pass (a lone image costs one extra SELECT).
+    claimed too and scored in the same forward pass (a lone image costs one extra SELECT); if that
+    pass fails, the own image is scored alone and the mates left to their own tasks (`_forward_pass`).
     """
     claimed, started_at = _claim(prediction_id, run_by=run_by, worker=worker)
     if not claimed:
@@ -319,9 +320,9 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
         _fail(prediction_id, started_at, stale_rescore_reason(model_version.version))
         return "not scored (its version is no longer active)"
     try:
-        from mlcore.inference import NonFiniteOutputError
         from mlcore.model_store import ModelLoadError, get_model
-        from mlcore.preprocess import ImageDecodeError, decode_image
+        from mlcore.inference import decode_for
+        from mlcore.preprocess import ImageDecodeError
     except Exception as exc:  # the ML stack is broken on this worker
         _fail(prediction_id, started_at, f"Classifier unavailable on this worker: {type(exc).__name__}: {exc}")
         return "failed"
@@ -340,7 +341,7 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
             for pk, st in mates
         ]:
             try:
-                batch.append((pred, started, decode_image(_read_image_bytes(pred.image.file.name))))
+                batch.append((pred, started, decode_for(model, _read_image_bytes(pred.image.file.name))))
             except TRANSIENT_ERRORS:  # ConnectionError and TimeoutError are OSErrors: not the image's fault
                 raise
             except (ImageDecodeError, FileNotFoundError, OSError) as exc:
@@ -348,14 +349,7 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
                 own_failed = own_failed or pred.pk == prediction_id
         if not batch:
             return "failed"
-        from mlcore.inference import predict_images
-
-        non_finite: dict[int, str] = {}
-        try:
-            results: list = predict_images(model, [pixels for _, _, pixels in batch],
-                                           contexts=[image_context(pred.image) for pred, _, _ in batch])
-        except NonFiniteOutputError as exc:  # those images fail below with the reason; the others are stored
-            results, non_finite = exc.results, exc.reasons
+        batch, results, non_finite = _forward_pass(model, batch, own_id=prediction_id)
     except TRANSIENT_ERRORS:
         raise  # as when storing: the task retries and resumes its own running rows, batch mates too
     except SoftTimeLimitExceeded:
@@ -406,6 +400,41 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
     if len(batch) > 1:
         log.info("prediction %s scored with %d batch mates", prediction_id, len(batch) - 1)
     return outcome
+
+
+def _predict(model, batch: list) -> tuple[list, dict[int, str]]:
+    """One forward pass over ``batch``: the results, and the reasons of the images (by index) whose
+    output was not finite (they fail with it; the others are stored)."""
+    from mlcore.inference import NonFiniteOutputError, predict_images
+
+    try:
+        return predict_images(model, [pixels for _, _, pixels in batch],
+                              contexts=[image_context(pred.image) for pred, _, _ in batch]), {}
+    except NonFiniteOutputError as exc:
+        return exc.results, exc.reasons
+
+
+def _forward_pass(model, batch: list, *, own_id: int) -> tuple[list, list, dict[int, str]]:
+    """Score ``batch`` (the task's own image and its batch mates); returns the part of it scored,
+    the results and the non-finite reasons (`_predict`).
+
+    One bad image (a model error, a MemoryError) breaks the whole pass, and it may as well be a
+    mate's as the own: then the mates go back to pending, for their own tasks to score alone, and
+    the own image is tried alone once, so only its own failure reaches the caller."""
+    try:
+        return (batch, *_predict(model, batch))
+    except TRANSIENT_ERRORS + (SoftTimeLimitExceeded,):
+        raise  # the caller's handling: retried, or out of time (a second pass would not fit either)
+    except Exception as exc:
+        if len(batch) == 1:
+            raise
+        log.warning("a batch of %d images failed (%s: %s); prediction %s is scored alone, the others by their "
+                    "own tasks", len(batch), type(exc).__name__, exc, own_id)
+    for pred, started, _ in batch:
+        if pred.pk != own_id:
+            _release(pred.pk, started)
+    alone = [entry for entry in batch if entry[0].pk == own_id]  # empty when the own image was unreadable
+    return (alone, *_predict(model, alone)) if alone else ([], [], {})
 
 
 def _heatmap_png(model, pixels) -> bytes | None:
