@@ -372,6 +372,9 @@ class LesionImage(models.Model):
         result. A re-score for a correction (with its reason) makes every older score stale: it
         is shown in whatever state it is. Uses prefetched ``predictions``."""
         ordered = sorted(self.predictions.all(), key=lambda p: (p.created_at, p.pk), reverse=True)
+        # an unfinished re-score of a version no longer active never runs: passed over, the score it
+        # would have replaced stays in force (with its Retry, if that one failed)
+        ordered = [p for p in ordered if not _unfinished_stale_rescore(p, ordered)]
         for prediction in ordered:
             if prediction.status == Prediction.Status.DONE:
                 return prediction
@@ -387,9 +390,19 @@ class LesionImage(models.Model):
         newest, shown = self.newest_prediction(), self.current_prediction()
         if newest is None or shown is None or newest.pk == shown.pk:
             return None
-        if newest.status == Prediction.Status.FAILED and newest.model_version.status != ModelVersion.Status.ACTIVE:
+        if newest.status != Prediction.Status.DONE and newest.model_version.status != ModelVersion.Status.ACTIVE:
             return None
         return newest
+
+
+def _unfinished_stale_rescore(prediction: "Prediction", predictions: list["Prediction"]) -> bool:
+    """A re-score that is not done and never will be: cases.scoring.stale_rescores() (revision 0, no
+    correction's reason, not the image's first version, its version no longer active) over one
+    image's ``predictions``, cheapest tests first (the version's status is a query when not joined)."""
+    return (prediction.status != Prediction.Status.DONE and prediction.context_revision == 0
+            and not prediction.reason
+            and any(p.pk < prediction.pk and p.model_version_id != prediction.model_version_id for p in predictions)
+            and prediction.model_version.status != ModelVersion.Status.ACTIVE)
 
 
 class Prediction(models.Model):

@@ -353,11 +353,14 @@ class VersionNotActive(ValidationError):
 def retry_prediction(*, user, prediction: Prediction, request: HttpRequest | None = None) -> bool:
     """Reset a failed prediction to pending and send it again after commit; False if it was not failed.
     A re-score of a version that is no longer active (``scoring.stale_rescores``) is refused
-    (VersionNotActive): it would fail again."""
+    (VersionNotActive), changing nothing: it would fail again."""
     _require_editable(user, prediction.image.lesion.case, "Only clinicians of the patient's clinic can retry scoring.")
     if Prediction.objects.filter(pk=prediction.pk).filter(scoring.stale_rescores()).exists():
+        shown = prediction.image.current_prediction()  # never this re-score: the pages pass over it
+        kept = (" The image keeps its result in force." if shown is not None and shown.status == Prediction.Status.DONE
+                else " The case page shows the image's own score instead.")
         raise VersionNotActive(f"Model version {prediction.model_version.version} is no longer active, so this "
-                               "re-score will not run; the image keeps its result in force.")
+                               f"re-score will not run; nothing was changed.{kept}")
     if not prediction_states.retry_failed(prediction.pk):
         return False
     audit_log.record(action="retry", obj=prediction, actor=user, request=request,

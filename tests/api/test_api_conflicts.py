@@ -67,8 +67,8 @@ def test_retrying_a_re_score_of_a_version_no_longer_active_is_a_409_and_changes_
                                       finished_at=timezone.now(), error=stale_rescore_reason("v2"))
     refused = api.clin_a.post(f"/api/v1/predictions/{stale.pk}/retry/")
     assert refused.status_code == 409
-    assert refused.json() == {"detail": "Model version v2 is no longer active, so this re-score will not run; the "
-                                        "image keeps its result in force."}
+    assert refused.json() == {"detail": "Model version v2 is no longer active, so this re-score will not run; "
+                                        "nothing was changed. The image keeps its result in force."}
     stale.refresh_from_db()
     assert (stale.status, stale.attempts) == ("failed", 0)
 

@@ -30,7 +30,9 @@ def _queued(world):
 
 
 def test_the_queue_reads_each_images_newest_score(world, model_version):
-    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    model_version.status = ModelVersion.Status.RETIRED
+    model_version.save(update_fields=["status"])
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x", status=ModelVersion.Status.ACTIVE)
     image = make_image(world)
     _queued(world)
     old = _done(image, model_version, melanoma=0.30, minutes_ago=60)
@@ -60,7 +62,9 @@ def test_the_api_queue_says_null_not_zero_when_nothing_could_be_assessed(world, 
 
 
 def test_the_image_history_never_shows_scores_the_model_could_not_stand_behind(world, model_version, client):
-    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    model_version.status = ModelVersion.Status.RETIRED
+    model_version.save(update_fields=["status"])
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x", status=ModelVersion.Status.ACTIVE)
     image = make_image(world)
     _done(image, model_version, melanoma=0.123, minutes_ago=60)
     _done(image, newer, melanoma=0.873, assessable=False)
@@ -138,7 +142,9 @@ def test_a_re_score_for_a_correction_makes_the_older_score_stale(world, model_ve
     page = client.get(f"/cases/{world.case_a.pk}/").content.decode()
     assert "42.0%" not in page and "Waiting to be scored" in page
     # a version re-score queued after the correction still does not bring the pre-correction score back
-    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x")
+    model_version.status = ModelVersion.Status.RETIRED
+    model_version.save(update_fields=["status"])
+    newer = ModelVersion.objects.create(version="unit-test-v2", artifact_path="/x", status=ModelVersion.Status.ACTIVE)
     queued = _waiting(image, newer)
     assert image.current_prediction() == queued and image.current_prediction().melanoma_probability is None
     assert followup.latest_scored(image) is None  # the timeline does not plot the stale score either
