@@ -143,9 +143,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from mlcore import options
-    from mlcore.inference import NonFiniteOutputError, predict_images
+    from mlcore.inference import NonFiniteOutputError, decode_for, predict_images
     from mlcore.model_store import ModelLoadError, load_model
-    from mlcore.preprocess import ImageDecodeError, decode_image
+    from mlcore.preprocess import ImageDecodeError
 
     try:
         # this command's settings: the same variables the web app's settings read
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
             imgs, names = [], []
             for f in chunk:
                 try:
-                    imgs.append(decode_image(f.read_bytes()))
+                    imgs.append(decode_for(model, f.read_bytes()))
                     names.append(f.stem)
                 except (ImageDecodeError, OSError) as exc:
                     errors += 1

@@ -171,14 +171,23 @@ def assess_batch(model, batch: np.ndarray, features: np.ndarray | None,
     return out
 
 
+def decode_for(model, data: bytes) -> np.ndarray:
+    """The one decode of an encoded image for ``model``: the web worker, the CLI, the benchmarks and
+    the external test set all see the pixels the same way. A camera-sized JPEG is decoded at a
+    reduced scale that stays >= DRAFT_MARGIN x the model input (bench/inference.py measures parity);
+    images of the training data's sizes decode in full, bit-identical to the training cache (as does
+    every image for a stand-in model without an input size). Raises ImageDecodeError."""
+    return decode_image(data, target_size=getattr(model, "input_size", None))
+
+
 def predict_bytes(model, data: bytes) -> ImagePrediction:
     """Decode (raises ImageDecodeError) and predict one image; inference_ms includes decoding."""
     t0 = time.perf_counter()
-    pred = predict_images(model, [decode_image(data, target_size=model.input_size)])[0]
+    pred = predict_images(model, [decode_for(model, data)])[0]
     pred.inference_ms = round((time.perf_counter() - t0) * 1000.0, 2)
     return pred
 
 
 def predict_many_bytes(model, blobs: list[bytes]) -> list[ImagePrediction]:
     """Decode and predict several images in one batched forward pass (raises ImageDecodeError)."""
-    return predict_images(model, [decode_image(b, target_size=model.input_size) for b in blobs])
+    return predict_images(model, [decode_for(model, b) for b in blobs])

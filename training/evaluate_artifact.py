@@ -63,9 +63,8 @@ def evaluate_external(model_dir: Path, data_root: Path, n_boot: int = 1000) -> d
     through the app's own inference path (decode, resize, checks, runner). Every PH2 image is its
     own lesion, so the bootstrap resamples lesions here too. Flagged = either shipped threshold
     reached; "sent to review" also counts images the model could not assess."""
-    from mlcore.inference import predict_images
+    from mlcore.inference import decode_for, predict_images
     from mlcore.model_store import load_model
-    from mlcore.preprocess import decode_image
 
     from .evaluate import _auc, bootstrap_ci, operating_point_report
     from mlcore.conformal import coverage_and_size
@@ -77,7 +76,7 @@ def evaluate_external(model_dir: Path, data_root: Path, n_boot: int = 1000) -> d
     preds = []
     for i in range(0, len(ph2), 32):
         chunk = ph2[i:i + 32]
-        preds += predict_images(m, [decode_image(Path(x.path).read_bytes(), target_size=m.input_size) for x in chunk])
+        preds += predict_images(m, [decode_for(m, Path(x.path).read_bytes()) for x in chunk])
     mel_true = np.array([x.dx == "mel" for x in ph2])
     lesions = np.array([x.lesion_id for x in ph2])
     mel = np.array([p.melanoma_probability for p in preds])

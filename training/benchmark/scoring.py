@@ -177,9 +177,9 @@ def _inputs(model, images: ImageSet, cache_dir: Path | None):
     """The decoded images (the model's own framing and resize happen in ``model.predict``, as for
     an upload) and, for the benchmark, the clinical contexts. ``cache_dir`` is unused: a decode
     cache holds images already framed and resized, which ``predict`` would frame again."""
-    from mlcore.preprocess import decode_image
+    from mlcore.inference import decode_for
 
-    pixels = [decode_image(Path(p).read_bytes(), target_size=model.input_size) for p in images.paths]
+    pixels = [decode_for(model, Path(p).read_bytes()) for p in images.paths]
     if images.name == PH2_NAME:
         return pixels, None
     from mlcore.clinical import contexts_of
