@@ -177,9 +177,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "The failed run {version} was deleted.")
 
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
-        """GET: the confirmation page, naming the active version and the one a roll-back would
-        re-activate, and asking why. POST: the roll-back of the versions the page named
-        (`lifecycle.rollback` refuses them once another admin, or a second click, changed them)."""
+        """GET: the confirmation page, naming the active version, the one a roll-back would
+        re-activate and those it passes over (rolled back from already), and asking why. POST: the
+        roll-back of the versions the page named (`lifecycle.rollback` refuses them once another
+        admin, or a second click, changed them)."""
         if request.method not in ("GET", "POST"):
             return HttpResponse(status=405)
         if not self.has_change_permission(request):
@@ -208,7 +209,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
             form = RollbackForm(initial={"expected_active": getattr(current, "pk", None), "target": target.pk})
         context = self.admin_site.each_context(request) | {
             "title": "Roll back the active model version", "opts": self.model._meta, "form": form,
-            "current": current, "target": target, "refusal": lifecycle.rollback_refusal(target)}
+            "current": current, "target": target, "refusal": lifecycle.rollback_refusal(target),
+            "skipped": lifecycle.rollback_skipped(current, target)}
         return render(request, "admin/classifier/modelversion/rollback_confirm.html", context)
 
     def rescore_confirm_view(self, request: HttpRequest) -> HttpResponse:

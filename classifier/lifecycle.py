@@ -1,4 +1,5 @@
-"""Model-version lifecycle services: start a training run, cancel it, activate, roll back.
+"""Model-version lifecycle services: start a training run, cancel it, activate, roll back, re-assess
+the image checks in place.
 
 Plain functions with keyword-only arguments; they validate, write in a transaction and dispatch
 Celery tasks only after the transaction commits. ``request`` (the admin's HTTP request, None from
@@ -6,10 +7,14 @@ a command or a worker) goes into the audit event, which keeps the client's addre
 """
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -18,16 +23,18 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit import log as audit_log
+from audit.models import AuditAction, AuditEvent
 from classifier import artifact_store, ensemble_training, fine_tuning
 from classifier.dispatch import broker_down_reason, on_commit_or_fail, publish
 from classifier.models import ModelVersion
 from classifier.promotion import GateResult, evaluate_gate, gate_evidence, image_checks_problem, with_image_checks
 from classifier.registry import activate, register_artifact
 from classifier.warmup import warm_after_commit
-from mlcore.artifact import MODEL_FILE, CardError, read_card
+from mlcore.artifact import CARD_FILE, MODEL_FILE, CardError, read_card, sha256_file
 from training.benchmark import BenchmarkError, current_benchmark
 from training.config import TrainConfig
 
+log = logging.getLogger(__name__)
 TRAIN_TASK = "classifier.tasks.train_model"
 
 REVIEWS = "reviews"
@@ -301,20 +308,22 @@ def gate_against(version: ModelVersion, active: ModelVersion | None, *,
 def image_checks_of(version: ModelVersion) -> str | None:
     """Why ``version``'s model card cannot tell an image it cannot judge (`promotion.image_checks_problem`),
     or None; a card (or model file) that cannot be read counts as lacking them."""
+    try:
+        card = artifact_store.card_of(version)
+    except (artifact_store.ArtifactUnavailable, CardError, OSError) as exc:
+        return f"its model card cannot be read ({exc}), so whether it has them is unknown: refused."
+    return _card_checks_problem(card, lambda: artifact_store.local_dir(version) / MODEL_FILE)
+
+
+def _card_checks_problem(card: dict, model_file: Callable[[], Path]) -> str | None:
+    """`promotion.image_checks_problem` of ``card``, the network's feature layer read from
+    ``model_file()`` when needed; a model file that cannot be read counts as lacking them."""
     import zipfile
 
     from mlcore.model_store import keras_file_has_feature_layer
 
     try:
-        card = artifact_store.card_of(version)
-    except (artifact_store.ArtifactUnavailable, CardError, OSError) as exc:
-        return f"its model card cannot be read ({exc}), so whether it has them is unknown: refused."
-
-    def has_feature_layer() -> bool:
-        return keras_file_has_feature_layer(artifact_store.local_dir(version) / MODEL_FILE)
-
-    try:
-        return image_checks_problem(card, has_feature_layer)
+        return image_checks_problem(card, lambda: keras_file_has_feature_layer(model_file()))
     except (artifact_store.ArtifactUnavailable, OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         return (f"its model card has no out-of-domain detector (assessment.ood), and whether its network has the "
                 f"feature layer the detector reads cannot be told ({exc}): refused.")
@@ -357,6 +366,127 @@ def activate_version(*, version: ModelVersion, user=None, request: HttpRequest |
     return version
 
 
+# what an assessment rewrites in an artifact, model.keras unchanged (the card's markdown rendering
+# with it, which the admin shows)
+REASSESSED_FILES = (*artifact_store.REFRESHED_FILES, "model_card.md")
+
+
+@dataclass(frozen=True)
+class Reassessment:
+    """What `reassess_image_checks` put into service."""
+
+    version: str
+    old_card_sha256: str | None  # None: the card in service could not be read
+    new_card_sha256: str
+    image_checks: str | None  # `image_checks_of`'s answer for the new card (None: they pass)
+
+
+def reassess_image_checks(*, version: ModelVersion, assessed_dir: Path, reason: str, user=None,
+                          origin: str = "", request: HttpRequest | None = None) -> Reassessment:
+    """Put a re-assessment of ``version``'s image checks into service, in place: the card,
+    assessment.json and ood.npz of ``assessed_dir`` (a copy of its artifact that `python -m
+    training assess` rewrote; its model.keras must be the version's very model) replace those of
+    the copies on this host and, when models are kept in the storage, the stored ones, which the
+    workers' host copies then fetch again. Predictions keep the sha256 of the card they were made
+    with (``Prediction.model_card_sha256``), so scores before and after stay told apart.
+
+    Refused, with nothing changed, for the active version (checked with its row locked, as an
+    activation or roll-back locks it) when the new card fails the rule every activation applies
+    (`image_checks_of`): that version would go on scoring images it cannot judge. A ready or retired
+    version may take such a card; activating it is then refused. Audited ("update": who, ``origin``
+    such as the command, both cards' sha256, whether the new checks pass, the reason)."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise LifecycleError("Say why the image checks are re-assessed: the reason is kept in the audit trail.")
+    if version.status not in _REASSESSABLE:
+        raise LifecycleError(f"{version.version} is {version.status}: only a registered model's image checks can "
+                             "be re-assessed.")
+    assessed_dir = Path(assessed_dir)
+    problem = _card_checks_problem(_reassessed_card(version, assessed_dir), lambda: assessed_dir / MODEL_FILE)
+    targets = _copies_on_this_host(version, other_than=assessed_dir)  # may fetch one: before the lock
+    old_sha = sha256_file(targets[0] / CARD_FILE) if targets else None  # the first: the one workers here load
+    new_sha = sha256_file(assessed_dir / CARD_FILE)
+    registered = Path(version.artifact_path).resolve() if version.artifact_path else None
+    if old_sha == new_sha or registered == assessed_dir.resolve():
+        raise LifecycleError(f"{version.version}'s card in service is already this one; nothing was changed. (A "
+                             "registered directory re-assessed in place, by python -m training assess on it, is in "
+                             "service unchecked and unaudited: assess a copy and pass that.)")
+    if not targets and not settings.SECONDLOOK_MODELS_IN_STORAGE:
+        raise LifecycleError(f"No copy of {version.version} on this host to re-assess, and models are not kept in "
+                             "the storage; nothing was changed.")
+    with transaction.atomic():
+        locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if locked.status == ModelVersion.Status.ACTIVE and problem is not None:
+            raise LifecycleError(f"Re-assessment refused: {locked.version} is the active version, and the new card "
+                                 f"lacks the image checks a version needs to be active: {problem} Nothing was "
+                                 "changed.")
+        if locked.status not in _REASSESSABLE:
+            raise LifecycleError(f"{locked.version} is now {locked.status}; nothing was changed.")
+        audit_registry_event(
+            user, "update", locked, request=request,
+            old={"card_sha256": old_sha},
+            new={"card_sha256": new_sha, "image_checks": "reassessed in place", "status": locked.status,
+                 "checks_pass": problem is None, "problem": problem, "reason": reason, "origin": origin})
+        # the files last, inside the transaction: a write that fails rolls the event back with it
+        for target in targets:
+            _replace_files(assessed_dir, target, REASSESSED_FILES)
+        if settings.SECONDLOOK_MODELS_IN_STORAGE:
+            artifact_store.publish(assessed_dir, version.sha256)
+    return Reassessment(version.version, old_sha, new_sha, problem)
+
+
+_REASSESSABLE = (ModelVersion.Status.READY, ModelVersion.Status.ACTIVE, ModelVersion.Status.RETIRED)
+
+
+def _reassessed_card(version: ModelVersion, assessed_dir: Path) -> dict:
+    """The card of ``assessed_dir`` once it is known to be ``version``'s, with its very model and
+    the detector file it names; LifecycleError otherwise."""
+    if not version.sha256 or not artifact_store.holds(assessed_dir, version.sha256):
+        raise LifecycleError(f"{assessed_dir} does not hold {version.version}'s model (model.keras with sha256 "
+                             f"{(version.sha256 or 'unknown')[:12]}) and its card: nothing was changed.")
+    try:
+        card = read_card(assessed_dir, required=("version",))
+    except CardError as exc:
+        raise LifecycleError(f"The re-assessed card cannot be read ({exc}); nothing was changed.") from None
+    if card["version"] != version.version or card.get("model_sha256") not in (None, version.sha256):
+        raise LifecycleError(f"The re-assessed card is {card['version']}'s, not {version.version}'s; nothing was "
+                             "changed.")
+    assessment = card.get("assessment") if isinstance(card.get("assessment"), dict) else {}
+    detector = assessment.get("ood") if isinstance(assessment.get("ood"), dict) else {}
+    if detector.get("file"):  # the card in service must never name a detector file the workers lack
+        stats = assessed_dir / str(detector["file"])
+        if not stats.is_file() or sha256_file(stats) != detector.get("sha256"):
+            raise LifecycleError(f"The re-assessed card names the detector {detector['file']} with sha256 "
+                                 f"{str(detector.get('sha256'))[:12]}, which {assessed_dir} does not hold; nothing "
+                                 "was changed.")
+    return card
+
+
+def _copies_on_this_host(version: ModelVersion, *, other_than: Path) -> list[Path]:
+    """The directories on this host holding ``version``'s model (its registered one first, which
+    workers here load when it holds it, then this host's copy), but ``other_than``. With models in
+    the storage, a verified copy of the stored artifact is fetched first when none is here."""
+    if settings.SECONDLOOK_MODELS_IN_STORAGE:
+        try:
+            artifact_store.local_dir(version)
+        except (artifact_store.ArtifactUnavailable, OSError):
+            pass  # then only the storage's copy is replaced
+    candidates = [Path(version.artifact_path)] if version.artifact_path else []
+    candidates.append(artifact_store.host_copy(version.sha256))
+    return [d for d in candidates if d.resolve() != other_than.resolve() and artifact_store.holds(d, version.sha256)]
+
+
+def _replace_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    """Copy ``names`` (those ``source`` has) into ``target``, each replaced at once (os.replace):
+    a worker loading the model meanwhile reads the old file or the new one, never half of one."""
+    for name in names:
+        if not (source / name).is_file():
+            continue
+        staging = target / f".{name}.reassessed"
+        shutil.copyfile(source / name, staging)
+        os.replace(staging, target / name)
+
+
 def adopt_bundled_release(*, user=None) -> ModelVersion | None:
     """After an upgrade that brought another bundled model (the default model directory holds a
     model the registry has not seen), register it. It waits, ready, for the promotion gate like any
@@ -364,7 +494,9 @@ def adopt_bundled_release(*, user=None) -> ModelVersion | None:
     anywhere (its files were replaced and no copy of them was kept, as by releases before
     `artifact_store.keep_local_copy`): then nothing could be scored, so the new one is activated at
     once and the old one marked failed with the reason, so that neither roll-back nor activation
-    offers it. Audited either way. Returns the version registered, or None."""
+    offers it, unless its card lacks the image checks a version needs to be active
+    (`image_checks_of`): then it is only registered, with the reason logged and in its notes.
+    Audited either way. Returns the version registered, or None."""
     bundled = Path(settings.SECONDLOOK_MODEL_DIR).resolve()
     try:
         card = read_card(bundled, required=("version", "model_sha256"))
@@ -375,11 +507,20 @@ def adopt_bundled_release(*, user=None) -> ModelVersion | None:
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     replaced = (active is not None and bool(active.artifact_path)
                 and Path(active.artifact_path).resolve() == bundled and not artifact_store.loadable(active))
+    # the rule of every activation, read before any row is written or locked (it may read the model)
+    checks = image_checks_of(ModelVersion(version=card["version"], artifact_path=str(bundled),
+                                          sha256=card["model_sha256"])) if replaced else None
     with transaction.atomic():
-        if not replaced:
-            version = register_artifact(bundled, notes="Bundled with an upgrade of the software: compare it on "
-                                                       "the benchmark before activating it.")
-            audit_registry_event(user, "create", version, new={"version": version.version, "reason": "bundled release"})
+        if not replaced or checks is not None:
+            notes = "Bundled with an upgrade of the software: compare it on the benchmark before activating it."
+            reason = "bundled release"
+            if checks is not None:
+                reason = (f"bundled release, not activated in place of {active.version} (whose files the upgrade "
+                          f"replaced): it lacks the image checks a version needs to be active: {checks}")
+                log.error("Bundled model %s: %s", card["version"], reason)
+                notes = f"Bundled with an upgrade of the software; {reason}"
+            version = register_artifact(bundled, notes=notes)
+            audit_registry_event(user, "create", version, new={"version": version.version, "reason": reason})
             return version
         reason = (f"the upgrade replaced {active.version}'s files in {bundled} and no copy was kept: "
                   f"{card['version']}, bundled with it, was activated in its place")
@@ -397,16 +538,60 @@ def adopt_bundled_release(*, user=None) -> ModelVersion | None:
 
 def rollback_choice() -> tuple[ModelVersion | None, ModelVersion | None]:
     """(the active version, the version a roll-back would re-activate): the one activated most
-    recently before it that is still ready or retired (one marked failed is never offered), or None."""
+    recently before it that is still ready or retired and was not itself rolled back from since
+    (`rolled_back_from`), or None. One marked failed is never offered."""
     current = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     return current, _rollback_target_of(current)
 
 
-def _rollback_target_of(current: ModelVersion | None) -> ModelVersion | None:
-    """The ready or retired version activated most recently, other than ``current``."""
+def _activated_before(current: ModelVersion | None):
+    """The ready or retired versions ever activated, other than ``current``, most recent first."""
     return (ModelVersion.objects.exclude(pk=getattr(current, "pk", None))
             .filter(activated_at__isnull=False, status__in=[ModelVersion.Status.READY, ModelVersion.Status.RETIRED])
-            .order_by("-activated_at", "-pk").first())
+            .order_by("-activated_at", "-pk"))
+
+
+def _last_rolled_back_from() -> dict[str, datetime]:
+    """When each version was last rolled back from (deactivated by a roll-back), by name: the
+    audit trail's roll-back events keep the version they deactivated (old "active")."""
+    last: dict[str, datetime] = {}
+    events = AuditEvent.objects.filter(action=AuditAction.ROLLBACK, object_type=ModelVersion._meta.model_name)
+    for old, at in events.values_list("old_values", "created_at"):
+        name = (old or {}).get("active") if isinstance(old, dict) else None
+        if isinstance(name, str) and (name not in last or at > last[name]):
+            last[name] = at
+    return last
+
+
+def rolled_back_from(version: ModelVersion, last: dict[str, datetime] | None = None) -> datetime | None:
+    """When ``version`` was rolled back from since it was last activated (None: it was not).
+
+    Such a version is never offered by a roll-back again: rolling back twice goes further back in
+    the activation history (C -> B -> A), not back to the version just rolled back from (C -> B ->
+    C). Activating it explicitly (through the promotion gate) sets a new ``activated_at``, after
+    the roll-back, and makes it a roll-back target again. ``last``: `_last_rolled_back_from()`
+    when already read."""
+    at = (last if last is not None else _last_rolled_back_from()).get(version.version)
+    # the roll-back event is written after the activation it undid, in the roll-back's transaction
+    return at if at is not None and version.activated_at is not None and at >= version.activated_at else None
+
+
+def _rollback_target_of(current: ModelVersion | None) -> ModelVersion | None:
+    """The ready or retired version activated most recently, other than ``current``, that has not
+    been rolled back from since (`rolled_back_from`)."""
+    last = _last_rolled_back_from()
+    return next((v for v in _activated_before(current) if rolled_back_from(v, last) is None), None)
+
+
+def rollback_skipped(current: ModelVersion | None, target: ModelVersion | None) -> list[ModelVersion]:
+    """The versions activated after ``target`` (all of them when it is None), other than
+    ``current``, that a roll-back passes over because they were rolled back from: the
+    confirmation page names them, so that it says exactly what the roll-back does."""
+    last = _last_rolled_back_from()
+    newer = _activated_before(current)
+    if target is not None and target.activated_at is not None:
+        newer = newer.filter(activated_at__gte=target.activated_at).exclude(pk=target.pk)
+    return [v for v in newer if rolled_back_from(v, last) is not None]
 
 
 def rollback_refusal(target: ModelVersion) -> str | None:
@@ -424,12 +609,14 @@ def rollback_refusal(target: ModelVersion) -> str | None:
 
 def rollback(*, user, expected_active_pk: int | None, target_pk: int, reason: str,
              request: HttpRequest | None = None) -> ModelVersion:
-    """Re-activate ``target_pk``, the version active before the current one, as the confirmation
-    page named them: refused, with nothing changed, when (under the active row's lock) the active
-    version is no longer ``expected_active_pk`` (None: no active version) or the target is no longer
-    the one a roll-back would choose (a double click, or a page left open while another admin
-    activated or rolled back), when the target's model cannot be loaded or lacks its image checks,
-    or without a ``reason``. The audit event keeps both versions, their sha256 and the reason."""
+    """Re-activate ``target_pk``, the version active before the current one (passing over those
+    rolled back from: `rollback_choice`), as the confirmation page named them: refused, with
+    nothing changed, when (under the active row's lock) the active version is no longer
+    ``expected_active_pk`` (None: no active version) or the target is no longer the one a roll-back
+    would choose (a double click, or a page left open while another admin activated or rolled
+    back), when the target's model cannot be loaded or lacks its image checks, or without a
+    ``reason``. The audit event keeps both versions, their sha256 and the reason; its old "active"
+    is what marks the version deactivated as rolled back from (`rolled_back_from`)."""
     reason = (reason or "").strip()
     if not reason:
         raise LifecycleError("Say why you roll back: the reason is kept in the audit trail.")

@@ -557,7 +557,8 @@ def image_checks_problem(card: dict, has_feature_layer: Callable[[], bool]) -> s
     detector), the detector (``assessment.ood``). Without them every image, blurry or not a
     dermoscopic image at all, is scored as if the model could judge it."""
     missing = ("; without them it would score blurry or non-dermoscopic images as if it could judge them. Fit "
-               "them (python -m training assess MODEL_DIR) and register the artifact again.")
+               "them: python -m training assess --model MODEL_DIR before registering it, or, for a "
+               "registered version, python manage.py reassess_model VERSION --reason ...")
     assessment = card.get("assessment")
     if not isinstance(assessment, dict) or not assessment:
         return "its model card has no fitted image checks (no assessment)" + missing

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from classifier import artifact_store
 from classifier.models import ModelVersion, RescoreJob
 from mlcore.artifact import CARD_FILE, MODEL_FILE, json_safe, read_card
 from mlcore.artifact import sha256_file as file_sha256
+
+log = logging.getLogger(__name__)
 
 
 def _card_fields(card: dict[str, Any]) -> dict[str, Any]:
@@ -115,13 +118,41 @@ def stop_rescores_of_other_versions(*, active: ModelVersion) -> list[int]:
     return sorted(stopped)
 
 
+class DefaultModelRefused(RuntimeError):
+    """The configured default model lacks the image checks a version needs to be active: it is
+    registered (ready, the reason in its notes) but not activated; the message says why."""
+
+
+def default_model_refusal(version: ModelVersion) -> str | None:
+    """Why the registered default model ``version`` may not be activated, or None: the same rule
+    as any activation, the image checks of its card (`lifecycle.image_checks_of`)."""
+    # lifecycle builds on this module (activate, register_artifact): imported here, not at the top
+    from classifier.lifecycle import image_checks_of
+
+    problem = image_checks_of(version)
+    if problem is None:
+        return None
+    return (f"the default model {version.version} ({version.artifact_path}) was registered but not activated: it "
+            f"lacks the image checks a version needs to be active: {problem}")
+
+
 def ensure_default_registered() -> ModelVersion:
     """Register the configured default model and activate it when no version is active yet; the
-    activation is audited (actor: the system), in the transaction that makes it."""
+    activation is audited (actor: the system), in the transaction that makes it. A default model
+    whose card lacks the image checks is registered, ready, and not activated: raises
+    DefaultModelRefused with the reason (also logged and kept in the version's notes)."""
     active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
     if active is not None:
         return active
     version = register_artifact(settings.SECONDLOOK_MODEL_DIR, notes="Shipped default model, registered on first start.")
+    # read outside the transaction: it may fetch the model from the storage
+    refusal = default_model_refusal(version)
+    if refusal is not None:
+        log.error("No active model version: %s", refusal)
+        note = f"Not activated: {refusal}"
+        if note not in version.notes:  # every caller asks again while nothing is active: noted once
+            ModelVersion.objects.filter(pk=version.pk).update(notes=f"{version.notes}\n{note}".strip())
+        raise DefaultModelRefused(refusal[:1].upper() + refusal[1:])
     try:
         with transaction.atomic():
             # another process may have activated a version since the check above: it stays active
@@ -141,7 +172,8 @@ def ensure_default_registered() -> ModelVersion:
 
 
 def active_version() -> ModelVersion:
-    """The active version, registering the shipped default on first use."""
+    """The active version, registering the shipped default on first use (DefaultModelRefused when
+    it lacks its image checks)."""
     return ensure_default_registered()
 
 

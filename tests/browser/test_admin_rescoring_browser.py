@@ -1,6 +1,7 @@
-"""The registry's list buttons clicked in a real browser: "Re-score all images" and "Roll back",
-each through its confirmation page, the re-scoring job's "new model disagrees with review" count
-(a link to those predictions), and "Cancel this run" on a run no worker has started."""
+"""The registry's list buttons clicked in a real browser: "Re-score all images" and "Roll back"
+(twice: back through the activation history), each through its confirmation page, the re-scoring
+job's "new model disagrees with review" count (a link to those predictions), and "Cancel this run"
+on a run no worker has started."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -37,6 +38,10 @@ def test_rescore_all_then_roll_back_by_clicking(live_server, browser_page, monke
     sent = []
     monkeypatch.setattr("cases.rescoring.enqueue", sent.append)  # no broker: the job's task is recorded
     page, base = browser_page, live_server.url
+    # active before v1-earlier: where a second roll-back goes (not forward again to v2-current)
+    oldest = ModelVersion.objects.create(version="v0-oldest", status="retired", sha256=fake_sha("v0-oldest"),
+                                         artifact_path=stand_in_artifact(tmp_path, "v0-oldest"),
+                                         activated_at=timezone.now() - timedelta(days=9))
     earlier, current = _versions(tmp_path)
     make_image(World())
     admin_log_in(page, base)
@@ -93,6 +98,27 @@ def test_rescore_all_then_roll_back_by_clicking(live_server, browser_page, monke
                                                           "the page showed")
     assert ModelVersion.objects.get(status="active") == earlier
     assert AuditEvent.objects.filter(action="rollback").count() == 1
+
+    # a second roll-back goes further back, to v0-oldest, passing over v2-current (rolled back from)
+    page.goto(f"{base}/admin/classifier/modelversion/")
+    page.get_by_role("link", name="Roll back to the previous active version").click()
+    expect(page.locator("#rollback-current")).to_contain_text("v1-earlier")
+    expect(page.locator("#rollback-target")).to_contain_text("v0-oldest")
+    expect(page.locator("#rollback-target")).to_contain_text(fake_sha("v0-oldest")[:12])
+    expect(page.locator("#rollback-skipped")).to_contain_text("v2-current")
+    expect(page.get_by_role("button", name="Yes, roll back to v2-current")).to_have_count(0)
+    page.get_by_label("Reason").fill("v1-earlier misses melanomas on the new dermatoscopes (incident 43)")
+    page.get_by_role("button", name="Yes, roll back to v0-oldest").click()
+    expect(page.locator(".messagelist")).to_contain_text("Rolled back: v0-oldest is active again")
+    expect(page.locator("#content")).to_contain_text("Active model: v0-oldest")
+    assert ModelVersion.objects.get(status="active") == oldest
+    trail = [(e.old_values["active"], e.new_values["active"])
+             for e in AuditEvent.objects.filter(action="rollback").order_by("pk")]
+    assert trail == [("v2-current", "v1-earlier"), ("v1-earlier", "v0-oldest")]
+    # nothing further back: the page says so instead of offering a version rolled back from
+    page.get_by_role("link", name="Roll back to the previous active version").click()
+    expect(page.locator(".messagelist")).to_contain_text("There is no earlier active version to roll back to")
+    assert ModelVersion.objects.get(status="active") == oldest
 
 
 def test_the_jobs_disagreement_count_opens_the_disagreeing_predictions(live_server, browser_page, tmp_path):

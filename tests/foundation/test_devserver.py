@@ -25,11 +25,11 @@ def _alive_redis(child: psutil.Process) -> bool:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_devserver_starts_everything_and_stops_on_ctrl_c(tmp_path, tiny_model_dir):
+def test_devserver_starts_everything_and_stops_on_ctrl_c(tmp_path, tiny_assessed_model_dir):
     port, redis_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     env.update(PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port), SECONDLOOK_VAR_DIR=str(tmp_path / "var"),
-               SECONDLOOK_MODEL_DIR=str(tiny_model_dir), WEB_CONCURRENCY="1")
+               SECONDLOOK_MODEL_DIR=str(tiny_assessed_model_dir), WEB_CONCURRENCY="1")
     log = open(tmp_path / "devserver.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "melanoma_site.devserver"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)

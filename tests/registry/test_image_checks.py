@@ -46,7 +46,7 @@ def _layer(name: str, cls: str = "Dense", layers: list[dict] | None = None) -> d
 
 @pytest.mark.django_db
 def test_a_version_whose_card_lacks_the_image_checks_is_refused_by_the_gate_and_activation(
-        use_tiny_model, tmp_path, admin_client):
+        use_tiny_assessed_model, tmp_path, admin_client):
     shipped = registry.ensure_default_registered()
     unchecked = _candidate(shipped, "unchecked", stand_in_artifact(tmp_path, "unchecked", assessment=None))
     gate = lifecycle.gate_for(unchecked)
@@ -69,7 +69,7 @@ def test_a_version_whose_card_lacks_the_image_checks_is_refused_by_the_gate_and_
 
 
 @pytest.mark.django_db
-def test_activation_reads_the_image_checks_once_before_locking_the_active_row(use_tiny_model, tmp_path, monkeypatch):
+def test_activation_reads_the_image_checks_once_before_locking_the_active_row(use_tiny_assessed_model, tmp_path, monkeypatch):
     """Reading them may fetch the model from storage: not while the active row is locked."""
     from django.db import connection
 
@@ -89,7 +89,7 @@ def test_activation_reads_the_image_checks_once_before_locking_the_active_row(us
 
 
 @pytest.mark.django_db
-def test_a_version_without_a_readable_card_is_refused(use_tiny_model):
+def test_a_version_without_a_readable_card_is_refused(use_tiny_assessed_model):
     shipped = registry.ensure_default_registered()
     gate = lifecycle.gate_for(_candidate(shipped, "nowhere", None))
     assert not gate.allowed and "its model card cannot be read" in gate.reasons[0]
@@ -97,10 +97,10 @@ def test_a_version_without_a_readable_card_is_refused(use_tiny_model):
 
 @pytest.mark.django_db
 def test_the_out_of_domain_detector_is_required_where_the_network_has_its_feature_layer(
-        use_tiny_model, tmp_path):
+        use_tiny_assessed_model, tmp_path):
     shipped = registry.ensure_default_registered()
     # the tiny network has the feature layer: quality checks alone are not enough
-    with_layer = Path(shutil.copytree(use_tiny_model, tmp_path / "with-layer"))
+    with_layer = Path(shutil.copytree(use_tiny_assessed_model, tmp_path / "with-layer"))
     card = json.loads((with_layer / CARD_FILE).read_text()) | {"assessment": QUALITY_ONLY}
     (with_layer / CARD_FILE).write_text(json.dumps(card))
     gate = lifecycle.gate_for(_candidate(shipped, "no-detector", str(with_layer), sha256=card["model_sha256"]))

@@ -19,7 +19,7 @@ def _gate_metrics(allowed: bool, active: ModelVersion | str, candidate: str = "c
 
 
 @pytest.mark.django_db
-def test_default_model_is_registered_once_and_active(use_tiny_model):
+def test_default_model_is_registered_once_and_active(use_tiny_assessed_model):
     first = registry.ensure_default_registered()
     again = registry.ensure_default_registered()
     assert first.pk == again.pk and first.status == ModelVersion.Status.ACTIVE
@@ -93,7 +93,7 @@ def test_a_dataset_missing_on_this_server_is_refused_up_front(settings, tmp_path
 
 
 @pytest.mark.django_db
-def test_registry_actions_need_the_change_permission(client, django_user_model, use_tiny_model):
+def test_registry_actions_need_the_change_permission(client, django_user_model, use_tiny_assessed_model):
     from django.contrib.auth.models import Permission
 
     shipped = registry.ensure_default_registered()
@@ -110,7 +110,7 @@ def test_registry_actions_need_the_change_permission(client, django_user_model, 
 
 
 @pytest.mark.django_db
-def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_model, tmp_path):
+def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_assessed_model, tmp_path):
     shipped = registry.ensure_default_registered()
     candidate = ModelVersion.objects.create(version="cand", status="ready", target_sensitivity=0.9,
                                             artifact_path=stand_in_artifact(tmp_path, "cand"),
@@ -268,7 +268,7 @@ def test_a_run_is_compared_with_the_gates_resamples_not_its_own_bootstrap_settin
 @pytest.mark.data
 @pytest.mark.django_db
 def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmark(
-        admin_client, use_tiny_model, settings, tmp_path, monkeypatch):
+        admin_client, use_tiny_assessed_model, settings, tmp_path, monkeypatch):
     """measure_gate (what a finished admin run calls) on a small benchmark drawn from frozen-v1:
     both models scored on the same images, the comparison stored with the version and its paired
     ROC served on the version page."""
@@ -284,7 +284,7 @@ def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmar
     settings.SECONDLOOK_CACHE_DIR = tmp_path / "cache"
     active = registry.ensure_default_registered()
     candidate_dir = tmp_path / "candidate"
-    shutil.copytree(use_tiny_model, candidate_dir)
+    shutil.copytree(use_tiny_assessed_model, candidate_dir)
     card = json.loads((candidate_dir / "model_card.json").read_text())
     (candidate_dir / "model_card.json").write_text(json.dumps(card | {"version": "tiny-candidate"}))
 
@@ -304,7 +304,7 @@ def test_a_finished_run_is_compared_with_the_active_model_on_the_frozen_benchmar
 
 
 @pytest.mark.django_db
-def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeypatch, tmp_path):
+def test_a_stale_comparison_is_measured_again_by_command(use_tiny_assessed_model, monkeypatch, tmp_path):
     """After another activation the stored comparison is stale (refused); the command measures it
     against the version active now and stores the result."""
     from django.core.management import call_command
@@ -337,7 +337,7 @@ def test_a_stale_comparison_is_measured_again_by_command(use_tiny_model, monkeyp
 
 
 @pytest.mark.django_db
-def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, monkeypatch, tmp_path):
+def test_the_active_versions_comparison_is_not_measured_again(use_tiny_assessed_model, monkeypatch, tmp_path):
     """It is the evidence the activation was justified by: the command refuses, and a version
     activated while it was being compared keeps the comparison it was activated on."""
     from pathlib import Path
@@ -381,7 +381,7 @@ def test_the_active_versions_comparison_is_not_measured_again(use_tiny_model, mo
 
 @pytest.mark.django_db
 def test_an_activation_is_refused_when_the_active_version_changed_after_its_gate_was_checked(
-        use_tiny_model, django_user_model, monkeypatch, tmp_path):
+        use_tiny_assessed_model, django_user_model, monkeypatch, tmp_path):
     """Another admin activates another version between this activation's gate check and its
     update: the gate is checked again against the active row locked in the transaction, and the
     activation is refused instead of replacing a model it was never compared with."""
@@ -589,10 +589,11 @@ def test_a_run_stopped_by_the_soft_time_limit_ends_failed_naming_the_limit(data_
 
 @pytest.fixture(scope="module")
 def next_release_model(tmp_path_factory):
-    """The model a later release bundles (another tiny model, another sha256)."""
+    """The model a later release bundles (another tiny model, another sha256), with the image
+    checks a version needs to be activated."""
     from training.testing import make_tiny_model_dir
 
-    return make_tiny_model_dir(tmp_path_factory.mktemp("release"), seed=1)
+    return make_tiny_model_dir(tmp_path_factory.mktemp("release"), seed=1, assessed=True)
 
 
 def _bundle(settings, tmp_path, model_dir):
@@ -609,15 +610,15 @@ def _bundle(settings, tmp_path, model_dir):
 
 @pytest.mark.django_db
 def test_an_upgrade_keeps_the_active_bundled_model_and_registers_the_new_one_for_the_gate(
-        settings, tmp_path, tiny_model_dir, next_release_model):
+        settings, tmp_path, tiny_assessed_model_dir, next_release_model):
     from classifier import artifact_store
 
-    _bundle(settings, tmp_path, tiny_model_dir)
+    _bundle(settings, tmp_path, tiny_assessed_model_dir)
     old = registry.ensure_default_registered()
     _bundle(settings, tmp_path, next_release_model)  # the upgrade
 
     new = lifecycle.adopt_bundled_release()
-    assert new.version == "tiny-test-1" and new.status == ModelVersion.Status.READY
+    assert new.version == "tiny-test-1-assessed" and new.status == ModelVersion.Status.READY
     assert ModelVersion.objects.get(status="active").pk == old.pk
     # the old version still loads, from the copy kept when it was registered
     assert artifact_store.loadable(old)
@@ -629,12 +630,12 @@ def test_an_upgrade_keeps_the_active_bundled_model_and_registers_the_new_one_for
     from audit.models import AuditEvent
 
     event = AuditEvent.objects.order_by("pk").last()
-    assert event.action == "create" and event.new_values["version"] == "tiny-test-1"
+    assert event.action == "create" and event.new_values["version"] == "tiny-test-1-assessed"
 
 
 @pytest.mark.django_db
 def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_the_new_one(
-        settings, tmp_path, tiny_model_dir, next_release_model):
+        settings, tmp_path, tiny_assessed_model_dir, next_release_model):
     import io
     import shutil
 
@@ -642,7 +643,7 @@ def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_th
 
     from classifier import artifact_store
 
-    _bundle(settings, tmp_path, tiny_model_dir)
+    _bundle(settings, tmp_path, tiny_assessed_model_dir)
     old = registry.ensure_default_registered()
     shutil.rmtree(tmp_path / "var" / "model-store")  # as registered by a release that kept no copy
     _bundle(settings, tmp_path, next_release_model)
@@ -650,9 +651,9 @@ def test_an_upgrade_that_replaced_the_only_copy_of_the_active_model_activates_th
 
     out = io.StringIO()
     call_command("register_default_model", stdout=out)
-    assert "Bundled model tiny-test-1 activated" in out.getvalue()
+    assert "Bundled model tiny-test-1-assessed activated" in out.getvalue()
     active = ModelVersion.objects.get(status="active")
-    assert active.version == "tiny-test-1"
+    assert active.version == "tiny-test-1-assessed"
     old.refresh_from_db()
     assert old.status == ModelVersion.Status.FAILED and "Cannot be loaded any more" in old.notes
     # "Why it failed" shows the reason, as for a failed run
@@ -704,7 +705,7 @@ def test_a_cancel_during_the_benchmark_comparison_ends_the_run_cancelled_not_rea
 
 @pytest.mark.django_db
 def test_an_activation_that_loses_the_race_is_refused_in_words_and_changes_nothing(
-        use_tiny_model, django_user_model, monkeypatch, tmp_path):
+        use_tiny_assessed_model, django_user_model, monkeypatch, tmp_path):
     """Two admins click Activate at once: the database's one-active-version constraint stops the
     second, which gets a message, not a 500, and leaves no audit entry behind."""
     from audit.models import AuditEvent

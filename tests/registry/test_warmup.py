@@ -51,7 +51,7 @@ def test_activation_and_rollback_ask_a_worker_to_warm_the_new_version_after_comm
 
 
 @pytest.mark.django_db
-def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_model, django_user_model,
+def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_assessed_model, django_user_model,
                                                           django_capture_on_commit_callbacks, monkeypatch, caplog,
                                                           tmp_path):
     def down():
@@ -71,7 +71,7 @@ def test_a_broker_that_is_down_does_not_fail_the_activation(use_tiny_model, djan
 
 
 @pytest.mark.django_db
-def test_warm_up_loads_the_active_model_through_the_upload_path(use_tiny_model, inference_options, tmp_path):
+def test_warm_up_loads_the_active_model_through_the_upload_path(use_tiny_assessed_model, inference_options, tmp_path):
     from mlcore.model_store import _CACHE, clear_cache
 
     inference_options(cache_dir=tmp_path / "model-cache")
@@ -85,7 +85,7 @@ def test_warm_up_loads_the_active_model_through_the_upload_path(use_tiny_model, 
 
 
 @pytest.mark.django_db
-def test_warm_up_skips_what_it_should_not_or_cannot_load(use_tiny_model, tmp_path, settings):
+def test_warm_up_skips_what_it_should_not_or_cannot_load(use_tiny_assessed_model, tmp_path, settings):
     import shutil
 
     settings.VAR_DIR = tmp_path / "var"  # where registering the bundled model keeps its copy

@@ -30,7 +30,9 @@ def write_artifact(model_dir: Path, version: str) -> Path:
     (model_dir / MODEL_FILE).write_bytes(f"weights of {version}".encode())
     sha = hashlib.sha256(f"weights of {version}".encode()).hexdigest()
     card = {"version": version, "model_sha256": sha, "data_sources": ["ham10000"], "metrics": {"melanoma_auc": 0.9},
-            "thresholds": {"melanoma": 0.4, "malignancy": 0.5}}
+            "thresholds": {"melanoma": 0.4, "malignancy": 0.5},
+            # image checks: a version needs them to be active (the shipped default too)
+            "assessment": {"quality": {"thresholds": {"sharpness_min": 1.0}}, "ood": {"file": "ood.npz", "sha256": "0" * 64}}}
     (model_dir / CARD_FILE).write_text(json.dumps(card))
     return model_dir
 
