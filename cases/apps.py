@@ -13,3 +13,10 @@ class CasesConfig(AppConfig):
         from classifier.retraining import set_reviewed_records_provider
 
         set_reviewed_records_provider(reviewed_records)
+
+        from django.core import checks
+
+        from cases.checks import report_font
+
+        # a deployment check: the host's fonts matter where reports are printed, not in development
+        checks.register(report_font, "reports", deploy=True)

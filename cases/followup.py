@@ -2,6 +2,7 @@
 changed between visits, and its status on the body map. Read-only; no Django views here."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from django.db.models import Prefetch, Q, QuerySet
 from cases.models import Lesion, LesionImage, Outcome, PatientLesion, Prediction, Review
 from mlcore.labels import MALIGNANT_CLASSES
 from cases.roles import display_name
+from cases.templatetags.cases_extras import percent
 
 BENIGN_DIAGNOSES = {"nevus", "seborrheic keratosis", "pigmented benign keratosis", "dermatofibroma",
                     "vascular lesion"}
@@ -49,6 +51,9 @@ class Visit:
     # so, with the way to retry, never "not scored yet" as if a worker were still on it
     scoring_failed: bool = False
     changed_reasons: list[str] = field(default_factory=list)
+    # the image ``melanoma`` is the score of (the first image when none has one): a picture shown
+    # beside the visit's score must be the one scored so
+    shown_image: LesionImage | None = None
 
     @property
     def changed(self) -> bool:
@@ -62,20 +67,24 @@ def timeline(tracked: PatientLesion, visible: QuerySet[Lesion]) -> list[Visit]:
     predictions = Prediction.objects.select_related("model_version")
     images = LesionImage.objects.prefetch_related(Prefetch("predictions", queryset=predictions)).order_by("pk")
     lesions = (visible.filter(tracked=tracked).select_related("case")
-               .prefetch_related(Prefetch("images", queryset=images), "reviews__reviewer")
+               .prefetch_related(Prefetch("images", queryset=images), "reviews__reviewer", "outcomes")
                .order_by("case__visit_date", "case__created_at", "pk"))
     visits: list[Visit] = []
     for lesion in lesions:
-        current = [i.current_prediction() for i in lesion.images.all()]
+        pictures = list(lesion.images.all())
+        current = [i.current_prediction() for i in pictures]
         finished = [p if p is not None and p.status == Prediction.Status.DONE else None for p in current]
         scored = [p for p in finished if p is not None]
-        assessable = [p.melanoma_probability for p in scored if p.assessable]
+        assessable = [(p.melanoma_probability, image) for image, p in zip(pictures, finished)
+                      if p is not None and p.assessable]
+        highest = max(assessable, key=lambda pair: pair[0], default=None)  # the first image of a tie
         reviews = sorted(lesion.reviews.all(), key=lambda r: r.created_at)
-        visit = Visit(lesion=lesion, images=list(lesion.images.all()), melanoma=max(assessable, default=None),
+        visit = Visit(lesion=lesion, images=pictures, melanoma=highest[0] if highest else None,
                       cannot_assess=any(not p.assessable for p in scored),
                       versions=frozenset(p.model_version.version for p in scored if p.assessable),
                       review=reviews[-1] if reviews else None, complete=len(scored) == len(finished),
-                      scoring_failed=any(p is not None and p.status == Prediction.Status.FAILED for p in current))
+                      scoring_failed=any(p is not None and p.status == Prediction.Status.FAILED for p in current),
+                      shown_image=highest[1] if highest else next(iter(pictures), None))
         visit.changed_reasons = _changes(_baseline(visits, visit), visit)
         visits.append(visit)
     return visits
@@ -121,11 +130,27 @@ def _changes(previous: Visit | None, visit: Visit) -> list[str]:
     comparable = previous is not None and len(previous.versions | visit.versions) == 1
     if comparable and previous.melanoma is not None and visit.melanoma is not None:
         if visit.melanoma - previous.melanoma > rise:
-            reasons.append(f"melanoma probability rose by {visit.melanoma - previous.melanoma:.0%} "
-                           f"(more than {rise:.0%}) since {previous.lesion.case.visit_date:%Y-%m-%d}")
+            reasons.append(f"melanoma probability rose from {percent(previous.melanoma)} to {percent(visit.melanoma)} "
+                           f"(+{_points(visit.melanoma - previous.melanoma, rise)} points; marked above "
+                           f"{rise_points(rise)} points) since {previous.lesion.case.visit_date:%Y-%m-%d}")
     if visit.review is not None and visit.review.lesion_changed:
         reasons.append(f"{display_name(visit.review.reviewer)} recorded a change")
     return reasons
+
+
+def rise_points(rise: float) -> str:
+    """FOLLOW_UP_SCORE_RISE in percentage points, without trailing zeros: 0.1 → "10", 0.125 → "12.5"."""
+    return f"{rise * 100:.1f}".rstrip("0").rstrip(".")
+
+
+def _points(difference: float, rise: float) -> str:
+    """A rise in percentage points, one decimal, with more (up to 3) where one would read as equal
+    to the mark it exceeds: 0.1004 against 0.10 → "10.04", never "10.0"."""
+    for digits in (1, 2, 3):
+        text = f"{difference * 100:.{digits}f}"
+        if float(text) != round(rise * 100, digits):
+            break
+    return text
 
 
 @dataclass(frozen=True)
@@ -157,33 +182,55 @@ def current_result(lesion: Lesion) -> Outcome | None:
     return max((o for o in outcomes if o.pk not in superseded), key=lambda o: (o.entered_at, o.pk), default=None)
 
 
-def status(tracked: PatientLesion, latest: Lesion | None) -> str:
-    """The lesion's status on the body map, from its latest visit. A histopathology result comes
-    first, whatever the model or the review said (malignant, benign or another diagnosis); then
-    flagged (waiting for a dermatologist), in review (claimed), reviewed: benign (a dermatologist's
-    benign diagnosis with reassurance or follow-up), reviewed (any other review, an excision or
-    biopsy advised included), not flagged (every image scored below the thresholds, never
-    reviewed: the model never says "benign"), scoring failed (an image's current prediction,
-    `LesionImage.current_prediction`, failed) or not scored (an image still waits for its score, or there is none)."""
-    if latest is None:
+def status(tracked: PatientLesion, visits: Sequence[Lesion]) -> str:
+    """The lesion's status on the body map, from its visible visits (oldest first, with prefetched
+    ``outcomes``, ``reviews`` and ``images__predictions``). A histopathology result comes first,
+    whatever the model or the review said (malignant, benign or another diagnosis): the newest
+    one in force at any visit, as a result is entered at the visit of the excision or biopsy and a
+    later visit (the scar, say) does not undo it. Then flagged (a visit waits for a
+    dermatologist) or in review (every waiting visit is claimed), whichever visit it is. Then the
+    latest visit: reviewed: benign (a dermatologist's benign diagnosis with reassurance or
+    follow-up), reviewed (any other review, an excision or biopsy advised included), not flagged
+    (every image scored below the thresholds, never reviewed: the model never says "benign"),
+    scoring failed (an image's current prediction, `LesionImage.current_prediction`, failed) or
+    not scored (an image still waits for its score, or there is none). An image uploaded after
+    the latest review whose scoring failed or is unfinished outranks the review: nobody has
+    judged it."""
+    if not visits:
         return "not-scored"
-    result = current_result(latest)
+    results = [r for r in map(current_result, visits) if r is not None]
+    result = max(results, key=lambda o: (o.diagnosis_date, o.entered_at, o.pk), default=None)
     if result is not None:
         if result.diagnosis in MALIGNANT_CLASSES:
             return "histo-malignant"
         return "histo-benign" if result.diagnosis in BENIGN_DIAGNOSES else "histo-other"
-    if latest.awaiting_review:
-        return "in-review" if latest.case.claimed_by_id else "flagged"
+    waiting = [v for v in visits if v.awaiting_review]
+    if waiting:
+        return "in-review" if all(v.case.claimed_by_id for v in waiting) else "flagged"
+    latest = visits[-1]
+    images = list(latest.images.all())
     review = max(latest.reviews.all(), key=lambda r: r.created_at, default=None)
     if review is not None:
+        unseen = _unjudged([i for i in images if i.uploaded_at > review.created_at])
+        if unseen is not None:
+            return unseen
         reassured = review.management in (Review.Management.REASSURE, Review.Management.FOLLOW_UP)
         return "benign" if review.final_diagnosis in BENIGN_DIAGNOSES and reassured else "reviewed"
-    newest = [image.current_prediction() for image in latest.images.all()]
-    if any(p is not None and p.status == Prediction.Status.FAILED for p in newest):
-        return "scoring-failed"  # one image unjudged: the others' scores do not clear the lesion
-    if not newest or any(p is None or p.status != Prediction.Status.DONE for p in newest):
+    if not images:
         return "not-scored"
-    return "flagged" if latest.flagged else "not-flagged"
+    return _unjudged(images) or ("flagged" if latest.flagged else "not-flagged")
+
+
+def _unjudged(images: list[LesionImage]) -> str | None:
+    """The status when one of ``images`` has no finished score ("scoring-failed" or "not-scored"),
+    else None: one image unjudged, the others' scores (or a review that never saw it) do not
+    clear the lesion."""
+    newest = [image.current_prediction() for image in images]
+    if any(p is not None and p.status == Prediction.Status.FAILED for p in newest):
+        return "scoring-failed"
+    if any(p is None or p.status != Prediction.Status.DONE for p in newest):
+        return "not-scored"
+    return None
 
 
 STATUS_LABELS = {"histo-malignant": "Histopathology: malignant", "histo-benign": "Histopathology: benign",
@@ -215,5 +262,5 @@ def patient_map(patient, visible: QuerySet[Lesion]) -> list[MapLesion]:
         if lesion.tracked_id is not None:
             by_tracked.setdefault(lesion.tracked_id, []).append(lesion)
     tracked = PatientLesion.objects.filter(pk__in=by_tracked).order_by("number")
-    return [MapLesion(tracked=t, latest=by_tracked[t.pk][-1], status=status(t, by_tracked[t.pk][-1]),
+    return [MapLesion(tracked=t, latest=by_tracked[t.pk][-1], status=status(t, by_tracked[t.pk]),
                       visit_count=len(by_tracked[t.pk])) for t in tracked]

@@ -183,15 +183,19 @@ def ai_summary(lesion: Lesion) -> str:
     scored = [p for p in newest if p is not None]
     if any(p.status == Prediction.Status.DONE and not p.assessable for p in scored):
         return "Model could not assess an image"
-    if lesion.flagged:
+    if lesion.awaiting_review:
         return "Flagged for review"
+    # out of the queue (its flag reviewed), an image whose scoring is unfinished or failed is what
+    # is still open: said before the old flag, as the body map does (cases.followup.status)
     if any(p.is_active for p in scored):
         return "Scoring not finished"
     if any(p.status == Prediction.Status.FAILED for p in scored):
         return "Scoring failed"
     # an image with no prediction at all (no model when it was uploaded) was never judged: the
     # others' scores do not clear the lesion (as cases.followup.status: "not-scored")
-    return "Not scored" if any(p is None for p in newest) else "Not flagged"
+    if any(p is None for p in newest):
+        return "Not scored"
+    return "Flagged for review" if lesion.flagged else "Not flagged"
 
 
 def review_summary(lesion: Lesion) -> str:

@@ -61,9 +61,9 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         patients = filter_patients(patients, form.cleaned_data, cases)
     page = _page(request, patients.order_by("clinic__name", "identifier", "pk"))
-    return render(request, "cases/patient_list.html", {
+    return _no_store(render(request, "cases/patient_list.html", {
         "form": form, "patients": page.object_list, "page_obj": page, "can_create": access.is_clinician(request.user),
-    }, status=_filter_status(form))
+    }, status=_filter_status(form)))
 
 
 def _filter_status(form) -> int:
@@ -79,8 +79,8 @@ def case_list(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         cases = filter_cases(cases, form.cleaned_data)
     page = _page(request, cases.order_by("-visit_date", "-created_at", "pk"))
-    return render(request, "cases/case_list.html", {"form": form, "cases": page.object_list, "page_obj": page},
-                  status=_filter_status(form))
+    return _no_store(render(request, "cases/case_list.html", {"form": form, "cases": page.object_list,
+                                                              "page_obj": page}, status=_filter_status(form)))
 
 
 def patient_create(request: HttpRequest) -> HttpResponse:
@@ -108,12 +108,12 @@ def patient_detail(request: HttpRequest, pk: int) -> HttpResponse:
                                title=f"{item.tracked.label}: {item.latest.get_anatomic_site_display()}, {item.status_label}",
                                url=reverse("tracked_lesion", args=[patient.pk, item.tracked.number]))
                for item in lesions if item.tracked.map_view]
-    return render(request, "cases/patient_detail.html", {
+    return _no_store(render(request, "cases/patient_detail.html", {
         "patient": patient, "cases": cases, "map_lesions": lesions,
         "may_correct": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic, "map": body_map.svg_context(markers),
         "status_labels": followup.STATUS_LABELS,
         "can_create_case": access.is_clinician(request.user) and access.clinic_of(request.user) == patient.clinic,
-    })
+    }))
 
 
 def case_create(request: HttpRequest, patient_pk: int) -> HttpResponse:
@@ -234,8 +234,9 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
         visit.melanoma_threshold = next(
             (p.model_version.melanoma_threshold for i in visit.images if (p := followup.latest_scored(i)) is not None
              and p.assessable and p.melanoma_probability == visit.melanoma), None)
+    # a plotted score's version: a score the model could not assess is neither plotted nor its threshold drawn
     threshold = next((p.model_version.melanoma_threshold for v in reversed(visits) for i in v.images
-                      if (p := followup.latest_scored(i)) is not None), None)
+                      if (p := followup.latest_scored(i)) is not None and p.assessable), None)
     versions = followup.scoring_versions(visits)  # more than one: the line is the latest version's only
     plot = followup.score_plot(visits)
     if threshold is not None:
@@ -243,7 +244,7 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
     markers = []
     if tracked.map_view:
         x, y = body_map.marker_position(tracked.map_view, tracked.map_x, tracked.map_y)
-        latest, status = visits[-1].lesion, followup.status(tracked, visits[-1].lesion)
+        latest, status = visits[-1].lesion, followup.status(tracked, [visit.lesion for visit in visits])
         # the words of the patient page's marker: the colour alone must not carry the status
         markers = [body_map.Marker(x, y, label=tracked.label, status=status, url="#",
                                    title=f"{tracked.label}: {latest.get_anatomic_site_display()}, "
@@ -251,7 +252,7 @@ def tracked_lesion(request: HttpRequest, patient_pk: int, number: int) -> HttpRe
     return _no_store(render(request, "cases/tracked_lesion.html", {
         "patient": patient, "tracked": tracked, "visits": visits, "latest": visits[-1], "plot": plot,
         "threshold": threshold, "versions": versions, "compare": (first, second), "map": body_map.svg_context(markers),
-        "rise": settings.FOLLOW_UP_SCORE_RISE,
+        "rise_points": followup.rise_points(settings.FOLLOW_UP_SCORE_RISE),
         "may_correct": corrections.may_correct(request.user, visits[-1].lesion.case),
     }))
 

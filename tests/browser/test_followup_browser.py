@@ -81,7 +81,7 @@ def test_body_map_visits_and_timeline(live_server, browser_page, artifacts_dir):
     # The timeline: both visits, the rise marked "Changed", the plot, and the comparison.
     expect(page.get_by_role("heading", name="Lesion L1 · Upper extremity (right)")).to_be_visible()
     expect(page.locator(".visit.is-changed")).to_have_count(1)
-    expect(page.locator(".change-reasons")).to_contain_text("Melanoma probability rose by 36%")
+    expect(page.locator(".change-reasons")).to_contain_text("Melanoma probability rose from 12.0% to 48.0% (+36.0 points")
     expect(page.locator(".score-plot circle")).to_have_count(2)
     expect(page.locator(".compare-pair img")).to_have_count(2)
     page.get_by_label("First visit").select_option(index=1)

@@ -419,6 +419,6 @@ def test_a_lesion_with_an_image_never_scored_is_not_called_not_flagged(world, mo
     stored_image(world.lesion_a, world.clin_a, seed=9)  # no model: no prediction
     lesion = Lesion.objects.get(pk=world.lesion_a.pk)
     assert ai_summary(lesion) == "Not scored"
-    assert status(lesion.tracked, lesion) == "not-scored"
+    assert status(lesion.tracked, [lesion]) == "not-scored"
     text = pdf_text(build_case_report(world.case_a, generated_by=world.clin_a))
     assert "Status: Not scored" in text and "not flagged by the model" not in text

@@ -97,7 +97,7 @@ def test_timeline_marks_a_rise_and_a_recorded_change(world, settings):
     assert [v.lesion for v in visits] == [world.lesion_a, l2, l3]
     assert [v.melanoma for v in visits] == [0.20, 0.25, 0.45]
     assert [v.changed for v in visits] == [False, False, True]
-    assert "rose by 20%" in visits[2].changed_reasons[0] and visits[1].cannot_assess
+    assert "rose from 25.0% to 45.0% (+20.0 points" in visits[2].changed_reasons[0] and visits[1].cannot_assess
     Review.objects.create(lesion=l2, reviewer=world.derm, agreement="agree", final_diagnosis="nevus",
                           management="follow_up", lesion_changed=True)
     visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
@@ -187,7 +187,7 @@ def test_a_visit_with_a_failed_image_is_neither_compared_nor_a_baseline(world, s
     visits = followup.timeline(world.lesion_a.tracked, Lesion.objects.all())
     assert [v.complete for v in visits] == [True, False, True]
     assert [v.changed for v in visits] == [False, False, True]
-    assert "rose by 45%" in visits[2].changed_reasons[0]
+    assert "rose from 10.0% to 55.0% (+45.0 points" in visits[2].changed_reasons[0]
 
 
 def test_review_asks_about_change_only_when_there_are_earlier_visits(world):
