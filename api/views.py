@@ -357,7 +357,9 @@ class PredictionViewSet(ReadViewSet):
     def get_queryset(self):
         # the patient for the audit trail; the image's other predictions for is_current
         predictions = access.visible_predictions(self.request.user).select_related("image__lesion__case__patient")
-        return predictions.prefetch_related("image__predictions").order_by("pk")
+        # with their versions: which score is in force depends on whether a re-score's version is active
+        in_force = Prefetch("image__predictions", queryset=Prediction.objects.select_related("model_version"))
+        return predictions.prefetch_related(in_force).order_by("pk")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         predictions = _filtered(queryset, self.request, {"case": "image__lesion__case_id",
