@@ -4,11 +4,12 @@
 Redis, a worker, the web server) is restarted after a back-off that doubles while it keeps dying
 (1 s up to 60 s); the others keep running. Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal
 closed) stop every process it started. Re-running is safe: migrations and demo accounts are
-idempotent, and the children a killed run left behind (listed in ``var/devserver-PORT.pids``) are
-stopped first; while that run itself is alive, a second one on its port refuses to start. DEBUG is
-off unless the environment turns it on, so error pages are the app's own (never Django's debug
-page with its URL list). The web server's access log leaves out query strings (search terms may
-be patient identifiers) and the Referer (`ACCESS_LOG_FORMAT`).
+idempotent (with ``DJANGO_ENV=production`` no demo accounts are made), and the children a killed
+run left behind (listed in ``var/devserver-PORT.pids``) are stopped first; while that run itself is
+alive, a second one on its port refuses to start. DEBUG is off unless the environment turns it on,
+so error pages are the app's own (never Django's debug page with its URL list). The web server's
+access log leaves out query strings (search terms may be patient identifiers) and the Referer
+(`ACCESS_LOG_FORMAT`).
 """
 from __future__ import annotations
 
@@ -216,6 +217,8 @@ def main() -> int:
     var = Path(env.get("SECONDLOOK_VAR_DIR", BASE_DIR / "var"))
     host = env.get("HOST", "127.0.0.1")
     port = int(env.get("PORT", "8000"))
+    # settings.PRODUCTION's test: this supervisor loads no Django settings of its own
+    production = env.get("DJANGO_ENV", "development") == "production"
     children: dict[str, Child] = {}
     stopping = False
 
@@ -225,6 +228,9 @@ def main() -> int:
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, request_stop)
+    # owner-only when created here: it holds the SQLite database, the uploads and the broker's data
+    # (an existing one is left as it is)
+    var.mkdir(mode=0o700, parents=True, exist_ok=True)
     pid_file = PidFile(var / f"devserver-{port}.pids")
     refusal = pid_file.clear_leftovers()
     if refusal:
@@ -237,13 +243,18 @@ def main() -> int:
             redis_port = int(env.get("EMBEDDED_REDIS_PORT", "6380"))
             children["redis"] = Child("redis", lambda: start_embedded_redis(var / "redis", port=redis_port)[0],
                                       own_group=False)
-            children["redis"].start()
+            try:
+                children["redis"].start()
+            except RuntimeError as exc:  # e.g. its port is another Redis's: never share that one's queues
+                _say(f"Not starting: {exc}.", sys.stderr)
+                return 1
             pid_file.write(children)
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
             print(f"Embedded Redis on {env['REDIS_URL']}", flush=True)
         _manage("migrate", "--noinput", env=env)
         _manage("collectstatic", "--noinput", "--verbosity", "0", env=env)
-        _manage("setup_demo", env=env)
+        if not production:  # the command refuses there: no demo superuser with a printed password
+            _manage("setup_demo", env=env)
         _manage("register_default_model", env=env)
         for name, command in _services(env, host, port).items():
             if stopping:

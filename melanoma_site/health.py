@@ -5,6 +5,8 @@
   most once per HEALTH_CACHE_SECONDS per process, however many callers poll it; anonymous
   callers get the overall status only, staff users and callers with the ``HEALTH_TOKEN``
   (``Authorization: Bearer ...``) get every check with its error, worker names and paths.
+
+Both answer HEAD as well as GET (``require_safe``): many load balancers probe with HEAD.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.contrib.auth.decorators import login_not_required
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from classifier.registry import active_model_status
 from melanoma_site.celery import app as celery_app
@@ -118,7 +120,7 @@ def may_see_details(request: HttpRequest) -> bool:
 
 @login_not_required
 @never_cache
-@require_GET
+@require_safe
 def health(request: HttpRequest) -> JsonResponse:
     """``GET /health/``: 200 when everything is up, 503 otherwise; details for staff or the token."""
     report = cached_health_report()
@@ -130,8 +132,8 @@ def health(request: HttpRequest) -> JsonResponse:
 
 @login_not_required
 @never_cache
-@require_GET
+@require_safe
 def live(request: HttpRequest) -> JsonResponse:
-    """``GET /health/live``: the process answers. No database, broker or model call, so a load
-    balancer or orchestrator may poll it as often as it likes."""
+    """``GET``/``HEAD /health/live``: the process answers. No database, broker or model call, so a
+    load balancer or orchestrator may poll it as often as it likes."""
     return JsonResponse({"status": "ok"})

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -57,7 +58,8 @@ def _development_secret_key() -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        # owner-only: it will hold the SQLite database and uploaded images (an existing one is left as it is)
+        VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = secrets.token_urlsafe(64)
         path.write_text(key)
         path.chmod(0o600)
@@ -138,7 +140,10 @@ _default_db = f"sqlite:///{VAR_DIR / 'db.sqlite3'}"
 _database_url = os.environ.get("DATABASE_URL", "")
 if PRODUCTION and not _database_url:
     raise ImproperlyConfigured("DATABASE_URL must be set when DJANGO_ENV=production")
-DATABASES = {"default": dj_database_url.parse(_database_url or _default_db, conn_max_age=60)}
+# Persistent connections are checked before reuse: after a database restart each thread's next
+# request would otherwise fail on its dead connection.
+DATABASES = {"default": dj_database_url.parse(_database_url or _default_db, conn_max_age=60,
+                                              conn_health_checks=True)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Workers are separate processes: the test database must be a file they can open too,
     # and WAL lets the web server read while a worker writes.
@@ -197,6 +202,9 @@ MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 # Images are never served from a public URL: only authenticated views stream them.
 MEDIA_URL = None
 
+# Lesion images are patient data: readable by the app's own user only, whatever its umask.
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Files one upload may carry (the form says so clearly); the request parser's own cap sits well
@@ -241,7 +249,10 @@ STORAGES = {
             "whitenoise.storage.CompressedManifestStaticFilesStorage"
             if PRODUCTION
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
-        )
+        ),
+        # collectstatic would otherwise take the uploads' owner-only modes: static files are
+        # public, and a proxy running as another user may serve STATIC_ROOT itself
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
     },
 }
 
@@ -263,10 +274,40 @@ SECONDLOOK_FAULT_SCORING_DELAY_S = float(os.environ.get("SECONDLOOK_FAULT_SCORIN
 
 # --- Celery (Redis broker) ------------------------------------------------------------------
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _cache_url_beside(broker_url: str) -> str:
+    """The broker's Redis with the next database number (``/0`` -> ``/1``), query kept.
+
+    Never the broker's own database: ``cache.clear()`` runs FLUSHDB, which would empty the
+    task queues with it. A ``db=`` query wins over the path (as in redis-py), and a ``unix://``
+    URL carries its database only there."""
+    parts = urlsplit(broker_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = dict(query).get("db")
+    if given is None and parts.scheme != "unix":
+        given = parts.path.strip("/")
+    try:
+        broker_db = int(given or 0)
+    except ValueError:
+        raise ImproperlyConfigured(f"REDIS_URL: {given!r} is not a database number; set CACHE_URL") from None
+    cache_db = broker_db + 1 if broker_db < 15 else broker_db - 1  # a default Redis has databases 0-15
+    path, query_text = f"/{cache_db}", parts.query
+    if "db" in dict(query) or parts.scheme == "unix":
+        path = parts.path
+        query_text = urlencode([(k, v) for k, v in query if k != "db"] + [("db", str(cache_db))])
+    # assembled by hand: urlunsplit() drops the empty host of unix:///path
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{query_text}" if query_text else "")
+
+
 # The shared cache, which holds the API's rate-limit counters: Redis in production, so every web
 # worker counts against one limit (a per-process memory cache would let N workers allow N times
 # the rate); a memory cache in development and tests unless CACHE_URL names a Redis.
-CACHE_URL = os.environ.get("CACHE_URL", REDIS_URL if PRODUCTION else "").strip()
+# By default production's is the broker's Redis, in another database (_cache_url_beside).
+CACHE_URL = os.environ.get("CACHE_URL")
+if CACHE_URL is None:  # only derived when unset: an explicit CACHE_URL needs no parsable REDIS_URL
+    CACHE_URL = _cache_url_beside(REDIS_URL) if PRODUCTION else ""
+CACHE_URL = CACHE_URL.strip()
 if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
     CACHES = {"default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL,

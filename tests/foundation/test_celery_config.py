@@ -1,4 +1,5 @@
 """Celery is configured the way production needs it."""
+import pytest
 from django.conf import settings
 
 from melanoma_site.celery import app
@@ -91,3 +92,45 @@ def test_an_inference_worker_reserves_one_task_per_process():
                                 concurrency=int(command[command.index("--concurrency") + 1]))
     assert worker.consumer.prefetch_multiplier == 1
     assert worker.consumer.initial_prefetch_count == 3  # one per process, none waiting behind them
+
+
+def test_a_worker_warns_when_another_live_worker_has_its_node_name(monkeypatch, caplog):
+    """Two workers named alike (no -n: both celery@HOST) hide each other from /health/, and each
+    start re-queues what its namesake is scoring: the one that starts second says so."""
+    import os
+
+    from melanoma_site import celery as celery_module
+
+    replies = []
+    monkeypatch.setattr(app.control, "broadcast", lambda command, **kwargs: replies)
+    replies[:] = [{"celery@web1": {"pid": os.getpid()}}]  # its own answer only
+    assert celery_module.warn_if_node_name_taken("celery@web1") is False
+    replies[:] = [{"celery@web1": {"pid": os.getpid()}}, {"celery@web1": {"pid": 4242}}]
+    with caplog.at_level("WARNING", logger="melanoma_site.celery"):
+        assert celery_module.warn_if_node_name_taken("celery@web1") is True
+    assert "celery@web1" in caplog.text and "4242" in caplog.text and "-n inference@%h" in caplog.text
+
+    def unreachable(command, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(app.control, "broadcast", unreachable)
+    assert celery_module.warn_if_node_name_taken("celery@web1") is False  # never stops a worker
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_real_second_worker_of_the_same_name_warns_at_start(celery_worker_process, tmp_path):
+    import time
+
+    first = celery_worker_process
+    second = type(first)("training", first.env, tmp_path / "second.log", first.name)  # the same -n
+    second.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "another live worker is named" not in second.log_path.read_text():
+            time.sleep(0.5)
+        log = second.log_path.read_text()
+        assert f"another live worker is named {first.name}@" in log and f"pid {first.process.pid}" in log, log[-3000:]
+    finally:
+        second.stop()
+    assert "another live worker is named" not in first.log_path.read_text()  # it started alone

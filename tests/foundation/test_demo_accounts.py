@@ -29,3 +29,15 @@ def test_printed_password_logs_in(client, capsys):
     password = line.split("password:")[1].strip()
     response = client.post("/accounts/login/", {"username": "clinician", "password": password})
     assert response.status_code == 302 and response["Location"] == "/"
+
+
+@pytest.mark.django_db
+def test_setup_demo_refuses_in_production(settings, capsys):
+    """A superuser named admin with a password printed to a terminal or a log has no place there."""
+    from django.core.management import CommandError
+
+    settings.PRODUCTION = True
+    with pytest.raises(CommandError, match="createsuperuser"):
+        call_command("setup_demo")
+    assert not get_user_model().objects.exists()
+    assert "password:" not in capsys.readouterr().out

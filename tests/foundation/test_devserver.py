@@ -89,3 +89,55 @@ def test_each_instance_has_its_own_gunicorn_control_socket(tmp_path):
     second = _services({"SECONDLOOK_VAR_DIR": str(tmp_path / "b")}, "127.0.0.1", 8002)["web"]
     sockets = [cmd[cmd.index("--control-socket") + 1] for cmd in (first, second)]
     assert sockets[0] != sockets[1] and all(s.startswith(str(tmp_path)) for s in sockets)
+
+
+class _Started(Exception):
+    """Raised where the supervisor would start the services: the steps before it are what is checked."""
+
+
+@pytest.mark.parametrize("environment, makes_demo_accounts", [("development", True), ("production", False)])
+def test_no_demo_accounts_in_production_and_a_new_var_dir_is_owner_only(tmp_path, monkeypatch, environment,
+                                                                        makes_demo_accounts):
+    import stat
+
+    from melanoma_site import devserver
+    from melanoma_site.embedded_redis import free_port
+
+    steps = []
+
+    def services(env, host, port):
+        raise _Started
+
+    monkeypatch.setattr(devserver, "STOP_SIGNALS", ())  # leave this process's own handlers alone
+    monkeypatch.setattr(devserver, "_manage", lambda *args, env: steps.append(args[0]))
+    monkeypatch.setattr(devserver, "_services", services)
+    monkeypatch.setenv("DJANGO_ENV", environment)
+    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # no embedded Redis
+    monkeypatch.setenv("PORT", str(free_port()))
+    with pytest.raises(_Started):
+        devserver.main()
+    assert ("setup_demo" in steps) is makes_demo_accounts
+    assert steps[0] == "migrate" and steps[-1] == "register_default_model"
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700
+
+
+def test_a_taken_embedded_redis_port_stops_the_start_with_the_reason(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from melanoma_site import devserver
+    from melanoma_site.embedded_redis import free_ports
+
+    port, redis_port = free_ports(2)
+    monkeypatch.setattr(devserver, "STOP_SIGNALS", ())
+    monkeypatch.setattr(devserver, "_manage", lambda *args, env: pytest.fail("went on after the refusal"))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("SECONDLOOK_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("PORT", str(port))
+    monkeypatch.setenv("EMBEDDED_REDIS_PORT", str(redis_port))
+    with socket.socket() as other:  # another checkout's ./run.sh, say
+        other.bind(("127.0.0.1", redis_port))
+        other.listen()
+        assert devserver.main() == 1
+    err = capsys.readouterr().err
+    assert f"port {redis_port}" in err and "EMBEDDED_REDIS_PORT" in err

@@ -137,3 +137,11 @@ def test_the_report_is_computed_once_per_cache_period_and_never_writes(client, s
     monkeypatch.setattr(health, "_cached", None)
     assert client.get(reverse("health"), **HEALTH_AUTH).json()["model"]["ok"] is False
     assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_load_balancers_may_probe_with_head(client):
+    """Many load balancers probe with HEAD; require_GET answered them 405."""
+    response = client.head("/health/live")
+    assert response.status_code == 200
+    assert client.post("/health/live").status_code == 405  # still read-only

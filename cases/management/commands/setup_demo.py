@@ -1,11 +1,15 @@
-"""Create the demo accounts (clinician, dermatologist, admin) once, printing fresh passwords."""
+"""Create the demo accounts (clinician, dermatologist, admin) once, printing fresh passwords.
+
+Refused in production (``DJANGO_ENV=production``): a superuser named ``admin`` whose password went
+to a terminal or a log has no place there; ``createsuperuser`` makes the real accounts."""
 from __future__ import annotations
 
 import secrets
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from cases.roles import CLINICIAN, DERMATOLOGIST, ROLE_GROUPS
@@ -27,6 +31,9 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args, reset_passwords: bool = False, **options):
+        if settings.PRODUCTION:
+            raise CommandError("setup_demo creates demo accounts (a superuser named admin among them) and is refused "
+                               "with DJANGO_ENV=production: create real accounts with `manage.py createsuperuser`")
         groups = {name: Group.objects.get_or_create(name=name)[0] for name in ROLE_GROUPS}
         User = get_user_model()
         printed = []
