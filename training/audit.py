@@ -287,8 +287,8 @@ def audit_records(load: LoadResult, cache_file: Path | None = None, workers: int
     g = _UF()
     for root, v in ident.items():
         for r in v:
-            # a lesion id of its own (HAM10000's, the app's reviewed lesions' "app-lesion-N"; an
-            # ISIC-folder image's is its image id): every image of that lesion in one group
+            # a lesion id of its own (HAM10000's; the app's reviewed images carry their patient's,
+            # "app-patient-N"; an ISIC-folder image's is its image id): every image of it in one group
             if r.lesion_id and r.lesion_id != r.isic_id:
                 g.union("L:" + root, "H:" + r.lesion_id)
         g.find("L:" + root)

@@ -39,8 +39,9 @@ def evaluate_artifact(model_dir: Path, data_root: Path, cache_dir: Path | None, 
 
         logits = m.clinical.apply(logits, contexts_of(recs))
     probs = softmax_with_temperature(logits, m.temperature)
+    # the audit's split groups, as training resampled them: near-duplicates of one lesion are one draw
     metrics = evaluate_probs(probs, masks, m.thresholds, n_boot=n_boot, seed=0, groups=subgroup_labels(recs),
-                             lesions=lesion_ids_of(recs))
+                             lesions=lesion_ids_of(recs, audit.groups))
     if plots_dir:
         plot_all(probs, masks, metrics, None, Path(plots_dir))
     fp_ok = audit.report["data_fingerprint"] == m.card.get("data_fingerprint")

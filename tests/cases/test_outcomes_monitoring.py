@@ -155,7 +155,7 @@ def test_histopathology_outranks_the_review_as_training_label(world, model_versi
     histo = records[f"REVIEW_{reviewed.pk:07d}"]
     assert histo.allowed == frozenset({"melanoma"}) and histo.ham_code == "mel"
     assert histo.dx_type == f"histopathology on {date.today():%Y-%m-%d}, report HP-9, entered by clin_a"
-    assert histo.lesion_id == f"app-lesion-{world.lesion_a.tracked_id}"  # grouped by the patient's lesion
+    assert histo.lesion_id == f"app-patient-{world.patient_a.pk}"  # one patient falls on one side of the split
     assert records[f"REVIEW_{only_outcome.images.get().pk:07d}"].ham_code == "bcc"
     assert records[f"REVIEW_{review_only.images.get().pk:07d}"].dx_type.startswith("dermatologist review by derm2")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cases.models import Prediction, Review
+from cases.models import Lesion, Prediction, Review
 from classifier import lifecycle
 from classifier.models import ModelVersion
 from test_integration_scoring import status_of, upload_one, wait_for
@@ -44,8 +44,10 @@ def test_train_gate_activate_and_score_with_the_new_version(client, people, tiny
     # A dermatologist-reviewed image becomes training data.
     first = upload_one(client, people, name="reviewed.jpg", seed=3)
     wait_for(lambda: status_of(first) == "done", what="first scoring", worker=training_worker)
+    # follow-up, not excision: a lesion sent for histology waits for its result before it is learned from
     Review.objects.create(lesion=people.lesion_a, reviewer=people.derm, agreement="agree",
-                          final_diagnosis="melanoma", management="excision")
+                          final_diagnosis="melanoma", management="follow_up")
+    Lesion.objects.filter(pk=people.lesion_a.pk).update(awaiting_review=False)  # as the review form does
 
     good = lifecycle.start_training(sources=["isic-9class", "ham10000", "reviews"], epochs=15, seed=0,
                                     target_sensitivity=0.9, user=people.admin)

@@ -19,9 +19,11 @@ from tests.support.case_helpers import make_image, score_image
 pytestmark = pytest.mark.django_db
 
 
-def review(world, lesion, diagnosis: str, reviewer=None) -> Review:
+def review(world, lesion, diagnosis: str, reviewer=None, management: str = "follow_up") -> Review:
+    """A review (made after the images it labels: it speaks only for those; not sending the lesion
+    to the laboratory, which would hold it back until the result)."""
     return Review.objects.create(lesion=lesion, reviewer=reviewer or world.derm, agreement="agree",
-                                 final_diagnosis=diagnosis, management="excision")
+                                 final_diagnosis=diagnosis, management=management)
 
 
 def histopathology(world, lesion, diagnosis: str, reference: str = "HP-1", on: date | None = None):
@@ -47,7 +49,6 @@ def exported(records) -> set[int]:
 
 
 def test_only_dermoscopic_images_with_an_assessable_finished_score_are_exported(world, model_version, tmp_path):
-    review(world, world.lesion_a, "melanoma")
     kept = scored_image(world, model_version, "1")
     clinical = scored_image(world, model_version, "2")
     LesionImage.objects.filter(pk=clinical.pk).update(kind=LesionImage.Kind.CLINICAL)
@@ -62,6 +63,7 @@ def test_only_dermoscopic_images_with_an_assessable_finished_score_are_exported(
     corrected = scored_image(world, model_version, "7")
     Prediction.objects.create(image=corrected, model_version=model_version, context_revision=1, status="pending",
                               reason="Site corrected")
+    review(world, world.lesion_a, "melanoma")
 
     records = reviewed_records(tmp_path / "export")
     assert exported(records) == {kept.pk, rescored.pk}
@@ -74,8 +76,8 @@ def test_a_histopathology_result_at_a_later_visit_labels_every_visit_of_the_lesi
     """Reviewed "nevus" at the first visit, excised at the second as melanoma: both visits are melanoma."""
     first = later_visit(world, days=0)  # world.lesion_a is one visit; this is another of the same lesion
     Case.objects.filter(pk=first.case_id).update(visit_date=timezone.localdate() - timedelta(days=400))
-    review(world, first, "nevus")
     at_first = scored_image(world, model_version, "1", lesion=first)
+    review(world, first, "nevus")
     at_excision = scored_image(world, model_version, "2")
     histopathology(world, world.lesion_a, "melanoma", reference="HP-42")
 
@@ -84,17 +86,17 @@ def test_a_histopathology_result_at_a_later_visit_labels_every_visit_of_the_lesi
     assert {r.allowed for r in records.values()} == {frozenset({"melanoma"})}
     assert records[at_excision.pk].dx_type.startswith("histopathology on") and "HP-42" in records[at_excision.pk].dx_type
     assert records[at_first.pk].dx_type.endswith(f"at the visit of {world.case_a.visit_date:%Y-%m-%d}")
-    assert {r.lesion_id for r in records.values()} == {f"app-lesion-{world.lesion_a.tracked_id}"}
+    assert {r.lesion_id for r in records.values()} == {f"app-patient-{world.patient_a.pk}"}
 
 
 def test_visits_reviewed_with_different_diagnoses_and_no_histopathology_drop_the_lesion(world, model_version,
                                                                                        tmp_path):
     second = later_visit(world, days=0)
     Case.objects.filter(pk=world.case_a.pk).update(visit_date=timezone.localdate() - timedelta(days=200))
-    review(world, world.lesion_a, "nevus")
-    review(world, second, "melanoma")
     scored_image(world, model_version, "1")
     scored_image(world, model_version, "2", lesion=second)
+    review(world, world.lesion_a, "nevus")
+    review(world, second, "melanoma")
     # another lesion, reviewed at one visit only: its label stays with the visit that was reviewed
     other = scored_image(world, model_version, "3", lesion=world.lesion_b)
     review(world, world.lesion_b, "dermatofibroma", reviewer=world.derm2)

@@ -172,7 +172,7 @@ def test_training_keeps_the_benchmark_out_and_refuses_a_forced_split(tmp_path, m
     # a near-duplicate, so the audit groups it with the benchmark lesion
     pixels = np.asarray(Image.open(data / "ham10000" / "images" / "ISIC_7000000.jpg")).astype(int)
     Image.fromarray(np.clip(pixels + 1, 0, 255).astype(np.uint8)).save(tmp_path / "review-1.png")
-    review = ImageRecord(path=str(tmp_path / "review-1.png"), isic_id="REVIEW_0000001", lesion_id="app-lesion-1",
+    review = ImageRecord(path=str(tmp_path / "review-1.png"), isic_id="REVIEW_0000001", lesion_id="app-patient-1",
                          allowed=frozenset({"melanoma"}), source="review", ham_code="mel")
     monkeypatch.setattr(training.splits, "split_by_lesion", spy)
     monkeypatch.setattr(training.cache, "load_images", stop)

@@ -92,16 +92,16 @@ def test_audit_policy(fake_data, tmp_path):
     assert res.groups["ISIC_0000010"] == res.groups["ISIC_0000011"]
 
 
-def test_every_visit_of_a_reviewed_app_lesion_is_one_split_group(fake_data, tmp_path):
-    """Dermatologist-reviewed uploads carry the app's lesion id: two visits of one lesion (images far
-    apart, not near-duplicates) must fall on one side of the split, like a HAM10000 lesion's."""
+def test_every_reviewed_app_image_of_a_patient_is_one_split_group(fake_data, tmp_path):
+    """Dermatologist-reviewed uploads carry their patient as the group: two images of one patient
+    (far apart, not near-duplicates) must fall on one side of the split, like a HAM10000 lesion's."""
     from training.data import ImageRecord
 
     load = load_all(fake_data)
     for i, seed in enumerate((101, 202)):
         _img(tmp_path / f"review-{i}.png", seed)
         load.records.append(ImageRecord(path=str(tmp_path / f"review-{i}.png"), isic_id=f"REVIEW_000000{i}",
-                                        lesion_id="app-lesion-7", allowed=frozenset({"melanoma"}), source="review",
+                                        lesion_id="app-patient-7", allowed=frozenset({"melanoma"}), source="review",
                                         ham_code="mel"))
     res = audit_records(load, cache_file=tmp_path / "h.json", workers=1, progress=False)
     assert res.groups["REVIEW_0000000"] == res.groups["REVIEW_0000001"]
