@@ -52,7 +52,7 @@ def main() -> int:
             if m.clinical is not None:
                 logits = m.clinical.apply(logits, contexts_of(recs))
             e = evaluate_probs(softmax_with_temperature(logits, m.temperature), masks, m.thresholds,
-                               n_boot=a.bootstrap, seed=0, lesions=lesion_ids_of(recs))
+                               n_boot=a.bootstrap, seed=0, lesions=lesion_ids_of(recs, audit.groups))
             op = e["operating_points"]["melanoma"]
             res[name] = {k: e[k] for k in ("melanoma_auc", "melanoma_auc_ci95", "malignancy_auc",
                                            "balanced_accuracy_7")} | {

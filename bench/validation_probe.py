@@ -65,11 +65,12 @@ def main() -> int:
     if any(o.card["split_ids"] != m.card["split_ids"] for o in others):
         raise SystemExit("--ensemble-with: every member must be trained on the same lesion split")
     cfg = TrainConfig.from_dict(m.card["training"]["config"])
-    by_id = {r.isic_id: r for r in run_audit(data_dir(), cache_dir()).records}
+    audit = run_audit(data_dir(), cache_dir())
+    by_id = {r.isic_id: r for r in audit.records}
     recs = [by_id[i] for i in m.card["split_ids"]["val"]]
     masks = np.stack([mask_from_classes(r.allowed) for r in recs])
     contexts = contexts_of(recs)
-    lesions = lesion_ids_of(recs)
+    lesions = lesion_ids_of(recs, audit.groups)  # near-duplicates of one lesion are drawn together
 
     def adding(adjustment):
         """The variant that adds ``adjustment`` (a ClinicalAdjustment, or None) to the logits."""

@@ -28,8 +28,9 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   not assess its images (a forced flag, not a judgement) is counted apart, as scoring does not let
   such a score disagree with a review either (cases.scoring._store_result);
 - outcomes (``outcome_calls``): histopathology results resolved per tracked lesion (the patient's
-  lesion followed over visits, as cases.training_labels resolves training labels: a result on any
-  visit speaks for the lesion; visits with disagreeing results are counted apart). The call judged
+  lesion followed over visits: a result on any visit speaks for the lesion, which training labels
+  narrow to the visits up to the excision (cases.training_labels); visits with disagreeing results
+  are counted apart). The call judged
   is the one made in practice: each image's FIRST finished score (never a later re-score, which
   may come from a version trained on these very outcomes), at the earliest visit where the model
   could assess an image; flagged when any of that visit's assessable images was flagged. It counts
