@@ -156,10 +156,17 @@ class PatientAdmin(ClinicalAdmin):
     readonly_fields = ["created_at"]
 
 
+# The review queue's state: set by scoring, cleared by a dermatologist's review, released by the
+# audited "release claim" action. Edited in the admin, a lesion would leave the queue unreviewed.
+LESION_QUEUE_FIELDS = ["flagged", "awaiting_review", "flagged_at"]
+CASE_QUEUE_FIELDS = ["status", "claimed_by", "claimed_at", "closed_at", "closed_by"]
+
+
 class LesionInline(admin.TabularInline):
     model = Lesion
     extra = 0
     fields = ["anatomic_site", "description", "flagged", "awaiting_review"]
+    readonly_fields = ["flagged", "awaiting_review"]
     show_change_link = True
 
 
@@ -174,8 +181,8 @@ class CaseAdmin(ClinicalAdmin):
     list_display = ["pk", "patient", "referring_clinician", "status", "claimed_by", "created_at"]
     list_filter = ["status", ("patient__clinic", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["patient__identifier", "clinical_question", "referring_clinician__username"]
-    raw_id_fields = ["patient", "referring_clinician", "claimed_by"]
-    readonly_fields = ["created_at", "updated_at"]
+    raw_id_fields = ["patient", "referring_clinician"]
+    readonly_fields = [*CASE_QUEUE_FIELDS, "created_at", "updated_at"]
     inlines = [LesionInline]
 
     def get_readonly_fields(self, request, obj=None):
@@ -195,6 +202,7 @@ class LesionAdmin(ClinicalAdmin):
     list_filter = ["anatomic_site", "flagged", "awaiting_review"]
     search_fields = ["case__patient__identifier", "description"]
     raw_id_fields = ["case"]
+    readonly_fields = LESION_QUEUE_FIELDS
 
     def get_readonly_fields(self, request, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Iterable
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.http import HttpRequest
 from django.utils import timezone
@@ -185,18 +185,33 @@ def close_case(*, user, case: Case, note: str = "", request: HttpRequest | None 
 REVIEW_FIELDS = ("agreement", "final_diagnosis", "management", "lesion_changed", "notes")
 
 
+def _refuse_if_amended(review: Review) -> None:
+    """Refuse a second amendment of ``review``: amendments chain, the newest one is amended."""
+    if Review.objects.filter(amends=review).exists():
+        raise ValidationError("This review was already amended; amend the newest version.")
+
+
 @transaction.atomic
 def amend_review(*, user, review: Review, reason: str, values: dict, request: HttpRequest | None = None) -> Review:
     """A new review that amends a signed one (which stays as it was, marked as amended)."""
     if not is_reviewer(user):
         raise PermissionDenied("Only dermatologists can amend a review.")
     reason = _need_reason(reason)
-    if Review.objects.filter(amends=review).exists():
-        raise ValidationError("This review was already amended; amend the newest version.")
+    # two dermatologists amending the same review at once: the second waits here for the first to
+    # commit, then finds its amendment below (the database keeps one amendment per review)
+    Review.objects.select_for_update().filter(pk=review.pk).first()
+    _refuse_if_amended(review)
     amendment = Review(lesion=review.lesion, reviewer=user, amends=review, amendment_reason=reason,
                        **{name: values.get(name, getattr(review, name)) for name in REVIEW_FIELDS})
-    amendment.full_clean()
-    amendment.save()
+    try:
+        amendment.full_clean()
+        with transaction.atomic():  # a savepoint: the refusal below leaves the caller's transaction usable
+            amendment.save()
+    except (ValidationError, IntegrityError):
+        # an amendment saved since the check above (a database without row locks) is caught by the
+        # unique rule in full_clean or in the database: say so in the form's words, not as a 500
+        _refuse_if_amended(review)
+        raise
     audit_log.record(action="review", obj=amendment, actor=user, request=request, old=audit_log.snapshot(
         review, ("id", *REVIEW_FIELDS)), new={**audit_log.snapshot(amendment, ("amends", *REVIEW_FIELDS)),
                                               "reason": reason})

@@ -21,7 +21,8 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Case as Cond
+from django.db.models import DateTimeField, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from audit.models import AuditEvent
@@ -459,9 +460,11 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
         # never silently unflagged: the lesion goes to the dermatologists with its own reason
         flagged, reasons = True, [f"{CANNOT_ASSESS}: {note}" for note in notes]
     review = review_of_image(prediction.image)
+    covered = review is not None and review_covers(review, prediction)
     # only the model's own call can disagree with the review: the flag of an image it could not
     # assess (a clinical photo, a blurred or unfamiliar image) is forced, not a judgement
-    disagreement = review_disagreement(review, flagged=flagged) if review is not None and assessable else ""
+    disagreement = (review_disagreement(review, flagged=flagged, correction=bool(prediction.reason))
+                    if review is not None and assessable else "")
     heatmap_name = ""
     if heatmap:
         heatmap_name = default_storage.save(f"{HEATMAP_DIR}/{uuid.uuid4().hex}.png", ContentFile(heatmap))
@@ -487,9 +490,10 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
             )
             if not stored:
                 raise _Superseded
-            # an image a dermatologist has already reviewed (a re-score with a new version) does
-            # not go back to the queue: a disagreement is listed for the admin instead
-            if flagged and review is None:
+            # a score the reviewer saw (re-scored with a new version since) does not go back to the
+            # queue: a disagreement is listed for the admin instead. One they could not have seen
+            # (a correction's re-score, a first score that landed after the review) is a new question
+            if flagged and not covered:
                 _flag_lesion(prediction.image.lesion_id, now)
             AuditEvent.objects.create(
                 action="score", object_type="prediction", object_id=str(prediction.pk),
@@ -532,21 +536,42 @@ def review_of_image(image: LesionImage) -> Review | None:
             .order_by("-created_at").first())
 
 
-def review_disagreement(review: Review, *, flagged: bool) -> str:
+def review_covers(review: Review, prediction: Prediction) -> bool:
+    """Whether ``review`` speaks for ``prediction``: the dermatologist could have seen the image's
+    score when signing it. Not so for a correction's re-score (it carries the ``reason``) made after
+    the review, nor for the image's first score when it landed after the review (still waiting or
+    failed when the review was saved). A new version's re-score of a score the reviewer saw is
+    covered: it is listed for the admin when it disagrees, not queued again."""
+    if prediction.reason and prediction.created_at > review.created_at:
+        return False
+    return (Prediction.objects.filter(image_id=prediction.image_id, status=Status.DONE,
+                                      finished_at__lte=review.created_at)
+            .exclude(pk=prediction.pk).exists())
+
+
+def review_disagreement(review: Review, *, flagged: bool, correction: bool = False) -> str:
     """Why a score disagrees with a dermatologist's review of the same image ("" when it agrees):
     a flag on a lesion reviewed as benign with reassurance or follow-up, or no flag on one
-    reviewed as malignant or sent for biopsy or excision."""
+    reviewed as malignant or sent for biopsy or excision. ``correction``: the score is a
+    correction's re-score (corrected inputs), not a new model's."""
     malignant = review.final_diagnosis in MALIGNANT_CLASSES or review.management in (
         Review.Management.BIOPSY, Review.Management.EXCISION)
+    who = "Re-score after a record correction" if correction else "New model"
+    reviewed = f"a lesion reviewed as {review.final_diagnosis} ({review.get_management_display().lower()})"
     if flagged and not malignant:
-        return f"New model disagrees with review: it flags a lesion reviewed as {review.final_diagnosis} ({review.get_management_display().lower()})."
+        return f"{who} disagrees with review: it flags {reviewed}."
     if not flagged and malignant:
-        return f"New model disagrees with review: it does not flag a lesion reviewed as {review.final_diagnosis} ({review.get_management_display().lower()})."
+        return f"{who} disagrees with review: it does not flag {reviewed}."
     return ""
 
 
 def _flag_lesion(lesion_id: int, when) -> None:
-    """Put the lesion (and so its case) in the review queue."""
-    Lesion.objects.filter(pk=lesion_id).update(flagged=True, awaiting_review=True, flagged_at=when)
+    """Put the lesion (and so its case) in the review queue. A lesion already waiting keeps the time
+    it was first flagged: the queue ranks and shows the wait by it."""
+    # one UPDATE: its CASE reads the row as it was, so a concurrent flag cannot reset the wait either
+    Lesion.objects.filter(pk=lesion_id).update(
+        flagged=True, awaiting_review=True,
+        flagged_at=Cond(When(awaiting_review=True, flagged_at__isnull=False, then=F("flagged_at")),
+                        default=Value(when, output_field=DateTimeField())))
     # A case reviewed earlier goes back to open when a new image of it is flagged.
     Case.objects.filter(lesions__pk=lesion_id, status=Case.Status.REVIEWED).update(status=Case.Status.OPEN)
