@@ -252,13 +252,14 @@ class LesionImageAdmin(ClinicalAdmin):
 
 
 class DisagreesWithReviewFilter(admin.SimpleListFilter):
-    """Re-scores whose new model disagrees with the dermatologist's review of the same image."""
+    """Scores that disagree with the dermatologist's review of the same image (a new model's
+    re-score, a correction's re-score, or a score finished after the review)."""
 
-    title = "new model vs review"
+    title = "score vs review"
     parameter_name = "disagrees"
 
     def lookups(self, request, model_admin):
-        return [("yes", "New model disagrees with review")]
+        return [("yes", "Score disagrees with review")]
 
     def queryset(self, request, queryset):
         return queryset.exclude(review_disagreement="") if self.value() == "yes" else queryset

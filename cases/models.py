@@ -441,8 +441,9 @@ class Prediction(models.Model):
     # age, sex) scores it again as the next revision, with the reason, and the old one stays
     context_revision = models.PositiveIntegerField(default=0)
     reason = models.CharField(max_length=300, blank=True, help_text="Why this score was made, when not an upload.")
-    # set when this score (a re-score with a newer version) disagrees with the dermatologist's
-    # review of the same image; the lesion is then listed for the admin, not put back in the queue
+    # set when this score disagrees with the dermatologist's review of the same image: a newer
+    # version's re-score of what the reviewer saw is listed for the admin, not put back in the
+    # queue; a score the reviewer could not have seen (cases.scoring.review_covers) is queued too
     review_disagreement = models.CharField(max_length=300, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -463,7 +463,7 @@ def _store_result(prediction: Prediction, started_at, result, heatmap: bytes | N
     covered = review is not None and review_covers(review, prediction)
     # only the model's own call can disagree with the review: the flag of an image it could not
     # assess (a clinical photo, a blurred or unfamiliar image) is forced, not a judgement
-    disagreement = (review_disagreement(review, flagged=flagged, correction=bool(prediction.reason))
+    disagreement = (review_disagreement(review, flagged=flagged, correction=bool(prediction.reason), covered=covered)
                     if review is not None and assessable else "")
     heatmap_name = ""
     if heatmap:
@@ -549,14 +549,16 @@ def review_covers(review: Review, prediction: Prediction) -> bool:
             .exclude(pk=prediction.pk).exists())
 
 
-def review_disagreement(review: Review, *, flagged: bool, correction: bool = False) -> str:
+def review_disagreement(review: Review, *, flagged: bool, correction: bool = False, covered: bool = True) -> str:
     """Why a score disagrees with a dermatologist's review of the same image ("" when it agrees):
     a flag on a lesion reviewed as benign with reassurance or follow-up, or no flag on one
     reviewed as malignant or sent for biopsy or excision. ``correction``: the score is a
-    correction's re-score (corrected inputs), not a new model's."""
+    correction's re-score (corrected inputs); else, not ``covered`` (`review_covers`): a score
+    that finished after the review; else a new model's re-score of what the reviewer saw."""
     malignant = review.final_diagnosis in MALIGNANT_CLASSES or review.management in (
         Review.Management.BIOPSY, Review.Management.EXCISION)
-    who = "Re-score after a record correction" if correction else "New model"
+    who = ("Re-score after a record correction" if correction
+           else "New model" if covered else "A score finished after the review")
     reviewed = f"a lesion reviewed as {review.final_diagnosis} ({review.get_management_display().lower()})"
     if flagged and not malignant:
         return f"{who} disagrees with review: it flags {reviewed}."

@@ -145,7 +145,7 @@ def test_the_jobs_disagreement_count_opens_the_disagreeing_predictions(live_serv
     rows = page.locator("#result_list tbody tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(str(disagreeing.pk))
-    expect(page.locator("#changelist-filter")).to_contain_text("New model disagrees with review")
+    expect(page.locator("#changelist-filter")).to_contain_text("Score disagrees with review")
 
 
 def test_cancelling_a_run_no_worker_started_ends_it_at_once(live_server, browser_page):

@@ -75,7 +75,7 @@ def test_the_predictions_filter_new_model_vs_review(world, model_version, client
     page = client.get(url, {"disagrees": "yes", "model_version__id__exact": new_version.pk})
     assert [p.pk for p in page.context["cl"].result_list] == [disagrees.pk]
     assert {p.pk for p in client.get(url, {"disagrees": "yes"}).context["cl"].result_list} == {disagrees.pk, older.pk}
-    assert "New model disagrees with review" in client.get(url).content.decode()  # the filter's choice
+    assert "Score disagrees with review" in client.get(url).content.decode()  # the filter's choice
 
 
 @pytest.mark.django_db

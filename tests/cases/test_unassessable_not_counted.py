@@ -72,7 +72,8 @@ def test_an_assessable_score_still_disagrees_with_the_review(world, model_versio
     scoring.run_prediction(prediction_id=prediction.pk)
     prediction.refresh_from_db()
     assert prediction.assessable and prediction.flagged
-    assert prediction.review_disagreement.startswith("New model disagrees with review: it flags a lesion reviewed as nevus")
+    assert prediction.review_disagreement.startswith(
+        "A score finished after the review disagrees with review: it flags a lesion reviewed as nevus")
 
 
 # --- monitoring -------------------------------------------------------------------------------
