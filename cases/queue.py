@@ -22,6 +22,15 @@ class ClaimError(Exception):
     """The case can't be claimed (or reviewed) by this reviewer; the message says why."""
 
 
+class ChangedSinceOpened(ClaimError):
+    """A lesion changed after the review page was opened (a new image, a re-score, newly flagged):
+    nothing was saved. ``problems``: lesion id → what changed, one sentence each."""
+
+    def __init__(self, problems: dict[int, str]) -> None:
+        super().__init__(" ".join(problems.values()))
+        self.problems = problems
+
+
 def _awaiting(case_ref=OuterRef("pk")) -> Exists:
     return Exists(Lesion.objects.filter(case=case_ref, awaiting_review=True))
 
@@ -192,6 +201,18 @@ def claim_case(*, case: Case, reviewer, request: HttpRequest | None = None) -> N
     raise ClaimError("This case is no longer waiting for review.")
 
 
+def renew_claim(*, case: Case, reviewer) -> bool:
+    """The claim holder at work on the case keeps it: its claim restarts now (one conditional
+    UPDATE, so a claim a colleague took over a moment ago is never taken back); False when
+    ``reviewer`` does not hold it. Not audited on its own: it gives the holder nothing the
+    "claim" event did not, and the review page records a "view" event in the same request."""
+    now = timezone.now()
+    if not Case.objects.filter(pk=case.pk, claimed_by=reviewer).update(claimed_at=now):
+        return False
+    case.claimed_by_id, case.claimed_at = reviewer.pk, now
+    return True
+
+
 def release_claims(*, cases: QuerySet[Case], admin, request: HttpRequest | None = None) -> int:
     """An admin gives claimed cases back to the queue (a reviewer away, a claim left behind)."""
     released = 0
@@ -234,20 +255,92 @@ def lesions_to_review(case: Case) -> QuerySet[Lesion]:
     return case.lesions.filter(awaiting_review=True).order_by("pk")
 
 
-def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request: HttpRequest | None = None) -> list[Review]:
-    """Record the reviews of all flagged lesions of a claimed case; the case leaves the queue."""
+# What the review page shows of a lesion: its images, their predictions and those predictions' versions.
+SHOWN_PREFETCH = "images__predictions__model_version"
+
+
+def _shown(lesion: Lesion) -> list[tuple[int, Prediction | None]]:
+    """(image id, its prediction in force) per image of ``lesion``, by image id."""
+    return sorted(((image.pk, image.current_prediction()) for image in lesion.images.all()), key=lambda pair: pair[0])
+
+
+def lesion_fingerprint(lesion: Lesion) -> str:
+    """What the review page shows of ``lesion``, as one string to compare at save time: per image
+    "image:prediction:state" (its prediction in force, ``LesionImage.current_prediction``; "-"
+    without one), by image id. A new image, a re-score or a score finishing or failing changes it;
+    waiting and running read alike ("active"), as neither shows a score. Uses prefetched
+    ``SHOWN_PREFETCH`` when there is one."""
+    def state(prediction: Prediction | None) -> str:
+        if prediction is None:
+            return "-"
+        return "active" if prediction.is_active else prediction.status
+
+    return ";".join(f"{image}:{prediction.pk if prediction else '-'}:{state(prediction)}"
+                    for image, prediction in _shown(lesion))
+
+
+def _lesion_name(lesion: Lesion) -> str:
+    label = lesion.tracked.label if lesion.tracked_id else str(lesion.pk)
+    return f"Lesion {label} ({lesion.get_anatomic_site_display()})"
+
+
+def _changes_since_seen(lesions: list[Lesion], given: set[int], seen: dict[int, str]) -> dict[int, str]:
+    """Per lesion waiting for review, what changed since the page showed it (``seen``: its fingerprints)."""
+    problems = {}
+    for lesion in lesions:
+        name = _lesion_name(lesion)
+        if lesion.pk not in given:
+            problems[lesion.pk] = (f"{name} was flagged for review since you opened this page: "
+                                   "review it too and save again.")
+            continue
+        shown = seen.get(lesion.pk, "")
+        if lesion_fingerprint(lesion) == shown:
+            continue
+        # the fingerprint's image ids tell a new image from a re-score of the ones on the page
+        shown_images = {part.split(":")[0] for part in shown.split(";") if part}
+        images = {str(image) for image, _ in _shown(lesion)}
+        change = ("has a new image" if images - shown_images else
+                  "had an image removed" if shown_images - images else "was re-scored")
+        problems[lesion.pk] = f"{name} {change} since you opened this page: check it and save again."
+    return problems
+
+
+def _lost_claim(locked: Case) -> ClaimError:
+    if locked.claimed_by_id is None:
+        return ClaimError("Claim the case before reviewing it (or it was released).")
+    return ClaimError(f"This case is now claimed by {display_name(locked.claimed_by)} "
+                      f"(since {claim_when(locked.claimed_at)}); nothing was saved.")
+
+
+def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], seen: dict[int, str] | None = None,
+                   request: HttpRequest | None = None) -> list[Review]:
+    """Record the reviews of all flagged lesions of a claimed case; the case leaves the queue.
+
+    ``seen``: per lesion the ``lesion_fingerprint`` the review page showed. Given (the web page
+    always gives it), a lesion whose images or scores changed since, or one flagged since, refuses
+    the whole save (``ChangedSinceOpened``), and each review's audit event names the images and
+    predictions it was given against. The check runs under the case's lock; an upload does not
+    take that lock, so one committed in the same instant can still slip past (its own score
+    re-queues the lesion when it flags it)."""
     with transaction.atomic():
         locked = Case.objects.select_for_update().get(pk=case.pk)
         if locked.claimed_by_id != reviewer.pk:
-            raise ClaimError("Claim the case before reviewing it (or it was released).")
-        pending = {lesion.pk for lesion in lesions_to_review(locked)}
+            raise _lost_claim(locked)
+        lesions = lesions_to_review(locked)
+        if seen is not None:  # what the page showed is compared: its images and scores, in one go
+            lesions = lesions.select_related("tracked").prefetch_related(SHOWN_PREFETCH)
+        lesions = list(lesions)
+        pending = {lesion.pk for lesion in lesions}
         given = {entry.lesion.pk for entry in reviews}
         if not pending:
             raise ClaimError("This case has no flagged lesions waiting for review.")
         if len(given) != len(reviews):
             raise ClaimError("Give each lesion once: one review per flagged lesion.")
+        if seen is not None and (problems := _changes_since_seen(lesions, given, seen)):
+            raise ChangedSinceOpened(problems)
         if given != pending:
             raise ClaimError("Every flagged lesion of the case needs a review.")
+        shown = {lesion.pk: _shown(lesion) for lesion in lesions} if seen is not None else {}
         saved = []
         for entry in reviews:
             review = Review(lesion=entry.lesion, reviewer=reviewer, agreement=entry.agreement,
@@ -255,8 +348,13 @@ def submit_reviews(*, case: Case, reviewer, reviews: list[LesionReview], request
                             lesion_changed=entry.lesion_changed)
             review.full_clean()
             review.save()
-            audit_log.record(action="review", obj=review, actor=reviewer, request=request, new=audit_log.snapshot(
-                review, ("lesion", "agreement", "final_diagnosis", "management", "lesion_changed", "notes")))
+            new = audit_log.snapshot(review, ("lesion", "agreement", "final_diagnosis", "management",
+                                              "lesion_changed", "notes"))
+            if seen is not None:  # checked above: what the reviewer had on screen is what is in force
+                images = shown[entry.lesion.pk]
+                new |= {"seen_images": [image for image, _ in images],
+                        "seen_predictions": sorted(p.pk for _, p in images if p is not None)}
+            audit_log.record(action="review", obj=review, actor=reviewer, request=request, new=new)
             saved.append(review)
         Lesion.objects.filter(pk__in=pending).update(awaiting_review=False)
         old_status = locked.status

@@ -405,6 +405,8 @@ def review_queue(request: HttpRequest) -> HttpResponse:
     queue.mark_claims(rows, now)
     for row in rows:
         row.patient_age = age_at_visit(row)
+    # the rows show patient identifiers: one "view" per case shown, as the API's list records them
+    audit_log.record_many(action="view", objs=rows, request=request, new={"via": "list"})
     return render(request, "cases/queue.html", {
         "form": form, "cases": rows, "page_obj": page, "cannot_assess_rank": queue.CANNOT_ASSESS_RANK,
         "now": now, "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS}, status=_filter_status(form))
@@ -443,28 +445,72 @@ def _require_reviewer_or_404(request: HttpRequest) -> None:
         raise Http404
 
 
-def case_review(request: HttpRequest, pk: int) -> HttpResponse:
-    """One review form per flagged lesion of a case claimed by this reviewer."""
-    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
-    _require_reviewer_or_404(request)
-    if case.claimed_by_id != request.user.pk:
-        messages.error(request, "Claim this case from the queue before reviewing it.")
-        return redirect("case_detail", case.pk)
-    lesions = list(queue.lesions_to_review(case).prefetch_related("images__predictions__model_version"))
-    patient_age = age_at_visit(case)
-    earlier = [followup.earlier_visits(lesion).count() for lesion in lesions]
-    forms = [ReviewForm(request.POST or None, prefix=f"lesion-{lesion.pk}", earlier_visits=bool(n))
-             for lesion, n in zip(lesions, earlier)]
-    if request.method == "POST" and forms and all(form.is_valid() for form in forms):
-        entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data) for lesion, form in zip(lesions, forms)]
-        try:
-            queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, request=request)
-        except queue.ClaimError as exc:
-            messages.error(request, str(exc))
-            return redirect("case_detail", case.pk)
-        messages.success(request, "Review saved. The case has left the queue.")
-        return redirect("review_queue")
+def _review_lesions(case: Case) -> list[Lesion]:
+    """The lesions the review page asks about, with what it shows of them: images, scores in
+    force, the number of earlier visits (``earlier``) and the fingerprint it sends back (``shown``)."""
+    lesions = list(queue.lesions_to_review(case).select_related("tracked").prefetch_related(queue.SHOWN_PREFETCH))
+    for lesion in lesions:
+        lesion.earlier = followup.earlier_visits(lesion).count()
+        lesion.shown = queue.lesion_fingerprint(lesion)
+    return lesions
+
+
+def _review_forms(lesions: list[Lesion], data=None) -> list[ReviewForm]:
+    """One form per lesion, bound to ``data`` only for the lesions whose form it holds: a lesion
+    flagged after the page was opened gets an empty form, not one full of "required" errors."""
+    def posted(lesion: Lesion) -> bool:
+        return data is not None and any(key.startswith(f"lesion-{lesion.pk}-") for key in data)
+
+    return [ReviewForm(data if posted(lesion) else None, prefix=f"lesion-{lesion.pk}", earlier_visits=bool(lesion.earlier))
+            for lesion in lesions]
+
+
+def _review_page(request: HttpRequest, case: Case, *, lesions: list[Lesion] | None = None,
+                 forms: list[ReviewForm] | None = None, refusal: list[str] | None = None,
+                 status: int = 200) -> HttpResponse:
+    """The review page (audited: it shows the patient), with the forms as given and why a save was refused."""
+    if lesions is None:
+        lesions = _review_lesions(case)
+    if forms is None:
+        forms = _review_forms(lesions, request.POST if request.method == "POST" else None)
+    audit_log.record(action="view", obj=case, request=request)
+    holds_claim = case.claimed_by_id == request.user.pk
     return _no_store(render(request, "cases/review.html", {
         # with the number of earlier visits: the timeline link lets the reviewer compare with them
-        "case": case, "items": list(zip(lesions, forms, earlier)), "patient_age": patient_age,
-    }, status=400 if request.method == "POST" else 200))
+        "case": case, "items": [(lesion, form, lesion.earlier) for lesion, form in zip(lesions, forms)],
+        "patient_age": age_at_visit(case), "refusal": refusal or [], "holds_claim": holds_claim,
+        "claim_expires_at": queue.claim_expires_at(case) if holds_claim else None,
+        "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS,
+        # waiting for review although every current score is below the thresholds: said beside the flag
+        "flag_cleared": queue.flag_cleared_lesions(case), "flag_cleared_text": queue.FLAG_CLEARED_TEXT,
+    }, status=status))
+
+
+def case_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """One review form per flagged lesion of a case claimed by this reviewer. Opening the page
+    renews the claim. A save is refused, nothing saved and the forms kept as typed, when the claim
+    was lost or a lesion changed after the page was opened (a new image, a re-score, newly flagged)."""
+    case = get_object_or_404(access.visible_cases(request.user), pk=pk)
+    _require_reviewer_or_404(request)
+    if request.method != "POST":
+        # a reviewer still reading a hard case must not lose it to the claim's expiry
+        if not queue.renew_claim(case=case, reviewer=request.user):
+            messages.error(request, "Claim this case from the queue before reviewing it.")
+            return redirect("case_detail", case.pk)
+        return _review_page(request, case)
+    lesions = _review_lesions(case)
+    forms = _review_forms(lesions, request.POST)
+    if not lesions or not all(form.is_valid() for form in forms if form.is_bound):
+        return _review_page(request, case, lesions=lesions, forms=forms, status=400)
+    entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data)
+               for lesion, form in zip(lesions, forms) if form.is_bound]
+    seen = {entry.lesion.pk: request.POST.get(f"lesion-{entry.lesion.pk}-seen", "") for entry in entries}
+    try:
+        queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, seen=seen, request=request)
+    except queue.ClaimError as exc:
+        # the typed review stays on the page; what it shows (and its fingerprints) is reloaded
+        case.refresh_from_db(fields=["claimed_by", "claimed_at", "status"])
+        problems = list(exc.problems.values()) if isinstance(exc, queue.ChangedSinceOpened) else [str(exc)]
+        return _review_page(request, case, refusal=problems, status=409)
+    messages.success(request, "Review saved. The case has left the queue.")
+    return redirect("review_queue")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
 import time
 from datetime import timedelta
 
@@ -398,9 +399,11 @@ def test_review_flow_over_http(client, world, model_version):
     prefix = f"lesion-{world.lesion_a.pk}"
     bad = client.post(f"/cases/{world.case_a.pk}/review/", {f"{prefix}-agreement": "agree"})
     assert bad.status_code == 400 and Review.objects.count() == 0
+    # the page's fingerprint of what it showed goes back with the review (see test_review_page_guards.py)
+    seen = re.search(rf'name="{prefix}-seen" value="([^"]*)"', page.content.decode()).group(1)
     response = client.post(f"/cases/{world.case_a.pk}/review/", {
         f"{prefix}-agreement": "agree", f"{prefix}-final_diagnosis": "melanoma",
-        f"{prefix}-management": "excision", f"{prefix}-notes": "Atypical network.",
+        f"{prefix}-management": "excision", f"{prefix}-notes": "Atypical network.", f"{prefix}-seen": seen,
     })
     assert response.status_code == 302 and response["Location"] == "/queue/"
     review = Review.objects.get()
