@@ -196,6 +196,9 @@ def _image_rows(*, lesion: Lesion, image: NormalisedImage, name: str, kind: str,
     A body site stated by the file fills in a lesion whose site is unknown before the prediction
     exists, so that scoring sees it; the lesion's other images, scored with the site unknown, are
     scored again with it (as a correction of the site would)."""
+    # the case's row lock, as a review's save takes it (queue.submit_reviews): a review being saved
+    # either sees this image in its fingerprint or is refused, never signs it unseen
+    list(Case.objects.select_for_update().filter(pk=lesion.case_id).values_list("pk", flat=True))
     row = LesionImage(
         lesion=lesion, file=name, sha256=image.sha256, size_bytes=len(image.content),
         width=image.width, height=image.height, kind=kind, original_name=image.original_name,
