@@ -33,17 +33,15 @@ from datetime import date
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from functools import lru_cache
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mlcore.imageio import to_rgb_image
+# to_srgb: the one ICC -> sRGB conversion, the same every decode path of mlcore applies
+from mlcore.imageio import to_rgb_image, to_srgb
 
 log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "TIFF")
-# modes a profile can be applied to, and the mode of the sRGB result (alpha kept for compositing)
-COLOUR_MANAGED = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
 
 
 def megabytes(n: int) -> str:
@@ -265,33 +263,6 @@ def normalise_upload(upload: UploadedFile) -> NormalisedImage:
         raise UploadRejected(f"The image data is {detail} and cannot be read ({type(exc).__name__}).") from None
 
     return _normalised(to_srgb(image, profile), original_format=original_format, original_name=name)
-
-
-@lru_cache(maxsize=1)
-def _srgb() -> ImageCms.ImageCmsProfile:
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-
-
-def to_srgb(image: Image.Image, profile: bytes | None) -> Image.Image:
-    """The pixels converted from the embedded ICC ``profile`` to sRGB (relative colorimetric, as
-    browsers show them), before the metadata is dropped. No profile, a mode no profile applies to,
-    or a profile that cannot be used (damaged, or for another colour space): the pixels as they are,
-    never a rejection."""
-    if not profile:
-        return image
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    output_mode = COLOUR_MANAGED.get(image.mode)
-    if output_mode is None:
-        return image
-    try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-        return ImageCms.profileToProfile(image, source, _srgb(), outputMode=output_mode,
-                                         renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
-    except Exception as exc:  # PyCMSError, OSError, ValueError, ...: keep the pixels
-        log.warning("the image's colour profile could not be applied (%s); its pixels are kept as they are",
-                    type(exc).__name__)
-        return image
 
 
 def _normalised(image: Image.Image, **fields) -> NormalisedImage:

@@ -1,6 +1,7 @@
 """Loading and caching of model artifacts (directory with model.keras + model_card.json)."""
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -123,10 +124,12 @@ class LoadedModel:
                         # its own LiteRT cache key: the converted graph has the extra output
                         self._runner = build_runner(with_features(self.keras_model), self.input_size,
                                                     sha256=self.sha256 + ":features",
-                                                    model_path=self.model_dir / MODEL_FILE, features=True)
+                                                    model_path=self.model_dir / self.card.get("model_file", MODEL_FILE), features=True,
+                                                    model_sha256=self.sha256)
                     else:
                         self._runner = build_runner(self.keras_model, self.input_size, sha256=self.sha256,
-                                                    model_path=self.model_dir / MODEL_FILE)
+                                                    model_path=self.model_dir / self.card.get("model_file", MODEL_FILE),
+                                                    model_sha256=self.sha256)
         return self._runner
 
     def predict_logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -179,6 +182,41 @@ def check_tta_override(card: dict, model_dir: Path) -> None:
             f"recalibrate and re-assess the model for {override} (python -m training recalibrate)")
 
 
+def _number(value: object) -> float | None:
+    """``value`` as a float, or None when it is not a number (a string, null, a list...)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def check_calibration(card: dict, model_dir: Path) -> None:
+    """Raise ModelLoadError when the card's temperature, flag thresholds or conformal probability
+    floor is not a usable number: each is applied to every image, and a hand-edited NaN or negative
+    value would silently change every result (``p >= nan`` is never true, a negative temperature
+    inverts the ranking) rather than fail."""
+    where = model_dir / CARD_FILE
+    t = _number(card.get("temperature"))
+    if t is None or not math.isfinite(t) or t <= 0:
+        raise ModelLoadError(f"{where}: temperature {card.get('temperature')!r} is not a finite number > 0")
+    thresholds = card.get("thresholds")
+    if not isinstance(thresholds, dict):
+        raise ModelLoadError(f"{where}: thresholds {thresholds!r} are not a mapping of melanoma and malignancy")
+    for name in ("melanoma", "malignancy"):
+        v = _number(thresholds.get(name))
+        if v is None or not math.isfinite(v) or not 0.0 <= v <= 1.0:
+            raise ModelLoadError(f"{where}: {name} threshold {thresholds.get(name)!r} is not a finite "
+                                 "number within [0, 1]")
+    conformal = (card.get("assessment") or {}).get("conformal") or {}
+    if conformal.get("probability_floor") is not None:  # None: no prediction sets (mlcore.inference)
+        f = _number(conformal["probability_floor"])
+        if f is None or not math.isfinite(f) or not 0.0 <= f <= 1.0:
+            raise ModelLoadError(f"{where}: conformal probability floor {conformal['probability_floor']!r} "
+                                 "is not a finite number within [0, 1]")
+
+
 def keras_file_has_feature_layer(model_file: Path) -> bool:
     """Whether a saved ``model.keras`` has the feature layer the out-of-domain detector reads
     (mlcore.ood.has_feature_layer), read from the file's config without loading TensorFlow."""
@@ -213,7 +251,8 @@ def _card_sha256(model_dir: Path) -> str:
 def load_model(model_dir: Path, *, card_sha256: str | None = None) -> LoadedModel:
     """Read model_card.json, verify sha256 of model.keras, load the Keras model (TF imported here).
     Refuses (ModelLoadError) a SECONDLOOK_TTA override the card was not fitted with
-    (`check_tta_override`) and a card whose out-of-domain detector cannot be built.
+    (`check_tta_override`), a temperature, flag threshold or conformal floor that is not a usable
+    number (`check_calibration`) and a card whose out-of-domain detector cannot be built.
     ``card_sha256``: the card's sha256 when the caller has just computed it (`get_model`); the
     loaded model carries it, checked against the card file once read, so that it names the card
     the model was loaded with (a card rewritten meanwhile is refused: loading it again is safe)."""
@@ -225,6 +264,7 @@ def load_model(model_dir: Path, *, card_sha256: str | None = None) -> LoadedMode
         raise ModelLoadError(f"{model_dir / CARD_FILE} was rewritten while the model was loaded "
                              "(re-assessed meanwhile?): load it again")
     check_tta_override(card, model_dir)
+    check_calibration(card, model_dir)
     mpath = model_dir / card.get("model_file", MODEL_FILE)
     if not mpath.is_file():
         raise ModelLoadError(f"{mpath} is missing")

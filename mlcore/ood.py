@@ -201,4 +201,7 @@ def threshold_for(scores: np.ndarray, target: float = OOD_PASS_TARGET) -> float:
     if scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError(f"cannot set an out-of-domain threshold from {scores.size} validation scores: "
                          f"{int((~np.isfinite(scores)).sum())} are NaN or infinite (or there are none)")
-    return float(np.quantile(scores, target))
+    # "higher": an observed score at or above the target rank, so at least ``target`` of them are
+    # <= it (inference calls a score > threshold unfamiliar); linear interpolation lands between two
+    # scores and lets slightly fewer pass
+    return float(np.quantile(scores, target, method="higher"))

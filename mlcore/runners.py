@@ -189,13 +189,17 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None, features: bool = False) -> bytes:
+def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None, features: bool = False,
+                  model_sha256: str | None = None) -> bytes:
     """The LiteRT flatbuffer, converted once per model file and cached on disk by sha256.
 
-    The conversion runs in a short-lived subprocess when the model file is known: the converter
-    needs several hundred MB that a long-lived worker would otherwise keep for good. ``features``:
-    ``keras_model`` is the file's model with its out-of-domain features (mlcore.ood.with_features),
-    and the subprocess converts that.
+    The conversion runs in a short-lived subprocess when the model file and its verified sha256
+    (``model_sha256``, checked when the model was loaded) are known: the converter needs several
+    hundred MB that a long-lived worker would otherwise keep for good. The subprocess reloads the
+    file from disk, so it refuses one that no longer has that sha256 (replaced since the load), and
+    the verified in-memory model is converted here instead. ``features``: ``keras_model`` is the
+    file's model with its out-of-domain features (mlcore.ood.with_features), and the subprocess
+    converts that.
     """
     import tensorflow as tf
 
@@ -208,14 +212,16 @@ def _tflite_bytes(keras_model, sha256: str, model_path: Path | None = None, feat
             return data
         log.warning("cached LiteRT model %s does not match its recorded hash; converting again", path)
     data = None
-    if model_path is not None:
+    if model_path is not None and model_sha256:
         try:
-            subprocess.run([sys.executable, "-m", "mlcore.runners", str(model_path), str(path)]
-                           + (["--with-features"] if features else []), check=True,
+            subprocess.run([sys.executable, "-m", "mlcore.runners", str(model_path), str(path),
+                            "--sha256", model_sha256] + (["--with-features"] if features else []), check=True,
                            timeout=600, capture_output=True, cwd=Path(__file__).resolve().parent.parent)
             data = path.read_bytes()
         except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("LiteRT conversion in a subprocess failed (%s); converting in this process", exc)
+            detail = (getattr(exc, "stderr", None) or b"").decode(errors="replace").strip().splitlines()[-1:]
+            log.warning("LiteRT conversion in a subprocess failed (%s%s); converting in this process", exc,
+                        f": {detail[0]}" if detail else "")
     if data is None:
         data = _convert_to_tflite(keras_model)
     try:
@@ -271,9 +277,12 @@ def _threads() -> int:
 
 def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str | None = None,
                  precision: str | None = None, self_check: bool = True,
-                 model_path: Path | None = None, features: bool = False) -> Runner:
+                 model_path: Path | None = None, features: bool = False,
+                 model_sha256: str | None = None) -> Runner:
     """The fastest available runner for (engine, precision); falls back to ``tf`` then ``keras``
-    when the requested one cannot be built or disagrees with the Keras model on a probe batch."""
+    when the requested one cannot be built or disagrees with the Keras model on a probe batch.
+    ``model_path`` and ``model_sha256`` (the file ``keras_model`` was loaded from, and its sha256
+    verified at load): LiteRT conversion in a subprocess that refuses the file if it has changed."""
     engine = engine or current().engine
     precision = precision or current().precision
     if engine == "auto":
@@ -299,7 +308,8 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
             elif eng == "tf":
                 fn = _tf_fn(model, input_size)
             else:
-                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown", model_path, features), _threads())
+                fn = _TFLiteFn(_tflite_bytes(keras_model, sha256 or "unknown", model_path, features,
+                                             model_sha256=model_sha256), _threads())
             runner = Runner(fn, eng, prec)
             if self_check and eng != "keras":
                 if ref is None:
@@ -315,14 +325,24 @@ def build_runner(keras_model, input_size: int, *, sha256: str = "", engine: str 
 
 
 def _convert_main(argv: list[str]) -> int:
-    """``python -m mlcore.runners MODEL.keras OUT.tflite [--with-features]``: convert one model (used
-    by _tflite_bytes); ``--with-features`` converts it with its out-of-domain features."""
+    """``python -m mlcore.runners MODEL.keras OUT.tflite [--sha256 HEX] [--with-features]``: convert
+    one model (used by _tflite_bytes); ``--with-features`` converts it with its out-of-domain
+    features. With ``--sha256`` a model file of another sha256 is refused (exit status 3, nothing
+    written): the caller verified the file at load, and this process reads it again."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mlcore.artifact import sha256_file
     from mlcore.keras_model import load_keras_model
 
-    model_path, out = Path(argv[0]), Path(argv[1])
+    model_path, out, flags = Path(argv[0]), Path(argv[1]), argv[2:]
+    if "--sha256" in flags:
+        expected = flags[flags.index("--sha256") + 1]
+        actual = sha256_file(model_path)
+        if actual != expected:
+            print(f"refusing to convert {model_path}: sha256 {actual[:12]}... does not match the loaded "
+                  f"model's {expected[:12]}... (replaced since it was loaded?)", file=sys.stderr)
+            return 3
     model = load_keras_model(model_path)
-    if "--with-features" in argv[2:]:
+    if "--with-features" in flags:
         from mlcore.ood import with_features
 
         model = with_features(model)

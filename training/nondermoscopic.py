@@ -59,14 +59,16 @@ def _other_package_images() -> list[tuple[str, np.ndarray]]:
     for name, img in zip(ds.filenames, ds.images):
         out.append((f"sklearn-{Path(name).stem}", _rgb(img)))
     import matplotlib
-    from PIL import Image
+
+    from mlcore.imageio import decode_file
 
     sample = Path(matplotlib.get_data_path()) / "sample_data"
     for fname in ("grace_hopper.jpg", "logo2.png", "Minduka_Present_Blue_Pack.png"):
         p = sample / fname
         if p.is_file():
-            with Image.open(p) as im:
-                out.append((f"matplotlib-{p.stem}", _rgb(np.asarray(im.convert("RGB")))))
+            # the app's decode (alpha composited on white, EXIF and ICC applied): PIL's convert("RGB")
+            # drops the alpha and shows whatever lies under transparent pixels (the logos are RGBA)
+            out.append((f"matplotlib-{p.stem}", decode_file(p)))
     return out
 
 

@@ -170,7 +170,7 @@ def test_fast_runners_match_keras_on_an_ensemble(ensemble_dir, inference_options
     ref = predict_logits(m.keras_model, x)
     for engine, prec, tol in (("tf", "fp32", 1e-4), ("tflite", "fp32", 1e-4), ("tf", "bf16", 0.1)):
         r = build_runner(m.keras_model, m.input_size, sha256=m.sha256, engine=engine, precision=prec,
-                         model_path=ensemble_dir / "model.keras")
+                         model_path=ensemble_dir / "model.keras", model_sha256=m.sha256)
         assert (r.engine, r.precision) == (engine, prec)
         assert float(np.abs(r.logits(x) - ref).max()) <= tol
 
