@@ -3,19 +3,16 @@ error, not the time limit), the mates go back to pending for their own tasks, an
 image is scored alone once; only an image that fails alone is failed, with the error named."""
 from __future__ import annotations
 
-import io
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
-from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import OperationalError
-from django.utils import timezone
-from PIL import Image
 
 from cases import scoring
-from cases.models import LesionImage, Prediction
+from cases.models import Prediction
 from tests.cases.test_batch_scoring import R
+from tests.support.scoring_stubs import flat_image_prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -41,13 +38,7 @@ def passes(monkeypatch) -> list[int]:
 
 
 def _pred(world, mv, i: int, grey: int) -> Prediction:
-    """A pending, enqueued prediction of a flat image whose pixels are all ``grey``."""
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (grey, grey, grey)).save(buf, "PNG")
-    name = default_storage.save(f"lesion-images/f{i}.png", ContentFile(buf.getvalue()))
-    img = LesionImage.objects.create(lesion=world.lesion_a, file=name, sha256=f"{i:064x}", size_bytes=10,
-                                     width=16, height=16, uploaded_by=world.clin_a)
-    return Prediction.objects.create(image=img, model_version=mv, enqueued_at=timezone.now())
+    return flat_image_prediction(world, mv, i, grey, prefix="f")
 
 
 def _released(prediction: Prediction) -> bool:

@@ -2,20 +2,19 @@
 it is never stored as a benign 0 %. The real mlcore.inference.predict_images runs on a stub model."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
-from PIL import Image
 
 from cases import prediction_states, scoring
 from cases.models import LesionImage, Prediction
 from mlcore.labels import CLASSES, MELANOMA_INDEX
 from mlcore.scoring import Thresholds
 from tests.support.imagegen import png
+from tests.support.scoring_stubs import flat_image_prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -57,13 +56,7 @@ def stub(monkeypatch):
 
 
 def _pred(world, mv, i: int, grey: int) -> Prediction:
-    """A pending, enqueued prediction of a flat image whose pixels are all ``grey``."""
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (grey, grey, grey)).save(buf, "PNG")
-    name = default_storage.save(f"lesion-images/n{i}.png", ContentFile(buf.getvalue()))
-    img = LesionImage.objects.create(lesion=world.lesion_a, file=name, sha256=f"{i:064x}", size_bytes=10,
-                                     width=16, height=16, uploaded_by=world.clin_a)
-    return Prediction.objects.create(image=img, model_version=mv, enqueued_at=timezone.now())
+    return flat_image_prediction(world, mv, i, grey, prefix="n")
 
 
 def test_nan_output_fails_the_prediction_with_its_reason_and_can_be_retried(world, model_version, stub):

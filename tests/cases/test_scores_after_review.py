@@ -5,7 +5,6 @@ re-score of a score the reviewer saw stays out of the queue (listed for the admi
 already waiting keeps the time it was first flagged."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
@@ -15,35 +14,19 @@ from cases import corrections, scoring
 from cases.models import Case, Lesion, LesionImage, Prediction, Review
 from classifier.models import ModelVersion
 from classifier.registry import activate
-from mlcore.labels import CLASSES
 from tests.support.case_helpers import make_image
-from tests.support.imagegen import png
+from tests.support.scoring_stubs import StandInScore, every_image_scores
 
 pytestmark = pytest.mark.django_db
 
 
-@dataclass
-class Score:
-    """A stand-in classifier result; melanoma 0.9 is above the test version's threshold (0.5)."""
-
-    melanoma_probability: float = 0.9
-    malignancy_score: float = 0.1
-    flagged: bool = False
-    flag_reasons: list = field(default_factory=list)
-    inference_ms: float = 5.0
-    model_version: str = "unit-test-v1"
-    class_probabilities: dict = field(default_factory=lambda: {c: 1 / len(CLASSES) for c in CLASSES})
-    assessable: bool = True
-    assessment_notes: list = field(default_factory=list)
+Score = StandInScore
 
 
 @pytest.fixture
-def score(monkeypatch) -> Score:
-    result = Score()
-    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
-    monkeypatch.setattr("mlcore.inference.predict_images", lambda model, images, contexts=None: [result])
-    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: png(size=(96, 64), seed=3))
-    return result
+def score(monkeypatch) -> StandInScore:
+    """Melanoma 0.9: above the test version's threshold (0.5)."""
+    return every_image_scores(monkeypatch, StandInScore(melanoma_probability=0.9))
 
 
 def _outcome(kind: str, score: Score) -> None:

@@ -3,7 +3,6 @@ call: it never counts as a disagreement with a dermatologist's review, in the sc
 (PSI) or in the sensitivity / specificity on histopathology outcomes."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 import pytest
@@ -15,34 +14,20 @@ from cases.models import Lesion, LesionImage, Prediction, Review
 from cases.outcomes import record_outcome
 from mlcore.labels import CLASSES
 from tests.support.case_helpers import make_image
-from tests.support.imagegen import png
 from tests.support.monitoring_helpers import at, scored_images, weekly_uploads
+from tests.support.scoring_stubs import StandInScore, every_image_scores
 
 pytestmark = pytest.mark.django_db
 
 
-@dataclass
-class LowScore:
-    """A stand-in classifier result: melanoma 0.10, not flagged by the model."""
-
-    melanoma_probability: float = 0.1
-    malignancy_score: float = 0.1
-    flagged: bool = False
-    flag_reasons: list = field(default_factory=list)
-    inference_ms: float = 5.0
-    model_version: str = "unit-test-v1"
-    class_probabilities: dict = field(default_factory=lambda: {c: (0.1 if c == "melanoma" else 0.9 / 8) for c in CLASSES})
-    assessable: bool = True
-    assessment_notes: list = field(default_factory=list)
+LowScore = StandInScore
 
 
 @pytest.fixture
-def low_score(monkeypatch) -> LowScore:
-    result = LowScore()
-    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
-    monkeypatch.setattr("mlcore.inference.predict_images", lambda model, images, contexts=None: [result])
-    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: png(size=(96, 64), seed=3))
-    return result
+def low_score(monkeypatch) -> StandInScore:
+    """Melanoma 0.10: not flagged by the model."""
+    probabilities = {c: (0.1 if c == "melanoma" else 0.9 / 8) for c in CLASSES}
+    return every_image_scores(monkeypatch, StandInScore(class_probabilities=probabilities))
 
 
 def _rescored_after_a_nevus_review(world, model_version):
