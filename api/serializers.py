@@ -103,7 +103,28 @@ def assessment_of(stored) -> dict | None:
 # so an integration filtering on flagged never misses it.
 UNRELIABLE_WHEN_NOT_ASSESSABLE = ("melanoma_probability", "malignancy_score", "class_probabilities",
                                   "prediction_set")
-NOT_ASSESSABLE_HELP = "null when the model could not assess the image (assessable false: see assessment_notes)"
+NOT_ASSESSABLE_HELP = ("null until the score is made (status not done), and when the model could not assess the "
+                       "image (assessable false: see assessment_notes)")
+
+# Outputs that exist only once the score is made: while a prediction waits, runs or has failed the API
+# answers null for every one of them, never the record's defaults (flagged false, assessable true, no
+# reasons or notes), so an image without a result never reads as "not flagged, assessable".
+RESULT_ONLY_WHEN_DONE = (*UNRELIABLE_WHEN_NOT_ASSESSABLE, "flagged", "flag_reasons", "assessable",
+                         "assessment_notes", "assessment", "clinical_context")
+NOT_DONE = "null until the score is made (status not done: pending, running or failed)"
+
+
+@extend_schema_field({"type": "array", "items": {"type": "string"}, "nullable": True})
+class StringListField(serializers.JSONField):
+    """A stored JSON list of messages, given as stored (its type documented in the schema)."""
+
+
+@extend_schema_field({"type": "object", "nullable": True, "properties": {
+    "age": {"type": "number", "nullable": True, "description": "years; null: not known to the model"},
+    "sex": {"type": "string", "nullable": True, "description": "null: not known to the model"},
+    "site": {"type": "string", "nullable": True, "description": "the lesion's anatomic site; null: not known"}}})
+class ClinicalContextField(serializers.JSONField):
+    """The age, sex and site a score used, as the worker stored them."""
 
 
 def current_pk(context: dict, image: LesionImage) -> int | None:
@@ -125,9 +146,27 @@ class PredictionSerializer(serializers.ModelSerializer):
                                                 allow_null=True)
     malignancy_threshold = serializers.FloatField(source="model_version.malignancy_threshold", read_only=True,
                                                   allow_null=True)
+    flagged = serializers.BooleanField(
+        read_only=True, allow_null=True,
+        help_text="true: flagged for dermatologist review (an image the model could not assess stays flagged); "
+                  f"{NOT_DONE}, never false for an image without a result")
+    flag_reasons = StringListField(
+        read_only=True, allow_null=True,
+        help_text=f"why it is flagged ([] when not flagged); {NOT_DONE}")
+    assessable = serializers.BooleanField(
+        read_only=True, allow_null=True,
+        help_text="false: the model could not assess the image (see assessment_notes) and its scores are null; "
+                  f"{NOT_DONE}")
+    assessment_notes = StringListField(
+        read_only=True, allow_null=True,
+        help_text=f"why the model could not assess the image ([] when it could); {NOT_DONE}")
+    clinical_context = ClinicalContextField(
+        read_only=True, allow_null=True,
+        help_text="the age, sex and site the score used, as they were when it was made (patient records may change "
+                  f"later); null when the image alone decided (the model or the record had none); {NOT_DONE}")
     assessment = serializers.SerializerMethodField(
         help_text="what decided assessable: quality measures and failed checks, the out-of-domain score and its "
-                  "threshold; null for a model without these checks")
+                  f"threshold; null for a model without these checks; {NOT_DONE}")
     is_current = serializers.SerializerMethodField(
         help_text="true for the image's result in force, the one the pages, the PDF report and the FHIR export "
                   "show (the image's current_prediction): its newest prediction, except that while a re-score by "
@@ -138,9 +177,9 @@ class PredictionSerializer(serializers.ModelSerializer):
         model = Prediction
         fields = ["id", "image", "lesion", "case", "status", "melanoma_probability", "malignancy_score",
                   "melanoma_threshold", "malignancy_threshold", "flagged", "flag_reasons", "assessable",
-                  "assessment_notes", "assessment", "prediction_set", "class_probabilities", "error", "attempts",
-                  "model_version", "model_card_sha256", "created_at", "finished_at", "context_revision", "reason",
-                  "is_current"]
+                  "assessment_notes", "assessment", "prediction_set", "class_probabilities", "clinical_context",
+                  "error", "attempts", "model_version", "model_card_sha256", "created_at", "finished_at",
+                  "context_revision", "reason", "is_current"]
         read_only_fields = ["model_card_sha256", "context_revision", "reason"]
         extra_kwargs = {
             **{name: {"allow_null": True, "help_text": NOT_ASSESSABLE_HELP} for name in UNRELIABLE_WHEN_NOT_ASSESSABLE},
@@ -158,7 +197,9 @@ class PredictionSerializer(serializers.ModelSerializer):
 
     def to_representation(self, prediction: Prediction) -> dict:
         data = super().to_representation(prediction)
-        if not prediction.assessable:
+        if prediction.status != Prediction.Status.DONE:
+            data.update(dict.fromkeys(RESULT_ONLY_WHEN_DONE))
+        elif not prediction.assessable:
             data.update(dict.fromkeys(UNRELIABLE_WHEN_NOT_ASSESSABLE))
         return data
 

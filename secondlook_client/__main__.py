@@ -80,6 +80,7 @@ def _run(client: SecondLookClient, args) -> int:
         rows = client.results(case=args.case, wait=args.wait)
         if args.csv:
             with args.csv.open("w", newline="") as handle:
+                # None (no finished score: flagged, assessable, scores) is written as an empty cell
                 writer = csv.DictWriter(handle, fieldnames=RESULT_COLUMNS)
                 writer.writeheader()
                 writer.writerows(rows)

@@ -187,6 +187,10 @@ def _is_upload_result(body: Any) -> bool:
 # the score columns left empty when the model could not assess the image (as the pages show it);
 # "flagged" stays: such an image is flagged for review
 UNRELIABLE_COLUMNS = ("melanoma_probability", "malignancy_score")
+# the columns that only a finished score fills: empty (None, an empty CSV cell) for an image whose
+# prediction waits, runs or failed, never "not flagged, assessable". The server answers null for them
+# itself; one from before that sent the record's defaults (flagged false, assessable true)
+RESULT_COLUMNS_WHEN_DONE = (*UNRELIABLE_COLUMNS, "flagged", "assessable", "assessment_notes")
 
 
 def shown_prediction(image: dict) -> dict | None:
@@ -198,7 +202,9 @@ def shown_prediction(image: dict) -> dict | None:
 
 def result_rows(images: list[dict], lesions: dict[int, dict]) -> list[dict]:
     """Flat rows (RESULT_COLUMNS) from images with their result in force, for a CSV. An image the
-    model could not assess has no scores (the server sends none; an older one might), and stays flagged."""
+    model could not assess has no scores (the server sends none; an older one might), and stays flagged.
+    An image without a finished score (waiting, running, failed, not scored) has None for its scores,
+    flagged, assessable and notes: empty cells, never False/True."""
     rows = []
     for image in images:
         prediction = shown_prediction(image) or {}
@@ -215,7 +221,9 @@ def result_rows(images: list[dict], lesions: dict[int, dict]) -> list[dict]:
             "model_version": (prediction.get("model_version") or {}).get("version"),
             "error": prediction.get("error", ""),
         }
-        if prediction.get("assessable") is False:
+        if row["status"] != "done":
+            row.update(dict.fromkeys(RESULT_COLUMNS_WHEN_DONE))
+        elif prediction.get("assessable") is False:
             row.update(dict.fromkeys(UNRELIABLE_COLUMNS))
         rows.append(row)
     return rows

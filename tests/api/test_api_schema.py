@@ -189,3 +189,36 @@ def test_review_answers_match_the_schema(live_server, world_served, no_throttle_
         {"lesion": lesion_id, "agreement": "agree", "final_diagnosis": "melanoma", "management": "excision"}]})
     assert [r["lesion"] for r in reviews] == [lesion_id]
     assert call("GET", "/api/v1/queue/")["count"] == 0
+
+
+def test_predictions_without_a_result_answer_in_their_documented_shape(live_server, world_served,
+                                                                        no_throttle_no_broker):
+    """Waiting, running and failed predictions (flag and assessability null) beside a finished one
+    (booleans and its clinical context), listed alone and on their images, held to the schema."""
+    from classifier.models import ModelVersion
+    from django.utils import timezone
+
+    version = ModelVersion.objects.get()
+    for n, (status, extra) in enumerate([("pending", {}), ("running", {"started_at": timezone.now()}),
+                                         ("failed", {"error": "worker died", "attempts": 3})], start=1):
+        Prediction.objects.create(image=make_image(world_served, sha=str(n) * 64), model_version=version,
+                                  status=status, **extra)
+    Prediction.objects.filter(status="done").update(
+        clinical_context={"age": 52.0, "sex": "female", "site": "posterior torso"})
+    headers = {"Authorization": f"Token {issue_token(world_served.clin_a)}"}
+
+    def get(path: str) -> dict:
+        response = requests.get(f"{live_server.url}{path}", headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+        return _validated(response, path, "GET")
+
+    rows = {row["status"]: row for row in get("/api/v1/predictions/")["results"]}
+    assert set(rows) == {"pending", "running", "failed", "done"}
+    assert rows["done"]["flagged"] is True and rows["done"]["assessable"] is True
+    assert rows["done"]["clinical_context"] == {"age": 52.0, "sex": "female", "site": "posterior torso"}
+    for status in ("pending", "running", "failed"):
+        assert rows[status]["flagged"] is None and rows[status]["assessable"] is None, status
+        assert rows[status]["flag_reasons"] is None and rows[status]["clinical_context"] is None, status
+    shown = {image["current_prediction"]["status"]: image["current_prediction"]
+             for image in get("/api/v1/images/")["results"]}
+    assert shown["failed"]["flagged"] is None and shown["done"]["flagged"] is True

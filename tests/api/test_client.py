@@ -181,6 +181,49 @@ def test_result_rows_drop_scores_a_server_sent_for_an_unassessable_image():
     assert rows[1]["melanoma_probability"] == 0.9 and rows[1]["flagged"] is True
 
 
+@pytest.mark.slow
+def test_results_csv_leaves_flagged_and_assessable_empty_for_an_image_without_a_result(served, live_server,
+                                                                                      tmp_path):
+    from classifier.models import ModelVersion
+
+    from cases.models import Prediction
+    from tests.support.case_helpers import make_image
+
+    world, _ = served
+    version = ModelVersion.objects.get()
+    failed = Prediction.objects.create(image=make_image(world, sha="f" * 64), model_version=version,
+                                       status="failed", error="worker died", attempts=3)
+    waiting = Prediction.objects.create(image=make_image(world, sha="9" * 64), model_version=version)
+    assert (failed.flagged, failed.assessable) == (False, True)  # the record's defaults, not a result
+    out_csv = tmp_path / "results.csv"
+    written = _cli("results", "--case", str(world.case_a.pk), "--csv", str(out_csv), url=live_server.url,
+                   token=issue_token(world.clin_a))
+    assert written.returncode == 0, written.stderr
+    with out_csv.open() as handle:
+        rows = {row["image"]: row for row in csv.DictReader(handle)}
+    row = rows[str(failed.image_id)]
+    assert row["status"] == "failed" and row["error"] == "worker died"
+    assert (row["flagged"], row["assessable"], row["assessment_notes"]) == ("", "", "")
+    assert (row["melanoma_probability"], row["malignancy_score"]) == ("", "")
+    assert row["model_version"] == "client-test-v1" and row["melanoma_threshold"] == "0.5"
+    pending = rows[str(waiting.image_id)]
+    assert (pending["status"], pending["flagged"], pending["assessable"]) == ("pending", "", "")
+
+
+def test_result_rows_give_no_flag_for_a_prediction_an_older_server_sent_unfinished():
+    from secondlook_client import result_rows
+
+    defaults = {"melanoma_probability": None, "malignancy_score": None, "flagged": False, "assessable": True,
+                "assessment_notes": [], "model_version": {"version": "v1"}}
+    images = [{"id": 7, "lesion": 3, "current_prediction": {**defaults, "status": "failed", "error": "worker died"}},
+              {"id": 8, "lesion": 3, "current_prediction": {**defaults, "status": "running"}},
+              {"id": 9, "lesion": 3, "current_prediction": None}]
+    rows = result_rows(images, {3: {"case": 1, "anatomic_site": "posterior torso"}})
+    assert [row["status"] for row in rows] == ["failed", "running", "not scored"]
+    for row in rows:
+        assert (row["flagged"], row["assessable"], row["assessment_notes"]) == (None, None, None), row
+    assert rows[0]["error"] == "worker died" and rows[0]["model_version"] == "v1"
+
 
 def test_result_rows_take_the_result_in_force_not_a_waiting_re_score():
     from secondlook_client import result_rows
