@@ -27,14 +27,14 @@ from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate,
 from cases import queue, statements
 from cases.models import Case, Lesion, LesionImage, Prediction
 from cases.outcomes import current_outcome
-from cases.presentation import (age_at_visit, displayed_set, flag_badge_text, reliability_caveats,
-                                review_state_text, set_note)
+from cases.presentation import (age_at_visit, clinical_context_text, displayed_set, flag_badge_text,
+                                reliability_caveats, review_state_text, set_note, version_note)
 from cases.report_bodymap import body_map, map_point_of
 from cases.report_model import models_section, reading_section
 from cases.report_style import (CONTENT_WIDTH, FLAG_BG, FLAG_EDGE, MARGIN, RULE, WARN_BG, WARN_EDGE, Fonts, bold,
                                 boxed, bullets, esc, facts_table, grid, para, person, plain, report_fonts, when)
 from cases.scoring import CANNOT_ASSESS
-from cases.templatetags.cases_extras import percent, percent_against
+from cases.templatetags.cases_extras import percent_pair
 from classifier.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -274,8 +274,8 @@ def scores_table(prediction: Prediction) -> Table:
                                      version.melanoma_threshold),
                                     ("Malignancy score", prediction.malignancy_score, version.malignancy_threshold)):
         reached = "—" if threshold is None else ("Yes" if value >= threshold else "No")
-        rows.append([esc(label), bold(percent_against(value, threshold)),
-                     esc(percent(threshold) if threshold is not None else "none"),
+        shown, shown_threshold = percent_pair(value, threshold)  # one precision: their order reads right
+        rows.append([esc(label), bold(shown), esc(shown_threshold if threshold is not None else "none"),
                      esc(reached)])
     return grid(rows, [0.4 * width, 0.2 * width, 0.2 * width, 0.2 * width])
 
@@ -298,7 +298,10 @@ def cannot_assess_box(prediction: Prediction) -> Table:
 def flag_box(prediction: Prediction) -> Flowable:
     if not prediction.flagged:
         return para(bold("Not flagged") + esc(f" at the model's operating thresholds. {statements.BELOW_THRESHOLD}"))
-    content = [para(bold("Flagged") + esc(" for dermatologist review"))] + bullets(prediction.flag_reasons or [])
+    # a version's re-score of an image a dermatologist already reviewed is not queued again: say where it stands
+    content = [para(bold("Flagged") + esc(" at the model's operating thresholds. "
+                                          + review_state_text(prediction.image.lesion)))]
+    content += bullets(prediction.flag_reasons or [])
     return boxed(content, FLAG_BG, FLAG_EDGE)
 
 
@@ -310,13 +313,7 @@ def done_result(prediction: Prediction, case: Case) -> list[Flowable]:
         parts.append(para(esc(set_note(prediction, members)), "small"))
     for caveat in reliability_caveats(prediction, case):
         parts.append(para(bold("Reliability: ") + esc(caveat)))
-    context = prediction.clinical_context
-    if context:
-        parts.append(para(esc(f"Scores include the clinical context: age {context.get('age', 'unknown')}, "
-                              f"sex {context.get('sex') or 'unknown'}, site {context.get('site') or 'unknown'}."),
-                          "small"))
-    else:
-        parts.append(para("Scored from the image alone.", "small"))
+    parts.append(para(esc(clinical_context_text(prediction.clinical_context)), "small"))
     return parts
 
 
@@ -333,7 +330,9 @@ def result(prediction: Prediction | None, case: Case) -> list[Flowable]:
     if prediction.status == Prediction.Status.FAILED:
         return [para(bold("Scoring failed: ") + esc(prediction.error_for_display or "no reason recorded")
                      + esc(". There is no result for this image."))]
-    stamp = para(esc(f"Model version {version} · scored {when(prediction.finished_at)}"), "small")
+    note = version_note(prediction.model_version)
+    stamp = para(esc(f"Model version {version}{' ' + note if note else ''} · scored {when(prediction.finished_at)}"),
+                 "small")
     if not prediction.assessable:
         return [cannot_assess_box(prediction), stamp]
     return done_result(prediction, case) + [stamp]
@@ -346,6 +345,8 @@ def image_section(image: LesionImage, number: int, case: Case) -> list[Flowable]
     outcome = result(prediction, case)
     # the picture, its flag and its scores on one page where they fit
     parts: list[Flowable] = [KeepTogether([heading, image_pair(image, prediction)] + outcome[:3])] + outcome[3:]
+    if prediction is not None and prediction.reason:
+        parts.append(para(esc(f"Scored again: {prediction.reason}"), "small"))
     pending = image.rescore_in_progress()
     if pending is not None:
         state = {"pending": "is waiting", "running": "is running"}.get(pending.status, "has failed")

@@ -9,7 +9,7 @@ from typing import Any
 from reportlab.platypus import Flowable, Spacer
 
 from cases import statements
-from cases.presentation import card_of, set_coverage_text
+from cases.presentation import calibration_note, card_of, limits_of, set_coverage_text, version_state
 from cases.report_style import bold, bullets, esc, facts_table, para
 from cases.templatetags.cases_extras import percent
 from classifier.models import ModelVersion
@@ -34,19 +34,24 @@ def reading_section(versions: list[ModelVersion]) -> list[Flowable]:
     malignant = ", ".join(sorted(MALIGNANT_CLASSES))
     if len(versions) == 1:
         coverage = " " + set_coverage_text(versions[0])
+        calibration = " " + calibration_note(versions[0])
     else:  # each version's sets were measured on their own
         coverage = "".join(f" Model {v.version}: {set_coverage_text(v)}" for v in versions)
+        calibration = "".join(f" Model {v.version}: {calibration_note(v)}" for v in versions)
+    if not versions:  # no result, no version: the share is not known
+        calibration = " " + statements.CALIBRATION_NOTE.format(share=statements.CALIBRATION_SHARE_UNKNOWN)
     texts = [
-        bold("Melanoma probability") + esc(": the model's probability that the lesion in the image is a melanoma, "
-                                           "calibrated on validation images (temperature scaling). No figure here "
-                                           "measures how often lesions given a score turn out to be melanomas; on "
-                                           "images from other clinics and devices it can be far off (see the "
-                                           "measured limits below)."),
+        bold("Melanoma probability") + esc(": the model's probability that the lesion in the image is a melanoma "
+                                           "(temperature scaling on validation images)." + calibration
+                                           + " No figure here measures how often lesions given a score turn out "
+                                           "to be melanomas; on images from other clinics and devices it can be "
+                                           "far off (see the measured limits below)."),
         bold("Malignancy score") + esc(f": the summed probability of the malignant classes ({malignant})."),
         bold("Thresholds") + esc(f": chosen on validation data, never on the test data, as the highest values that "
                                  f"still reach {target} sensitivity (the values in use are listed with the model "
-                                 "below). An image is flagged for dermatologist review "
-                                 "when either score reaches its threshold. They are set low on purpose, so most "
+                                 "below). An image is flagged when either score reaches its threshold, and its "
+                                 "lesion goes to a dermatologist unless one has already reviewed it since the image "
+                                 "was taken. They are set low on purpose, so most "
                                  "flagged lesions are benign; a score below its threshold does not rule out "
                                  "malignancy."),
         bold("Diagnoses the model cannot rule out") + esc(
@@ -141,17 +146,10 @@ def could_not_assess_rates(version: ModelVersion) -> str | None:
     return "The model could not assess " + ", ".join(rates) + "." if rates else None
 
 
-def limits_of(version: ModelVersion) -> list[str]:
-    """The card's own limitations where it lists them, else the shipped model's known limits."""
-    for source in (version.metrics or {}, card_of(version)):
-        listed = source.get("limitations")
-        if isinstance(listed, list) and listed:
-            return [str(item) for item in listed]
-    return list(statements.MODEL_LIMITS)
-
-
 def model_section(version: ModelVersion) -> list[Flowable]:
-    rows = [("Model version", bold(version.version) + esc(f" ({version.get_status_display().lower()})")),
+    state = version_state(version, rolled_back=True)
+    status = version.get_status_display().lower() + (f"; {state}" if state else "")
+    rows = [("Model version", bold(version.version) + esc(f" ({status})")),
             ("Thresholds", esc(f"melanoma probability {percent(version.melanoma_threshold)}, malignancy score "
                                f"{percent(version.malignancy_threshold)}"
                                + (f"; target sensitivity {version.target_sensitivity:.0%} on validation"

@@ -29,7 +29,7 @@ from audit.models import AuditEvent
 from cases import prediction_states as states
 from cases.context import image_context
 from cases.models import Case, Lesion, LesionImage, Prediction, Review
-from cases.templatetags.cases_extras import percent, percent_against
+from cases.templatetags.cases_extras import percent_pair
 from classifier import artifact_store
 from classifier.dispatch import broker_connection, send
 from classifier.models import ModelVersion
@@ -246,8 +246,10 @@ def _flags(result, model_version) -> tuple[bool, list[str]]:
         if threshold is None:
             reasons += [r for r in own if r.lower().startswith(label)]
         elif value >= threshold:
-            # in the page's own words: "9.5% ≥ threshold 9.2%", never "0.10 ≥ threshold 0.09"
-            reasons.append(f"{label} {percent_against(value, threshold)} \u2265 threshold {percent(threshold)}")
+            # in the page's own words and precision (percent_pair): "9.5% ≥ threshold 9.2%", "18.45% ≥
+            # threshold 18.44%", never "0.10 ≥ threshold 0.09" nor "18.45% ≥ threshold 18.4%"
+            shown, shown_threshold = percent_pair(value, threshold)
+            reasons.append(f"{label} {shown} \u2265 threshold {shown_threshold}")
     return bool(reasons) or (bool(result.flagged) and not own), reasons
 
 

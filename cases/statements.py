@@ -35,9 +35,10 @@ DATA_ATTRIBUTION = (
 BELOW_THRESHOLD = "A score below the threshold does not rule out melanoma or another malignancy."
 
 # What the shipped model's validation could not cover (README, "Known limits"); a model card
-# that lists its own "limitations" replaces these in the report. The figures are the shipped
-# model's (classifier/shipped_model/metrics.json: "external" PH2 and the held-out test's
-# subgroups by source); tests/cases/test_result_honesty.py checks them against that file.
+# that lists its own "limitations" replaces these in the report and on the result page. The
+# figures are the shipped model's (classifier/shipped_model/metrics.json: "external" PH2 and the
+# held-out test's subgroups by source and site); tests/cases/test_result_honesty.py and
+# tests/cases/test_result_caveats.py check them against that file.
 MODEL_LIMITS = (
     "Trained and tested mostly on light-skinned patients from two public collections: darker skin "
     "types (Fitzpatrick V-VI) are barely represented, so its accuracy for them is unknown.",
@@ -48,9 +49,23 @@ MODEL_LIMITS = (
     "In its training data a collection's image style stands in for part of the diagnosis (the "
     "ISIC-archive copies are about half melanomas, the HAM10000 images mostly not): on the ISIC-archive "
     "benign held-out test images its melanoma specificity is only 0.16, so most of them are flagged.",
+    "Lesions on the palms or soles (acral) and at oral or genital sites were hardly represented in its "
+    "data (2 and 6 of the 1,596 held-out test images): its scores for these sites are not reliable.",
+    "Not validated for children: patients under 18 are outside the population it was validated on.",
     "Validated for dermoscopic images only: clinical (close-up) photos are refused.",
     BELOW_THRESHOLD,
 )
+
+# Under the melanoma probability (result page, case page, report). ``share``: the melanomas' share of
+# the version's validation images, where its card records their counts (cases.presentation.calibration_note).
+CALIBRATION_NOTE = (
+    "The melanoma probability is calibrated on dermoscopic images from public collections (ISIC Archive, "
+    "HAM10000) with {share} melanomas, far more than in a clinic: it ranks the lesion's risk; it is not "
+    "this patient's chance of having melanoma."
+)
+CALIBRATION_NOTE_SHORT = ("Calibrated on public collections with {share} melanomas: ranks risk, "
+                          "not this patient's chance.")
+CALIBRATION_SHARE_UNKNOWN = "many"  # no recorded counts: no number is made up
 
 
 def intended_use(site_name: str | None = None) -> str:

@@ -81,9 +81,12 @@ def test_a_threshold_left_empty_adds_nothing():
 
 
 def test_the_coverage_quoted_is_the_one_measured_on_held_out_test_images(tmp_path):
-    measured = SHIPPED_CARD["assessment"]["measured"]["test"]["conformal"]
+    test = SHIPPED_CARD["assessment"]["measured"]["test"]
+    measured = test["conformal"]
+    assert measured["images"] == test["images"]  # every test image, those it could not assess included
     shipped = presentation.set_coverage_text(ModelVersion(artifact_path=str(SHIPPED)))
-    assert shipped == (f"on held-out test images ({measured['images']} images the model never trained on), "
+    assert shipped == (f"on held-out test images ({measured['images']} images the model never trained on, "
+                       f"including the {test['not_assessable']} it could not assess), "
                        f"the true diagnosis was in the set for {measured['coverage']:.1%} of images.")
     (tmp_path / "model_card.json").write_text(json.dumps({"assessment": {"conformal": {"coverage_target": 0.9}}}))
     unmeasured = presentation.set_coverage_text(ModelVersion(artifact_path=str(tmp_path)))
@@ -171,8 +174,9 @@ def test_flag_reasons_use_the_percent_format_of_the_page():
     result = SimpleNamespace(melanoma_probability=0.0951, malignancy_score=0.1845, flag_reasons=[], flagged=False)
     flagged, reasons = scoring._flags(result, version)
     assert flagged
+    # as the page: score and threshold at one precision (cases_extras.percent_pair)
     assert reasons == ["melanoma probability 9.5% \u2265 threshold 9.2%",
-                       "malignancy score 18.45% \u2265 threshold 18.4%"]  # as the page: value, (threshold 18.4%)
+                       "malignancy score 18.45% \u2265 threshold 18.44%"]
 
 
 def test_history_reads_scores_against_their_threshold_and_no_flag_before_a_result(client, world, model_version):
