@@ -37,6 +37,8 @@ The Bundle (type ``collection``) holds:
 
 Every entry's ``fullUrl`` is ``urn:uuid:`` + a uuid5 of the base URL and the object (for example
 ``patient/12``): stable across exports, distinct between deployments, and what references use.
+An amended review or a corrected histopathology result keeps the id of the report it amends or
+corrects (the first of its chain): FHIR amends a report in place, so a receiver replaces it.
 Audit logging and access checks belong to the view that serves this.
 """
 from __future__ import annotations
@@ -369,9 +371,19 @@ def seen_by(review: Review, image: LesionImage, prediction: Prediction | None) -
     return image_seen, score_seen
 
 
+def first_review(review: Review, lesion: Lesion) -> Review:
+    """The review an amendment chain began with: its report is the one amended (FHIR amends a
+    report in place, so the amended report keeps the first one's id and a receiver replaces it)."""
+    by_pk = {r.pk: r for r in lesion.reviews.all()}
+    while review.amends_id in by_pk:
+        review = by_pk[review.amends_id]
+    return review
+
+
 def diagnostic_report(review: Review, lesion: Lesion, case: Case, latest: dict[int, Prediction | None],
                       urls: Urls) -> BundleEntry:
-    url = urls.urn("review", review.pk)
+    first = first_review(review, lesion)
+    url = urls.urn("review", first.pk)
     reviewer = _ref(urls.urn("user", review.reviewer_id), display_name(review.reviewer))
     media_links, results = [], []
     for image in lesion.images.all():
@@ -383,7 +395,7 @@ def diagnostic_report(review: Review, lesion: Lesion, case: Case, latest: dict[i
                         for code in (*(s[0] for s in SCORES), FLAG_CODE)]
     return _entry(url, DiagnosticReport(
         id=_resource_id(url),
-        identifier=[{"system": urls.system("review"), "value": str(review.pk)}],
+        identifier=[{"system": urls.system("review"), "value": str(pk)} for pk in dict.fromkeys((first.pk, review.pk))],
         basedOn=[_ref(urls.urn("case", case.pk))],
         status="amended" if review.amends_id else "final",
         code={"text": "Dermatologist review of dermoscopy"},
@@ -405,10 +417,18 @@ def lesion_label(lesion: Lesion) -> str:
     return f"Lesion {tracked.label}" if tracked is not None else f"Lesion {lesion.pk}"
 
 
+def first_outcome(outcome) -> Any:
+    """The result a chain of corrections began with: a correction is the same report corrected
+    (FHIR ``corrected`` keeps the resource's id) on the same tissue."""
+    while outcome.supersedes_id is not None:
+        outcome = outcome.supersedes
+    return outcome
+
+
 def specimen(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleEntry:
     """The tissue the histopathology result was made on, taken from the lesion: its coded site,
     and (R4 ``bodySite`` extension) a reference to the lesion's BodyStructure."""
-    url = urls.urn(f"outcome/{outcome.pk}", "specimen")
+    url = urls.urn(f"outcome/{first_outcome(outcome).pk}", "specimen")
     site = {**site_concept(lesion.anatomic_site, urls),
             "extension": [{"url": BODY_SITE_EXTENSION,
                            "valueReference": _ref(urls.urn("lesion", lesion.pk), lesion_label(lesion))}]}
@@ -423,11 +443,14 @@ def specimen(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleEntry:
 def pathology_report(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleEntry:
     """The lesion's current histopathology result, as entered by the clinic (its lab report id
     kept), on the lesion's ``specimen`` (which references the lesion's BodyStructure)."""
-    url = urls.urn("outcome", outcome.pk)
+    first = first_outcome(outcome)
+    url = urls.urn("outcome", first.pk)
     label = lesion_label(lesion)
     return _entry(url, DiagnosticReport(
         id=_resource_id(url),
-        identifier=[{"system": urls.system("histopathology-report"), "value": outcome.report_reference}],
+        # the lab's report id is unique only within the clinic (its lab), as the patient's is
+        identifier=[{"system": urls.system(f"clinic/{case.patient.clinic_id}/histopathology-report"),
+                     "value": outcome.report_reference}],
         basedOn=[_ref(urls.urn("case", case.pk))],
         status="final" if outcome.supersedes_id is None else "corrected",
         category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "SP",
@@ -436,7 +459,7 @@ def pathology_report(outcome, lesion: Lesion, case: Case, urls: Urls) -> BundleE
         subject=_ref(urls.urn("patient", case.patient_id)),
         effectiveDateTime=outcome.diagnosis_date.isoformat(),
         issued=_when(outcome.entered_at),
-        specimen=[_ref(urls.urn(f"outcome/{outcome.pk}", "specimen"), f"Specimen of {label}")],
+        specimen=[_ref(urls.urn(f"outcome/{first.pk}", "specimen"), f"Specimen of {label}")],
         conclusion=(f"{label}: histopathological diagnosis: {outcome.get_diagnosis_display()} (report "
                     f"{outcome.report_reference}, {outcome.diagnosis_date:%Y-%m-%d})."
                     + (f" Corrects an earlier entry: {outcome.reason}" if outcome.supersedes_id else "")),
