@@ -2,7 +2,7 @@
 forward pass; their own tasks then find them done (no-op). Claims are conditional UPDATEs."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 from django.core.files.base import ContentFile
@@ -14,20 +14,13 @@ from cases import scoring
 from cases.models import LesionImage, Prediction
 from classifier.models import ModelVersion
 from tests.support.imagegen import png
-from mlcore.labels import CLASSES
+from tests.support.scoring_stubs import StandInScore
 
 pytestmark = pytest.mark.django_db
 
 
-@dataclass
-class R:
-    melanoma_probability: float = 0.1
-    malignancy_score: float = 0.2
-    flagged: bool = False
-    flag_reasons: list = field(default_factory=list)
-    inference_ms: float = 3.0
-    model_version: str = "unit-test-v1"
-    class_probabilities: dict = field(default_factory=lambda: {c: 1 / 9 for c in CLASSES})
+# one stand-in result per image (other scoring tests import it)
+R = partial(StandInScore, malignancy_score=0.2, inference_ms=3.0)
 
 
 @pytest.fixture
