@@ -118,6 +118,15 @@ def may_see_details(request: HttpRequest) -> bool:
     return bool(token) and secrets.compare_digest(given.encode(), token.encode())
 
 
+def _answer(request: HttpRequest, payload: dict, status: int = 200) -> JsonResponse:
+    """The JSON answer; for HEAD, its status and headers alone: gunicorn drops a HEAD body with a
+    warning, once per load-balancer probe."""
+    response = JsonResponse(payload, status=status)
+    if request.method == "HEAD":
+        response.content = b""
+    return response
+
+
 @login_not_required
 @never_cache
 @require_safe
@@ -127,7 +136,7 @@ def health(request: HttpRequest) -> JsonResponse:
     status = 200 if report["status"] == "ok" else 503
     if not may_see_details(request):
         report = {"status": report["status"]}
-    return JsonResponse(report, status=status)
+    return _answer(request, report, status)
 
 
 @login_not_required
@@ -136,4 +145,4 @@ def health(request: HttpRequest) -> JsonResponse:
 def live(request: HttpRequest) -> JsonResponse:
     """``GET``/``HEAD /health/live``: the process answers. No database, broker or model call, so a
     load balancer or orchestrator may poll it as often as it likes."""
-    return JsonResponse({"status": "ok"})
+    return _answer(request, {"status": "ok"})

@@ -145,3 +145,12 @@ def test_load_balancers_may_probe_with_head(client):
     response = client.head("/health/live")
     assert response.status_code == 200
     assert client.post("/health/live").status_code == 405  # still read-only
+
+
+def test_a_head_probe_gets_no_body_for_gunicorn_to_drop_and_warn_of(rf):
+    """The test client strips HEAD bodies itself; the view is asked directly, as gunicorn asks it."""
+    from melanoma_site.health import live
+
+    response = live(rf.head("/health/live"))
+    assert response.status_code == 200 and response.content == b""
+    assert live(rf.get("/health/live")).content == b'{"status": "ok"}'
