@@ -117,6 +117,10 @@ class TrainConfig:
     # (training.assessment) after export
     assessment: bool = True
     pretrained: str = ""  # optional path of a weights file to warm-start from
+    # an artifact directory whose lesion split this run keeps without its weights (a warm start keeps
+    # its own): a network trained afresh is then validated and tested on exactly that model's images,
+    # so the two can be compared or ensembled without one having learnt the other's validation images
+    split_from: str = ""
     # knowledge distillation (training.distill): an artifact directory whose network's probabilities
     # (over distill_tta's views, no offset) the loss mixes with the labels at distill_weight
     distill_from: str = ""

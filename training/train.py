@@ -73,18 +73,28 @@ def describe_warm_start(weights_file: Path) -> dict:
             "keeps_split": "split_ids" in card}
 
 
+def split_source(cfg: TrainConfig) -> Path | None:
+    """The artifact directory whose lesion split the run keeps: ``split_from``, else the warm start's."""
+    if cfg.split_from:
+        return Path(cfg.split_from)
+    return Path(cfg.pretrained).parent if cfg.pretrained else None
+
+
 def warm_start_split(cfg: TrainConfig, aliases: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
-    """ISIC id -> split of the artifact ``cfg.pretrained`` was trained on (empty when the run starts
-    from ImageNet; a bare weights file is refused by `started_from`): a warm-started run keeps that split, so no image its
-    network learned from lands in this run's validation or test split. Ids the audit has merged
-    into another image (``aliases``: kept id -> merged ids) pin the image they were merged into; an
-    image that was in training anywhere stays in training."""
+    """ISIC id -> split of the artifact ``cfg.split_from`` names, else of the one ``cfg.pretrained``
+    was trained on (empty when the run starts from ImageNet; a bare weights file is refused by
+    `started_from`): such a run keeps that split, so no image its network (or the model it is
+    compared with) learned from lands in this run's validation or test split. Ids the audit has
+    merged into another image (``aliases``: kept id -> merged ids) pin the image they were merged
+    into; an image that was in training anywhere stays in training."""
     from mlcore.artifact import CARD_FILE, read_card
 
-    if not cfg.pretrained:
+    model_dir = split_source(cfg)
+    if model_dir is None:
         return {}
-    model_dir = Path(cfg.pretrained).parent
     if not (model_dir / CARD_FILE).is_file():
+        if cfg.split_from:
+            raise FileNotFoundError(f"split_from: {model_dir} has no {CARD_FILE} recording its split")
         return {}
     root = {merged: kept for kept, ids in (aliases or {}).items() for merged in ids}
     order = {"train": 0, "val": 1, "test": 2}
@@ -700,7 +710,7 @@ def prepare_data(cfg: TrainConfig, data_root: Path, cache_dir: Path | None, *,
     split = split_by_lesion(audit.records, audit.groups, seed=cfg.effective_split_seed, val_fraction=cfg.val_fraction,
                             test_fraction=cfg.test_fraction, test_only=frozen, pinned=pinned)
     if pinned:
-        _emit(f"[train] warm start: the split of {Path(cfg.pretrained).parent} kept for "
+        _emit(f"[train] the split of {split_source(cfg)} kept for "
               f"{sum(i in pinned for ids in split.values() for i in ids)} images")
     by_id = {r.isic_id: r for r in audit.records}
     # the point where the training and validation sets are fixed: refuse any benchmark lesion

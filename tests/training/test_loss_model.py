@@ -291,6 +291,10 @@ def test_a_run_warm_started_from_an_artifact_keeps_its_split(tmp_path):
     bare = tmp_path / "w.weights.h5"
     bare.write_bytes(b"w")
     assert warm_start_split(TrainConfig(pretrained=str(bare))) == {}
+    # a network trained afresh can keep that split without its weights; a folder with no card is refused
+    assert warm_start_split(TrainConfig(split_from=str(artifact))) == warm_start_split(cfg)
+    with pytest.raises(FileNotFoundError, match="split_from"):
+        warm_start_split(TrainConfig(split_from=str(tmp_path)))
 
 
 def test_the_finishing_counts_every_pass_after_the_loop_at_the_served_views():
