@@ -401,6 +401,10 @@ class ModelVersionWithRatesAdmin(ModelVersionAdmin):
         }
         return super().changelist_view(request, extra_context)
 
+    def rescore_scored(self, request, job: RescoreJob) -> int | None:
+        """How many of the job's images its version has scored (the list's real progress)."""
+        return scored_count(job)
+
     def rescore_view(self, request):
         """POST from the confirmation page (`rescore_confirm_view`): refused in words while the
         version's job is queued or running, or when the page named another version."""

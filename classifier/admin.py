@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
@@ -23,10 +24,36 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+class ActivationForm(forms.Form):
+    """The activation's confirmation: why (as `RollbackForm` asks why of a roll-back); required,
+    kept in the activation's audit event."""
+
+    reason = forms.CharField(
+        label="Reason", max_length=1000, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        error_messages={"required": "Say why you activate this version: the reason is kept in the audit trail. "
+                                    "Nothing was changed."},
+        help_text="Why this version is activated (what its comparison showed, a ticket or change number); kept in "
+                  "the audit trail with the promotion gate's evidence, your user name and address.")
+
+
 def _cancel_message(version: ModelVersion) -> str:
     if version.status == ModelVersion.Status.FAILED:  # no worker had started it: it ended at once
         return f"The run {version.version} was cancelled before it started."
     return f"Cancellation of {version.version} requested; it stops after the current step."
+
+
+def _retry_message(run: ModelVersion, failed: ModelVersion) -> str:
+    """What a retry queued: the failed run's settings, and for a fine-tuning run the model it
+    continues, the one active now (`lifecycle.retry_training`), which may not be the one the
+    failed run continued."""
+    text = f"Training {run.version} queued with the settings of the failed run {failed.version}"
+    start = (run.training_config or {}).get(fine_tuning.START_KEY)
+    if start:
+        before = ((failed.training_config or {}).get(fine_tuning.START_KEY) or {}).get("version")
+        text += f", fine-tuning the active model {start['version']}"
+        if before and before != start["version"]:
+            text += f" (the failed run fine-tuned {before})"
+    return text + "."
 
 
 @admin.register(ModelVersion)
@@ -96,7 +123,18 @@ class ModelVersionAdmin(admin.ModelAdmin):
         extra_context = (extra_context or {}) | {
             "active": ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first(),
         }
+        if extra_context.get("rescore_jobs") is not None and request.user.is_superuser:  # counts: superusers only
+            jobs = list(extra_context["rescore_jobs"])
+            for job in jobs:
+                job.scored = self.rescore_scored(request, job)
+            extra_context["rescore_jobs"] = jobs
         return super().changelist_view(request, extra_context)
+
+    def rescore_scored(self, request: HttpRequest, job: RescoreJob) -> int | None:
+        """How many of a re-scoring job's images its version has scored, or None where unknown (the
+        list then shows how many it queued for scoring): the registry holds no predictions, so the
+        admin that adds the re-score view may override this (`cases.rescoring.scored_count`)."""
+        return None
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         version = get_object_or_404(ModelVersion, pk=object_id)
@@ -144,17 +182,56 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return redirect("admin:classifier_modelversion_change", pk)
         return redirect("admin:classifier_modelversion_changelist")
 
+    def _confirmed_action(self, request, version: ModelVersion, kind: str, *, allowed: tuple[str, ...],
+                          act: Callable[[forms.Form | None], ModelVersion],
+                          success: str | Callable[[ModelVersion], str], form_class=None, after: int | None = None,
+                          context: dict | None = None) -> HttpResponse:
+        """A version button's two steps, as the roll-back's (`rollback_view`): GET, the
+        confirmation page (``action_confirm.html``) naming the version and what the action does;
+        POST (from that page), the action, through `_post_action`. ``form_class``: what the page
+        asks (a reason); a POST it refuses (an empty reason) shows the page again with the error,
+        and changes nothing. A version no longer in an ``allowed`` status is not offered."""
+        if request.method not in ("GET", "POST"):
+            return HttpResponse(status=405)
+        if not self.has_change_permission(request, version):
+            raise PermissionDenied("You may not change model versions.")
+        form = None if form_class is None else form_class(request.POST) if request.method == "POST" else form_class()
+        if request.method == "POST" and (form is None or form.is_valid()):
+            return self._post_action(request, lambda: act(form), success, after)
+        if request.method == "GET" and version.status not in allowed:
+            messages.error(request, f"{version.version} is {version.get_status_display().lower()}: there is nothing "
+                                    f"to confirm; nothing was changed.")
+            return redirect("admin:classifier_modelversion_change", version.pk)
+        titles = {"activate": f"Activate {version.version}", "cancel": f"Cancel the training run {version.version}",
+                  "delete": f"Delete the failed run {version.version}"}
+        context = self.admin_site.each_context(request) | {
+            "title": titles[kind], "opts": self.model._meta, "kind": kind, "version": version, "form": form,
+        } | (context or {})
+        return render(request, "admin/classifier/modelversion/action_confirm.html", context)
+
     def activate_view(self, request, pk: int):
+        """GET: the confirmation page (the version, the one it replaces, the gate's decision, a
+        reason to give); POST: the activation, its reason in the audit event."""
         version = get_object_or_404(ModelVersion, pk=pk)
-        return self._post_action(
-            request, lambda: lifecycle.activate_version(version=version, user=request.user, request=request),
-            "{version} is now active; workers use it for the next image.", pk)
+        context = {}
+        if request.method == "GET" and version.status in ("ready", "retired"):
+            gate = lifecycle.gate_for(version)
+            context = {"current": ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first(),
+                       "refusal": None if gate.allowed else " ".join(gate.reasons) or "the gate refuses it."}
+        elif request.method == "POST":
+            context = {"current": ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()}
+        return self._confirmed_action(
+            request, version, "activate", allowed=("ready", "retired"), form_class=ActivationForm, after=pk,
+            act=lambda form: lifecycle.activate_version(version=version, user=request.user, request=request,
+                                                        reason=form.cleaned_data["reason"]),
+            success="{version} is now active; workers use it for the next image.", context=context)
 
     def cancel_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
-        return self._post_action(
-            request, lambda: lifecycle.request_cancel(version=version, user=request.user, request=request),
-            _cancel_message, pk)
+        return self._confirmed_action(
+            request, version, "cancel", allowed=("training",), after=pk,
+            act=lambda form: lifecycle.request_cancel(version=version, user=request.user, request=request),
+            success=_cancel_message)
 
     def retry_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
@@ -167,14 +244,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
         except lifecycle.LifecycleError as exc:
             messages.error(request, str(exc))
             return redirect("admin:classifier_modelversion_change", pk)
-        messages.success(request, f"Training {run.version} queued with the settings of {version.version}.")
+        messages.success(request, _retry_message(run, version))
         return redirect("admin:classifier_modelversion_change", run.pk)
 
     def delete_failed_view(self, request, pk: int):
         version = get_object_or_404(ModelVersion, pk=pk)
-        return self._post_action(
-            request, lambda: lifecycle.delete_failed(version=version, user=request.user, request=request),
-            "The failed run {version} was deleted.")
+        return self._confirmed_action(
+            request, version, "delete", allowed=("failed",),
+            act=lambda form: lifecycle.delete_failed(version=version, user=request.user, request=request),
+            success="The failed run {version} was deleted.",
+            context={"folder": lifecycle._run_folder(version.version)})
 
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
         """GET: the confirmation page, naming the active version, the one a roll-back would
@@ -255,12 +334,20 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return int(posted)
 
     def progress_view(self, request, pk: int) -> JsonResponse:
+        if not self.has_view_permission(request):  # staff status alone does not show a version
+            raise PermissionDenied("You may not view model versions.")
         version = get_object_or_404(ModelVersion, pk=pk)
+        if not self.has_view_permission(request, version):
+            raise PermissionDenied("You may not view this model version.")
         return JsonResponse({"status": version.status, "progress": version.progress, "error": version.error,
                              "cancel_requested": version.cancel_requested})
 
     def plot_view(self, request, pk: int, name: str) -> FileResponse:
+        if not self.has_view_permission(request):  # staff status alone does not show a version
+            raise PermissionDenied("You may not view model versions.")
         version = get_object_or_404(ModelVersion, pk=pk)
+        if not self.has_view_permission(request, version):
+            raise PermissionDenied("You may not view this model version.")
         if name not in (*PLOTS, GATE_PLOT) or not version.artifact_path:
             raise Http404("no such plot")
         plot = Path(version.artifact_path, "plots", f"{name}.png")

@@ -109,13 +109,14 @@ def validate_training_request(*, sources, epochs: int, seed: int, target_sensiti
 
 def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float, user=None,
                    overrides: dict | None = None, members=(), start_from: str = fine_tuning.IMAGENET,
-                   request: HttpRequest | None = None) -> ModelVersion:
+                   request: HttpRequest | None = None, retry_of: str | None = None) -> ModelVersion:
     """Create a version in status "training" and enqueue its run on the training queue.
 
     ``overrides`` sets other TrainConfig fields for this run (an expert/ops knob, not in the form);
     ``members`` (2-3 distinct seeds) trains an ensemble of that many CNNs instead of one;
     ``start_from`` "active" fine-tunes the active model (`classifier.fine_tuning`) instead of
-    training from ImageNet weights.
+    training from ImageNet weights. ``retry_of``: the failed run this one retries (`retry_training`),
+    named in the "train" audit event.
     """
     training = validate_training_request(sources=sources, epochs=epochs, seed=seed,
                                          target_sensitivity=target_sensitivity, members=members, overrides=overrides,
@@ -125,7 +126,7 @@ def start_training(*, sources, epochs: int, seed: int, target_sensitivity: float
         raise busy
     try:
         with transaction.atomic():
-            version = _create_run(training, overrides, user, request)
+            version = _create_run(training, overrides, user, request, retry_of=retry_of)
     except IntegrityError:  # another run started in between: the database allows one
         raise busy from None
     return version
@@ -138,7 +139,8 @@ def _free_name(base: str) -> str:
     return next(name for name in (base, *(f"{base}-{n}" for n in range(2, len(taken) + 2))) if name not in taken)
 
 
-def _create_run(training: TrainingRequest, overrides: dict | None, user, request: HttpRequest | None) -> ModelVersion:
+def _create_run(training: TrainingRequest, overrides: dict | None, user, request: HttpRequest | None, *,
+                retry_of: str | None = None) -> ModelVersion:
     """The new run's registry row, its audit event and its task (sent after commit)."""
     # the sources as asked: registration replaces data_sources with the card's (record sources,
     # e.g. "review"), and a retry must ask for the same ones again
@@ -163,21 +165,33 @@ def _create_run(training: TrainingRequest, overrides: dict | None, user, request
     )
     members = {"members": list(training.members)} if training.members else {}
     start = {fine_tuning.START_KEY: training.start["version"]} if training.start else {}
+    retry = {"retry_of": retry_of} if retry_of else {}
     audit_registry_event(user, "train", version, request=request,
                          new={"sources": list(training.sources), "epochs": training.epochs,
-                              "seed": training.seed} | members | start)
+                              "seed": training.seed} | members | start | retry)
     on_commit_or_fail(lambda: enqueue_training(version.pk, **limits),
                       on_failure=lambda exc: fail_run(version.pk, broker_down_reason(exc, "The training run")))
     return version
 
 
-def fail_run(version_id: int, error: str, *, keep_earlier_failure: bool = False) -> None:
-    """End a training run failed with ``error``, shown in the admin; ``keep_earlier_failure``
-    leaves a run that has already failed (and its reason) as it is."""
+def fail_run(version_id: int, error: str, *, keep_earlier_failure: bool = False,
+             by: str = "the training queue (the task could not be sent)") -> bool:
+    """End a training run failed with ``error``, shown in the admin, and audit its outcome as
+    the training run's own failures are (actor the system, status training -> failed, ``by``, the
+    error); ``keep_earlier_failure`` leaves a run that has already failed (and its reason) as it is.
+    True when this call ended it."""
     runs = ModelVersion.objects.filter(pk=version_id)
     if keep_earlier_failure:
         runs = runs.exclude(status=ModelVersion.Status.FAILED)
-    runs.update(status=ModelVersion.Status.FAILED, error=error, finished_at=timezone.now())
+    old = runs.values_list("status", flat=True).first()
+    if not runs.update(status=ModelVersion.Status.FAILED, error=error, finished_at=timezone.now()):
+        return False
+    try:  # the failed state stands even if its audit event cannot be written: it is what the admin sees
+        audit_registry_event(None, "update", ModelVersion(pk=version_id), old={"status": old},
+                             new={"status": ModelVersion.Status.FAILED, "by": by, "error": error[:500]})
+    except Exception:
+        log.exception("auditing the failure of training run %s failed", version_id)
+    return True
 
 
 def enqueue_training(version_id: int, **limits) -> None:
@@ -195,6 +209,7 @@ def retry_training(*, version: ModelVersion, user=None, request: HttpRequest | N
     return start_training(sources=requested_sources(version), epochs=asked.get("epochs", 1), seed=asked.get("seed", 0),
                           target_sensitivity=asked.get("target_sensitivity", version.target_sensitivity or 0.9),
                           overrides=asked.get("overrides") or None, user=user, request=request,
+                          retry_of=version.version,
                           members=asked.get("members") if asked.get("kind") == ensemble_training.ENSEMBLE else (),
                           start_from=fine_tuning.ACTIVE if asked.get(fine_tuning.START_KEY) else fine_tuning.IMAGENET)
 
@@ -333,11 +348,13 @@ def _identity(version: ModelVersion | None) -> tuple | None:
     return None if version is None else (version.pk, version.version, version.sha256)
 
 
-def activate_version(*, version: ModelVersion, user=None, request: HttpRequest | None = None) -> ModelVersion:
+def activate_version(*, version: ModelVersion, user=None, request: HttpRequest | None = None,
+                     reason: str = "") -> ModelVersion:
     """Make a ready version active if it passes the promotion gate. The gate is checked again in
     the transaction that activates, against the active row locked there: an activation or
     roll-back that changed the active version after the first check is refused, not overridden.
-    The audit event keeps the gate's evidence (benchmark, both sha256, decision, reasons)."""
+    The audit event keeps the gate's evidence (benchmark, both sha256, decision, reasons) and
+    ``reason``, why it was activated, when given (the admin's confirmation page requires one)."""
     if version.status not in (ModelVersion.Status.READY, ModelVersion.Status.RETIRED):
         raise LifecycleError(f"{version.version} is {version.status}; only a ready version can be activated.")
     seen = _active_other_than(version)
@@ -358,7 +375,8 @@ def activate_version(*, version: ModelVersion, user=None, request: HttpRequest |
                 raise LifecycleError("Promotion gate refused: " + " ".join(gate.reasons))
             activate(version)
             audit_registry_event(user, "activate", version, old={"active": previous.version if previous else None},
-                                 new={"active": version.version, "gate": gate_evidence(gate)}, request=request)
+                                 new={"active": version.version, "gate": gate_evidence(gate)}
+                                 | ({"reason": reason.strip()} if (reason or "").strip() else {}), request=request)
             warm_after_commit(version)
     except IntegrityError as exc:  # the one-active-version constraint: another activation won the race
         raise LifecycleError("Another version was activated at the same moment; nothing was changed. "

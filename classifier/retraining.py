@@ -208,7 +208,6 @@ def _run_claimed(version_id: int) -> str:
         sources = set(requested_sources(version))
         cache_dir = Path(settings.SECONDLOOK_CACHE_DIR)
         extra = reviewed_records(cache_dir / "reviewed") if REVIEWS in sources else []
-        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         out_dir = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
         config = training_config(version)
         seeds = ensemble_training.member_seeds(version)
@@ -222,6 +221,9 @@ def _run_claimed(version_id: int) -> str:
         else:
             train(config, settings.SECONDLOOK_DATA_DIR, out_dir, cache_dir, **run)
         _save_progress(version_id, {"phase": "comparing with the active model on the frozen benchmark"})
+        # the version active now, read after the training (hours long): another one may have been
+        # activated or rolled back to meanwhile, and the gate must compare with the one in service
+        active = ModelVersion.objects.filter(status=ModelVersion.Status.ACTIVE).first()
         measure_gate(out_dir, active, target_sensitivity=config.target_sensitivity,
                      on_step=lambda step: _save_progress(version_id, {"phase": f"frozen benchmark: {step}"}))
     except TrainingCancelled:

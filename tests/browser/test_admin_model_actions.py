@@ -59,7 +59,9 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_assessed
     expect(roc).to_be_visible()
     assert roc.evaluate("img => img.complete && img.naturalWidth > 0"), "the paired ROC image did not load"
     page.screenshot(path=str(artifacts_dir / "29-admin-gate.png"), full_page=True)
-    page.get_by_role("button", name="Activate this version").click()
+    page.get_by_role("link", name="Activate this version").click()  # its confirmation page, asking why
+    page.get_by_label("Reason").fill("Passes the gate on the frozen benchmark")
+    page.get_by_role("button", name=f"Yes, activate {ready.version}").click()
     expect(page.locator(".messagelist")).to_contain_text("is now active")
     ready.refresh_from_db()
     assert ready.status == ModelVersion.Status.ACTIVE
@@ -72,7 +74,8 @@ def test_activate_and_cancel_buttons_do_what_they_say(live_server, tiny_assessed
 
     page.goto(f"{base}/admin/classifier/modelversion/{running.pk}/change/")
     expect(page.locator("#training-progress")).not_to_contain_text("{#")  # no template comment shown as text
-    page.get_by_role("button", name="Cancel this run").click()
+    page.get_by_role("link", name="Cancel this run").click()
+    page.get_by_role("button", name="Yes, cancel run-in-progress").click()
     expect(page.locator(".messagelist")).to_contain_text("Cancellation of run-in-progress requested")
     running.refresh_from_db()
     assert running.cancel_requested and running.status == ModelVersion.Status.TRAINING
@@ -133,12 +136,13 @@ def test_a_failed_run_is_retried_and_another_deleted_by_clicking(live_server, br
     page.goto(f"{base}/admin/classifier/modelversion/{failed.pk}/change/")
     expect(page.locator("pre", has_text="Worker lost")).to_be_visible()
     page.get_by_role("button", name="Retry this run").click()
-    expect(page.locator(".messagelist")).to_contain_text("queued with the settings of train-crashed")
+    expect(page.locator(".messagelist")).to_contain_text("queued with the settings of the failed run train-crashed")
     retry = ModelVersion.objects.get(status=ModelVersion.Status.TRAINING)
     assert retry.training_config == asked | {"sources": ["ham10000"]} and retry.data_sources == ["ham10000"]
 
     page.goto(f"{base}/admin/classifier/modelversion/{doomed.pk}/change/")
-    page.get_by_role("button", name="Delete this failed run").click()
+    page.get_by_role("link", name="Delete this failed run").click()
+    page.get_by_role("button", name="Yes, delete train-doomed").click()
     expect(page.locator(".messagelist")).to_contain_text("The failed run train-doomed was deleted")
     assert not ModelVersion.objects.filter(pk=doomed.pk).exists()
 

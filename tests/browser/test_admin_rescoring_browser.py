@@ -157,7 +157,8 @@ def test_cancelling_a_run_no_worker_started_ends_it_at_once(live_server, browser
     admin_log_in(page, base)
 
     page.goto(f"{base}/admin/classifier/modelversion/{queued.pk}/change/")
-    page.get_by_role("button", name="Cancel this run").click()
+    page.get_by_role("link", name="Cancel this run").click()
+    page.get_by_role("button", name="Yes, cancel train-queued").click()
     expect(page.locator(".messagelist")).to_contain_text("The run train-queued was cancelled before it started")
     expect(page.locator("pre", has_text="before a training worker started it")).to_be_visible()
     queued.refresh_from_db()

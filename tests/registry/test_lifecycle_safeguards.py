@@ -222,8 +222,8 @@ def test_an_admin_activation_is_audited_with_the_client_address(client, admin_us
     better = _version(tmp_path, "better", target_sensitivity=0.9,
                       metrics={"gate": stored_gate(allowed=True, active="shipped", candidate="better")})
     client.force_login(admin_user)
-    response = client.post(f"/admin/classifier/modelversion/{better.pk}/activate/", REMOTE_ADDR="198.51.100.23",
-                           follow=True)
+    response = client.post(f"/admin/classifier/modelversion/{better.pk}/activate/",
+                           {"reason": "better on the benchmark"}, REMOTE_ADDR="198.51.100.23", follow=True)
     assert "Better is now active" in response.content.decode()  # the admin capitalises messages
     event = AuditEvent.objects.get(action="activate")
     assert (event.actor, event.ip_address, event.old_values) == (admin_user, "198.51.100.23", {"active": shipped.version})

@@ -123,7 +123,11 @@ def test_admin_pages_show_metrics_plots_and_the_gate(admin_client, use_tiny_asse
     assert "Melanoma sensitivity at its own threshold" in page and "pass" in page
     detail = admin_client.get(f"/admin/classifier/modelversion/{shipped.pk}/change/").content.decode()
     assert "Model card" in detail
-    response = admin_client.post(f"/admin/classifier/modelversion/{candidate.pk}/activate/")
+    # the button leads to a confirmation page; its POST, with a reason, activates
+    assert admin_client.get(f"/admin/classifier/modelversion/{candidate.pk}/activate/").status_code == 200
+    assert ModelVersion.objects.get(status="active").pk == shipped.pk
+    response = admin_client.post(f"/admin/classifier/modelversion/{candidate.pk}/activate/",
+                                 {"reason": "passes the gate"})
     assert response.status_code == 302
     assert ModelVersion.objects.get(status="active").pk == candidate.pk
 
