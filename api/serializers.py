@@ -14,6 +14,7 @@ from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm
 from cases.models import Case, Lesion, LesionImage, Outcome, Patient, Prediction, Review
 from cases.outcome_forms import OutcomeForm
 from cases.outcomes import current_outcome
+from cases.queue import lesion_fingerprint
 from cases.roles import display_name
 from classifier.models import ModelVersion
 
@@ -271,8 +272,14 @@ class ReviewSerializer(serializers.ModelSerializer):
 LOCATION_FIELDS = ("same_as", "side", "map_view", "map_x", "map_y")
 
 
+SEEN_HELP = ("what a dermatologist reviewing the lesion has before them (its images and each one's score in force), "
+             "as one string: send it back as `seen` with the lesion's review; it changes with a new image, a "
+             "re-score or a score finishing")
+
+
 class LesionSerializer(serializers.ModelSerializer):
     images = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    fingerprint = serializers.SerializerMethodField(help_text=SEEN_HELP)
     patient_lesion = serializers.SerializerMethodField(help_text="the patient's lesion this visit's record belongs to")
     same_as = serializers.IntegerField(write_only=True, required=False, allow_null=True,
                                        help_text="id of the patient's lesion seen at an earlier visit (patient_lesion.id)")
@@ -284,7 +291,7 @@ class LesionSerializer(serializers.ModelSerializer):
     class Meta:
         model = Lesion
         fields = ["id", "case", "patient_lesion", "anatomic_site", "description", "flagged", "awaiting_review",
-                  "flagged_at", "created_at", "images", *LOCATION_FIELDS]
+                  "flagged_at", "created_at", "images", "fingerprint", *LOCATION_FIELDS]
         read_only_fields = ["id", "flagged", "awaiting_review", "flagged_at", "created_at", "images"]
         extra_kwargs = {"anatomic_site": {"required": False}}
 
@@ -296,6 +303,9 @@ class LesionSerializer(serializers.ModelSerializer):
         t = lesion.tracked
         return None if t is None else {"id": t.pk, "label": t.label, "side": t.side, "map_view": t.map_view,
                                        "map_x": t.map_x, "map_y": t.map_y}
+
+    def get_fingerprint(self, lesion: Lesion) -> str:
+        return lesion_fingerprint(lesion)  # the review page's, from the prefetched images and predictions
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -409,6 +419,11 @@ class LesionReviewInputSerializer(serializers.Serializer):
         required=False, allow_null=True, default=None,
         help_text="changed since the earlier visit? Asked, as on the page, only for a lesion seen at an earlier "
                   "visit (optional there); for any other lesion it is not asked and recorded as null")
+    seen = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False,
+        help_text="the lesion's `fingerprint` as it was when you reviewed it (GET lesions/{id}/): the review is "
+                  "refused (409, nothing saved) when the lesion has changed since (a new image, a re-score), as "
+                  "the review page refuses it. Optional, but give it for every lesion of the submission or none")
 
     def validate(self, attrs: dict) -> dict:
         """The web ReviewForm's rules; like the page's, it asks lesion_changed only when the lesion
@@ -416,7 +431,8 @@ class LesionReviewInputSerializer(serializers.Serializer):
         lesion = self.context.get("lesions", {}).get(attrs["lesion"])
         earlier = lesion is not None and followup.earlier_visits(lesion).exists()
         fields = {k: attrs[k] for k in ("agreement", "final_diagnosis", "management", "notes", "lesion_changed")}
-        return {"lesion": attrs["lesion"], **form_validated(ReviewForm, fields, earlier_visits=earlier)}
+        seen = {"seen": attrs["seen"]} if "seen" in attrs else {}
+        return {"lesion": attrs["lesion"], **form_validated(ReviewForm, fields, earlier_visits=earlier), **seen}
 
 
 class CaseReviewInputSerializer(serializers.Serializer):
@@ -431,6 +447,11 @@ class CaseReviewInputSerializer(serializers.Serializer):
         if repeated:
             raise serializers.ValidationError(
                 f"Give each lesion once (lesion {', '.join(map(str, repeated))} more than once).")
+        # what was seen is checked for the whole case or not at all (the page always sends every lesion's)
+        without = sorted(item["lesion"] for item in reviews if "seen" not in item)
+        if without and len(without) < len(reviews):
+            raise serializers.ValidationError(
+                f"Give seen for every lesion or for none (lesion {', '.join(map(str, without))} has none).")
         return reviews
 
 

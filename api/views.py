@@ -5,6 +5,7 @@ on the web pages; reads of single records and file downloads are audited like th
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.db.models import Prefetch, QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -17,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import serializers as s
+from api.errors import Conflict
 from api.permissions import TokenScope
 from api.schema import upload_refused
 from api.throttling import ScopedRateThrottle
@@ -64,6 +66,16 @@ def _int_param(request, name: str) -> int | None:
     if not ID_MIN <= value <= ID_MAX:
         raise ValidationError({name: [f"{name} must be an integer between {ID_MIN} and {ID_MAX}."]})
     return value
+
+
+def _text_param(request, name: str) -> str:
+    """A free-text query filter, stripped; one holding a NUL is a 400 naming it (PostgreSQL text cannot
+    hold a NUL: the search would fail in the database). RejectNulQueryMiddleware refuses such a query
+    string first; this keeps the view safe without it."""
+    value = request.query_params.get(name, "")
+    if "\x00" in value:
+        raise ValidationError({name: [f"{name} must not contain a NUL character."]})
+    return value.strip()
 
 
 def _status_filtered(queryset: QuerySet, request, values: list[str]) -> QuerySet:
@@ -177,7 +189,7 @@ class PatientViewSet(mixins.CreateModelMixin, ReadViewSet):
         return access.visible_patients(self.request.user).order_by("clinic__name", "identifier", "pk")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
-        query = self.request.query_params.get("q", "").strip()
+        query = _text_param(self.request, "q")
         return queryset.filter(identifier__icontains=query) if query else queryset
 
     def perform_create(self, serializer):
@@ -240,13 +252,24 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         lesions = {lesion.pk: lesion for lesion in queue.lesions_to_review(case).select_related("case")}
         payload = s.CaseReviewInputSerializer(data=request.data, context={"lesions": lesions})
         payload.is_valid(raise_exception=True)
-        entries = []
+        entries, seen = [], {}
         for item in payload.validated_data["reviews"]:
             lesion = lesions.get(item["lesion"])
             if lesion is None:
                 raise queue.ClaimError(_not_waiting(case, item["lesion"], request.user))
-            entries.append(queue.LesionReview(lesion=lesion, **{k: v for k, v in item.items() if k != "lesion"}))
-        saved = queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, request=request)
+            if "seen" in item:
+                seen[lesion.pk] = item["seen"]
+            entries.append(queue.LesionReview(lesion=lesion, **{k: v for k, v in item.items()
+                                                                if k not in ("lesion", "seen")}))
+        try:
+            # with the lesions' fingerprints, a lesion changed since they were read refuses the save,
+            # as on the review page (the serializer takes them for every lesion or none)
+            saved = queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, seen=seen or None,
+                                         request=request)
+        except queue.ChangedSinceOpened as exc:
+            raise Conflict(f"Nothing was saved: a lesion changed since its fingerprint was read. "
+                           f"{' '.join(exc.problems.values())} Read the lesions again (GET lesions/{{id}}/) and "
+                           "resubmit with their current fingerprint as seen.") from None
         return Response(s.ReviewSerializer(saved, many=True).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "application/fhir+json"): OpenApiTypes.OBJECT})
@@ -256,7 +279,10 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         """The case as a FHIR R4 Bundle: Patient (pseudonymous), BodyStructures, Media, Device,
         Observations of the scores and DiagnosticReports of the reviews."""
         case = self.get_object()
-        bundle = case_bundle(case, base_url=request.build_absolute_uri("/").rstrip("/"))
+        # ids and systems from the configured base, never the Host header: the same case exported
+        # through any allowed host name has the same ids; only the image files' URLs use the request's
+        bundle = case_bundle(case, base_url=settings.SECONDLOOK_FHIR_BASE_URL,
+                             files_url=request.build_absolute_uri("/").rstrip("/"))
         audit_log.record(action="download", obj=case, request=request)
         return Response(bundle, content_type=FHIR_JSON)
 
@@ -271,7 +297,8 @@ class LesionViewSet(mixins.CreateModelMixin, ReadViewSet):
 
     def get_queryset(self):
         lesions = access.visible_lesions(self.request.user)
-        return lesions.select_related("tracked").prefetch_related("images").order_by("pk")
+        # the images' predictions and versions: the fingerprint is worked out from what is on screen
+        return lesions.select_related("tracked").prefetch_related("images", queue.SHOWN_PREFETCH).order_by("pk")
 
     def filter_list(self, queryset: QuerySet) -> QuerySet:
         return _filtered(queryset, self.request, {"case": "case_id", "patient_lesion": "tracked_id"})

@@ -18,11 +18,15 @@ Decisions:
 - The upload limits of ``cases.uploads`` apply before any pixel is decoded: Rows × Columns, and for
   JPEG frames the size their own header declares; a deflated data set is inflated only up to what
   an image at the pixel limit needs. Multi-frame objects are refused, as animated images are.
+- The file meta group is walked element by element to find where it ends and its transfer syntax;
+  its declared group length is never trusted. A file whose meta can't be walked, or a deflated one
+  whose declared length disagrees with the walk, is refused before pydicom reads it.
 """
 from __future__ import annotations
 
 import io
 import re
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -46,6 +50,7 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
     VLPhotographicImageStorage,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
 from cases.uploads import UploadRejected, check_dimensions, megabytes
 
@@ -201,22 +206,50 @@ def _optional(read, ds: Dataset):
 
 # --- reading the file ---------------------------------------------------------------------------
 
-def _meta_end(data: bytes) -> int | None:
-    """Where the file meta group ends, from its group length (0002,0000), if the file states it."""
-    start = _PREAMBLE + len(_MAGIC)
-    if data[start:start + 8] != b"\x02\x00\x00\x00UL\x04\x00" or len(data) < start + 12:
-        return None
-    return start + 12 + int.from_bytes(data[start + 8:start + 12], "little")
+def _walk_meta(data: bytes) -> tuple[int, bytes | None, int | None]:
+    """Where the file meta group (0002,eeee) really ends, its Transfer Syntax UID (raw) and the
+    length its group length element (0002,0000) declares, found by walking its elements as pydicom
+    will read them: Explicit VR Little Endian, up to the first tag of another group. A file whose
+    meta cannot be walked is refused."""
+    damaged = "The file starts like DICOM, but its header is damaged or incomplete"
+    offset = _PREAMBLE + len(_MAGIC)
+    transfer_syntax, declared = None, None
+    while len(data) - offset >= 8:
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4:offset + 6].decode("latin-1")
+        if vr in EXPLICIT_VR_LENGTH_16:
+            header, length = 8, struct.unpack_from("<H", data, offset + 6)[0]
+        elif vr in EXPLICIT_VR_LENGTH_32 and len(data) - offset >= 12:
+            header, length = 12, struct.unpack_from("<L", data, offset + 8)[0]
+        else:  # an unknown VR (implicit VR meta, say) or an element cut short
+            raise UploadRejected(f"{damaged} (its file meta elements cannot be read).")
+        value_start = offset + header
+        offset = value_start + length
+        if length == 0xFFFFFFFF or offset > len(data):
+            raise UploadRejected(f"{damaged} (a file meta element runs past its end).")
+        if element == 0x0000:
+            if vr != "UL" or length != 4:
+                raise UploadRejected(f"{damaged} (its file meta group length is malformed).")
+            declared = (struct.unpack_from("<L", data, value_start)[0], offset)
+        elif element == 0x0010:
+            transfer_syntax = data[value_start:offset]
+    return offset, transfer_syntax, (None if declared is None else offset - declared[1] - declared[0])
 
 
 def _check_inflated_size(data: bytes) -> None:
     """A deflated data set is a zip bomb waiting to happen: inflate it (bounded) before pydicom does."""
-    end = _meta_end(data)
-    head = data[:end] if end else data[:4096]
-    if DeflatedExplicitVRLittleEndian.encode() not in head:
-        return
-    if end is None:
-        raise UploadRejected("The DICOM file is damaged: its deflated header has no group length.")
+    end, transfer_syntax, length_error = _walk_meta(data)
+    if transfer_syntax is None or DeflatedExplicitVRLittleEndian.encode() not in transfer_syntax:
+        return  # a wrong group length elsewhere is harmless: pydicom reads the meta as walked here
+    if length_error:
+        # pydicom would start inflating where the declared length says, not where the walk ended
+        raise UploadRejected("The file starts like DICOM, but its header is damaged or incomplete: its file meta "
+                             f"group length is off by {length_error} bytes.")
+    if data[end:end + 2] == b"\x00\x00":
+        # pydicom would read command elements (0000,eeee) there and inflate what follows them
+        raise UploadRejected("The DICOM file is deflated, but its compressed data is damaged.")
     # enough for 16-bit RGB at the pixel limit, plus a megabyte of attributes
     limit = settings.UPLOAD_MAX_PIXELS * 6 + 1_000_000
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)

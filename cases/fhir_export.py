@@ -1,4 +1,4 @@
-"""FHIR export of one case: a pure builder, ``case_bundle(case, base_url=...)`` → a Bundle as a dict.
+"""FHIR export of one case: a pure builder, ``case_bundle(case, base_url=..., files_url=...)`` → a Bundle as a dict.
 
 FHIR version: the models of ``fhir.resources.R4B`` (FHIR 4.3.0). fhir.resources 8.x ships R5 at
 the top level, R4B and STU3, but no separate 4.0.1 package; R4B is the R4-compatible release and
@@ -36,7 +36,10 @@ The Bundle (type ``collection``) holds:
   extension → the lesion's BodyStructure. The conclusion names the lesion ("Lesion L2").
 
 Every entry's ``fullUrl`` is ``urn:uuid:`` + a uuid5 of the base URL and the object (for example
-``patient/12``): stable across exports, distinct between deployments, and what references use.
+``patient/12``): stable across exports, distinct between deployments, and what references use. The
+base URL (ids, identifier and code systems) is the deployment's configured one
+(``settings.SECONDLOOK_FHIR_BASE_URL``), never the request's host, which names only where the
+image files are fetched (``files_url``): one case exported through two host names is one set of ids.
 An amended review or a corrected histopathology result keeps the id of the report it amends or
 corrects (the first of its chain): FHIR amends a report in place, so a receiver replaces it.
 Audit logging and access checks belong to the view that serves this.
@@ -130,9 +133,15 @@ FLAG_CODE, FLAG_DISPLAY = "ai-flag", "Flagged for dermatologist review (AI)"
 
 @dataclass(frozen=True)
 class Urls:
-    """The deployment's URLs: code systems, identifier systems and ids of the exported objects."""
+    """The deployment's URLs: code systems, identifier systems and ids of the exported objects
+    (``base``), and where the image files are fetched (``files``; ``base`` when not given)."""
 
     base: str
+    files: str = ""
+
+    def file(self, image_pk: int) -> str:
+        """The API's URL of an image's stored PNG."""
+        return (self.files or self.base) + reverse("api:image-file", args=[image_pk])
 
     def urn(self, kind: str, pk: Any) -> str:
         """Stable ``urn:uuid`` of one object (the base URL keeps two deployments' ids apart)."""
@@ -248,7 +257,7 @@ def media(image: LesionImage, lesion: Lesion, case: Case, latest: Prediction | N
         width=image.width,
         height=image.height,
         # the API's route: a receiving system holds a token, not a browser session
-        content={"contentType": "image/png", "url": urls.base + reverse("api:image-file", args=[image.pk]),
+        content={"contentType": "image/png", "url": urls.file(image.pk),
                  "size": image.size_bytes, "creation": _when(image.uploaded_at)},
         note=note,
     ))
@@ -485,14 +494,15 @@ def _unique(entries: Iterable[BundleEntry]) -> list[BundleEntry]:
     return list(seen.values())
 
 
-def case_bundle(case: Case, *, base_url: str, now: datetime | None = None) -> dict:
+def case_bundle(case: Case, *, base_url: str, files_url: str | None = None, now: datetime | None = None) -> dict:
     """The case as a FHIR R4B ``collection`` Bundle (a JSON-able dict), validated as it is built.
 
-    ``base_url`` is the site's absolute root (``https://host``), for image URLs and the identifier
-    and code systems; ``now`` is the export time (default: now), which also makes the Bundle's
-    identifier, so that two exports of the same case differ.
+    ``base_url`` is the deployment's stable absolute root (``settings.SECONDLOOK_FHIR_BASE_URL``), for
+    the resource ids and the identifier and code systems; ``files_url`` the root the image files are
+    fetched from (the request's, default ``base_url``); ``now`` is the export time (default: now),
+    which also makes the Bundle's identifier, so that two exports of the same case differ.
     """
-    urls = Urls(base_url.rstrip("/"))
+    urls = Urls(base_url.rstrip("/"), (files_url or "").rstrip("/"))
     now = _when(now or timezone.now())
     case = Case.objects.select_related("patient__clinic").get(pk=case.pk)
     lesions = _lesions(case)

@@ -83,6 +83,16 @@ if DEBUG and any(host not in LOCAL_HOSTS for host in ALLOWED_HOSTS):
         f"DEBUG is on while ALLOWED_HOSTS names {', '.join(h for h in ALLOWED_HOSTS if h not in LOCAL_HOSTS)}: "
         f"set DJANGO_ENV=production for a deployment (DEBUG=0 for a development server reachable by that name)")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+# The FHIR export's stable identity: its resource ids (uuid5 of this URL and the object) and its
+# identifier and code systems derive from it, never from the request's Host or scheme, so a case
+# exported through any allowed host gets the same ids. Default: https:// + the first ALLOWED_HOSTS
+# name (not a wildcard); else https://secondlook.invalid. Changing it changes every exported id.
+SECONDLOOK_FHIR_BASE_URL = (os.environ.get("SECONDLOOK_FHIR_BASE_URL", "").strip() or next(
+    (f"https://{host}" for host in ALLOWED_HOSTS if host != "*" and not host.startswith(".")),
+    "https://secondlook.invalid")).rstrip("/")
+if not SECONDLOOK_FHIR_BASE_URL.startswith(("https://", "http://")):
+    raise ImproperlyConfigured("SECONDLOOK_FHIR_BASE_URL must be an absolute http(s) URL "
+                               "(https://secondlook.example.org, say)")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

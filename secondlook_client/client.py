@@ -156,7 +156,14 @@ class SecondLookClient:
     def release(self, *, case: int) -> dict:
         return self.request("POST", f"cases/{case}/release/")
 
-    def review(self, *, case: int, reviews: list[dict]) -> list[dict]:
+    def review(self, *, case: int, reviews: list[dict], seen: dict[int, str] | None = None) -> list[dict]:
+        """Review every flagged lesion of a claimed case. ``seen``: per lesion id, the lesion's
+        ``fingerprint`` as it was when you reviewed it (``GET lesions/{id}/``); given, a lesion that
+        changed since (a new image, a re-score) refuses the whole submission (409, nothing saved).
+        Give it for every lesion or none (a review dict's own ``seen`` is kept)."""
+        if seen is not None:
+            reviews = [{**item, "seen": seen[item["lesion"]]} if "seen" not in item and item["lesion"] in seen
+                       else item for item in reviews]
         return self.request("POST", f"cases/{case}/reviews/", json={"reviews": reviews})
 
 
