@@ -185,16 +185,25 @@ class MultipleImageField(forms.FileField):
         return files
 
 
+def upload_help() -> str:
+    """The upload's limits as the form states them (settings.UPLOAD_MAX_BYTES, UPLOAD_MAX_FILES)."""
+    return (f"JPEG, PNG, TIFF or DICOM (.dcm), up to {megabytes(settings.UPLOAD_MAX_BYTES)} each; up to "
+            f"{settings.UPLOAD_MAX_FILES} at a time.")
+
+
 class UploadForm(_NoColon, forms.Form):
     """Images of one lesion."""
 
     images = MultipleImageField(
         label="Images",
-        help_text=f"JPEG, PNG, TIFF or DICOM (.dcm), up to {megabytes(settings.UPLOAD_MAX_BYTES)} each; up to "
-                  f"{settings.UPLOAD_MAX_FILES} at a time.",
+        help_text=upload_help(),
         widget=MultipleFileInput(attrs={"accept": UPLOAD_ACCEPT, "multiple": True}),
     )
     kind = forms.ChoiceField(label="Image type", choices=LesionImage.Kind.choices, initial=LesionImage.Kind.DERMOSCOPIC)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["images"].help_text = upload_help()  # the limits in force now, as the checks read them
 
 
 class ReviewForm(_NoColon, forms.ModelForm):

@@ -147,7 +147,8 @@ class UploadOutcome:
     duplicates: list[tuple[str, LesionImage | None]] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     scoring_unavailable: str = ""
-    # (file name, note) for an accepted file stored as another kind than the form asked for
+    # (file name, note) for an accepted file stored as another kind than the form asked for, or whose
+    # DICOM body site replaced the lesion's "unknown" one (``_site_note``)
     notes: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -213,11 +214,12 @@ def _image_rows(*, lesion: Lesion, image: NormalisedImage, name: str, kind: str,
     if image.source_sop_class:
         new["source_sop_class"] = image.source_sop_class  # what decided the kind of a DICOM image
     audit_log.record(action="upload", obj=row, actor=user, request=request, new=new)
+    row.rescored_for_site = 0  # how many other images this file's site sent for scoring again (_site_note)
     if _adopt_file_site(lesion=lesion, site=image.body_site, user=user, request=request) and model_version is not None:
         # never the client's file name: the reason is shown on the pages and kept with the scores
-        corrections.rescore(lesion.images.exclude(pk=row.pk),
-                            reason=f"site set from unknown to {lesion.anatomic_site} from the DICOM file of "
-                                   f"image {row.pk}")
+        row.rescored_for_site = len(corrections.rescore(
+            lesion.images.exclude(pk=row.pk),
+            reason=f"site set from unknown to {lesion.anatomic_site} from the DICOM file of image {row.pk}"))
     if model_version is not None:
         prediction = Prediction.objects.create(image=row, model_version=model_version)
         # robust: a failed send leaves the prediction pending for the sweep (a lambda: Django's
@@ -322,13 +324,23 @@ def upload_images(*, user, lesion: Lesion, files: Iterable[UploadedFile], kind: 
             outcome.duplicates.append((display_name, None))
             continue
         image_kind, note = _image_kind(image, kind)
+        site_before = lesion.anatomic_site
         # only once it is held: when the first copy fails to save, the next copy is tried, not called a duplicate
         if _add_image(outcome, display_name=display_name, where=_where(lesion, position, image), lesion=lesion,
                       image=image, kind=image_kind, user=user, model_version=model_version, request=request):
             held.add(image.sha256)
             if note:
                 outcome.notes.append((display_name, note))
+            if lesion.anatomic_site != site_before:  # this file, just stored, filled in the unknown site
+                outcome.notes.append((display_name, _site_note(lesion, outcome.accepted[-1].rescored_for_site)))
     return outcome
+
+
+def _site_note(lesion: Lesion, rescored: int) -> str:
+    """What the upload changed when a DICOM file's body site replaced the lesion's "unknown" one."""
+    site = lesion.get_anatomic_site_display()
+    again = (f"; its {rescored} other image(s) are being scored again with the new site" if rescored else "")
+    return f"The DICOM file states the body site, so the lesion's site was changed from Unknown to {site}{again}."
 
 
 def _image_kind(image: NormalisedImage, requested: str) -> tuple[str, str]:

@@ -52,7 +52,8 @@ MODEL_LIMITS = (
     "Lesions on the palms or soles (acral) and at oral or genital sites were hardly represented in its "
     "data (2 and 6 of the 1,596 held-out test images): its scores for these sites are not reliable.",
     "Not validated for children: patients under 18 are outside the population it was validated on.",
-    "Validated for dermoscopic images only: clinical (close-up) photos are refused.",
+    "Validated for dermoscopic images only: clinical (close-up) photos are not scored by the model; they are "
+    "stored and the lesion goes to a dermatologist.",
     BELOW_THRESHOLD,
 )
 

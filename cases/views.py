@@ -157,9 +157,10 @@ def _case_page_context(request: HttpRequest, case: Case) -> dict:
         "lesion_form": LesionForm(case=case),
         "map": body_map.svg_context(interactive=True, clearable=True),
         "upload_form": UploadForm(),
+        # an image stored while no model was active waits too: the sweep gives it a prediction, which the poll shows
         "any_active": Prediction.objects.filter(
             image__lesion__case=case, status__in=[Prediction.Status.PENDING, Prediction.Status.RUNNING]
-        ).exists(),
+        ).exists() or LesionImage.objects.filter(lesion__case=case, predictions__isnull=True).exists(),
     }
 
 
@@ -206,9 +207,10 @@ def lesion_detail(request: HttpRequest, pk: int) -> HttpResponse:
         else:
             status = 400
     images = lesion.images.prefetch_related("predictions__model_version")
-    return render(request, "cases/lesion_detail.html", {
+    audit_log.record(action="view", obj=lesion, request=request)
+    return _no_store(render(request, "cases/lesion_detail.html", {
         "lesion": lesion, "case": lesion.case, "images": images, "form": form, "can_edit": can_edit,
-    }, status=status)
+    }, status=status))
 
 
 @require_GET
@@ -286,16 +288,18 @@ def _report_upload(request: HttpRequest, outcome: services.UploadOutcome) -> Non
 def case_status(request: HttpRequest, pk: int) -> JsonResponse:
     """JSON for the case page's polling: per image, the prediction in force
     (``LesionImage.current_prediction``), its status and its rendered summary with any re-score
-    note. No scores: the page shows them only through the summary, which hides those of an image
-    the model could not assess."""
+    note; ``waiting`` while an image has no prediction at all yet. No scores: the page shows them
+    only through the summary, which hides those of an image the model could not assess."""
     case = get_object_or_404(access.visible_cases(request.user), pk=pk)
     predictions = Prediction.objects.select_related("model_version")
     images = (access.visible_images(request.user).filter(lesion__case=case).order_by("pk").select_related("lesion")
               .prefetch_related(Prefetch("predictions", queryset=predictions), "lesion__reviews"))
     can_edit = access.can_edit_case(request.user, case)
-    items, active = [], False
+    items, active, waiting = [], False, False
     for image in images:
         active = active or any(p.is_active for p in image.predictions.all())
+        # stored while no model was active: the sweep gives it a prediction later
+        waiting = waiting or not image.predictions.all()
         prediction = image.current_prediction()
         if prediction is None:
             continue
@@ -308,7 +312,8 @@ def case_status(request: HttpRequest, pk: int) -> JsonResponse:
     lesions = list(case.lesions.order_by("pk").only("pk", "case", "flagged", "awaiting_review"))
     # per lesion its review state and the badge's words: a reviewed lesion flagged again by a new
     # image must read "awaiting" at once, not "reviewed" until the page is reloaded
-    payload = {"active": active, "predictions": items,
+    # "waiting": an image has no prediction yet; the page keeps polling (less often) until it has one
+    payload = {"active": active, "waiting": waiting, "predictions": items,
                "flagged_lesions": [lesion.pk for lesion in lesions if lesion.flagged],
                "lesions": [{"id": lesion.pk, "flagged": lesion.flagged, "awaiting_review": lesion.awaiting_review,
                             "badge": flag_badge_text(lesion)} for lesion in lesions]}

@@ -63,7 +63,7 @@ def test_a_save_after_a_new_image_is_refused_keeps_the_typed_review_and_then_goe
     assert not Review.objects.exists() and Lesion.objects.get(pk=lesion.pk).awaiting_review
     expect(page.locator(".image-card")).to_have_count(2)
     expect(page.locator(f'img[src="/images/{second.pk}/file/"]')).to_be_visible()
-    expect(page.locator(".image-card").nth(1)).to_contain_text("Not scored (no model was available).")
+    expect(page.locator(".image-card").nth(1)).to_contain_text("Waiting for a model to score this image.")
     # what was typed is still there
     expect(page.get_by_label("Notes")).to_have_value(NOTES)
     expect(page.get_by_label("Final diagnosis")).to_have_value("melanoma")

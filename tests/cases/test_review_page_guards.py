@@ -253,7 +253,7 @@ def test_the_review_page_says_an_image_is_not_scored_and_why_a_cleared_lesion_st
     url = f"/cases/{world.case_a.pk}/review/"
     html = client.get(url).content.decode()
     card = html[html.index(f'src="/images/{unscored.pk}/file/"'):]
-    assert "Not scored (no model was available)." in card[:card.index("</li>")]
+    assert "Waiting for a model to score this image." in card[:card.index("</li>")]
     # flagged by an earlier score, its current one below the thresholds: the page says why it waits
     _score(unscored, model_version, melanoma=0.6, minutes_ago=60)
     _score(unscored, model_version, melanoma=0.02, flagged=False, revision=1, reason="site corrected")
