@@ -10,6 +10,7 @@ from django.utils.html import format_html
 from api.models import ApiToken
 from audit import log as audit_log
 from cases.admin import in_own_clinic
+from cases.admin_users import manageable_accounts
 
 
 @admin.register(ApiToken)
@@ -28,8 +29,10 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if db_field.name == "user" and not request.user.is_superuser:
-            # a token acts as its user: never one outside the clinic, nor a superuser's
-            field.queryset = in_own_clinic(field.queryset, request.user).filter(is_superuser=False)
+            # a token acts as its user: never one outside the clinic, nor one whose account they may
+            # not change (a superuser, another staff account, a dermatologist): the token would give
+            # them its powers
+            field.queryset = manageable_accounts(in_own_clinic(field.queryset, request.user), request.user)
         return field
 
     def get_fields(self, request, obj=None):

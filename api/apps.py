@@ -8,3 +8,4 @@ class ApiConfig(AppConfig):
 
     def ready(self) -> None:
         from api import schema  # noqa: F401  registers the token scheme with drf-spectacular
+        from api import signals  # noqa: F401  revokes the tokens of deactivated accounts and of those leaving a clinic

@@ -1,6 +1,7 @@
 """Django admin for the clinical records; the audit log is read-only."""
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
@@ -127,10 +128,62 @@ class ReadOnlyAdmin(ClinicalAdmin):
         return False
 
 
-class MembershipInline(ClinicScopedChoices, admin.TabularInline):
+def membership_protected(request, membership) -> bool:
+    """True when ``request.user`` (not a superuser) may not change or delete ``membership``: its
+    account is beyond them (``cases.admin_users.beyond_clinic_staff``: a superuser, another staff
+    account, a dermatologist)."""
+    from cases.admin_users import beyond_clinic_staff
+
+    return (membership is not None and not request.user.is_superuser
+            and beyond_clinic_staff(membership.user, request.user))
+
+
+class MembershipChoices(ClinicScopedChoices):
+    """A clinic's admin (not a superuser) attaches to the clinic only accounts they may manage:
+    never a dermatologist, another staff account or a superuser, even one without a clinic (the
+    membership would put a global reviewer's account under them)."""
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
+        if field is not None and db_field.name == "user" and not request.user.is_superuser:
+            from cases.admin_users import manageable_accounts
+
+            field.queryset = manageable_accounts(field.queryset, request.user)
+        return field
+
+
+class ProtectedMembershipFormSet(forms.BaseInlineFormSet):
+    """An inline row of an account beyond the staff user is shown, never changed nor deleted: its
+    fields, the delete box included, are disabled, so whatever is posted for them is ignored."""
+
+    request = None  # set by MembershipInline.get_formset
+
+    def add_fields(self, form, index):
+        super().add_fields(form, index)
+        if form.instance.pk is not None and membership_protected(self.request, form.instance):
+            for field in form.fields.values():
+                field.disabled = True
+            # its account is not among those offered to them: the disabled field keeps it valid
+            form.fields["user"].queryset = ClinicMembership.user.field.related_model.objects.filter(
+                pk=form.instance.user_id)
+
+    def save_existing_objects(self, commit=True):
+        saved = super().save_existing_objects(commit)
+        for membership in self.deleted_objects:  # the actor of the token revocation (api.signals)
+            membership._audit_request = self.request
+        return saved
+
+
+class MembershipInline(MembershipChoices, admin.TabularInline):
     model = ClinicMembership
     extra = 0
     autocomplete_fields = ["user"]
+    formset = ProtectedMembershipFormSet
+
+    def get_formset(self, request, obj=None, **kwargs):
+        formset = super().get_formset(request, obj, **kwargs)  # a new class each time
+        formset.request = request
+        return formset
 
 
 @admin.register(Clinic)
@@ -141,11 +194,21 @@ class ClinicAdmin(ClinicalAdmin):
 
 
 @admin.register(ClinicMembership)
-class ClinicMembershipAdmin(ClinicalAdmin):
+class ClinicMembershipAdmin(MembershipChoices, ClinicalAdmin):
     list_display = ["user", "clinic", "created_at"]
     list_filter = [("clinic", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__username", "user__last_name", "clinic__name"]
     autocomplete_fields = ["user", "clinic"]
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and not membership_protected(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not membership_protected(request, obj)
+
+    def delete_model(self, request, obj):
+        obj._audit_request = request  # the actor of the token revocation the deletion causes (api.signals)
+        super().delete_model(request, obj)
 
 
 @admin.register(Patient)

@@ -1,11 +1,14 @@
 """A clinic's admin (staff, not a superuser) manages their own clinic's accounts in the admin, by
-clicking: another clinic's accounts are not listed."""
+clicking: another clinic's accounts are not listed; a deactivation is audited and revokes the
+account's API tokens; the token form offers only accounts they may manage."""
 from __future__ import annotations
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
+from api.models import ApiToken
+from audit.models import AuditEvent
 from cases.models import Clinic
 from tests.support.browser_helpers import PASSWORD, make_user
 
@@ -23,7 +26,12 @@ def test_a_clinic_admin_edits_an_account_of_their_clinic_and_sees_no_other_clini
     manager = make_user("mgr_a", "Max Manager", "clinician", clinic=clinic_a)
     manager.is_staff = True
     manager.save()
-    manager.user_permissions.add(*Permission.objects.filter(codename__in=["view_user", "change_user"]))
+    manager.user_permissions.add(*Permission.objects.filter(
+        codename__in=["view_user", "change_user", "view_apitoken", "add_apitoken"]))
+    make_user("dr_derm", "Dee Derm", "dermatologist", clinic=clinic_a)  # beyond the clinic's admin
+    token = ApiToken(user=colleague, name="EHR bridge")
+    token.issue()
+    token.save()
 
     page.goto(f"{base}/admin/login/")
     page.get_by_label("Username").fill("mgr_a")
@@ -38,8 +46,19 @@ def test_a_clinic_admin_edits_an_account_of_their_clinic_and_sees_no_other_clini
     listing.get_by_role("link", name="dr_alder").click()
     expect(page.locator("input[name=is_superuser]")).to_have_count(0)
     page.get_by_label("First name").fill("Adaline")
+    page.get_by_label("Active").uncheck()
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.locator(".messagelist")).to_contain_text("was changed successfully")
     expect(page.locator("#result_list")).not_to_contain_text("dr_birch")
     page.screenshot(path=str(artifacts_dir / "42-clinic-admin-users.png"), full_page=True)
-    assert get_user_model().objects.get(pk=colleague.pk).first_name == "Adaline"
+    changed = get_user_model().objects.get(pk=colleague.pk)
+    assert changed.first_name == "Adaline" and not changed.is_active
+    [event] = AuditEvent.objects.filter(object_type="user", object_id=str(colleague.pk))
+    assert event.actor == manager and event.old_values == {"is_active": True} and event.new_values == {"is_active": False}
+    assert ApiToken.objects.get(pk=token.pk).state == "revoked"  # reactivating the account revives no token
+
+    # a token can be issued only for an account they may manage: not the clinic's dermatologist
+    page.goto(f"{base}/admin/api/apitoken/add/")
+    offered = page.get_by_label("User").locator("option").all_inner_texts()
+    assert "dr_alder" in offered and "mgr_a" in offered
+    assert "dr_derm" not in offered and "dr_birch" not in offered
