@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from cases.models import Patient, Prediction, Review
-from tests.support.case_helpers import make_image, make_user
+from tests.support.case_helpers import make_image, make_staff as _staff, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -84,15 +84,6 @@ def test_staff_who_are_not_superusers_see_their_own_clinic_only(client, world, s
     client.force_login(nobody)
     assert "PA-1" not in client.get("/admin/cases/patient/").content.decode()
     assert Patient.objects.count() == 2
-
-
-def _staff(world, *codenames, name="staff_a"):
-    """A staff user of clinic A (not a superuser) with the given permissions."""
-    staff = make_user(name, clinic=world.clinic_a)
-    staff.is_staff = True
-    staff.save()
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    return staff
 
 
 def test_searching_the_trail_stays_inside_the_staff_users_clinic(client, world):

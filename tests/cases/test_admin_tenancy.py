@@ -8,24 +8,14 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
 from cases.admin import in_own_clinic
 from cases.models import ClinicMembership, Lesion, PatientLesion
 from cases.roles import CLINICIAN, DERMATOLOGIST
 from classifier.models import ModelVersion, RescoreJob
-from tests.support.case_helpers import make_user
+from tests.support.case_helpers import make_staff as _staff, make_user, user_change_post as _user_post
 
 pytestmark = pytest.mark.django_db
-
-
-def _staff(world, *codenames, name="staff_a", clinic=None):
-    """A staff user of clinic A (not a superuser) with the given permissions."""
-    staff = make_user(name, clinic=clinic or world.clinic_a)
-    staff.is_staff = True
-    staff.save()
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    return staff
 
 
 def _lesion_post(lesion, **overrides):
@@ -124,15 +114,6 @@ def test_models_missing_from_the_clinic_paths_give_staff_nothing(world, model_ve
 @pytest.fixture
 def clinic_admin(world):
     return _staff(world, "view_user", "change_user", "add_user", "delete_user", name="admin_a")
-
-
-def _user_post(user, **overrides):
-    joined = timezone.localtime(user.date_joined)
-    data = {"username": user.username, "first_name": user.first_name, "last_name": user.last_name,
-            "email": user.email, "is_active": "on", "date_joined_0": joined.date().isoformat(),
-            "date_joined_1": joined.strftime("%H:%M:%S"), "last_login_0": "", "last_login_1": "",
-            "groups": [g.pk for g in user.groups.all()]}
-    return data | overrides
 
 
 def test_a_clinic_admin_lists_and_opens_only_their_clinics_accounts(client, world, clinic_admin):

@@ -14,19 +14,16 @@ from api.models import ApiToken
 from audit.models import AuditEvent
 from cases.models import ClinicMembership
 from cases.roles import CLINICIAN, DERMATOLOGIST
-from tests.support.case_helpers import make_user
+from tests.support.case_helpers import make_staff, make_user, user_change_post as _user_post
 
 pytestmark = pytest.mark.django_db
 
-PASSWORD = "A-brand-new-pass-123!"
-
 
 def _staff(world, *codenames, name="admin_a"):
-    staff = make_user(name, clinic=world.clinic_a)
-    staff.is_staff = True
-    staff.save()
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    return staff
+    return make_staff(world, *codenames, name=name)
+
+
+PASSWORD = "A-brand-new-pass-123!"
 
 
 @pytest.fixture
@@ -140,17 +137,6 @@ def test_a_clinic_admin_cannot_change_or_delete_a_staff_or_superuser_membership(
 
 
 # --- 2. account changes are audited ----------------------------------------------------------------
-
-def _user_post(user, **overrides):
-    from django.utils import timezone
-
-    joined = timezone.localtime(user.date_joined)
-    data = {"username": user.username, "first_name": user.first_name, "last_name": user.last_name,
-            "email": user.email, "is_active": "on", "date_joined_0": joined.date().isoformat(),
-            "date_joined_1": joined.strftime("%H:%M:%S"), "last_login_0": "", "last_login_1": "",
-            "groups": [g.pk for g in user.groups.all()]}
-    return {k: v for k, v in (data | overrides).items() if v is not None}
-
 
 def _user_events(user):
     return AuditEvent.objects.filter(object_type="user", object_id=str(user.pk)).order_by("pk")

@@ -10,6 +10,29 @@ from cases.models import Case, Clinic, ClinicMembership, Lesion, Patient
 from cases.roles import CLINICIAN, DERMATOLOGIST
 
 
+def make_staff(world, *codenames: str, name: str = "staff_a", clinic: Clinic | None = None):
+    """A staff user (not a superuser) of ``clinic`` (default clinic A) with the given permissions."""
+    from django.contrib.auth.models import Permission
+
+    staff = make_user(name, clinic=clinic or world.clinic_a)
+    staff.is_staff = True
+    staff.save()
+    staff.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
+    return staff
+
+
+def user_change_post(user, **overrides) -> dict:
+    """The admin's user change form as posted for ``user``, with ``overrides`` (None leaves a field out)."""
+    from django.utils import timezone
+
+    joined = timezone.localtime(user.date_joined)
+    data = {"username": user.username, "first_name": user.first_name, "last_name": user.last_name,
+            "email": user.email, "is_active": "on", "date_joined_0": joined.date().isoformat(),
+            "date_joined_1": joined.strftime("%H:%M:%S"), "last_login_0": "", "last_login_1": "",
+            "groups": [g.pk for g in user.groups.all()]}
+    return {k: v for k, v in (data | overrides).items() if v is not None}
+
+
 def stored_files(root: Path) -> list[str]:
     """Relative paths of every file under the media root."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
