@@ -8,8 +8,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from cases import body_map
-from cases.models import BIRTH_YEAR_MIN, Case, Lesion, LesionImage, Patient, PatientLesion, Review
+from cases.models import BIRTH_YEAR_MIN, DIAGNOSIS_CHOICES, Case, Lesion, LesionImage, Patient, PatientLesion, Review
 from cases.uploads import megabytes
+from mlcore.labels import MALIGNANT_CLASSES
 
 
 class _NoColon:
@@ -206,16 +207,51 @@ class UploadForm(_NoColon, forms.Form):
         self.fields["images"].help_text = upload_help()  # the limits in force now, as the checks read them
 
 
-class ReviewForm(_NoColon, forms.ModelForm):
-    """A dermatologist's review of one flagged lesion."""
+# the malignant classes that are cancers: reassurance is refused for them (actinic keratosis, a
+# precancer the model counts as malignant, may be left untreated with a note saying why)
+CANCERS = MALIGNANT_CLASSES - {"actinic keratosis"}
 
-    def __init__(self, *args, earlier_visits: bool = False, **kwargs):
+
+class ReviewForm(_NoColon, forms.ModelForm):
+    """A dermatologist's review of one flagged lesion. ``earlier_visits``: the lesion was seen at
+    an earlier visit, so "Changed since the earlier visit?" is asked; ``change_required``: it
+    must then be answered Yes or No (the review page; the API keeps it optional)."""
+
+    def __init__(self, *args, earlier_visits: bool = False, change_required: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         # Radio buttons need no "---------" choice: required fields start with nothing checked.
         self.fields["agreement"].choices = Review.Agreement.choices
         self.fields["management"].choices = Review.Management.choices
         if not earlier_visits:
             del self.fields["lesion_changed"]  # nothing to compare with
+        elif change_required:
+            self.fields["lesion_changed"] = forms.TypedChoiceField(
+                label=self.fields["lesion_changed"].label, choices=[("true", "Yes"), ("false", "No")],
+                coerce=lambda value: value == "true", widget=forms.RadioSelect,
+                error_messages={"required": "Say whether the lesion changed since the earlier visit."})
+
+    def clean(self) -> dict:
+        """Refuse a review that contradicts itself; ask for a note where its choices need a reason."""
+        data = super().clean()
+        diagnosis, management = data.get("final_diagnosis"), data.get("management")
+        malignant = diagnosis in MALIGNANT_CLASSES  # the model's malignant classes
+        name = dict(DIAGNOSIS_CHOICES).get(diagnosis, "")
+        if diagnosis in CANCERS and management == Review.Management.REASSURE:
+            self.add_error("management", f"{name} is malignant: reassurance is not a management for it. "
+                                         "Choose follow-up, excision or biopsy.")
+        if (data.get("notes") or "").strip() or "notes" in self.errors:
+            return data
+        if malignant and data.get("agreement") == Review.Agreement.DISAGREE:
+            self.add_error("notes", f"You disagree with the AI flag but diagnose {name.lower()}: "
+                                    "say why in the notes.")
+        elif malignant and diagnosis not in CANCERS and management == Review.Management.REASSURE:  # a precancer
+            self.add_error("notes", f"Say in the notes why {name.lower()} is not to be treated or followed up.")
+        elif diagnosis == "other":
+            self.add_error("notes", "Name the diagnosis in the notes (“Other” was chosen).")
+        elif diagnosis and not malignant and management in (Review.Management.EXCISION, Review.Management.BIOPSY):
+            self.add_error("notes", f"Say in the notes why a {name.lower()} is to have "
+                                    f"{'an excision' if management == Review.Management.EXCISION else 'a biopsy'}.")
+        return data
 
     class Meta:
         model = Review

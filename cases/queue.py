@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Case as DjCase
-from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, F, FloatField, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.http import HttpRequest
 from django.utils import timezone
@@ -96,8 +96,9 @@ def review_queue() -> QuerySet[Case]:
     one that flagged the lesion. ``top_melanoma`` is None when no image has an assessable score
     (``top_threshold``: the melanoma threshold of the version that gave it); ``flag_cleared`` says
     that the lesions were flagged by an earlier score and every image's current score is not
-    flagged (they stay until a dermatologist reviews them). Each image counts with its finished
-    prediction in force, as the case page shows it (``in_force_scores``)."""
+    flagged (they stay until a dermatologist reviews them); such cases come after those still
+    flagged (``cleared_last``), unless an image could not be assessed. Each image counts with its
+    finished prediction in force, as the case page shows it (``in_force_scores``)."""
     # an older revision or model version the one in force replaced, or a score made stale by a
     # correction's re-score, must neither lend the case a score nor mark it "could not assess"
     awaiting_done = in_force_scores(image__lesion__case=OuterRef("pk"), image__lesion__awaiting_review=True)
@@ -124,8 +125,12 @@ def review_queue() -> QuerySet[Case]:
                   cannot_assess=cannot_assess, unscored=Exists(unscored), scoring_failed=Exists(_failed(unscored)),
                   flag_cleared=ExpressionWrapper(flag_cleared, output_field=BooleanField()),
                   has_earlier_visits=followed, waiting_since=Subquery(waiting_since.values("flagged_at")[:1]))
-        .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), unjudged))
-        .order_by("-queue_rank", "created_at", "pk")
+        .annotate(queue_rank=Greatest(Coalesce(F("top_melanoma"), 0.0), unjudged),
+                  # flagged only by an earlier score: after the cases still flagged (an image the
+                  # model could not assess is not judged below the thresholds: it keeps its rank)
+                  cleared_last=DjCase(When(Q(flag_cleared=True, cannot_assess=False), then=Value(1)),
+                                      default=Value(0), output_field=IntegerField()))
+        .order_by("cleared_last", "-queue_rank", "created_at", "pk")
     )
 
 
@@ -279,7 +284,8 @@ def lesion_fingerprint(lesion: Lesion) -> str:
                     for image, prediction in _shown(lesion))
 
 
-def _lesion_name(lesion: Lesion) -> str:
+def lesion_name(lesion: Lesion) -> str:
+    """How a refusal or an error names a lesion: "Lesion L2 (Posterior torso)"."""
     label = lesion.tracked.label if lesion.tracked_id else str(lesion.pk)
     return f"Lesion {label} ({lesion.get_anatomic_site_display()})"
 
@@ -288,7 +294,7 @@ def _changes_since_seen(lesions: list[Lesion], given: set[int], seen: dict[int, 
     """Per lesion waiting for review, what changed since the page showed it (``seen``: its fingerprints)."""
     problems = {}
     for lesion in lesions:
-        name = _lesion_name(lesion)
+        name = lesion_name(lesion)
         if lesion.pk not in given:
             problems[lesion.pk] = (f"{name} was flagged for review since you opened this page: "
                                    "review it too and save again.")

@@ -466,8 +466,35 @@ def _review_forms(lesions: list[Lesion], data=None) -> list[ReviewForm]:
     def posted(lesion: Lesion) -> bool:
         return data is not None and any(key.startswith(f"lesion-{lesion.pk}-") for key in data)
 
-    return [ReviewForm(data if posted(lesion) else None, prefix=f"lesion-{lesion.pk}", earlier_visits=bool(lesion.earlier))
+    # a lesion seen at an earlier visit must be answered: changed since, or not
+    return [ReviewForm(data if posted(lesion) else None, prefix=f"lesion-{lesion.pk}", earlier_visits=bool(lesion.earlier),
+                       change_required=True)
             for lesion in lesions]
+
+
+def _keep_seen(lesions: list[Lesion], forms: list[ReviewForm], data) -> None:
+    """A page sent back with nothing saved keeps, in each posted form's hidden ``seen`` field, the
+    fingerprint the reviewer was first shown (as posted), not the one in force now: a change that
+    landed before this submit is then still refused on the next one."""
+    for lesion, form in zip(lesions, forms):
+        posted = data.get(f"lesion-{lesion.pk}-seen")
+        if form.is_bound and posted is not None:
+            lesion.shown = posted
+
+
+def _error_summary(lesions: list[Lesion], forms: list[ReviewForm]) -> list[tuple[str, str]]:
+    """(link to the field, what is wrong) per error of the posted forms, for the summary above them."""
+    summary = []
+    for lesion, form in zip(lesions, forms):
+        if not form.is_bound:
+            continue
+        name = queue.lesion_name(lesion)
+        summary += [(f"review-lesion-{lesion.pk}", f"{name}: {error}") for error in form.non_field_errors()]
+        for field in form:
+            # a radio group has no one id to label: its first button
+            target = field.id_for_label or f"{field.auto_id}_0"
+            summary += [(target, f"{name}, {field.label}: {error}") for error in field.errors]
+    return summary
 
 
 def _review_page(request: HttpRequest, case: Case, *, lesions: list[Lesion] | None = None,
@@ -480,10 +507,14 @@ def _review_page(request: HttpRequest, case: Case, *, lesions: list[Lesion] | No
         forms = _review_forms(lesions, request.POST if request.method == "POST" else None)
     audit_log.record(action="view", obj=case, request=request)
     holds_claim = case.claimed_by_id == request.user.pk
+    claim_expired = holds_claim and queue.claim_expired(case)
     return _no_store(render(request, "cases/review.html", {
         # with the number of earlier visits: the timeline link lets the reviewer compare with them
         "case": case, "items": [(lesion, form, lesion.earlier) for lesion, form in zip(lesions, forms)],
         "patient_age": age_at_visit(case), "refusal": refusal or [], "holds_claim": holds_claim,
+        "error_summary": _error_summary(lesions, forms),
+        # released, or the reviewer's own claim lapsed: "Claim and save" claims it and saves in one go
+        "can_claim": bool(lesions) and (case.claimed_by_id is None or claim_expired), "claim_expired": claim_expired,
         "claim_expires_at": queue.claim_expires_at(case) if holds_claim else None,
         "claim_expiry_hours": settings.CLAIM_EXPIRY_HOURS,
         # waiting for review although every current score is below the thresholds: said beside the flag
@@ -494,7 +525,8 @@ def _review_page(request: HttpRequest, case: Case, *, lesions: list[Lesion] | No
 def case_review(request: HttpRequest, pk: int) -> HttpResponse:
     """One review form per flagged lesion of a case claimed by this reviewer. Opening the page
     renews the claim. A save is refused, nothing saved and the forms kept as typed, when the claim
-    was lost or a lesion changed after the page was opened (a new image, a re-score, newly flagged)."""
+    was lost or a lesion changed after the page was opened (a new image, a re-score, newly flagged).
+    "Claim and save" (``claim`` posted) claims a released or lapsed case first (``queue.claim_case``)."""
     case = get_object_or_404(access.visible_cases(request.user), pk=pk)
     _require_reviewer_or_404(request)
     if request.method != "POST":
@@ -506,16 +538,26 @@ def case_review(request: HttpRequest, pk: int) -> HttpResponse:
     lesions = _review_lesions(case)
     forms = _review_forms(lesions, request.POST)
     if not lesions or not all(form.is_valid() for form in forms if form.is_bound):
+        _keep_seen(lesions, forms, request.POST)
         return _review_page(request, case, lesions=lesions, forms=forms, status=400)
     entries = [queue.LesionReview(lesion=lesion, **form.cleaned_data)
                for lesion, form in zip(lesions, forms) if form.is_bound]
     seen = {entry.lesion.pk: request.POST.get(f"lesion-{entry.lesion.pk}-seen", "") for entry in entries}
     try:
+        if request.POST.get("claim"):
+            # "Claim and save" (the claim was released or lapsed): claimed as from the queue, then saved
+            queue.claim_case(case=case, reviewer=request.user, request=request)
         queue.submit_reviews(case=case, reviewer=request.user, reviews=entries, seen=seen, request=request)
     except queue.ClaimError as exc:
-        # the typed review stays on the page; what it shows (and its fingerprints) is reloaded
+        # the typed review stays on the page
         case.refresh_from_db(fields=["claimed_by", "claimed_at", "status"])
-        problems = list(exc.problems.values()) if isinstance(exc, queue.ChangedSinceOpened) else [str(exc)]
-        return _review_page(request, case, refusal=problems, status=409)
+        if isinstance(exc, queue.ChangedSinceOpened):  # what it shows (and its fingerprints) is reloaded
+            return _review_page(request, case, refusal=list(exc.problems.values()), status=409)
+        # not compared yet (a lost claim): the lesions are reloaded, but the fingerprints of those
+        # posted stay the ones first shown, so a change since is still caught on the next save
+        lesions = _review_lesions(case)
+        forms = _review_forms(lesions, request.POST)
+        _keep_seen(lesions, forms, request.POST)
+        return _review_page(request, case, lesions=lesions, forms=forms, refusal=[str(exc)], status=409)
     messages.success(request, "Review saved. The case has left the queue.")
     return redirect("review_queue")

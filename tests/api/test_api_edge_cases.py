@@ -19,7 +19,8 @@ def _review(lesion: Lesion, **extra) -> dict:
 def test_a_lesion_given_twice_in_one_submission_is_refused_and_nothing_changes(api, world, queued):
     assert api.derm.post(f"/api/v1/cases/{queued.pk}/claim/").status_code == 200
     twice = api.derm.post(f"/api/v1/cases/{queued.pk}/reviews/",
-                          {"reviews": [_review(world.lesion_a), _review(world.lesion_a, final_diagnosis="nevus")]},
+                          {"reviews": [_review(world.lesion_a),
+                                       _review(world.lesion_a, final_diagnosis="nevus", management="follow_up")]},
                           format="json")
     assert twice.status_code == 400
     assert twice.json() == {"reviews": [f"Give each lesion once (lesion {world.lesion_a.pk} more than once)."]}
