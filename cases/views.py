@@ -61,8 +61,11 @@ def patient_list(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         patients = filter_patients(patients, form.cleaned_data, cases)
     page = _page(request, patients.order_by("clinic__name", "identifier", "pk"))
+    rows = list(page.object_list)
+    # the rows show patient identifiers: one "view" per patient shown, as the queue and the API record them
+    audit_log.record_many(action="view", objs=rows, request=request, new={"via": "list"})
     return _no_store(render(request, "cases/patient_list.html", {
-        "form": form, "patients": page.object_list, "page_obj": page, "can_create": access.is_clinician(request.user),
+        "form": form, "patients": rows, "page_obj": page, "can_create": access.is_clinician(request.user),
     }, status=_filter_status(form)))
 
 
@@ -79,7 +82,9 @@ def case_list(request: HttpRequest) -> HttpResponse:
     if form.is_bound and form.is_valid():
         cases = filter_cases(cases, form.cleaned_data)
     page = _page(request, cases.order_by("-visit_date", "-created_at", "pk"))
-    return _no_store(render(request, "cases/case_list.html", {"form": form, "cases": page.object_list,
+    rows = list(page.object_list)
+    audit_log.record_many(action="view", objs=rows, request=request, new={"via": "list"})  # identifiers, questions
+    return _no_store(render(request, "cases/case_list.html", {"form": form, "cases": rows,
                                                               "page_obj": page}, status=_filter_status(form)))
 
 

@@ -260,3 +260,14 @@ def test_the_review_page_says_an_image_is_not_scored_and_why_a_cleared_lesion_st
     html = client.get(url).content.decode()
     assert "Not flagged" in html and html.count(queue.FLAG_CLEARED_TEXT) == 1
     assert f'id="lesion-{world.lesion_a.pk}-flag-cleared"' in html
+
+
+def test_the_patient_and_case_lists_are_audited_as_views_of_what_they_showed(world, client):
+    client.force_login(world.clin_a)
+    assert client.get("/patients/").status_code == 200
+    patients = AuditEvent.objects.filter(action="view", object_type="patient", actor=world.clin_a)
+    # clinic A's clinician sees, and is recorded seeing, clinic A's patient only
+    assert [(int(e.object_id), e.new_values) for e in patients] == [(world.patient_a.pk, {"via": "list"})]
+    assert client.get("/cases/").status_code == 200
+    cases = AuditEvent.objects.filter(action="view", object_type="case", actor=world.clin_a)
+    assert [(int(e.object_id), e.patient_id) for e in cases] == [(world.case_a.pk, world.patient_a.pk)]
