@@ -283,7 +283,10 @@ class CaseViewSet(mixins.CreateModelMixin, ReadViewSet):
         # through any allowed host name has the same ids; only the image files' URLs use the request's
         bundle = case_bundle(case, base_url=settings.SECONDLOOK_FHIR_BASE_URL,
                              files_url=request.build_absolute_uri("/").rstrip("/"))
-        audit_log.record(action="download", obj=case, request=request)
+        # the images the bundle hands out (their Media entries, identified by the image's id)
+        images = [int(identifier["value"]) for entry in bundle.get("entry", [])
+                  if entry["resource"]["resourceType"] == "Media" for identifier in entry["resource"]["identifier"]]
+        audit_log.record(action="download", obj=case, request=request, new={"format": "fhir", "images": images})
         return Response(bundle, content_type=FHIR_JSON)
 
 

@@ -126,3 +126,16 @@ def record_many(*, action: str, objs: Iterable[models.Model], request: HttpReque
     return AuditEvent.objects.bulk_create(
         [AuditEvent(**_fields(action=action, obj=obj, actor=actor, address=address, via=via, new=new))
          for obj in objs])
+
+
+def record_trail_view(*, request: HttpRequest | None, object_id: str = "", patient_id: int | None = None,
+                      clinic_id: int | None = None, new: dict[str, Any] | None = None) -> AuditEvent:
+    """A read of the trail itself: one "view" event of object type ``auditevent``, of one event
+    (``object_id``, under that event's patient and clinic) or of a page of the list (no object id;
+    ``new`` says which events it showed). ``record`` cannot say it: an event has no ``audit_scope``,
+    and a page of the list is no one object."""
+    actor = _request_user(request)
+    return AuditEvent.objects.create(
+        actor=actor, actor_username=getattr(actor, "username", "") if actor is not None else "", action="view",
+        object_type=AuditEvent._meta.model_name, object_id=object_id, patient_id=patient_id, clinic_id=clinic_id,
+        new_values=new or {}, ip_address=client_ip(request), **request_token(request))

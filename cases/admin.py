@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.core.exceptions import ImproperlyConfigured
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -29,6 +30,9 @@ CLINIC_PATHS = {Clinic: "pk", ClinicMembership: "clinic", Patient: "clinic", Cas
                 Outcome: "lesion__case__patient__clinic", get_user_model(): "clinic_membership__clinic"}
 # records of no clinic, which every clinic's staff may see and pick (the model versions that scored)
 SHARED_MODELS = {ModelVersion}
+# fields an admin change or deletion never writes to the audit trail: the client's file name may
+# name the patient, and only the clinic sees it (cases.services.IMAGE_AUDIT_FIELDS leaves it out too)
+UNAUDITED_FIELDS = {LesionImage: frozenset({"original_name"})}
 
 
 def in_own_clinic(queryset, user):
@@ -82,7 +86,27 @@ class ClinicalAdmin(ClinicScopedChoices, admin.ModelAdmin):
         return in_own_clinic(super().get_queryset(request), request.user)
 
     def _fields(self, obj) -> list[str]:
-        return [f.name for f in obj._meta.concrete_fields if f.editable and not f.primary_key]
+        unaudited = UNAUDITED_FIELDS.get(type(obj), frozenset())
+        return [f.name for f in obj._meta.concrete_fields
+                if f.editable and not f.primary_key and f.name not in unaudited]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The record's page; opening it (a GET that shows it) is audited as a view, as in the app."""
+        response = super().change_view(request, object_id, form_url, extra_context)
+        shown = response.context_data.get("original") if isinstance(response, TemplateResponse) else None
+        if request.method == "GET" and shown is not None:
+            audit_log.record(action="view", obj=shown, request=request, new={"via": "admin"})
+        return response
+
+    def changelist_view(self, request, extra_context=None):
+        """The list; each record on the page shown is audited as a view, as the app's lists are."""
+        response = super().changelist_view(request, extra_context)
+        changelist = response.context_data.get("cl") if isinstance(response, TemplateResponse) else None
+        if changelist is not None:
+            # the page's own queryset: evaluated here, its rows are the ones the template shows
+            audit_log.record_many(action="view", objs=changelist.result_list, request=request,
+                                  new={"via": "admin list"})
+        return response
 
     def _audit_save(self, request, obj, change: bool, save) -> None:
         fields = self._fields(obj)
@@ -228,6 +252,9 @@ CASE_QUEUE_FIELDS = ["status", "claimed_by", "claimed_at", "closed_at", "closed_
 class LesionInline(admin.TabularInline):
     model = Lesion
     extra = 0
+    # deleting a visit's lesion here would take its images, AI scores and signed reviews with it,
+    # without the delete permission of those admins (read-only) being asked: never offered here
+    can_delete = False
     fields = ["anatomic_site", "description", "flagged", "awaiting_review"]
     readonly_fields = ["flagged", "awaiting_review"]
     show_change_link = True
@@ -420,6 +447,31 @@ class AuditEventAdmin(admin.ModelAdmin):
     def via_token(self, event: AuditEvent) -> str:
         """The API token the call was made with (id, prefix and name), empty for a web session or the system."""
         return f"#{event.api_token_id} {event.api_token_label}" if event.api_token_id is not None else ""
+
+    def changelist_view(self, request, extra_context=None):
+        """The trail's list; reading it is audited as one event for the page, not one per row: each
+        look would otherwise add as many rows as it showed. The event names the events shown and
+        the filters and search used, and is kept with the reader's clinic (a superuser's with the
+        clinic filtered on, if any)."""
+        response = super().changelist_view(request, extra_context)
+        changelist = response.context_data.get("cl") if isinstance(response, TemplateResponse) else None
+        if changelist is not None:
+            clinic = clinic_of(request.user) if not request.user.is_superuser else None
+            chosen = request.GET.get(AuditClinicFilter.parameter_name, "")
+            clinic_id = clinic.pk if clinic is not None else (int(chosen) if chosen.isdigit() else None)
+            audit_log.record_trail_view(request=request, clinic_id=clinic_id, new={
+                "via": "admin list", "events": [event.pk for event in changelist.result_list],
+                "query": request.GET.urlencode()})
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """One event's page; opening it is audited as a view of it, under that event's patient and clinic."""
+        response = super().change_view(request, object_id, form_url, extra_context)
+        shown = response.context_data.get("original") if isinstance(response, TemplateResponse) else None
+        if request.method == "GET" and shown is not None:
+            audit_log.record_trail_view(request=request, object_id=str(shown.pk), patient_id=shown.patient_id,
+                                        clinic_id=shown.clinic_id, new={"via": "admin"})
+        return response
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)

@@ -14,6 +14,11 @@ class CasesConfig(AppConfig):
 
         set_reviewed_records_provider(reviewed_records)
 
+        from cases import file_cleanup
+
+        # an image's file and a prediction's heatmap go with their rows, however they are deleted
+        file_cleanup.connect()
+
         from django.core import checks
 
         from cases.checks import report_font

@@ -29,5 +29,5 @@ def case_report(request: HttpRequest, pk: int) -> HttpResponse:
     response["Content-Disposition"] = f'inline; filename="{report_filename(case.pk)}"'
     response["Cache-Control"] = PRIVATE
     # audited once the report exists: a failed render has handed nothing out
-    audit_log.record(action="download", obj=case, request=request)
+    audit_log.record(action="download", obj=case, request=request, new={"format": "pdf"})
     return response

@@ -36,8 +36,9 @@ CASE_FIELDS = ("visit_date", "clinical_question", "notes", "status")
 LESION_FIELDS = ("tracked", "anatomic_site", "description")
 TRACKED_FIELDS = ("number", "side", "map_view", "map_x", "map_y")
 NOT_STORED = "It could not be read or stored; nothing was saved for this file. Please upload it again."
-IMAGE_AUDIT_FIELDS = ("file", "sha256", "size_bytes", "width", "height", "kind", "original_name", "original_format",
-                      "acquired_on", "source_body_site")
+# never the client's file name (``original_name``): it may name the patient, and only the clinic sees it
+IMAGE_AUDIT_FIELDS = ("file", "sha256", "size_bytes", "width", "height", "kind", "original_format", "acquired_on",
+                      "source_body_site")
 
 
 class CaseClosed(PermissionDenied):

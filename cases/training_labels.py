@@ -37,6 +37,7 @@ from pathlib import Path
 from django.core.files.storage import default_storage
 from django.db.models import Prefetch, Q
 
+from audit import log as audit_log
 from cases.context import image_context
 from cases.models import Lesion, LesionImage, Outcome, Prediction, Review
 from mlcore.labels import CLASS_TO_HAM, CLASSES
@@ -196,12 +197,13 @@ def _export(image: LesionImage, export_dir: Path) -> Path:
 
 def reviewed_records(export_dir: Path) -> ReviewedRecords:
     """Training records for the images of the visits with a confirmed label (``resolve_labels``)
-    that the model can learn from (``exclusion_reason``), with what was left out counted."""
+    that the model can learn from (``exclusion_reason``), with what was left out counted. Each image
+    handed to the run is in the audit trail (a "download" by the system, via training)."""
     export_dir.mkdir(parents=True, exist_ok=True)
     labels, excluded = resolve_labels()
     # current_prediction reads the versions' status
     predictions = Prefetch("predictions", queryset=Prediction.objects.select_related("model_version"))
-    records = []
+    records, images = [], []
     for label in labels:
         lesion = label.lesion
         for image in lesion.images.prefetch_related(predictions):
@@ -224,4 +226,6 @@ def reviewed_records(export_dir: Path) -> ReviewedRecords:
                 ham_code=CLASS_TO_HAM[label.diagnosis], dx_type=label.provenance,
                 age=context.age, sex=context.sex, site=context.site,
             ))
+            images.append(image)
+    audit_log.record_many(action="download", objs=images, new={"via": "training"})
     return ReviewedRecords(records, excluded=dict(excluded))

@@ -49,6 +49,8 @@ WORKER_LOST = ("The training worker process stopped (for example out of memory) 
                "start it again.")
 CANCELLED = "Cancelled by an administrator."
 _reviewed_records_provider: Callable[[Path], list] | None = None
+# the folder under SECONDLOOK_CACHE_DIR where the provider exports the reviewed images for a run
+REVIEWED_EXPORT_DIR = "reviewed"
 
 
 def set_reviewed_records_provider(provider: Callable[[Path], list] | None) -> None:
@@ -207,7 +209,7 @@ def _run_claimed(version_id: int) -> str:
     try:
         sources = set(requested_sources(version))
         cache_dir = Path(settings.SECONDLOOK_CACHE_DIR)
-        extra = reviewed_records(cache_dir / "reviewed") if REVIEWS in sources else []
+        extra = reviewed_records(cache_dir / REVIEWED_EXPORT_DIR) if REVIEWS in sources else []
         out_dir = Path(settings.SECONDLOOK_MODELS_ROOT) / version.version
         config = training_config(version)
         seeds = ensemble_training.member_seeds(version)
