@@ -1,4 +1,4 @@
-"""The audit event table (append-only, in the database and in the ORM)."""
+"""The audit event table: append-only in the ORM, and in PostgreSQL by a trigger (migration 0003)."""
 from __future__ import annotations
 
 from django.conf import settings
