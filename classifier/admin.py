@@ -24,6 +24,14 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def _with_ci(metrics: dict, key: str) -> str:
+    """A figure of the version's own held-out split with its 95 % CI (lesions resampled), where recorded."""
+    ci = metrics.get(f"{key}_ci95")
+    if metrics.get(key) is None or not (isinstance(ci, (list, tuple)) and len(ci) == 2):
+        return _fmt(metrics.get(key))
+    return f"{_fmt(metrics[key])} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
 class ActivationForm(forms.Form):
     """The activation's confirmation: why (as `RollbackForm` asks why of a roll-back); required,
     kept in the activation's audit event."""
@@ -88,17 +96,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
         start = fine_tuning.describe_start(obj)
         return ensemble_training.describe(obj) + (f"; {start[0].lower()}{start[1:]}" if start else "")
 
-    @admin.display(description="Melanoma AUC")
+    @admin.display(description="Melanoma AUC [95 % CI]")
     def mel_auc(self, obj):
-        return _fmt(obj.metrics.get("melanoma_auc"))
+        return _with_ci(obj.metrics, "melanoma_auc")
 
-    @admin.display(description="Malignancy AUC")
+    @admin.display(description="Malignancy AUC [95 % CI]")
     def mal_auc(self, obj):
-        return _fmt(obj.metrics.get("malignancy_auc"))
+        return _with_ci(obj.metrics, "malignancy_auc")
 
-    @admin.display(description="Bal. acc. (7)")
+    @admin.display(description="Bal. acc. (7) [95 % CI]")
     def bacc7(self, obj):
-        return _fmt(obj.metrics.get("balanced_accuracy_7"))
+        return _with_ci(obj.metrics, "balanced_accuracy_7")
 
     @admin.display(description="Melanoma sens / spec")
     def mel_sens_spec(self, obj):

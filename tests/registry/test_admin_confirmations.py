@@ -277,3 +277,17 @@ def test_a_plain_retry_names_the_failed_run_and_a_new_run_has_no_retry_of(client
     ModelVersion.objects.filter(status="training").update(status="failed", finished_at=timezone.now())
     lifecycle.start_training(sources=["ham10000"], epochs=1, seed=0, target_sensitivity=0.9)
     assert "retry_of" not in AuditEvent.objects.filter(action="train").order_by("pk").last().new_values
+
+
+# --- the version list's figures carry their CI and say what they are -----------------------------------
+
+@pytest.mark.django_db
+def test_the_version_list_shows_each_figure_with_its_ci_and_says_they_are_not_comparable(client, admin_user,
+                                                                                       tmp_path):
+    _version(tmp_path, "v-ci", metrics={"melanoma_auc": 0.905, "melanoma_auc_ci95": [0.882, 0.927],
+                                        "malignancy_auc": 0.915})
+    client.force_login(admin_user)
+    text = client.get(f"{BASE}/").content.decode()
+    assert "0.905 [0.882, 0.927]" in text and "Melanoma AUC [95 % CI]" in text
+    assert "0.915<" in text  # a figure recorded without its CI is shown alone
+    assert "not comparable across versions" in text
