@@ -67,6 +67,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
                          new=audit_log.snapshot(obj, ("user", "name", "prefix", "read_only", "expires_at")))
         messages.warning(request, f"The new token for {obj.user} is {key} — copy it now: it is not shown again.")
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # an existing token of an account they may not manage (a dermatologist's, another staff
+        # account's) is shown read-only: lifting its expiry or its read-only flag would widen it;
+        # revoking it (the list's action) stays open to them
+        if obj is not None and not request.user.is_superuser and not manageable_accounts(
+                get_user_model().objects.filter(pk=obj.user_id), request.user).exists():
+            return False
+        return super().has_change_permission(request, obj)
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # revoke instead: the record of who held which token stays
 

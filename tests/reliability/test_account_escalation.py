@@ -51,6 +51,26 @@ def test_a_clinic_admin_issues_no_token_for_an_account_beyond_them(client, world
     assert set(ApiToken.objects.values_list("user__username", flat=True)) == {"clin_a", "admin_a"}
 
 
+def test_a_clinic_admin_cannot_widen_an_existing_token_of_an_account_beyond_them(client, world, others):
+    reviewer = others[0]
+    theirs = ApiToken(user=reviewer, name="reader", read_only=True)
+    theirs.issue()
+    theirs.save()
+    mine = ApiToken(user=world.clin_a, name="EHR", read_only=True)
+    mine.issue()
+    mine.save()
+    admin_a = _staff(world, "change_apitoken", "view_apitoken")
+    client.force_login(admin_a)
+    url = f"/admin/api/apitoken/{theirs.pk}/change/"
+    assert "read_only" not in client.get(url).context["adminform"].form.fields  # shown read-only
+    client.post(url, {"name": "reader", "expires_at_0": "", "expires_at_1": ""})  # read_only left out = off
+    assert ApiToken.objects.get(pk=theirs.pk).read_only is True
+    # their own clinician's token stays editable, and any token can still be revoked from the list
+    assert "read_only" in client.get(f"/admin/api/apitoken/{mine.pk}/change/").context["adminform"].form.fields
+    client.post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [theirs.pk]})
+    assert ApiToken.objects.get(pk=theirs.pk).revoked_at is not None
+
+
 def test_a_clinic_admin_attaches_no_clinic_less_reviewer_staff_or_superuser(client, world):
     admin_a = _staff(world, "view_clinicmembership", "add_clinicmembership", "change_clinicmembership",
                      "view_clinic", "change_clinic")
