@@ -94,7 +94,8 @@ class LesionForm(_NoColon, forms.ModelForm):
     same_as = forms.ModelChoiceField(
         queryset=PatientLesion.objects.none(), required=False, label="Seen before?",
         empty_label="No: a new lesion",
-        help_text="Choose the patient's lesion if it was seen at an earlier visit: its visits form one timeline.")
+        help_text="Choose the patient's lesion if it was seen at an earlier visit: its visits form one timeline. "
+                  "A side or a point on the map given with it moves that lesion for all its visits.")
     side = forms.ChoiceField(label="Left/right", choices=PatientLesion.Side.choices, required=False)
     map_view = forms.ChoiceField(choices=[("", "")] + PatientLesion.View.choices, required=False,
                                  widget=forms.HiddenInput)

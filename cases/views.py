@@ -187,9 +187,19 @@ def lesion_create(request: HttpRequest, case_pk: int) -> HttpResponse:
     if not form.is_valid():
         context = _case_page_context(request, case) | {"lesion_form": form}
         return render(request, "cases/case_detail.html", context, status=400)
+    earlier = form.cleaned_data.get("same_as")
+    where = _placement(earlier)
     lesion = services.add_lesion(user=request.user, case=case, request=request, **form.cleaned_data)
     messages.success(request, f"{lesion} added. Upload its images below.")
+    if earlier is not None and _placement(lesion.tracked) != where:
+        messages.info(request, f"{lesion.tracked.label}'s side or place on the body map was changed as given, "
+                               "for all its visits.")
     return redirect(f"{reverse('case_detail', args=[case.pk])}#lesion-{lesion.pk}")
+
+
+def _placement(tracked: PatientLesion | None) -> tuple | None:
+    """A tracked lesion's side and body-map point, to tell whether adding a visit moved it."""
+    return None if tracked is None else (tracked.side, tracked.map_view, tracked.map_x, tracked.map_y)
 
 
 def lesion_detail(request: HttpRequest, pk: int) -> HttpResponse:

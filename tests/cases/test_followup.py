@@ -35,6 +35,21 @@ def test_every_lesion_belongs_to_a_numbered_patient_lesion(world):
     assert world.lesion_b.tracked.number == 1  # numbered per patient
 
 
+def test_adding_a_visit_that_moves_the_lesion_says_so(world, client):
+    client.force_login(world.clin_a)
+    tracked = world.lesion_a.tracked
+    later = _visit(world, timezone.localdate())
+    quiet = client.post(f"/cases/{later.pk}/lesions/new/", {"same_as": tracked.pk, "anatomic_site": ""}, follow=True)
+    assert len(quiet.context["messages"]) == 1  # "added": nothing was moved
+    third = _visit(world, timezone.localdate(), question="Third")
+    moved = client.post(f"/cases/{third.pk}/lesions/new/", {"same_as": tracked.pk, "anatomic_site": "",
+                                                            "side": "left"}, follow=True)
+    said = [str(m) for m in moved.context["messages"]]
+    assert len(said) == 2 and said[1] == (f"{tracked.label}'s side or place on the body map was changed as given, "
+                                          "for all its visits.")
+    assert PatientLesion.objects.get(pk=tracked.pk).side == "left"
+
+
 def test_a_later_visit_adds_to_the_same_lesion_and_inherits_its_site(world):
     later = _visit(world, timezone.localdate() + timedelta(days=0))
     form = LesionForm({"same_as": world.lesion_a.tracked.pk, "anatomic_site": "", "description": "grown"}, case=later)
