@@ -4,7 +4,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.core.exceptions import ImproperlyConfigured
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -15,7 +15,7 @@ from audit.models import AuditEvent
 from cases import queue
 from cases.access import clinic_of
 from cases.monitoring import RECENT_DAYS, assessment_rates
-from cases.rescoring import disagreement_count, rescore_preview, scored_count, start_rescore
+from cases.rescoring import job_counts, rescore_preview, scored_count, start_rescore
 from classifier.admin import ModelVersionAdmin
 from classifier.lifecycle import LifecycleError
 from classifier.models import ModelVersion, RescoreJob
@@ -434,14 +434,15 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_filter = ["action", "object_type", AuditClinicFilter, AuditTokenFilter, "created_at"]
     search_fields = ["actor_username", "object_id", "api_token_label"]
     date_hierarchy = "created_at"
+    show_full_result_count = False  # "N of M selected" would count the whole (growing) trail on every page
 
     @admin.display(description="patient")
     def patient(self, event: AuditEvent) -> str:
-        return Patient.objects.filter(pk=event.patient_id).values_list("identifier", flat=True).first() or ""
+        return event.patient_identifier or ""  # get_queryset's: no query per row
 
     @admin.display(description="clinic")
     def clinic(self, event: AuditEvent) -> str:
-        return Clinic.objects.filter(pk=event.clinic_id).values_list("name", flat=True).first() or ""
+        return event.clinic_name or ""
 
     @admin.display(description="via token", ordering="api_token_id")
     def via_token(self, event: AuditEvent) -> str:
@@ -474,7 +475,11 @@ class AuditEventAdmin(admin.ModelAdmin):
         return response
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
+        # the trail keeps ids only (no foreign keys): the patient's identifier and the clinic's name
+        # for the list's columns, in the list's one query
+        queryset = super().get_queryset(request).annotate(
+            patient_identifier=Subquery(Patient.objects.filter(pk=OuterRef("patient_id")).values("identifier")[:1]),
+            clinic_name=Subquery(Clinic.objects.filter(pk=OuterRef("clinic_id")).values("name")[:1]))
         if request.user.is_superuser:
             return queryset
         clinic = clinic_of(request.user)  # staff see their own clinic's trail only
@@ -558,13 +563,17 @@ class RescoreJobAdmin(admin.ModelAdmin):
         predictions = visible_predictions(request)
         own = "" if request.user.is_superuser else " (your clinic)"
 
+        def counts(job: RescoreJob) -> tuple[int, int]:
+            # get_changelist_instance counted the page's jobs at once; a job shown elsewhere on its own
+            return getattr(job, "list_counts", None) or job_counts([job], predictions=predictions)[job.pk]
+
         @admin.display(description=f"Scored{own}")
         def scored(job: RescoreJob) -> int:
-            return scored_count(job, predictions=predictions)
+            return counts(job)[0]
 
         @admin.display(description=f"New model disagrees with review{own}")
         def disagreements(job: RescoreJob):
-            count = disagreement_count(job, predictions=predictions)
+            count = counts(job)[1]
             if not count:
                 return "0"
             url = (reverse("admin:cases_prediction_changelist")
@@ -573,6 +582,15 @@ class RescoreJobAdmin(admin.ModelAdmin):
 
         totals = ("queued", scored, "total") if request.user.is_superuser else (scored,)
         return ("created_at", "model_version", "status", *totals, disagreements, "created_by", "error")
+
+    def get_changelist_instance(self, request):
+        """The list, with each shown job's counts (``cases.rescoring.job_counts``) from one query for
+        the page rather than two per job."""
+        changelist = super().get_changelist_instance(request)
+        counts = job_counts(changelist.result_list, predictions=visible_predictions(request))
+        for job in changelist.result_list:  # the page's rows, as the list renders them
+            job.list_counts = counts[job.pk]
+        return changelist
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:

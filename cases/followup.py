@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from cases.models import Lesion, LesionImage, Outcome, PatientLesion, Prediction, Review
 from mlcore.labels import MALIGNANT_CLASSES
@@ -21,10 +21,25 @@ def earlier_visits(lesion: Lesion) -> QuerySet[Lesion]:
     """The same patient lesion at visits before this one (by visit date, then by when opened)."""
     if lesion.tracked_id is None:
         return Lesion.objects.none()
-    case = lesion.case
-    before = Q(case__visit_date__lt=case.visit_date) | Q(case__visit_date=case.visit_date,
-                                                          case__created_at__lt=case.created_at)
-    return Lesion.objects.filter(before, tracked_id=lesion.tracked_id).exclude(pk=lesion.pk)
+    return Lesion.objects.filter(_before(lesion.case), tracked_id=lesion.tracked_id).exclude(pk=lesion.pk)
+
+
+def _before(case) -> Q:
+    """Lesions seen at visits before ``case``'s."""
+    return Q(case__visit_date__lt=case.visit_date) | Q(case__visit_date=case.visit_date,
+                                                        case__created_at__lt=case.created_at)
+
+
+def earlier_visit_counts(case, lesions: Sequence[Lesion]) -> dict[int, int]:
+    """``earlier_visits(lesion).count()`` by lesion id for ``lesions`` of ``case``, in one query
+    (a patient lesion is seen at most once per visit: its id tells which of them a row counts for);
+    a lesion missing from the result has none."""
+    by_tracked = {lesion.tracked_id: lesion.pk for lesion in lesions if lesion.tracked_id is not None}
+    if not by_tracked:
+        return {}
+    rows = (Lesion.objects.filter(_before(case), tracked_id__in=by_tracked).exclude(pk__in=by_tracked.values())
+            .order_by().values("tracked_id").annotate(n=Count("pk")))
+    return {by_tracked[row["tracked_id"]]: row["n"] for row in rows}
 
 
 def latest_scored(image: LesionImage) -> Prediction | None:
@@ -253,7 +268,8 @@ class MapLesion:
 
 def patient_map(patient, visible: QuerySet[Lesion]) -> list[MapLesion]:
     """Every patient lesion with at least one visible visit, for the map and its list."""
-    predictions = Prediction.objects.order_by()
+    # the version joined: current_prediction() asks it of an unfinished re-score (one query per image otherwise)
+    predictions = Prediction.objects.select_related("model_version").order_by()
     lesions = (visible.filter(case__patient=patient).select_related("case", "tracked")
                .prefetch_related("reviews", "outcomes", Prefetch("images__predictions", queryset=predictions))
                .order_by("case__visit_date", "case__created_at", "pk"))

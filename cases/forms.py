@@ -5,6 +5,7 @@ from datetime import date
 
 from django import forms
 from django.conf import settings
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from cases import body_map
@@ -111,13 +112,17 @@ class LesionForm(_NoColon, forms.ModelForm):
 
     def __init__(self, *args, case=None, **kwargs):
         super().__init__(*args, **kwargs)
+        options = []
         if case is not None:
             self.fields["same_as"].queryset = (PatientLesion.objects.filter(patient=case.patient)
                                                .exclude(visits__case=case).order_by("number"))
-            self.fields["same_as"].label_from_instance = _tracked_label
-        if not self.fields["same_as"].queryset.exists():
+            # the options and their labels (each lesion's latest visit) from one query, not one per option
+            options = [(tracked.pk, _tracked_label(tracked)) for tracked in _with_latest_visit(
+                self.fields["same_as"].queryset)]
+        if not options:
             del self.fields["same_as"]
         else:
+            self.fields["same_as"].choices = [("", self.fields["same_as"].empty_label), *options]
             self.fields["anatomic_site"].required = False  # an earlier visit's site is the default
 
     def clean(self) -> dict:
@@ -153,11 +158,20 @@ class LesionForm(_NoColon, forms.ModelForm):
             self.add_error("side", problem)
 
 
+def _with_latest_visit(tracked):
+    """Patient lesions with their latest visit's site and date (``PatientLesion.latest_visit``'s
+    order) as ``latest_site`` and ``latest_date``: None when it has no visit."""
+    latest = Lesion.objects.filter(tracked=OuterRef("pk")).order_by("-case__visit_date", "-pk")
+    return tracked.annotate(latest_site=Subquery(latest.values("anatomic_site")[:1]),
+                            latest_date=Subquery(latest.values("case__visit_date")[:1]))
+
+
 def _tracked_label(tracked: PatientLesion) -> str:
-    latest = tracked.latest_visit()
-    where = latest.get_anatomic_site_display() if latest else "no visits yet"
+    """A "Seen before?" option, from ``_with_latest_visit``'s annotations."""
+    seen = tracked.latest_date is not None
+    where = dict(Lesion.Site.choices).get(tracked.latest_site, tracked.latest_site) if seen else "no visits yet"
     side = f", {tracked.get_side_display().lower()}" if tracked.side else ""
-    when = f", last seen {latest.case.visit_date:%Y-%m-%d}" if latest else ""
+    when = f", last seen {tracked.latest_date:%Y-%m-%d}" if seen else ""
     return f"{tracked.label}: {where}{side}{when}"
 
 

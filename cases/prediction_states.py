@@ -3,7 +3,8 @@
     pending --start--> running --finish--> done
        ^                  |  \\--fail----> failed --retry--> pending
        |                  |  \\--give_up-> failed (its worker died max_attempts times)
-       +----release-------+   (a batch mate this task could not score)
+       +----release-------+   (a batch mate this task could not score, or one its resumed
+       |                  |    run leaves out: release_batch_mates)
        +----requeue-------+   (its worker died: no longer alive, or past the hard time limit;
                                not sent again before a back-off that doubles per attempt)
 
@@ -57,14 +58,26 @@ def start(prediction_id: int, *, now: datetime, stale_before: datetime, max_atte
 def start_batch_mate(prediction_id: int, *, now: datetime, max_attempts: int, run_by: str = "",
                      worker: str = "") -> bool:
     """pending (already sent) -> running, for a prediction another task scores in its batch; or
-    one that ``run_by`` itself claimed as a batch mate before its worker died (the redelivered
-    message resumes its whole batch)."""
+    one that ``run_by`` itself claimed as a batch mate already. (A run resumed after its worker
+    died claims none: cases.scoring.run_prediction releases them with ``release_batch_mates``.)"""
     claimable = Q(status=Status.PENDING, enqueued_at__isnull=False)
     if run_by:
         claimable |= Q(status=Status.RUNNING, run_by=run_by)
     return bool(_rows(prediction_id, claimable, attempts__lt=max_attempts).update(
         status=Status.RUNNING, started_at=now, finished_at=None, attempts=F("attempts") + 1, error="",
         run_by=run_by, worker=worker, not_before=None))
+
+
+def release_batch_mates(run_by: str, *, own_id: int) -> int:
+    """running -> pending and not sent, for every batch mate task run ``run_by`` claimed before its
+    worker died (all its running rows but ``own_id``), their attempts kept: the resumed run scores its
+    own image alone, so that an image that stops the worker costs its mates no further attempt, and
+    the sweep sends them again (their own task may have come and gone while they ran). One UPDATE;
+    returns how many it released."""
+    if not run_by:
+        return 0
+    return Prediction.objects.filter(status=Status.RUNNING, run_by=run_by).exclude(pk=own_id).update(
+        status=Status.PENDING, started_at=None, enqueued_at=None, run_by="", worker="")
 
 
 def release(prediction_id: int, *, started_at: datetime) -> bool:

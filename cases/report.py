@@ -24,8 +24,8 @@ from reportlab.lib.units import mm
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Flowable, Image, KeepTogether, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from cases import queue, statements
-from cases.models import Case, Lesion, LesionImage, Prediction
+from cases import followup, queue, statements
+from cases.models import Case, Lesion, LesionImage, Outcome, Prediction
 from cases.outcomes import current_outcome
 from cases.presentation import (age_at_visit, clinical_context_text, displayed_set, flag_badge_text,
                                 reliability_caveats, review_state_text, set_note, version_note)
@@ -147,8 +147,10 @@ def _lesions(case: Case) -> list[Lesion]:
     images = LesionImage.objects.order_by("uploaded_at", "pk").prefetch_related(
         Prefetch("predictions", queryset=predictions))
     related = ["tracked"] if any(f.name == "tracked" for f in Lesion._meta.get_fields()) else []
+    outcomes = Outcome.objects.select_related("entered_by")  # histopathology_section: no query per lesion
     return list(case.lesions.select_related(*related).prefetch_related(
-        Prefetch("images", queryset=images), "reviews__reviewer").order_by("created_at", "pk"))
+        Prefetch("images", queryset=images), "reviews__reviewer", Prefetch("outcomes", queryset=outcomes))
+        .order_by("created_at", "pk"))
 
 
 age_at = age_at_visit  # the same age at the visit as the pages show
@@ -393,7 +395,8 @@ def review_section(lesion: Lesion) -> list[Flowable]:
 
 def histopathology_section(lesion: Lesion) -> list[Flowable]:
     """The lesion's current histopathology result, when the clinic entered one."""
-    outcome = current_outcome(lesion)
+    prefetched = "outcomes" in getattr(lesion, "_prefetched_objects_cache", {})  # _lesions' (the same rule)
+    outcome = followup.current_result(lesion) if prefetched else current_outcome(lesion)
     if outcome is None:
         return []
     rows = [("Diagnosis", bold(outcome.get_diagnosis_display())), ("Report date", esc(f"{outcome.diagnosis_date:%Y-%m-%d}")),

@@ -312,11 +312,20 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
     burst, up to SECONDLOOK_SCORE_BATCH - 1 other enqueued predictions of the same model version are
     claimed too and scored in the same forward pass (a lone image costs one extra SELECT); if that
     pass fails, the own image is scored alone and the mates left to their own tasks (`_forward_pass`).
+    A resumed run (its earlier one never finished) scores its image alone and releases its mates.
     """
     claimed, started_at = _claim(prediction_id, run_by=run_by, worker=worker)
     if not claimed:
         return "not claimable (already running or finished)"
     prediction = Prediction.objects.select_related(*_SCORING_RELATED).get(pk=prediction_id)
+    # a run resumed (its own row was running already: the message redelivered after its worker died,
+    # or retried), or an image whose earlier run never finished, is scored alone: the image that
+    # stopped the worker may be any of the batch, and re-claiming them all would cost every mate an
+    # attempt per crash until SCORING_MAX_ATTEMPTS failed them. The mates still running under this
+    # run go back to pending with their attempts kept, for the sweep to send again.
+    resumed = prediction.attempts > 1
+    if resumed:
+        states.release_batch_mates(run_by, own_id=prediction_id)
     model_version = prediction.model_version
     if (model_version.status != ModelVersion.Status.ACTIVE
             and Prediction.objects.filter(stale_rescores(), pk=prediction_id).exists()):
@@ -336,7 +345,8 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
         except (ModelLoadError, artifact_store.ArtifactUnavailable) as exc:
             _fail(prediction_id, started_at, f"Model could not be loaded: {exc}")
             return "failed"
-        mates = _claim_batch_mates(prediction, score_batch_size() - 1, run_by=run_by, worker=worker)
+        if not resumed:
+            mates = _claim_batch_mates(prediction, score_batch_size() - 1, run_by=run_by, worker=worker)
         batch: list[tuple[Prediction, datetime, object]] = []
         own_failed = False
         for pred, started in [(prediction, started_at)] + [
@@ -354,7 +364,7 @@ def run_prediction(*, prediction_id: int, run_by: str = "", worker: str = "") ->
             return "failed"
         batch, results, non_finite = _forward_pass(model, batch, own_id=prediction_id)
     except TRANSIENT_ERRORS:
-        raise  # as when storing: the task retries and resumes its own running rows, batch mates too
+        raise  # as when storing: the task retries and resumes its own row (alone: its mates are released)
     except SoftTimeLimitExceeded:
         _fail(prediction_id, started_at, f"Scoring took longer than {settings.CELERY_TASK_SOFT_TIME_LIMIT} s and was stopped.")
         for pk, st in mates:

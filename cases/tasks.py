@@ -40,7 +40,10 @@ def score_image(self, prediction_id: int) -> str:
                           worker=self.request.hostname or "")
 
 
-@shared_task(name="cases.tasks.sweep_pending", ignore_result=True, autoretry_for=TRANSIENT_ERRORS, max_retries=2)
+# No retry of its own (no autoretry_for): beat sends a new sweep every SWEEP_INTERVAL_SECONDS, and
+# that one is the retry. Retries of a failed sweep would only pile up behind it, each doing the
+# same work again, with no back-off and no expiry, while the database or broker is down.
+@shared_task(name="cases.tasks.sweep_pending", ignore_result=True)
 def sweep_pending(stale_after_s: float | None = None, running_stale_after_s: float | None = None) -> int:
     """Periodic (beat): re-send predictions never enqueued, lost, or orphaned by a dead worker."""
     sent = sweep(

@@ -22,7 +22,7 @@ from cases import access, body_map, corrections, followup, queue, services
 from cases.case_filters import (CaseFilterForm, PatientFilterForm, QueueFilterForm, filter_cases, filter_patients,
                                 filter_queue, with_last_visit)
 from cases.forms import CaseForm, LesionForm, PatientForm, ReviewForm, UploadForm
-from cases.models import Case, Lesion, LesionImage, PatientLesion, Prediction
+from cases.models import Case, Lesion, LesionImage, Outcome, PatientLesion, Prediction
 from cases.presentation import age_at_visit, flag_badge_text, prediction_context
 from cases.roles import display_name
 
@@ -138,9 +138,11 @@ def case_create(request: HttpRequest, patient_pk: int) -> HttpResponse:
 
 def _case_page_context(request: HttpRequest, case: Case) -> dict:
     predictions = Prediction.objects.select_related("model_version").order_by("-created_at")
-    lesions = case.lesions.prefetch_related(
+    # per lesion, no query of its own: its patient lesion and visit count (the timeline link), and
+    # its histopathology entries (outcome_tags.lesion_outcome reads the prefetched ones)
+    lesions = case.lesions.select_related("tracked").annotate(visit_count=Count("tracked__visits")).prefetch_related(
         Prefetch("images", queryset=LesionImage.objects.prefetch_related(Prefetch("predictions", queryset=predictions))),
-        "reviews__reviewer",
+        "reviews__reviewer", Prefetch("outcomes", queryset=Outcome.objects.select_related("entered_by", "supersedes")),
     )
     can_edit = access.can_edit_case(request.user, case)
     queue.mark_claims([case])
@@ -469,8 +471,9 @@ def _review_lesions(case: Case) -> list[Lesion]:
     """The lesions the review page asks about, with what it shows of them: images, scores in
     force, the number of earlier visits (``earlier``) and the fingerprint it sends back (``shown``)."""
     lesions = list(queue.lesions_to_review(case).select_related("tracked").prefetch_related(queue.SHOWN_PREFETCH))
+    earlier = followup.earlier_visit_counts(case, lesions)  # one query, not one per lesion
     for lesion in lesions:
-        lesion.earlier = followup.earlier_visits(lesion).count()
+        lesion.earlier = earlier.get(lesion.pk, 0)
         lesion.shown = queue.lesion_fingerprint(lesion)
     return lesions
 

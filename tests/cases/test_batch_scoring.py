@@ -181,7 +181,8 @@ def test_a_database_hiccup_while_reading_is_retried_not_a_failure(world, model_v
                                                                    owner, name, error):
     """An OperationalError (or a storage timeout) while claiming batch mates, reading the images or
     their clinical context is transient: the task retries (autoretry_for) and its retry, the same
-    task run, resumes the rows it had claimed and scores them, instead of failing them for good."""
+    task run, resumes its own row and scores it, instead of failing it for good. Like any resumed
+    run it scores its image alone: the mate goes back to pending (never failed), for its own task."""
     settings.SECONDLOOK_SCORE_BATCH = 2
     own, mate = _pred(world, model_version, 0), _pred(world, model_version, 1)
     real, calls = getattr(owner, name), []
@@ -198,4 +199,5 @@ def test_a_database_hiccup_while_reading_is_retried_not_a_failure(world, model_v
     own.refresh_from_db()
     assert own.status == "running" and own.error == ""  # not failed: the retry takes it up again
     assert scoring.run_prediction(prediction_id=own.pk, run_by="task-1", worker="w1") == "done"
-    assert [Prediction.objects.get(pk=p.pk).status for p in (own, mate)] == ["done", "done"]
+    assert [Prediction.objects.get(pk=p.pk).status for p in (own, mate)] == ["done", "pending"]
+    assert scoring.run_prediction(prediction_id=mate.pk, run_by="task-2") == "done"
