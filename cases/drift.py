@@ -17,6 +17,8 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
 - scored: those images with a finished score by the version, each counted once (its latest one);
 - flag rate = flagged / scored; abstentions = not assessable / scored (an image the model could
   not assess is also flagged: it goes to the dermatologists, so it counts in the flag rate);
+- lesion flag rate (what the alert compares) = lesions with a flagged image that week / lesions with
+  a scored image that week (the images of one lesion are not independent trials);
 - PSI: population stability index of the melanoma probabilities of the scored images the model
   could assess (a clinical photo or an image it could not assess has no score to compare) against
   the reference's, over the 10 fixed bins [0, 0.1), …, [0.9, 1.0]:
@@ -33,7 +35,9 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   are counted apart). The call judged
   is the one made in practice: each image's FIRST finished score (never a later re-score, which
   may come from a version trained on these very outcomes), at the earliest visit where the model
-  could assess an image; flagged when any of that visit's assessable images was flagged. It counts
+  could assess an image, among the visits up to the one of the latest result (as training labels
+  do: a photo of the scar after the excision is no call on the lesion); flagged when any of that
+  visit's assessable images was flagged. It counts
   under the week of that visit's first upload. Truth groups: melanoma, malignant (melanoma,
   basal cell carcinoma, squamous cell carcinoma, actinic keratosis: the classes of the malignancy
   score, mlcore.labels.MALIGNANT_CLASSES) and benign (the other classes). Melanoma sensitivity and
@@ -41,19 +45,35 @@ Each figure counts under the ISO week (local time, Monday first) of what it meas
   benign lesions, so a correctly flagged BCC is never a false positive. Counted apart, in no
   rate: lesions the model could assess at no visit (a forced flag), results without any scored
   image, visits with disagreeing results, and the result "other" (neither benign nor malignant
-  known).
+  known). PPV: malignant / flagged, among the flagged lesions with a result.
+  Verification bias: these rates are among lesions WITH histopathology, and unflagged lesions are
+  rarely excised, so sensitivity is overstated and specificity understated; the lesions the model
+  judged (flagged or not) that have no result are counted (``unverified_calls``) and shown beside
+  them.
 
 Reference. The score distribution is compared with the model version's validation
 split: its metrics carry ``melanoma_probability_histogram`` (10 counts on the bins above, written
 by training, or for an older artifact by ``python -m training evaluate --split val
 --record-reference``). A version without one falls back to production itself: the version's scores
 of each clinic's first ``MONITOR_REFERENCE_WEEKS`` weeks from the first upload it scored (the
-pooled row: of all clinics in view). The flag-rate reference is always that production period,
-since referral populations differ from the public sets.
+pooled row: of all clinics in view), extended week by week (in order, never into the week checked)
+until it holds ``MONITOR_MIN_PSI_IMAGES`` assessable images. The flag-rate reference is always a
+production period, since referral populations differ from the public sets: the same first weeks,
+extended likewise until they hold ``MONITOR_MIN_IMAGES`` scored images.
 
-Alert. For the latest complete week, after the reference period, with at least
-``MONITOR_MIN_IMAGES`` scored images (and a reference of at least as many): an alert when
-|flag rate − reference flag rate| > ``MONITOR_FLAG_RATE_BOUND`` or PSI > ``MONITOR_PSI_BOUND``.
+Alert. For the latest complete week, after the reference period:
+
+- flag rate, with at least ``MONITOR_MIN_IMAGES`` scored images (the reference holding as many):
+  an alert when the lesion flag rate differs from the reference's by more than
+  ``MONITOR_FLAG_RATE_BOUND`` (the smallest change that matters clinically) AND Fisher's exact
+  two-sided test of the two lesion proportions gives p < 0.05 / the number of groups (clinics and
+  the pooled row) whose flag rate is compared that week (Bonferroni). A bound alone alarmed in
+  about one clinic-week in five at 30 images without any change.
+- PSI, with at least ``MONITOR_MIN_PSI_IMAGES`` ASSESSABLE images in the week (and in the
+  reference histogram): an alert when PSI > ``MONITOR_PSI_BOUND``. Below a few hundred images the
+  PSI of an unchanged distribution is mostly sampling noise (empty bins floored at ε): at 30
+  images it exceeded 0.25 in most weeks. At 200 assessable images against a validation
+  histogram it does so in well under 1 % of weeks, so no further correction is made across groups.
 """
 from __future__ import annotations
 
@@ -187,7 +207,15 @@ class OutcomeCounts:
     other_diagnosis: int = 0
     without_score: int = 0
     disagreeing: int = 0
+    # judged lesions (the model made a call) WITHOUT any result: what verification leaves unseen
+    unverified_flagged: int = 0
+    unverified_cleared: int = 0
     versions: Counter = field(default_factory=Counter)  # version -> judged lesions it made the call on
+
+    def add_unverified(self, flagged: bool) -> None:
+        """Count one tracked lesion the model judged that has no histopathology result."""
+        self.unverified_flagged += bool(flagged)
+        self.unverified_cleared += not flagged
 
     def add(self, call: OutcomeCall) -> None:
         """Count one tracked lesion (module docstring: which call, which truth group)."""
@@ -249,6 +277,24 @@ class OutcomeCounts:
         return self.not_assessed + self.other_diagnosis + self.without_score + self.disagreeing
 
     @property
+    def unverified(self) -> int:
+        return self.unverified_flagged + self.unverified_cleared
+
+    @property
+    def flagged_with_result(self) -> int:
+        """Judged lesions the model flagged whose result is benign or malignant: the PPV's n."""
+        return self.malignant_caught + self.benign_flagged
+
+    @property
+    def ppv(self) -> float | None:
+        """Positive predictive value: malignant / flagged, among the flagged lesions with a result."""
+        return _rate(self.malignant_caught, self.flagged_with_result)
+
+    @property
+    def ppv_ci(self) -> tuple[float, float] | None:
+        return wilson_interval(self.malignant_caught, self.flagged_with_result)
+
+    @property
     def melanoma_sensitivity(self) -> float | None:
         return _rate(self.melanoma_caught, self.melanomas)
 
@@ -293,6 +339,7 @@ class WeekStats:
     flagged: int = 0
     not_assessable: int = 0
     histogram: list[int] = field(default_factory=lambda: [0] * BINS)
+    lesion_flags: dict[int, bool] = field(default_factory=dict)  # lesion (visit) id -> any image flagged
     reviews: int = 0
     agreed: int = 0
     reviews_not_assessed: int = 0  # reviews of lesions with no assessable score: not in the agreement rate
@@ -317,6 +364,24 @@ class WeekStats:
         return _rate(self.not_assessable, self.scored)
 
     @property
+    def assessable(self) -> int:
+        """Scored images the model could assess: the PSI's n."""
+        return sum(self.histogram)
+
+    @property
+    def lesions(self) -> int:
+        """Lesions (visits) with an image scored that week."""
+        return len(self.lesion_flags)
+
+    @property
+    def flagged_lesions(self) -> int:
+        return sum(self.lesion_flags.values())
+
+    @property
+    def lesion_flag_rate(self) -> float | None:
+        return _rate(self.flagged_lesions, self.lesions)
+
+    @property
     def agreement_rate(self) -> float | None:
         return _rate(self.agreed, self.reviews)
 
@@ -324,6 +389,8 @@ class WeekStats:
         self.scored += 1
         self.flagged += bool(score["flagged"])
         self.not_assessable += not score["assessable"]
+        lesion = score["image__lesion_id"]
+        self.lesion_flags[lesion] = self.lesion_flags.get(lesion, False) or bool(score["flagged"])
         if score["assessable"]:
             self.histogram[bin_index(score["melanoma_probability"])] += 1
 
@@ -427,16 +494,47 @@ def _current_results(clinic_ids: Sequence[int]) -> list[dict]:
     later one supersedes (as cases.training_labels.current_outcomes picks it)."""
     rows = (Outcome.objects.filter(superseded_by__isnull=True, **{f"{CLINIC_PATH}__in": clinic_ids})
             .order_by("lesion_id", "-entered_at", "-pk")
-            .values("lesion_id", "diagnosis", "entered_at", "lesion__tracked_id", CLINIC_PATH))
+            .values("lesion_id", "diagnosis", "entered_at", "lesion__tracked_id", "lesion__case__visit_date",
+                    CLINIC_PATH))
     current: dict[int, dict] = {}
     for row in rows:
         current.setdefault(row["lesion_id"], row)
     return list(current.values())
 
 
+def _visits(tracked: Iterable[int], untracked: Iterable[int]) -> tuple[dict[str, list[int]], dict[int, date]]:
+    """The visits of these tracked lesions and untracked visits, earliest first (visit date, then
+    entry) per tracked key, and each visit's date."""
+    visits_of: dict[str, list[int]] = {}
+    visit_date: dict[int, date] = {}
+    ordered = (Lesion.objects.filter(Q(tracked_id__in=list(tracked)) | Q(pk__in=list(untracked)))
+               .order_by("case__visit_date", "case__created_at", "pk")
+               .values_list("pk", "tracked_id", "case__visit_date"))
+    for visit_id, tracked_id, day in ordered:  # earliest visit first
+        visits_of.setdefault(_tracked_key(tracked_id, visit_id), []).append(visit_id)
+        visit_date[visit_id] = day
+    return visits_of, visit_date
+
+
+def _first_scores_and_uploads(visit_ids: Sequence[int]) -> tuple[dict[int, list[dict]], dict[int, datetime]]:
+    """Per visit, its images' first finished scores, and its first upload."""
+    scores_of: dict[int, list[dict]] = {}
+    for score in first_scores(Prediction.objects.filter(image__lesion_id__in=visit_ids)).values():
+        scores_of.setdefault(score["image__lesion_id"], []).append(score)
+    first_upload = dict(LesionImage.objects.filter(lesion_id__in=visit_ids).order_by().values("lesion_id")
+                        .annotate(first=Min("uploaded_at")).values_list("lesion_id", "first"))
+    return scores_of, first_upload
+
+
+def _judged_visit(visits: Sequence[int], scores_of: dict[int, list[dict]]) -> int | None:
+    """The earliest of these visits where the first score of an image was assessable."""
+    return next((v for v in visits if any(s["assessable"] for s in scores_of.get(v, []))), None)
+
+
 def outcome_calls(clinic_ids: Sequence[int]) -> list[OutcomeCall]:
     """Each tracked lesion of these clinics with a current histopathology result on any visit, and
-    the model's call on it in practice: at the earliest visit (visit date, then entry) where the
+    the model's call on it in practice: at the earliest visit (visit date, then entry) up to the
+    visit of its latest result (a later visit, e.g. a photo of the scar, is no call on it) where the
     first finished score of an image was assessable, flagged when any such image was flagged,
     counted under that visit's first upload (module docstring). The others are counted apart:
     scored but never assessable (under the first scored visit's first upload), no scored image or
@@ -449,20 +547,13 @@ def outcome_calls(clinic_ids: Sequence[int]) -> list[OutcomeCall]:
         groups.setdefault(_tracked_key(row["lesion__tracked_id"], row["lesion_id"]), []).append(row)
     tracked = {row["lesion__tracked_id"] for row in results if row["lesion__tracked_id"]}
     untracked = [row["lesion_id"] for row in results if not row["lesion__tracked_id"]]
-    visits_of: dict[str, list[int]] = {}
-    ordered = (Lesion.objects.filter(Q(tracked_id__in=tracked) | Q(pk__in=untracked))
-               .order_by("case__visit_date", "case__created_at", "pk").values_list("pk", "tracked_id"))
-    for visit_id, tracked_id in ordered:  # earliest visit first
-        visits_of.setdefault(_tracked_key(tracked_id, visit_id), []).append(visit_id)
-    visit_ids = [visit_id for group in visits_of.values() for visit_id in group]
-    scores_of: dict[int, list[dict]] = {}
-    for score in first_scores(Prediction.objects.filter(image__lesion_id__in=visit_ids)).values():
-        scores_of.setdefault(score["image__lesion_id"], []).append(score)
-    first_upload = dict(LesionImage.objects.filter(lesion_id__in=visit_ids).order_by().values("lesion_id")
-                        .annotate(first=Min("uploaded_at")).values_list("lesion_id", "first"))
+    visits_of, visit_date = _visits(tracked, untracked)
+    scores_of, first_upload = _first_scores_and_uploads([v for group in visits_of.values() for v in group])
     calls = []
     for key, rows in groups.items():
-        visits = visits_of.get(key, [])
+        # as cases.training_labels: the results speak for their visits and the ones before them
+        excised = max(row["lesion__case__visit_date"] for row in rows)
+        visits = [v for v in visits_of.get(key, []) if visit_date[v] <= excised]
         clinic_id = rows[0][CLINIC_PATH]
         # no call to date it by: the lesion's first upload, else when its result was entered
         fallback = min((first_upload[v] for v in visits if v in first_upload),
@@ -472,7 +563,7 @@ def outcome_calls(clinic_ids: Sequence[int]) -> list[OutcomeCall]:
             calls.append(OutcomeCall(key, clinic_id, fallback, None, RESULTS_DISAGREE))
             continue
         diagnosis = diagnoses.pop()
-        judged = next((v for v in visits if any(s["assessable"] for s in scores_of.get(v, []))), None)
+        judged = _judged_visit(visits, scores_of)
         if judged is not None:
             own = [s for s in scores_of[judged] if s["assessable"]]  # a forced flag is not the model's call
             calls.append(OutcomeCall(key, clinic_id, first_upload[judged], diagnosis, JUDGED,
@@ -488,10 +579,40 @@ def outcome_calls(clinic_ids: Sequence[int]) -> list[OutcomeCall]:
     return calls
 
 
-def _count_outcomes(table: _Table, clinic_ids) -> None:
-    for call in outcome_calls(clinic_ids):
+def unverified_calls(clinic_ids: Sequence[int], start: datetime, end: datetime,
+                     verified: Iterable[str] = ()) -> list[tuple[datetime, int, bool]]:
+    """The model's call in practice (as ``outcome_calls`` picks it) on each tracked lesion of these
+    clinics with NO histopathology result (none of ``verified``, the keys of those with one), whose
+    call's visit had its first upload in [start, end): (that moment, clinic id, flagged)."""
+    verified = set(verified)
+    pairs = set(LesionImage.objects.filter(**{f"{CLINIC_PATH}__in": clinic_ids}, uploaded_at__gte=start,
+                                           uploaded_at__lt=end).values_list("lesion_id", "lesion__tracked_id"))
+    if not pairs:
+        return []
+    tracked = {t for _, t in pairs if t}
+    untracked = [v for v, t in pairs if not t]
+    visits_of, _ = _visits(tracked, untracked)
+    visits_of = {key: visits for key, visits in visits_of.items() if key not in verified}
+    scores_of, first_upload = _first_scores_and_uploads([v for group in visits_of.values() for v in group])
+    clinic_of = dict(Lesion.objects.filter(pk__in=list(scores_of)).values_list("pk", "case__patient__clinic_id"))
+    calls = []
+    for visits in visits_of.values():
+        judged = _judged_visit(visits, scores_of)
+        if judged is None or not start <= first_upload[judged] < end:
+            continue
+        flagged = any(s["flagged"] for s in scores_of[judged] if s["assessable"])
+        calls.append((first_upload[judged], clinic_of[judged], flagged))
+    return calls
+
+
+def _count_outcomes(table: _Table, clinic_ids, start, end) -> None:
+    calls = outcome_calls(clinic_ids)
+    for call in calls:
         for stats in table.targets(call.moment, call.clinic_id):
             stats.outcomes.add(call)
+    for moment, clinic_id, flagged in unverified_calls(clinic_ids, start, end, {call.lesion_key for call in calls}):
+        for stats in table.targets(moment, clinic_id):
+            stats.outcomes.add_unverified(flagged)
 
 
 # --- reference and alert ----------------------------------------------------------------------
@@ -499,7 +620,11 @@ def _count_outcomes(table: _Table, clinic_ids) -> None:
 @dataclass
 class Reference:
     """What a clinic's weeks are compared with: a production period's flag rate and histogram,
-    or a validation histogram stored with the model version (PSI only)."""
+    or a validation histogram stored with the model version (PSI only).
+
+    ``weeks``: the flag-rate period (the first weeks, extended until it holds the minimum of scored
+    images; ``complete`` False: it does not yet). ``histogram_weeks``: the period of a production
+    histogram, likewise extended until it holds the PSI's minimum of assessable images."""
 
     clinic_id: int | None
     weeks: tuple[date, ...]
@@ -507,29 +632,56 @@ class Reference:
     flagged: int
     histogram: list[int]
     source: str = "production"
+    lesions: int = 0  # lesions (visits) with a scored image in the period
+    flagged_lesions: int = 0  # of those, with a flagged image
+    complete: bool = True
+    histogram_weeks: tuple[date, ...] = ()
+    histogram_complete: bool = True
 
     @property
     def flag_rate(self) -> float | None:
         return _rate(self.flagged, self.scored)
 
     @property
+    def lesion_flag_rate(self) -> float | None:
+        return _rate(self.flagged_lesions, self.lesions)
+
+    @property
     def ends(self) -> date | None:
-        """The first Monday after the production period (None: the version scored no upload yet)."""
+        """The first Monday after the flag-rate period (None: the version scored no upload yet)."""
         return self.weeks[-1] + timedelta(weeks=1) if self.weeks else None
+
+    @property
+    def histogram_ends(self) -> date | None:
+        """The first Monday after the production histogram's period (None: no such period)."""
+        return self.histogram_weeks[-1] + timedelta(weeks=1) if self.histogram_weeks else None
 
     @property
     def description(self) -> str:
         if not self.weeks:
             return "no upload scored by this version yet"
-        period = f"{week_label(self.weeks[0])} to {week_label(self.weeks[-1])}"
-        scores = "validation histogram of the model version" if self.source == "validation" else "the same weeks"
-        return f"flag rate from {period} ({self.scored} scored images); score distribution from {scores}"
+        text = (f"flag rate from {_period(self.weeks)} ({self.scored} scored images, {self.lesions} lesions"
+                f"{'' if self.complete else ', still short of the minimum'}); ")
+        if self.source == "validation":
+            return text + (f"score distribution: validation histogram of the model version "
+                           f"({sum(self.histogram)} images)")
+        same = "the same weeks" if self.histogram_weeks == self.weeks else _period(self.histogram_weeks)
+        return (text + f"score distribution from {same} ({sum(self.histogram)} assessable images"
+                f"{'' if self.histogram_complete else ', still short of the minimum'})")
+
+
+def _period(weeks: Sequence[date]) -> str:
+    return f"{week_label(weeks[0])} to {week_label(weeks[-1])}" if weeks else "no weeks"
 
 
 def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, weeks: int,
-                         version: ModelVersion | None) -> Reference:
+                         version: ModelVersion | None, min_images: int = 0, min_assessable: int = 0,
+                         until: date | None = None) -> Reference:
     """The version's scores of the first ``weeks`` ISO weeks from the first upload of these clinics
-    that it scored (a version activated without re-scoring starts its own reference then)."""
+    that it scored (a version activated without re-scoring starts its own reference then). When
+    they hold fewer than ``min_images`` scored images, the flag-rate period takes the following
+    weeks in order until it holds that many, never the week of ``until`` (the week checked) or
+    later; the histogram's period likewise until it holds ``min_assessable`` assessable images."""
     first = None
     if version is not None:
         first = (LesionImage.objects.filter(**{f"{CLINIC_PATH}__in": clinic_ids}, predictions__model_version=version,
@@ -537,11 +689,43 @@ def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, we
                  .order_by("uploaded_at").values_list("uploaded_at", flat=True).first())
     if first is None:
         return Reference(clinic_id, (), 0, 0, [0] * BINS)
-    start = week_of(first)
-    period = tuple(start + timedelta(weeks=i) for i in range(weeks))
-    scores = _scores_between(clinic_ids, _start_of(start), _start_of(start + timedelta(weeks=weeks)), version).values()
-    return Reference(clinic_id, period, scored=len(scores), flagged=sum(bool(s["flagged"]) for s in scores),
-                     histogram=histogram(s["melanoma_probability"] for s in scores if s["assessable"]))
+    start, fixed = week_of(first), max(weeks, 1)
+    by_week: dict[date, list[dict]] = {}
+    fetched = start  # the first Monday not fetched yet (fetched in spans that double, from ``fixed`` weeks)
+
+    def scores_of(monday: date) -> list[dict]:
+        nonlocal fetched
+        if monday >= fetched:
+            step = fetched + timedelta(weeks=max(fixed, (fetched - start).days // 7))
+            for score in _scores_between(clinic_ids, _start_of(fetched), _start_of(step), version).values():
+                by_week.setdefault(week_of(score["image__uploaded_at"]), []).append(score)
+            fetched = step
+        return by_week.get(monday, [])
+
+    def period(counted, minimum: int) -> tuple[tuple[date, ...], list[dict], bool]:
+        """The first ``fixed`` weeks, then the next ones before ``until`` while fewer than ``minimum``
+        rows are ``counted``: (its weeks, its scores, whether it holds the minimum)."""
+        chosen: list[date] = []
+        rows: list[dict] = []
+        count, monday = 0, start
+        while len(chosen) < fixed or (count < minimum and until is not None and monday < until):
+            week = scores_of(monday)
+            chosen.append(monday)
+            rows += week
+            count += sum(1 for row in week if counted(row))
+            monday += timedelta(weeks=1)
+        return tuple(chosen), rows, count >= minimum
+
+    period_weeks, scores, complete = period(lambda r: True, min_images)
+    lesion_flags: dict[int, bool] = {}
+    for score in scores:
+        lesion = score["image__lesion_id"]
+        lesion_flags[lesion] = lesion_flags.get(lesion, False) or bool(score["flagged"])
+    histogram_weeks, assessed, histogram_complete = period(lambda r: r["assessable"], min_assessable)
+    return Reference(clinic_id, period_weeks, scored=len(scores), flagged=sum(bool(s["flagged"]) for s in scores),
+                     histogram=histogram(s["melanoma_probability"] for s in assessed if s["assessable"]),
+                     lesions=len(lesion_flags), flagged_lesions=sum(lesion_flags.values()), complete=complete,
+                     histogram_weeks=histogram_weeks, histogram_complete=histogram_complete)
 
 
 def validation_histogram(version) -> list[int] | None:
@@ -552,16 +736,28 @@ def validation_histogram(version) -> list[int] | None:
     return None
 
 
+FLAG_RATE_ALPHA = 0.05  # family-wise, over the groups whose flag rate is compared in a week
+
+
+def two_proportion_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    """Two-sided p of Fisher's exact test that two proportions (hits / n, e.g. lesions with a flagged
+    image / lesions) are equal; exact at the small counts of a clinic's week."""
+    from scipy.stats import fisher_exact  # scipy is slow to import: only when a check needs it
+
+    return float(fisher_exact([[hits_a, n_a - hits_a], [hits_b, n_b - hits_b]]).pvalue)
+
+
 @dataclass(frozen=True)
 class Bounds:
-    flag_rate: float
+    flag_rate: float  # the smallest change of the lesion flag rate that matters clinically
     psi: float
-    min_images: int
+    min_images: int  # scored images, for the flag rate (the week's and the reference's)
+    min_psi_images: int = 200  # assessable images, for the PSI (the week's and the reference histogram's)
 
     @classmethod
     def from_settings(cls) -> "Bounds":
         return cls(flag_rate=settings.MONITOR_FLAG_RATE_BOUND, psi=settings.MONITOR_PSI_BOUND,
-                   min_images=settings.MONITOR_MIN_IMAGES)
+                   min_images=settings.MONITOR_MIN_IMAGES, min_psi_images=settings.MONITOR_MIN_PSI_IMAGES)
 
 
 @dataclass
@@ -573,6 +769,8 @@ class DriftCheck:
     evaluated: bool
     reasons: tuple[str, ...] = ()
     note: str = ""
+    flag_rate_p: float | None = None  # Fisher's exact p of the lesion flag rates, when compared
+    alpha: float | None = None  # the level it was held to (Bonferroni over the groups compared)
 
     @property
     def clinic(self) -> str:
@@ -587,29 +785,70 @@ class DriftCheck:
         return bool(self.reasons)
 
 
-def drift_check(stats: WeekStats, reference: Reference, bounds: Bounds) -> DriftCheck:
-    """Alert when the week's flag rate or score distribution moved beyond the bounds. The flag
-    rate needs the production reference period to be over (and large enough); the PSI against a
-    stored validation histogram does not."""
+def flag_rate_gate(stats: WeekStats, reference: Reference, bounds: Bounds) -> str:
+    """Why the week's flag rate cannot be compared with the reference's ("" when it can)."""
     enough = max(bounds.min_images, 1)
     if stats.scored < enough:
-        return DriftCheck(stats, reference, evaluated=False,
-                          note=f"{stats.scored} scored images (the rule needs at least {enough})")
-    production = reference.ends is not None and stats.week >= reference.ends and reference.scored >= enough
-    if not production and reference.source != "validation":
-        note = ("within the reference period" if reference.ends is None or stats.week < reference.ends
-                else f"reference period has {reference.scored} scored images (needs {enough})")
-        return DriftCheck(stats, reference, evaluated=False, note=note)
-    reasons = []
-    if production:
-        change = stats.flag_rate - reference.flag_rate
-        if abs(change) > bounds.flag_rate:
-            reasons.append(f"flag rate {stats.flag_rate:.0%} vs {reference.flag_rate:.0%} in the reference period "
-                           f"(change {change * 100:+.0f} points, bound ±{bounds.flag_rate * 100:.0f})")
-    if stats.psi is not None and stats.psi > bounds.psi:
-        reasons.append(f"score distribution shifted: PSI {stats.psi:.2f} > {bounds.psi:.2f}")
-    note = "" if production else "flag rate not compared: the production reference period is not over"
-    return DriftCheck(stats, reference, evaluated=True, reasons=tuple(reasons), note=note)
+        return f"{stats.scored} scored images (the rule needs at least {enough})"
+    if reference.ends is None:
+        return "no reference: the version scored no earlier upload"
+    if stats.week < reference.ends:
+        return f"this week is within the reference period ({_period(reference.weeks)})"
+    if not reference.complete:
+        return (f"the reference period ({_period(reference.weeks)}, from the first upload the version scored) "
+                f"holds {reference.scored} scored images, fewer than {enough}; it takes in the following weeks "
+                f"until it holds {enough}")
+    return ""
+
+
+def psi_gate(stats: WeekStats, reference: Reference, bounds: Bounds) -> str:
+    """Why the week's PSI is not held to its bound ("" when it is): too few assessable images in
+    the week or in the reference histogram (below a few hundred the PSI is mostly sampling noise)."""
+    enough = max(bounds.min_psi_images, 1)
+    if stats.assessable < enough:
+        return f"{stats.assessable} assessable images (needs at least {enough})"
+    held = sum(reference.histogram)
+    if reference.source == "validation":
+        return "" if held >= enough else f"the validation histogram holds {held} images (needs at least {enough})"
+    if reference.histogram_ends is None or stats.week < reference.histogram_ends:
+        return ("this week is within the reference period of the score distribution "
+                f"({_period(reference.histogram_weeks)})")
+    if not reference.histogram_complete:
+        return (f"the reference score distribution ({_period(reference.histogram_weeks)}) holds {held} assessable "
+                f"images, fewer than {enough}; it takes in the following weeks until it holds {enough}")
+    return ""
+
+
+def drift_check(stats: WeekStats, reference: Reference, bounds: Bounds, *, comparisons: int = 1) -> DriftCheck:
+    """Alert when the week's lesion flag rate or score distribution moved (module docstring): the
+    flag rate by more than the bound AND significantly (Fisher's exact p < 0.05 / ``comparisons``,
+    the number of groups whose flag rate is compared this week); the PSI beyond its bound on enough
+    assessable images. Each part is evaluated only when its gate lets it (the note says why not)."""
+    reasons, notes = [], []
+    p_value = alpha = None
+    flag_gate, score_gate = flag_rate_gate(stats, reference, bounds), psi_gate(stats, reference, bounds)
+    if flag_gate:
+        notes.append(f"flag rate not compared: {flag_gate}")
+    else:
+        alpha = FLAG_RATE_ALPHA / max(comparisons, 1)
+        p_value = two_proportion_p(stats.flagged_lesions, stats.lesions, reference.flagged_lesions, reference.lesions)
+        change = stats.lesion_flag_rate - reference.lesion_flag_rate
+        detail = (f"{stats.flagged_lesions}/{stats.lesions} vs {reference.flagged_lesions}/{reference.lesions} "
+                  f"lesions with a flagged image; change {change * 100:+.0f} points, "
+                  f"bound ±{bounds.flag_rate * 100:.0f}; "
+                  f"Fisher's exact p = {p_value:.2g}, level {alpha:.2g}")
+        if abs(change) > bounds.flag_rate and p_value < alpha:
+            reasons.append(f"flag rate {stats.lesion_flag_rate:.0%} vs {reference.lesion_flag_rate:.0%} in the "
+                           f"reference period ({detail})")
+        elif abs(change) > bounds.flag_rate:
+            notes.append(f"flag rate change beyond the bound but not significant ({detail})")
+    if score_gate:
+        notes.append(f"PSI not evaluated: {score_gate}")
+    elif stats.psi is not None and stats.psi > bounds.psi:
+        reasons.append(f"score distribution shifted: PSI {stats.psi:.2f} > {bounds.psi:.2f} "
+                       f"({stats.assessable} assessable images)")
+    return DriftCheck(stats, reference, evaluated=not (flag_gate and score_gate), reasons=tuple(reasons),
+                      note="; ".join(notes), flag_rate_p=p_value, alpha=alpha)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -681,13 +920,16 @@ class MonitoringReport:
 
 
 def _references(groups, clinic_ids: Sequence[int], validation: list[int] | None,
-                version: ModelVersion | None) -> dict[int | None, Reference]:
-    """Each group's production reference; its histogram replaced by the validation one when stored."""
+                version: ModelVersion | None, bounds: Bounds, until: date) -> dict[int | None, Reference]:
+    """Each group's production reference (extended up to ``until``, the week checked, until it holds
+    the minima); its histogram replaced by the validation one when stored."""
     references = {}
     for cid, _ in groups:
         scope = clinic_ids if cid is None else [cid]
         reference = production_reference(scope, clinic_id=cid, weeks=settings.MONITOR_REFERENCE_WEEKS,
-                                         version=version)
+                                         version=version, min_images=bounds.min_images,
+                                         min_assessable=0 if validation is not None else bounds.min_psi_images,
+                                         until=until)
         if validation is not None:
             reference.histogram, reference.source = validation, "validation"
         references[cid] = reference
@@ -708,14 +950,19 @@ def monitoring_report(clinics: Iterable[Clinic], *, today: date | None = None, w
     _count_uploads(table, clinic_ids, start, end)
     _count_scores(table, clinic_ids, start, end, version)
     _count_reviews(table, clinic_ids, start, end)
-    _count_outcomes(table, clinic_ids)
+    _count_outcomes(table, clinic_ids, start, end)
     validation = validation_histogram(version)
-    references = _references(table.groups, clinic_ids, validation, version)
-    for stats in table.rows.values():
-        stats.psi = psi(references[stats.clinic_id].histogram, stats.histogram)
-    report = MonitoringReport(monday_list, table.groups, table.rows, references, [], Bounds.from_settings(),
+    bounds = Bounds.from_settings()
+    report = MonitoringReport(monday_list, table.groups, table.rows, {}, [], bounds,
                               validation_reference=validation is not None, version=version)
     latest = report.latest_complete_week
-    report.checks = [drift_check(table.rows[(latest, cid)], references[cid], report.bounds)
+    report.references = references = _references(table.groups, clinic_ids, validation, version, bounds, latest)
+    for stats in table.rows.values():
+        stats.psi = psi(references[stats.clinic_id].histogram, stats.histogram)
+    weeks_checked = [(table.rows[(latest, cid)], references[cid])
                      for cid, _ in table.groups if (latest, cid) in table.rows]
+    # Bonferroni: the flag rate is tested once per group compared this week
+    comparisons = sum(not flag_rate_gate(stats, reference, bounds) for stats, reference in weeks_checked)
+    report.checks = [drift_check(stats, reference, bounds, comparisons=comparisons)
+                     for stats, reference in weeks_checked]
     return report

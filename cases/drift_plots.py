@@ -34,16 +34,32 @@ def _values(series: list[WeekStats], value: Callable[[WeekStats], float | None])
     return [math.nan if (v := value(s)) is None else v for s in series]  # NaN: a gap in the line
 
 
+def plotted_values(series: list[WeekStats], value: Callable[[WeekStats], float | None], *,
+                   count: Callable[[WeekStats], int] | None = None, minimum: int = 0) -> list[float]:
+    """The weekly values a line plots: NaN (a gap) where there is none, or where the week's
+    ``count`` (its n) is below ``minimum`` (a rate on 1 or 2 images is noise, not a trend)."""
+    return [math.nan if count is not None and count(s) < minimum else v
+            for s, v in zip(series, _values(series, value))]
+
+
 def _weeks_axis(ax, report: MonitoringReport) -> None:
     labels = [week_label(w) for w in report.weeks]
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
 
 
-def _lines(ax, report: MonitoringReport, value, *, ylabel: str) -> None:
+def _lines(ax, report: MonitoringReport, value, *, ylabel: str, count=None, minimum: int = 0,
+           unit: str = "") -> None:
+    """One line per group; with ``count``, weeks under ``minimum`` are gaps and the legend gives
+    the n plotted (the sum of ``count`` over the weeks drawn, in ``unit``)."""
     x = range(len(report.weeks))
     for cid, name in report.groups:
-        ax.plot(x, _values(report.series(cid), value), marker="o", markersize=3, label=name,
-                linewidth=2.2 if cid is None else 1.2)
+        series = report.series(cid)
+        values = plotted_values(series, value, count=count, minimum=minimum)
+        label = name
+        if count is not None:
+            n = sum(count(s) for s, v in zip(series, values) if not math.isnan(v))
+            label = f"{name} (n={n} {unit})"
+        ax.plot(x, values, marker="o", markersize=3, label=label, linewidth=2.2 if cid is None else 1.2)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 
@@ -84,34 +100,46 @@ def agreement_png(report: MonitoringReport) -> bytes:
 
 
 def flag_rate_png(report: MonitoringReport) -> bytes:
-    """The monitored version's flag rate (with the reference ± bound band of the pooled or only
-    clinic, when there is one) and abstentions per week."""
+    """The monitored version's lesion flag rate, what the alert compares (with the reference ±
+    bound band of the pooled or only clinic, when there is one), and abstentions per week; weeks
+    with fewer scored images than the alert needs are gaps."""
     fig, (top, bottom) = _figure(2, 6)
-    _lines(top, report, lambda s: s.flag_rate, ylabel="flag rate")
+    minimum = report.bounds.min_images
+    scored = lambda s: s.scored  # noqa: E731
+    _lines(top, report, lambda s: s.lesion_flag_rate, ylabel="lesion flag rate", count=scored, minimum=minimum,
+           unit="scored images")
     # no clinic in view (a staff user without one, a fresh install): no reference to draw
     reference = report.references.get(report.summary_group) if report.groups else None
-    if reference is not None and reference.flag_rate is not None:
+    if reference is not None and reference.lesion_flag_rate is not None:
         bound = report.bounds.flag_rate
-        top.axhspan(reference.flag_rate - bound, reference.flag_rate + bound, color="tab:green", alpha=0.12,
-                    label=f"reference ± {bound:.2f}")
-        top.axhline(reference.flag_rate, color="tab:green", linestyle=":", linewidth=1)
+        top.axhspan(reference.lesion_flag_rate - bound, reference.lesion_flag_rate + bound, color="tab:green",
+                    alpha=0.12, label=f"reference ± {bound:.2f} ({reference.lesions} lesions)")
+        top.axhline(reference.lesion_flag_rate, color="tab:green", linestyle=":", linewidth=1)
     top.set_ylim(0, 1)
-    top.set_title(f"Flag rate per week (flagged / scored by {report.version_label})")
+    top.set_title(f"Lesion flag rate per week (lesions with a flagged image / lesions scored by {report.version_label})"
+                  f"\ngaps: weeks with fewer than {minimum} scored images", fontsize=9)
     _legend(top, "upper left")
-    _lines(bottom, report, lambda s: s.abstention_rate, ylabel="could not assess")
+    _lines(bottom, report, lambda s: s.abstention_rate, ylabel="could not assess", count=scored, minimum=minimum,
+           unit="scored images")
     bottom.set_ylim(0, 1)
-    bottom.set_title(f"Abstentions per week (not assessable / scored by {report.version_label})")
+    bottom.set_title(f"Abstentions per week (not assessable / scored by {report.version_label})"
+                     f"\ngaps: weeks with fewer than {minimum} scored images", fontsize=9)
+    _legend(bottom, "upper left")
     _weeks_axis(bottom, report)
     return _png(fig)
 
 
 def psi_png(report: MonitoringReport) -> bytes:
-    """PSI of the monitored version's melanoma probability against the reference, per week, with the alert bound."""
+    """PSI of the monitored version's melanoma probability against the reference, per week, with
+    the alert bound; weeks with fewer assessable images than the PSI check needs are gaps."""
     fig, (ax,) = _figure(1, 4)
-    _lines(ax, report, lambda s: s.psi, ylabel="PSI")
+    minimum = report.bounds.min_psi_images
+    _lines(ax, report, lambda s: s.psi, ylabel="PSI", count=lambda s: s.assessable, minimum=minimum,
+           unit="assessable images")
     ax.axhline(report.bounds.psi, color="tab:red", linestyle="--", label=f"alert bound {report.bounds.psi:.2f}")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"Score distribution of {report.version_label} vs reference (population stability index)")
+    ax.set_title(f"Score distribution of {report.version_label} vs reference (population stability index)"
+                 f"\ngaps: weeks with fewer than {minimum} assessable images", fontsize=9)
     _legend(ax, "upper left")
     _weeks_axis(ax, report)
     return _png(fig)
@@ -151,8 +179,8 @@ def performance_png(report: MonitoringReport) -> bytes:
         ax.set_title(f"{title}, lesions, cumulative", fontsize=9)
         ax.grid(alpha=0.3)
         _legend(ax, "lower left")
-    fig.suptitle("First call made in practice vs histopathology (any model version in use then)",
-                            fontsize=10)
+    fig.suptitle("First call made in practice vs histopathology (any model version in use then), among lesions with\n"
+                 "histopathology (verification-biased: unflagged lesions are rarely excised)", fontsize=10)
     _weeks_axis(axes[-1], report)
     return _png(fig)
 

@@ -1,4 +1,5 @@
-"""How often the model could not judge recent uploads, per model version (for the admin)."""
+"""How often the model could not judge recent uploads (images uploaded in the last days), per model
+version (for the admin)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ RECENT_DAYS = 30
 
 @dataclass(frozen=True)
 class AssessmentRates:
-    """Counts of images (each once) that one model version finished scoring in the window."""
+    """Counts of images (each once) uploaded in the window that one model version finished scoring."""
 
     version: str
     scored: int
@@ -46,7 +47,9 @@ def _images(**only) -> Count:
 
 
 def assessment_rates(*, days: int = RECENT_DAYS, predictions=None) -> list[AssessmentRates]:
-    """Per model version, over the images it finished scoring in the last ``days`` days: how many
+    """Per model version, over the images uploaded in the last ``days`` days that it finished
+    scoring (by upload, not by when scored: a re-scoring job over old images must not swamp the
+    recent uploads' rates): how many
     failed a quality check, looked unfamiliar (out of domain), were clinical photos, and how many
     the model could not assess in all (one image can fail several ways). Each image counts once per
     version, with that version's latest finished score of it: a correction's re-score (the next
@@ -54,8 +57,9 @@ def assessment_rates(*, days: int = RECENT_DAYS, predictions=None) -> list[Asses
     ``predictions`` (a Prediction queryset, e.g. one clinic's) limits what is counted; default all."""
     since = timezone.now() - timedelta(days=days)
     base = Prediction.objects.all() if predictions is None else predictions
-    done = Q(status=Prediction.Status.DONE, finished_at__gte=since)
-    newer = Prediction.objects.filter(done, image=OuterRef("image"), model_version=OuterRef("model_version")).filter(
+    done = Q(status=Prediction.Status.DONE, image__uploaded_at__gte=since)
+    newer = Prediction.objects.filter(status=Prediction.Status.DONE, image=OuterRef("image"),
+                                      model_version=OuterRef("model_version")).filter(
         Q(created_at__gt=OuterRef("created_at")) | Q(created_at=OuterRef("created_at"), pk__gt=OuterRef("pk")))
     rows = (
         base.filter(done).exclude(Exists(newer))

@@ -400,13 +400,17 @@ CLAIM_EXPIRY_HOURS = float(os.environ.get("CLAIM_EXPIRY_HOURS", "4"))
 FOLLOW_UP_SCORE_RISE = float(os.environ.get("FOLLOW_UP_SCORE_RISE", "0.10"))
 # Monitoring (admin, cases.drift): ISO weeks shown, weeks of production that are the reference, and
 # the drift alert: the latest complete week (with at least MONITOR_MIN_IMAGES scored images) alerts
-# when its flag rate differs from the reference period's by more than MONITOR_FLAG_RATE_BOUND
-# (absolute) or the population stability index of its melanoma probabilities exceeds MONITOR_PSI_BOUND
+# when its lesion flag rate differs from the reference period's by more than MONITOR_FLAG_RATE_BOUND
+# (absolute) at Bonferroni-corrected significance, or the population stability index of its
+# melanoma probabilities exceeds MONITOR_PSI_BOUND (on at least MONITOR_MIN_PSI_IMAGES images)
 MONITOR_WEEKS = int(os.environ.get("MONITOR_WEEKS", "12"))
 MONITOR_REFERENCE_WEEKS = int(os.environ.get("MONITOR_REFERENCE_WEEKS", "4"))
 MONITOR_FLAG_RATE_BOUND = float(os.environ.get("MONITOR_FLAG_RATE_BOUND", "0.15"))
 MONITOR_PSI_BOUND = float(os.environ.get("MONITOR_PSI_BOUND", "0.25"))
 MONITOR_MIN_IMAGES = int(os.environ.get("MONITOR_MIN_IMAGES", "30"))
+# the PSI is held to MONITOR_PSI_BOUND only for a week (and a reference histogram) with at least this
+# many images the model could assess: on fewer the index of an unchanged distribution is mostly noise
+MONITOR_MIN_PSI_IMAGES = int(os.environ.get("MONITOR_MIN_PSI_IMAGES", "200"))
 
 # --- Integration API (api/): tokens issued by an admin, the same scoping as the pages -----------
 REST_FRAMEWORK = {

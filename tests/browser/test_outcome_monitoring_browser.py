@@ -14,7 +14,7 @@ from cases.models import Case, Clinic, Lesion, Outcome, Patient
 from cases.roles import CLINICIAN
 from classifier.models import ModelVersion
 from tests.support.browser_helpers import PASSWORD, fill_histopathology, log_in, make_user
-from tests.support.monitoring_helpers import weekly_uploads
+from tests.support.monitoring_helpers import at, scored_images, weekly_uploads
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -45,12 +45,16 @@ def test_clinician_enters_histopathology_and_admin_sees_the_drift_alert(live_ser
     assert (outcome.diagnosis, outcome.entered_by) == ("melanoma", clara)
     page.get_by_role("button", name="Log out").click()
 
-    # Eight weeks of (synthetic) scored uploads: 20 % flagged, then 60 % last week.
+    # Eight weeks of (synthetic) scored uploads, one lesion each: 20 % flagged, then 60 % last week;
+    # the excised melanoma was flagged in the first of them.
     version = ModelVersion.objects.create(version="browser-monitor-v1", status=ModelVersion.Status.ACTIVE)
     this_week = drift.week_of(timezone.localdate())
+    scored_images(lesion, when=at(this_week - timedelta(weeks=8, days=-2)), version=version, probabilities=[0.8])
     for back in range(8, 1, -1):
-        weekly_uploads(lesion, monday=this_week - timedelta(weeks=back), version=version, count=40, flag_rate=0.2)
-    weekly_uploads(lesion, monday=this_week - timedelta(weeks=1), version=version, count=40, flag_rate=0.6)
+        weekly_uploads(lesion, monday=this_week - timedelta(weeks=back), version=version, count=40, flag_rate=0.2,
+                       separate_lesions=True)
+    weekly_uploads(lesion, monday=this_week - timedelta(weeks=1), version=version, count=40, flag_rate=0.6,
+                   separate_lesions=True)
 
     # Admin: from the admin's home to the Monitoring page.
     get_user_model().objects.create_superuser("root", "root@example.org", PASSWORD)
@@ -64,6 +68,12 @@ def test_clinician_enters_histopathology_and_admin_sees_the_drift_alert(live_ser
     # which version the figures are about, and which one made the calls judged on outcomes
     expect(page.locator("#version-coverage")).to_contain_text("browser-monitor-v1 scored 100.0% of this period's images")
     expect(page.locator("#outcome-summary .call-versions")).to_contain_text("browser-monitor-v1 (1 lesion)")
+    # the outcome rates are only over lesions with a result, and the page says so, with what it cannot see
+    expect(page.locator("#verification-bias")).to_contain_text(
+        "among lesions with histopathology (verification-biased: unflagged lesions are rarely excised)")
+    expect(page.locator("#outcome-summary .unverified")).to_contain_text("80 flagged, 240 not flagged")
+    expect(page.locator("#outcome-summary .ppv")).to_contain_text("100.0% (1/1 flagged lesions with a result)")
+    expect(page.locator("#drift-checks")).to_contain_text("(24/40 lesions)")
     table = page.locator("#monitoring-table")
     expect(table).to_contain_text(drift.week_label(this_week - timedelta(weeks=1)))
     expect(table.locator("tbody tr").first).to_contain_text("(in progress)")

@@ -101,7 +101,7 @@ def test_the_first_finished_score_counts_when_the_upload_score_failed(world, mod
 # --- 2. one version's scores, with its coverage ------------------------------------------------
 
 def test_drift_figures_are_the_active_versions_scores_with_its_coverage(world, model_version, v2, settings, client):
-    settings.MONITOR_REFERENCE_WEEKS, settings.MONITOR_MIN_IMAGES = 2, 10
+    settings.MONITOR_REFERENCE_WEEKS, settings.MONITOR_MIN_IMAGES, settings.MONITOR_MIN_PSI_IMAGES = 2, 10, 10
     settings.MONITOR_FLAG_RATE_BOUND, settings.MONITOR_PSI_BOUND = 0.15, 0.25
     # v2's validation scores sit in the 0.1 bin; v1 scored everything higher
     v2.metrics = {drift.VALIDATION_HISTOGRAM_KEY: [0, 100] + [0] * 8}
@@ -148,7 +148,8 @@ def test_plot_titles_name_the_version(world, model_version, monkeypatch):
     for name in ("flag-rate", "psi"):
         drift_plots.render(name, report)
     titles = [ax.get_title() for fig in figures for ax in fig.axes]
-    assert "Flag rate per week (flagged / scored by unit-test-v1)" in titles
+    assert any(t.startswith("Lesion flag rate per week (lesions with a flagged image / lesions scored by "
+                            "unit-test-v1)") for t in titles)
     assert any(t.startswith("Score distribution of unit-test-v1") for t in titles)
 
 

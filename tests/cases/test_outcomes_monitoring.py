@@ -251,13 +251,14 @@ def test_weekly_figures_per_clinic(world, model_version):
 
 
 def drift_world(world, version, *, last_week_rate: float, count: int = 40, today: date = TODAY):
-    """Clinic A: 5 weeks at a 20 % flag rate (the first 2 are the reference), then last week."""
+    """Clinic A: 5 weeks at a 20 % flag rate (the first 2 are the reference), then last week; one
+    lesion per image (the flag rate is compared on lesions)."""
     this_week = drift.week_of(today)
     for back in range(6, 1, -1):
         weekly_uploads(world.lesion_a, monday=this_week - timedelta(weeks=back), version=version, count=40,
-                       flag_rate=0.2)
+                       flag_rate=0.2, separate_lesions=True)
     weekly_uploads(world.lesion_a, monday=this_week - timedelta(weeks=1), version=version, count=count,
-                   flag_rate=last_week_rate)
+                   flag_rate=last_week_rate, separate_lesions=True)
     return drift.monitoring_report([world.clinic_a], today=today, weeks=8)
 
 
@@ -267,6 +268,7 @@ def two_reference_weeks(settings):
     settings.MONITOR_FLAG_RATE_BOUND = 0.15
     settings.MONITOR_PSI_BOUND = 0.25
     settings.MONITOR_MIN_IMAGES = 30
+    settings.MONITOR_MIN_PSI_IMAGES = 200
 
 
 def test_no_drift_alert_while_the_flag_rate_holds(world, model_version, two_reference_weeks):
@@ -274,27 +276,33 @@ def test_no_drift_alert_while_the_flag_rate_holds(world, model_version, two_refe
     (check,) = report.checks
     assert check.evaluated and not check.alert and report.alerts == []
     assert check.reference.flag_rate == pytest.approx(0.2) and check.reference.scored == 80
+    assert (check.reference.flagged_lesions, check.reference.lesions) == (16, 80)
     assert check.stats.psi < 0.25
+    assert "PSI not evaluated: 40 assessable images (needs at least 200)" in check.note
 
 
 def test_drift_alert_when_the_flag_rate_jumps(world, model_version, two_reference_weeks):
     report = drift_world(world, model_version, last_week_rate=0.6)
     (alert,) = report.alerts
     assert alert.clinic == "Clinic A" and alert.week == LAST_WEEK
-    assert "flag rate 60% vs 20% in the reference period (change +40 points, bound ±15)" in alert.reasons[0]
+    assert alert.reasons[0].startswith("flag rate 60% vs 20% in the reference period (24/40 vs 16/80 lesions with a "
+                                       "flagged image; change +40 points, bound ±15; Fisher's exact p = ")
+    assert alert.flag_rate_p < alert.alpha == 0.05
 
 
 def test_drift_alert_when_the_score_distribution_shifts(world, model_version, two_reference_weeks):
-    # the same flag rate, but every unflagged score moved from the 0.1 bin to the 0.4 bin
+    # the same flag rate, but every unflagged score moved from the 0.1 bin to the 0.4 bin; the
+    # reference histogram takes in weeks until it holds 200 assessable images (5 weeks of 40)
     for back in range(6, 1, -1):
         weekly_uploads(world.lesion_a, monday=THIS_WEEK - timedelta(weeks=back), version=model_version, count=40,
                        flag_rate=0.2)
     scored_images(world.lesion_a, when=at(LAST_WEEK), version=model_version,
-                  probabilities=[0.8] * 8 + [0.45] * 32, flagged=[True] * 8 + [False] * 32)
+                  probabilities=[0.8] * 50 + [0.45] * 200, flagged=[True] * 50 + [False] * 200)
     report = drift.monitoring_report([world.clinic_a], today=TODAY, weeks=8)
     (alert,) = report.alerts
     assert len(alert.reasons) == 1 and alert.reasons[0].startswith("score distribution shifted: PSI")
     assert alert.stats.psi > 0.25
+    assert len(alert.reference.histogram_weeks) == 5 and sum(alert.reference.histogram) == 200
 
 
 def test_no_drift_alert_on_a_small_week(world, model_version, two_reference_weeks):
@@ -304,17 +312,18 @@ def test_no_drift_alert_on_a_small_week(world, model_version, two_reference_week
 
 
 def test_a_stored_validation_histogram_is_the_psi_reference(world, model_version, two_reference_weeks):
-    model_version.metrics = {drift.VALIDATION_HISTOGRAM_KEY: [0, 0, 0, 0, 0, 0, 0, 0, 0, 100]}
+    model_version.metrics = {drift.VALIDATION_HISTOGRAM_KEY: [0, 0, 0, 0, 0, 0, 0, 0, 0, 1000]}
     model_version.save()
-    report = drift_world(world, model_version, last_week_rate=0.2)
+    report = drift_world(world, model_version, last_week_rate=0.2, count=200)
     (alert,) = report.alerts  # production looks nothing like that validation set
     assert report.validation_reference and alert.reference.source == "validation"
     assert alert.reasons[0].startswith("score distribution shifted")
     # against a validation histogram the PSI is checked from a clinic's first week; the flag rate is not
-    weekly_uploads(world.lesion_b, monday=LAST_WEEK, version=model_version, count=40, flag_rate=0.9)
+    weekly_uploads(world.lesion_b, monday=LAST_WEEK, version=model_version, count=200, flag_rate=0.9)
     (new_clinic,) = drift.monitoring_report([world.clinic_b], today=TODAY, weeks=8).checks
     assert new_clinic.evaluated and new_clinic.alert and len(new_clinic.reasons) == 1
-    assert "production reference period is not over" in new_clinic.note
+    assert new_clinic.note == (f"flag rate not compared: this week is within the reference period "
+                               f"({drift.week_label(LAST_WEEK)} to {drift.week_label(THIS_WEEK)})")
 
 
 # --- the admin page ---------------------------------------------------------------------------
