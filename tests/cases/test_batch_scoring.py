@@ -14,7 +14,7 @@ from cases import scoring
 from cases.models import LesionImage, Prediction
 from classifier.models import ModelVersion
 from tests.support.imagegen import png
-from tests.support.scoring_stubs import StandInScore
+from tests.support.scoring_stubs import StandInScore, counted_passes
 
 pytestmark = pytest.mark.django_db
 
@@ -25,16 +25,7 @@ R = partial(StandInScore, malignancy_score=0.2, inference_ms=3.0)
 
 @pytest.fixture
 def fake(monkeypatch, media_root):
-    calls = []
-
-    def predict_images(model, images, contexts=None):
-        calls.append(len(images))
-        return [R() for _ in images]
-
-    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
-    monkeypatch.setattr("mlcore.inference.predict_images", predict_images)
-    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: None)
-    return calls
+    return counted_passes(monkeypatch, R)
 
 
 def _pred(world, mv, i, enqueued=True):

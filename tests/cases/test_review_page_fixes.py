@@ -7,41 +7,20 @@ cleared comes after those still flagged."""
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date
 
 import pytest
-from django.utils import timezone
 
 from audit.models import AuditEvent
 from cases import queue
-from cases.models import Case, Lesion, Prediction, Review
+from cases.models import Case, Review
 from tests.support.case_helpers import make_image
+from tests.support.review_helpers import (claim_case as _claim, open_review_page, queue_lesions as _queue,
+                                           score_for_review as _score, seen_fingerprint as _seen)
 
 pytestmark = pytest.mark.django_db
 
 NOTES = "Blue-white veil at 3 o'clock; typed before the refusal."
-
-
-def _score(image, version, *, melanoma=0.8, flagged=True, prediction_set=None, minutes_ago=0, **extra):
-    return Prediction.objects.create(
-        image=image, model_version=version, status="done", melanoma_probability=melanoma, malignancy_score=melanoma,
-        flagged=flagged, prediction_set=prediction_set, finished_at=timezone.now(),
-        created_at=timezone.now() - timedelta(minutes=minutes_ago), **extra)
-
-
-def _queue(*lesions) -> None:
-    Lesion.objects.filter(pk__in=[lesion.pk for lesion in lesions]).update(
-        flagged=True, awaiting_review=True, flagged_at=timezone.now())
-
-
-def _claim(case, reviewer) -> None:
-    Case.objects.filter(pk=case.pk).update(claimed_by=reviewer, claimed_at=timezone.now(), status=Case.Status.IN_REVIEW)
-
-
-def _seen(page: str, lesion) -> str:
-    match = re.search(rf'name="lesion-{lesion.pk}-seen" value="([^"]*)"', page)
-    assert match, f"no fingerprint for lesion {lesion.pk} on the page"
-    return match.group(1)
 
 
 def _answers(lesion, seen: str, **values) -> dict:
@@ -53,15 +32,7 @@ def _answers(lesion, seen: str, **values) -> dict:
 @pytest.fixture
 def opened(world, model_version, client):
     """Derm has claimed case A (lesion A flagged by image 1, its set melanoma + nevus) and opened its review page."""
-    first = make_image(world)
-    _score(first, model_version, prediction_set=["melanoma", "nevus"],
-           class_probabilities={"melanoma": 0.6, "nevus": 0.4}, minutes_ago=5)
-    _queue(world.lesion_a)
-    _claim(world.case_a, world.derm)
-    client.force_login(world.derm)
-    page = client.get(f"/cases/{world.case_a.pk}/review/")
-    assert page.status_code == 200
-    return page.content.decode(), first
+    return open_review_page(world, model_version, client, prediction_set=["melanoma", "nevus"], class_probabilities={"melanoma": 0.6, "nevus": 0.4})
 
 
 # --- 2. A change before an incomplete submit is caught on the next one ----------------------------
@@ -71,7 +42,7 @@ def test_a_change_before_an_incomplete_submit_is_still_refused_on_the_next_save(
     page, first = opened
     url = f"/cases/{world.case_a.pk}/review/"
     seen = _seen(page, world.lesion_a)
-    _score(first, model_version, melanoma=0.9, reason="site corrected", context_revision=1)  # re-scored meanwhile
+    _score(first, model_version, melanoma=0.9, reason="site corrected", revision=1)  # re-scored meanwhile
     incomplete = client.post(url, _answers(world.lesion_a, seen, management=None))
     assert incomplete.status_code == 400
     html = incomplete.content.decode()
@@ -192,7 +163,7 @@ def test_the_queue_says_age_unknown_and_gives_the_visit_date(world, model_versio
 def test_a_case_whose_flag_was_cleared_comes_after_the_cases_still_flagged(world, model_version):
     cleared = make_image(world)
     _score(cleared, model_version, melanoma=0.9, minutes_ago=60)
-    _score(cleared, model_version, melanoma=0.45, flagged=False, context_revision=1, reason="site corrected")
+    _score(cleared, model_version, melanoma=0.45, flagged=False, revision=1, reason="site corrected")
     # still flagged (by its malignancy score) with a lower melanoma probability than the cleared case
     _score(make_image(world, sha="b" * 64, lesion=world.lesion_b), model_version, melanoma=0.3)
     _queue(world.lesion_a, world.lesion_b)

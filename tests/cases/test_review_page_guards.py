@@ -5,7 +5,6 @@ claim and says when it expires; the page and the web queue are audited as views;
 image and a lesion flagged only by an earlier score say so."""
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pytest
@@ -15,36 +14,12 @@ from audit.models import AuditEvent
 from cases import queue
 from cases.models import Case, Lesion, Prediction, Review
 from tests.support.case_helpers import make_image
+from tests.support.review_helpers import (claim_case as _claim, open_review_page, queue_lesions as _queue,
+                                           score_for_review as _score, seen_fingerprint as _seen)
 
 pytestmark = pytest.mark.django_db
 
 NOTES = "Irregular network at 6 o'clock; typed before the change."
-
-
-def _score(image, version, *, melanoma=0.8, flagged=True, status="done", reason="", revision=0, minutes_ago=0):
-    done = status == "done"
-    return Prediction.objects.create(
-        image=image, model_version=version, status=status, melanoma_probability=melanoma if done else None,
-        malignancy_score=melanoma if done else None, flagged=flagged if done else False, context_revision=revision,
-        reason=reason, created_at=timezone.now() - timedelta(minutes=minutes_ago),
-        finished_at=timezone.now() if done else None)
-
-
-def _queue(*lesions) -> None:
-    Lesion.objects.filter(pk__in=[lesion.pk for lesion in lesions]).update(
-        flagged=True, awaiting_review=True, flagged_at=timezone.now())
-
-
-def _claim(case, reviewer, *, hours_ago: float = 0) -> None:
-    Case.objects.filter(pk=case.pk).update(claimed_by=reviewer, claimed_at=timezone.now() - timedelta(hours=hours_ago),
-                                           status=Case.Status.IN_REVIEW)
-
-
-def _seen(page: str, lesion) -> str:
-    """The fingerprint the page rendered for ``lesion`` (its hidden input)."""
-    match = re.search(rf'name="lesion-{lesion.pk}-seen" value="([^"]*)"', page)
-    assert match, f"no fingerprint for lesion {lesion.pk} on the page"
-    return match.group(1)
 
 
 def _answers(lesion, seen: str | None, **extra) -> dict:
@@ -59,14 +34,7 @@ def _answers(lesion, seen: str | None, **extra) -> dict:
 @pytest.fixture
 def opened(world, model_version, client):
     """Derm has claimed case A (lesion A flagged by image 1) and opened its review page."""
-    first = make_image(world)
-    _score(first, model_version, minutes_ago=5)
-    _queue(world.lesion_a)
-    _claim(world.case_a, world.derm)
-    client.force_login(world.derm)
-    page = client.get(f"/cases/{world.case_a.pk}/review/")
-    assert page.status_code == 200
-    return page.content.decode(), first
+    return open_review_page(world, model_version, client)
 
 
 # --- 1. A save against what changed after the page was opened -----------------------------------

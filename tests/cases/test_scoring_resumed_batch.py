@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from cases import scoring
 from cases.models import Prediction
-from tests.support.scoring_stubs import StandInScore, flat_image_prediction
+from tests.support.scoring_stubs import counted_passes, flat_image_prediction
 
 pytestmark = pytest.mark.django_db
 
@@ -18,16 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def passes(monkeypatch, media_root) -> list[int]:
     """How many images each forward pass of a stand-in model saw."""
-    seen: list[int] = []
-
-    def predict_images(model, images, contexts=None):
-        seen.append(len(images))
-        return [StandInScore() for _ in images]
-
-    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
-    monkeypatch.setattr("mlcore.inference.predict_images", predict_images)
-    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: None)
-    return seen
+    return counted_passes(monkeypatch)
 
 
 def _running(prediction: Prediction, run_by: str, *, attempts: int = 1) -> Prediction:

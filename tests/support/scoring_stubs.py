@@ -30,6 +30,21 @@ class StandInScore:
     assessment_notes: list = field(default_factory=list)
 
 
+def counted_passes(monkeypatch, make_result=StandInScore) -> list[int]:
+    """Make scoring load no model and give ``make_result()`` per image, no heatmap; returns the list
+    of how many images each forward pass saw (filled as scoring runs)."""
+    seen: list[int] = []
+
+    def predict_images(model, images, contexts=None):
+        seen.append(len(images))
+        return [make_result() for _ in images]
+
+    monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
+    monkeypatch.setattr("mlcore.inference.predict_images", predict_images)
+    monkeypatch.setattr("mlcore.explain.gradcam_overlay_png", lambda *a, **k: None)
+    return seen
+
+
 def every_image_scores(monkeypatch, result: StandInScore) -> StandInScore:
     """Make scoring load no model and give ``result`` (with a heatmap) for each forward pass."""
     monkeypatch.setattr("mlcore.model_store.get_model", lambda path: object())
