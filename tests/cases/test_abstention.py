@@ -132,6 +132,6 @@ def test_admin_sees_how_often_each_version_could_not_assess(world, assessed_vers
     page = client.get("/admin/cases/prediction/").content.decode()
     assert "Images the model could not assess" in page and assessed_version.version in page
     version_page = client.get(f"/admin/classifier/modelversion/{assessed_version.pk}/change/").content.decode()
-    assert "Images this version could not assess" in version_page
+    assert "that this version could not assess" in version_page
     assert "<strong>1</strong> (50 %)" in version_page  # one of the two scored images
     assert f"model_version__id__exact={assessed_version.pk}" in version_page
