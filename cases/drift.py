@@ -717,14 +717,13 @@ def production_reference(clinic_ids: Sequence[int], *, clinic_id: int | None, we
         return tuple(chosen), rows, count >= minimum
 
     period_weeks, scores, complete = period(lambda r: True, min_images)
-    lesion_flags: dict[int, bool] = {}
+    tally = WeekStats(start, clinic_id, "")  # the period's counts, as a week counts them
     for score in scores:
-        lesion = score["image__lesion_id"]
-        lesion_flags[lesion] = lesion_flags.get(lesion, False) or bool(score["flagged"])
+        tally.add_score(score)
     histogram_weeks, assessed, histogram_complete = period(lambda r: r["assessable"], min_assessable)
-    return Reference(clinic_id, period_weeks, scored=len(scores), flagged=sum(bool(s["flagged"]) for s in scores),
+    return Reference(clinic_id, period_weeks, scored=tally.scored, flagged=tally.flagged,
                      histogram=histogram(s["melanoma_probability"] for s in assessed if s["assessable"]),
-                     lesions=len(lesion_flags), flagged_lesions=sum(lesion_flags.values()), complete=complete,
+                     lesions=tally.lesions, flagged_lesions=tally.flagged_lesions, complete=complete,
                      histogram_weeks=histogram_weeks, histogram_complete=histogram_complete)
 
 
