@@ -35,6 +35,11 @@ SHARED_MODELS = {ModelVersion}
 UNAUDITED_FIELDS = {LesionImage: frozenset({"original_name"})}
 
 
+def _shown(response, key: str):
+    """``key`` of a rendered admin page's context (None for a redirect or another response)."""
+    return response.context_data.get(key) if isinstance(response, TemplateResponse) else None
+
+
 def in_own_clinic(queryset, user):
     """``queryset`` limited to ``user``'s clinic unless the user is a superuser (a staff user
     without a clinic gets nothing). Shared models (``SHARED_MODELS``) are returned unchanged; any
@@ -93,7 +98,7 @@ class ClinicalAdmin(ClinicScopedChoices, admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The record's page; opening it (a GET that shows it) is audited as a view, as in the app."""
         response = super().change_view(request, object_id, form_url, extra_context)
-        shown = response.context_data.get("original") if isinstance(response, TemplateResponse) else None
+        shown = _shown(response, "original")
         if request.method == "GET" and shown is not None:
             audit_log.record(action="view", obj=shown, request=request, new={"via": "admin"})
         return response
@@ -101,7 +106,7 @@ class ClinicalAdmin(ClinicScopedChoices, admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         """The list; each record on the page shown is audited as a view, as the app's lists are."""
         response = super().changelist_view(request, extra_context)
-        changelist = response.context_data.get("cl") if isinstance(response, TemplateResponse) else None
+        changelist = _shown(response, "cl")
         if changelist is not None:
             # the page's own queryset: evaluated here, its rows are the ones the template shows
             audit_log.record_many(action="view", objs=changelist.result_list, request=request,
@@ -455,7 +460,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         the filters and search used, and is kept with the reader's clinic (a superuser's with the
         clinic filtered on, if any)."""
         response = super().changelist_view(request, extra_context)
-        changelist = response.context_data.get("cl") if isinstance(response, TemplateResponse) else None
+        changelist = _shown(response, "cl")
         if changelist is not None:
             clinic = clinic_of(request.user) if not request.user.is_superuser else None
             chosen = request.GET.get(AuditClinicFilter.parameter_name, "")
@@ -468,7 +473,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """One event's page; opening it is audited as a view of it, under that event's patient and clinic."""
         response = super().change_view(request, object_id, form_url, extra_context)
-        shown = response.context_data.get("original") if isinstance(response, TemplateResponse) else None
+        shown = _shown(response, "original")
         if request.method == "GET" and shown is not None:
             audit_log.record_trail_view(request=request, object_id=str(shown.pk), patient_id=shown.patient_id,
                                         clinic_id=shown.clinic_id, new={"via": "admin"})

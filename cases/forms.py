@@ -212,7 +212,6 @@ class UploadForm(_NoColon, forms.Form):
 
     images = MultipleImageField(
         label="Images",
-        help_text=upload_help(),
         widget=MultipleFileInput(attrs={"accept": UPLOAD_ACCEPT, "multiple": True}),
     )
     kind = forms.ChoiceField(label="Image type", choices=LesionImage.Kind.choices, initial=LesionImage.Kind.DERMOSCOPIC)
