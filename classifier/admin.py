@@ -13,7 +13,7 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from classifier import ensemble_training, fine_tuning, lifecycle
-from classifier.forms import RollbackForm, TrainingForm
+from classifier.forms import ActivationForm, RollbackForm, TrainingForm
 from classifier.models import ModelVersion, RescoreJob
 
 PLOTS = ("roc", "confusion_matrix", "reliability", "training_curves")
@@ -30,18 +30,6 @@ def _with_ci(metrics: dict, key: str) -> str:
     if metrics.get(key) is None or not (isinstance(ci, (list, tuple)) and len(ci) == 2):
         return _fmt(metrics.get(key))
     return f"{_fmt(metrics[key])} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
-
-
-class ActivationForm(forms.Form):
-    """The activation's confirmation: why (as `RollbackForm` asks why of a roll-back); required,
-    kept in the activation's audit event."""
-
-    reason = forms.CharField(
-        label="Reason", max_length=1000, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
-        error_messages={"required": "Say why you activate this version: the reason is kept in the audit trail. "
-                                    "Nothing was changed."},
-        help_text="Why this version is activated (what its comparison showed, a ticket or change number); kept in "
-                  "the audit trail with the promotion gate's evidence, your user name and address.")
 
 
 def _cancel_message(version: ModelVersion) -> str:

@@ -90,16 +90,31 @@ class TrainingForm(forms.Form):
         return data
 
 
+def reason_field(help_text: str, **kwargs) -> forms.CharField:
+    """The "why" of a lifecycle action, kept in its audit event (required)."""
+    return forms.CharField(label="Reason", max_length=1000, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+                           help_text=help_text, **kwargs)
+
+
+class ActivationForm(forms.Form):
+    """The activation's confirmation: why (as `RollbackForm` asks why of a roll-back)."""
+
+    reason = reason_field(
+        "Why this version is activated (what its comparison showed, a ticket or change number); kept in "
+        "the audit trail with the promotion gate's evidence, your user name and address.",
+        error_messages={"required": "Say why you activate this version: the reason is kept in the audit trail. "
+                                    "Nothing was changed."})
+
+
 class RollbackForm(forms.Form):
     """The roll-back's confirmation: the active version and the version to re-activate as the page
     named them (hidden; `lifecycle.rollback` refuses them once they are out of date), and why."""
 
     expected_active = forms.IntegerField(widget=forms.HiddenInput, required=False)  # blank: no active version
     target = forms.IntegerField(widget=forms.HiddenInput)
-    reason = forms.CharField(
-        label="Reason", max_length=1000, widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
-        help_text="Why the active version is rolled back (a problem seen, an incident number); kept in the audit "
-                  "trail with both versions, their model files' sha256, your user name and address.")
+    reason = reason_field(
+        "Why the active version is rolled back (a problem seen, an incident number); kept in the audit "
+        "trail with both versions, their model files' sha256, your user name and address.")
 
     def named_versions(self) -> tuple[ModelVersion | None, ModelVersion | None]:
         """(active, target) as the submitted page named them (None where it named none, or no
