@@ -64,6 +64,9 @@ def test_a_refused_lesion_shows_why_in_view_and_marks_the_site(live_server, brow
     assert page.url.endswith("#add-lesion")
     page.screenshot(path=str(artifacts_dir / "97-add-lesion-refused.png"))
     assert Lesion.objects.filter(case=case).count() == 1
+    page.get_by_label("Description").focus()
+    summary.get_by_role("link", name="Anatomic site: This field is required.").click()  # the summary's link
+    expect(site).to_be_focused()
 
     site.select_option("head/neck")
     page.get_by_role("button", name="Add lesion").click()

@@ -94,3 +94,24 @@ def test_a_released_case_is_claimed_and_saved_with_what_was_typed(live_server, b
     assert (review.lesion_id, review.reviewer, review.agreement, review.final_diagnosis, review.management,
             review.notes) == (lesion.pk, dina, "agree", "melanoma", "excision", NOTES)
     assert Case.objects.get(pk=case.pk).status == Case.Status.REVIEWED
+
+
+def test_the_review_pages_links_open_in_a_new_tab_and_the_typed_review_stays(live_server, browser_page):
+    from playwright.sync_api import expect
+
+    page, base = browser_page, live_server.url
+    case, lesion, _dina = _claimed_case()
+    log_in(page, base, "dina")
+    page.goto(f"{base}/cases/{case.pk}/review/")
+    page.get_by_label("Notes").first.fill(NOTES)
+    for link in (page.get_by_role("link", name="View result"),
+                 page.get_by_role("link", name="image 1 of this lesion")):
+        with page.context.expect_page() as opened:
+            link.first.click()
+        result = opened.value
+        result.wait_for_load_state()
+        expect(result.get_by_role("heading").first).to_be_visible()
+        assert f"/images/{lesion.images.get().pk}/" in result.url
+        result.close()
+    expect(page.get_by_label("Notes").first).to_have_value(NOTES)  # the form was never left
+    assert page.url.endswith(f"/cases/{case.pk}/review/")
