@@ -212,6 +212,7 @@ class UploadForm(_NoColon, forms.Form):
 
     images = MultipleImageField(
         label="Images",
+        help_text=upload_help(),  # as the settings stood at import; each form states the limits in force (__init__)
         widget=MultipleFileInput(attrs={"accept": UPLOAD_ACCEPT, "multiple": True}),
     )
     kind = forms.ChoiceField(label="Image type", choices=LesionImage.Kind.choices, initial=LesionImage.Kind.DERMOSCOPIC)
